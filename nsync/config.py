@@ -1,0 +1,146 @@
+"""Config loading shared by every entry point.
+
+Configs are dataclasses whose fields carry a one-line ``help`` (so ``--help`` is the
+documentation). On the command line::
+
+    python -m nsync.simulate --config configs/simulate/quickstart.yaml --config more.yaml \\
+        sampling.temperature=0.9 --out=runs/x
+
+``--config`` is repeatable (later files win), overrides are ``a.b=v`` or ``--a.b=v``, and
+everything is merged into the dataclass schema in omegaconf struct mode, so a misspelt key
+is an error that names it and the valid keys near it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from nsync.errors import NsyncError
+
+T = TypeVar("T")
+
+
+def _valid_keys(schema: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(schema):
+        keys.append(prefix + f.name)
+        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(sub):
+            keys.extend(_valid_keys(type(sub), prefix + f.name + "."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: type, where: str) -> NsyncError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
+        valid = _valid_keys(schema)
+        near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5) or [
+            k for k in valid if "." not in k
+        ]
+        return NsyncError(f"unknown config key '{key}' in {where}; did you mean one of: {', '.join(near)}?")
+    if isinstance(err, ValidationError):
+        msg = str(err).splitlines()[0]
+        return NsyncError(f"bad value for config key '{key}' in {where}: {msg}")
+    return NsyncError(f"invalid config in {where}: {str(err).splitlines()[0]}")
+
+
+def help_text(schema: type, prog: str) -> str:
+    """Every field with its default and help line, nested fields dotted."""
+    lines = [f"usage: python -m {prog} [--config FILE ...] [key=value ...]", "", "config keys:"]
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(sub):
+                walk(type(sub), prefix + f.name + ".")
+                continue
+            default = "(required)" if sub is dataclasses.MISSING else repr(sub)
+            lines.append(f"  {prefix + f.name} = {default}")
+            if f.metadata.get("help"):
+                lines.append(f"      {f.metadata['help']}")
+
+    walk(schema, "")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[list[str], list[str], set[str]]:
+    """Split argv into config files, ``key=value`` overrides and flags (help, print_config)."""
+    files, overrides, flags = [], [], set()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-h", "--help"):
+            flags.add("help")
+        elif arg == "--print-config":
+            flags.add("print_config")
+        elif arg == "--config":
+            if i + 1 >= len(args):
+                raise NsyncError("--config needs a file path: --config configs/fit/paper.yaml")
+            files.append(args[i + 1])
+            i += 1
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+        elif "=" in arg:
+            # OmegaConf.from_dotlist would turn "--a.b=1" into a key named "--a"; strip dashes.
+            overrides.append(arg.lstrip("-"))
+        else:
+            raise NsyncError(f"cannot parse argument '{arg}': expected --config FILE or key=value")
+        i += 1
+    return files, overrides, flags
+
+
+def load_config(schema: type[T], argv: Sequence[str], prog: str) -> T:
+    """Build a validated ``schema`` instance from ``--config`` files and overrides.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Cfg:
+    ...     alpha: float = 0.1
+    >>> load_config(Cfg, ["alpha=0.5"], prog="demo").alpha
+    0.5
+    """
+    files, overrides, flags = parse_args(argv)
+    if "help" in flags:
+        print(help_text(schema, prog))
+        sys.exit(0)
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise NsyncError(f"config file not found: {file}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except OmegaConfBaseException as err:
+            raise _explain(err, schema, str(path)) from None
+        except Exception as err:  # YAML syntax errors
+            raise NsyncError(f"cannot read config file {path}: {err}") from None
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, "command-line overrides") from None
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, "config") from None
+    if "print_config" in flags:
+        print(to_yaml(obj))
+        sys.exit(0)
+    return obj  # type: ignore[return-value]
+
+
+def to_dict(obj: Any) -> dict:
+    """A plain dict of a config dataclass (for manifests and results)."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(obj: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(obj))

@@ -1,0 +1,242 @@
+"""Batched sampling that records every layer's hidden state from the generation's own passes.
+
+Why not ``model.generate``: it samples a whole batch from one random stream, so an episode's
+text would depend on which other episodes share its batch. Here every row has its own
+``torch.Generator``, so batched and one-at-a-time runs give the same transcripts, and a row
+stops as soon as its first line is complete.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nsync.models import LoadedModel
+
+
+@dataclass
+class SamplingConfig:
+    """How replies are sampled."""
+
+    temperature: float = field(default=0.7, metadata={"help": "softmax temperature; 0 means greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0 = off)"})
+    max_new_tokens: int = field(default=300, metadata={"help": "longest reply in tokens"})
+    first_line_only: bool = field(default=True, metadata={"help": "cut each reply to its first non-empty line (the paper's)"})
+    stop_strings: list[str] = field(default_factory=list, metadata={"help": "extra strings that end a reply"})
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks (``model.model.layers``, ``transformer.h``, ...)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = cfg.num_hidden_layers
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
+
+
+class HiddenStateRecorder:
+    """Forward hooks that keep the residual stream at the last position of each forward call.
+
+    Row ``0`` of the result is the embedding output (the input of the first block), row
+    ``i`` the output of block ``i - 1``: the raw residual stream, before any final norm.
+    Only the last position is copied, so a long prompt's activations are never held.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = decoder_layers(model)
+        self.enabled = True
+        self._current: list[torch.Tensor | None] = [None] * (len(self.layers) + 1)
+        self._handles: list = []
+
+    def __enter__(self) -> "HiddenStateRecorder":
+        def pre_hook(module, args, kwargs):
+            if self.enabled:
+                h = args[0] if args else kwargs["hidden_states"]
+                self._current[0] = h[:, -1, :].detach().clone()
+
+        def make_hook(i: int):
+            def hook(module, args, output):
+                if self.enabled:
+                    h = output[0] if isinstance(output, tuple) else output
+                    self._current[i + 1] = h[:, -1, :].detach().clone()
+
+            return hook
+
+        self._handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for i, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_hook(make_hook(i)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def pop(self) -> torch.Tensor:
+        """States of the last forward call, ``[batch, n_layers + 1, hidden]`` in float32."""
+        if any(t is None for t in self._current):
+            raise RuntimeError("no forward pass was recorded")
+        out = torch.stack([t.float() for t in self._current], dim=1)  # type: ignore[union-attr]
+        self._current = [None] * len(self._current)
+        return out
+
+
+@dataclass
+class Generation:
+    """One batched reply: per row the generated token ids and the captured states."""
+
+    tokens: list[list[int]]
+    prompt_lengths: list[int]
+    states: torch.Tensor | None  # [batch, n_layers + 1, hidden] at the last prompt token
+    generated_mean: torch.Tensor | None = None  # [batch, n_layers + 1, hidden]
+
+
+def _sample(logits: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row, each row drawn from its own generator."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(dim=-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded on the left so every prompt ends at the last column."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+class Generator:
+    """Batched, left-padded generation with hidden-state capture for one model."""
+
+    def __init__(self, lm: LoadedModel, sampling: SamplingConfig):
+        self.lm = lm
+        self.sampling = sampling
+        tok = lm.tokenizer
+        eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        gen_eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        self.eos_ids = eos
+        # Token ids whose text holds a newline: only after one of those can a first line be complete.
+        vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+        self.newline_ids = {i for i, t in enumerate(vocab) if t is not None and ("\n" in t or "Ċ" in t or "<0x0A>" in t)}
+        self._logits_to_keep = _accepts(lm.model, "logits_to_keep")
+        # transformers 5.2x renamed `past_key_values` to `cache`; support both.
+        self._cache_arg = "cache" if _accepts(lm.model, "cache") else "past_key_values"
+
+    def _done(self, row_tokens: list[int], token: int) -> bool:
+        if token in self.eos_ids or len(row_tokens) >= self.sampling.max_new_tokens:
+            return True
+        s = self.sampling
+        if s.first_line_only and token in self.newline_ids:
+            text = self.lm.tokenizer.decode(row_tokens, skip_special_tokens=True)
+            if "\n" in text.lstrip():
+                return True
+        if s.stop_strings:
+            tail = self.lm.tokenizer.decode(row_tokens[-16:], skip_special_tokens=True)
+            if any(stop in tail for stop in s.stop_strings):
+                return True
+        return False
+
+    def _forward(self, ids, mask, positions, cache):
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        kwargs[self._cache_arg] = cache
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1  # the prompt's logits are never needed
+        return self.lm.model(**kwargs)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        generators: list[torch.Generator],
+        capture: bool = True,
+        generated_mean: bool = False,
+    ) -> Generation:
+        """Sample one reply per prompt (token ids) and capture the prompt-end states."""
+        from transformers import DynamicCache
+
+        ids, mask = left_pad(prompts, self.lm.tokenizer.pad_token_id, self.lm.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        batch = len(prompts)
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        sums = None
+        counts = torch.zeros(batch, 1, 1)
+        recorder = HiddenStateRecorder(self.lm.model) if capture or generated_mean else None
+        states = None
+        with recorder if recorder is not None else _Null():
+            out = self._forward(ids, mask, positions, DynamicCache())
+            if recorder is not None:
+                states = recorder.pop()
+                recorder.enabled = generated_mean
+            while True:
+                nxt = _sample(out.logits[:, -1, :], generators, self.sampling.temperature, self.sampling.top_p)
+                fed = [not d for d in done]  # rows whose new token belongs to their reply
+                for i in range(batch):
+                    if done[i]:
+                        nxt[i] = self.lm.tokenizer.pad_token_id
+                        continue
+                    token = int(nxt[i])
+                    tokens[i].append(token)
+                    done[i] = self._done(tokens[i], token)
+                if all(done) and not generated_mean:
+                    break
+                mask = torch.cat([mask, torch.tensor(fed, dtype=mask.dtype, device=mask.device)[:, None]], dim=1)
+                positions = positions[:, -1:] + 1
+                out = self._forward(nxt[:, None], mask, positions, _kv_cache(out))
+                if generated_mean:
+                    step = recorder.pop()  # type: ignore[union-attr]
+                    w = torch.tensor(fed, dtype=step.dtype)[:, None, None]
+                    sums = step * w if sums is None else sums + step * w
+                    counts += w
+                    if all(done):
+                        break
+        mean = sums / counts.clamp(min=1) if sums is not None else None
+        return Generation(tokens, [len(p) for p in prompts], states if capture else None, mean)
+
+
+def _kv_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+@torch.inference_mode()
+def prompt_states(lm: LoadedModel, prompts: list[list[int]]) -> torch.Tensor:
+    """States at the last token of each prompt from one batched forward pass (no sampling).
+
+    Used for the observer control and for teacher-forced re-reading.
+    """
+    ids, mask = left_pad(prompts, lm.tokenizer.pad_token_id, lm.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    if _accepts(lm.model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    with HiddenStateRecorder(lm.model) as recorder:
+        lm.model(**kwargs)
+        return recorder.pop()

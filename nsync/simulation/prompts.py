@@ -1,0 +1,158 @@
+"""What each agent reads before it speaks, in the three prompt formats.
+
+- ``sotopia`` (the paper's): one user message, re-rendered every turn, with the history as
+  lines ``Turn k: NAME said: ...``, sent through the model's chat template.
+- ``chat``: a multi-turn conversation (the partner's lines are user messages, the agent's own
+  lines assistant messages), so the prompt only grows at its end.
+- ``transcript``: plain text for base models without a chat template, ending with the cue
+  ``Turn k: NAME said:`` that the model continues.
+
+The observer view (the paper's no-engagement control) is the speaker's ``sotopia`` prompt
+read by a passive reader: role-play opening, goal lines, leave instruction and final
+speaking cue removed; scenario, backgrounds and history kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nsync.scenarios import Episode, own_background, visible_background
+
+FORMATS = ("sotopia", "chat", "transcript")
+LEAVE_MARKER = "[leave]"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    agent: int  # 0 or 1: which character of the episode spoke
+    text: str
+    left: bool = False
+
+
+def _speaker_name(episode: Episode, agent: int) -> str:
+    return episode.characters[agent].name
+
+
+def _history_line(episode: Episode, index: int, u: Utterance) -> str:
+    name = _speaker_name(episode, u.agent)
+    return f"Turn {index}: {name} left the conversation." if u.left and not u.text else f"Turn {index}: {name} said: {u.text}"
+
+
+def _context(episode: Episode, me: int, with_goal: bool) -> str:
+    """Scenario, participants, backgrounds as visible to ``me``, and (optionally) the goals."""
+    rel = episode.scenario.relationship
+    lines = [
+        f"Scenario: {episode.scenario.scenario}",
+        f"Participants: {_speaker_name(episode, 0)} and {_speaker_name(episode, 1)}",
+    ]
+    for agent in (0, 1):
+        c = episode.characters[agent]
+        bg = own_background(c) if agent == me else visible_background(c, rel)
+        lines.append(f"{c.name}'s background: {bg}")
+    if with_goal:
+        for agent in (0, 1):
+            goal = episode.scenario.goals[agent] if agent == me else "Unknown"
+            lines.append(f"{_speaker_name(episode, agent)}'s goal: {goal}")
+    return "\n".join(lines)
+
+
+def _opening(name: str) -> str:
+    return (
+        f"Imagine you are {name}. Speak as {name} would, keeping {name}'s goal in mind; the goal is "
+        f"only visible to you. Stay in character, keep the conversation natural and do not repeat "
+        f"what has already been said."
+    )
+
+
+def _cue(name: str, turn: int) -> str:
+    return (
+        f"You are at Turn {turn}. Reply with one line: only what {name} says next. "
+        f"If {name} wants to end the conversation, reply with {LEAVE_MARKER}."
+    )
+
+
+def sotopia_text(episode: Episode, me: int, history: list[Utterance]) -> str:
+    """The paper's single user message for agent ``me`` before utterance ``len(history)``."""
+    name = _speaker_name(episode, me)
+    past = [_history_line(episode, i, u) for i, u in enumerate(history)] or ["(The conversation has not started yet.)"]
+    return "\n\n".join(
+        [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
+         "Conversation so far:\n" + "\n".join(past), _cue(name, len(history))]
+    )
+
+
+def observer_text(episode: Episode, me: int, history: list[Utterance]) -> str:
+    """The speaker's prompt as a passive reader sees it (no role-play, goals, or speaking cue)."""
+    past = [_history_line(episode, i, u) for i, u in enumerate(history)] or ["(The conversation has not started yet.)"]
+    return "\n\n".join(
+        ["Here is the context of an interaction:\n" + _context(episode, me, False),
+         "Conversation so far:\n" + "\n".join(past)]
+    )
+
+
+def chat_messages(episode: Episode, me: int, history: list[Utterance]) -> list[dict]:
+    """Multi-turn messages for agent ``me``: its own lines as assistant turns."""
+    name = _speaker_name(episode, me)
+    setup = "\n\n".join(
+        [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
+         f"Each of your replies is one line: only what {name} says. To end the conversation, reply with {LEAVE_MARKER}."]
+    )
+    messages: list[dict] = []
+    pending = [setup]
+    for i, u in enumerate(history):
+        if u.agent == me:
+            messages.append({"role": "user", "content": "\n\n".join(pending)})
+            messages.append({"role": "assistant", "content": u.text})
+            pending = []
+        else:
+            pending.append(_history_line(episode, i, u))
+    if not history:
+        pending.append(f"{name} speaks first.")
+    messages.append({"role": "user", "content": "\n\n".join(pending)})
+    return messages
+
+
+def transcript_text(episode: Episode, me: int, history: list[Utterance]) -> str:
+    """Plain-text prompt for base models: context, transcript, then ``Turn k: NAME said:``."""
+    name = _speaker_name(episode, me)
+    lines = [_history_line(episode, i, u) for i, u in enumerate(history)]
+    lines.append(f"Turn {len(history)}: {name} said:")
+    return "\n\n".join(
+        [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
+         "Conversation:\n" + "\n".join(lines)]
+    )
+
+
+def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utterance], observer: bool = False) -> str:
+    """The exact string fed to the model (chat template applied where the format uses one)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if observer:
+        text = observer_text(episode, me, history)
+        if fmt == "transcript" or not has_template:
+            return text + "\n\n"
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    if fmt == "transcript" or not has_template:
+        return transcript_text(episode, me, history)
+    if fmt == "sotopia":
+        messages = [{"role": "user", "content": sotopia_text(episode, me, history)}]
+    elif fmt == "chat":
+        messages = chat_messages(episode, me, history)
+    else:
+        raise ValueError(f"unknown prompt format '{fmt}'; use one of {FORMATS}")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def clean_reply(text: str, first_line_only: bool, stop_strings: list[str]) -> tuple[str, bool]:
+    """Cut a generated reply to what the agent says; return it and whether the agent left."""
+    for stop in stop_strings:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    if first_line_only:
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        text = lines[0] if lines else ""
+    text = text.strip()
+    left = LEAVE_MARKER in text.lower()
+    if left:
+        text = re.sub(re.escape(LEAVE_MARKER), "", text, flags=re.IGNORECASE).strip()
+    return text, left
