@@ -123,6 +123,56 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
 
+def supports_prefix_reuse(model: nn.Module) -> bool:
+    """Whether cached keys/values of a prompt prefix can be re-used in a new batch layout:
+    true for full-attention decoders (Llama, Mistral, Qwen2, GPT-2), false with sliding windows."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None:
+        return all(t == "full_attention" for t in layer_types)
+    return getattr(cfg, "sliding_window", None) is None or not getattr(cfg, "use_sliding_window", True)
+
+
+def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+class PrefixStore:
+    """Keys and values of each agent's last prompt, so its next prompt only computes what is new.
+
+    Prompts in every format grow mostly at the end (the history gains lines, the final cue
+    changes), so the longest common token prefix with the previous prompt is re-used and
+    only the rest goes through the model.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[object, tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.reused_tokens = 0
+        self.computed_tokens = 0
+
+    def lookup(self, key: object, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """Length of the re-usable prefix (at least one token is always left to compute)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return 0, None
+        ids, kv = entry
+        n = 0
+        limit = min(len(ids), len(prompt) - 1)
+        while n < limit and ids[n] == prompt[n]:
+            n += 1
+        return n, kv
+
+    def put(self, key: object, prompt: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._entries[key] = (prompt, kv)
+
+    def drop(self, predicate) -> None:
+        """Forget every entry whose key satisfies ``predicate`` (finished episodes)."""
+        for key in [k for k in self._entries if predicate(k)]:
+            del self._entries[key]
+
+
 class Generator:
     """Batched, left-padded generation with hidden-state capture for one model."""
 
@@ -140,6 +190,7 @@ class Generator:
         self._logits_to_keep = _accepts(lm.model, "logits_to_keep")
         # transformers 5.2x renamed `past_key_values` to `cache`; support both.
         self._cache_arg = "cache" if _accepts(lm.model, "cache") else "past_key_values"
+        self.prefixes = PrefixStore() if supports_prefix_reuse(lm.model) else None
 
     def _done(self, row_tokens: list[int], token: int) -> bool:
         if token in self.eos_ids or len(row_tokens) >= self.sampling.max_new_tokens:
@@ -155,6 +206,59 @@ class Generator:
                 return True
         return False
 
+    def prefill(self, prompts: list[list[int]], keys: list[object] | None = None):
+        """One forward pass over the prompts (or what is new in them); returns the model output,
+        the attention mask and the last positions, ready for decoding."""
+        from transformers import DynamicCache
+
+        lm, store = self.lm, self.prefixes
+        device = lm.device
+        pad = lm.tokenizer.pad_token_id
+        if store is None or keys is None:
+            ids, mask = left_pad(prompts, pad, device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            return self._forward(ids, mask, positions, DynamicCache()), mask, positions
+        found = [store.lookup(k, p) for k, p in zip(keys, prompts)]
+        reused = [n for n, _ in found]
+        p_max = max(reused)
+        suffix_ids, suffix_mask = left_pad([p[n:] for p, n in zip(prompts, reused)], pad, device)
+        prefix_mask = torch.zeros((len(prompts), p_max), dtype=torch.long, device=device)
+        cache = DynamicCache()
+        if p_max:
+            n_layers = len(next(kv for _, kv in found if kv is not None))
+            for layer in range(n_layers):
+                ref_k, ref_v = next(kv for _, kv in found if kv is not None)[layer]
+                k_all = ref_k.new_zeros((len(prompts), ref_k.shape[0], p_max, ref_k.shape[2]))
+                v_all = ref_v.new_zeros((len(prompts), ref_v.shape[0], p_max, ref_v.shape[2]))
+                for i, (n, kv) in enumerate(found):
+                    if n:  # right-align each row's prefix so the new tokens follow it directly
+                        k_all[i, :, p_max - n:] = kv[layer][0][:, :n]
+                        v_all[i, :, p_max - n:] = kv[layer][1][:, :n]
+                cache.update(k_all, v_all, layer)
+            for i, n in enumerate(reused):
+                prefix_mask[i, p_max - n:] = 1
+        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        offsets = torch.tensor(reused, device=device)[:, None]
+        positions = (offsets + suffix_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self._forward(suffix_ids, mask, positions, cache)
+        new_cache = _kv_cache(out)
+        n_layers = len(new_cache.layers) if hasattr(new_cache, "layers") else len(new_cache.key_cache)
+        layer_kv = [_layer_kv(new_cache, layer) for layer in range(n_layers)]
+        for i, (key, prompt) in enumerate(zip(keys, prompts)):
+            cols = mask[i].nonzero().squeeze(-1)  # this row's prompt tokens, in order
+            store.put(key, prompt, [(k[i][:, cols].clone(), v[i][:, cols].clone()) for k, v in layer_kv])
+        store.reused_tokens += sum(reused)
+        store.computed_tokens += sum(len(p) - n for p, n in zip(prompts, reused))
+        return out, mask, positions[:, -1:]
+
+    @torch.inference_mode()
+    def prompt_states(self, prompts: list[list[int]], keys: list[object] | None = None) -> torch.Tensor:
+        """``[batch, n_layers + 1, hidden]`` states at each prompt's last token, no sampling
+        (the observer control and teacher-forced re-reading use this)."""
+        with HiddenStateRecorder(self.lm.model) as recorder:
+            self.prefill(prompts, keys)
+            return recorder.pop()
+
     def _forward(self, ids, mask, positions, cache):
         kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         kwargs[self._cache_arg] = cache
@@ -169,21 +273,22 @@ class Generator:
         generators: list[torch.Generator],
         capture: bool = True,
         generated_mean: bool = False,
+        keys: list[object] | None = None,
     ) -> Generation:
-        """Sample one reply per prompt (token ids) and capture the prompt-end states."""
-        from transformers import DynamicCache
+        """Sample one reply per prompt (token ids) and capture the prompt-end states.
 
-        ids, mask = left_pad(prompts, self.lm.tokenizer.pad_token_id, self.lm.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ``keys`` name whose prompt each row is (e.g. run and agent); with them, the keys and
+        values of the row's previous prompt are re-used for the shared prefix.
+        """
         batch = len(prompts)
+        recorder = HiddenStateRecorder(self.lm.model) if capture or generated_mean else None
         tokens: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
         sums = None
         counts = torch.zeros(batch, 1, 1)
-        recorder = HiddenStateRecorder(self.lm.model) if capture or generated_mean else None
         states = None
         with recorder if recorder is not None else _Null():
-            out = self._forward(ids, mask, positions, DynamicCache())
+            out, mask, positions = self.prefill(prompts, keys)
             if recorder is not None:
                 states = recorder.pop()
                 recorder.enabled = generated_mean
@@ -226,17 +331,6 @@ class _Null:
         return None
 
 
-@torch.inference_mode()
 def prompt_states(lm: LoadedModel, prompts: list[list[int]]) -> torch.Tensor:
-    """States at the last token of each prompt from one batched forward pass (no sampling).
-
-    Used for the observer control and for teacher-forced re-reading.
-    """
-    ids, mask = left_pad(prompts, lm.tokenizer.pad_token_id, lm.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-    if _accepts(lm.model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = 1
-    with HiddenStateRecorder(lm.model) as recorder:
-        lm.model(**kwargs)
-        return recorder.pop()
+    """States at the last token of each prompt from one batched forward pass (no sampling)."""
+    return Generator(lm, SamplingConfig()).prompt_states(prompts)

@@ -1,0 +1,247 @@
+"""Write an activation cache: atomic shards, resumable runs, a final merge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nsync.cache.layout import (
+    CONDITIONS,
+    FORMAT_VERSION,
+    MANIFEST,
+    MERGED_FROM,
+    SHARDS,
+    TURN_COLUMNS,
+    layer_file,
+    live_shards,
+    model_dir,
+    write_json_atomic,
+)
+from nsync.errors import NsyncError
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass
+class ModelInfo:
+    """What the manifest records about each model in a cache."""
+
+    name: str
+    source: str
+    checksum: str | None
+    n_layers: int  # decoder blocks; arrays hold n_layers + 1 (embeddings first) unless layer_names says otherwise
+    hidden_size: int
+    layer_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.layer_names:
+            self.layer_names = ["embed"] + [f"blocks.{i}.resid_post" for i in range(self.n_layers)]
+
+
+def config_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class CacheWriter:
+    """Append whole conversations to a cache folder; every :meth:`write_shard` is atomic.
+
+    ``identity`` is the part of the config that decides the cache's content; reopening a
+    folder with a different identity is refused, with the same one it resumes.
+
+    >>> w = CacheWriter("/tmp/c", config={}, identity={"x": 1}, models=[info])      # doctest: +SKIP
+    >>> w.write_shard(turns_rows, {("m", "interactive"): states})                  # doctest: +SKIP
+    >>> w.finalize()                                                                # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        config: dict,
+        identity: dict,
+        models: list[ModelInfo],
+        dtype: str = "float16",
+        resume: bool = True,
+        rank: int = 0,
+        create: bool = True,
+    ):
+        if dtype not in DTYPES:
+            raise NsyncError(f"cache dtype must be float16 or float32, got '{dtype}'")
+        self.root = Path(path)
+        self.dtype = dtype
+        self.rank = rank
+        self.models = {m.name: m for m in models}
+        self.identity_hash = config_hash(identity)
+        manifest_path = self.root / MANIFEST
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("config_hash") != self.identity_hash:
+                old = manifest.get("identity", {})
+                diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+                raise NsyncError(
+                    f"{self.root} holds a cache made with a different config (differs in: {', '.join(diff) or 'format'}); "
+                    "write to another folder, or delete this one to start over"
+                )
+            if not resume:
+                raise NsyncError(f"{self.root} already holds a cache of this config; set resume=true to continue it")
+            self.manifest = manifest
+        elif not create:
+            raise NsyncError(f"{self.root} holds no cache ({MANIFEST} missing)")
+        else:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise NsyncError(f"{self.root} exists and is not an nsync cache; choose an empty or new folder")
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.manifest = {
+                "format_version": FORMAT_VERSION,
+                "config_hash": self.identity_hash,
+                "identity": identity,
+                "config": config,
+                "dtype": dtype,
+                "models": {m.name: asdict(m) for m in models},
+                "rows": {},
+                "complete": False,
+            }
+            write_json_atomic(manifest_path, self.manifest)
+        (self.root / SHARDS).mkdir(exist_ok=True)
+        self._clean_leftovers()
+        numbers = [int(p.name.rsplit("-", 1)[-1].lstrip("m")) for p in live_shards(self.root)]
+        self._seq = max(numbers, default=-1) + 1  # shard names sort in the order they were written
+
+    def _clean_leftovers(self) -> None:
+        """Drop half-written temp folders and shards that a finished merge superseded."""
+        shard_root = self.root / SHARDS
+        live = {p.name for p in live_shards(self.root)}
+        for p in shard_root.iterdir():
+            if p.name.startswith(f".tmp-{self.rank}-") or (p.is_dir() and not p.name.startswith(".") and p.name not in live):
+                shutil.rmtree(p, ignore_errors=True)
+
+    def done_runs(self) -> set[str]:
+        """Ids of the conversations already committed (to skip when resuming)."""
+        done: set[str] = set()
+        for shard in live_shards(self.root):
+            done.update(pd.read_parquet(shard / "turns.parquet", columns=["run_id"])["run_id"].unique())
+        return done
+
+    def write_shard(self, rows: list[dict], states: dict[tuple[str, str], np.ndarray]) -> Path | None:
+        """Commit turns and their states as one shard.
+
+        ``states[(model, condition)]`` is ``[n, n_layers + 1, hidden]``, its rows in the order of
+        the ``rows`` that have that model and condition.
+        """
+        if not rows:
+            return None
+        turns = pd.DataFrame(rows)
+        missing = [c for c in TURN_COLUMNS if c not in turns.columns]
+        if missing:
+            raise ValueError(f"turn rows lack columns {missing}")
+        turns = turns[TURN_COLUMNS + [c for c in turns.columns if c not in TURN_COLUMNS]]
+        tmp = Path(tempfile.mkdtemp(dir=self.root / SHARDS, prefix=f".tmp-{self.rank}-"))
+        try:
+            for (model, condition), array in states.items():
+                self._check(turns, model, condition, array)
+                out = tmp / "states" / model_dir(model) / condition
+                out.mkdir(parents=True)
+                stored = array.astype(DTYPES[self.dtype])
+                for layer in range(array.shape[1]):
+                    np.save(out / layer_file(layer), np.ascontiguousarray(stored[:, layer]))
+            turns.to_parquet(tmp / "turns.parquet", index=False)
+            _fsync_tree(tmp)
+            name = f"r{self.rank}-{self._seq:05d}"
+            self._seq += 1
+            final = self.root / SHARDS / name
+            os.replace(tmp, final)  # the commit point
+            return final
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _check(self, turns: pd.DataFrame, model: str, condition: str, array: np.ndarray) -> None:
+        if model not in self.models:
+            raise ValueError(f"states for unknown model '{model}'")
+        if condition not in CONDITIONS:
+            raise ValueError(f"unknown condition '{condition}'; use one of {CONDITIONS}")
+        sel = turns[(turns["model"] == model) & (turns["condition"] == condition)]
+        info = self.models[model]
+        expected = (len(sel), len(info.layer_names), info.hidden_size)
+        if array.shape != expected:
+            raise ValueError(f"states for {model}/{condition} have shape {array.shape}, expected {expected}")
+        bad = ~np.isfinite(array)
+        if not bad.any() and self.dtype == "float16":
+            bad = ~np.isfinite(array.astype(np.float16))
+            if bad.any():
+                raise NsyncError(
+                    f"hidden states of {model} exceed the float16 range (|x| > 65504); set cache.dtype=float32"
+                )
+        if bad.any():
+            row, layer = map(int, np.argwhere(bad)[0][:2])
+            run = sel.iloc[row]
+            raise NsyncError(
+                f"NaN or inf in the hidden state of run {run['run_id']} (episode {run['episode_id']}), "
+                f"utterance {run['utterance']}, layer {layer} ({info.layer_names[layer]}) of model {model}"
+            )
+
+    def finalize(self, merge: bool = True) -> dict:
+        """Merge all shards into one (one array per model, condition and layer) and write the
+        manifest's row counts. Safe to call again after a crash."""
+        shards = live_shards(self.root)
+        if merge and len(shards) > 1:
+            self._merge(shards)
+        turns = _read_turns(live_shards(self.root))
+        rows: dict[str, dict[str, int]] = {}
+        if len(turns):
+            for (model, condition), n in turns.groupby(["model", "condition"]).size().items():
+                rows.setdefault(model, {})[condition] = int(n)
+        self.manifest.update(
+            rows=rows,
+            n_runs=int(turns["run_id"].nunique()) if len(turns) else 0,
+            shards=[p.name for p in live_shards(self.root)],
+            complete=True,
+        )
+        write_json_atomic(self.root / MANIFEST, self.manifest)
+        return self.manifest
+
+    def _merge(self, shards: list[Path]) -> None:
+        tmp = Path(tempfile.mkdtemp(dir=self.root / SHARDS, prefix=f".tmp-{self.rank}-"))
+        try:
+            turns = _read_turns(shards)
+            for model, info in self.models.items():
+                for condition in CONDITIONS:
+                    parts = [s / "states" / model_dir(model) / condition for s in shards]
+                    parts = [p for p in parts if p.is_dir()]
+                    if not parts:
+                        continue
+                    out = tmp / "states" / model_dir(model) / condition
+                    out.mkdir(parents=True)
+                    for layer in range(len(info.layer_names)):
+                        arrays = [np.load(p / layer_file(layer), mmap_mode="r") for p in parts]
+                        np.save(out / layer_file(layer), np.concatenate(arrays))
+            turns.to_parquet(tmp / "turns.parquet", index=False)
+            (tmp / MERGED_FROM).write_text(json.dumps([s.name for s in shards]))
+            _fsync_tree(tmp)
+            final = self.root / SHARDS / f"m-{self._seq:05d}"
+            self._seq += 1
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for shard in shards:  # superseded; a crash here is cleaned up on the next open
+            shutil.rmtree(shard, ignore_errors=True)
+
+
+def _read_turns(shards: list[Path]) -> pd.DataFrame:
+    frames = [pd.read_parquet(s / "turns.parquet") for s in shards]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TURN_COLUMNS)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())

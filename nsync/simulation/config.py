@@ -1,0 +1,78 @@
+"""The config of ``python -m nsync.simulate``; every field's help line is its documentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from nsync.errors import NsyncError
+from nsync.simulation.generation import SamplingConfig
+from nsync.simulation.prompts import FORMATS
+
+
+@dataclass
+class ScenarioSelection:
+    """Which episodes to simulate."""
+
+    source: str = field(default="builtin", metadata={"help": "'builtin' (nsync's pack) or the folder of a SOTOPIA JSON export"})
+    ids: list[str] = field(default_factory=list, metadata={"help": "episode ids, scenario ids or codenames (empty: all)"})
+    limit: Optional[int] = field(default=None, metadata={"help": "keep only the first N selected episodes"})
+
+
+@dataclass
+class CaptureConfig:
+    """What is recorded at every utterance."""
+
+    observer: bool = field(default=True, metadata={"help": "also record the passive re-reader's states (condition 'observer')"})
+    generated_mean: bool = field(default=False, metadata={"help": "also record the mean state over the reply's tokens (condition 'generated_mean')"})
+    dtype: str = field(default="float16", metadata={"help": "stored precision: float16 or float32"})
+
+
+@dataclass
+class SimulateConfig:
+    """Two-agent social episodes with every layer's hidden state cached."""
+
+    out: str = field(default=MISSING, metadata={"help": "cache folder to write (created; resumed if it holds this config)"})
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"], metadata={"help": "one model (self-pair) or two: [agent A's, agent B's]"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
+    dtype: str = field(default="float32", metadata={"help": "model precision: float32, bfloat16, float16 or auto"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom modelling code shipped with a checkpoint"})
+    both_orders: bool = field(default=False, metadata={"help": "with two models, also run the swapped order (B's model speaks first)"})
+    prompt_format: str = field(default="sotopia", metadata={"help": f"one of {FORMATS}; models without a chat template use transcript"})
+    max_turns: int = field(default=16, metadata={"help": "most utterances per episode"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "sampling seeds; each episode runs once per seed"})
+    scenarios: ScenarioSelection = field(default_factory=ScenarioSelection)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    episodes_in_flight: int = field(default=16, metadata={"help": "episodes advanced together (the generation batch)"})
+    flush_every: int = field(default=16, metadata={"help": "finished episodes per atomic cache write"})
+    reuse_prefix: bool = field(default=True, metadata={"help": "re-use the keys/values of each agent's previous prompt (full-attention models)"})
+    resume: bool = field(default=True, metadata={"help": "continue a cache of the same config instead of refusing"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.models) <= 2:
+            raise NsyncError(f"models must list one or two models, got {len(self.models)}")
+        if self.prompt_format not in FORMATS:
+            raise NsyncError(f"prompt_format must be one of {FORMATS}, got '{self.prompt_format}'")
+        if self.max_turns < 1:
+            raise NsyncError(f"max_turns must be at least 1, got {self.max_turns}")
+        if not self.seeds:
+            raise NsyncError("seeds must list at least one sampling seed")
+        if self.episodes_in_flight < 1 or self.flush_every < 1:
+            raise NsyncError("episodes_in_flight and flush_every must be at least 1")
+        if self.capture.dtype not in ("float16", "float32"):
+            raise NsyncError(f"capture.dtype must be float16 or float32, got '{self.capture.dtype}'")
+        if self.sampling.max_new_tokens < 1 or not 0 < self.sampling.top_p <= 1 or self.sampling.temperature < 0:
+            raise NsyncError("sampling needs max_new_tokens >= 1, 0 < top_p <= 1 and temperature >= 0")
+
+    def identity(self) -> dict:
+        """The fields that decide what a cache holds (runtime knobs such as batch size excluded)."""
+        from nsync.config import to_dict
+
+        d = to_dict(self)
+        for key in ("out", "resume", "episodes_in_flight", "flush_every", "progress", "device", "reuse_prefix"):
+            d.pop(key)
+        return d

@@ -1,0 +1,220 @@
+"""Run many two-agent episodes together and stream finished ones into the cache.
+
+Every step, the episodes in flight are grouped by the model whose agent speaks next, and each
+group's replies come from one batched, left-padded generation. Finished episodes leave the
+batch and new ones take their place; every ``flush_every`` finished episodes are committed
+to the cache as one atomic shard, so a crash loses at most the episodes in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nsync.cache.writer import CacheWriter
+from nsync.errors import NsyncError
+from nsync.models import LoadedModel
+from nsync.scenarios import Episode
+from nsync.simulation.generation import Generator
+from nsync.simulation.prompts import Utterance, clean_reply, render
+from nsync.simulation.config import SimulateConfig
+
+
+@dataclass
+class Run:
+    """One conversation: an episode played by a model order with a sampling seed."""
+
+    run_id: str
+    episode: Episode
+    models: tuple[str, str]  # the model of agent 0 (speaks first) and of agent 1
+    order: int
+    seed: int
+    history: list[Utterance] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    states: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    done: bool = False
+
+    @property
+    def speaker(self) -> int:
+        return len(self.history) % 2
+
+
+def plan_runs(cfg: SimulateConfig, episodes: list[Episode]) -> list[Run]:
+    """Every (episode, model order, seed) combination, in a fixed order."""
+    a, b = (cfg.models + cfg.models)[:2]
+    orders = [(a, b)]
+    if cfg.both_orders and a != b:
+        orders.append((b, a))
+    runs = []
+    for episode in episodes:
+        for order, models in enumerate(orders):
+            for seed in cfg.seeds:
+                run_id = f"{episode.id}|o{order}|s{seed}"
+                runs.append(Run(run_id, episode, models, order, seed))
+    return runs
+
+
+def utterance_generator(base_seed: int, run_id: str, utterance: int, device: torch.device) -> torch.Generator:
+    """The random stream of one utterance: the same whatever else shares its batch."""
+    digest = hashlib.sha256(f"{base_seed}|{run_id}|{utterance}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+@dataclass
+class SimulationStats:
+    runs: int = 0
+    utterances: int = 0
+    new_tokens: int = 0
+    prompt_tokens: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        minutes = max(self.seconds, 1e-9) / 60
+        return (
+            f"{self.runs} episodes, {self.utterances} utterances in {self.seconds:.1f} s: "
+            f"{self.runs / minutes:.2f} episodes/min, {self.new_tokens / max(self.seconds, 1e-9):.1f} generated tokens/s"
+        )
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "episodes_per_min": self.runs / max(self.seconds, 1e-9) * 60,
+                "tokens_per_s": self.new_tokens / max(self.seconds, 1e-9)}
+
+
+class Simulator:
+    """Advance runs in batches and hand finished ones to a :class:`CacheWriter`."""
+
+    def __init__(self, cfg: SimulateConfig, models: dict[str, LoadedModel], writer: CacheWriter | None, capture: bool = True):
+        self.cfg = cfg
+        self.models = models
+        self.writer = writer
+        self.capture = capture
+        self.generators = {name: Generator(lm, cfg.sampling) for name, lm in models.items()}
+
+    def _fmt(self, lm: LoadedModel) -> str:
+        return self.cfg.prompt_format if lm.has_chat_template else "transcript"
+
+    def _tokenize(self, lm: LoadedModel, text: str) -> list[int]:
+        # Chat templates already hold their special tokens; plain transcripts need the BOS.
+        return lm.tokenizer(text, add_special_tokens=not lm.has_chat_template)["input_ids"]
+
+    def _step(self, name: str, runs: list[Run], stats: SimulationStats) -> None:
+        lm = self.models[name]
+        fmt = self._fmt(lm)
+        prompts = [self._tokenize(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history)) for r in runs]
+        gens = [utterance_generator(r.seed, r.run_id, len(r.history), lm.device) for r in runs]
+        try:
+            reuse = self.cfg.reuse_prefix
+            generator = self.generators[name]
+            out = generator.generate(
+                prompts,
+                gens,
+                capture=self.capture,
+                generated_mean=self.capture and self.cfg.capture.generated_mean,
+                keys=[(r.run_id, r.speaker, "interactive") for r in runs] if reuse else None,
+            )
+            observer = None
+            if self.capture and self.cfg.capture.observer:
+                obs_prompts = [
+                    self._tokenize(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True)) for r in runs
+                ]
+                keys = [(r.run_id, r.speaker, "observer") for r in runs] if reuse else None
+                observer = generator.prompt_states(obs_prompts, keys)
+        except NsyncError:
+            raise
+        except Exception as err:
+            ids = ", ".join(r.run_id for r in runs)
+            raise NsyncError(f"generation with {name} failed for runs [{ids}]: {type(err).__name__}: {err}") from err
+        for i, run in enumerate(runs):
+            raw = lm.tokenizer.decode(out.tokens[i], skip_special_tokens=True)
+            text, left = clean_reply(raw, self.cfg.sampling.first_line_only, self.cfg.sampling.stop_strings)
+            k = len(run.history)
+            run.history.append(Utterance(run.speaker, text, left))
+            base = self._row(run, k, name, text, left, out.prompt_lengths[i], len(out.tokens[i]))
+            run.rows.append(base)
+            if self.capture:
+                run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
+                if observer is not None:
+                    run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[i])})
+                    run.states.setdefault("observer", []).append(observer[i].cpu().numpy())
+                if out.generated_mean is not None:
+                    run.rows.append({**base, "condition": "generated_mean"})
+                    run.states.setdefault("generated_mean", []).append(out.generated_mean[i].cpu().numpy())
+            stats.utterances += 1
+            stats.new_tokens += len(out.tokens[i])
+            stats.prompt_tokens += out.prompt_lengths[i]
+            run.done = left or len(run.history) >= self.cfg.max_turns
+
+    def _row(self, run: Run, k: int, model: str, text: str, left: bool, n_prompt: int, n_new: int) -> dict:
+        ep = run.episode
+        return {
+            "run_id": run.run_id,
+            "episode_id": ep.id,
+            "scenario_id": ep.scenario.id,
+            "scenario_codename": ep.scenario.codename,
+            "relationship": ep.scenario.relationship,
+            "character_a": ep.characters[0].id,
+            "character_b": ep.characters[1].id,
+            "agent": k % 2,
+            "character_id": ep.characters[k % 2].id,
+            "model": model,
+            "partner_model": run.models[1 - k % 2],
+            "order": run.order,
+            "seed": run.seed,
+            "utterance": k,
+            "condition": "interactive",
+            "text": text,
+            "left": left,
+            "n_prompt_tokens": n_prompt,
+            "n_new_tokens": n_new,
+        }
+
+    def _flush(self, finished: list[Run]) -> None:
+        if self.writer is None or not finished:
+            return
+        rows = [row for run in finished for row in run.rows]
+        states: dict[tuple[str, str], list[np.ndarray]] = {}
+        for run in finished:
+            # rows of a run alternate between its two models; states follow the row order
+            per_condition = {c: iter(v) for c, v in run.states.items()}
+            for row in run.rows:
+                states.setdefault((row["model"], row["condition"]), []).append(next(per_condition[row["condition"]]))
+        self.writer.write_shard(rows, {key: np.stack(v) for key, v in states.items()})
+
+    def run(self, runs: list[Run]) -> SimulationStats:
+        """Simulate ``runs`` to the end; return throughput figures."""
+        stats = SimulationStats()
+        pending = deque(runs)
+        active: list[Run] = []
+        finished: list[Run] = []
+        start = time.perf_counter()
+        bar = tqdm(total=len(runs), desc="episodes", unit="ep", disable=not self.cfg.progress, dynamic_ncols=True)
+        with bar:
+            while pending or active:
+                while pending and len(active) < self.cfg.episodes_in_flight:
+                    active.append(pending.popleft())
+                by_model: dict[str, list[Run]] = {}
+                for run in active:
+                    by_model.setdefault(run.models[run.speaker], []).append(run)
+                for name, group in by_model.items():
+                    self._step(name, group, stats)
+                for run in [r for r in active if r.done]:
+                    active.remove(run)
+                    for generator in self.generators.values():
+                        if generator.prefixes is not None:
+                            generator.prefixes.drop(lambda key, run_id=run.run_id: key[0] == run_id)
+                    finished.append(run)
+                    stats.runs += 1
+                    bar.update(1)
+                if len(finished) >= self.cfg.flush_every or (finished and not pending and not active):
+                    self._flush(finished)
+                    finished = []
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(tok_s=f"{stats.new_tokens / max(elapsed, 1e-9):.0f}", utt=stats.utterances)
+        stats.seconds = time.perf_counter() - start
+        return stats

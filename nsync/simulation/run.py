@@ -1,0 +1,92 @@
+"""What ``python -m nsync.simulate`` does, callable from Python and tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from nsync.cache.writer import CacheWriter, ModelInfo
+from nsync.config import load_config, to_dict
+from nsync.errors import NsyncError
+from nsync.models import LoadedModel, ModelConfig, load_model
+from nsync.scenarios import load_scenarios
+from nsync.simulation.config import SimulateConfig
+from nsync.simulation.engine import SimulationStats, Simulator, plan_runs
+
+log = logging.getLogger("nsync.simulate")
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); starts a gloo/nccl process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("NSYNC_BACKEND") != "gloo" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) -> tuple[Path, SimulationStats]:
+    """Simulate the configured episodes into ``cfg.out``; ``models`` overrides loading by name
+    (tests pass tiny models here)."""
+    rank, world = _distributed()
+    library = load_scenarios(cfg.scenarios.source)
+    episodes = library.select(cfg.scenarios.ids, cfg.scenarios.limit)
+    if models is None:
+        models = {}
+        for name in dict.fromkeys(cfg.models):
+            mc = ModelConfig(name=name, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+            if rank == 0:
+                log.info("loading %s", name)
+            models[name] = load_model(mc)
+    missing = [m for m in cfg.models if m not in models]
+    if missing:
+        raise NsyncError(f"no loaded model for {missing}")
+    infos = [
+        ModelInfo(name, lm.source, lm.checksum, lm.n_layers, lm.hidden_size) for name, lm in models.items() if name in cfg.models
+    ]
+    out = Path(cfg.out)
+    writer_args = dict(config=to_dict(cfg), identity=cfg.identity(), models=infos, dtype=cfg.capture.dtype, resume=cfg.resume)
+    # rank 0 creates (or checks) the cache first; the other ranks then open it
+    writer = CacheWriter(out, rank=rank, **writer_args) if rank == 0 else None
+    _barrier(world)
+    if writer is None:
+        writer = CacheWriter(out, rank=rank, create=False, **{**writer_args, "resume": True})
+    runs = plan_runs(cfg, episodes)
+    done = writer.done_runs()
+    todo = [r for r in runs if r.run_id not in done][rank::world]
+    if done and rank == 0:
+        log.info("resuming: %d of %d episodes already in %s", len(done & {r.run_id for r in runs}), len(runs), out)
+    cfg_rank = cfg if rank == 0 else SimulateConfig(**{**cfg.__dict__, "progress": False})
+    stats = Simulator(cfg_rank, models, writer).run(todo)
+    _barrier(world)
+    if rank == 0:
+        writer.finalize()
+    _barrier(world)
+    return out, stats
+
+
+def main(argv: Sequence[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(SimulateConfig, argv, prog="nsync.simulate")
+    out, stats = simulate(cfg)
+    rank, _ = _distributed()
+    if rank == 0:
+        from nsync.cache import ActivationCache
+
+        print(f"simulated {stats.line()}")
+        print(ActivationCache.open(out).summary())
+        print(f"wrote {out}")
