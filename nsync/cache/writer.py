@@ -174,7 +174,8 @@ class CacheWriter:
             raise ValueError(f"states for {model}/{condition} have shape {array.shape}, expected {expected}")
         bad = ~np.isfinite(array)
         if not bad.any() and self.dtype == "float16":
-            bad = ~np.isfinite(array.astype(np.float16))
+            with np.errstate(over="ignore"):
+                bad = ~np.isfinite(array.astype(np.float16))
             if bad.any():
                 raise NsyncError(
                     f"hidden states of {model} exceed the float16 range (|x| > 65504); set cache.dtype=float32"

