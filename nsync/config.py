@@ -61,7 +61,7 @@ def help_text(schema: type, prog: str) -> str:
             if dataclasses.is_dataclass(sub):
                 walk(type(sub), prefix + f.name + ".")
                 continue
-            default = "(required)" if sub is dataclasses.MISSING else repr(sub)
+            default = "(required)" if sub is dataclasses.MISSING or sub == "???" else repr(sub)
             lines.append(f"  {prefix + f.name} = {default}")
             if f.metadata.get("help"):
                 lines.append(f"      {f.metadata['help']}")

@@ -283,44 +283,47 @@ class Generator:
         batch = len(prompts)
         recorder = HiddenStateRecorder(self.lm.model) if capture or generated_mean else None
         tokens: list[list[int]] = [[] for _ in range(batch)]
-        done = [False] * batch
         sums = None
-        counts = torch.zeros(batch, 1, 1)
         states = None
         with recorder if recorder is not None else _Null():
             out, mask, positions = self.prefill(prompts, keys)
             if recorder is not None:
                 states = recorder.pop()
                 recorder.enabled = generated_mean
-            while True:
-                nxt = _sample(out.logits[:, -1, :], generators, self.sampling.temperature, self.sampling.top_p)
-                fed = [not d for d in done]  # rows whose new token belongs to their reply
-                for i in range(batch):
-                    if done[i]:
-                        nxt[i] = self.lm.tokenizer.pad_token_id
-                        continue
-                    token = int(nxt[i])
-                    tokens[i].append(token)
-                    done[i] = self._done(tokens[i], token)
-                if all(done) and not generated_mean:
-                    break
-                mask = torch.cat([mask, torch.tensor(fed, dtype=mask.dtype, device=mask.device)[:, None]], dim=1)
-                positions = positions[:, -1:] + 1
-                out = self._forward(nxt[:, None], mask, positions, _kv_cache(out))
+            rows = list(range(batch))  # the original row of each position in the running batch
+            while rows:
+                nxt = _sample(out.logits[:, -1, :], [generators[r] for r in rows], self.sampling.temperature, self.sampling.top_p)
+                finished = []
+                for pos, r in enumerate(rows):
+                    tokens[r].append(int(nxt[pos]))
+                    if self._done(tokens[r], tokens[r][-1]):
+                        finished.append(pos)
                 if generated_mean:
+                    # the new tokens belong to their replies: feed them all, then drop finished rows
+                    out, mask, positions = self._decode(nxt, mask, positions, out)
                     step = recorder.pop()  # type: ignore[union-attr]
-                    w = torch.tensor(fed, dtype=step.dtype)[:, None, None]
-                    sums = step * w if sums is None else sums + step * w
-                    counts += w
-                    if all(done):
-                        break
-        mean = sums / counts.clamp(min=1) if sums is not None else None
+                    idx = torch.tensor(rows)
+                    sums = torch.zeros(batch, *step.shape[1:]).index_add_(0, idx, step) if sums is None else sums.index_add_(0, idx, step)
+                keep = [pos for pos in range(len(rows)) if pos not in set(finished)]
+                if not keep:
+                    break
+                if finished:
+                    # finished rows leave the batch, so later steps compute only the rows still talking
+                    index = torch.tensor(keep, device=mask.device)
+                    _kv_cache(out).batch_select_indices(index)
+                    mask, positions, nxt = mask[index], positions[index], nxt[index]
+                    out.logits = out.logits[index]
+                    rows = [rows[pos] for pos in keep]
+                if not generated_mean:
+                    out, mask, positions = self._decode(nxt, mask, positions, out)
+        mean = sums / torch.tensor([len(t) for t in tokens], dtype=sums.dtype)[:, None, None] if sums is not None else None
         return Generation(tokens, [len(p) for p in prompts], states if capture else None, mean)
 
-
-def _kv_cache(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
+    def _decode(self, nxt: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, out):
+        """Feed one new token per running row."""
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        return self._forward(nxt[:, None], mask, positions, _kv_cache(out)), mask, positions
 
 
 class _Null:
@@ -329,6 +332,11 @@ class _Null:
 
     def __exit__(self, *exc):
         return None
+
+
+def _kv_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def prompt_states(lm: LoadedModel, prompts: list[list[int]]) -> torch.Tensor:

@@ -39,6 +39,19 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def _sum_over_ranks(stats: SimulationStats) -> SimulationStats:
+    """Totals over all ranks (the slowest rank's time), so rank 0's summary covers the whole run."""
+    import torch
+    import torch.distributed as dist
+
+    counts = torch.tensor([stats.runs, stats.utterances, stats.new_tokens, stats.prompt_tokens], dtype=torch.float64)
+    seconds = torch.tensor([stats.seconds], dtype=torch.float64)
+    dist.all_reduce(counts)
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    runs, utterances, new_tokens, prompt_tokens = (int(x) for x in counts.tolist())
+    return SimulationStats(runs, utterances, new_tokens, prompt_tokens, float(seconds.item()))
+
+
 def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) -> tuple[Path, SimulationStats]:
     """Simulate the configured episodes into ``cfg.out``; ``models`` overrides loading by name
     (tests pass tiny models here)."""
@@ -72,7 +85,8 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
         log.info("resuming: %d of %d episodes already in %s", len(done & {r.run_id for r in runs}), len(runs), out)
     cfg_rank = cfg if rank == 0 else SimulateConfig(**{**cfg.__dict__, "progress": False})
     stats = Simulator(cfg_rank, models, writer).run(todo)
-    _barrier(world)
+    if world > 1:
+        stats = _sum_over_ranks(stats)
     if rank == 0:
         writer.finalize()
     _barrier(world)

