@@ -1,0 +1,94 @@
+"""Train/test splits grouped so that no group is on both sides.
+
+- ``interaction``: by episode (all seeds and orders of an episode together): the paper's.
+- ``scenario``: by scenario (held-out scenarios).
+- ``persona``: by character: a test pair's two characters are both held out, a training pair's
+  both seen; pairs that mix the two sets are dropped, so no character is on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nsync.errors import NsyncError
+
+SPLITS = ("interaction", "scenario", "persona")
+
+
+@dataclass
+class Split:
+    """Boolean masks over a pairs table and the ids on each side."""
+
+    train: np.ndarray
+    test: np.ndarray
+    kind: str
+    seed: int
+
+    def ids(self, pairs: pd.DataFrame) -> dict:
+        """Episode ids (and characters, scenarios) of each side, for the results file."""
+        out = {}
+        for side, mask in (("train", self.train), ("test", self.test)):
+            part = pairs[mask]
+            out[side] = {
+                "episodes": sorted(part["episode_id"].unique().tolist()),
+                "scenarios": sorted(part["scenario_id"].unique().tolist()),
+                "characters": sorted(set(part["character_a"]) | set(part["character_b"])),
+            }
+        return out
+
+
+def _group_split(groups: pd.Series, test_size: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    unique = np.array(sorted(groups.unique()))
+    if len(unique) < 2:
+        raise NsyncError(f"a grouped split needs at least 2 groups, the data has {len(unique)}; simulate more episodes")
+    n_test = min(max(1, round(test_size * len(unique))), len(unique) - 1)
+    test_groups = set(rng.permutation(unique)[:n_test])
+    test = groups.isin(test_groups).to_numpy()
+    return ~test, test
+
+
+def _persona_split(pairs: pd.DataFrame, test_size: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    characters = np.array(sorted(set(pairs["character_a"]) | set(pairs["character_b"])))
+    if len(characters) < 4:
+        raise NsyncError(f"a persona split needs at least 4 characters, the data has {len(characters)}")
+    # Hold out a share f of characters so that f^2 / (f^2 + (1-f)^2) = test_size.
+    r = np.sqrt(test_size / (1 - test_size))
+    n_test = min(max(2, round(r / (1 + r) * len(characters))), len(characters) - 2)
+    held = set(rng.permutation(characters)[:n_test])
+    a, b = pairs["character_a"].isin(held).to_numpy(), pairs["character_b"].isin(held).to_numpy()
+    train, test = ~a & ~b, a & b
+    if not train.any() or not test.any():
+        raise NsyncError("the persona split left one side empty; simulate more episodes per character")
+    return train, test
+
+
+def make_split(pairs: pd.DataFrame, kind: str, test_size: float, seed: int) -> Split:
+    """A grouped split of ``pairs``.
+
+    >>> split = make_split(pairs, "persona", test_size=0.2, seed=0)  # doctest: +SKIP
+    """
+    if kind not in SPLITS:
+        raise NsyncError(f"split must be one of {SPLITS}, got '{kind}'")
+    if not 0 < test_size < 1:
+        raise NsyncError(f"test_size must be between 0 and 1, got {test_size}")
+    rng = np.random.default_rng(seed)
+    if kind == "interaction":
+        train, test = _group_split(pairs["episode_id"], test_size, rng)
+    elif kind == "scenario":
+        train, test = _group_split(pairs["scenario_id"], test_size, rng)
+    else:
+        train, test = _persona_split(pairs, test_size, rng)
+    return Split(train, test, kind, seed)
+
+
+def validation_part(pairs: pd.DataFrame, train: np.ndarray, kind: str, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training side again (same grouping) into fitting and validation parts."""
+    inner = make_split(pairs[train], kind if kind != "persona" else "interaction", size, seed + 10_000)
+    fit, val = np.zeros_like(train), np.zeros_like(train)
+    idx = np.flatnonzero(train)
+    fit[idx[inner.train]] = True
+    val[idx[inner.test]] = True
+    return fit, val

@@ -1,0 +1,309 @@
+"""What ``python -m nsync.fit`` does: fit probes for every direction, split seed and source layer
+of a cache, and write ``results.json``, weights, plots and a W&B run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+from omegaconf import MISSING
+
+from nsync.config import load_config, to_dict
+from nsync.data.pairs import DIRECTIONS
+from nsync.data.splits import SPLITS
+from nsync.errors import NsyncError
+
+log = logging.getLogger("nsync.fit")
+# One Trainer per source layer: keep Lightning's per-Trainer banners and the closed-form probe's
+# "no optimizer" notice out of the output.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+PROBES = ("affine", "mlp")
+
+
+@dataclass
+class DataConfig:
+    """Which pairs, which split."""
+
+    cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync.simulate or import-reference)"})
+    source_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the source (default: the cache's only model)"})
+    target_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the target (default: the cache's only model)"})
+    directions: list[str] = field(default_factory=lambda: list(DIRECTIONS), metadata={"help": "A->B (source = agent who spoke first), B->A"})
+    lag: int = field(default=1, metadata={"help": "target utterance t + lag (1: the partner's next utterance)"})
+    condition: str = field(default="interactive", metadata={"help": "source states: interactive, or observer (the no-engagement control)"})
+    split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
+    split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one split per seed; results are mean and std over them"})
+    test_size: float = field(default=0.2, metadata={"help": "share of groups held out for testing"})
+    val_size: float = field(default=0.1, metadata={"help": "share of training groups used for validation (alpha choice, early stopping)"})
+    max_pairs: Optional[int] = field(default=None, metadata={"help": "pair budget per direction, whole episodes kept (the paper: 6500)"})
+    source_layers: list[int] = field(default_factory=list, metadata={"help": "source layers (empty: all, 0 = embeddings)"})
+    target_layers: list[int] = field(default_factory=list, metadata={"help": "target layers (empty: all)"})
+    batch_size: int = field(default=2048, metadata={"help": "rows per batch"})
+
+
+@dataclass
+class AffineConfig:
+    alphas: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "ridge alpha (the paper: 0.1); several: chosen per source layer on validation data"})
+    scale: bool = field(default=False, metadata={"help": "standardise inputs by their training std before the ridge"})
+
+
+@dataclass
+class MLPConfig:
+    hidden: int = field(default=256, metadata={"help": "hidden width"})
+    depth: int = field(default=1, metadata={"help": "hidden layers"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout after each hidden layer"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    max_epochs: int = field(default=200, metadata={"help": "most training epochs"})
+    patience: int = field(default=10, metadata={"help": "early stopping patience on val/r2 (epochs)"})
+    batch_size: int = field(default=256, metadata={"help": "rows per training batch"})
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = field(default="wandb", metadata={"help": "wandb or none"})
+    project: str = field(default="nsync", metadata={"help": "W&B project"})
+    mode: str = field(default="auto", metadata={"help": "auto (online only with WANDB_API_KEY set), offline or online"})
+
+
+@dataclass
+class FitConfig:
+    """Fit synchrony probes on an activation cache."""
+
+    out: str = field(default=MISSING, metadata={"help": "run folder for results.json, plots, weights and the W&B run"})
+    probe: str = field(default="affine", metadata={"help": f"one of {PROBES}"})
+    data: DataConfig = field(default_factory=DataConfig)
+    affine: AffineConfig = field(default_factory=AffineConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
+    accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator: cpu, gpu or auto"})
+    devices: int = field(default=1, metadata={"help": "devices (DDP when more than one)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the results of an earlier run in the same out folder"})
+    save_weights: bool = field(default=True, metadata={"help": "save each source layer's best-target weights of the first split seed"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.probe not in PROBES:
+            raise NsyncError(f"probe must be one of {PROBES}, got '{self.probe}'")
+        if self.data.split not in SPLITS:
+            raise NsyncError(f"data.split must be one of {SPLITS}, got '{self.data.split}'")
+        bad = [d for d in self.data.directions if d not in DIRECTIONS]
+        if bad or not self.data.directions:
+            raise NsyncError(f"data.directions must list some of {DIRECTIONS}, got {self.data.directions}")
+        if self.data.condition not in ("interactive", "observer"):
+            raise NsyncError(f"data.condition must be interactive or observer, got '{self.data.condition}'")
+        if not self.data.split_seeds:
+            raise NsyncError("data.split_seeds must list at least one seed")
+        if self.logger.kind not in ("wandb", "none") or self.logger.mode not in ("auto", "offline", "online"):
+            raise NsyncError("logger.kind must be wandb or none, logger.mode auto, offline or online")
+
+
+def _trainer(cfg: FitConfig, max_epochs: int, callbacks: list | None = None):
+    import lightning as L
+
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks or [],
+    )
+
+
+def _fit_source_layer(cfg: FitConfig, dm, layer: int):
+    """Fit and test one probe from ``layer`` to every target layer; return the probe."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from nsync.probes import AffineProbe, MLPProbe
+
+    dm.source_layer = layer
+    n_targets = len(dm.target_layers)
+    if cfg.probe == "affine":
+        probe = AffineProbe(
+            dm.d_in, dm.d_out, n_targets, alphas=cfg.affine.alphas, scale=cfg.affine.scale,
+            x_shift=dm.stats["x_mean"][layer], y_shift=dm.stats["y_mean"],
+        )
+        trainer = _trainer(cfg, max_epochs=1)
+    else:
+        m = cfg.mlp
+        probe = MLPProbe(
+            dm.d_in, dm.d_out, n_targets, hidden=m.hidden, depth=m.depth, dropout=m.dropout, lr=m.lr,
+            weight_decay=m.weight_decay, x_mean=dm.stats["x_mean"][layer], x_std=dm.stats["x_std"][layer],
+            y_mean=dm.stats["y_mean"], y_std=dm.stats["y_std"],
+        )
+        dm.hparams.batch_size = m.batch_size
+        stop = EarlyStopping(monitor="val/r2", mode="max", patience=m.patience)
+        best = BestWeights()
+        trainer = _trainer(cfg, max_epochs=m.max_epochs, callbacks=[stop, best])
+    trainer.fit(probe, datamodule=dm)
+    if cfg.probe == "mlp":
+        best.restore(probe)
+    trainer.test(probe, datamodule=dm, verbose=False)
+    return probe
+
+
+class BestWeights(Callback):
+    """Keeps the weights of the epoch with the best ``val/r2`` in memory (no checkpoint files)."""
+
+    def __init__(self) -> None:
+        self.best, self.state = -float("inf"), None
+
+    def on_validation_end(self, trainer, module) -> None:
+        score = trainer.callback_metrics.get("val/r2")
+        if score is not None and float(score) > self.best:
+            self.best = float(score)
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def restore(self, module) -> None:
+        if self.state is not None:
+            module.load_state_dict(self.state)
+
+
+def _logger(cfg: FitConfig, out: Path, group: str):
+    if cfg.logger.kind == "none":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    offline = cfg.logger.mode == "offline" or (cfg.logger.mode == "auto" and not os.environ.get("WANDB_API_KEY"))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(project=cfg.logger.project, group=group, name=out.name, save_dir=str(out), offline=offline, job_type=cfg.probe)
+
+
+def run_fit(cfg: FitConfig) -> dict:
+    """Fit every (split seed, direction, source layer) and write the run folder; return results."""
+    import lightning as L
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from nsync.data import SynchronyDataModule
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = Path(cfg.out)
+    if (out / "results.json").exists() and not cfg.overwrite:
+        raise NsyncError(f"{out} already holds results.json; choose another out folder or set overwrite=true")
+    out.mkdir(parents=True, exist_ok=True)
+    d = cfg.data
+    start = time.perf_counter()
+    per_direction: dict[str, list[np.ndarray]] = {}
+    per_direction_w: dict[str, list[np.ndarray]] = {}
+    meta: dict = {"n_train": {}, "n_test": {}, "splits": {}}
+    weights: dict[str, torch.Tensor] = {}
+    bar = None
+    for seed in d.split_seeds:
+        for direction in d.directions:
+            dm = SynchronyDataModule(
+                d.cache, d.source_model, d.target_model, direction, d.lag, d.condition, d.split, seed,
+                d.test_size, d.val_size, d.max_pairs, d.source_layers or None, d.target_layers or None, d.batch_size,
+            )
+            dm.setup()
+            if bar is None:
+                total = len(d.split_seeds) * len(d.directions) * len(dm.source_layers)
+                bar = tqdm(total=total, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress)
+            r2 = np.zeros((len(dm.source_layers), len(dm.target_layers)))
+            r2w = np.zeros_like(r2)
+            for i, layer in enumerate(dm.source_layers):
+                probe = _fit_source_layer(cfg, dm, layer)
+                r2[i] = probe.results["test_r2"].numpy()
+                r2w[i] = probe.results["test_r2_weighted"].numpy()
+                if cfg.save_weights and cfg.probe == "affine" and seed == d.split_seeds[0]:
+                    j = int(r2[i].argmax())
+                    w = probe.weight.view(dm.d_in, len(dm.target_layers), dm.d_out)[:, j]
+                    b = probe.bias.view(len(dm.target_layers), dm.d_out)[j]
+                    key = f"{direction}/source_{layer}/target_{dm.target_layers[j]}"
+                    weights[key + "/weight"] = w.float().contiguous()
+                    weights[key + "/bias"] = b.float().contiguous()
+                bar.update(1)
+            per_direction.setdefault(direction, []).append(r2)
+            per_direction_w.setdefault(direction, []).append(r2w)
+            meta["n_train"].setdefault(direction, []).append(dm.n("train"))
+            meta["n_test"].setdefault(direction, []).append(dm.n("test"))
+            meta["splits"].setdefault(str(seed), {})[direction] = dm.split.ids(dm.pairs)
+    bar.close()
+    from nsync.results import plot_results, summarise_direction
+
+    results: dict = {
+        "probe": cfg.probe,
+        "split": d.split,
+        "lag": d.lag,
+        "condition": d.condition,
+        "models": {"source": dm.source_model, "target": dm.target_model},
+        "source_layers": dm.source_layers,
+        "target_layers": dm.target_layers,
+        "directions": {},
+    }
+    for direction, mats in per_direction.items():
+        summary = summarise_direction(mats, dm.source_layers, dm.target_layers)
+        summary["r2_variance_weighted"] = np.mean(per_direction_w[direction], 0).tolist()
+        summary["n_train"] = meta["n_train"][direction]
+        summary["n_test"] = meta["n_test"][direction]
+        results["directions"][direction] = summary
+    seeds_sync = np.mean([results["directions"][x]["sync_r2_per_seed"] for x in per_direction], axis=0)
+    results["sync_r2"] = float(np.mean(seeds_sync))
+    results["sync_r2_std"] = float(np.std(seeds_sync))
+    results["sync_r2_unclipped"] = float(np.mean([results["directions"][x]["sync_r2_unclipped"] for x in per_direction]))
+    results["splits"] = meta["splits"]
+    results["config"] = to_dict(cfg)
+    results["seconds"] = time.perf_counter() - start
+    if weights:
+        save_file(weights, str(out / "weights.safetensors"))
+    plots = plot_results(results, out)
+    (out / "config.yaml").write_text(_yaml(cfg))
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out / "results.json")  # written last: its presence means the run is complete
+    logger = _logger(cfg, out, group=f"{dm.source_model}__{dm.target_model}")
+    if logger is not None:
+        _log_wandb(logger, cfg, results, plots)
+    return results
+
+
+def _yaml(cfg: FitConfig) -> str:
+    from nsync.config import to_yaml
+
+    return to_yaml(cfg)
+
+
+def _log_wandb(logger, cfg: FitConfig, results: dict, plots: list[Path]) -> None:
+    import wandb
+
+    logger.log_hyperparams(to_dict(cfg))
+    run = logger.experiment
+    for direction, d in results["directions"].items():
+        key = direction.replace("->", "_to_")
+        for layer, best in zip(results["source_layers"], d["best_r2_by_source_layer"]):
+            run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
+        run.summary[f"sync_r2/{key}"] = d["sync_r2"]
+    run.log({p.stem: wandb.Image(str(p)) for p in plots})
+    run.summary["sync_r2"] = results["sync_r2"]
+    run.summary["sync_r2_std"] = results["sync_r2_std"]
+    run.summary["model_pair"] = f"{results['models']['source']}__{results['models']['target']}"
+    logger.experiment.finish()
+
+
+def main(argv: Sequence[str]) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    cfg = load_config(FitConfig, argv, prog="nsync.fit")
+    results = run_fit(cfg)
+    print(f"SyncR² {results['sync_r2']:.4f} ± {results['sync_r2_std']:.4f} ({cfg.probe} probe, {cfg.data.split} split, "
+          f"{len(cfg.data.split_seeds)} split seeds, {results['seconds']:.1f} s)")
+    for direction, d in results["directions"].items():
+        best = int(np.argmax(d["best_r2_by_source_layer"]))
+        print(f"  {direction}: SyncR² {d['sync_r2']:.4f} ± {d['sync_r2_std']:.4f}, unclipped {d['sync_r2_unclipped']:.4f}, "
+              f"best source layer {results['source_layers'][best]} -> {d['best_target_layer'][best]} "
+              f"(R² {d['best_r2_by_source_layer'][best]:.4f}), n_train {d['n_train'][0]}, n_test {d['n_test'][0]}")
+    print(f"wrote {cfg.out}/results.json, plots and weights")

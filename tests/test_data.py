@@ -1,0 +1,73 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from nsync.cache import ActivationCache
+from nsync.data import SynchronyDataModule, build_pairs, make_split
+from nsync.data.synthetic import write_synthetic_cache
+from nsync.errors import NsyncError
+from nsync.scenarios import load_sotopia
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return write_synthetic_cache(tmp_path_factory.mktemp("c") / "cache", "linear", n_episodes=30, turns=6, hidden=4)
+
+
+def test_pairs_follow_lag_and_direction(cache):
+    turns = ActivationCache.open(cache).turns
+    ab = build_pairs(turns, "synthetic", "synthetic", "A->B", lag=1)
+    assert set(ab["t"]) == {0, 2, 4}  # agent 0 speaks at even utterances; the last has no partner reply
+    ba = build_pairs(turns, "synthetic", "synthetic", "B->A", lag=1)
+    assert set(ba["t"]) == {1, 3}
+    lag3 = build_pairs(turns, "synthetic", "synthetic", "A->B", lag=3)
+    assert set(lag3["t"]) == {0, 2}
+    inter = turns[turns.condition == "interactive"].set_index(["run_id", "utterance"])
+    for _, p in ab.head(5).iterrows():
+        assert inter.loc[(p.run_id, p.t + 1), "row"] == p.target_row
+        assert inter.loc[(p.run_id, p.t), "row"] == p.source_row
+    with pytest.raises(NsyncError, match="no 'observer' utterances"):
+        build_pairs(turns, "synthetic", "synthetic", "A->B", 1, "observer")
+
+
+def _sotopia_pairs(sotopia_dir):
+    lib = load_sotopia(sotopia_dir)
+    rows = []
+    for e in lib.episodes:
+        for t in range(4):
+            rows.append(dict(run_id=e.id, episode_id=e.id, scenario_id=e.scenario.id, character_a=e.characters[0].id,
+                             character_b=e.characters[1].id, seed=0, order=0, t=t, source_row=0, target_row=0))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_persona_split_holds_characters_out_on_sotopia(sotopia_dir, seed):
+    pairs = _sotopia_pairs(sotopia_dir)
+    split = make_split(pairs, "persona", 0.2, seed)
+    chars = lambda m: set(pairs.loc[m, "character_a"]) | set(pairs.loc[m, "character_b"])
+    assert not chars(split.train) & chars(split.test)
+    assert split.test.sum() > 0.05 * len(pairs) and split.train.sum() > 0.3 * len(pairs)
+
+
+@pytest.mark.parametrize("kind,column", [("interaction", "episode_id"), ("scenario", "scenario_id")])
+def test_grouped_splits_keep_groups_whole(sotopia_dir, kind, column):
+    pairs = _sotopia_pairs(sotopia_dir)
+    split = make_split(pairs, kind, 0.2, 0)
+    assert not set(pairs.loc[split.train, column]) & set(pairs.loc[split.test, column])
+    assert abs(split.test.mean() - 0.2) < 0.05
+    assert (split.train | split.test).all()
+
+
+def test_datamodule_shapes_stats_and_no_leakage(cache):
+    dm = SynchronyDataModule(str(cache), direction="A->B", split="interaction", val_size=0.2, max_pairs=60)
+    dm.setup()
+    dm.source_layer = 1
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape[1] == 4 and y.shape[1:] == (3, 4)
+    eps = {part: set(dm.pairs["episode_id"].iloc[dm.index[part]]) for part in ("fit", "val", "test")}
+    assert not eps["fit"] & eps["test"] and not eps["val"] & eps["test"] and not eps["fit"] & eps["val"]
+    assert 60 <= len(dm.pairs) < 63  # whole episodes up to the budget
+    fit = dm.x[1][dm.index["fit"]].double()
+    np.testing.assert_allclose(dm.stats["x_mean"][1].numpy(), fit.mean(0).numpy())
+    with pytest.raises(NsyncError, match="out of range"):
+        SynchronyDataModule(str(cache), source_layers=[7]).setup()

@@ -1,0 +1,103 @@
+"""Ridge math and probes against independent references (scikit-learn, float64 solves, analytic R²)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
+from torch.utils.data import DataLoader, TensorDataset
+
+from nsync.probes import AffineProbe, LayerR2, RidgeSolution, RidgeStatistics, fit_ridge
+
+
+def _massive_data(n=3000, d=12, k=4, seed=0):
+    """One input dimension with mean 3000 and std 1: float32 X^T X on raw states fails here."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    x[:, 0] += 3000.0
+    w = rng.normal(size=(d, k)) * 0.5
+    y = (x - x.mean(0)) @ w + rng.normal(size=(n, k))
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def test_streamed_ridge_matches_sklearn_with_massive_dimension():
+    x, y = _massive_data()
+    stats = RidgeStatistics(torch.tensor(x[:500]).double().mean(0), torch.tensor(y[:500]).double().mean(0), torch.float32)
+    for i in range(0, len(x), 256):  # streamed in batches, float32 products of centred data
+        stats.update(torch.tensor(x[i : i + 256]), torch.tensor(y[i : i + 256]))
+    w, b = RidgeSolution(stats).weights(0.1)
+    ref = Ridge(alpha=0.1).fit(x.astype(np.float64), y.astype(np.float64))
+    np.testing.assert_allclose(x @ w.numpy() + b.numpy(), ref.predict(x.astype(np.float64)), atol=1e-4)
+
+
+def test_raw_float32_normal_equations_fail_where_ours_do_not():
+    """The paper's algorithm (X^T X on raw float32 states) loses the massive dimension."""
+    x, y = _massive_data(n=4000, d=6, k=2, seed=1)
+    tr, te = slice(0, 3200), slice(3200, None)
+    xa = np.hstack([x, np.ones((len(x), 1), np.float32)])
+    xt = torch.tensor(xa[tr])
+    naive = torch.linalg.solve(xt.T @ xt + 0.1 * torch.eye(xa.shape[1]), xt.T @ torch.tensor(y[tr]))
+    naive_r2 = r2_score(y[te], xa[te] @ naive.numpy())
+    w, b = fit_ridge(torch.tensor(x[tr]), torch.tensor(y[tr]))
+    ours = r2_score(y[te], x[te] @ w.numpy() + b.numpy())
+    ref = r2_score(y[te], Ridge(alpha=0.1).fit(x[tr].astype(np.float64), y[tr]).predict(x[te].astype(np.float64)))
+    assert abs(ours - ref) < 1e-4
+    assert naive_r2 < ref - 0.01
+
+
+def test_eigendecomposition_serves_every_alpha():
+    x, y = _massive_data(n=400, d=8, k=3)
+    stats = RidgeStatistics(torch.tensor(x).double().mean(0), torch.tensor(y).double().mean(0))
+    stats.update(torch.tensor(x), torch.tensor(y))
+    sol = RidgeSolution(stats)
+    for alpha in (0.01, 1.0, 100.0):
+        w, _ = sol.weights(alpha)
+        np.testing.assert_allclose(w.numpy(), Ridge(alpha=alpha).fit(x.astype(np.float64), y).coef_.T, atol=1e-6)
+
+
+def test_layer_r2_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(200, 2, 5)) + 1000.0
+    p = y + rng.normal(size=y.shape) * np.linspace(0.1, 2, 5)
+    metric = LayerR2(2, 5, torch.full((2, 5), 1000.0, dtype=torch.float64))
+    metric.update(torch.tensor(p[:120]), torch.tensor(y[:120]))
+    metric.update(torch.tensor(p[120:]), torch.tensor(y[120:]))
+    uniform, weighted = metric.compute()
+    for i in range(2):
+        assert uniform[i].item() == pytest.approx(r2_score(y[:, i], p[:, i]), abs=1e-10)
+        assert weighted[i].item() == pytest.approx(r2_score(y[:, i], p[:, i], multioutput="variance_weighted"), abs=1e-10)
+
+
+def _fit_probe(probe, x, y, tr, va, te):
+    import lightning as L
+
+    loaders = {k: DataLoader(TensorDataset(torch.tensor(x[s]), torch.tensor(y[s])), batch_size=256) for k, s in dict(tr=tr, va=va, te=te).items()}
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(probe, loaders["tr"], loaders["va"])
+    trainer.test(probe, loaders["te"], verbose=False)
+    return probe
+
+
+def test_affine_probe_lightning_matches_sklearn_per_target_layer():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1500, 10)).astype(np.float32)
+    x[:, 2] += 3000.0
+    y = np.stack([x @ rng.normal(size=(10, 6)) + rng.normal(size=(1500, 6)) * s for s in (0.5, 2.0, 8.0)], 1).astype(np.float32)
+    tr, va, te = slice(0, 1000), slice(1000, 1200), slice(1200, None)
+    probe = AffineProbe(10, 6, 3, x_shift=torch.tensor(x[tr]).double().mean(0), y_shift=torch.tensor(y[tr]).double().mean(0))
+    _fit_probe(probe, x, y, tr, va, te)
+    for i in range(3):
+        ref = Ridge(alpha=0.1).fit(x[tr].astype(np.float64), y[tr, i])
+        want = r2_score(y[te, i], ref.predict(x[te].astype(np.float64)))
+        assert probe.results["test_r2"][i].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_affine_probe_alpha_grid_picks_on_validation():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 60)).astype(np.float32)
+    y = (x[:, :2] @ rng.normal(size=(2, 3)) + rng.normal(size=(300, 3)) * 2).astype(np.float32)[:, None]
+    probe = AffineProbe(60, 3, 1, alphas=[1e-3, 1.0, 100.0, 1e5], x_shift=torch.zeros(60), y_shift=torch.zeros(3))
+    _fit_probe(probe, x, y, slice(0, 150), slice(150, 220), slice(220, None))
+    scores = probe.results["val_r2_by_alpha"]
+    assert probe.alpha.item() == [1e-3, 1.0, 100.0, 1e5][int(scores.argmax())]
+    assert probe.alpha.item() > 1e-3  # 60 inputs, 150 rows: the least regularised is not best
