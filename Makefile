@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make quickstart   install, then simulate episodes with the bundled SmolLM2-135M and summarise the cache
+#   make quickstart   install, simulate episodes with the bundled SmolLM2-135M, fit the paper's probes
 #   make test         install, then run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: install
 	$(BIN)/python -m nsync.simulate --config configs/simulate/quickstart.yaml
-	$(BIN)/python -m nsync.cache info runs/quickstart/cache
+	$(BIN)/python -m nsync.fit --config configs/fit/paper.yaml overwrite=true
 
 test: install
 	$(BIN)/python -m pytest

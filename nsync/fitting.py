@@ -54,6 +54,7 @@ class DataConfig:
 class AffineConfig:
     alphas: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "ridge alpha (the paper: 0.1); several: chosen per source layer on validation data"})
     scale: bool = field(default=False, metadata={"help": "standardise inputs by their training std before the ridge"})
+    matmul_dtype: str = field(default="float32", metadata={"help": "batch products of centred data in float32 (sums always float64) or float64"})
 
 
 @dataclass
@@ -134,7 +135,7 @@ def _fit_source_layer(cfg: FitConfig, dm, layer: int):
     n_targets = len(dm.target_layers)
     if cfg.probe == "affine":
         probe = AffineProbe(
-            dm.d_in, dm.d_out, n_targets, alphas=cfg.affine.alphas, scale=cfg.affine.scale,
+            dm.d_in, dm.d_out, n_targets, alphas=cfg.affine.alphas, scale=cfg.affine.scale, matmul_dtype=cfg.affine.matmul_dtype,
             x_shift=dm.stats["x_mean"][layer], y_shift=dm.stats["y_mean"],
         )
         trainer = _trainer(cfg, max_epochs=1)
@@ -183,6 +184,18 @@ def _logger(cfg: FitConfig, out: Path, group: str):
     return WandbLogger(project=cfg.logger.project, group=group, name=out.name, save_dir=str(out), offline=offline, job_type=cfg.probe)
 
 
+def resolve_out(cfg: FitConfig) -> str:
+    """``out`` with ``{hash}`` replaced by a short hash of the rest of the config (sweeps use it
+    to give every grid point its own folder)."""
+    if "{hash}" not in cfg.out:
+        return cfg.out
+    import hashlib
+
+    d = to_dict(cfg)
+    d.pop("out")
+    return cfg.out.replace("{hash}", hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10])
+
+
 def run_fit(cfg: FitConfig) -> dict:
     """Fit every (split seed, direction, source layer) and write the run folder; return results."""
     import lightning as L
@@ -193,7 +206,7 @@ def run_fit(cfg: FitConfig) -> dict:
     from nsync.data import SynchronyDataModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out = Path(cfg.out)
+    out = Path(resolve_out(cfg))
     if (out / "results.json").exists() and not cfg.overwrite:
         raise NsyncError(f"{out} already holds results.json; choose another out folder or set overwrite=true")
     out.mkdir(parents=True, exist_ok=True)
@@ -306,4 +319,4 @@ def main(argv: Sequence[str]) -> None:
         print(f"  {direction}: SyncR² {d['sync_r2']:.4f} ± {d['sync_r2_std']:.4f}, unclipped {d['sync_r2_unclipped']:.4f}, "
               f"best source layer {results['source_layers'][best]} -> {d['best_target_layer'][best]} "
               f"(R² {d['best_r2_by_source_layer'][best]:.4f}), n_train {d['n_train'][0]}, n_test {d['n_test'][0]}")
-    print(f"wrote {cfg.out}/results.json, plots and weights")
+    print(f"wrote {resolve_out(cfg)}/results.json, plots and weights")

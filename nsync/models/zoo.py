@@ -60,7 +60,7 @@ class BundledModel:
     sha256: str
     hub_id: str
     locate: Callable[["BundledModel"], Path]
-    chat: bool
+    chat: bool  # instruction-tuned with a chat template; False: a base model, plain transcripts
 
 
 def _file_in_package(filename: str) -> Callable[[BundledModel], Path]:
@@ -283,6 +283,10 @@ def load_model(cfg: ModelConfig | str) -> LoadedModel:
             ) from None
         raise
     model.to(device).eval()
+    entry = BUNDLED.get(cfg.name)
+    if entry is not None and not entry.chat:
+        # A base model: its tokenizer may still carry a template, but it was never tuned on one.
+        tokenizer.chat_template = None
     return wrap_model(cfg.name, model, tokenizer, resolved.source, resolved.sha256)
 
 

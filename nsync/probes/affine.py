@@ -14,6 +14,8 @@ class AffineProbe(L.LightningModule):
 
     One training epoch accumulates ``X^T X`` and ``X^T Y`` (float64, centred at the training
     means ``x_shift``/``y_shift``); under DDP they are summed over ranks, so the solution is exact.
+    ``matmul_dtype="float32"`` runs the batch products on centred data in float32 (the sums stay
+    float64); ``"float64"`` runs them in float64 too.
     With several ``alphas`` the validation part picks one (all from one eigendecomposition),
     and the final weights are solved on training plus validation data.
 
@@ -30,7 +32,7 @@ class AffineProbe(L.LightningModule):
         scale: bool = False,
         x_shift: torch.Tensor | None = None,
         y_shift: torch.Tensor | None = None,
-        matmul_dtype: str = "float64",
+        matmul_dtype: str = "float32",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["x_shift", "y_shift"])
