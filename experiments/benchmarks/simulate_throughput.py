@@ -3,6 +3,7 @@
 Each setting runs in its own process (so peak memory is per setting) on the same episodes:
 
     python experiments/benchmarks/simulate_throughput.py --model smollm2-135m --episodes 16 --turns 4
+    python experiments/benchmarks/simulate_throughput.py --prompt-format chat --settings batched,no_reuse
 
 Settings (all sample the same transcripts, since every utterance has its own random stream):
   batched      episodes_in_flight=N, hidden-state capture on, prefix re-use on
@@ -47,6 +48,7 @@ def run_one(args: argparse.Namespace, setting: str) -> dict:
         f"sampling.max_new_tokens={args.max_new_tokens}",
         f"episodes_in_flight={args.episodes}",
         "capture.observer=false",
+        f"prompt_format={args.prompt_format}",
         "progress=false",
     ] + [f"{k}={v}" for k, v in overrides.items()]
     cfg = load_config(SimulateConfig, argv, prog="bench")
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--prompt-format", default="sotopia", help="sotopia, chat or transcript")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -86,7 +89,7 @@ def main() -> None:
     results = {}
     for setting in args.settings.split(","):
         cmd = [sys.executable, __file__, "--one", setting, "--model", args.model, "--episodes", str(args.episodes),
-               "--turns", str(args.turns), "--max-new-tokens", str(args.max_new_tokens)]
+               "--turns", str(args.turns), "--max-new-tokens", str(args.max_new_tokens), "--prompt-format", args.prompt_format]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
         results[setting] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[setting]

@@ -51,8 +51,11 @@ class AffineProbe(L.LightningModule):
         self.results: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[batch, d_in]`` -> ``[batch, n_targets, d_out]``."""
-        y = x.double() @ self.weight + self.bias
+        """``[batch, d_in]`` -> ``[batch, n_targets, d_out]`` (float64)."""
+        # (x - shift) @ W + (shift @ W + b): the product runs on centred data in the working dtype.
+        dtype = getattr(torch, self.hparams.matmul_dtype)
+        xc = x.to(dtype) - self.x_shift.to(dtype)
+        y = (xc @ self.weight.to(dtype)).double() + (self.x_shift @ self.weight + self.bias)
         return y.view(x.shape[0], self.hparams.n_targets, self.hparams.d_out)
 
     def configure_optimizers(self):

@@ -22,8 +22,12 @@ class RidgeStatistics:
     """
 
     def __init__(self, x_shift: torch.Tensor, y_shift: torch.Tensor, matmul_dtype: torch.dtype = torch.float64):
-        self.x_shift = x_shift.double()
-        self.y_shift = y_shift.double()
+        # The shift is rounded to the working dtype so that centring a float32 batch needs no
+        # float64 copy (x - shift of two nearby float32 numbers is exact); sums are float64.
+        self.x_shift = x_shift.to(matmul_dtype).double()
+        self.y_shift = y_shift.to(matmul_dtype).double()
+        self._x_shift_mm = x_shift.to(matmul_dtype)
+        self._y_shift_mm = y_shift.to(matmul_dtype)
         d, k = x_shift.numel(), y_shift.numel()
         device = x_shift.device
         self.n = 0
@@ -34,9 +38,9 @@ class RidgeStatistics:
         self.matmul_dtype = matmul_dtype
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # Centre in float64 first; the products may then run in float32 without cancellation.
-        xc = (x.double() - self.x_shift).to(self.matmul_dtype)
-        yc = (y.double() - self.y_shift).to(self.matmul_dtype)
+        # Centred first, so the products may run in float32 without cancellation.
+        xc = x.to(self.matmul_dtype) - self._x_shift_mm
+        yc = y.to(self.matmul_dtype) - self._y_shift_mm
         self.n += x.shape[0]
         self.sx += xc.sum(0).double()
         self.sy += yc.sum(0).double()
