@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: install
 	$(BIN)/python -m nsync.simulate --config configs/simulate/quickstart.yaml
-	$(BIN)/python -m nsync.fit --config configs/fit/paper.yaml overwrite=true
+	$(BIN)/python -m nsync.fit --config configs/fit/quickstart.yaml overwrite=true
 
 test: install
 	$(BIN)/python -m pytest

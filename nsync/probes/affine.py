@@ -53,7 +53,7 @@ class AffineProbe(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[batch, d_in]`` -> ``[batch, n_targets, d_out]`` (float64)."""
         # (x - shift) @ W + (shift @ W + b): the product runs on centred data in the working dtype.
-        dtype = getattr(torch, self.hparams.matmul_dtype)
+        dtype = self._work_dtype
         xc = x.to(dtype) - self.x_shift.to(dtype)
         y = (xc @ self.weight.to(dtype)).double() + (self.x_shift @ self.weight + self.bias)
         return y.view(x.shape[0], self.hparams.n_targets, self.hparams.d_out)
@@ -61,8 +61,12 @@ class AffineProbe(L.LightningModule):
     def configure_optimizers(self):
         return None  # closed form: no optimiser
 
+    @property
+    def _work_dtype(self) -> torch.dtype:
+        return getattr(torch, self.hparams.matmul_dtype)
+
     def _new_stats(self) -> RidgeStatistics:
-        return RidgeStatistics(self.x_shift, self.y_shift, getattr(torch, self.hparams.matmul_dtype))
+        return RidgeStatistics(self.x_shift, self.y_shift, self._work_dtype)
 
     def on_train_epoch_start(self) -> None:
         self._train_stats, self._val_stats, self._solution = self._new_stats(), None, None
@@ -80,7 +84,7 @@ class AffineProbe(L.LightningModule):
         """Solve once after the training pass (Lightning validates before on_train_epoch_end)."""
         if self._solution is not None or self._train_stats is None or self._train_stats.n == 0:
             return
-        self._solution = RidgeSolution(self._reduce(self._train_stats), self.hparams.scale)
+        self._solution = RidgeSolution(self._reduce(self._train_stats), self.hparams.scale, self._work_dtype)
         self._set_weights(self._solution, self.alphas[0])
 
     def _set_weights(self, solution: RidgeSolution, alpha: float) -> None:
@@ -118,7 +122,7 @@ class AffineProbe(L.LightningModule):
             # refit on the whole training side with the chosen alpha
             full = self._train_stats
             full += self._reduce(self._val_stats)
-            self._set_weights(RidgeSolution(full, self.hparams.scale), self.alphas[best])
+            self._set_weights(RidgeSolution(full, self.hparams.scale, self._work_dtype), self.alphas[best])
 
     def on_train_end(self) -> None:
         self._solve()  # when there was no validation data

@@ -79,7 +79,7 @@ class RidgeSolution:
     returned weights apply to unscaled inputs).
     """
 
-    def __init__(self, stats: RidgeStatistics, scale: bool = False):
+    def __init__(self, stats: RidgeStatistics, scale: bool = False, product_dtype: torch.dtype = torch.float64):
         if stats.n < 2:
             raise ValueError("ridge needs at least two training rows")
         cxx, cxy = stats.centred()
@@ -92,12 +92,16 @@ class RidgeSolution:
         cxx = cxx * torch.outer(self.inv_std, self.inv_std)
         self.eigvals, self.eigvecs = torch.linalg.eigh(cxx)
         self.eigvals = torch.clamp(self.eigvals, min=0.0)
-        # G = Q^T Xc^T Yc: the only product with the targets; shared by every alpha.
-        self.g = self.eigvecs.T @ (cxy * self.inv_std[:, None])
+        # G = Q^T Xc^T Yc: the only product with the targets; shared by every alpha. Its size
+        # (hidden x all target dims) makes these products the cost of a solve; float32 is enough
+        # here because the data are centred and 1 / (eigenvalue + alpha) <= 1 / alpha.
+        self.product_dtype = product_dtype
+        self.q = self.eigvecs.to(product_dtype)
+        self.g = self.q.T @ (cxy * self.inv_std[:, None]).to(product_dtype)
 
     def weights(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W, b)`` with ``y ~ x @ W + b``; the bias is not regularised."""
-        w = self.eigvecs @ (self.g / (self.eigvals + alpha)[:, None])
+        w = (self.q @ (self.g / (self.eigvals + alpha).to(self.product_dtype)[:, None])).double()
         w = w * self.inv_std[:, None]
         b = self.y_mean - self.x_mean @ w
         return w, b
