@@ -247,7 +247,7 @@ def run_fit(cfg: FitConfig) -> dict:
             meta["n_test"].setdefault(direction, []).append(dm.n("test"))
             meta["splits"].setdefault(str(seed), {})[direction] = dm.split.ids(dm.pairs)
     bar.close()
-    from nsync.results import plot_results, summarise_direction
+    from nsync.results import _nan_to_none, plot_results, summarise_direction
 
     results: dict = {
         "probe": cfg.probe,
@@ -261,7 +261,7 @@ def run_fit(cfg: FitConfig) -> dict:
     }
     for direction, mats in per_direction.items():
         summary = summarise_direction(mats, dm.source_layers, dm.target_layers)
-        summary["r2_variance_weighted"] = np.mean(per_direction_w[direction], 0).tolist()
+        summary["r2_variance_weighted"] = _nan_to_none(np.mean(per_direction_w[direction], 0).tolist())
         summary["n_train"] = meta["n_train"][direction]
         summary["n_test"] = meta["n_test"][direction]
         results["directions"][direction] = summary
@@ -299,7 +299,8 @@ def _log_wandb(logger, cfg: FitConfig, results: dict, plots: list[Path]) -> None
     for direction, d in results["directions"].items():
         key = direction.replace("->", "_to_")
         for layer, best in zip(results["source_layers"], d["best_r2_by_source_layer"]):
-            run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
+            if best is not None:
+                run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
         run.summary[f"sync_r2/{key}"] = d["sync_r2"]
     run.log({p.stem: wandb.Image(str(p)) for p in plots})
     run.summary["sync_r2"] = results["sync_r2"]
@@ -315,7 +316,7 @@ def main(argv: Sequence[str]) -> None:
     print(f"SyncR² {results['sync_r2']:.4f} ± {results['sync_r2_std']:.4f} ({cfg.probe} probe, {cfg.data.split} split, "
           f"{len(cfg.data.split_seeds)} split seeds, {results['seconds']:.1f} s)")
     for direction, d in results["directions"].items():
-        best = int(np.argmax(d["best_r2_by_source_layer"]))
+        best = int(np.nanargmax(np.array(d["best_r2_by_source_layer"], dtype=float)))
         print(f"  {direction}: SyncR² {d['sync_r2']:.4f} ± {d['sync_r2_std']:.4f}, unclipped {d['sync_r2_unclipped']:.4f}, "
               f"best source layer {results['source_layers'][best]} -> {d['best_target_layer'][best]} "
               f"(R² {d['best_r2_by_source_layer'][best]:.4f}), n_train {d['n_train'][0]}, n_test {d['n_test'][0]}")

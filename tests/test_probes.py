@@ -101,3 +101,22 @@ def test_affine_probe_alpha_grid_picks_on_validation():
     scores = probe.results["val_r2_by_alpha"]
     assert probe.alpha.item() == [1e-3, 1.0, 100.0, 1e5][int(scores.argmax())]
     assert probe.alpha.item() > 1e-3  # 60 inputs, 150 rows: the least regularised is not best
+
+
+def test_constant_target_dimensions_have_no_r2():
+    """The embedding at the last prompt token is the same for every row: no R², not 1.0."""
+    rng = np.random.default_rng(5)
+    y = np.zeros((50, 2, 3))
+    y[:, 0] = rng.normal(size=(50, 3))
+    y[:, 1, 0] = 7.0  # target layer 1: dimension 0 constant, others vary
+    y[:, 1, 1:] = rng.normal(size=(50, 2))
+    y_const = y.copy()
+    y_const[:, 0] = 4.0  # target layer 0 entirely constant
+    metric = LayerR2(2, 3, torch.zeros(6, dtype=torch.float64))
+    metric.update(torch.tensor(y_const + 0.0), torch.tensor(y_const))
+    uniform, weighted = metric.compute()
+    assert torch.isnan(uniform[0]) and torch.isnan(weighted[0])
+    assert uniform[1].item() == pytest.approx(1.0)  # only the varying dimensions count
+    from nsync.results import sync_r2
+
+    assert sync_r2(np.array([[np.nan, 0.3], [np.nan, -0.2]])) == pytest.approx(0.15)

@@ -28,12 +28,22 @@ class LayerR2(nn.Module):
         self.r2.update(preds.reshape(b, -1).double() - self.y_shift, target.reshape(b, -1).double() - self.y_shift)
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uniform, variance-weighted) R², each ``[n_targets]``."""
-        raw = self.r2.compute().reshape(self.n_targets, self.d_out)
+        """(uniform, variance-weighted) R², each ``[n_targets]``.
+
+        Output dimensions that are constant on the test side have no R²; they are left out
+        (scikit-learn would score a constant predicted exactly as 1.0). This matters: at the last
+        prompt token the embedding output is the same for every row (the same template token),
+        and counting it as perfectly predicted would make SyncR² 1.
+        """
         m = self.r2
-        tss = (m.sum_squared_error - m.sum_error**2 / m.total).reshape(self.n_targets, self.d_out)
-        rss = m.residual.reshape(self.n_targets, self.d_out)
-        return raw.mean(1), 1 - rss.sum(1) / tss.sum(1)
+        with m.sync_context():  # sums over DDP ranks
+            tss = (m.sum_squared_error - m.sum_error**2 / m.total).reshape(self.n_targets, self.d_out)
+            rss = m.residual.reshape(self.n_targets, self.d_out).clone()
+        valid = tss > 1e-9 * tss.max().clamp(min=1e-300)
+        raw = torch.where(valid, 1 - rss / tss.clamp(min=1e-300), torch.full_like(tss, float("nan")))
+        uniform = raw.nanmean(1)
+        weighted = 1 - (rss * valid).sum(1) / (tss * valid).sum(1)  # NaN when no dimension varies
+        return uniform, weighted
 
     def reset(self) -> None:
         self.r2.reset()
