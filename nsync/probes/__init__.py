@@ -1,7 +1,7 @@
 """Synchrony probes: LightningModules mapping one agent's state to its partner's next state."""
 
 from nsync.probes.affine import AffineProbe
-from nsync.probes.metrics import LayerR2
+from nsync.probes.metrics import LayerR2, TestR2Mixin
 from nsync.probes.mlp import MLP, MLPProbe
 from nsync.probes.ridge import RidgeSolution, RidgeStatistics, fit_ridge
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from nsync.probes.metrics import LayerR2
+from nsync.probes.metrics import LayerR2, TestR2Mixin
 from nsync.probes.ridge import RidgeSolution, RidgeStatistics
 
 
-class AffineProbe(L.LightningModule):
+class AffineProbe(TestR2Mixin, L.LightningModule):
     """Ridge regression with an unregularised bias, solved from streamed sufficient statistics.
 
     One training epoch accumulates ``X^T X`` and ``X^T Y`` (float64, centred at the training
@@ -126,15 +126,3 @@ class AffineProbe(L.LightningModule):
 
     def on_train_end(self) -> None:
         self._solve()  # when there was no validation data
-
-    def on_test_epoch_start(self) -> None:
-        self.test_r2.reset()
-
-    def test_step(self, batch, batch_idx):
-        x, y = batch
-        self.test_r2.update(self(x), y)
-
-    def on_test_epoch_end(self) -> None:
-        uniform, weighted = self.test_r2.compute()
-        self.results.update(test_r2=uniform.cpu(), test_r2_weighted=weighted.cpu())
-        self.log("test/r2", uniform.max().float())

@@ -47,3 +47,24 @@ class LayerR2(nn.Module):
 
     def reset(self) -> None:
         self.r2.reset()
+
+
+class TestR2Mixin:
+    """The test stage shared by every probe: ``self.test_r2`` (a :class:`LayerR2`) collects the
+    predictions; the per-target-layer R² ends up in ``self.results``."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+    def on_test_epoch_start(self) -> None:
+        self.test_r2.reset()
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_r2.update(self(x), y)
+
+    def on_test_epoch_end(self) -> None:
+        uniform, weighted = self.test_r2.compute()
+        self.results.update(test_r2=uniform.cpu(), test_r2_weighted=weighted.cpu())
+        finite = uniform[torch.isfinite(uniform)]
+        if finite.numel():
+            self.log("test/r2", finite.max().float())  # best target layer

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from nsync.probes.metrics import LayerR2
+from nsync.probes.metrics import LayerR2, TestR2Mixin
 
 
 class MLP(nn.Module):
@@ -32,7 +32,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class MLPProbe(L.LightningModule):
+class MLPProbe(TestR2Mixin, L.LightningModule):
     """Nonlinear probe to ``n_targets`` target layers jointly; early-stop on ``val/r2``.
 
     >>> probe = MLPProbe(576, 576, n_targets=1, x_mean=mx, x_std=sx, y_mean=my, y_std=sy)  # doctest: +SKIP
@@ -66,7 +66,6 @@ class MLPProbe(L.LightningModule):
         self.register_buffer("y_std", buf(y_std, k, 1.0).clamp(min=1e-6))
         self.net = MLP(d_in, k, hidden, depth, dropout)
         y_shift = self.y_mean.double()
-        self.train_r2 = LayerR2(n_targets, d_out, y_shift)
         self.val_r2 = LayerR2(n_targets, d_out, y_shift)
         self.test_r2 = LayerR2(n_targets, d_out, y_shift)
         self.results: dict[str, torch.Tensor] = {}
@@ -100,15 +99,3 @@ class MLPProbe(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         uniform, _ = self.val_r2.compute()
         self.log("val/r2", uniform.mean().float(), prog_bar=True)
-
-    def on_test_epoch_start(self) -> None:
-        self.test_r2.reset()
-
-    def test_step(self, batch, batch_idx):
-        x, y = batch
-        self.test_r2.update(self(x), y)
-
-    def on_test_epoch_end(self) -> None:
-        uniform, weighted = self.test_r2.compute()
-        self.results.update(test_r2=uniform.cpu(), test_r2_weighted=weighted.cpu())
-        self.log("test/r2", uniform.max().float())
