@@ -8,6 +8,7 @@ stops as soon as its first line is complete.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -328,7 +329,7 @@ class Generator:
         tokens: list[list[int]] = [[] for _ in range(batch)]
         sums = None
         states = None
-        with recorder if recorder is not None else _Null():
+        with recorder if recorder is not None else contextlib.nullcontext():
             out, mask, positions = self.prefill(prompts, keys)
             if recorder is not None:
                 states = recorder.pop()
@@ -367,14 +368,6 @@ class Generator:
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         positions = positions[:, -1:] + 1
         return self._forward(nxt[:, None], mask, positions, _kv_cache(out)), mask, positions
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def _kv_cache(out):

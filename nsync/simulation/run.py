@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -83,7 +84,7 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
     todo = [r for r in runs if r.run_id not in done][rank::world]
     if done and rank == 0:
         log.info("resuming: %d of %d episodes already in %s", len(done & {r.run_id for r in runs}), len(runs), out)
-    cfg_rank = cfg if rank == 0 else SimulateConfig(**{**cfg.__dict__, "progress": False})
+    cfg_rank = cfg if rank == 0 else dataclasses.replace(cfg, progress=False)  # one progress bar
     stats = Simulator(cfg_rank, models, writer).run(todo)
     if world > 1:
         stats = _sum_over_ranks(stats)
