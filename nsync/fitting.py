@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import MISSING
 
 from nsync.config import load_config, to_dict
-from nsync.data.pairs import DIRECTIONS
+from nsync.cache.layout import CONDITIONS
+from nsync.data.pairs import CONTROLS, DIRECTIONS
 from nsync.data.splits import SPLITS
 from nsync.errors import NsyncError
 
@@ -39,7 +40,9 @@ class DataConfig:
     target_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the target (default: the cache's only model)"})
     directions: list[str] = field(default_factory=lambda: list(DIRECTIONS), metadata={"help": "A->B (source = agent who spoke first), B->A"})
     lag: int = field(default=1, metadata={"help": "target utterance t + lag (1: the partner's next utterance)"})
-    condition: str = field(default="interactive", metadata={"help": "source states: interactive, or observer (the no-engagement control)"})
+    condition: str = field(default="interactive", metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"})
+    target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
+    control: str = field(default="partner", metadata={"help": f"where targets come from: one of {CONTROLS} (see nsync.data.pairs)"})
     split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
     split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one split per seed; results are mean and std over them"})
     test_size: float = field(default=0.2, metadata={"help": "share of groups held out for testing"})
@@ -87,6 +90,7 @@ class FitConfig:
     mlp: MLPConfig = field(default_factory=MLPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over episodes for SyncR²'s 95% interval (0: none)"})
     accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator: cpu, gpu or auto"})
     devices: int = field(default=1, metadata={"help": "devices (DDP when more than one)"})
     overwrite: bool = field(default=False, metadata={"help": "replace the results of an earlier run in the same out folder"})
@@ -101,8 +105,11 @@ class FitConfig:
         bad = [d for d in self.data.directions if d not in DIRECTIONS]
         if bad or not self.data.directions:
             raise NsyncError(f"data.directions must list some of {DIRECTIONS}, got {self.data.directions}")
-        if self.data.condition not in ("interactive", "observer"):
-            raise NsyncError(f"data.condition must be interactive or observer, got '{self.data.condition}'")
+        for key in ("condition", "target_condition"):
+            if getattr(self.data, key) not in CONDITIONS:
+                raise NsyncError(f"data.{key} must be one of {CONDITIONS}, got '{getattr(self.data, key)}'")
+        if self.data.control not in CONTROLS:
+            raise NsyncError(f"data.control must be one of {CONTROLS}, got '{self.data.control}'")
         if not self.data.split_seeds:
             raise NsyncError("data.split_seeds must list at least one seed")
         if self.logger.kind not in ("wandb", "none") or self.logger.mode not in ("auto", "offline", "online"):
@@ -203,6 +210,7 @@ def run_fit(cfg: FitConfig) -> dict:
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
+    from nsync.analysis.bootstrap import EpisodeBootstrap, interval, replicate_r2, replicate_sync_r2
     from nsync.data import SynchronyDataModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -217,22 +225,30 @@ def run_fit(cfg: FitConfig) -> dict:
     meta: dict = {"n_train": {}, "n_test": {}, "splits": {}}
     weights: dict[str, torch.Tensor] = {}
     bar = None
+    boot, boot_sync = None, {}  # bootstrap: split seed -> [directions][n_boot] SyncR² replicates
     for seed in d.split_seeds:
         for direction in d.directions:
             dm = SynchronyDataModule(
                 d.cache, d.source_model, d.target_model, direction, d.lag, d.condition, d.split, seed,
                 d.test_size, d.val_size, d.max_pairs, d.source_layers or None, d.target_layers or None, d.batch_size,
+                target_condition=d.target_condition, control=d.control,
             )
             dm.setup()
+            if boot is None and cfg.bootstrap:
+                boot = EpisodeBootstrap(dm.cache_episodes, cfg.bootstrap)
             if bar is None:
                 total = len(d.split_seeds) * len(d.directions) * len(dm.source_layers)
                 bar = tqdm(total=total, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress)
             r2 = np.zeros((len(dm.source_layers), len(dm.target_layers)))
             r2w = np.zeros_like(r2)
+            replicates = []
             for i, layer in enumerate(dm.source_layers):
                 probe = _fit_source_layer(cfg, dm, layer)
                 r2[i] = probe.results["test_r2"].numpy()
                 r2w[i] = probe.results["test_r2_weighted"].numpy()
+                if boot is not None:
+                    sums = {k: v.numpy() for k, v in probe.results["episode_sums"].items()}
+                    replicates.append(replicate_r2(sums, boot.weights(dm.test_episodes), len(dm.target_layers)))
                 if cfg.save_weights and cfg.probe == "affine" and seed == d.split_seeds[0]:
                     j = int(r2[i].argmax())
                     w = probe.weight.view(dm.d_in, len(dm.target_layers), dm.d_out)[:, j]
@@ -241,6 +257,8 @@ def run_fit(cfg: FitConfig) -> dict:
                     weights[key + "/weight"] = w.float().contiguous()
                     weights[key + "/bias"] = b.float().contiguous()
                 bar.update(1)
+            if boot is not None:
+                boot_sync.setdefault(seed, []).append(replicate_sync_r2(replicates))
             per_direction.setdefault(direction, []).append(r2)
             per_direction_w.setdefault(direction, []).append(r2w)
             meta["n_train"].setdefault(direction, []).append(dm.n("train"))
@@ -254,6 +272,8 @@ def run_fit(cfg: FitConfig) -> dict:
         "split": d.split,
         "lag": d.lag,
         "condition": d.condition,
+        "target_condition": dm.target_condition,
+        "control": d.control,
         "models": {"source": dm.source_model, "target": dm.target_model},
         "source_layers": dm.source_layers,
         "target_layers": dm.target_layers,
@@ -269,6 +289,12 @@ def run_fit(cfg: FitConfig) -> dict:
     results["sync_r2"] = float(np.mean(seeds_sync))
     results["sync_r2_std"] = float(np.std(seeds_sync))
     results["sync_r2_unclipped"] = float(np.mean([results["directions"][x]["sync_r2_unclipped"] for x in per_direction]))
+    if boot is not None:
+        # Same aggregation as sync_r2: mean over directions, then over split seeds.
+        run_replicates = np.mean([np.mean(v, axis=0) for v in boot_sync.values()], axis=0)
+        np.save(out / "bootstrap.npy", run_replicates)
+        results["sync_r2_ci95"] = interval(run_replicates)
+        results["bootstrap"] = {"replicates": cfg.bootstrap, "unit": "episode", "file": "bootstrap.npy"}
     results["splits"] = meta["splits"]
     results["config"] = to_dict(cfg)
     results["seconds"] = time.perf_counter() - start
@@ -313,7 +339,9 @@ def main(argv: Sequence[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cfg = load_config(FitConfig, argv, prog="nsync.fit")
     results = run_fit(cfg)
-    print(f"SyncR² {results['sync_r2']:.4f} ± {results['sync_r2_std']:.4f} ({cfg.probe} probe, {cfg.data.split} split, "
+    ci = results.get("sync_r2_ci95")
+    ci_text = f", 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+    print(f"SyncR² {results['sync_r2']:.4f} ± {results['sync_r2_std']:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, control {cfg.data.control}, "
           f"{len(cfg.data.split_seeds)} split seeds, {results['seconds']:.1f} s)")
     for direction, d in results["directions"].items():
         best = int(np.nanargmax(np.array(d["best_r2_by_source_layer"], dtype=float)))

@@ -54,6 +54,8 @@ def test_bad_argument_and_missing_file():
         parse_args(["oops"])
     with pytest.raises(NsyncError, match="not found"):
         load_config(Outer, ["--config", "/nonexistent.yaml"], prog="t")
+    with pytest.raises(NsyncError, match="quote values"):
+        load_config(Outer, ["inner.alpha=[a=[0],b]"], prog="t")
 
 
 def test_post_init_validation_reaches_user():

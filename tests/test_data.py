@@ -62,8 +62,9 @@ def test_datamodule_shapes_stats_and_no_leakage(cache):
     dm = SynchronyDataModule(str(cache), direction="A->B", split="interaction", val_size=0.2, max_pairs=60)
     dm.setup()
     dm.source_layer = 1
-    x, y = next(iter(dm.test_dataloader()))
+    x, y, episode = next(iter(dm.test_dataloader()))  # test rows also carry their episode's index
     assert x.shape[1] == 4 and y.shape[1:] == (3, 4)
+    assert (dm.test_episodes[episode.numpy()] == dm.pairs["episode_id"].to_numpy()[dm.index["test"]][: len(x)]).all()
     eps = {part: set(dm.pairs["episode_id"].iloc[dm.index[part]]) for part in ("fit", "val", "test")}
     assert not eps["fit"] & eps["test"] and not eps["val"] & eps["test"] and not eps["fit"] & eps["val"]
     assert 60 <= len(dm.pairs) < 63  # whole episodes up to the budget

@@ -23,7 +23,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 MERGED_FROM = "merged_from.json"
-CONDITIONS = ("interactive", "observer", "generated_mean")
+#: interactive: the speaker's own prompt; observer: a passive re-reading of it; generated_mean: the
+#: mean over the reply's tokens; listener: the non-speaker reading the same history with its own
+#: prompt (the same-time control); teacher_forced: a re-reading of the transcript by another
+#: model (untrained copy, text embedder) added by ``python -m nsync.reread``.
+CONDITIONS = ("interactive", "observer", "generated_mean", "listener", "teacher_forced")
 
 #: Columns of the turns table, in order.
 TURN_COLUMNS = [
@@ -41,7 +45,7 @@ TURN_COLUMNS = [
     "order",  # 0 or 1: which of the two model orders this run uses
     "seed",
     "utterance",  # index of the utterance in the run, from 0
-    "condition",  # interactive or observer
+    "condition",  # one of CONDITIONS
     "text",
     "left",  # the speaker ended the conversation with this utterance
     "n_prompt_tokens",

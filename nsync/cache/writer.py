@@ -40,6 +40,7 @@ class ModelInfo:
     n_layers: int  # decoder blocks; arrays hold n_layers + 1 (embeddings first) unless layer_names says otherwise
     hidden_size: int
     layer_names: list[str] = field(default_factory=list)
+    derived: dict | None = None  # states added by nsync.reread: {"kind": ...}; None for simulated models
 
     def __post_init__(self) -> None:
         if not self.layer_names:
@@ -113,6 +114,21 @@ class CacheWriter:
         self._clean_leftovers()
         numbers = [int(p.name.rsplit("-", 1)[-1].lstrip("m")) for p in live_shards(self.root)]
         self._seq = max(numbers, default=-1) + 1  # shard names sort in the order they were written
+
+    @classmethod
+    def extend(cls, path: str | Path, models: list[ModelInfo]) -> "CacheWriter":
+        """Open a finished cache to add states of new models (``python -m nsync.reread``); their
+        shards are committed and merged like the simulation's."""
+        manifest_path = Path(path) / MANIFEST
+        if not manifest_path.exists():
+            raise NsyncError(f"{path} holds no cache ({MANIFEST} missing)")
+        manifest = json.loads(manifest_path.read_text())
+        infos = [ModelInfo(**m) for name, m in manifest["models"].items() if name not in {m.name for m in models}]
+        writer = cls(path, manifest.get("config", {}), manifest["identity"], infos + list(models), manifest["dtype"], create=False)
+        for m in models:
+            writer.manifest["models"][m.name] = asdict(m)
+        write_json_atomic(manifest_path, writer.manifest)
+        return writer
 
     def _clean_leftovers(self) -> None:
         """Drop half-written temp folders and shards that a finished merge superseded."""

@@ -45,6 +45,8 @@ class SynchronyDataModule(L.LightningDataModule):
         target_layers: list[int] | None = None,
         batch_size: int = 2048,
         num_workers: int = 0,
+        target_condition: str = "interactive",
+        control: str = "partner",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -58,12 +60,17 @@ class SynchronyDataModule(L.LightningDataModule):
         models = cache.models
         self.source_model = hp.source_model or _only(models, "source_model")
         self.target_model = hp.target_model or _only(models, "target_model")
-        pairs = build_pairs(cache.turns, self.source_model, self.target_model, hp.direction, hp.lag, hp.condition)
+        pairs = build_pairs(
+            cache.turns, self.source_model, self.target_model, hp.direction, hp.lag, hp.condition, hp.target_condition,
+            hp.control, hp.split_seed,
+        )
+        self.target_condition = "listener" if hp.control == "same_time" else hp.target_condition
         if hp.max_pairs:
             pairs = _budget(pairs, hp.max_pairs, hp.split_seed)
         split = make_split(pairs, hp.split, hp.test_size, hp.split_seed)
         fit, val = validation_part(pairs, split.train, hp.split, hp.val_size, hp.split_seed) if hp.val_size > 0 else (split.train, np.zeros_like(split.train))
         self.pairs, self.split = pairs, split
+        self.cache_episodes = sorted(cache.turns["episode_id"].unique())
         self.index = {"fit": np.flatnonzero(fit), "val": np.flatnonzero(val), "test": np.flatnonzero(split.test), "train": np.flatnonzero(split.train)}
         n_src = len(cache.layer_names(self.source_model))
         n_tgt = len(cache.layer_names(self.target_model))
@@ -77,8 +84,12 @@ class SynchronyDataModule(L.LightningDataModule):
         # Layer-major reads: each layer's array is read once, only the paired rows are kept.
         self.x = {l: torch.from_numpy(np.asarray(cache.states(self.source_model, l, hp.condition)[src_rows], dtype=np.float32)) for l in self.source_layers}
         self.y = torch.stack(
-            [torch.from_numpy(np.asarray(cache.states(self.target_model, l)[tgt_rows], dtype=np.float32)) for l in self.target_layers], dim=1
+            [torch.from_numpy(np.asarray(cache.states(self.target_model, l, self.target_condition)[tgt_rows], dtype=np.float32)) for l in self.target_layers], dim=1
         )
+        # Test rows carry the index of their episode in test_episodes (for per-episode sums).
+        test_ep = pairs["episode_id"].to_numpy()[self.index["test"]]
+        self.test_episodes, codes = np.unique(test_ep, return_inverse=True)
+        self.test_episode_index = torch.from_numpy(codes.astype(np.int64))
         fit_idx = torch.from_numpy(self.index["fit"])
         self.stats = {
             "x_mean": {l: x[fit_idx].double().mean(0) for l, x in self.x.items()},
@@ -96,6 +107,10 @@ class SynchronyDataModule(L.LightningDataModule):
     def d_out(self) -> int:
         return self.y.shape[2]
 
+    @property
+    def n_test_episodes(self) -> int:
+        return len(self.test_episodes)
+
     def n(self, part: str) -> int:
         return len(self.index[part])
 
@@ -103,7 +118,10 @@ class SynchronyDataModule(L.LightningDataModule):
         if self.source_layer is None:
             raise RuntimeError("set dm.source_layer before asking for data")
         idx = torch.from_numpy(self.index[part])
-        data = TensorDataset(self.x[self.source_layer][idx], self.y[idx])
+        tensors = [self.x[self.source_layer][idx], self.y[idx]]
+        if part == "test":
+            tensors.append(self.test_episode_index)
+        data = TensorDataset(*tensors)
         return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:

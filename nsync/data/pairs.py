@@ -2,17 +2,29 @@
 
 A pair is the speaker's state before utterance ``t`` and the state of the agent speaking
 utterance ``t + lag`` in the same run (with the default lag 1: the partner, whose prompt
-already contains utterance ``t``). ``A->B`` takes sources from the agent who spoke first in
-the episode (agent 0), ``B->A`` from the other one.
+already contains utterance ``t``; lag 2 is the speaker's own next state). ``A->B`` takes
+sources from the agent who spoke first in the episode (agent 0), ``B->A`` from the other one.
+
+``control`` changes where the target comes from, keeping the source rows as they are:
+
+- ``partner``: the same run (the main condition).
+- ``cross_interaction``: another run of the same episode and model order (another sampling
+  seed), same utterance index: shared scenario context without the actual partner.
+- ``shuffled_partner``: a run of another episode, same utterance index: breaks the pairing,
+  keeps the turn position.
+- ``same_time``: the partner's ``listener`` state at utterance ``t`` itself (the partner reading
+  the same history, captured with ``capture.listener``); ``lag`` does not apply.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from nsync.errors import NsyncError
 
 DIRECTIONS = ("A->B", "B->A")
+CONTROLS = ("partner", "cross_interaction", "shuffled_partner", "same_time")
 PAIR_COLUMNS = [
     "run_id",
     "episode_id",
@@ -24,6 +36,8 @@ PAIR_COLUMNS = [
     "t",
     "source_row",
     "target_row",
+    "target_run_id",
+    "target_utterance",
 ]
 
 
@@ -34,14 +48,20 @@ def build_pairs(
     direction: str = "A->B",
     lag: int = 1,
     source_condition: str = "interactive",
+    target_condition: str = "interactive",
+    control: str = "partner",
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One row per pair; ``source_row`` indexes ``cache.states(source_model, layer, source_condition)``,
-    ``target_row`` indexes ``cache.states(target_model, layer, "interactive")``.
+    ``target_row`` indexes ``cache.states(target_model, layer, target_condition)`` (``listener``
+    for ``control="same_time"``). ``seed`` draws the other episode of ``shuffled_partner``.
 
     >>> pairs = build_pairs(cache.turns, "smollm2-135m", "smollm2-135m", "A->B", lag=1)  # doctest: +SKIP
     """
     if direction not in DIRECTIONS:
         raise NsyncError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
+    if control not in CONTROLS:
+        raise NsyncError(f"control must be one of {CONTROLS}, got '{control}'")
     if lag < 1:
         raise NsyncError(f"lag must be at least 1, got {lag}")
     source_agent = DIRECTIONS.index(direction)
@@ -54,11 +74,21 @@ def build_pairs(
             f"no '{source_condition}' utterances of model '{source_model}' as agent {source_agent} in the cache "
             f"(models with that condition: {have})"
         )
-    tgt = turns[(turns["condition"] == "interactive") & (turns["model"] == target_model)]
-    src = src.assign(target_utterance=src["utterance"] + lag)
+    if control == "same_time":
+        target_condition = "listener"
+        tgt = turns[(turns["condition"] == "listener") & (turns["model"] == target_model) & (turns["agent"] == 1 - source_agent)]
+        if tgt.empty:
+            raise NsyncError("control same_time needs the partners' listener states: simulate with capture.listener=true")
+        src = src.assign(target_utterance=src["utterance"])
+    else:
+        tgt = turns[(turns["condition"] == target_condition) & (turns["model"] == target_model)]
+        if tgt.empty:
+            raise NsyncError(f"no '{target_condition}' utterances of target model '{target_model}' in the cache")
+        src = src.assign(target_utterance=src["utterance"] + lag)
+    src = src.assign(target_run_id=_target_runs(turns, src, control, seed))
     merged = src.merge(
         tgt[["run_id", "utterance", "row"]],
-        left_on=["run_id", "target_utterance"],
+        left_on=["target_run_id", "target_utterance"],
         right_on=["run_id", "utterance"],
         suffixes=("", "_target"),
     )
@@ -74,6 +104,40 @@ def build_pairs(
             "t": merged["utterance"],
             "source_row": merged["row"],
             "target_row": merged["row_target"],
+            "target_run_id": merged["target_run_id"],
+            "target_utterance": merged["target_utterance"],
         }
     )
+    if pairs.empty:
+        raise NsyncError(f"no {direction} pairs with lag {lag} and control {control}: the runs are too short or the models do not meet")
     return pairs.sort_values(["run_id", "t"]).reset_index(drop=True)
+
+
+def _target_runs(turns: pd.DataFrame, src: pd.DataFrame, control: str, seed: int) -> pd.Series:
+    """The run each source row takes its target from."""
+    if control in ("partner", "same_time"):
+        return src["run_id"]
+    runs = turns.drop_duplicates("run_id")[["run_id", "episode_id", "order", "seed"]].sort_values("run_id")
+    mapping: dict[str, str] = {}
+    if control == "cross_interaction":
+        # Within an (episode, order) group, run i takes its target from the next run (cyclically).
+        for _, group in runs.groupby(["episode_id", "order"]):
+            ids = group.sort_values("seed")["run_id"].tolist()
+            for i, run in enumerate(ids):
+                if len(ids) > 1:
+                    mapping[run] = ids[(i + 1) % len(ids)]
+        if not mapping:
+            raise NsyncError(
+                "control cross_interaction needs each episode simulated with several sampling seeds (simulate with seeds=[0,1])"
+            )
+    else:  # shuffled_partner: a random order of runs, each paired with the next one of another episode
+        ids = runs["run_id"].to_numpy()[np.random.default_rng(seed).permutation(len(runs))]
+        episode = dict(zip(runs["run_id"], runs["episode_id"]))
+        if len(set(episode.values())) < 2:
+            raise NsyncError("control shuffled_partner needs at least two episodes")
+        for i, run in enumerate(ids):
+            j = (i + 1) % len(ids)
+            while episode[ids[j]] == episode[run]:
+                j = (j + 1) % len(ids)
+            mapping[run] = ids[j]
+    return src["run_id"].map(mapping)

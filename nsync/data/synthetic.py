@@ -1,9 +1,10 @@
 """Synthetic caches with a planted relation, for tests and for checking an analysis end to end.
 
-Agent 0's states are i.i.d. standard normal; agent 1's state at utterance ``t + 1`` is a
-function of agent 0's state at ``t`` plus noise, so ``A->B`` pairs carry the planted relation
-and ``B->A`` pairs carry none. Every layer is an orthogonal rotation of the same latent state,
-so every (source, target) layer pair has the same population R²:
+Agent 0's states are i.i.d. standard normal; agent 1's state at utterance ``t + lag`` is a
+function of agent 0's state at ``t`` plus noise, so ``A->B`` pairs at that lag carry the planted
+relation and ``B->A`` pairs carry none (an even ``lag`` plants it in agent 0's own next states
+instead). Every layer is an orthogonal rotation of the same latent state, so every (source,
+target) layer pair has the same population R²:
 
 - ``linear``: ``y = c * Q x + noise``: R² = c² / (c² + noise²) per output dimension.
 - ``quadratic``: ``y_j = c * (x_{p(j)}² - 1) / sqrt(2) + noise``: uncorrelated with ``x``, so an
@@ -11,6 +12,9 @@ so every (source, target) layer pair has the same population R²:
 - ``none``: independent targets, R² ≈ 0.
 
 ``massive`` adds a constant to one dimension of every state (a "massive activation").
+``seeds`` writes several runs of every episode (independent draws: no shared context).
+``observer_share`` w writes observer rows ``sqrt(w) x + sqrt(1 - w) noise``, so the observer
+control's R² is w times the planted one. ``listener`` writes listener rows of independent noise.
 """
 
 from __future__ import annotations
@@ -42,43 +46,53 @@ def write_synthetic_cache(
     n_scenarios: int = 10,
     seed: int = 0,
     model: str = "synthetic",
+    lag: int = 1,
+    seeds: int = 1,
+    observer_share: float | None = None,
+    listener: bool = False,
 ) -> Path:
-    """Write a cache of ``n_episodes`` runs of ``turns`` utterances; return its path."""
+    """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path."""
     rng = np.random.default_rng(seed)
     rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(n_layers + 1)]
     mixing = np.linalg.qr(rng.normal(size=(hidden, hidden)))[0]
     perm = rng.permutation(hidden)
-    rows, states = [], []
+    rows, states = [], {"interactive": [], "observer": [], "listener": []}
+    to_layers = lambda z: np.stack([r @ z for r in rotations]) + np.eye(1, hidden)[0] * massive
     for e in range(n_episodes):
         a, b = rng.choice(n_characters, size=2, replace=False)
         scenario = e % n_scenarios
-        latent = []
-        for t in range(turns):
-            if t % 2 == 0 or relation == "none":
-                z = rng.normal(size=hidden)
-            elif relation == "linear":
-                z = scale * mixing @ latent[t - 1] + noise * rng.normal(size=hidden)
-            elif relation == "quadratic":
-                z = scale * (latent[t - 1][perm] ** 2 - 1) / np.sqrt(2) + noise * rng.normal(size=hidden)
-            else:
-                raise ValueError(f"unknown relation '{relation}'")
-            latent.append(z)
-            layers = np.stack([r @ z for r in rotations])
-            layers[:, 0] += massive
-            states.append(layers)
-            rows.append(
-                {c: 0 for c in TURN_COLUMNS}
-                | dict(
-                    run_id=f"ep{e:04d}|o0|s0", episode_id=f"ep{e:04d}", scenario_id=f"sc{scenario:02d}",
+        for s in range(seeds):
+            latent = []
+            for t in range(turns):
+                planted = t >= lag and (t - lag) % 2 == 0 and relation != "none"
+                if not planted:
+                    z = rng.normal(size=hidden)
+                elif relation == "linear":
+                    z = scale * mixing @ latent[t - lag] + noise * rng.normal(size=hidden)
+                elif relation == "quadratic":
+                    z = scale * (latent[t - lag][perm] ** 2 - 1) / np.sqrt(2) + noise * rng.normal(size=hidden)
+                else:
+                    raise ValueError(f"unknown relation '{relation}'")
+                latent.append(z)
+                row = {c: 0 for c in TURN_COLUMNS} | dict(
+                    run_id=f"ep{e:04d}|o0|s{s}", episode_id=f"ep{e:04d}", scenario_id=f"sc{scenario:02d}",
                     scenario_codename=f"scenario_{scenario}", character_a=f"ch{a:02d}", character_b=f"ch{b:02d}",
-                    agent=t % 2, character_id=f"ch{(a, b)[t % 2]:02d}", model=model, partner_model=model,
+                    agent=t % 2, character_id=f"ch{(a, b)[t % 2]:02d}", model=model, partner_model=model, seed=s,
                     condition="interactive", utterance=t, text="", left=False,
                 )
-            )
+                rows.append(row)
+                states["interactive"].append(to_layers(z))
+                if observer_share is not None:
+                    w = observer_share
+                    rows.append(row | dict(condition="observer"))
+                    states["observer"].append(to_layers(np.sqrt(w) * z + np.sqrt(1 - w) * rng.normal(size=hidden)))
+                if listener:
+                    rows.append(row | dict(condition="listener", agent=1 - t % 2, character_id=f"ch{(a, b)[1 - t % 2]:02d}"))
+                    states["listener"].append(to_layers(rng.normal(size=hidden)))
     info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
-    identity = dict(relation=relation, n_episodes=n_episodes, turns=turns, n_layers=n_layers, hidden=hidden,
-                    scale=scale, noise=noise, massive=massive, seed=seed)
+    identity = dict(relation=relation, n_episodes=n_episodes, turns=turns, n_layers=n_layers, hidden=hidden, scale=scale,
+                    noise=noise, massive=massive, seed=seed, lag=lag, seeds=seeds, observer_share=observer_share, listener=listener)
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
-    writer.write_shard(rows, {(model, "interactive"): np.stack(states)})
+    writer.write_shard(rows, {(model, c): np.stack(v) for c, v in states.items() if v})
     writer.finalize()
     return Path(path)

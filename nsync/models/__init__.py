@@ -7,7 +7,9 @@ from nsync.models.zoo import (
     ResolvedModel,
     load_model,
     resolve_model,
+    untrained_copy,
     wrap_model,
 )
+from nsync.models.text_embedder import TextEmbedder
 
-__all__ = ["BUNDLED", "LoadedModel", "ModelConfig", "ResolvedModel", "load_model", "resolve_model", "wrap_model"]
+__all__ = ["BUNDLED", "LoadedModel", "ModelConfig", "ResolvedModel", "load_model", "TextEmbedder", "resolve_model", "untrained_copy", "wrap_model"]

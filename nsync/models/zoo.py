@@ -305,3 +305,20 @@ def wrap_model(name: str, model: Any, tokenizer: Any, source: str = "memory", ch
         n_layers=text_cfg.num_hidden_layers,
         hidden_size=text_cfg.hidden_size,
     )
+
+
+def untrained_copy(lm: LoadedModel, seed: int = 0, name: str | None = None) -> LoadedModel:
+    """The same architecture and tokenizer with freshly initialised weights (the model's own
+    ``_init_weights``, seeded): the untrained-model control.
+
+    >>> floor = untrained_copy(load_model("smollm2-135m"))  # doctest: +SKIP
+    >>> floor.name
+    'smollm2-135m@untrained'
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    param = next(lm.model.parameters())
+    model = AutoModelForCausalLM.from_config(lm.model.config, dtype=param.dtype)
+    model.to(param.device).eval()
+    return wrap_model(name or f"{lm.name}@untrained", model, lm.tokenizer, f"untrained:{lm.source}", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.regression import R2Score
 
 
@@ -49,6 +50,32 @@ class LayerR2(nn.Module):
         self.r2.reset()
 
 
+class EpisodeSums(Metric):
+    """Per test episode: row count and the sums of ``y``, ``y²`` and squared error of every output
+    (shifted by the training mean), from which the R² of any re-weighting of episodes follows
+    (the bootstrap over episodes in :mod:`nsync.analysis.bootstrap`)."""
+
+    full_state_update = False
+
+    def __init__(self, n_episodes: int, n_outputs: int, y_shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("y_shift", y_shift.double().reshape(-1))
+        for name, shape in (("n", (n_episodes,)), ("s1", (n_episodes, n_outputs)), ("s2", (n_episodes, n_outputs)), ("sse", (n_episodes, n_outputs))):
+            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, episode: torch.Tensor) -> None:
+        b = preds.shape[0]
+        y = target.reshape(b, -1).double() - self.y_shift
+        err = preds.reshape(b, -1).double() - self.y_shift - y
+        self.n.index_add_(0, episode, torch.ones(b, dtype=torch.float64, device=y.device))
+        self.s1.index_add_(0, episode, y)
+        self.s2.index_add_(0, episode, y * y)
+        self.sse.index_add_(0, episode, err * err)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"n": self.n, "s1": self.s1, "s2": self.s2, "sse": self.sse}
+
+
 class TestR2Mixin:
     """The test stage shared by every probe: ``self.test_r2`` (a :class:`LayerR2`) collects the
     predictions; the per-target-layer R² ends up in ``self.results``."""
@@ -57,14 +84,27 @@ class TestR2Mixin:
 
     def on_test_epoch_start(self) -> None:
         self.test_r2.reset()
+        # Test loaders that also yield each row's episode index (SynchronyDataModule's) get
+        # per-episode sums for the bootstrap.
+        dm = getattr(self.trainer, "datamodule", None)
+        groups = getattr(dm, "n_test_episodes", 0)
+        self.episode_sums = None
+        if groups:
+            n_out = self.test_r2.n_targets * self.test_r2.d_out
+            self.episode_sums = EpisodeSums(groups, n_out, self.test_r2.y_shift).to(self.device)
 
     def test_step(self, batch, batch_idx):
-        x, y = batch
-        self.test_r2.update(self(x), y)
+        x, y, *episode = batch
+        preds = self(x)
+        self.test_r2.update(preds, y)
+        if episode and self.episode_sums is not None:
+            self.episode_sums.update(preds, y, episode[0])
 
     def on_test_epoch_end(self) -> None:
         uniform, weighted = self.test_r2.compute()
         self.results.update(test_r2=uniform.cpu(), test_r2_weighted=weighted.cpu())
+        if self.episode_sums is not None:
+            self.results["episode_sums"] = {k: v.cpu() for k, v in self.episode_sums.compute().items()}
         finite = uniform[torch.isfinite(uniform)]
         if finite.numel():
             self.log("test/r2", finite.max().float())  # best target layer

@@ -26,6 +26,7 @@ class CaptureConfig:
     """What is recorded at every utterance."""
 
     observer: bool = field(default=True, metadata={"help": "also record the passive re-reader's states (condition 'observer')"})
+    listener: bool = field(default=False, metadata={"help": "also record the partner's state reading the same history with its own prompt (condition 'listener', the same-time control)"})
     generated_mean: bool = field(default=False, metadata={"help": "also record the mean state over the reply's tokens (condition 'generated_mean')"})
     dtype: str = field(default="float16", metadata={"help": "stored precision: float16 or float32"})
 

@@ -22,7 +22,7 @@ from nsync.errors import NsyncError
 from nsync.models import LoadedModel
 from nsync.scenarios import Episode
 from nsync.simulation.generation import Generator
-from nsync.simulation.prompts import Utterance, clean_reply, render
+from nsync.simulation.prompts import Utterance, clean_reply, encode, prompt_format, render
 from nsync.simulation.config import SimulateConfig
 
 
@@ -38,6 +38,7 @@ class Run:
     history: list[Utterance] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     states: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    listener: tuple[np.ndarray, int] | None = None  # the partner's state before the next utterance
     done: bool = False
 
     @property
@@ -96,17 +97,10 @@ class Simulator:
         self.capture = capture
         self.generators = {name: Generator(lm, cfg.sampling) for name, lm in models.items()}
 
-    def _fmt(self, lm: LoadedModel) -> str:
-        return self.cfg.prompt_format if lm.has_chat_template else "transcript"
-
-    def _tokenize(self, lm: LoadedModel, text: str) -> list[int]:
-        # Chat templates already hold their special tokens; plain transcripts need the BOS.
-        return lm.tokenizer(text, add_special_tokens=not lm.has_chat_template)["input_ids"]
-
     def _step(self, name: str, runs: list[Run], stats: SimulationStats) -> None:
         lm = self.models[name]
-        fmt = self._fmt(lm)
-        prompts = [self._tokenize(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history)) for r in runs]
+        fmt = prompt_format(lm, self.cfg.prompt_format)
+        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history)) for r in runs]
         gens = [utterance_generator(r.seed, r.run_id, len(r.history), lm.device) for r in runs]
         try:
             reuse = self.cfg.reuse_prefix
@@ -121,7 +115,7 @@ class Simulator:
             observer = None
             if self.capture and self.cfg.capture.observer:
                 obs_prompts = [
-                    self._tokenize(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True)) for r in runs
+                    encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True)) for r in runs
                 ]
                 keys = [(r.run_id, r.speaker, "observer") for r in runs] if reuse else None
                 observer = generator.prompt_states(obs_prompts, keys)
@@ -142,6 +136,13 @@ class Simulator:
                 if observer is not None:
                     run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[i])})
                     run.states.setdefault("observer", []).append(observer[i].cpu().numpy())
+                if run.listener is not None:
+                    state, n_prompt = run.listener
+                    listener = 1 - k % 2
+                    run.rows.append({**base, "condition": "listener", "agent": listener, "character_id": run.episode.characters[listener].id,
+                                     "model": run.models[listener], "partner_model": name, "n_prompt_tokens": n_prompt, "n_new_tokens": 0})
+                    run.states.setdefault("listener", []).append(state)
+                    run.listener = None
                 if out.generated_mean is not None:
                     run.rows.append({**base, "condition": "generated_mean"})
                     run.states.setdefault("generated_mean", []).append(out.generated_mean[i].cpu().numpy())
@@ -149,6 +150,17 @@ class Simulator:
             stats.new_tokens += len(out.tokens[i])
             stats.prompt_tokens += out.prompt_lengths[i]
             run.done = left or len(run.history) >= self.cfg.max_turns
+
+    def _listen(self, name: str, runs: list[Run]) -> None:
+        """The partner of each run's next speaker reads the same history with its own prompt.
+        It shares the partner's prefix slot: its next own prompt extends this one."""
+        lm = self.models[name]
+        fmt = prompt_format(lm, self.cfg.prompt_format)
+        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, 1 - r.speaker, r.history)) for r in runs]
+        keys = [(r.run_id, 1 - r.speaker, "interactive") for r in runs] if self.cfg.reuse_prefix else None
+        states = self.generators[name].prompt_states(prompts, keys).cpu().numpy()
+        for run, state, prompt in zip(runs, states, prompts):
+            run.listener = (state, len(prompt))
 
     def _row(self, run: Run, k: int, model: str, text: str, left: bool, n_prompt: int, n_new: int) -> dict:
         ep = run.episode
@@ -198,6 +210,12 @@ class Simulator:
             while pending or active:
                 while pending and len(active) < self.cfg.episodes_in_flight:
                     active.append(pending.popleft())
+                if self.capture and self.cfg.capture.listener:
+                    by_listener: dict[str, list[Run]] = {}
+                    for run in active:
+                        by_listener.setdefault(run.models[1 - run.speaker], []).append(run)
+                    for name, group in by_listener.items():
+                        self._listen(name, group)
                 by_model: dict[str, list[Run]] = {}
                 for run in active:
                     by_model.setdefault(run.models[run.speaker], []).append(run)

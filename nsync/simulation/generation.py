@@ -124,6 +124,11 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
 
+def cache_kwarg(model: nn.Module) -> str:
+    """The forward argument that takes a KV cache: transformers 5.2x renamed `past_key_values` to `cache`."""
+    return "cache" if _accepts(model, "cache") else "past_key_values"
+
+
 def supports_prefix_reuse(model: nn.Module) -> bool:
     """Whether cached keys/values of a prompt prefix can be re-used in a new batch layout:
     true for full-attention decoders (Llama, Mistral, Qwen2, GPT-2), false with sliding windows."""
@@ -235,7 +240,7 @@ class Generator:
         self.newline_ids = {i for i, t in enumerate(vocab) if t is not None and ("\n" in t or "Ċ" in t or "<0x0A>" in t)}
         self._logits_to_keep = _accepts(lm.model, "logits_to_keep")
         # transformers 5.2x renamed `past_key_values` to `cache`; support both.
-        self._cache_arg = "cache" if _accepts(lm.model, "cache") else "past_key_values"
+        self._cache_arg = cache_kwarg(lm.model)
         self.prefixes = PrefixStore() if supports_prefix_reuse(lm.model) else None
 
     def _done(self, row_tokens: list[int], token: int) -> bool:
@@ -285,7 +290,7 @@ class Generator:
         offsets = torch.tensor(reused, device=device)[:, None]
         positions = (offsets + suffix_mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(suffix_ids, mask, positions, cache)
-        new_cache = _kv_cache(out)
+        new_cache = kv_cache(out)
         n_layers = len(new_cache.layers) if hasattr(new_cache, "layers") else len(new_cache.key_cache)
         layer_kv = [_layer_kv(new_cache, layer) for layer in range(n_layers)]
         for i, (key, prompt) in enumerate(zip(keys, prompts)):
@@ -354,7 +359,7 @@ class Generator:
                 if finished:
                     # finished rows leave the batch, so later steps compute only the rows still talking
                     index = torch.tensor(keep, device=mask.device)
-                    _kv_cache(out).batch_select_indices(index)
+                    kv_cache(out).batch_select_indices(index)
                     mask, positions, nxt = mask[index], positions[index], nxt[index]
                     out.logits = out.logits[index]
                     rows = [rows[pos] for pos in keep]
@@ -367,10 +372,11 @@ class Generator:
         """Feed one new token per running row."""
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         positions = positions[:, -1:] + 1
-        return self._forward(nxt[:, None], mask, positions, _kv_cache(out)), mask, positions
+        return self._forward(nxt[:, None], mask, positions, kv_cache(out)), mask, positions
 
 
-def _kv_cache(out):
+def kv_cache(out):
+    """The KV cache a forward pass returned (under either name)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
 

@@ -39,6 +39,22 @@ def _history_line(episode: Episode, index: int, u: Utterance) -> str:
     return f"Turn {index}: {name} left the conversation." if u.left and not u.text else f"Turn {index}: {name} said: {u.text}"
 
 
+def history_text(episode: Episode, history: list[Utterance]) -> str:
+    """The conversation so far as "Turn k: NAME said: ..." lines."""
+    return "\n".join(_history_line(episode, k, u) for k, u in enumerate(history))
+
+
+def encode(lm, text: str) -> list[int]:
+    """Token ids of a rendered prompt: chat templates hold their special tokens already, plain
+    transcripts need the tokenizer's BOS."""
+    return lm.tokenizer(text, add_special_tokens=not lm.has_chat_template)["input_ids"]
+
+
+def prompt_format(lm, fmt: str) -> str:
+    """The format a model gets: models without a chat template read plain transcripts."""
+    return fmt if lm.has_chat_template else "transcript"
+
+
 def _context(episode: Episode, me: int, with_goal: bool) -> str:
     """Scenario, participants, backgrounds as visible to ``me``, and (optionally) the goals."""
     rel = episode.scenario.relationship

@@ -1,0 +1,83 @@
+"""Bootstrap over episodes for SyncR².
+
+Episodes, not pairs, are the unit that is resampled (the utterances of one conversation are not
+independent). Every run of a cache uses the same replicate weights: replicate ``b`` gives episode
+``e`` of the cache the weight ``W[b, e]`` (a multinomial draw over all the cache's episodes), and
+each run re-weights its own test episodes with them. Two runs on one cache (the main condition
+and a control) therefore share their replicates, and the difference of their replicates is a
+paired bootstrap of the difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import numpy as np
+
+
+class EpisodeBootstrap:
+    """Replicate weights for the episodes of one cache.
+
+    >>> boot = EpisodeBootstrap(["e1", "e2", "e3"], n_boot=4, seed=0)
+    >>> boot.weights(["e3", "e1"]).shape
+    (4, 2)
+    """
+
+    def __init__(self, episodes: list[str], n_boot: int = 1000, seed: int = 0):
+        self.episodes = sorted(set(episodes))
+        self.position = {e: i for i, e in enumerate(self.episodes)}
+        # The seed mixes in the episode list, so the same cache always gets the same replicates.
+        digest = hashlib.sha256(("\n".join(self.episodes) + f"|{seed}").encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        n = len(self.episodes)
+        self.W = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+    def weights(self, episodes) -> np.ndarray:
+        """``[n_boot, len(episodes)]`` weights of the given episodes."""
+        return self.W[:, [self.position[e] for e in episodes]]
+
+
+def replicate_r2(sums: dict, weights: np.ndarray, n_targets: int) -> np.ndarray:
+    """``[n_boot, n_targets]`` uniform-average R² of every replicate from per-episode sums.
+
+    ``sums`` holds ``n [E]``, ``s1``, ``s2``, ``sse`` ``[E, n_targets * d_out]`` (from
+    :class:`nsync.probes.metrics.EpisodeSums`). Output dimensions constant on the full test side
+    have no R², as in :class:`nsync.probes.metrics.LayerR2`. With all weights 1 this is the test
+    R²; replicates that give the test episodes no weight are NaN.
+    """
+    full_tss = np.sum(sums["s2"], 0) - np.sum(sums["s1"], 0) ** 2 / np.sum(sums["n"])
+    valid = full_tss > 1e-9 * max(full_tss.max(), 1e-300)
+    n = weights @ np.asarray(sums["n"], dtype=np.float64)  # [B]
+    s1 = weights @ np.asarray(sums["s1"], dtype=np.float64)
+    s2 = weights @ np.asarray(sums["s2"], dtype=np.float64)
+    sse = weights @ np.asarray(sums["sse"], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tss = s2 - s1**2 / n[:, None]
+        ok = valid[None, :] & (tss > 0) & (n[:, None] > 1)
+        raw = np.where(ok, 1 - sse / np.where(ok, tss, 1.0), np.nan)
+    b = weights.shape[0]
+    raw = raw.reshape(b, n_targets, -1)
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+        return np.nanmean(raw, axis=2)
+
+
+def replicate_sync_r2(per_source_layer: list[np.ndarray], clip: bool = True) -> np.ndarray:
+    """``[n_boot]`` SyncR² replicates from each source layer's ``[n_boot, n_targets]`` R²: best
+    target per replicate, negatives clipped to 0, mean over source layers (as :func:`nsync.results.sync_r2`)."""
+    stack = np.stack(per_source_layer)  # [S, B, T]
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN rows
+        best = np.nanmax(stack, axis=2)
+        if clip:
+            best = np.clip(best, 0.0, None)
+        return np.nanmean(best, axis=0)
+
+
+def interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of the finite replicates (None without any)."""
+    r = np.asarray(replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    if not len(r):
+        return None
+    lo, hi = np.percentile(r, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)

