@@ -210,7 +210,9 @@ def run_fit(cfg: FitConfig) -> dict:
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from nsync.analysis.bootstrap import EpisodeBootstrap, interval, replicate_r2, replicate_sync_r2
+    import pandas as pd
+
+    from nsync.analysis.bootstrap import EpisodeBootstrap, episode_r2, interval, replicate_r2, replicate_sync_r2
     from nsync.data import SynchronyDataModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -225,6 +227,7 @@ def run_fit(cfg: FitConfig) -> dict:
     meta: dict = {"n_train": {}, "n_test": {}, "splits": {}}
     weights: dict[str, torch.Tensor] = {}
     bar = None
+    episode_rows: list[dict] = []  # per test episode: SyncR² from its own pairs (best targets fixed)
     boot, boot_sync = None, {}  # bootstrap: split seed -> [directions][n_boot] SyncR² replicates
     for seed in d.split_seeds:
         for direction in d.directions:
@@ -241,7 +244,7 @@ def run_fit(cfg: FitConfig) -> dict:
                 bar = tqdm(total=total, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress)
             r2 = np.zeros((len(dm.source_layers), len(dm.target_layers)))
             r2w = np.zeros_like(r2)
-            replicates = []
+            replicates, per_episode = [], []
             for i, layer in enumerate(dm.source_layers):
                 probe = _fit_source_layer(cfg, dm, layer)
                 r2[i] = probe.results["test_r2"].numpy()
@@ -249,6 +252,9 @@ def run_fit(cfg: FitConfig) -> dict:
                 if boot is not None:
                     sums = {k: v.numpy() for k, v in probe.results["episode_sums"].items()}
                     replicates.append(replicate_r2(sums, boot.weights(dm.test_episodes), len(dm.target_layers)))
+                sums = {k: v.numpy() for k, v in probe.results["episode_sums"].items()}
+                best = int(np.where(np.isfinite(r2[i]), r2[i], -np.inf).argmax())
+                per_episode.append(np.clip(episode_r2(sums, len(dm.target_layers))[:, best], 0, None))
                 if cfg.save_weights and cfg.probe == "affine" and seed == d.split_seeds[0]:
                     j = int(r2[i].argmax())
                     w = probe.weight.view(dm.d_in, len(dm.target_layers), dm.d_out)[:, j]
@@ -259,6 +265,11 @@ def run_fit(cfg: FitConfig) -> dict:
                 bar.update(1)
             if boot is not None:
                 boot_sync.setdefault(seed, []).append(replicate_sync_r2(replicates))
+            counts = dm.pairs.iloc[dm.index["test"]].groupby("episode_id").size()
+            with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+                episode_sync = np.nanmean(np.stack(per_episode), axis=0)
+            episode_rows += [{"split_seed": seed, "direction": direction, "episode_id": e, "n_pairs": int(counts[e]), "sync_r2": float(v)}
+                             for e, v in zip(dm.test_episodes, episode_sync)]
             per_direction.setdefault(direction, []).append(r2)
             per_direction_w.setdefault(direction, []).append(r2w)
             meta["n_train"].setdefault(direction, []).append(dm.n("train"))
@@ -300,6 +311,7 @@ def run_fit(cfg: FitConfig) -> dict:
     results["seconds"] = time.perf_counter() - start
     if weights:
         save_file(weights, str(out / "weights.safetensors"))
+    pd.DataFrame(episode_rows).to_csv(out / "episode_sync.csv", index=False)
     plots = plot_results(results, out)
     (out / "config.yaml").write_text(_yaml(cfg))
     tmp = out / ".results.json.tmp"

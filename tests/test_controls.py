@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nsync.analysis.bootstrap import EpisodeBootstrap, replicate_r2
+from nsync.analysis.bootstrap import EpisodeBootstrap, episode_r2, replicate_r2
 from nsync.cache import ActivationCache
 from nsync.config import load_config
 from nsync.data import build_pairs
@@ -115,6 +115,8 @@ def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_pat
     assert sums["n"].sum() == dm.n("test") and len(sums["n"]) == len(set(dm.pairs.episode_id.iloc[dm.index["test"]]))
     ones = np.ones((1, dm.n_test_episodes))
     np.testing.assert_allclose(replicate_r2(sums, ones, len(dm.target_layers))[0], probe.results["test_r2"].numpy(), atol=1e-9)
+    merged = {k: v.sum(0, keepdims=True) for k, v in sums.items()}  # all test episodes as one
+    np.testing.assert_allclose(episode_r2(merged, len(dm.target_layers))[0], probe.results["test_r2"].numpy(), atol=1e-9)
     boot = EpisodeBootstrap(dm.cache_episodes, n_boot=50)
     w = boot.weights(dm.test_episodes)
     assert w.shape == (50, dm.n_test_episodes) and (boot.W.sum(1) == len(dm.cache_episodes)).all()
@@ -219,7 +221,7 @@ def test_run_controls_summary_and_plots(linear, tmp_path):
     ], prog="test")
     table = run_controls(cfg).set_index("control")
     out = tmp_path / "controls"
-    for f in ("controls.csv", "controls.md", "controls.png", "lag_curve.png", "main/results.json", "shuffled_partner/bootstrap.npy"):
+    for f in ("controls.csv", "controls.md", "controls.png", "lag_curve.png", "main/results.json", "shuffled_partner/bootstrap.npy", "main/episode_sync.csv"):
         assert (out / f).exists(), f
     # untrained needs a zoo model to re-read the prompts: the synthetic cache has none, so it is skipped with the reason
     assert "scenarios" in table.loc["untrained", "skipped"] or "model" in table.loc["untrained", "skipped"]

@@ -62,6 +62,22 @@ def replicate_r2(sums: dict, weights: np.ndarray, n_targets: int) -> np.ndarray:
         return np.nanmean(raw, axis=2)
 
 
+def episode_r2(sums: dict, n_targets: int) -> np.ndarray:
+    """``[episodes, n_targets]`` R² of each test episode on its own, against the variance around
+    the whole test side's mean (an episode's few pairs have almost no variance of their own):
+    ``1 - SSE_e / sum_e (y - mean_test)²``, averaged uniformly over output dimensions."""
+    n = np.asarray(sums["n"], dtype=np.float64)
+    s1, s2, sse = (np.asarray(sums[k], dtype=np.float64) for k in ("s1", "s2", "sse"))
+    mean = s1.sum(0) / n.sum()
+    full_tss = s2.sum(0) - s1.sum(0) ** 2 / n.sum()
+    valid = full_tss > 1e-9 * max(full_tss.max(), 1e-300)
+    tss = s2 - 2 * mean[None, :] * s1 + n[:, None] * mean[None, :] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = np.where(valid[None, :] & (tss > 0), 1 - sse / tss, np.nan)
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+        return np.nanmean(raw.reshape(len(n), n_targets, -1), axis=2)
+
+
 def replicate_sync_r2(per_source_layer: list[np.ndarray], clip: bool = True) -> np.ndarray:
     """``[n_boot]`` SyncR² replicates from each source layer's ``[n_boot, n_targets]`` R²: best
     target per replicate, negatives clipped to 0, mean over source layers (as :func:`nsync.results.sync_r2`)."""

@@ -1,0 +1,209 @@
+"""Synchrony against social performance, across model pairs and across episodes.
+
+Each fit run is one model pair: its SyncR² (``results.json``) meets the judge's scores of the
+same cache (``CACHE/judge/JUDGE/scores.csv``). Across pairs: Pearson and Spearman correlations
+with p-values and bootstrap intervals over pairs, and the partial correlation given a covariate
+the user supplies per model (the paper used IFEval and MuSR scores). Across episodes: each test
+episode's SyncR² (``episode_sync.csv``) against its social score, pooled over pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from omegaconf import MISSING
+
+from nsync.errors import NsyncError
+
+log = logging.getLogger("nsync.analysis")
+
+
+@dataclass
+class AnalysisConfig:
+    """Correlate synchrony with social performance over model pairs and episodes."""
+
+    fits: list[str] = field(default=MISSING, metadata={"help": "fit run folders, one per model pair (each holds results.json)"})
+    judge: str = field(default="smollm2-135m", metadata={"help": "judge name: scores are read from CACHE/judge/JUDGE/scores.csv of each fit's cache"})
+    out: str = field(default=MISSING, metadata={"help": "folder for analysis.json, pairs.csv, episodes.csv and the scatter plots"})
+    covariates: Optional[str] = field(default=None, metadata={"help": "CSV with a 'model' column and one column per covariate (e.g. ifeval, musr)"})
+    covariate: Optional[str] = field(default=None, metadata={"help": "the covariate column for the partial correlation (a pair gets the mean of its two models)"})
+    bootstrap: int = field(default=2000, metadata={"help": "bootstrap replicates for the correlation intervals"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+
+
+def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per fit run / model pair, one row per test episode and pair)."""
+    pairs, episodes = [], []
+    for fit in fits:
+        path = Path(fit) / "results.json"
+        if not path.is_file():
+            raise NsyncError(f"{fit} holds no results.json; run python -m nsync.fit first")
+        r = json.loads(path.read_text())
+        cache = Path(r["config"]["data"]["cache"])
+        scores_path = cache / "judge" / judge / "scores.csv"
+        if not scores_path.is_file():
+            raise NsyncError(f"no judge scores at {scores_path}; run python -m nsync.judge cache={cache} name={judge}")
+        scores = pd.read_csv(scores_path)
+        ok = scores[scores["status"] == "ok"]
+        # The paper's per-episode score: the mean of the two agents' overall scores.
+        per_run = ok.groupby(["run_id", "episode_id"])["overall"].mean().reset_index()
+        per_episode = per_run.groupby("episode_id")["overall"].mean()
+        label = f"{r['models']['source']} x {r['models']['target']}"
+        ci = r.get("sync_r2_ci95") or (None, None)
+        pairs.append({
+            "pair": label, "source_model": r["models"]["source"], "target_model": r["models"]["target"], "fit": str(fit),
+            "sync_r2": r["sync_r2"], "sync_r2_std": r["sync_r2_std"], "sync_r2_ci_low": ci[0], "sync_r2_ci_high": ci[1],
+            "social": float(per_run["overall"].mean()) if len(per_run) else np.nan,
+            "social_sem": float(per_run["overall"].std(ddof=1) / np.sqrt(len(per_run))) if len(per_run) > 1 else np.nan,
+            "runs_judged": int(scores["run_id"].nunique()),
+            "runs_failed": int(scores.loc[scores["status"] == "failed", "run_id"].nunique()),
+        })
+        ep_path = Path(fit) / "episode_sync.csv"
+        if ep_path.is_file():
+            ep = pd.read_csv(ep_path).groupby("episode_id")["sync_r2"].mean().rename("sync_r2").reset_index()
+            ep["social"] = ep["episode_id"].map(per_episode)
+            ep["pair"] = label
+            episodes.append(ep.dropna(subset=["social", "sync_r2"]))
+    return pd.DataFrame(pairs), (pd.concat(episodes, ignore_index=True) if episodes else pd.DataFrame())
+
+
+def correlations(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Pearson and Spearman with p-values and percentile bootstrap intervals over the points.
+
+    >>> c = correlations(np.arange(5.0), np.arange(5.0) ** 2, n_boot=200)
+    >>> round(c["pearson"], 3), round(c["spearman"], 3)
+    (0.959, 1.0)
+    """
+    from scipy import stats
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out: dict = {"n": int(len(x))}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out | {"pearson": None, "spearman": None, "note": "needs at least 3 points that vary"}
+    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    out |= {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue), "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue)}
+    rng = np.random.default_rng(seed)
+    boots = {"pearson": [], "spearman": []}
+    for _ in range(n_boot):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+            continue
+        boots["pearson"].append(np.corrcoef(x[i], y[i])[0, 1])
+        boots["spearman"].append(stats.spearmanr(x[i], y[i]).statistic)
+    for k, v in boots.items():
+        if v:
+            lo, hi = np.nanpercentile(v, [2.5, 97.5])
+            out[f"{k}_ci95"] = [float(lo), float(hi)]
+    return out
+
+
+def partial_correlation(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict:
+    """Pearson correlation of x and y after regressing both on z (with an intercept); the
+    p-value uses n - 3 degrees of freedom.
+
+    >>> z = np.arange(6.0); x = z + np.array([0, 1, 0, 1, 0, 1.]); y = 2 * z + np.array([0, 1, 0, 1, 0, 1.])
+    >>> round(partial_correlation(x, y, z)["r"], 6)
+    1.0
+    """
+    from scipy import stats
+
+    x, y, z = (np.asarray(a, float) for a in (x, y, z))
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    x, y, z = x[keep], y[keep], z[keep]
+    if len(x) < 4:
+        return {"n": int(len(x)), "r": None, "note": "needs at least 4 points"}
+    design = np.column_stack([np.ones_like(z), z])
+    rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    if np.allclose(rx, 0) or np.allclose(ry, 0):
+        return {"n": int(len(x)), "r": None, "note": "the covariate explains one variable entirely"}
+    r = float(np.corrcoef(rx, ry)[0, 1])
+    df = len(x) - 3
+    t = r * np.sqrt(df / max(1 - r * r, 1e-300))
+    return {"n": int(len(x)), "r": r, "p": float(2 * stats.t.sf(abs(t), df))}
+
+
+def scatter(df: pd.DataFrame, x: str, y: str, label: str | None, path: Path, title: str) -> Path:
+    """Scatter with the least-squares line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    d = df.dropna(subset=[x, y])
+    if label and label in d:
+        for name, g in d.groupby(label):
+            ax.scatter(g[x], g[y], s=30 if len(d) < 30 else 10, label=name, alpha=0.8)
+        if d[label].nunique() <= 8:
+            ax.legend(fontsize=7)
+    else:
+        ax.scatter(d[x], d[y], s=20)
+    if len(d) >= 2 and np.ptp(d[x]) > 0:
+        slope, intercept = np.polyfit(d[x], d[y], 1)
+        xs = np.linspace(d[x].min(), d[x].max(), 50)
+        ax.plot(xs, slope * xs + intercept, color="black", lw=1)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def analyse(cfg: AnalysisConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, episodes = pair_table(cfg.fits, cfg.judge)
+    result: dict = {"judge": cfg.judge, "pairs": pairs.to_dict("records")}
+    result["across_pairs"] = correlations(pairs["sync_r2"], pairs["social"], cfg.bootstrap, cfg.seed)
+    if cfg.covariates:
+        cov = pd.read_csv(cfg.covariates)
+        if cfg.covariate not in cov.columns or "model" not in cov.columns:
+            raise NsyncError(f"{cfg.covariates} needs a 'model' column and the covariate column '{cfg.covariate}'")
+        value = dict(zip(cov["model"], cov[cfg.covariate]))
+        missing = sorted({m for m in pairs[["source_model", "target_model"]].to_numpy().ravel() if m not in value})
+        if missing:
+            raise NsyncError(f"{cfg.covariates} has no '{cfg.covariate}' for models {missing}")
+        pairs[cfg.covariate] = [(value[a] + value[b]) / 2 for a, b in zip(pairs["source_model"], pairs["target_model"])]
+        result["partial"] = {"covariate": cfg.covariate} | partial_correlation(pairs["sync_r2"], pairs["social"], pairs[cfg.covariate])
+    if len(episodes):
+        result["across_episodes"] = correlations(episodes["sync_r2"], episodes["social"], cfg.bootstrap, cfg.seed)
+        episodes.to_csv(out / "episodes.csv", index=False)
+        scatter(episodes, "sync_r2", "social", "pair", out / "episodes_sync_vs_social.png", "per test episode (pooled over pairs)")
+    pairs.to_csv(out / "pairs.csv", index=False)
+    c = result["across_pairs"]
+    title = f"model pairs: Pearson r = {c['pearson']:.2f}" if c.get("pearson") is not None else "model pairs"
+    scatter(pairs, "sync_r2", "social", "pair", out / "sync_vs_social.png", title)
+    (out / "analysis.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def main(argv: Sequence[str]) -> None:
+    from nsync.config import load_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    cfg = load_config(AnalysisConfig, argv, prog="nsync.analysis")
+    start = time.perf_counter()
+    result = analyse(cfg)
+    for p in result["pairs"]:
+        print(f"  {p['pair']}: SyncR² {p['sync_r2']:.4f}, social {p['social']:.2f} ({p['runs_judged']} runs, {p['runs_failed']} failed)")
+    for key in ("across_pairs", "across_episodes"):
+        c = result.get(key)
+        if c and c.get("pearson") is not None:
+            print(f"{key}: n {c['n']}, Pearson {c['pearson']:.3f} (p {c['pearson_p']:.3g}), Spearman {c['spearman']:.3f} (p {c['spearman_p']:.3g})")
+        elif c:
+            print(f"{key}: n {c['n']}: {c.get('note')}")
+    if "partial" in result and result["partial"].get("r") is not None:
+        print(f"partial (given {result['partial']['covariate']}): r {result['partial']['r']:.3f} (p {result['partial']['p']:.3g})")
+    print(f"done in {time.perf_counter() - start:.1f} s; wrote {cfg.out}/analysis.json, pairs.csv, sync_vs_social.png")
