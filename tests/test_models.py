@@ -78,3 +78,18 @@ def test_bundled_gemma3_is_a_base_model():
     lm = load_model("gemma3-270m")
     assert (lm.n_layers, lm.hidden_size) == (18, 640)
     assert not lm.has_chat_template  # plain-transcript prompts for a base model
+
+
+def test_untrained_suffix_gives_fresh_weights_same_architecture():
+    import torch
+
+    from nsync.models import load_model, untrained_copy
+
+    base, floor = load_model("tiny-llama"), load_model("tiny-llama@untrained")
+    assert floor.name == "tiny-llama@untrained" and floor.n_layers == base.n_layers and floor.hidden_size == base.hidden_size
+    assert floor.tokenizer is base.tokenizer or floor.tokenizer.get_vocab() == base.tokenizer.get_vocab()
+    weight = lambda lm: lm.model.model.layers[0].mlp.up_proj.weight
+    # the suffix is untrained_copy with seed 0: the same floor every time
+    assert torch.equal(weight(floor), weight(untrained_copy(base, seed=0)))
+    other = untrained_copy(base, seed=1)
+    assert weight(other).shape == weight(base).shape and not torch.allclose(weight(other), weight(base))

@@ -39,14 +39,23 @@ class AnalysisConfig:
 
 
 def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per fit run / model pair, one row per test episode and pair)."""
-    pairs, episodes = [], []
-    for fit in fits:
-        path = Path(fit) / "results.json"
+    """(one row per model pair, one row per test episode and pair).
+
+    A model pair is a cache: fits on the same cache (e.g. A's states -> B's and B's -> A's in a
+    two-model cache) are averaged into the pair's SyncR², as the paper averages directions and
+    orders; their bootstrap replicates are averaged too (one cache: the same replicate weights).
+    """
+    from nsync.analysis.bootstrap import interval
+
+    by_cache: dict[Path, list[tuple[Path, dict]]] = {}
+    for fit in map(Path, fits):
+        path = fit / "results.json"
         if not path.is_file():
             raise NsyncError(f"{fit} holds no results.json; run python -m nsync.fit first")
         r = json.loads(path.read_text())
-        cache = Path(r["config"]["data"]["cache"])
+        by_cache.setdefault(Path(r["config"]["data"]["cache"]), []).append((fit, r))
+    pairs, episodes = [], []
+    for cache, runs in by_cache.items():
         scores_path = cache / "judge" / judge / "scores.csv"
         if not scores_path.is_file():
             raise NsyncError(f"no judge scores at {scores_path}; run python -m nsync.judge cache={cache} name={judge}")
@@ -55,19 +64,24 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
         # The paper's per-episode score: the mean of the two agents' overall scores.
         per_run = ok.groupby(["run_id", "episode_id"])["overall"].mean().reset_index()
         per_episode = per_run.groupby("episode_id")["overall"].mean()
-        label = f"{r['models']['source']} x {r['models']['target']}"
-        ci = r.get("sync_r2_ci95") or (None, None)
+        models = sorted({m for _, r in runs for m in (r["models"]["source"], r["models"]["target"])})
+        label = " x ".join(models) if len(models) > 1 else f"{models[0]} x {models[0]}"
+        reps = [np.load(fit / "bootstrap.npy") for fit, r in runs if (fit / "bootstrap.npy").is_file()]
+        ci = interval(np.mean(reps, axis=0)) if len(reps) == len(runs) and len({len(x) for x in reps}) == 1 else None
+        syncs = [r["sync_r2"] for _, r in runs]
         pairs.append({
-            "pair": label, "source_model": r["models"]["source"], "target_model": r["models"]["target"], "fit": str(fit),
-            "sync_r2": r["sync_r2"], "sync_r2_std": r["sync_r2_std"], "sync_r2_ci_low": ci[0], "sync_r2_ci_high": ci[1],
+            "pair": label, "models": ",".join(models), "cache": str(cache), "fits": ",".join(str(f) for f, _ in runs),
+            "sync_r2": float(np.mean(syncs)), "sync_r2_std": float(np.mean([r["sync_r2_std"] for _, r in runs])),
+            "sync_r2_ci_low": ci[0] if ci else None, "sync_r2_ci_high": ci[1] if ci else None,
             "social": float(per_run["overall"].mean()) if len(per_run) else np.nan,
             "social_sem": float(per_run["overall"].std(ddof=1) / np.sqrt(len(per_run))) if len(per_run) > 1 else np.nan,
             "runs_judged": int(scores["run_id"].nunique()),
             "runs_failed": int(scores.loc[scores["status"] == "failed", "run_id"].nunique()),
         })
-        ep_path = Path(fit) / "episode_sync.csv"
-        if ep_path.is_file():
-            ep = pd.read_csv(ep_path).groupby("episode_id")["sync_r2"].mean().rename("sync_r2").reset_index()
+        frames = [pd.read_csv(fit / "episode_sync.csv") for fit, _ in runs if (fit / "episode_sync.csv").is_file()]
+        frames = [f for f in frames if len(f)]
+        if frames:
+            ep = pd.concat(frames).groupby("episode_id")["sync_r2"].mean().reset_index()
             ep["social"] = ep["episode_id"].map(per_episode)
             ep["pair"] = label
             episodes.append(ep.dropna(subset=["social", "sync_r2"]))
@@ -172,10 +186,11 @@ def analyse(cfg: AnalysisConfig) -> dict:
         if cfg.covariate not in cov.columns or "model" not in cov.columns:
             raise NsyncError(f"{cfg.covariates} needs a 'model' column and the covariate column '{cfg.covariate}'")
         value = dict(zip(cov["model"], cov[cfg.covariate]))
-        missing = sorted({m for m in pairs[["source_model", "target_model"]].to_numpy().ravel() if m not in value})
+        members = [m.split(",") * (2 // len(m.split(","))) for m in pairs["models"]]  # a self-pair counts its model twice
+        missing = sorted({m for ms in members for m in ms if m not in value})
         if missing:
             raise NsyncError(f"{cfg.covariates} has no '{cfg.covariate}' for models {missing}")
-        pairs[cfg.covariate] = [(value[a] + value[b]) / 2 for a, b in zip(pairs["source_model"], pairs["target_model"])]
+        pairs[cfg.covariate] = [float(np.mean([value[m] for m in ms])) for ms in members]
         result["partial"] = {"covariate": cfg.covariate} | partial_correlation(pairs["sync_r2"], pairs["social"], pairs[cfg.covariate])
     if len(episodes):
         result["across_episodes"] = correlations(episodes["sync_r2"], episodes["social"], cfg.bootstrap, cfg.seed)

@@ -112,6 +112,10 @@ BUNDLED: dict[str, BundledModel] = {
 TINY_PREFIX = "tiny-"
 
 
+#: ``<name>@untrained``: the architecture and tokenizer of ``<name>`` with fresh weights (seed 0).
+UNTRAINED_SUFFIX = "@untrained"
+
+
 def nsync_home() -> Path:
     """Where nsync keeps converted checkpoints (``$NSYNC_HOME`` or ``~/.cache/nsync``)."""
     return Path(os.environ.get("NSYNC_HOME", Path.home() / ".cache" / "nsync"))
@@ -260,6 +264,9 @@ def load_model(cfg: ModelConfig | str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    if cfg.name.endswith(UNTRAINED_SUFFIX):  # e.g. smollm2-135m@untrained: the floor of the model pairs
+        base = load_model(ModelConfig(cfg.name[: -len(UNTRAINED_SUFFIX)], cfg.device, cfg.dtype, cfg.trust_remote_code))
+        return untrained_copy(base, seed=0)
     if cfg.name.startswith(TINY_PREFIX):
         from nsync.models.tiny import tiny_model
 

@@ -104,7 +104,10 @@ class TestR2Mixin:
         uniform, weighted = self.test_r2.compute()
         self.results.update(test_r2=uniform.cpu(), test_r2_weighted=weighted.cpu())
         if self.episode_sums is not None:
-            self.results["episode_sums"] = {k: v.cpu() for k, v in self.episode_sums.compute().items()}
+            # torchmetrics squeezes one-element results: restore [episodes] and [episodes, outputs]
+            groups = self.episode_sums.n.shape[0]
+            sums = self.episode_sums.compute()
+            self.results["episode_sums"] = {k: v.cpu().reshape(groups, -1) if k != "n" else v.cpu().reshape(groups) for k, v in sums.items()}
         finite = uniform[torch.isfinite(uniform)]
         if finite.numel():
             self.log("test/r2", finite.max().float())  # best target layer
