@@ -29,6 +29,8 @@ logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 PROBES = ("affine", "mlp")
+#: Bootstrap replicates re-pick the best target layer among this many best on the full test side.
+BOOTSTRAP_TARGETS = 3
 
 
 @dataclass
@@ -49,6 +51,7 @@ class DataConfig:
     val_size: float = field(default=0.1, metadata={"help": "share of training groups used for validation (alpha choice, early stopping)"})
     max_pairs: Optional[int] = field(default=None, metadata={"help": "pair budget per direction, whole episodes kept (the paper: 6500)"})
     source_layers: list[int] = field(default_factory=list, metadata={"help": "source layers (empty: all, 0 = embeddings)"})
+    source_layer_step: int = field(default=1, metadata={"help": "with source_layers empty: every k-th layer from 0 (quicker looks on a CPU)"})
     target_layers: list[int] = field(default_factory=list, metadata={"help": "target layers (empty: all)"})
     batch_size: int = field(default=2048, metadata={"help": "rows per batch"})
 
@@ -110,6 +113,8 @@ class FitConfig:
                 raise NsyncError(f"data.{key} must be one of {CONDITIONS}, got '{getattr(self.data, key)}'")
         if self.data.control not in CONTROLS:
             raise NsyncError(f"data.control must be one of {CONTROLS}, got '{self.data.control}'")
+        if self.data.source_layer_step < 1:
+            raise NsyncError(f"data.source_layer_step must be at least 1, got {self.data.source_layer_step}")
         if not self.data.split_seeds:
             raise NsyncError("data.split_seeds must list at least one seed")
         if self.logger.kind not in ("wandb", "none") or self.logger.mode not in ("auto", "offline", "online"):
@@ -212,7 +217,14 @@ def run_fit(cfg: FitConfig) -> dict:
 
     import pandas as pd
 
-    from nsync.analysis.bootstrap import EpisodeBootstrap, episode_r2, interval, replicate_r2, replicate_sync_r2
+    from nsync.analysis.bootstrap import (
+        EpisodeBootstrap,
+        episode_r2,
+        interval,
+        replicate_r2,
+        replicate_sync_r2,
+        restrict_targets,
+    )
     from nsync.data import SynchronyDataModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -234,7 +246,7 @@ def run_fit(cfg: FitConfig) -> dict:
             dm = SynchronyDataModule(
                 d.cache, d.source_model, d.target_model, direction, d.lag, d.condition, d.split, seed,
                 d.test_size, d.val_size, d.max_pairs, d.source_layers or None, d.target_layers or None, d.batch_size,
-                target_condition=d.target_condition, control=d.control,
+                target_condition=d.target_condition, control=d.control, source_layer_step=d.source_layer_step,
             )
             dm.setup()
             if boot is None and cfg.bootstrap:
@@ -249,11 +261,13 @@ def run_fit(cfg: FitConfig) -> dict:
                 probe = _fit_source_layer(cfg, dm, layer)
                 r2[i] = probe.results["test_r2"].numpy()
                 r2w[i] = probe.results["test_r2_weighted"].numpy()
-                if boot is not None:
-                    sums = {k: v.numpy() for k, v in probe.results["episode_sums"].items()}
-                    replicates.append(replicate_r2(sums, boot.weights(dm.test_episodes), len(dm.target_layers)))
                 sums = {k: v.numpy() for k, v in probe.results["episode_sums"].items()}
-                best = int(np.where(np.isfinite(r2[i]), r2[i], -np.inf).argmax())
+                ranked = np.argsort(-np.where(np.isfinite(r2[i]), r2[i], -np.inf), kind="stable")
+                if boot is not None:
+                    top = sorted(ranked[:BOOTSTRAP_TARGETS])
+                    sub = restrict_targets(sums, len(dm.target_layers), top)
+                    replicates.append(replicate_r2(sub, boot.weights(dm.test_episodes), len(top)))
+                best = int(ranked[0])
                 per_episode.append(np.clip(episode_r2(sums, len(dm.target_layers))[:, best], 0, None))
                 if cfg.save_weights and cfg.probe == "affine" and seed == d.split_seeds[0]:
                     j = int(r2[i].argmax())

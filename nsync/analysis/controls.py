@@ -110,7 +110,7 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     base = (["--config", cfg.fit_config] if cfg.fit_config else []) + list(cfg.fit_overrides)
     probe_cfg = load_config(FitConfig, [*base, f"out={out / 'main'}", f"data.cache={cfg.cache}"], prog="nsync.fit")
     cache = ActivationCache.open(cfg.cache)
-    model = probe_cfg.data.source_model or next(m for m in cache.models if not cache.model_info(m).get("derived"))
+    model = probe_cfg.data.source_model or cache.simulated_models[0]
     skipped = _prepare_rereads(cfg, model)
     runs = plan(cfg, model)
     results: dict[str, dict] = {}

@@ -43,6 +43,11 @@ class ActivationCache:
     def models(self) -> list[str]:
         return list(self.manifest["models"])
 
+    @property
+    def simulated_models(self) -> list[str]:
+        """The models that took part in the conversations (not states added by ``nsync.reread``)."""
+        return [m for m, info in self.manifest["models"].items() if not info.get("derived")]
+
     def model_info(self, model: str) -> dict:
         if model not in self.manifest["models"]:
             raise NsyncError(f"model '{model}' is not in cache {self.root}; it holds {self.models}")

@@ -93,6 +93,9 @@ class CacheWriter:
             if not resume:
                 raise NsyncError(f"{self.root} already holds a cache of this config; set resume=true to continue it")
             self.manifest = manifest
+            # Models added later (nsync.reread) stay known, so a merge keeps their states.
+            for name, info in manifest.get("models", {}).items():
+                self.models.setdefault(name, ModelInfo(**info))
         elif not create:
             raise NsyncError(f"{self.root} holds no cache ({MANIFEST} missing)")
         else:

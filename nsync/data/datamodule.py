@@ -47,6 +47,7 @@ class SynchronyDataModule(L.LightningDataModule):
         num_workers: int = 0,
         target_condition: str = "interactive",
         control: str = "partner",
+        source_layer_step: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -57,7 +58,7 @@ class SynchronyDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         cache = ActivationCache.open(hp.cache)
-        models = cache.models
+        models = cache.simulated_models  # re-read models are chosen explicitly
         self.source_model = hp.source_model or _only(models, "source_model")
         self.target_model = hp.target_model or _only(models, "target_model")
         pairs = build_pairs(
@@ -74,7 +75,7 @@ class SynchronyDataModule(L.LightningDataModule):
         self.index = {"fit": np.flatnonzero(fit), "val": np.flatnonzero(val), "test": np.flatnonzero(split.test), "train": np.flatnonzero(split.train)}
         n_src = len(cache.layer_names(self.source_model))
         n_tgt = len(cache.layer_names(self.target_model))
-        self.source_layers = list(hp.source_layers) if hp.source_layers else list(range(n_src))
+        self.source_layers = list(hp.source_layers) if hp.source_layers else list(range(0, n_src, hp.source_layer_step))
         self.target_layers = list(hp.target_layers) if hp.target_layers else list(range(n_tgt))
         for name, layers, n in (("source", self.source_layers, n_src), ("target", self.target_layers, n_tgt)):
             bad = [l for l in layers if not 0 <= l < n]
@@ -136,7 +137,7 @@ class SynchronyDataModule(L.LightningDataModule):
 
 def _only(models: list[str], key: str) -> str:
     if len(models) != 1:
-        raise NsyncError(f"the cache holds several models {models}; set data.{key}")
+        raise NsyncError(f"the cache holds several simulated models {models}; set data.{key}")
     return models[0]
 
 

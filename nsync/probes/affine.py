@@ -106,8 +106,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self._val_stats.update(x, y.reshape(x.shape[0], -1))  # type: ignore[union-attr]
         if len(self.alphas) > 1:
             for alpha, metric in zip(self.alphas, self.val_r2):
-                w, b = self._solution.weights(alpha)
-                metric.update((x.double() @ w + b).view_as(y), y)
+                metric.update(self._solution.predict(x, alpha).view_as(y), y)
         else:
             self.val_r2[0].update(self(x), y)
 

@@ -76,7 +76,7 @@ def reread(cfg: RereadConfig, lm=None, embedder=None) -> tuple[str, int]:
         from nsync.models import ModelConfig, load_model, untrained_copy
 
         if lm is None:
-            base = cfg.model or cache.models[0]
+            base = cfg.model or cache.simulated_models[0]
             lm = load_model(ModelConfig(name=base, device=cfg.device, dtype=cfg.dtype))
             if cfg.kind == "untrained":
                 lm = untrained_copy(lm, cfg.init_seed)
