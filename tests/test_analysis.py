@@ -75,7 +75,7 @@ def test_analysis_across_pairs_and_episodes(pairs, tmp_path):
     assert result["across_pairs"]["spearman"] == pytest.approx(1.0)
     assert result["partial"]["covariate"] == "ifeval" and result["partial"]["r"] is not None
     assert result["across_episodes"]["n"] > 10
-    for f in ("analysis.json", "sync_vs_social.png", "episodes_sync_vs_social.png", "episodes.csv"):
+    for f in ("analysis.json", "sync_vs_social.png", "r2_by_layer_pairs.png", "episodes_sync_vs_social.png", "episodes.csv"):
         assert (tmp_path / "a" / f).exists()
 
 

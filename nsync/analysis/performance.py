@@ -175,6 +175,37 @@ def scatter(df: pd.DataFrame, x: str, y: str, label: str | None, path: Path, tit
     return path
 
 
+def plot_layers_by_pair(pairs: pd.DataFrame, path: Path) -> Path:
+    """Best-target test R² by source layer for every model pair (mean over its fits and
+    directions), against relative depth so models with different layer counts line up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row in pairs.itertuples():
+        curves = []
+        for fit in row.fits.split(","):
+            r = json.loads((Path(fit) / "results.json").read_text())
+            layers = np.array(r["source_layers"], dtype=float)
+            best = [np.array(d["best_r2_by_source_layer"], dtype=float) for d in r["directions"].values()]
+            curves.append((layers / max(layers.max(), 1), np.nanmean(best, axis=0)))
+        depth = curves[0][0]
+        same = all(len(c[0]) == len(depth) for c in curves)
+        y = np.nanmean([c[1] for c in curves], axis=0) if same else curves[0][1]
+        ax.plot(depth, y, marker="o", ms=3, label=f"{row.pair} (SyncR² {row.sync_r2:.3f})")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("relative source layer depth (0 = embeddings)")
+    ax.set_ylabel("best-target test R²")
+    ax.set_title("R² by layer per model pair")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def analyse(cfg: AnalysisConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,6 +231,7 @@ def analyse(cfg: AnalysisConfig) -> dict:
     c = result["across_pairs"]
     title = f"model pairs: Pearson r = {c['pearson']:.2f}" if c.get("pearson") is not None else "model pairs"
     scatter(pairs, "sync_r2", "social", "pair", out / "sync_vs_social.png", title)
+    plot_layers_by_pair(pairs, out / "r2_by_layer_pairs.png")
     (out / "analysis.json").write_text(json.dumps(result, indent=1, default=float))
     return result
 

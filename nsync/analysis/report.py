@@ -71,7 +71,7 @@ def analysis_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
         p = a["partial"]
         lines.append({"": f"partial, given {p['covariate']}", "n": p["n"], "Pearson r": p["r"], "p": p["p"]})
     table = pd.concat([pairs, pd.DataFrame(lines)], ignore_index=True) if lines else pairs
-    images = [p for p in (run / "sync_vs_social.png", run / "episodes_sync_vs_social.png") if p.exists()]
+    images = [p for p in (run / "sync_vs_social.png", run / "r2_by_layer_pairs.png", run / "episodes_sync_vs_social.png") if p.exists()]
     return f"Synchrony and social performance (judge {a['judge']}): {run}", table, images
 
 
