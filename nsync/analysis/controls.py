@@ -158,6 +158,7 @@ def summarise(results: dict[str, dict], out: Path, skipped: dict[str, str] | Non
             "control": name,
             "sync_r2": r["sync_r2"],
             "sync_r2_std": r["sync_r2_std"],
+            "sync_r2_unclipped": r["sync_r2_unclipped"],
             "ci95_low": ci[0],
             "ci95_high": ci[1],
             "diff_vs_main": r["sync_r2"] - main["sync_r2"],
@@ -195,14 +196,14 @@ def _fmt(x, digits: int = 3) -> str:
 def markdown_table(table: pd.DataFrame) -> str:
     """The summary as a Markdown table (skipped controls listed below it)."""
     done = table[table["sync_r2"].notna()] if "sync_r2" in table else table.iloc[0:0]
-    lines = ["| control | SyncR² | ± std (split seeds) | 95% CI (episodes) | Δ vs main | 95% CI of Δ | A->B | B->A |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| control | SyncR² | ± std (split seeds) | 95% CI (episodes) | Δ vs main | 95% CI of Δ | A->B | B->A | unclipped |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in done.to_dict("records"):
         ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r.get("ci95_low") is not None else ""
         dci = f"[{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}]" if r.get("diff_ci95_low") is not None and r["control"] != "main" else ""
         lines.append(f"| {r['control']} | {_fmt(r['sync_r2'])} | {_fmt(r['sync_r2_std'])} | {ci} | "
                      f"{'' if r['control'] == 'main' else _fmt(r['diff_vs_main'])} | {dci} | "
-                     f"{_fmt(r.get('sync_r2_A->B'))} | {_fmt(r.get('sync_r2_B->A'))} |")
+                     f"{_fmt(r.get('sync_r2_A->B'))} | {_fmt(r.get('sync_r2_B->A'))} | {_fmt(r.get('sync_r2_unclipped'))} |")
     if "skipped" in table:
         for r in table[table["skipped"].notna()].to_dict("records"):
             lines.append(f"\nskipped {r['control']}: {r['skipped']}")

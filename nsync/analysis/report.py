@@ -49,7 +49,7 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
 
 def controls_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     t = pd.read_csv(run / "controls.csv")
-    cols = [c for c in ["control", "sync_r2", "sync_r2_std", "ci95_low", "ci95_high", "diff_vs_main", "diff_ci95_low",
+    cols = [c for c in ["control", "sync_r2", "sync_r2_std", "sync_r2_unclipped", "ci95_low", "ci95_high", "diff_vs_main", "diff_ci95_low",
                         "diff_ci95_high", "sync_r2_A->B", "sync_r2_B->A", "skipped"] if c in t]
     images = [p for p in (run / "controls.png", run / "lag_curve.png") if p.exists()]
     return f"Controls: {run}", t[cols], images

@@ -24,7 +24,7 @@ from nsync.errors import NsyncError
 from nsync.judge.rubric import DIMENSIONS, dimension_question, episode_context, json_request
 from nsync.judge.schema import AnswerError, parse_answer
 from nsync.scenarios import Episode
-from nsync.simulation.generation import cache_kwarg, kv_cache
+from nsync.simulation.generation import accepts, cache_kwarg, kv_cache
 from nsync.simulation.prompts import Utterance
 
 AGENTS = ("agent_a", "agent_b")
@@ -140,14 +140,16 @@ class LocalJudge:
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         ctx = torch.tensor([bos + tok(episode_context(episode, history), add_special_tokens=False)["input_ids"]], device=device)
         arg = cache_kwarg(model)
-        ctx_cache = kv_cache(model(ctx, use_cache=True))
+        # Only the last position's logits are ever read: skip the vocabulary projection of the rest.
+        keep = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
+        ctx_cache = kv_cache(model(ctx, use_cache=True, **keep))
         out: dict[str, dict[str, np.ndarray]] = {}
         for agent, key in enumerate(AGENTS):
             out[key] = {}
             for dim in DIMENSIONS:
                 q = torch.tensor([tok(dimension_question(episode, agent, dim), add_special_tokens=False)["input_ids"]], device=device)
                 cache = copy.deepcopy(ctx_cache)
-                first = model(q, use_cache=True, **{arg: cache})
+                first = model(q, use_cache=True, **keep, **{arg: cache})
                 out[key][dim.name] = self._candidate_probs(first, self.candidates[dim.name], arg)
         return out
 

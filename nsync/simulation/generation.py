@@ -120,13 +120,13 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
     return ids.to(device), mask.to(device)
 
 
-def _accepts(model: nn.Module, name: str) -> bool:
+def accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
 
 def cache_kwarg(model: nn.Module) -> str:
     """The forward argument that takes a KV cache: transformers 5.2x renamed `past_key_values` to `cache`."""
-    return "cache" if _accepts(model, "cache") else "past_key_values"
+    return "cache" if accepts(model, "cache") else "past_key_values"
 
 
 def supports_prefix_reuse(model: nn.Module) -> bool:
@@ -238,7 +238,7 @@ class Generator:
         # Token ids whose text holds a newline: only after one of those can a first line be complete.
         vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
         self.newline_ids = {i for i, t in enumerate(vocab) if t is not None and ("\n" in t or "Ċ" in t or "<0x0A>" in t)}
-        self._logits_to_keep = _accepts(lm.model, "logits_to_keep")
+        self._logits_to_keep = accepts(lm.model, "logits_to_keep")
         # transformers 5.2x renamed `past_key_values` to `cache`; support both.
         self._cache_arg = cache_kwarg(lm.model)
         self.prefixes = PrefixStore() if supports_prefix_reuse(lm.model) else None
