@@ -19,7 +19,7 @@ from omegaconf import MISSING
 
 from nsync.config import load_config, to_dict
 from nsync.cache.layout import CONDITIONS
-from nsync.data.pairs import CONTROLS, DIRECTIONS
+from nsync.data.pairs import CONTROLS, DIRECTIONS, NoPairsError
 from nsync.data.splits import SPLITS
 from nsync.errors import NsyncError
 
@@ -240,6 +240,7 @@ def run_fit(cfg: FitConfig) -> dict:
     meta: dict = {"n_train": {}, "n_test": {}, "splits": {}}
     weights: dict[str, torch.Tensor] = {}
     bar = None
+    skipped: dict[str, str] = {}
     episode_rows: list[dict] = []  # per test episode: SyncR² from its own pairs (best targets fixed)
     boot, boot_sync = None, {}  # bootstrap: split seed -> [directions][n_boot] SyncR² replicates
     for seed in d.split_seeds:
@@ -249,7 +250,13 @@ def run_fit(cfg: FitConfig) -> dict:
                 d.test_size, d.val_size, d.max_pairs, d.source_layers or None, d.target_layers or None, d.batch_size,
                 target_condition=d.target_condition, control=d.control, source_layer_step=d.source_layer_step,
             )
-            dm.setup()
+            try:
+                dm.setup()
+            except NoPairsError as err:  # e.g. B->A at lag 5 in 6-utterance runs: the other direction still counts
+                skipped[direction] = str(err)
+                log.warning("skipping %s: %s", direction, err)
+                continue
+            fitted = dm
             if boot is None and cfg.bootstrap:
                 boot = EpisodeBootstrap(dm.cache_episodes, cfg.bootstrap)
             if bar is None:
@@ -295,7 +302,10 @@ def run_fit(cfg: FitConfig) -> dict:
             meta["n_train"].setdefault(direction, []).append(dm.n("train"))
             meta["n_test"].setdefault(direction, []).append(dm.n("test"))
             meta["splits"].setdefault(str(seed), {})[direction] = dm.split.ids(dm.pairs)
+    if bar is None:
+        raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")
     bar.close()
+    dm = fitted  # the last data module that had pairs (its models and layers describe the run)
     from nsync.results import _nan_to_none, plot_results, summarise_direction
 
     results: dict = {
@@ -309,6 +319,7 @@ def run_fit(cfg: FitConfig) -> dict:
         "source_layers": dm.source_layers,
         "target_layers": dm.target_layers,
         "directions": {},
+        "skipped_directions": skipped,
     }
     for direction, mats in per_direction.items():
         summary = summarise_direction(mats, dm.source_layers, dm.target_layers)

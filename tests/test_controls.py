@@ -254,3 +254,13 @@ def test_resuming_the_simulation_keeps_reread_states(tmp_path):
     merged = ActivationCache.open(cache)
     assert len(merged.shards) == 1
     np.testing.assert_array_equal(np.asarray(merged.states("extra", 0, "teacher_forced")), states[:, 0])
+
+
+def test_a_direction_without_pairs_is_skipped_not_fatal(tmp_path):
+    """Lag 5 in 6-utterance runs: A->B has pairs (0 -> 5), B->A none; the run reports A->B."""
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=20, turns=6, hidden=4, n_layers=1)
+    args = [f"out={tmp_path / 'f'}", f"data.cache={cache}", "logger.kind=none", "progress=false", "data.split_seeds=[0]", "data.lag=5", "bootstrap=50"]
+    result = run_fit(load_config(FitConfig, args, prog="test"))
+    assert list(result["directions"]) == ["A->B"] and "B->A" in result["skipped_directions"]
+    with pytest.raises(NsyncError, match="no pairs in any direction"):
+        run_fit(load_config(FitConfig, [*args, "data.lag=7", "overwrite=true"], prog="test"))

@@ -24,6 +24,12 @@ import pandas as pd
 from nsync.errors import NsyncError
 
 DIRECTIONS = ("A->B", "B->A")
+
+
+class NoPairsError(NsyncError):
+    """A direction has no pairs at this lag (the runs are too short); ``nsync.fit`` skips it."""
+
+
 CONTROLS = ("partner", "cross_interaction", "shuffled_partner", "same_time")
 PAIR_COLUMNS = [
     "run_id",
@@ -109,7 +115,7 @@ def build_pairs(
         }
     )
     if pairs.empty:
-        raise NsyncError(f"no {direction} pairs with lag {lag} and control {control}: the runs are too short or the models do not meet")
+        raise NoPairsError(f"no {direction} pairs with lag {lag} and control {control}: the runs are too short or the models do not meet")
     return pairs.sort_values(["run_id", "t"]).reset_index(drop=True)
 
 
