@@ -258,7 +258,7 @@ def run_fit(cfg: FitConfig) -> dict:
                 continue
             fitted = dm
             if boot is None and cfg.bootstrap:
-                boot = EpisodeBootstrap(dm.cache_episodes, cfg.bootstrap)
+                boot = EpisodeBootstrap(cfg.bootstrap)
             if bar is None:
                 total = len(d.split_seeds) * len(d.directions) * len(dm.source_layers)
                 bar = tqdm(total=total, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress)

@@ -117,9 +117,11 @@ def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_pat
     np.testing.assert_allclose(replicate_r2(sums, ones, len(dm.target_layers))[0], probe.results["test_r2"].numpy(), atol=1e-9)
     merged = {k: v.sum(0, keepdims=True) for k, v in sums.items()}  # all test episodes as one
     np.testing.assert_allclose(episode_r2(merged, len(dm.target_layers))[0], probe.results["test_r2"].numpy(), atol=1e-9)
-    boot = EpisodeBootstrap(dm.cache_episodes, n_boot=50)
+    boot = EpisodeBootstrap(n_boot=50)
     w = boot.weights(dm.test_episodes)
-    assert w.shape == (50, dm.n_test_episodes) and (boot.W.sum(1) == len(dm.cache_episodes)).all()
+    assert w.shape == (50, dm.n_test_episodes) and (w.sum(1) == dm.n_test_episodes).all()
+    # the same episode set in another order gets the same draws (what pairs two runs' replicates)
+    np.testing.assert_array_equal(boot.weights(dm.test_episodes[::-1])[:, ::-1], w)
     reps = replicate_r2(sums, w, len(dm.target_layers))
     assert np.nanstd(reps[:, 1]) > 0
 

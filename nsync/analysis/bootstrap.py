@@ -1,11 +1,11 @@
 """Bootstrap over episodes for SyncR².
 
 Episodes, not pairs, are the unit that is resampled (the utterances of one conversation are not
-independent). Every run of a cache uses the same replicate weights: replicate ``b`` gives episode
-``e`` of the cache the weight ``W[b, e]`` (a multinomial draw over all the cache's episodes), and
-each run re-weights its own test episodes with them. Two runs on one cache (the main condition
-and a control) therefore share their replicates, and the difference of their replicates is a
-paired bootstrap of the difference.
+independent): replicate ``b`` draws the run's test episodes with replacement, as many as there
+are, and gives each the number of times it was drawn as its weight. The draws depend only on the
+set of test episodes and the seed, so two runs with the same test episodes (the main condition
+and a control on one cache and split seed) share their replicates, and the difference of their
+replicates is a paired bootstrap of the difference.
 """
 
 from __future__ import annotations
@@ -17,25 +17,28 @@ import numpy as np
 
 
 class EpisodeBootstrap:
-    """Replicate weights for the episodes of one cache.
+    """Replicate weights for sets of test episodes.
 
-    >>> boot = EpisodeBootstrap(["e1", "e2", "e3"], n_boot=4, seed=0)
-    >>> boot.weights(["e3", "e1"]).shape
-    (4, 2)
+    >>> boot = EpisodeBootstrap(n_boot=4, seed=0)
+    >>> w = boot.weights(["e3", "e1"])
+    >>> w.shape, bool((w.sum(1) == 2).all())
+    ((4, 2), True)
     """
 
-    def __init__(self, episodes: list[str], n_boot: int = 1000, seed: int = 0):
-        self.episodes = sorted(set(episodes))
-        self.position = {e: i for i, e in enumerate(self.episodes)}
-        # The seed mixes in the episode list, so the same cache always gets the same replicates.
-        digest = hashlib.sha256(("\n".join(self.episodes) + f"|{seed}").encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-        n = len(self.episodes)
-        self.W = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    def __init__(self, n_boot: int = 1000, seed: int = 0):
+        self.n_boot, self.seed = n_boot, seed
 
     def weights(self, episodes) -> np.ndarray:
-        """``[n_boot, len(episodes)]`` weights of the given episodes."""
-        return self.W[:, [self.position[e] for e in episodes]]
+        """``[n_boot, len(episodes)]``: how often each episode is drawn in each replicate."""
+        episodes = [str(e) for e in episodes]
+        order = sorted(episodes)
+        # Seeded by the episode set, so every run with these test episodes gets the same draws.
+        digest = hashlib.sha256(("\n".join(order) + f"|{self.seed}").encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        n = len(order)
+        drawn = rng.multinomial(n, np.full(n, 1.0 / n), size=self.n_boot).astype(np.float64)
+        position = {e: i for i, e in enumerate(order)}
+        return drawn[:, [position[e] for e in episodes]]
 
 
 def replicate_r2(sums: dict, weights: np.ndarray, n_targets: int) -> np.ndarray:
@@ -43,8 +46,7 @@ def replicate_r2(sums: dict, weights: np.ndarray, n_targets: int) -> np.ndarray:
 
     ``sums`` holds ``n [E]``, ``s1``, ``s2``, ``sse`` ``[E, n_targets * d_out]`` (from
     :class:`nsync.probes.metrics.EpisodeSums`). Output dimensions constant on the full test side
-    have no R², as in :class:`nsync.probes.metrics.LayerR2`. With all weights 1 this is the test
-    R²; replicates that give the test episodes no weight are NaN.
+    have no R², as in :class:`nsync.probes.metrics.LayerR2`. With all weights 1 this is the test R².
     """
     full_tss = np.sum(sums["s2"], 0) - np.sum(sums["s1"], 0) ** 2 / np.sum(sums["n"])
     valid = full_tss > 1e-9 * max(full_tss.max(), 1e-300)

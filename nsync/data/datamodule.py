@@ -71,7 +71,6 @@ class SynchronyDataModule(L.LightningDataModule):
         split = make_split(pairs, hp.split, hp.test_size, hp.split_seed)
         fit, val = validation_part(pairs, split.train, hp.split, hp.val_size, hp.split_seed) if hp.val_size > 0 else (split.train, np.zeros_like(split.train))
         self.pairs, self.split = pairs, split
-        self.cache_episodes = sorted(cache.turns["episode_id"].unique())
         self.index = {"fit": np.flatnonzero(fit), "val": np.flatnonzero(val), "test": np.flatnonzero(split.test), "train": np.flatnonzero(split.train)}
         n_src = len(cache.layer_names(self.source_model))
         n_tgt = len(cache.layer_names(self.target_model))
