@@ -42,7 +42,8 @@ def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[
     common = [(source_layers.index(l), target_layers.index(l)) for l in source_layers if l in target_layers]
     if not common:
         return None
-    return float(np.nanmean([r2[i, j] for i, j in common]))
+    values = np.array([r2[i, j] for i, j in common], dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
 
 
 def summarise_direction(per_seed: list[np.ndarray], source_layers: list[int], target_layers: list[int]) -> dict:
@@ -60,7 +61,7 @@ def summarise_direction(per_seed: list[np.ndarray], source_layers: list[int], ta
         "sync_r2_std": float(np.std(syncs)),
         "sync_r2_per_seed": syncs,
         "sync_r2_unclipped": float(np.mean(unclipped)),
-        "same_layer_r2": None if same[0] is None else float(np.mean(same)),
+        "same_layer_r2": None if any(x is None for x in same) else float(np.mean(same)),
         "best_target_layer": [target_layers[j] for j in filled.argmax(1)],
         "best_r2_by_source_layer": _nan_to_none(_row_max(mean).tolist()),
     }

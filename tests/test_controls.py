@@ -236,6 +236,15 @@ def test_run_controls_summary_and_plots(linear, tmp_path):
     # a second call re-uses the finished runs
     again = run_controls(cfg).set_index("control")
     assert again.loc["main", "sync_r2"] == table.loc["main", "sync_r2"]
+    from nsync.analysis.controls import plot_controls
+
+    import matplotlib.pyplot as plt
+    labels = []
+    real_bar = plt.Axes.bar
+    with pytest.MonkeyPatch.context() as mp:  # the bars drawn: pooled and one per direction, nothing else
+        mp.setattr(plt.Axes, "bar", lambda self, *a, label=None, **k: labels.append(label) or real_bar(self, *a, label=label, **k))
+        plot_controls(again.reset_index(), tmp_path / "bars.png")
+    assert labels == ["both", "A->B"]
 
 
 def test_resuming_the_simulation_keeps_reread_states(tmp_path):

@@ -20,6 +20,7 @@ import pandas as pd
 from omegaconf import MISSING
 
 from nsync.analysis.bootstrap import interval
+from nsync.data.pairs import DIRECTIONS
 from nsync.errors import NsyncError
 
 log = logging.getLogger("nsync.controls")
@@ -218,7 +219,7 @@ def plot_controls(table: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     done = table[table["sync_r2"].notna()].reset_index(drop=True)
-    directions = [c[len("sync_r2_"):] for c in done.columns if c.startswith("sync_r2_") and c != "sync_r2_std"]
+    directions = [d for d in DIRECTIONS if f"sync_r2_{d}" in done.columns]
     series = [("both", "sync_r2")] + [(d, f"sync_r2_{d}") for d in directions]
     width = 0.8 / len(series)
     x = np.arange(len(done))
