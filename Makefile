@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   install, simulate episodes with the bundled SmolLM2-135M, fit the paper's probes
 #   make test         install, then run the whole test suite
-#   make controls     simulate a controls-ready cache and run every control on it (about 30 min on 2 cores)
+#   make controls     simulate a controls-ready cache and run every control on it (about an hour on 2 cores)
+#   make paper-small  the controls, then the paper's pipeline on the bundled models (report in runs/paper_small)
 PYTHON ?= python3
 VENV ?= .venv
 # An explicit torch version: on CPU machines with a local wheel this avoids a multi-GB CUDA
@@ -9,7 +10,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart controls test clean-runs
+.PHONY: install quickstart controls paper-small test clean-runs
 
 install: $(VENV)/.installed
 
@@ -30,6 +31,11 @@ quickstart: install
 
 controls: install
 	$(BIN)/python experiments/controls.py
+
+paper-small: install
+	$(BIN)/pip install -q -e ".[gemma]"
+	$(BIN)/python experiments/controls.py
+	$(BIN)/python experiments/paper/pipeline.py --config experiments/paper/small.yaml
 
 test: install
 	$(BIN)/python -m pytest

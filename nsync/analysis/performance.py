@@ -196,6 +196,8 @@ def plot_layers_by_pair(pairs: pd.DataFrame, path: Path) -> Path:
         y = np.nanmean([c[1] for c in curves], axis=0) if same else curves[0][1]
         ax.plot(depth, y, marker="o", ms=3, label=f"{row.pair} (SyncR² {row.sync_r2:.3f})")
     ax.axhline(0, color="grey", lw=0.5)
+    if min((min(line.get_ydata(), default=0) for line in ax.get_lines()), default=0) < -1:
+        ax.set_yscale("symlog", linthresh=0.1)  # tiny test sets give huge negative R²; keep the top readable
     ax.set_xlabel("relative source layer depth (0 = embeddings)")
     ax.set_ylabel("best-target test R²")
     ax.set_title("R² by layer per model pair")
