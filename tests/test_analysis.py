@@ -1,6 +1,5 @@
 """Synchrony vs social performance across pairs and episodes, and the report page."""
 
-import json
 
 import numpy as np
 import pandas as pd

@@ -13,7 +13,7 @@ import torch
 
 from nsync.config import load_config
 from nsync.errors import NsyncError
-from nsync.judge import DIMENSIONS, LocalJudge, overall, parse_answer
+from nsync.judge import DIMENSIONS, LocalJudge, parse_answer
 from nsync.judge.rubric import dimension_question, episode_context
 from nsync.judge.run import JudgeConfig, conversations, judge_cache
 from nsync.simulation.config import SimulateConfig
