@@ -48,6 +48,14 @@ class ActivationCache:
         """The models that took part in the conversations (not states added by ``nsync.reread``)."""
         return [m for m, info in self.manifest["models"].items() if not info.get("derived")]
 
+    def scenario_source(self, override: str | None = None) -> str:
+        """Where the cache's episodes came from (``builtin`` or a SOTOPIA folder), for re-rendering
+        prompts and transcripts; ``override`` wins (imported caches do not record one)."""
+        source = override or self.manifest.get("config", {}).get("scenarios", {}).get("source")
+        if source is None:
+            raise NsyncError(f"{self.root} does not record its scenarios; set scenarios=builtin or a SOTOPIA folder")
+        return source
+
     def model_info(self, model: str) -> dict:
         if model not in self.manifest["models"]:
             raise NsyncError(f"model '{model}' is not in cache {self.root}; it holds {self.models}")

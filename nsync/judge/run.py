@@ -69,9 +69,7 @@ def conversations(cache: ActivationCache, scenarios: str | None = None):
     """(run row, episode, history) for every run of the cache, in run order."""
     from nsync.scenarios import load_scenarios
 
-    source = scenarios or cache.manifest.get("config", {}).get("scenarios", {}).get("source")
-    if source is None:
-        raise NsyncError(f"{cache.root} does not record its scenarios; set scenarios=builtin or a SOTOPIA folder")
+    source = cache.scenario_source(scenarios)
     episodes = {e.id: e for e in load_scenarios(source).episodes}
     t = cache.turns
     inter = t[t["condition"] == "interactive"].sort_values(["run_id", "utterance"])

@@ -111,10 +111,7 @@ def reread(cfg: RereadConfig, lm=None, embedder=None) -> tuple[str, int]:
 def _episodes(cache: ActivationCache, cfg: RereadConfig):
     from nsync.scenarios import load_scenarios
 
-    source = cfg.scenarios or cache.manifest.get("config", {}).get("scenarios", {}).get("source")
-    if source is None:
-        raise NsyncError(f"{cfg.cache} does not record its scenarios; set scenarios=builtin or a SOTOPIA folder")
-    return {e.id: e for e in load_scenarios(source).episodes}
+    return {e.id: e for e in load_scenarios(cache.scenario_source(cfg.scenarios)).episodes}
 
 
 def _histories(part: pd.DataFrame):
