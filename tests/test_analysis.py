@@ -9,7 +9,7 @@ from nsync.analysis.performance import AnalysisConfig, analyse, correlations, pa
 from nsync.analysis.report import main as report_main
 from nsync.config import load_config
 from nsync.data.synthetic import write_synthetic_cache
-from nsync.fitting import FitConfig, run_fit
+from nsync.fit import FitConfig, run_fit
 from nsync.judge.rubric import DIMENSION_NAMES
 
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from nsync.analysis.bootstrap import EpisodeBootstrap, episode_r2, replicate_r2
 from nsync.cache import ActivationCache
 from nsync.config import load_config
 from nsync.data import build_pairs
 from nsync.data.synthetic import planted_r2, write_synthetic_cache
 from nsync.errors import NsyncError
-from nsync.fitting import FitConfig, run_fit
+from nsync.fit import FitConfig, run_fit
+from nsync.fit.bootstrap import EpisodeBootstrap, episode_r2, replicate_r2
 from nsync.simulation.config import SimulateConfig
 from nsync.simulation.prompts import encode, prompt_format, render, Utterance
 from nsync.simulation.reread import RereadConfig, reread
@@ -43,9 +43,9 @@ def main_result(linear, tmp_path_factory):
 
 
 def test_main_condition_recovers_planted_relation(main_result):
-    assert abs(main_result["sync_r2"] - planted_r2(1, 1)) < 0.08
-    lo, hi = main_result["sync_r2_ci95"]
-    assert lo < main_result["sync_r2"] < hi and hi - lo < 0.3
+    assert abs(main_result.sync_r2 - planted_r2(1, 1)) < 0.08
+    lo, hi = main_result.sync_r2_ci95
+    assert lo < main_result.sync_r2 < hi and hi - lo < 0.3
 
 
 @pytest.mark.parametrize("control,expected", [
@@ -57,20 +57,20 @@ def test_main_condition_recovers_planted_relation(main_result):
 ])
 def test_each_control_breaks_what_it_should(linear, tmp_path, main_result, control, expected):
     result = _fit(linear, tmp_path / "ctl", *control)
-    assert abs(result["sync_r2"] - expected) < 0.06, result["sync_r2"]
-    assert result["sync_r2"] < main_result["sync_r2"] - 0.2
+    assert abs(result.sync_r2 - expected) < 0.06, result.sync_r2
+    assert result.sync_r2 < main_result.sync_r2 - 0.2
 
 
 def test_lag_curve_follows_planted_lag(tmp_path):
     cache = write_synthetic_cache(tmp_path / "lag3", "linear", n_episodes=60, turns=8, hidden=4, n_layers=1, lag=3)
-    at = {k: _fit(cache, tmp_path / f"k{k}", f"data.lag={k}")["sync_r2"] for k in (1, 3, 5)}
+    at = {k: _fit(cache, tmp_path / f"k{k}", f"data.lag={k}").sync_r2 for k in (1, 3, 5)}
     assert at[3] > 0.4 and at[1] < 0.05 and at[5] < 0.05
 
 
 def test_self_prediction_is_lag_two(tmp_path):
     cache = write_synthetic_cache(tmp_path / "self", "linear", n_episodes=60, turns=6, hidden=4, n_layers=1, lag=2)
-    assert _fit(cache, tmp_path / "self2", "data.lag=2")["sync_r2"] > 0.3
-    assert _fit(cache, tmp_path / "partner", "data.lag=1")["sync_r2"] < 0.05
+    assert _fit(cache, tmp_path / "self2", "data.lag=2").sync_r2 > 0.3
+    assert _fit(cache, tmp_path / "partner", "data.lag=1").sync_r2 < 0.05
 
 
 def test_control_pairings(linear):
@@ -105,24 +105,25 @@ def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_pat
     """The per-episode sums reproduce the probe's test R² (an independent path: numpy sums vs
     torchmetrics), and replicates resample whole episodes."""
     from nsync.data import SynchronyDataModule
-    from nsync.fitting import _fit_source_layer
+    from nsync.fit.loop import fit_chunk
 
     cfg = load_config(FitConfig, [f"out={tmp_path}", f"data.cache={linear}", "logger.kind=none"], prog="test")
     dm = SynchronyDataModule(str(linear), direction="A->B")
     dm.setup()
-    probe = _fit_source_layer(cfg, dm, 1)
-    sums = {k: v.numpy() for k, v in probe.results["episode_sums"].items()}
+    probe = fit_chunk(cfg, dm.for_sources([1]))
+    sums = dict(probe.results["episode_sums"])
+    sums["sse"] = sums["sse"][:, 0]  # the one source layer
     assert sums["n"].sum() == dm.n("test") and len(sums["n"]) == len(set(dm.pairs.episode_id.iloc[dm.index["test"]]))
     ones = np.ones((1, dm.n_test_episodes))
-    np.testing.assert_allclose(replicate_r2(sums, ones, len(dm.target_layers))[0], probe.results["test_r2"].numpy(), atol=1e-9)
-    merged = {k: v.sum(0, keepdims=True) for k, v in sums.items()}  # all test episodes as one
-    np.testing.assert_allclose(episode_r2(merged, len(dm.target_layers))[0], probe.results["test_r2"].numpy(), atol=1e-9)
+    np.testing.assert_allclose(replicate_r2(sums, ones)[0], probe.results["test_r2"].numpy(), atol=1e-9)
+    merged = {k: v.sum(0, keepdim=True) for k, v in sums.items()}  # all test episodes as one
+    np.testing.assert_allclose(episode_r2(merged)[0], probe.results["test_r2"].numpy(), atol=1e-9)
     boot = EpisodeBootstrap(n_boot=50)
     w = boot.weights(dm.test_episodes)
     assert w.shape == (50, dm.n_test_episodes) and (w.sum(1) == dm.n_test_episodes).all()
     # the same episode set in another order gets the same draws (what pairs two runs' replicates)
     np.testing.assert_array_equal(boot.weights(dm.test_episodes[::-1])[:, ::-1], w)
-    reps = replicate_r2(sums, w, len(dm.target_layers))
+    reps = replicate_r2(sums, w)
     assert np.nanstd(reps[:, 1]) > 0
 
 
@@ -272,6 +273,6 @@ def test_a_direction_without_pairs_is_skipped_not_fatal(tmp_path):
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=20, turns=6, hidden=4, n_layers=1)
     args = [f"out={tmp_path / 'f'}", f"data.cache={cache}", "logger.kind=none", "progress=false", "data.split_seeds=[0]", "data.lag=5", "bootstrap=50"]
     result = run_fit(load_config(FitConfig, args, prog="test"))
-    assert list(result["directions"]) == ["A->B"] and "B->A" in result["skipped_directions"]
+    assert list(result.directions) == ["A->B"] and "B->A" in result.skipped_directions
     with pytest.raises(NsyncError, match="no pairs in any direction"):
         run_fit(load_config(FitConfig, [*args, "data.lag=7", "overwrite=true"], prog="test"))

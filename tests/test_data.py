@@ -1,9 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from nsync.cache import ActivationCache
-from nsync.data import SynchronyDataModule, build_pairs, make_split
+from nsync.data import DataConfig, SynchronyDataModule, build_pairs, make_split
 from nsync.data.synthetic import write_synthetic_cache
 from nsync.errors import NsyncError
 from nsync.scenarios import load_sotopia
@@ -59,19 +60,19 @@ def test_grouped_splits_keep_groups_whole(sotopia_dir, kind, column):
 
 
 def test_datamodule_shapes_stats_and_no_leakage(cache):
-    dm = SynchronyDataModule(str(cache), direction="A->B", split="interaction", val_size=0.2, max_pairs=60)
+    dm = SynchronyDataModule(DataConfig(cache=str(cache), split="interaction", val_size=0.2, max_pairs=60), direction="A->B")
     dm.setup()
-    dm.source_layer = 1
-    x, y, episode = next(iter(dm.test_dataloader()))  # test rows also carry their episode's index
-    assert x.shape[1] == 4 and y.shape[1:] == (3, 4)
+    x, y, episode = next(iter(dm.for_sources([1]).test_dataloader()))  # test rows also carry their episode's index
+    assert x.shape[1:] == (1, 4) and y.shape[1:] == (3, 4)
+    assert torch.equal(x[:, 0], dm.x[torch.from_numpy(dm.index["test"][: len(x)]), 1])
     assert (dm.test_episodes[episode.numpy()] == dm.pairs["episode_id"].to_numpy()[dm.index["test"]][: len(x)]).all()
     eps = {part: set(dm.pairs["episode_id"].iloc[dm.index[part]]) for part in ("fit", "val", "test")}
     assert not eps["fit"] & eps["test"] and not eps["val"] & eps["test"] and not eps["fit"] & eps["val"]
     assert 60 <= len(dm.pairs) < 63  # whole episodes up to the budget
-    fit = dm.x[1][dm.index["fit"]].double()
-    np.testing.assert_allclose(dm.stats["x_mean"][1].numpy(), fit.mean(0).numpy())
+    fit = dm.x[:, 1][dm.index["fit"]].double()
+    np.testing.assert_allclose(dm.x_mean[1].numpy(), fit.mean(0).numpy())
     with pytest.raises(NsyncError, match="out of range"):
-        SynchronyDataModule(str(cache), source_layers=[7]).setup()
-    every_other = SynchronyDataModule(str(cache), source_layer_step=2)
+        SynchronyDataModule(DataConfig(cache=str(cache), source_layers=[7])).setup()
+    every_other = SynchronyDataModule(DataConfig(cache=str(cache), source_layer_step=2))
     every_other.setup()
     assert every_other.source_layers == [0, 2] and every_other.target_layers == [0, 1, 2]

@@ -1,6 +1,7 @@
 """``python -m nsync.fit`` end to end on synthetic caches with a known answer."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from nsync.config import load_config
 from nsync.data.synthetic import planted_r2, write_synthetic_cache
-from nsync.fitting import FitConfig, run_fit
+from nsync.fit import FitConfig, FitResult, run_fit
 
 
 def _fit(tmp_path, cache, *overrides, name="run"):
@@ -28,17 +29,19 @@ def linear(tmp_path_factory):
 
 def test_linear_relation_recovers_analytic_r2(tmp_path, linear):
     res = _fit(tmp_path, linear)
-    ab, ba = res["directions"]["A->B"], res["directions"]["B->A"]
-    r2 = np.array(ab["r2"])
+    ab, ba = res.directions["A->B"], res.directions["B->A"]
+    r2 = np.array(ab.r2)
     assert r2.shape == (3, 3)
     assert abs(r2.mean() - planted_r2(1.0, 1.0)) < 0.02  # every layer pair carries the relation
-    assert abs(ab["sync_r2"] - planted_r2(1.0, 1.0)) < 0.02
-    assert ba["sync_r2"] < 0.02 and ba["sync_r2_unclipped"] < 0  # no relation in the other direction
-    assert res["sync_r2"] == pytest.approx((ab["sync_r2"] + ba["sync_r2"]) / 2, abs=1e-9)
+    assert abs(ab.sync_r2 - planted_r2(1.0, 1.0)) < 0.02
+    assert ba.sync_r2 < 0.02 and ba.sync_r2_unclipped < 0  # no relation in the other direction
+    assert res.sync_r2 == pytest.approx((ab.sync_r2 + ba.sync_r2) / 2, abs=1e-9)
     # the results file has what the paper's analysis and the reviewers need
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     for key in ("r2", "r2_std", "sync_r2", "best_target_layer", "n_train", "n_test", "same_layer_r2", "sync_r2_unclipped"):
         assert key in saved["directions"]["A->B"]
+    assert FitResult.load(tmp_path / "run") == res  # the typed result round-trips
+    assert res.source_layer_names == ["embed", "blocks.0.resid_post", "blocks.1.resid_post"]
     split = saved["splits"]["0"]["A->B"]
     assert split["train"]["episodes"] and not set(split["train"]["episodes"]) & set(split["test"]["episodes"])
     for f in ("r2_by_layer.png", "heatmap_A_to_B.png", "heatmap_B_to_A.png", "weights.safetensors", "config.yaml"):
@@ -48,7 +51,7 @@ def test_linear_relation_recovers_analytic_r2(tmp_path, linear):
 def test_independent_targets_give_zero(tmp_path):
     cache = write_synthetic_cache(tmp_path / "none", "none", n_episodes=150, turns=8, hidden=8)
     res = _fit(tmp_path, cache, "data.split_seeds=[0]")
-    assert res["sync_r2_unclipped"] < 0.01 and res["sync_r2"] < 0.02
+    assert res.sync_r2_unclipped < 0.01 and res.sync_r2 < 0.02
 
 
 def test_mlp_beats_affine_on_a_nonlinear_relation(tmp_path):
@@ -56,7 +59,7 @@ def test_mlp_beats_affine_on_a_nonlinear_relation(tmp_path):
     common = ["data.split_seeds=[0]", "data.directions=[A->B]", "data.source_layers=[1]", "data.target_layers=[1]", "data.val_size=0.15"]
     affine = _fit(tmp_path, cache, *common, name="affine")
     mlp = _fit(tmp_path, cache, *common, "probe=mlp", "mlp.hidden=64", "mlp.max_epochs=150", "mlp.patience=15", "mlp.lr=3e-3", name="mlp")
-    a, m = affine["directions"]["A->B"]["r2"][0][0], mlp["directions"]["A->B"]["r2"][0][0]
+    a, m = affine.directions["A->B"].r2[0][0], mlp.directions["A->B"].r2[0][0]
     assert a < 0.05
     assert m > a + 0.3
 
@@ -64,7 +67,7 @@ def test_mlp_beats_affine_on_a_nonlinear_relation(tmp_path):
 def test_persona_and_scenario_splits_run(tmp_path, linear):
     for split in ("persona", "scenario"):
         res = _fit(tmp_path, linear, f"data.split={split}", "data.split_seeds=[0]", name=split)
-        s = res["splits"]["0"]["A->B"]
+        s = res.splits["0"]["A->B"]
         key = "characters" if split == "persona" else "scenarios"
         assert not set(s["train"][key]) & set(s["test"][key])
 
@@ -89,3 +92,43 @@ def test_cli_reports_typos_and_missing_cache(tmp_path):
     res = subprocess.run([sys.executable, "-m", "nsync.fit", f"out={tmp_path}/x", "data.cache=/nope", "logger.kind=none"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "not an nsync activation cache" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_affine_fit_under_ddp_equals_one_process(tmp_path):
+    """Two processes (gloo on CPU) each fit their share of the rows; the all-reduced sums give the
+    same results as one process, and only rank 0 writes."""
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=60, turns=8, hidden=8, massive=3000.0)
+    common = [sys.executable, "-m", "nsync.fit", f"data.cache={cache}", "logger.kind=none", "progress=false", "data.split_seeds=[0,1]",
+              "affine.alphas=[0.1,10]", "bootstrap=100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for devices in (1, 2):
+        res = subprocess.run([*common, f"out={tmp_path / f'd{devices}'}", f"devices={devices}"], capture_output=True, text=True, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+    one, two = FitResult.load(tmp_path / "d1"), FitResult.load(tmp_path / "d2")
+    assert two.sync_r2 == pytest.approx(one.sync_r2, abs=1e-9) and two.sync_r2 > 0.1
+    for direction in one.directions:
+        a, b = one.directions[direction], two.directions[direction]
+        np.testing.assert_allclose(np.array(b.r2, dtype=float), np.array(a.r2, dtype=float), atol=1e-6)
+        assert b.alpha == a.alpha and b.n_train == a.n_train and b.n_test == a.n_test
+    assert two.sync_r2_ci95 == pytest.approx(one.sync_r2_ci95, abs=1e-6)
+    assert not list(tmp_path.glob("d2/.*tmp"))
+
+
+def test_alpha_grid_with_a_constant_target_layer(tmp_path):
+    """The embedding at the last prompt token is constant: it has no R², and it must neither pick
+    the alpha (a NaN mean made argmax take the first alpha every time) nor change other layers' R²."""
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=80, turns=8, hidden=24, noise=2.5, constant_first_layer=True)
+    common = ["data.split_seeds=[0]", "data.directions=[A->B]", "affine.alphas=[0.1,1000]", "data.val_size=0.25", "bootstrap=0"]
+    every = _fit(tmp_path, cache, *common, name="all")
+    some = _fit(tmp_path, cache, *common, "data.target_layers=[1,2]", name="some")
+    r2_all, r2_some = np.array(every.directions["A->B"].r2, dtype=float), np.array(some.directions["A->B"].r2, dtype=float)
+    assert np.isnan(r2_all[:, 0]).all()  # constant target: no R²
+    np.testing.assert_allclose(r2_all[:, 1:], r2_some, atol=1e-9)  # the constant layer changes nothing else
+    alpha = np.array(every.directions["A->B"].alpha[0], dtype=float)
+    # 24 noisy inputs, ~200 rows: shrinkage wins (source layer 0 is constant: every alpha predicts the mean)
+    assert np.isnan(alpha[:, 0]).all() and (alpha[1:, 1:] == 1000).all()
+    assert r2_all[1:, 1:].min() > 0.02
+    # one alpha per source layer, from the mean over the target layers that have an R²
+    per_source = _fit(tmp_path, cache, *common, "affine.alpha_per=source", name="per_source")
+    assert (np.array(per_source.directions["A->B"].alpha[0], dtype=float)[1:] == 1000).all()

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from nsync.config import load_config
-from nsync.fitting import FitConfig, resolve_out
+from nsync.fit import FitConfig, resolve_out
 from nsync.sweep import expand, load_sweep
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml"))

@@ -46,7 +46,7 @@ def _name(model: str) -> str:
 def main(argv) -> None:
     from nsync.analysis.performance import AnalysisConfig, analyse
     from nsync.analysis.report import main as report
-    from nsync.fitting import FitConfig, run_fit
+    from nsync.fit import FitConfig, run_fit
     from nsync.judge.run import JudgeConfig, judge_cache
     from nsync.simulation.config import SimulateConfig
     from nsync.simulation.run import simulate
@@ -82,7 +82,7 @@ def main(argv) -> None:
             fit_args = (["--config", cfg.fit_config] if cfg.fit_config else []) + [
                 f"out={fit_dir}", f"data.cache={cache}", f"data.source_model={source}", f"data.target_model={target}", *cfg.fit]
             result = run_fit(load_config(FitConfig, fit_args, prog="nsync.fit"))
-            print(f"{step} SyncR² {result['sync_r2']:.4f} ± {result['sync_r2_std']:.4f}")
+            print(f"{step} SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}")
     analysis_args = [f"fits=[{','.join(fits)}]", f"judge={judge_name}", f"out={out / 'analysis'}"]
     if cfg.covariates:
         analysis_args += [f"covariates={cfg.covariates}", f"covariate={cfg.covariate}"]

@@ -1,5 +1,1 @@
-"""Analyses over fit runs: bootstrap intervals over episodes and the controls summary."""
-
-from nsync.analysis.bootstrap import EpisodeBootstrap, replicate_r2, replicate_sync_r2
-
-__all__ = ["EpisodeBootstrap", "replicate_r2", "replicate_sync_r2"]
+"""Analyses over fit runs: the controls summary, synchrony against social performance, reports."""

@@ -3,12 +3,11 @@
 Each control is the main fit with a few config switches (:data:`CONTROLS`); its run folder
 holds the same ``results.json``, plots and W&B run as any fit. The summary puts each control's
 SyncR² beside the main condition's, with the difference and its 95% paired bootstrap interval
-over episodes (both runs share the cache's replicate weights, see :mod:`nsync.analysis.bootstrap`).
+over episodes (both runs share the cache's replicate weights, see :mod:`nsync.fit.bootstrap`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING
 
-from nsync.analysis.bootstrap import interval
 from nsync.data.pairs import DIRECTIONS
 from nsync.errors import NsyncError
+from nsync.fit import FitConfig, FitResult, run_fit
+from nsync.fit.bootstrap import interval
 
 log = logging.getLogger("nsync.controls")
 
@@ -104,8 +104,6 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     """Fit every planned run (re-using finished ones) and write the summary; return its table."""
     from nsync.cache import ActivationCache
     from nsync.config import load_config
-    from nsync.fitting import FitConfig, run_fit
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     base = (["--config", cfg.fit_config] if cfg.fit_config else []) + list(cfg.fit_overrides)
@@ -114,13 +112,13 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     model = probe_cfg.data.source_model or cache.simulated_models[0]
     skipped = _prepare_rereads(cfg, model)
     runs = plan(cfg, model)
-    results: dict[str, dict] = {}
+    results: dict[str, FitResult] = {}
     for i, (name, overrides) in enumerate(runs.items()):
         if name in skipped:
             continue
         run_dir = out / name
         if (run_dir / "results.json").exists() and not cfg.overwrite:
-            results[name] = json.loads((run_dir / "results.json").read_text())
+            results[name] = FitResult.load(run_dir)
             print(f"[{i + 1}/{len(runs)}] {name}: re-using {run_dir}/results.json")
             continue
         print(f"[{i + 1}/{len(runs)}] {name}: {' '.join(overrides) or '(main condition)'}")
@@ -139,13 +137,14 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     return table
 
 
-def _replicates(name: str, result: dict, out: Path) -> np.ndarray | None:
-    boot = result.get("bootstrap")
-    path = out / name / (boot or {}).get("file", "bootstrap.npy")
-    return np.load(path) if boot and path.exists() else None
+def _replicates(name: str, result: FitResult, out: Path) -> np.ndarray | None:
+    if result.bootstrap is None:
+        return None
+    path = out / name / result.bootstrap.file
+    return np.load(path) if path.exists() else None
 
 
-def summarise(results: dict[str, dict], out: Path, skipped: dict[str, str] | None = None) -> pd.DataFrame:
+def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per run: SyncR² (± std over split seeds, 95% CI over episodes), per direction, and
     the difference from the main condition with its paired 95% bootstrap interval."""
     main = results["main"]
@@ -154,37 +153,37 @@ def summarise(results: dict[str, dict], out: Path, skipped: dict[str, str] | Non
     for name, r in results.items():
         reps = _replicates(name, r, out)
         diff_ci = interval(reps - main_reps) if reps is not None and main_reps is not None and len(reps) == len(main_reps) else None
-        ci = r.get("sync_r2_ci95") or (None, None)
+        ci = r.sync_r2_ci95 or (None, None)
         row = {
             "control": name,
-            "sync_r2": r["sync_r2"],
-            "sync_r2_std": r["sync_r2_std"],
-            "sync_r2_unclipped": r["sync_r2_unclipped"],
+            "sync_r2": r.sync_r2,
+            "sync_r2_std": r.sync_r2_std,
+            "sync_r2_unclipped": r.sync_r2_unclipped,
             "ci95_low": ci[0],
             "ci95_high": ci[1],
-            "diff_vs_main": r["sync_r2"] - main["sync_r2"],
+            "diff_vs_main": r.sync_r2 - main.sync_r2,
             "diff_ci95_low": diff_ci[0] if diff_ci else None,
             "diff_ci95_high": diff_ci[1] if diff_ci else None,
-            "lag": r["lag"],
-            "source": f"{r['models']['source']}/{r['condition']}",
-            "target": f"{r['models']['target']}/{r['target_condition']}",
-            "pairing": r.get("control", "partner"),
+            "lag": r.lag,
+            "source": f"{r.models['source']}/{r.condition}",
+            "target": f"{r.models['target']}/{r.target_condition}",
+            "pairing": r.control,
         }
-        for direction, d in r["directions"].items():
-            row[f"sync_r2_{direction}"] = d["sync_r2"]
-            row[f"n_test_{direction}"] = int(np.mean(d["n_test"]))
+        for direction, d in r.directions.items():
+            row[f"sync_r2_{direction}"] = d.sync_r2
+            row[f"n_test_{direction}"] = int(np.mean(d.n_test))
         rows.append(row)
     for name, why in (skipped or {}).items():
         rows.append({"control": name, "skipped": why})
     return pd.DataFrame(rows)
 
 
-def write_summary(table: pd.DataFrame, results: dict[str, dict], out: Path) -> list[Path]:
+def write_summary(table: pd.DataFrame, results: dict[str, FitResult], out: Path) -> list[Path]:
     """controls.csv, controls.md, controls.png (grouped bars) and lag_curve.png."""
     table.to_csv(out / "controls.csv", index=False)
     (out / "controls.md").write_text(markdown_table(table))
     paths = [out / "controls.csv", out / "controls.md", plot_controls(table, out / "controls.png")]
-    lag_runs = {r["lag"]: (n, r) for n, r in results.items() if n == "main" or n.startswith("lag_")}
+    lag_runs = {r.lag: (n, r) for n, r in results.items() if n == "main" or n.startswith("lag_")}
     if len(lag_runs) > 1:
         paths.append(plot_lag_curve(table, lag_runs, out / "lag_curve.png"))
     return paths
@@ -243,7 +242,7 @@ def plot_controls(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def plot_lag_curve(table: pd.DataFrame, lag_runs: dict[int, tuple[str, dict]], path: Path) -> Path:
+def plot_lag_curve(table: pd.DataFrame, lag_runs: dict[int, tuple[str, FitResult]], path: Path) -> Path:
     """SyncR² against the lag k (partner's utterance t+k), with 95% intervals over episodes."""
     import matplotlib
 

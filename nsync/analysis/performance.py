@@ -21,6 +21,8 @@ import pandas as pd
 from omegaconf import MISSING
 
 from nsync.errors import NsyncError
+from nsync.fit.bootstrap import interval
+from nsync.fit.results import FitResult
 
 log = logging.getLogger("nsync.analysis")
 
@@ -45,15 +47,10 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
     two-model cache) are averaged into the pair's SyncR², as the paper averages directions and
     orders; their bootstrap replicates are averaged too (one cache: the same replicate weights).
     """
-    from nsync.analysis.bootstrap import interval
-
-    by_cache: dict[Path, list[tuple[Path, dict]]] = {}
+    by_cache: dict[Path, list[tuple[Path, FitResult]]] = {}
     for fit in map(Path, fits):
-        path = fit / "results.json"
-        if not path.is_file():
-            raise NsyncError(f"{fit} holds no results.json; run python -m nsync.fit first")
-        r = json.loads(path.read_text())
-        by_cache.setdefault(Path(r["config"]["data"]["cache"]), []).append((fit, r))
+        r = FitResult.load(fit)
+        by_cache.setdefault(Path(r.config["data"]["cache"]), []).append((fit, r))
     pairs, episodes = [], []
     for cache, runs in by_cache.items():
         scores_path = cache / "judge" / judge / "scores.csv"
@@ -64,14 +61,14 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
         # The paper's per-episode score: the mean of the two agents' overall scores.
         per_run = ok.groupby(["run_id", "episode_id"])["overall"].mean().reset_index()
         per_episode = per_run.groupby("episode_id")["overall"].mean()
-        models = sorted({m for _, r in runs for m in (r["models"]["source"], r["models"]["target"])})
+        models = sorted({m for _, r in runs for m in (r.models["source"], r.models["target"])})
         label = " x ".join(models) if len(models) > 1 else f"{models[0]} x {models[0]}"
         reps = [np.load(fit / "bootstrap.npy") for fit, r in runs if (fit / "bootstrap.npy").is_file()]
         ci = interval(np.mean(reps, axis=0)) if len(reps) == len(runs) and len({len(x) for x in reps}) == 1 else None
-        syncs = [r["sync_r2"] for _, r in runs]
+        syncs = [r.sync_r2 for _, r in runs]
         pairs.append({
             "pair": label, "models": ",".join(models), "cache": str(cache), "fits": ",".join(str(f) for f, _ in runs),
-            "sync_r2": float(np.mean(syncs)), "sync_r2_std": float(np.mean([r["sync_r2_std"] for _, r in runs])),
+            "sync_r2": float(np.mean(syncs)), "sync_r2_std": float(np.mean([r.sync_r2_std for _, r in runs])),
             "sync_r2_ci_low": ci[0] if ci else None, "sync_r2_ci_high": ci[1] if ci else None,
             "social": float(per_run["overall"].mean()) if len(per_run) else np.nan,
             "social_sem": float(per_run["overall"].std(ddof=1) / np.sqrt(len(per_run))) if len(per_run) > 1 else np.nan,
@@ -187,9 +184,9 @@ def plot_layers_by_pair(pairs: pd.DataFrame, path: Path) -> Path:
     for row in pairs.itertuples():
         curves = []
         for fit in row.fits.split(","):
-            r = json.loads((Path(fit) / "results.json").read_text())
-            layers = np.array(r["source_layers"], dtype=float)
-            best = [np.array(d["best_r2_by_source_layer"], dtype=float) for d in r["directions"].values()]
+            r = FitResult.load(fit)
+            layers = np.array(r.source_layers, dtype=float)
+            best = [np.array(d.best_r2_by_source_layer, dtype=float) for d in r.directions.values()]
             curves.append((layers / max(layers.max(), 1), np.nanmean(best, axis=0)))
         depth = curves[0][0]
         same = all(len(c[0]) == len(depth) for c in curves)

@@ -19,6 +19,7 @@ from typing import Sequence
 import pandas as pd
 
 from nsync.errors import NsyncError
+from nsync.fit.results import FitResult
 
 DIMENSIONS = ["believability", "relationship", "knowledge", "secret", "social_rules", "financial_and_material_benefits", "goal", "overall"]
 
@@ -30,18 +31,18 @@ def _fmt(x) -> str:
 
 
 def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
-    r = json.loads((run / "results.json").read_text())
-    ci = r.get("sync_r2_ci95")
+    r = FitResult.load(run)
+    ci = r.sync_r2_ci95
     rows = [
-        ("models", f"{r['models']['source']} -> {r['models']['target']}"),
-        ("probe / split / lag", f"{r['probe']} / {r['split']} / {r['lag']}"),
-        ("sources / targets / pairing", f"{r['condition']} / {r.get('target_condition', 'interactive')} / {r.get('control', 'partner')}"),
-        ("SyncR² (± std over split seeds)", f"{r['sync_r2']:.4f} ± {r['sync_r2_std']:.4f}"),
+        ("models", f"{r.models['source']} -> {r.models['target']}"),
+        ("probe / split / lag", f"{r.probe} / {r.split} / {r.lag}"),
+        ("sources / targets / pairing", f"{r.condition} / {r.target_condition} / {r.control}"),
+        ("SyncR² (± std over split seeds)", f"{r.sync_r2:.4f} ± {r.sync_r2_std:.4f}"),
         ("95% interval over episodes", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""),
-        ("unclipped SyncR²", f"{r['sync_r2_unclipped']:.4f}"),
+        ("unclipped SyncR²", _fmt(r.sync_r2_unclipped)),
     ]
-    for direction, d in r["directions"].items():
-        rows.append((f"{direction}: SyncR², n_train, n_test", f"{d['sync_r2']:.4f}, {d['n_train'][0]}, {d['n_test'][0]}"))
+    for direction, d in r.directions.items():
+        rows.append((f"{direction}: SyncR², n_train, n_test", f"{d.sync_r2:.4f}, {d.n_train[0]}, {d.n_test[0]}"))
     table = pd.DataFrame(rows, columns=["", "value"])
     images = [p for p in [run / "r2_by_layer.png", *sorted(run.glob("heatmap_*.png"))] if p.exists()]
     return f"Fit: {run}", table, images

@@ -2,106 +2,118 @@
 
 from __future__ import annotations
 
+import copy
+from functools import cached_property
+
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from nsync.cache import ActivationCache
+from nsync.data.config import DataConfig
 from nsync.data.pairs import build_pairs
 from nsync.data.splits import make_split, validation_part
 from nsync.errors import NsyncError
 
+PARTS = ("fit", "val", "test")
+
 
 class SynchronyDataModule(L.LightningDataModule):
-    """Pairs for one direction, one split seed and one source layer at a time.
+    """Pairs of one direction and one split seed, every source and target layer read once.
 
-    ``setup()`` builds the pairs, the grouped split (and a validation part of the training
-    side), and loads the source layers and all target layers of the paired rows into memory.
-    The loaders yield ``(x, y)`` with ``x`` ``[batch, hidden_src]`` from :attr:`source_layer` and
-    ``y`` ``[batch, n_target_layers, hidden_tgt]``. Training-side means and standard deviations
-    (float64) are in :attr:`stats`.
+    ``setup()`` builds the pairs, the grouped split (and, with ``validation=True``, a validation
+    part of the training side; otherwise the whole training side is fitted), and reads the paired
+    rows of every source layer and every target layer into memory, layer by layer:
+    :attr:`x` is ``[pairs, source layers, hidden_src]`` and :attr:`y` ``[pairs, target layers,
+    hidden_tgt]`` (float32). Means and standard deviations of the fitted rows are float64.
+
+    Loaders yield ``(x, y)`` with ``x`` ``[batch, sources, hidden_src]`` for the sources this
+    module serves (all, or those chosen with :meth:`for_sources`) and ``y`` ``[batch, targets,
+    hidden_tgt]``; test batches add each row's index in :attr:`test_episodes`. Under DDP every
+    rank holds all rows and loads its own share (``rank::world``, no padding, so sums are exact).
 
     >>> dm = SynchronyDataModule("runs/quickstart/cache", direction="A->B")  # doctest: +SKIP
-    >>> dm.setup(); dm.source_layer = 15                                      # doctest: +SKIP
-    >>> x, y = next(iter(dm.train_dataloader()))                              # doctest: +SKIP
+    >>> dm.setup()                                                            # doctest: +SKIP
+    >>> x, y = next(iter(dm.for_sources([15]).train_dataloader()))            # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        cache: str,
-        source_model: str | None = None,
-        target_model: str | None = None,
-        direction: str = "A->B",
-        lag: int = 1,
-        condition: str = "interactive",
-        split: str = "interaction",
-        split_seed: int = 0,
-        test_size: float = 0.2,
-        val_size: float = 0.1,
-        max_pairs: int | None = None,
-        source_layers: list[int] | None = None,
-        target_layers: list[int] | None = None,
-        batch_size: int = 2048,
-        num_workers: int = 0,
-        target_condition: str = "interactive",
-        control: str = "partner",
-        source_layer_step: int = 1,
-    ):
+    def __init__(self, data: DataConfig | str, direction: str = "A->B", split_seed: int = 0, validation: bool = True):
         super().__init__()
-        self.save_hyperparameters()
-        self.source_layer: int | None = None
+        self.config = DataConfig(cache=data) if isinstance(data, str) else data
+        self.direction, self.split_seed, self.validation = direction, split_seed, validation
+        self.source_index: list[int] | None = None  # positions in the source axis served (None: all)
+        self._ready = False
 
     def setup(self, stage: str | None = None) -> None:
-        if getattr(self, "_ready", False):
+        if self._ready:
             return
-        hp = self.hparams
-        cache = ActivationCache.open(hp.cache)
+        cfg, seed = self.config, self.split_seed
+        cache = ActivationCache.open(cfg.cache)
         models = cache.simulated_models  # re-read models are chosen explicitly
-        self.source_model = hp.source_model or _only(models, "source_model")
-        self.target_model = hp.target_model or _only(models, "target_model")
+        self.source_model = cfg.source_model or _only(models, "source_model")
+        self.target_model = cfg.target_model or _only(models, "target_model")
         pairs = build_pairs(
-            cache.turns, self.source_model, self.target_model, hp.direction, hp.lag, hp.condition, hp.target_condition,
-            hp.control, hp.split_seed,
+            cache.turns, self.source_model, self.target_model, self.direction, cfg.lag, cfg.condition, cfg.target_condition,
+            cfg.control, seed,
         )
-        self.target_condition = "listener" if hp.control == "same_time" else hp.target_condition
-        if hp.max_pairs:
-            pairs = _budget(pairs, hp.max_pairs, hp.split_seed)
-        split = make_split(pairs, hp.split, hp.test_size, hp.split_seed)
-        fit, val = validation_part(pairs, split.train, hp.split, hp.val_size, hp.split_seed) if hp.val_size > 0 else (split.train, np.zeros_like(split.train))
+        self.target_condition = "listener" if cfg.control == "same_time" else cfg.target_condition
+        if cfg.max_pairs:
+            pairs = _budget(pairs, cfg.max_pairs, seed)
+        split = make_split(pairs, cfg.split, cfg.test_size, seed)
+        if self.validation and cfg.val_size > 0:
+            fit, val = validation_part(pairs, split.train, cfg.split, cfg.val_size, seed)
+        else:
+            fit, val = split.train, np.zeros_like(split.train)
         self.pairs, self.split = pairs, split
         self.index = {"fit": np.flatnonzero(fit), "val": np.flatnonzero(val), "test": np.flatnonzero(split.test), "train": np.flatnonzero(split.train)}
-        n_src = len(cache.layer_names(self.source_model))
-        n_tgt = len(cache.layer_names(self.target_model))
-        self.source_layers = list(hp.source_layers) if hp.source_layers else list(range(0, n_src, hp.source_layer_step))
-        self.target_layers = list(hp.target_layers) if hp.target_layers else list(range(n_tgt))
-        for name, layers, n in (("source", self.source_layers, n_src), ("target", self.target_layers, n_tgt)):
+        src_names, tgt_names = cache.layer_names(self.source_model), cache.layer_names(self.target_model)
+        self.source_layers = list(cfg.source_layers) if cfg.source_layers else list(range(0, len(src_names), cfg.source_layer_step))
+        self.target_layers = list(cfg.target_layers) if cfg.target_layers else list(range(len(tgt_names)))
+        for name, layers, n in (("source", self.source_layers, len(src_names)), ("target", self.target_layers, len(tgt_names))):
             bad = [l for l in layers if not 0 <= l < n]
             if bad:
-                raise NsyncError(f"{name} layers {bad} out of range: the model has layers 0..{n - 1}")
-        src_rows, tgt_rows = pairs["source_row"].to_numpy(), pairs["target_row"].to_numpy()
-        # Layer-major reads: each layer's array is read once, only the paired rows are kept.
-        self.x = {l: torch.from_numpy(np.asarray(cache.states(self.source_model, l, hp.condition)[src_rows], dtype=np.float32)) for l in self.source_layers}
-        self.y = torch.stack(
-            [torch.from_numpy(np.asarray(cache.states(self.target_model, l, self.target_condition)[tgt_rows], dtype=np.float32)) for l in self.target_layers], dim=1
-        )
-        # Test rows carry the index of their episode in test_episodes (for per-episode sums).
-        test_ep = pairs["episode_id"].to_numpy()[self.index["test"]]
-        self.test_episodes, codes = np.unique(test_ep, return_inverse=True)
-        self.test_episode_index = torch.from_numpy(codes.astype(np.int64))
-        fit_idx = torch.from_numpy(self.index["fit"])
-        self.stats = {
-            "x_mean": {l: x[fit_idx].double().mean(0) for l, x in self.x.items()},
-            "x_std": {l: x[fit_idx].double().std(0, unbiased=False) for l, x in self.x.items()},
-            "y_mean": self.y[fit_idx].double().mean(0),
-            "y_std": self.y[fit_idx].double().std(0, unbiased=False),
-        }
+                raise NsyncError(f"data.{name}_layers {bad} out of range: the model has layers 0..{n - 1}")
+        self.source_layer_names = [src_names[l] for l in self.source_layers]
+        self.target_layer_names = [tgt_names[l] for l in self.target_layers]
+        self.x = _read(cache, self.source_model, self.source_layers, cfg.condition, pairs["source_row"].to_numpy())
+        self.y = _read(cache, self.target_model, self.target_layers, self.target_condition, pairs["target_row"].to_numpy())
+        # Each test row carries the index of its episode in test_episodes (per-episode sums).
+        self.test_episodes, codes = np.unique(pairs["episode_id"].to_numpy()[self.index["test"]], return_inverse=True)
+        self.group = torch.full((len(pairs),), -1, dtype=torch.int64)
+        self.group[torch.from_numpy(self.index["test"])] = torch.from_numpy(codes.astype(np.int64))
+        self.x_mean, self.y_mean = _mean(self.x, self.index["fit"]), _mean(self.y, self.index["fit"])
         self._ready = True
+
+    @cached_property
+    def x_std(self) -> torch.Tensor:
+        """``[source layers, hidden]`` float64 standard deviation of the fitted rows (the MLP's input scale)."""
+        return _std(self.x, self.index["fit"], self.x_mean)
+
+    @cached_property
+    def y_std(self) -> torch.Tensor:
+        return _std(self.y, self.index["fit"], self.y_mean)
+
+    def for_sources(self, positions: list[int]) -> "SynchronyDataModule":
+        """A module sharing this one's data that serves only these positions of the source axis.
+
+        >>> chunk = dm.for_sources([0, 1, 2])   # doctest: +SKIP
+        """
+        if not self._ready:
+            raise RuntimeError("call setup() before for_sources()")
+        view = copy.copy(self)
+        view.source_index = list(positions)
+        return view
+
+    @property
+    def sources(self) -> list[int]:
+        """Positions of the source axis this module serves."""
+        return list(range(len(self.source_layers))) if self.source_index is None else self.source_index
 
     @property
     def d_in(self) -> int:
-        return next(iter(self.x.values())).shape[1]
+        return self.x.shape[2]
 
     @property
     def d_out(self) -> int:
@@ -115,14 +127,14 @@ class SynchronyDataModule(L.LightningDataModule):
         return len(self.index[part])
 
     def _loader(self, part: str, shuffle: bool = False) -> DataLoader:
-        if self.source_layer is None:
-            raise RuntimeError("set dm.source_layer before asking for data")
-        idx = torch.from_numpy(self.index[part])
-        tensors = [self.x[self.source_layer][idx], self.y[idx]]
-        if part == "test":
-            tensors.append(self.test_episode_index)
-        data = TensorDataset(*tensors)
-        return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers)
+        rows = self.index[part]
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            rows = rows[trainer.global_rank :: trainer.world_size]
+        data = _Rows(self, torch.from_numpy(rows), with_group=part == "test")
+        order = RandomSampler(range(len(rows))) if shuffle else SequentialSampler(range(len(rows)))
+        # Batches are gathered with one index per batch, not row by row and collated.
+        return DataLoader(data, sampler=BatchSampler(order, self.config.batch_size, drop_last=False), batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("fit", shuffle=True)
@@ -132,6 +144,45 @@ class SynchronyDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+class _Rows(Dataset):
+    """Rows of one part; an item is a whole batch (a list of positions)."""
+
+    def __init__(self, dm: SynchronyDataModule, rows: torch.Tensor, with_group: bool):
+        self.dm, self.rows, self.with_group = dm, rows, with_group
+        self.sources = None if dm.source_index is None else torch.tensor(dm.source_index)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, positions: list[int]):
+        rows = self.rows[positions]
+        x = self.dm.x[rows] if self.sources is None else self.dm.x[rows[:, None], self.sources]
+        batch = (x, self.dm.y[rows])
+        return (*batch, self.dm.group[rows]) if self.with_group else batch
+
+
+def _read(cache: ActivationCache, model: str, layers: list[int], condition: str, rows: np.ndarray) -> torch.Tensor:
+    """``[len(rows), len(layers), hidden]`` float32: each layer's array is read once (layer-major
+    files), only the paired rows are kept."""
+    first = cache.states(model, layers[0], condition)
+    out = torch.empty((len(rows), len(layers), first.shape[1]), dtype=torch.float32)
+    for i, layer in enumerate(layers):
+        out[:, i] = torch.from_numpy(np.asarray(cache.states(model, layer, condition)[rows], dtype=np.float32))
+    return out
+
+
+def _mean(data: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Float64 mean over ``rows`` of ``[rows, layers, hidden]``, one layer at a time (a float64 copy
+    of every layer at once would double the memory)."""
+    rows = torch.from_numpy(rows)
+    return torch.stack([data[rows, i].double().mean(0) for i in range(data.shape[1])])
+
+
+def _std(data: torch.Tensor, rows: np.ndarray, mean: torch.Tensor) -> torch.Tensor:
+    rows = torch.from_numpy(rows)
+    return torch.stack([(data[rows, i].double() - mean[i]).pow(2).mean(0).sqrt() for i in range(data.shape[1])])
 
 
 def _only(models: list[str], key: str) -> str:

@@ -13,7 +13,8 @@ target) layer pair has the same population R²:
 
 ``massive`` adds a constant to one dimension of every state (a "massive activation").
 ``seeds`` writes several runs of every episode (independent draws: no shared context).
-``observer_share`` w writes observer rows ``sqrt(w) x + sqrt(1 - w) noise``, so the observer
+``constant_first_layer`` makes layer 0 the same vector in every row, as the embedding output at
+the last prompt token is in real caches (the same template token). ``observer_share`` w writes observer rows ``sqrt(w) x + sqrt(1 - w) noise``, so the observer
 control's R² is w times the planted one. ``listener`` writes listener rows of independent noise.
 """
 
@@ -50,6 +51,7 @@ def write_synthetic_cache(
     seeds: int = 1,
     observer_share: float | None = None,
     listener: bool = False,
+    constant_first_layer: bool = False,
 ) -> Path:
     """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path."""
     rng = np.random.default_rng(seed)
@@ -57,7 +59,6 @@ def write_synthetic_cache(
     mixing = np.linalg.qr(rng.normal(size=(hidden, hidden)))[0]
     perm = rng.permutation(hidden)
     rows, states = [], {"interactive": [], "observer": [], "listener": []}
-    to_layers = lambda z: np.stack([r @ z for r in rotations]) + np.eye(1, hidden)[0] * massive
     for e in range(n_episodes):
         a, b = rng.choice(n_characters, size=2, replace=False)
         scenario = e % n_scenarios
@@ -81,18 +82,26 @@ def write_synthetic_cache(
                     condition="interactive", utterance=t, text="", left=False,
                 )
                 rows.append(row)
-                states["interactive"].append(to_layers(z))
+                states["interactive"].append(z)
                 if observer_share is not None:
                     w = observer_share
                     rows.append(row | dict(condition="observer"))
-                    states["observer"].append(to_layers(np.sqrt(w) * z + np.sqrt(1 - w) * rng.normal(size=hidden)))
+                    states["observer"].append(np.sqrt(w) * z + np.sqrt(1 - w) * rng.normal(size=hidden))
                 if listener:
                     rows.append(row | dict(condition="listener", agent=1 - t % 2, character_id=f"ch{(a, b)[1 - t % 2]:02d}"))
-                    states["listener"].append(to_layers(rng.normal(size=hidden)))
+                    states["listener"].append(rng.normal(size=hidden))
     info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
     identity = dict(relation=relation, n_episodes=n_episodes, turns=turns, n_layers=n_layers, hidden=hidden, scale=scale,
-                    noise=noise, massive=massive, seed=seed, lag=lag, seeds=seeds, observer_share=observer_share, listener=listener)
+                    noise=noise, massive=massive, seed=seed, lag=lag, seeds=seeds, observer_share=observer_share, listener=listener,
+                    constant_first_layer=constant_first_layer)
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
-    writer.write_shard(rows, {(model, c): np.stack(v) for c, v in states.items() if v})
+    # Every layer is a rotation of the latent states (one matrix product per layer, not per row).
+    def to_layers(z: np.ndarray) -> np.ndarray:
+        out = np.stack([z @ r.T for r in rotations], axis=1).astype(np.float32) + np.float32(massive) * np.eye(1, hidden, dtype=np.float32)[0]
+        if constant_first_layer:
+            out[:, 0] = rotations[0][0]
+        return out
+
+    writer.write_shard(rows, {(model, c): to_layers(np.stack(v)) for c, v in states.items() if v})
     writer.finalize()
     return Path(path)

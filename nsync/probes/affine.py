@@ -1,23 +1,36 @@
-"""``AffineProbe``: closed-form ridge from one source layer to every target layer at once."""
+"""``AffineProbe``: closed-form ridge from one or many source layers to every target layer at once."""
 
 from __future__ import annotations
 
+import logging
+from typing import Iterator
+
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from nsync.probes.metrics import LayerR2, TestR2Mixin
 from nsync.probes.ridge import RidgeSolution, RidgeStatistics
 
+log = logging.getLogger("nsync.probes")
+ALPHA_CHOICES = ("cell", "source")
+
 
 class AffineProbe(TestR2Mixin, L.LightningModule):
-    """Ridge regression with an unregularised bias, solved from streamed sufficient statistics.
+    """Ridge regression with an unregularised bias, solved from streamed sums.
 
-    One training epoch accumulates ``X^T X`` and ``X^T Y`` (float64, centred at the training
-    means ``x_shift``/``y_shift``); under DDP they are summed over ranks, so the solution is exact.
-    ``matmul_dtype="float32"`` runs the batch products on centred data in float32 (the sums stay
-    float64); ``"float64"`` runs them in float64 too.
-    With several ``alphas`` the validation part picks one (all from one eigendecomposition),
-    and the final weights are solved on training plus validation data.
+    Maps ``n_sources`` source layers (batches ``x`` ``[b, n_sources, d_in]``, or ``[b, d_in]`` for
+    one) to ``n_targets`` target layers (``y`` ``[b, n_targets, d_out]``), every (source, target)
+    pair at once. One training epoch accumulates ``X^T X`` and ``X^T Y`` centred at ``x_shift`` /
+    ``y_shift`` (the training means; without them, the first training batch's means); under DDP
+    the sums are added over ranks, so the solution is exact. ``matmul_dtype="float32"`` runs the
+    products of centred data in float32 (``X^T X`` and the means are summed in float64).
+
+    With several ``alphas`` the validation data choose one per (source, target layer) cell
+    (``alpha_per="cell"``; ``"source"``: one per source layer from the mean over target layers),
+    all from one eigendecomposition per source, and the final solution is fitted on training plus
+    validation data (with one alpha, validation data are only scored). Chosen alphas are in :attr:`alpha` ``[n_sources, n_targets]`` (NaN where a
+    target layer has no variance on the validation side: nothing to choose from).
 
     >>> probe = AffineProbe(d_in=576, d_out=576, n_targets=31, x_shift=mx, y_shift=my)  # doctest: +SKIP
     >>> L.Trainer(max_epochs=1).fit(probe, datamodule=dm)                              # doctest: +SKIP
@@ -33,30 +46,61 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         x_shift: torch.Tensor | None = None,
         y_shift: torch.Tensor | None = None,
         matmul_dtype: str = "float32",
+        n_sources: int = 1,
+        alpha_per: str = "cell",
+        log_prefix: str = "",
     ):
         super().__init__()
+        if alpha_per not in ALPHA_CHOICES:
+            raise ValueError(f"alpha_per must be one of {ALPHA_CHOICES}, got '{alpha_per}'")
         self.save_hyperparameters(ignore=["x_shift", "y_shift"])
         self.automatic_optimization = False
         self.alphas = [float(a) for a in alphas]
-        self.register_buffer("x_shift", torch.zeros(d_in, dtype=torch.float64) if x_shift is None else x_shift.double())
-        self.register_buffer("y_shift", torch.zeros(n_targets * d_out, dtype=torch.float64) if y_shift is None else y_shift.double().reshape(-1))
-        self.register_buffer("weight", torch.zeros(d_in, n_targets * d_out, dtype=torch.float64))
-        self.register_buffer("bias", torch.zeros(n_targets * d_out, dtype=torch.float64))
-        self.register_buffer("alpha", torch.tensor(self.alphas[0], dtype=torch.float64))
-        self.test_r2 = LayerR2(n_targets, d_out, self.y_shift)
-        self.val_r2 = torch.nn.ModuleList([LayerR2(n_targets, d_out, self.y_shift) for _ in self.alphas])
+        # Without shifts, the first training batch's means are used (sums are taken around them).
+        self._shift_from_data = x_shift is None or y_shift is None
+        x_shift = torch.zeros(n_sources, d_in) if x_shift is None else x_shift
+        y_shift = torch.zeros(n_targets, d_out) if y_shift is None else y_shift
+        self.register_buffer("x_shift", x_shift.double().reshape(n_sources, d_in))
+        self.register_buffer("y_shift", y_shift.double().reshape(n_targets, d_out))
+        self.register_buffer("target_shift", self.y_shift.float())
+        self.register_buffer("alpha", torch.full((n_sources, n_targets), self.alphas[0], dtype=torch.float64))
+        self.make_test_metric(n_targets, d_out, n_sources)
         self._train_stats: RidgeStatistics | None = None
         self._val_stats: RidgeStatistics | None = None
         self._solution: RidgeSolution | None = None
         self.results: dict[str, torch.Tensor] = {}
 
+    # -- prediction ------------------------------------------------------------------------------
+
+    def _sources(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.hparams.n_sources, self.hparams.d_in)
+
+    def source_predictions(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(source, predictions - target_shift)`` ``[b, n_targets, d_out]`` for each source."""
+        if self._solution is None:
+            raise RuntimeError("the probe is not fitted yet")
+        sol, hp = self._solution, self.hparams
+        xs = self._sources(x)
+        alpha = torch.where(torch.isnan(self.alpha), torch.full_like(self.alpha, self.alphas[0]), self.alpha).cpu()
+        for s in range(hp.n_sources):  # around the fitted mean, which is target_shift once solved
+            yield s, sol.predict_centred(xs[:, s], alpha[s], s).view(x.shape[0], hp.n_targets, hp.d_out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[batch, d_in]`` -> ``[batch, n_targets, d_out]`` (float64)."""
-        # (x - shift) @ W + (shift @ W + b): the product runs on centred data in the working dtype.
-        dtype = self._work_dtype
-        xc = x.to(dtype) - self.x_shift.to(dtype)
-        y = (xc @ self.weight.to(dtype)).double() + (self.x_shift @ self.weight + self.bias)
-        return y.view(x.shape[0], self.hparams.n_targets, self.hparams.d_out)
+        """``[b, d_in]`` -> ``[b, n_targets, d_out]``; ``[b, n_sources, d_in]`` -> ``[b, n_sources,
+        n_targets, d_out]`` (float64)."""
+        preds = torch.stack([p.double() for _, p in self.source_predictions(x)], 1) + self.y_shift
+        return preds[:, 0] if x.dim() == 2 else preds
+
+    def weights(self, source: int = 0, target: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W [d_in, d_out], b [d_out])`` of one (source, target layer) cell: ``y ~ x @ W + b``."""
+        if self._solution is None:
+            raise RuntimeError("the probe is not fitted yet")
+        k = self.hparams.d_out
+        alpha = self.alpha[source, target].item()
+        alpha = self.alphas[0] if alpha != alpha else alpha
+        return self._solution.weights(alpha, source, slice(target * k, (target + 1) * k))
+
+    # -- fitting ---------------------------------------------------------------------------------
 
     def configure_optimizers(self):
         return None  # closed form: no optimiser
@@ -66,62 +110,129 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         return getattr(torch, self.hparams.matmul_dtype)
 
     def _new_stats(self) -> RidgeStatistics:
-        return RidgeStatistics(self.x_shift, self.y_shift, self._work_dtype)
-
-    def on_train_epoch_start(self) -> None:
-        self._train_stats, self._val_stats, self._solution = self._new_stats(), None, None
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        self._train_stats.update(x, y.reshape(x.shape[0], -1))  # type: ignore[union-attr]
+        return RidgeStatistics(self.x_shift, self.y_shift.reshape(-1), self._work_dtype)
 
     def _reduce(self, stats: RidgeStatistics) -> RidgeStatistics:
         if self.trainer is not None and self.trainer.world_size > 1:
             stats.load([self.trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
         return stats
 
+    def _set_solution(self, stats: RidgeStatistics, keep_stats: bool) -> None:
+        self._solution = None  # free the previous one first: it is as large as the new one
+        self._solution = RidgeSolution(stats, self.hparams.scale, self._work_dtype, keep_stats=keep_stats)
+        # Scores are taken around the fitted mean: predictions need no offset added.
+        self.target_shift.copy_(self._solution.y_mean.view_as(self.target_shift))
+
+    def on_train_epoch_start(self) -> None:
+        self._train_stats, self._val_stats, self._solution = None, None, None
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        xs, y = self._sources(x), y.reshape(x.shape[0], -1)
+        if self._train_stats is None:
+            if self._shift_from_data:
+                if self.trainer is not None and self.trainer.world_size > 1:
+                    raise ValueError("under DDP pass x_shift and y_shift (e.g. the training means): every process must use the same")
+                self.x_shift.copy_(xs.double().mean(0))
+                self.y_shift.copy_(y.double().mean(0).view_as(self.y_shift))
+                self.target_shift.copy_(self.y_shift)
+                self._shift_from_data = False
+            self._train_stats = self._new_stats()
+        self._train_stats.update(xs, y)
+
     def _solve(self) -> None:
         """Solve once after the training pass (Lightning validates before on_train_epoch_end)."""
         if self._solution is not None or self._train_stats is None or self._train_stats.n == 0:
             return
-        self._solution = RidgeSolution(self._reduce(self._train_stats), self.hparams.scale, self._work_dtype)
-        self._set_weights(self._solution, self.alphas[0])
-
-    def _set_weights(self, solution: RidgeSolution, alpha: float) -> None:
-        w, b = solution.weights(alpha)
-        self.weight.copy_(w)
-        self.bias.copy_(b)
-        self.alpha.fill_(alpha)
+        grid = len(self.alphas) > 1  # the sums are needed again for the refit on training plus validation data
+        self._set_solution(self._reduce(self._train_stats), keep_stats=grid)
+        if not grid:
+            self._train_stats = None
 
     def on_validation_epoch_start(self) -> None:
         self._solve()
         self._val_stats = self._new_stats()
-        for m in self.val_r2:
-            m.reset()
+        hp = self.hparams
+        self.val_r2 = LayerR2(hp.n_targets, hp.d_out, n_sources=len(self.alphas) * hp.n_sources).to(self.device)
 
     def validation_step(self, batch, batch_idx):
         if self._solution is None:
             return
-        x, y = batch
-        self._val_stats.update(x, y.reshape(x.shape[0], -1))  # type: ignore[union-attr]
-        if len(self.alphas) > 1:
-            for alpha, metric in zip(self.alphas, self.val_r2):
-                metric.update(self._solution.predict(x, alpha).view_as(y), y)
-        else:
-            self.val_r2[0].update(self(x), y)
+        x, y = batch[0], batch[1]
+        xs = self._sources(x)
+        self._val_stats.update(xs, y.reshape(x.shape[0], -1))  # type: ignore[union-attr]
+        yc = y.float() - self.target_shift
+        for s in range(self.hparams.n_sources):
+            z = self._solution.rotated(xs[:, s], s)  # shared by every alpha
+            for a, alpha in enumerate(self.alphas):
+                pred = self._solution.predict_centred(xs[:, s], alpha, s, z=z)
+                self.val_r2.update(pred.view_as(yc), yc, source=a * self.hparams.n_sources + s, centred=True)
 
     def on_validation_epoch_end(self) -> None:
         if self._solution is None or self._val_stats is None or self._val_stats.n == 0:
             return
-        scores = torch.stack([m.compute()[0].mean() for m in self.val_r2])  # mean over target layers
-        best = int(torch.argmax(scores))
-        self.log("val/r2", scores[best].float(), prog_bar=False)
-        self.results["val_r2_by_alpha"] = scores
+        hp = self.hparams
+        uniform, _ = self.val_r2.compute()
+        scores = uniform.reshape(len(self.alphas), hp.n_sources, hp.n_targets)  # [alphas, sources, targets]
+        self.results["val_r2_by_alpha"] = scores.cpu()
+        self.alpha.copy_(choose_alpha(scores, self.alphas, hp.alpha_per))
+        best = torch.nan_to_num(scores, nan=-torch.inf).amax(0)
+        if torch.isfinite(best).any():
+            self.log(f"{hp.log_prefix}val/r2", best[torch.isfinite(best)].mean().float(), sync_dist=True)
         if len(self.alphas) > 1:
-            # refit on the whole training side with the chosen alpha
+            # Refit on the whole training side (fitting plus validation rows) with the chosen alphas.
             full = self._train_stats
             full += self._reduce(self._val_stats)
-            self._set_weights(RidgeSolution(full, self.hparams.scale, self._work_dtype), self.alphas[best])
+            self._set_solution(full, keep_stats=False)
+        self._train_stats = self._val_stats = None
 
     def on_train_end(self) -> None:
+        if self._solution is None and len(self.alphas) > 1:
+            raise ValueError(f"an alpha grid {self.alphas} is chosen on validation data, and there was none; set a validation share")
         self._solve()  # when there was no validation data
+        self._train_stats = None
+        self.results["alpha"] = self.alpha.cpu().clone()
+
+
+def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -> torch.Tensor:
+    """``[sources, targets]`` alphas from validation R² ``[alphas, sources, targets]``.
+
+    ``per="cell"``: the best alpha of every (source, target layer) cell; a cell whose target
+    layer has no R² for any alpha (no variance on the validation side) gets NaN and a warning,
+    never the first alpha by default. ``per="source"``: the best mean over target layers (NaN
+    layers left out) for each source layer.
+
+    >>> s = torch.tensor([[[0.1, float("nan")]], [[0.3, float("nan")]]])   # 2 alphas, 1 source, 2 targets
+    >>> choose_alpha(s, [1.0, 10.0]).tolist()
+    [[10.0, nan]]
+    """
+    a = torch.tensor(alphas, dtype=torch.float64)
+    n_alphas, n_sources, n_targets = scores.shape
+    if per == "source":
+        mean = scores.nanmean(2)  # [alphas, sources]
+        if torch.isnan(mean).all(0).any():
+            raise ValueError("no target layer has a validation R² for some source layer: no alpha can be chosen "
+                             "(the validation targets do not vary; give more validation data)")
+        return a[torch.nan_to_num(mean, nan=-torch.inf).argmax(0)][:, None].expand(n_sources, n_targets).clone()
+    chosen = a[torch.nan_to_num(scores, nan=-torch.inf).argmax(0)]
+    empty = torch.isnan(scores).all(0)
+    if empty.any():
+        layers = sorted(set(torch.nonzero(empty)[:, 1].tolist()))
+        log.warning("target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
+                    "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined", layers)
+        chosen[empty] = float("nan")
+    return chosen
+
+
+class SumsDDPStrategy(DDPStrategy):
+    """DDP for closed-form probes: processes, process group and collectives as in ``ddp``, without
+    the ``DistributedDataParallel`` wrapper (it exists to all-reduce gradients, and refuses a
+    module without trainable parameters); :class:`AffineProbe` all-reduces its sums itself.
+
+    >>> trainer = L.Trainer(accelerator="cpu", devices=2, strategy=SumsDDPStrategy())  # doctest: +SKIP
+    """
+
+    strategy_name = "ddp_sums"
+
+    def configure_ddp(self) -> None:
+        pass

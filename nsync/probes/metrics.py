@@ -1,113 +1,163 @@
-"""R² per target layer with torchmetrics, in float64 (hidden states break float32 sums)."""
+"""R² from sums: one formula for the test metric, validation, per-episode sums and the bootstrap.
+
+Everything that scores a probe keeps four sums per output dimension: the row count ``n``,
+``Σy``, ``Σy²`` and the squared error ``Σ(y - ŷ)²`` (``y`` shifted by a constant, the training
+mean, which changes no R² and keeps the float64 sums small). They add up over batches, DDP
+ranks and episodes, so R² of any union or re-weighting of episodes follows from them.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchmetrics import Metric
-from torchmetrics.regression import R2Score
+
+#: An output dimension has an R² when its total sum of squares exceeds this share of the largest one.
+CONSTANT_TOLERANCE = 1e-9
 
 
-class LayerR2(nn.Module):
-    """Test R² of every target layer: uniform over output dimensions (the paper's, sklearn's
-    default) and variance-weighted.
+def r2_from_sums(
+    n: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    sse: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uniform, variance-weighted) R² of each target layer from sums over rows.
 
-    One ``R2Score`` over all ``n_targets * d_out`` outputs (one update per batch, DDP-synced by
-    torchmetrics), split into target layers at the end. Inputs are shifted by the training mean
-    first, which changes no R² but keeps the float64 sums small.
+    ``s1``, ``s2`` and ``sse`` are ``[..., targets, dims]`` (broadcast against each other), ``n``
+    is ``[...]``. Uniform is the mean of the per-dimension R² (scikit-learn's default, the paper's),
+    variance-weighted is ``1 - ΣSSE / ΣTSS``; both ``[..., targets]``.
+
+    Output dimensions that are constant have no R² and are left out (scikit-learn would score a
+    constant predicted exactly as 1.0): at the last prompt token the embedding output is the
+    same for every row, and counting it as perfectly predicted would make SyncR² 1. ``valid``
+    (``[targets, dims]``) says which dimensions count; by default those whose total sum of squares
+    exceeds :data:`CONSTANT_TOLERANCE` times the largest. A target layer with no valid dimension
+    gets NaN. ``center`` replaces the rows' own mean in the total sum of squares (an episode scored
+    against the whole test side's mean).
+
+    >>> y = torch.tensor([[1.0], [2.0], [3.0], [4.0]]); p = y + torch.tensor([[0.5], [-0.5], [0.5], [-0.5]])
+    >>> u, w = r2_from_sums(torch.tensor(4.0), y.sum(0)[None], (y**2).sum(0)[None], ((y - p)**2).sum(0)[None])
+    >>> round(u.item(), 6), round(w.item(), 6)   # sklearn.metrics.r2_score gives 0.8
+    (0.8, 0.8)
+    """
+    n = torch.as_tensor(n, dtype=s1.dtype, device=s1.device)[..., None, None]
+    if center is None:
+        tss = s2 - s1**2 / n.clamp(min=1)
+        enough = n > 1  # one row has no variance around its own mean
+    else:
+        tss = s2 - 2 * center * s1 + n * center**2
+        enough = n > 0
+    if valid is None:
+        largest = tss.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-300)
+        valid = tss > CONSTANT_TOLERANCE * largest
+    ok = valid & (tss > 0) & enough
+    raw = torch.where(ok, 1 - sse / torch.where(ok, tss, torch.ones_like(tss)), torch.full_like(tss, float("nan")))
+    uniform = raw.nanmean(-1)
+    weighted = 1 - (sse * ok).sum(-1) / (tss * ok).sum(-1)  # 0 / 0 = NaN when no dimension varies
+    return uniform, weighted
+
+
+class LayerR2(Metric):
+    """Test R² of every target layer (for each source layer), and the per-episode sums behind it.
+
+    States (float64, summed over batches and DDP ranks): per group (test episode) ``n [G]``,
+    ``s1``/``s2 [G, targets, dims]`` and ``sse [G, sources, targets, dims]``. A probe with several
+    source layers calls :meth:`update` once per source for each batch; the target sums are counted
+    with ``source=0``. ``y_shift`` (e.g. the training mean) is subtracted from predictions and
+    targets first, unless the caller passes them already shifted (``centred=True``).
+
+    >>> metric = LayerR2(n_targets=2, d_out=3)
+    >>> y = torch.randn(50, 2, 3); metric.update(y + 0.1 * torch.randn(50, 2, 3), y)
+    >>> uniform, weighted = metric.compute(); uniform.shape   # [targets] (one source)
+    torch.Size([2])
     """
 
-    def __init__(self, n_targets: int, d_out: int, y_shift: torch.Tensor):
-        super().__init__()
-        self.n_targets, self.d_out = n_targets, d_out
-        self.register_buffer("y_shift", y_shift.double().reshape(-1))
-        self.r2 = R2Score(multioutput="raw_values").set_dtype(torch.float64)
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """``preds`` and ``target``: ``[batch, n_targets, d_out]``."""
-        b = preds.shape[0]
-        self.r2.update(preds.reshape(b, -1).double() - self.y_shift, target.reshape(b, -1).double() - self.y_shift)
-
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uniform, variance-weighted) R², each ``[n_targets]``.
-
-        Output dimensions that are constant on the test side have no R²; they are left out
-        (scikit-learn would score a constant predicted exactly as 1.0). This matters: at the last
-        prompt token the embedding output is the same for every row (the same template token),
-        and counting it as perfectly predicted would make SyncR² 1.
-        """
-        m = self.r2
-        with m.sync_context():  # sums over DDP ranks
-            tss = (m.sum_squared_error - m.sum_error**2 / m.total).reshape(self.n_targets, self.d_out)
-            rss = m.residual.reshape(self.n_targets, self.d_out).clone()
-        valid = tss > 1e-9 * tss.max().clamp(min=1e-300)
-        raw = torch.where(valid, 1 - rss / tss.clamp(min=1e-300), torch.full_like(tss, float("nan")))
-        uniform = raw.nanmean(1)
-        weighted = 1 - (rss * valid).sum(1) / (tss * valid).sum(1)  # NaN when no dimension varies
-        return uniform, weighted
-
-    def reset(self) -> None:
-        self.r2.reset()
-
-
-class EpisodeSums(Metric):
-    """Per test episode: row count and the sums of ``y``, ``y²`` and squared error of every output
-    (shifted by the training mean), from which the R² of any re-weighting of episodes follows
-    (the bootstrap over episodes in :mod:`nsync.analysis.bootstrap`)."""
-
     full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
 
-    def __init__(self, n_episodes: int, n_outputs: int, y_shift: torch.Tensor):
+    def __init__(self, n_targets: int, d_out: int, y_shift: torch.Tensor | None = None, n_sources: int = 1, n_groups: int = 1):
         super().__init__()
-        self.register_buffer("y_shift", y_shift.double().reshape(-1))
-        for name, shape in (("n", (n_episodes,)), ("s1", (n_episodes, n_outputs)), ("s2", (n_episodes, n_outputs)), ("sse", (n_episodes, n_outputs))):
+        self.n_sources, self.n_targets, self.d_out, self.n_groups = n_sources, n_targets, d_out, n_groups
+        shift = torch.zeros(n_targets, d_out) if y_shift is None else y_shift.reshape(n_targets, d_out)
+        self.register_buffer("y_shift", shift.double(), persistent=False)
+        for name, shape in (("n", (n_groups,)), ("s1", (n_groups, n_targets, d_out)), ("s2", (n_groups, n_targets, d_out)),
+                            ("sse", (n_groups, n_sources, n_targets, d_out))):
             self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor, episode: torch.Tensor) -> None:
-        b = preds.shape[0]
-        y = target.reshape(b, -1).double() - self.y_shift
-        err = preds.reshape(b, -1).double() - self.y_shift - y
-        self.n.index_add_(0, episode, torch.ones(b, dtype=torch.float64, device=y.device))
-        self.s1.index_add_(0, episode, y)
-        self.s2.index_add_(0, episode, y * y)
-        self.sse.index_add_(0, episode, err * err)
+    def update(self, preds: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None, source: int = 0,
+               centred: bool = False) -> None:
+        """``preds`` and ``target``: ``[batch, targets, dims]``; ``group``: ``[batch]`` indices < n_groups."""
+        b = target.shape[0]
+        # Work in the inputs' precision (at least float32). The shift is rounded to it: for a
+        # dimension with a huge mean, y - shift of two nearby float32 numbers is exact, so
+        # centring float32 states needs no float64 copy of the batch.
+        dtype = torch.promote_types(torch.promote_types(preds.dtype, target.dtype), torch.float32)
+        preds, target = preds.reshape(b, self.n_targets, self.d_out).to(dtype), target.reshape(b, self.n_targets, self.d_out).to(dtype)
+        y = target if centred else target - self.y_shift.to(dtype)
+        err = (preds - target).square_()  # the shift cancels
+        group = torch.zeros(b, dtype=torch.int64, device=y.device) if group is None else group
+        sse = torch.zeros(self.n_groups, self.n_targets, self.d_out, dtype=dtype, device=y.device).index_add_(0, group, err)
+        self.sse[:, source] += sse.double()
+        if source == 0:
+            yd = y.double()
+            self.n += torch.bincount(group, minlength=self.n_groups).double()
+            self.s1.index_add_(0, group, yd)
+            self.s2.index_add_(0, group, yd * yd)
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        return {"n": self.n, "s1": self.s1, "s2": self.s2, "sse": self.sse}
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uniform, variance-weighted) R² over all groups: ``[targets]`` for one source, else
+        ``[sources, targets]``."""
+        uniform, weighted = r2_from_sums(self.n.sum(), self.s1.sum(0), self.s2.sum(0), self.sse.sum(0))
+        if self.n_sources == 1:
+            return uniform[0], weighted[0]
+        return uniform, weighted
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        """The states summed over DDP ranks: ``n``, ``s1``, ``s2``, ``sse`` per group."""
+        with self.sync_context():
+            return {k: getattr(self, k).clone() for k in ("n", "s1", "s2", "sse")}
 
 
 class TestR2Mixin:
-    """The test stage shared by every probe: ``self.test_r2`` (a :class:`LayerR2`) collects the
-    predictions; the per-target-layer R² ends up in ``self.results``."""
+    """The test stage shared by every probe.
+
+    A probe has ``target_shift`` (float32 ``[targets, dims]``, e.g. the training mean) and
+    ``source_predictions(x)``, yielding ``(source position, predictions - target_shift)`` of shape
+    ``[batch, targets, dims]`` for each source layer it maps; it calls :meth:`make_test_metric`
+    in its constructor. After ``trainer.test`` the results are in ``self.results``: ``test_r2``
+    and ``test_r2_weighted`` (``[sources, targets]``) and ``episode_sums`` (``n``, ``s1``,
+    ``s2``, ``sse`` per test episode, for the bootstrap; one group when the loader yields no
+    episode indices).
+    """
 
     __test__ = False  # not a pytest class, despite the name
 
+    def make_test_metric(self, n_targets: int, d_out: int, n_sources: int = 1) -> None:
+        self._test_shape = dict(n_targets=n_targets, d_out=d_out, n_sources=n_sources)
+        self.test_r2 = LayerR2(**self._test_shape)
+
     def on_test_epoch_start(self) -> None:
-        self.test_r2.reset()
         # Test loaders that also yield each row's episode index (SynchronyDataModule's) get
-        # per-episode sums for the bootstrap.
+        # per-episode sums; the number of episodes is known only now.
         dm = getattr(self.trainer, "datamodule", None)
-        groups = getattr(dm, "n_test_episodes", 0)
-        self.episode_sums = None
-        if groups:
-            n_out = self.test_r2.n_targets * self.test_r2.d_out
-            self.episode_sums = EpisodeSums(groups, n_out, self.test_r2.y_shift).to(self.device)
+        groups = max(1, getattr(dm, "n_test_episodes", 0) or 0)
+        self.test_r2 = LayerR2(**self._test_shape, n_groups=groups).to(self.device)
 
     def test_step(self, batch, batch_idx):
-        x, y, *episode = batch
-        preds = self(x)
-        self.test_r2.update(preds, y)
-        if episode and self.episode_sums is not None:
-            self.episode_sums.update(preds, y, episode[0])
+        x, y, *group = batch
+        y = y.float() - self.target_shift  # centred once for every source
+        for s, preds in self.source_predictions(x):
+            self.test_r2.update(preds, y, group[0] if group else None, source=s, centred=True)
 
     def on_test_epoch_end(self) -> None:
-        uniform, weighted = self.test_r2.compute()
-        self.results.update(test_r2=uniform.cpu(), test_r2_weighted=weighted.cpu())
-        if self.episode_sums is not None:
-            # torchmetrics squeezes one-element results: restore [episodes] and [episodes, outputs]
-            groups = self.episode_sums.n.shape[0]
-            sums = self.episode_sums.compute()
-            self.results["episode_sums"] = {k: v.cpu().reshape(groups, -1) if k != "n" else v.cpu().reshape(groups) for k, v in sums.items()}
+        sums = {k: v.cpu() for k, v in self.test_r2.sums().items()}
+        uniform, weighted = r2_from_sums(sums["n"].sum(), sums["s1"].sum(0), sums["s2"].sum(0), sums["sse"].sum(0))
+        if self._test_shape["n_sources"] == 1:  # a single-source probe reports [targets]
+            uniform, weighted = uniform[0], weighted[0]
+        self.results.update(test_r2=uniform, test_r2_weighted=weighted, episode_sums=sums)
         finite = uniform[torch.isfinite(uniform)]
         if finite.numel():
-            self.log("test/r2", finite.max().float())  # best target layer
+            self.log(f"{self.hparams.get('log_prefix', '')}test/r2", finite.max().float(), sync_dist=True)  # best layer pair (already global)

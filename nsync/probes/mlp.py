@@ -52,6 +52,7 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
         x_std: torch.Tensor | None = None,
         y_mean: torch.Tensor | None = None,
         y_std: torch.Tensor | None = None,
+        log_prefix: str = "",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["x_mean", "x_std", "y_mean", "y_std"])
@@ -65,37 +66,44 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
         self.register_buffer("y_mean", buf(y_mean, k, 0.0))
         self.register_buffer("y_std", buf(y_std, k, 1.0).clamp(min=1e-6))
         self.net = MLP(d_in, k, hidden, depth, dropout)
-        y_shift = self.y_mean.double()
-        self.val_r2 = LayerR2(n_targets, d_out, y_shift)
-        self.test_r2 = LayerR2(n_targets, d_out, y_shift)
+        self.register_buffer("target_shift", self.y_mean.view(n_targets, d_out).clone())
+        self.val_r2 = LayerR2(n_targets, d_out, self.y_mean)
+        self.make_test_metric(n_targets, d_out)
         self.results: dict[str, torch.Tensor] = {}
+
+    def _z(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised predictions ``[batch, n_targets * d_out]`` (``x``: ``[batch, d_in]`` or ``[batch, 1, d_in]``)."""
+        return self.net((x.reshape(x.shape[0], -1).float() - self.x_mean) / self.x_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[batch, d_in]`` -> ``[batch, n_targets, d_out]`` in the targets' own units."""
-        z = self.net((x.float() - self.x_mean) / self.x_std)
-        return (z * self.y_std + self.y_mean).view(x.shape[0], self.hparams.n_targets, self.hparams.d_out)
+        return (self._z(x) * self.y_std + self.y_mean).view(x.shape[0], self.hparams.n_targets, self.hparams.d_out)
+
+    def source_predictions(self, x: torch.Tensor):
+        """The test stage's contract: predictions minus ``target_shift`` (the training mean)."""
+        yield 0, (self._z(x) * self.y_std).view(x.shape[0], self.hparams.n_targets, self.hparams.d_out)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        z = self.net((x.float() - self.x_mean) / self.x_std)
         target = (y.reshape(y.shape[0], -1).float() - self.y_mean) / self.y_std
-        return nn.functional.mse_loss(z, target)
+        return nn.functional.mse_loss(self._z(x), target)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch[0], batch[1]
         loss = self._loss(x, y)
-        self.log("train/loss", loss)
+        self.log(f"{self.hparams.log_prefix}train/loss", loss)
         return loss
 
     def on_validation_epoch_start(self) -> None:
         self.val_r2.reset()
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch[0], batch[1]
         self.val_r2.update(self(x), y)
 
     def on_validation_epoch_end(self) -> None:
         uniform, _ = self.val_r2.compute()
-        self.log("val/r2", uniform.mean().float(), prog_bar=True)
+        # Mean over the target layers that have an R² (a constant layer has none).
+        self.log(f"{self.hparams.log_prefix}val/r2", uniform[torch.isfinite(uniform)].mean().float(), prog_bar=True)

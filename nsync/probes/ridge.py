@@ -1,9 +1,10 @@
-"""Closed-form ridge regression from streamed sufficient statistics, for many targets at once.
+"""Closed-form ridge regression from streamed sums, for many source layers and targets at once.
 
-Statistics are accumulated in float64 around a fixed shift (the training mean), so hidden
-states with huge-mean dimensions ("massive activations") lose no precision: the paper's
-float32 ``X^T X`` on raw states does. One eigendecomposition of ``X^T X`` per source serves
-every target and every ``alpha``.
+Sums are taken around a fixed shift (the training mean), so hidden states with huge-mean
+dimensions ("massive activations") lose no precision: the paper's float32 ``X^T X`` on raw
+states does. The batch products of centred data run in float32 (or float64) and are added up in
+float64. One eigendecomposition of ``X^T X`` per source layer serves every target and every
+``alpha``; the products with all target layers are one GEMM per batch.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import torch
 
 
 class RidgeStatistics:
-    """Sums over batches: ``n``, ``sum x``, ``sum y``, ``X^T X`` and ``X^T Y`` (all centred at the
-    shifts), in float64. Batches of sums add up, so under DDP an all-reduce makes them exact.
+    """Sums over batches: ``n``, ``Σx``, ``Σy``, ``X^T X`` and ``X^T Y`` (centred at the shifts), for
+    one source (``x_shift`` ``[d]``, batches ``[b, d]``) or several (``x_shift`` ``[S, d]``, batches
+    ``[b, S, d]``). ``n``, ``Σx``, ``Σy`` and ``X^T X`` are float64; ``X^T Y``, by far the largest
+    (``[S, d, K]``), is accumulated in ``matmul_dtype`` in place, one GEMM per batch: float32 is
+    exact enough because the shifts are close to the data's means (pass the training means).
+    Sums add up, so under DDP an all-reduce makes them exact.
 
     >>> stats = RidgeStatistics(x_shift=torch.zeros(3), y_shift=torch.zeros(2))
     >>> stats.update(torch.randn(10, 3), torch.randn(10, 2))
@@ -22,30 +27,41 @@ class RidgeStatistics:
     """
 
     def __init__(self, x_shift: torch.Tensor, y_shift: torch.Tensor, matmul_dtype: torch.dtype = torch.float64):
+        self.single = x_shift.dim() == 1
+        x_shift = x_shift.reshape(-1, x_shift.shape[-1])
         # The shift is rounded to the working dtype so that centring a float32 batch needs no
-        # float64 copy (x - shift of two nearby float32 numbers is exact); sums are float64.
-        self.x_shift = x_shift.to(matmul_dtype).double()
-        self.y_shift = y_shift.to(matmul_dtype).double()
+        # float64 copy (x - shift of two nearby float32 numbers is exact).
         self._x_shift_mm = x_shift.to(matmul_dtype)
-        self._y_shift_mm = y_shift.to(matmul_dtype)
-        d, k = x_shift.numel(), y_shift.numel()
+        self._y_shift_mm = y_shift.reshape(-1).to(matmul_dtype)
+        self.x_shift = self._x_shift_mm.double()
+        self.y_shift = self._y_shift_mm.double()
+        s, d = x_shift.shape
+        k = self.y_shift.numel()
         device = x_shift.device
         self.n = 0
-        self.sx = torch.zeros(d, dtype=torch.float64, device=device)
+        self.sx = torch.zeros(s, d, dtype=torch.float64, device=device)
         self.sy = torch.zeros(k, dtype=torch.float64, device=device)
-        self.sxx = torch.zeros(d, d, dtype=torch.float64, device=device)
-        self.sxy = torch.zeros(d, k, dtype=torch.float64, device=device)
+        self.sxx = torch.zeros(s, d, d, dtype=torch.float64, device=device)
+        self.sxy = torch.zeros(s, d, k, dtype=matmul_dtype, device=device)
         self.matmul_dtype = matmul_dtype
 
+    @property
+    def n_sources(self) -> int:
+        return self.sx.shape[0]
+
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """``x`` ``[b, d]`` or ``[b, S, d]``, ``y`` ``[b, K]`` (all target layers flattened)."""
+        b = x.shape[0]
         # Centred first, so the products may run in float32 without cancellation.
-        xc = x.to(self.matmul_dtype) - self._x_shift_mm
-        yc = y.to(self.matmul_dtype) - self._y_shift_mm
-        self.n += x.shape[0]
-        self.sx += xc.sum(0).double()
-        self.sy += yc.sum(0).double()
-        self.sxx += (xc.T @ xc).double()
-        self.sxy += (xc.T @ yc).double()
+        xc = x.reshape(b, self.n_sources, -1).to(self.matmul_dtype) - self._x_shift_mm
+        yc = y.reshape(b, -1).to(self.matmul_dtype) - self._y_shift_mm
+        self.n += b
+        self.sx += xc.sum(0)  # in-place adds promote to float64 element by element, without a copy
+        self.sy += yc.sum(0)
+        xs = xc.transpose(0, 1)  # [S, b, d]
+        self.sxx += torch.bmm(xs.transpose(1, 2), xs)
+        # Every source against every target layer: one GEMM [S*d, b] @ [b, K], added in place.
+        self.sxy.view(-1, yc.shape[1]).addmm_(xc.reshape(b, -1).T, yc)
 
     def tensors(self) -> list[torch.Tensor]:
         """The sums, for an all-reduce (``n`` travels as a tensor too)."""
@@ -64,53 +80,84 @@ class RidgeStatistics:
         return self
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[S, d]`` and ``[K]``: the data's means."""
         return self.x_shift + self.sx / self.n, self.y_shift + self.sy / self.n
-
-    def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Xc^T Xc`` and ``Xc^T Yc`` around the data's own means."""
-        mx, my = self.sx / self.n, self.sy / self.n
-        return self.sxx - self.n * torch.outer(mx, mx), self.sxy - self.n * torch.outer(mx, my)
 
 
 class RidgeSolution:
-    """``eigh(X^T X)`` of one source, ready to give weights for any ``alpha``.
+    """``eigh(X^T X)`` of every source, ready to predict or give weights for any ``alpha`` (one per
+    target layer if wanted), from one eigendecomposition per source.
 
-    ``scale=True`` solves on inputs divided by their training standard deviation (the
-    returned weights apply to unscaled inputs).
+    Predictions never form the weights: ``(x Q) D Q^T C`` with ``C = Xc^T Yc`` costs one
+    ``[b, d] @ [d, K]`` product per source and alpha, the same as applying ``W``, without the
+    ``d^2 K`` cost of forming it. ``C`` takes over the statistics' ``X^T Y`` buffer unless
+    ``keep_stats=True`` (then it is copied; needed to add more sums later).
+    ``scale=True`` solves on inputs divided by their training standard deviation (the weights
+    apply to unscaled inputs).
     """
 
-    def __init__(self, stats: RidgeStatistics, scale: bool = False, product_dtype: torch.dtype = torch.float64):
+    def __init__(self, stats: RidgeStatistics, scale: bool = False, product_dtype: torch.dtype = torch.float64,
+                 keep_stats: bool = True):
         if stats.n < 2:
             raise ValueError("ridge needs at least two training rows")
-        cxx, cxy = stats.centred()
+        self.single = stats.single
+        n = stats.n
+        mx, my = stats.sx / n, stats.sy / n  # offsets of the data's means from the shifts
         self.x_mean, self.y_mean = stats.means()
+        cxx = stats.sxx - n * mx[:, :, None] * mx[:, None, :]
         if scale:
-            std = torch.sqrt(torch.clamp(torch.diagonal(cxx) / stats.n, min=1e-12))  # as StandardScaler
+            std = torch.sqrt(torch.clamp(torch.diagonal(cxx, dim1=1, dim2=2) / n, min=1e-12))  # as StandardScaler
         else:
             std = torch.ones_like(self.x_mean)
-        self.inv_std = 1.0 / std
-        cxx = cxx * torch.outer(self.inv_std, self.inv_std)
+        self.inv_std = 1.0 / std  # [S, d]
+        cxx = cxx * self.inv_std[:, :, None] * self.inv_std[:, None, :]
         self.eigvals, self.eigvecs = torch.linalg.eigh(cxx)
         self.eigvals = torch.clamp(self.eigvals, min=0.0)
-        # G = Q^T Xc^T Yc: the only product with the targets; shared by every alpha. Its size
-        # (hidden x all target dims) makes these products the cost of a solve; float32 is enough
-        # here because the data are centred and 1 / (eigenvalue + alpha) <= 1 / alpha.
         self.product_dtype = product_dtype
         self.q = self.eigvecs.to(product_dtype)
-        self.g = self.q.T @ (cxy * self.inv_std[:, None]).to(product_dtype)
+        c = stats.sxy.clone() if keep_stats else stats.sxy
+        c = c.to(product_dtype)  # no copy when the dtypes agree
+        for s in range(stats.n_sources):  # around the data's own means: a rank-one update in place
+            c[s].addr_(mx[s].to(product_dtype), stats.sy.to(product_dtype), alpha=-1.0)  # n mx my^T = mx sy^T
+            if scale:
+                c[s] *= self.inv_std[s, :, None].to(product_dtype)
+        self.c = c
 
-    def predict(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        """``x @ W + b`` for ``alpha`` without forming ``W``: with few rows (validation batches
-        over an alpha grid) ``(x Q) D G`` costs a fraction of ``Q D G``."""
-        z = ((x.double() - self.x_mean) * self.inv_std) @ self.eigvecs
-        z = z / (self.eigvals + alpha)
-        return (z.to(self.product_dtype) @ self.g).double() + self.y_mean
+    @property
+    def n_sources(self) -> int:
+        return self.c.shape[0]
 
-    def weights(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W, b)`` with ``y ~ x @ W + b``; the bias is not regularised."""
-        w = (self.q @ (self.g / (self.eigvals + alpha).to(self.product_dtype)[:, None])).double()
-        w = w * self.inv_std[:, None]
-        b = self.y_mean - self.x_mean @ w
+    def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
+        """``(x - mean) / std @ Q``: the rows in the eigenbasis."""
+        return ((x.double() - self.x_mean[source]) * self.inv_std[source]).to(self.product_dtype) @ self.q[source]
+
+    def predict_centred(self, x: torch.Tensor, alpha, source: int = 0, z: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W + b - y_mean`` (``[b, K]`` in ``product_dtype``) for rows ``x`` ``[b, d]`` of one
+        source, with ``alpha`` a scalar or one value per target layer. ``z`` re-uses the rotated rows
+        of an earlier call (an alpha grid)."""
+        z = self.rotated(x, source) if z is None else z
+        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
+        shrunk = lambda value: ((z / (self.eigvals[source] + value).to(self.product_dtype)) @ self.q[source].T)  # noqa: E731
+        if a.numel() == 1 or bool((a == a[0]).all()):
+            return shrunk(a[0]) @ self.c[source]
+        # One alpha per target layer: one product per distinct alpha, over its target layers' columns.
+        k = self.c.shape[2] // a.numel()
+        out = torch.empty(x.shape[0], self.c.shape[2], dtype=self.product_dtype, device=x.device)
+        for value in torch.unique(a):
+            cols = torch.cat([torch.arange(t * k, (t + 1) * k) for t in torch.nonzero(a == value).flatten().tolist()]).to(x.device)
+            out[:, cols] = shrunk(value) @ self.c[source][:, cols]
+        return out
+
+    def predict(self, x: torch.Tensor, alpha, source: int = 0) -> torch.Tensor:
+        """``x @ W + b`` (float64 ``[b, K]``)."""
+        return self.predict_centred(x, alpha, source).double() + self.y_mean
+
+    def weights(self, alpha, source: int = 0, columns: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W, b)`` with ``y ~ x @ W + b`` for the output ``columns``; the bias is not regularised."""
+        q = self.eigvecs[source]
+        shrink = 1.0 / (self.eigvals[source] + float(alpha))
+        w = (q * shrink) @ (q.T @ self.c[source][:, columns].double()) * self.inv_std[source][:, None]
+        b = self.y_mean[columns] - self.x_mean[source] @ w
         return w, b
 
 

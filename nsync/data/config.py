@@ -1,0 +1,58 @@
+"""``DataConfig``: which pairs of a cache a fit uses and how they are split (the ``data.*`` keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from nsync.cache.layout import CONDITIONS
+from nsync.data.pairs import CONTROLS, DIRECTIONS
+from nsync.data.splits import SPLITS
+from nsync.errors import NsyncError
+
+
+@dataclass
+class DataConfig:
+    """Which pairs, which split.
+
+    >>> DataConfig(cache="runs/quickstart/cache", split="persona").split_seeds
+    [0, 1, 2]
+    """
+
+    cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync.simulate or import-reference)"})
+    source_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the source (default: the cache's only model)"})
+    target_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the target (default: the cache's only model)"})
+    directions: list[str] = field(default_factory=lambda: list(DIRECTIONS), metadata={"help": "A->B (source = agent who spoke first), B->A"})
+    lag: int = field(default=1, metadata={"help": "target utterance t + lag (1: the partner's next utterance)"})
+    condition: str = field(default="interactive", metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"})
+    target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
+    control: str = field(default="partner", metadata={"help": f"where targets come from: one of {CONTROLS} (see nsync.data.pairs)"})
+    split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
+    split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one split per seed; results are mean and std over them"})
+    test_size: float = field(default=0.2, metadata={"help": "share of groups held out for testing"})
+    val_size: float = field(default=0.1, metadata={"help": "share of training groups used for validation when something is chosen on it (an alpha grid, MLP early stopping); a single alpha fits on the whole training side"})
+    max_pairs: Optional[int] = field(default=None, metadata={"help": "pair budget per direction, whole episodes kept (the paper: 6500)"})
+    source_layers: list[int] = field(default_factory=list, metadata={"help": "source layers (empty: all, 0 = embeddings)"})
+    source_layer_step: int = field(default=1, metadata={"help": "with source_layers empty: every k-th layer from 0 (quicker looks on a CPU)"})
+    target_layers: list[int] = field(default_factory=list, metadata={"help": "target layers (empty: all)"})
+    batch_size: int = field(default=2048, metadata={"help": "rows per batch"})
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise NsyncError(f"data.split must be one of {SPLITS}, got '{self.split}'")
+        bad = [d for d in self.directions if d not in DIRECTIONS]
+        if bad or not self.directions:
+            raise NsyncError(f"data.directions must list some of {DIRECTIONS}, got {self.directions}")
+        for key in ("condition", "target_condition"):
+            if getattr(self, key) not in CONDITIONS:
+                raise NsyncError(f"data.{key} must be one of {CONDITIONS}, got '{getattr(self, key)}'")
+        if self.control not in CONTROLS:
+            raise NsyncError(f"data.control must be one of {CONTROLS}, got '{self.control}'")
+        if self.source_layer_step < 1:
+            raise NsyncError(f"data.source_layer_step must be at least 1, got {self.source_layer_step}")
+        if not self.split_seeds:
+            raise NsyncError("data.split_seeds must list at least one seed")
+        if self.batch_size < 1:
+            raise NsyncError(f"data.batch_size must be at least 1, got {self.batch_size}")

@@ -1,0 +1,43 @@
+"""``python -m nsync.fit --config configs/fit/paper.yaml [key=value ...]``
+
+Fits synchrony probes (affine ridge or MLP) from every source layer to every target layer of an
+activation cache and writes ``results.json``, plots, weights and a W&B run. ``--help`` lists
+every config key.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from nsync.config import load_config
+from nsync.errors import run_cli
+from nsync.fit.config import FitConfig, resolve_out
+from nsync.fit.loop import run_fit
+
+
+def main(argv: Sequence[str]) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    cfg = load_config(FitConfig, argv, prog="nsync.fit")
+    result = run_fit(cfg)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    ci = result.sync_r2_ci95
+    ci_text = f", 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+    print(f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, control {cfg.data.control}, "
+          f"{len(cfg.data.split_seeds)} split seeds, {result.seconds:.1f} s)")
+    for direction, d in result.directions.items():
+        best = int(np.nanargmax(np.array(d.best_r2_by_source_layer, dtype=float)))
+        target = result.target_layers.index(d.best_target_layer[best])
+        print(f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {d.sync_r2_unclipped:.4f}, "
+              f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} "
+              f"(R² {d.best_r2_by_source_layer[best]:.4f}), n_train {d.n_train[0]}, n_test {d.n_test[0]}")
+    print(f"wrote {resolve_out(cfg)}/results.json, plots and weights")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,92 @@
+"""``FitConfig``: every key of ``python -m nsync.fit`` (``--help`` prints them)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from nsync.config import to_dict
+from nsync.data.config import DataConfig
+from nsync.errors import NsyncError
+from nsync.probes.affine import ALPHA_CHOICES
+
+PROBES = ("affine", "mlp")
+
+
+@dataclass
+class AffineConfig:
+    alphas: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "ridge alpha (the paper: 0.1); several: chosen on validation data"})
+    alpha_per: str = field(default="cell", metadata={"help": "with several alphas: one per (source, target layer) cell, or one per source layer"})
+    scale: bool = field(default=False, metadata={"help": "standardise inputs by their training std before the ridge"})
+    matmul_dtype: str = field(default="float32", metadata={"help": "batch products of centred data in float32 (sums always float64) or float64"})
+
+
+@dataclass
+class MLPConfig:
+    hidden: int = field(default=256, metadata={"help": "hidden width"})
+    depth: int = field(default=1, metadata={"help": "hidden layers"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout after each hidden layer"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    max_epochs: int = field(default=200, metadata={"help": "most training epochs"})
+    patience: int = field(default=10, metadata={"help": "early stopping patience on val/r2 (epochs)"})
+    batch_size: int = field(default=256, metadata={"help": "rows per training batch"})
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = field(default="wandb", metadata={"help": "wandb or none"})
+    project: str = field(default="nsync", metadata={"help": "W&B project"})
+    mode: str = field(default="auto", metadata={"help": "auto (online only with WANDB_API_KEY set), offline or online"})
+
+
+@dataclass
+class FitConfig:
+    """Fit synchrony probes on an activation cache."""
+
+    out: str = field(default=MISSING, metadata={"help": "run folder for results.json, plots, weights and the W&B run"})
+    probe: str = field(default="affine", metadata={"help": f"one of {PROBES}"})
+    data: DataConfig = field(default_factory=DataConfig)
+    affine: AffineConfig = field(default_factory=AffineConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over episodes for SyncR²'s 95% interval (0: none)"})
+    accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator: cpu, gpu or auto"})
+    devices: int = field(default=1, metadata={"help": "devices (DDP when more than one; the affine fit is exact under DDP)"})
+    memory_gb: float = field(default=4.0, metadata={"help": "memory for one chunk of source layers fitted together (sums, solutions, per-episode sums); the data come on top"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the results of an earlier run in the same out folder"})
+    save_weights: bool = field(default=True, metadata={"help": "save each source layer's best-target weights of the first split seed"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.probe not in PROBES:
+            raise NsyncError(f"probe must be one of {PROBES}, got '{self.probe}'")
+        if self.affine.alpha_per not in ALPHA_CHOICES:
+            raise NsyncError(f"affine.alpha_per must be one of {ALPHA_CHOICES}, got '{self.affine.alpha_per}'")
+        if not self.affine.alphas or any(a < 0 for a in self.affine.alphas):
+            raise NsyncError(f"affine.alphas must list non-negative values, got {self.affine.alphas}")
+        if self.affine.matmul_dtype not in ("float32", "float64"):
+            raise NsyncError(f"affine.matmul_dtype must be float32 or float64, got '{self.affine.matmul_dtype}'")
+        if self.memory_gb <= 0:
+            raise NsyncError(f"memory_gb must be positive, got {self.memory_gb}")
+        if self.logger.kind not in ("wandb", "none") or self.logger.mode not in ("auto", "offline", "online"):
+            raise NsyncError("logger.kind must be wandb or none, logger.mode auto, offline or online")
+
+    @property
+    def needs_validation(self) -> bool:
+        """Something is chosen on validation data: an alpha grid, or the MLP's early stopping."""
+        return self.probe == "mlp" or len(self.affine.alphas) > 1
+
+
+def resolve_out(cfg: FitConfig) -> str:
+    """``out`` with ``{hash}`` replaced by a short hash of the rest of the config (sweeps use it
+    to give every grid point its own folder)."""
+    if "{hash}" not in cfg.out:
+        return cfg.out
+    d = to_dict(cfg)
+    d.pop("out")
+    return cfg.out.replace("{hash}", hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10])

@@ -1,0 +1,288 @@
+"""What ``python -m nsync.fit`` does, in four steps: plan the (split seed, direction) fits, fit
+one direction (source layers in chunks, one Trainer per chunk), aggregate over split seeds and
+directions into a :class:`~nsync.fit.results.FitResult`, and write the run folder."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.utilities import rank_zero_only
+
+from nsync.data import SynchronyDataModule
+from nsync.data.pairs import NoPairsError
+from nsync.errors import NsyncError
+from nsync.fit import bootstrap as boot
+from nsync.fit.config import FitConfig, resolve_out
+from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, nan_to_none, summarise_direction
+from nsync.probes import AffineProbe, MLPProbe
+from nsync.probes.affine import SumsDDPStrategy
+
+log = logging.getLogger("nsync.fit")
+# One Trainer per chunk of source layers: keep Lightning's per-Trainer banners and the
+# closed-form probe's "no optimizer" notice out of the output.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*Total length of .DataLoader. across ranks is zero.*")  # no validation part
+
+
+@dataclass
+class DirectionFit:
+    """What one (split seed, direction) gave."""
+
+    seed: int
+    direction: str
+    dm: SynchronyDataModule
+    r2: np.ndarray  # [source layers, target layers]
+    r2_weighted: np.ndarray
+    alpha: np.ndarray | None  # chosen alphas (affine)
+    replicates: np.ndarray | None  # [n_boot] SyncR² replicates
+    episodes: list[dict] = field(default_factory=list)  # per test episode SyncR²
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def plan(cfg: FitConfig) -> list[tuple[int, str]]:
+    """The (split seed, direction) fits of a run, in order."""
+    return [(seed, direction) for seed in cfg.data.split_seeds for direction in cfg.data.directions]
+
+
+def source_chunks(cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
+    """Positions of the source axis fitted together: the MLP one layer at a time; the affine probe
+    as many as ``memory_gb`` holds (per source: float64 X^T Y, its float32 batch product and the
+    float32 solution, a second X^T Y for the validation part with an alpha grid, and per-episode
+    squared errors)."""
+    n = len(dm.source_layers)
+    if cfg.probe != "affine":
+        return [[i] for i in range(n)]
+    outputs = len(dm.target_layers) * dm.d_out
+    per_source = dm.d_in * outputs * (24 if cfg.needs_validation else 16) + 8 * outputs * (dm.n_test_episodes + len(cfg.affine.alphas))
+    size = max(1, min(n, int(cfg.memory_gb * 2**30 // per_source)))
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def _trainer(cfg: FitConfig, logger, max_epochs: int, callbacks: list | None = None) -> L.Trainer:
+    # The affine probe has no gradients to synchronise: DDP's processes without its model wrapper.
+    strategy = SumsDDPStrategy() if cfg.devices > 1 and cfg.probe == "affine" else "auto"
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=strategy,
+        logger=logger if logger is not None else False,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the DataModule shards rows itself, without padding (exact sums)
+        callbacks=callbacks or [],
+    )
+
+
+def fit_chunk(cfg: FitConfig, dm: SynchronyDataModule, logger=None, log_prefix: str = ""):
+    """Fit and test one probe from the source layers ``dm`` serves to every target layer."""
+    sources = dm.sources
+    if cfg.probe == "affine":
+        a = cfg.affine
+        probe = AffineProbe(
+            dm.d_in, dm.d_out, len(dm.target_layers), alphas=a.alphas, scale=a.scale, x_shift=dm.x_mean[sources], y_shift=dm.y_mean,
+            matmul_dtype=a.matmul_dtype, n_sources=len(sources), alpha_per=a.alpha_per, log_prefix=log_prefix,
+        )
+        trainer = _trainer(cfg, logger, max_epochs=1)
+        trainer.fit(probe, datamodule=dm)
+    else:
+        m, (s,) = cfg.mlp, sources
+        probe = MLPProbe(
+            dm.d_in, dm.d_out, len(dm.target_layers), hidden=m.hidden, depth=m.depth, dropout=m.dropout, lr=m.lr,
+            weight_decay=m.weight_decay, x_mean=dm.x_mean[s], x_std=dm.x_std[s], y_mean=dm.y_mean, y_std=dm.y_std, log_prefix=log_prefix,
+        )
+        best = BestWeights(f"{log_prefix}val/r2")
+        stop = EarlyStopping(monitor=f"{log_prefix}val/r2", mode="max", patience=m.patience)
+        trainer = _trainer(cfg, logger, max_epochs=m.max_epochs, callbacks=[stop, best])
+        dm = _with_batch_size(dm, m.batch_size)
+        trainer.fit(probe, datamodule=dm)
+        best.restore(probe)
+    trainer.test(probe, datamodule=dm, verbose=False)
+    return probe
+
+
+def _with_batch_size(dm: SynchronyDataModule, batch_size: int) -> SynchronyDataModule:
+    view = copy.copy(dm)
+    view.config = replace(dm.config, batch_size=batch_size)
+    return view
+
+
+class BestWeights(Callback):
+    """Keeps the weights of the epoch with the best validation R² in memory (no checkpoint files)."""
+
+    def __init__(self, monitor: str = "val/r2") -> None:
+        self.monitor, self.best, self.state = monitor, -float("inf"), None
+
+    def on_validation_end(self, trainer, module) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is not None and float(score) > self.best:
+            self.best = float(score)
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def restore(self, module) -> None:
+        if self.state is not None:
+            module.load_state_dict(self.state)
+
+
+def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None) -> DirectionFit:
+    """Every source layer of one (split seed, direction), chunk by chunk; raises NoPairsError."""
+    dm = SynchronyDataModule(cfg.data, direction, seed, validation=cfg.needs_validation)
+    dm.setup()
+    n_src, n_tgt = len(dm.source_layers), len(dm.target_layers)
+    if bar is not None and bar.total is None:
+        bar.total = len(plan(cfg)) * n_src
+        bar.refresh()
+    r2, r2w, alpha = np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan)
+    draws = boot.EpisodeBootstrap(cfg.bootstrap).weights(dm.test_episodes) if cfg.bootstrap else None
+    replicates, per_episode, weights, replicate_r2 = [], [], {}, None
+    key = direction.replace("->", "_to_")
+    for chunk in source_chunks(cfg, dm):
+        prefix = f"{key}/seed_{seed}/" + (f"{dm.source_layer_names[chunk[0]]}/" if cfg.probe == "mlp" else "")
+        probe = fit_chunk(cfg, dm.for_sources(chunk), logger, prefix)
+        res = probe.results
+        r2[chunk] = res["test_r2"].reshape(len(chunk), n_tgt).numpy()
+        r2w[chunk] = res["test_r2_weighted"].reshape(len(chunk), n_tgt).numpy()
+        if "alpha" in res:
+            alpha[chunk] = res["alpha"].numpy()
+        sums = res["episode_sums"]
+        if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
+            replicate_r2 = boot.ReplicateR2(sums, draws)
+        for i, s in enumerate(chunk):
+            one = {"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": sums["sse"][:, i]}
+            ranked = np.argsort(-np.where(np.isfinite(r2[s]), r2[s], -np.inf), kind="stable")
+            if replicate_r2 is not None:
+                replicates.append(replicate_r2(one["sse"], sorted(ranked[: boot.BOOTSTRAP_TARGETS].tolist())))
+            best = int(ranked[0])
+            per_episode.append(np.clip(boot.episode_r2(one, [best])[:, 0], 0, None))
+            if cfg.save_weights and cfg.probe == "affine" and seed == cfg.data.split_seeds[0] and np.isfinite(r2[s, best]):
+                w, b = probe.weights(i, best)
+                name = f"{direction}/source_{dm.source_layers[s]}/target_{dm.target_layers[best]}"
+                weights[name + "/weight"], weights[name + "/bias"] = w.float().contiguous(), b.float().contiguous()
+        if bar is not None:
+            bar.update(len(chunk))
+        # Trainer and probe reference each other: free this chunk's sums and solution now instead of
+        # whenever the cyclic GC gets to them (big tensors do not count towards its thresholds).
+        del probe, res, sums
+        gc.collect()
+    counts = dm.pairs.iloc[dm.index["test"]].groupby("episode_id").size()
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+        episode_sync = np.nanmean(np.stack(per_episode), axis=0)
+    episodes = [{"split_seed": seed, "direction": direction, "episode_id": e, "n_pairs": int(counts[e]), "sync_r2": float(v)}
+                for e, v in zip(dm.test_episodes, episode_sync)]
+    return DirectionFit(seed, direction, dm, r2, r2w, alpha if cfg.probe == "affine" else None,
+                        boot.replicate_sync_r2(replicates) if replicates else None, episodes, weights)
+
+
+def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float) -> tuple[FitResult, np.ndarray | None]:
+    """The run's result (and its SyncR² bootstrap replicates) from every direction's fits."""
+    from nsync.config import to_dict
+
+    dm = fits[-1].dm  # every fit of a run has the same models and layers
+    directions, splits = {}, {}
+    for direction in cfg.data.directions:
+        mine = [f for f in fits if f.direction == direction]
+        if not mine:
+            continue
+        directions[direction] = summarise_direction(
+            [f.r2 for f in mine], [f.r2_weighted for f in mine], None if mine[0].alpha is None else [f.alpha for f in mine],
+            [f.dm.n("train") for f in mine], [f.dm.n("test") for f in mine], dm.source_layers, dm.target_layers,
+        )
+    for f in fits:
+        splits.setdefault(str(f.seed), {})[f.direction] = f.dm.split.ids(f.dm.pairs)
+    # Mean over directions, then over split seeds; the bootstrap replicates the same way.
+    seeds_sync = np.mean([d.sync_r2_per_seed for d in directions.values()], axis=0)
+    replicates = None
+    if all(f.replicates is not None for f in fits):
+        per_seed = [np.mean([f.replicates for f in fits if f.seed == s], axis=0) for s in cfg.data.split_seeds if any(f.seed == s for f in fits)]
+        replicates = np.mean(per_seed, axis=0)
+    result = FitResult(
+        schema_version=SCHEMA_VERSION,
+        probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, target_condition=dm.target_condition,
+        control=cfg.data.control, models={"source": dm.source_model, "target": dm.target_model},
+        source_layers=dm.source_layers, target_layers=dm.target_layers,
+        source_layer_names=dm.source_layer_names, target_layer_names=dm.target_layer_names,
+        directions=directions, skipped_directions=skipped,
+        sync_r2=float(np.mean(seeds_sync)), sync_r2_std=float(np.std(seeds_sync)),
+        sync_r2_unclipped=nan_to_none(float(np.mean([d.sync_r2_unclipped for d in directions.values() if d.sync_r2_unclipped is not None] or [np.nan]))),
+        sync_r2_ci95=boot.interval(replicates) if replicates is not None else None,
+        bootstrap=BootstrapInfo(replicates=cfg.bootstrap) if replicates is not None else None,
+        splits=splits, config=to_dict(cfg), seconds=seconds,
+    )
+    return result, replicates
+
+
+def write(result: FitResult, fits: list[DirectionFit], replicates: np.ndarray | None, out: Path, cfg: FitConfig) -> list[Path]:
+    """The run folder: weights, bootstrap replicates, per-episode SyncR², config, plots, and
+    ``results.json`` last (its presence means the run is complete). Returns the plots."""
+    import pandas as pd
+    from safetensors.torch import save_file
+
+    from nsync.config import to_yaml
+    from nsync.fit.plots import plot_results
+
+    weights = {k: v for f in fits for k, v in f.weights.items()}
+    if weights:
+        save_file(weights, str(out / "weights.safetensors"))
+    if replicates is not None:
+        np.save(out / "bootstrap.npy", replicates)
+    pd.DataFrame([row for f in fits for row in f.episodes]).to_csv(out / "episode_sync.csv", index=False)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    plots = plot_results(result, out)
+    result.save(out)
+    return plots
+
+
+def _model_pair(cfg: FitConfig) -> str:
+    from nsync.cache import ActivationCache
+
+    models = ActivationCache.open(cfg.data.cache).simulated_models
+    source = cfg.data.source_model or (models[0] if models else "?")
+    return f"{source}__{cfg.data.target_model or source}"
+
+
+def run_fit(cfg: FitConfig) -> FitResult:
+    """Fit every (split seed, direction, source layer) and write the run folder; return the result."""
+    from tqdm.auto import tqdm
+
+    from nsync.fit.tracking import log_result, make_logger
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = Path(resolve_out(cfg))
+    if (out / "results.json").exists() and not cfg.overwrite:
+        raise NsyncError(f"{out} already holds results.json; choose another out folder or set overwrite=true")
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    logger = make_logger(cfg, out, _model_pair(cfg))
+    fits, skipped = [], {}
+    bar = tqdm(total=None, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress or rank_zero_only.rank != 0)
+    for seed, direction in plan(cfg):
+        try:
+            fits.append(fit_direction(cfg, seed, direction, logger, bar))
+        except NoPairsError as err:  # e.g. B->A at lag 5 in 6-utterance runs: the other direction still counts
+            skipped[direction] = str(err)
+            log.warning("skipping %s: %s", direction, err)
+    bar.close()
+    if not fits:
+        raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")
+    result, replicates = aggregate(cfg, fits, skipped, time.perf_counter() - start)
+    if rank_zero_only.rank == 0:  # under DDP only rank 0 writes
+        plots = write(result, fits, replicates, out, cfg)
+        if logger is not None:
+            log_result(logger, result, plots)
+    return result

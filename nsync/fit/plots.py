@@ -1,0 +1,73 @@
+"""The plots of a fit run: best-target R² by source layer, and one heatmap per direction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nsync.fit.results import FitResult
+
+#: Heatmaps clip R² below this floor (stated on the colour bar): one cell at -7 would otherwise
+#: set the scale and hide everything between 0 and 0.5.
+HEATMAP_FLOOR = -0.1
+
+
+def _ticks(ax, axis: str, names: list[str], max_ticks: int = 16) -> None:
+    """Label an axis with layer names, at most ``max_ticks`` of them."""
+    step = max(1, int(np.ceil(len(names) / max_ticks)))
+    positions = list(range(0, len(names), step))
+    labels = [names[i] for i in positions]
+    if axis == "x":
+        ax.set_xticks(positions, labels, rotation=60, ha="right", fontsize=7)
+    else:
+        ax.set_yticks(positions, labels, fontsize=7)
+
+
+def plot_results(result: FitResult, out: Path) -> list[Path]:
+    """``r2_by_layer.png`` and ``heatmap_<direction>.png``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    src_names, tgt_names = result.source_layer_names, result.target_layer_names
+    x = np.arange(len(src_names))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for direction, d in result.directions.items():
+        mean = d.r2_matrix
+        std = np.array(d.r2_std, dtype=float)
+        best = np.where(np.isfinite(mean), mean, -np.inf).argmax(1)
+        y = mean[x, best]
+        e = std[x, best]
+        ax.plot(x, y, marker="o", ms=3, label=f"{direction} (SyncR² {d.sync_r2:.3f})")
+        ax.fill_between(x, y - e, y + e, alpha=0.2)
+    ax.axhline(0, color="grey", lw=0.5)
+    _ticks(ax, "x", src_names)
+    ax.set_xlabel("source layer")
+    ax.set_ylabel("best-target test R²")
+    ax.set_title(f"{result.models['source']} -> {result.models['target']}: {result.probe} probe, {result.split} split", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "r2_by_layer.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    for direction, d in result.directions.items():
+        r2 = d.r2_matrix
+        finite = r2[np.isfinite(r2)]
+        top = max(float(finite.max()) if finite.size else 0.0, 0.05)
+        fig, ax = plt.subplots(figsize=(6, 5))
+        im = ax.imshow(np.clip(r2, HEATMAP_FLOOR, None), origin="lower", aspect="auto", cmap="viridis", vmin=HEATMAP_FLOOR, vmax=top,
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, extend="min", label=f"test R² (values below {HEATMAP_FLOOR} shown as {HEATMAP_FLOOR}; blank: undefined)")
+        _ticks(ax, "x", tgt_names)
+        _ticks(ax, "y", src_names)
+        ax.set_xlabel("target layer")
+        ax.set_ylabel("source layer")
+        ax.set_title(f"{direction}: test R² (mean over split seeds)", fontsize=9)
+        fig.tight_layout()
+        paths.append(out / ("heatmap_" + direction.replace("->", "_to_") + ".png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,167 @@
+"""SyncR² and ``FitResult``: the typed, versioned content of a fit run's ``results.json``.
+
+:class:`FitResult` is the only code that writes and reads ``results.json``; the controls,
+analysis and report stages read a run with :meth:`FitResult.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from nsync.errors import NsyncError
+
+#: Bumped whenever a field changes meaning or disappears; :meth:`FitResult.load` refuses others.
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+Matrix = list[list[Optional[float]]]  # [source layer][target layer]; null where R² is undefined
+
+def sync_r2(r2: np.ndarray, clip: bool = True) -> float:
+    """The paper's SyncR² of one direction: per source layer the best target layer's test R²,
+    negatives clipped to 0 (unless ``clip=False``), averaged over source layers.
+
+    >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]))
+    0.25
+    >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]), clip=False)
+    0.2
+    """
+    best = row_max(r2)
+    if clip:
+        best = np.clip(best, 0.0, None)
+    return float(np.nanmean(best))
+
+def row_max(r2: np.ndarray) -> np.ndarray:
+    """Best value per row, ignoring NaN (targets with no variance); NaN for an all-NaN row."""
+    out = np.full(r2.shape[0], np.nan)
+    for i, row in enumerate(r2):
+        if np.isfinite(row).any():
+            out[i] = np.nanmax(row)
+    return out
+
+def nan_to_none(x):
+    """Lists of floats with NaN as None (JSON has no NaN)."""
+    if isinstance(x, list):
+        return [nan_to_none(v) for v in x]
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[int]) -> float | None:
+    """Mean R² of the pairs whose source and target layer have the same index (the diagonal)."""
+    common = [(source_layers.index(l), target_layers.index(l)) for l in source_layers if l in target_layers]
+    if not common:
+        return None
+    values = np.array([r2[i, j] for i, j in common], dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+class DirectionResult(BaseModel):
+    """One direction (``A->B`` or ``B->A``), over split seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r2: Matrix = Field(description="test R² per (source, target layer), mean over split seeds")
+    r2_std: Matrix = Field(description="its standard deviation over split seeds")
+    r2_variance_weighted: Matrix = Field(description="variance-weighted test R², mean over split seeds")
+    alpha: Optional[list[Matrix]] = Field(None, description="chosen ridge alpha per split seed and cell (affine probe)")
+    sync_r2: float = Field(description="SyncR²: best target per source layer, clipped at 0, mean over source layers; mean over split seeds")
+    sync_r2_std: float
+    sync_r2_per_seed: list[float]
+    sync_r2_unclipped: Optional[float] = None
+    same_layer_r2: Optional[float] = None
+    best_target_layer: list[int] = Field(description="per source layer: the target layer with the best mean R²")
+    best_r2_by_source_layer: list[Optional[float]]
+    n_train: list[int] = Field(description="training pairs per split seed")
+    n_test: list[int] = Field(description="test pairs per split seed")
+
+    @property
+    def r2_matrix(self) -> np.ndarray:
+        return np.array(self.r2, dtype=float)
+
+class BootstrapInfo(BaseModel):
+    replicates: int
+    unit: str = "episode"
+    file: str = "bootstrap.npy"
+
+class FitResult(BaseModel):
+    """What ``python -m nsync.fit`` measured; ``results.json`` is its JSON.
+
+    >>> result = FitResult.load("runs/quickstart/fit")      # doctest: +SKIP
+    >>> result.sync_r2, result.directions["A->B"].best_target_layer[:3]   # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    probe: str
+    split: str
+    lag: int
+    condition: str
+    target_condition: str
+    control: str
+    models: dict[str, str] = Field(description="{'source': model, 'target': model}")
+    source_layers: list[int]
+    target_layers: list[int]
+    source_layer_names: list[str] = Field(description="e.g. embed, blocks.3.resid_post, or an imported tree's names")
+    target_layer_names: list[str]
+    directions: dict[str, DirectionResult]
+    skipped_directions: dict[str, str] = {}
+    sync_r2: float
+    sync_r2_std: float
+    sync_r2_unclipped: Optional[float] = None
+    sync_r2_ci95: Optional[tuple[float, float]] = None
+    bootstrap: Optional[BootstrapInfo] = None
+    splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
+    config: dict[str, Any]
+    seconds: float
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/results.json`` atomically (a reader never sees half a file)."""
+        path = Path(folder) / RESULTS_FILE
+        tmp = path.with_name(f".{RESULTS_FILE}.tmp")
+        tmp.write_text(self.model_dump_json(indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FitResult":
+        """Read a run folder's (or a file's) results; a clear error for a missing or older file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / RESULTS_FILE
+        if not path.is_file():
+            raise NsyncError(f"{path.parent} holds no {RESULTS_FILE}; run python -m nsync.fit first")
+        raw = json.loads(path.read_text())
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise NsyncError(f"{path} has results schema version {version}, this nsync reads version {SCHEMA_VERSION}; "
+                             f"re-run python -m nsync.fit with overwrite=true")
+        return cls.model_validate(raw)
+
+def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.ndarray], alphas: list[np.ndarray] | None,
+                        n_train: list[int], n_test: list[int], source_layers: list[int], target_layers: list[int]) -> DirectionResult:
+    """Mean and std over split seeds of the R² matrix and the figures derived from it."""
+    stack = np.stack(per_seed)  # [seeds, source, target]
+    mean = stack.mean(0)
+    syncs = [sync_r2(m) for m in stack]
+    unclipped = [sync_r2(m, clip=False) for m in stack]
+    same = [same_layer_r2(m, source_layers, target_layers) for m in stack]
+    filled = np.where(np.isfinite(mean), mean, -np.inf)
+    return DirectionResult(
+        r2=nan_to_none(mean.tolist()),
+        r2_std=nan_to_none(stack.std(0).tolist()),
+        r2_variance_weighted=nan_to_none(np.mean(per_seed_weighted, 0).tolist()),
+        alpha=None if alphas is None else [nan_to_none(a.tolist()) for a in alphas],
+        sync_r2=float(np.mean(syncs)),
+        sync_r2_std=float(np.std(syncs)),
+        sync_r2_per_seed=syncs,
+        sync_r2_unclipped=nan_to_none(float(np.mean(unclipped))),
+        same_layer_r2=None if any(x is None for x in same) else float(np.mean(same)),
+        best_target_layer=[target_layers[j] for j in filled.argmax(1)],
+        best_r2_by_source_layer=nan_to_none(row_max(mean).tolist()),
+        n_train=n_train,
+        n_test=n_test,
+    )

@@ -1,0 +1,54 @@
+"""W&B for a fit run: one ``WandbLogger`` made before fitting and handed to every Trainer (so the
+MLP's curves reach it), and the run's summary, R² table and plots logged at the end."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nsync.config import to_dict
+from nsync.fit.config import FitConfig
+from nsync.fit.results import FitResult
+
+
+def make_logger(cfg: FitConfig, out: Path, model_pair: str):
+    """A ``WandbLogger`` grouped by model pair, offline unless a key is set; None with ``logger.kind=none``."""
+    if cfg.logger.kind == "none":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    offline = cfg.logger.mode == "offline" or (cfg.logger.mode == "auto" and not os.environ.get("WANDB_API_KEY"))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    logger = WandbLogger(project=cfg.logger.project, group=model_pair, name=out.name, save_dir=str(out), offline=offline,
+                         job_type=cfg.probe)
+    logger.log_hyperparams(to_dict(cfg))
+    return logger
+
+
+def log_result(logger, result: FitResult, plots: list[Path]) -> None:
+    """Per-layer R² against the source layer as step, the R² matrix as a table, plots and summary."""
+    import wandb
+
+    run = logger.experiment
+    run.define_metric("source_layer")
+    run.define_metric("r2_by_source_layer/*", step_metric="source_layer")
+    for direction, d in result.directions.items():
+        key = direction.replace("->", "_to_")
+        for layer, best in zip(result.source_layers, d.best_r2_by_source_layer):
+            if best is not None:
+                run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
+        run.summary[f"sync_r2/{key}"] = d.sync_r2
+    columns = ["direction", "source_layer", "source_name", "target_layer", "target_name", "r2", "r2_std", "alpha"]
+    rows = []
+    for direction, d in result.directions.items():
+        for i, (sl, sn) in enumerate(zip(result.source_layers, result.source_layer_names)):
+            for j, (tl, tn) in enumerate(zip(result.target_layers, result.target_layer_names)):
+                alpha = d.alpha[0][i][j] if d.alpha else None
+                rows.append([direction, sl, sn, tl, tn, d.r2[i][j], d.r2_std[i][j], alpha])
+    run.log({"r2_matrix": wandb.Table(columns=columns, data=rows), **{p.stem: wandb.Image(str(p)) for p in plots}})
+    run.summary["sync_r2"] = result.sync_r2
+    run.summary["sync_r2_std"] = result.sync_r2_std
+    if result.sync_r2_ci95:
+        run.summary["sync_r2_ci95_low"], run.summary["sync_r2_ci95_high"] = result.sync_r2_ci95
+    run.summary["model_pair"] = f"{result.models['source']}__{result.models['target']}"
+    run.finish()
