@@ -28,7 +28,9 @@ def test_sotopia_prompt_shows_own_goal_and_hides_partner_goal_and_secret():
     assert f"{other.name}'s goal: Unknown" in text
     assert me.secret in text and other.secret not in text
     assert f"Turn 1: {other.name} said: Yes, it is." in text
-    assert "You are at Turn 2" in text
+    # the rule for leaving is in the intro; the speaking cue is the last line
+    assert text.index(LEAVE_MARKER) < text.index("Conversation:")
+    assert text.endswith(f"Turn 2: {me.name} said:")
 
 
 def test_stranger_sees_nothing_of_partner():
@@ -71,3 +73,15 @@ def test_clean_reply():
     assert clean_reply('  "Hi there."\nMore text', True, []) == ('"Hi there."', False)
     assert clean_reply("Goodbye! [LEAVE]", True, []) == ("Goodbye!", True)
     assert clean_reply("Sure. Turn 3: x", True, ["Turn 3"]) == ("Sure.", False)
+
+
+def test_clean_reply_drops_speaker_names_and_echoed_cues():
+    names = ("Ana Díaz", "Bo Chen")
+    assert clean_reply("Turn 2: Ana Díaz said: Fine, 150 it is.", True, [], names) == ("Fine, 150 it is.", False)
+    assert clean_reply("Ana Díaz: Fine.", True, [], names) == ("Fine.", False)
+    assert clean_reply("(Bo Chen) Deal. [leave]", True, [], names) == ("Deal.", True)
+    assert clean_reply("Bo Chen said: Turn 3: ok", True, [], names) == ("ok", False)
+    assert clean_reply("Analysis: Ana Díaz is right.", True, [], names) == ("Analysis: Ana Díaz is right.", False)
+    from nsync.simulation.prompts import ECHO
+
+    assert ECHO.search("Sure. You are at Turn 4, so") and not ECHO.search("I'll turn 40 next year")

@@ -189,3 +189,48 @@ def test_torchrun_two_cpu_ranks_match_a_single_process(tmp_path):
     single = ActivationCache.open(_run(tmp_path / "single")[0])
     pd.testing.assert_frame_equal(_texts(dist), _texts(single))
     np.testing.assert_allclose(_layer(dist, 2), _layer(single, 2), atol=2e-3)
+
+
+def _scripted(monkeypatch, first: str, again: str):
+    """Every reply's first sample is ``first``, every re-sample ``again`` (the real model runs:
+    prompts, prefix re-use and captured states are real; only the sampled tokens are replaced)."""
+    from nsync.simulation.generation import Generator
+
+    real = Generator.generate
+
+    def generate(self, prompts, generators, capture=True, generated_mean=False, keys=None):
+        out = real(self, prompts, generators, capture, generated_mean, keys)
+        text = first if capture else again  # re-samples do not capture: the prompt's states are already known
+        out.tokens = [self.lm.tokenizer.encode(text, add_special_tokens=False) for _ in prompts]
+        return out
+
+    monkeypatch.setattr(Generator, "generate", generate)
+
+
+def test_an_agent_cannot_leave_before_the_minimum(tmp_path, monkeypatch):
+    """A model that answers the leave marker first: re-sampled until both agents have spoken, then
+    its leave ends the episode."""
+    _scripted(monkeypatch, first="[leave]", again="Hello there.")
+    out, stats = _run(tmp_path / "c", "max_turns=6", "min_utterances=2")
+    t = _texts(ActivationCache.open(out))
+    turns = ActivationCache.open(out).turns
+    inter = turns[turns.condition == "interactive"].sort_values(["run_id", "utterance"])
+    for _, run in inter.groupby("run_id"):
+        assert run["utterance"].tolist() == [0, 1, 2]  # continued past the minimum, then left
+        assert run["text"].tolist()[:2] == ["Hello there.", "Hello there."] and run["resampled"].tolist() == [1, 1, 0]
+        assert run["left"].tolist() == [False, False, True]
+    assert stats.resampled == 2 * stats.runs and len(t) == 3 * stats.runs
+    summary = ActivationCache.open(out).summary()
+    assert "episodes by length (utterances: runs): 3: 6" in summary and "leaves by utterance index: 2: 6" in summary
+    assert "100% of episodes end before their fourth utterance" in summary
+
+
+def test_a_reply_still_empty_after_resampling_is_recorded_and_flagged(tmp_path, monkeypatch):
+    _scripted(monkeypatch, first="[leave]", again="[leave]")
+    out, stats = _run(tmp_path / "c", "max_turns=3", "min_utterances=2", "max_resamples=2", "scenarios.limit=2")
+    turns = ActivationCache.open(out).turns
+    inter = turns[turns.condition == "interactive"].sort_values(["run_id", "utterance"])
+    first = inter[inter.utterance < 2]
+    assert (first["flag"] == "empty,early_leave").all() and (first["resampled"] == 2).all() and not first["left"].any()
+    assert inter[inter.utterance == 2]["left"].all()
+    assert stats.resampled == 2 * 2 * stats.runs

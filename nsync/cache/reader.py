@@ -110,12 +110,65 @@ class ActivationCache:
         for model in self.models:
             info = self.model_info(model)
             counts = t[t["model"] == model].groupby("condition").size().to_dict()
+            ran_in = f", ran in {info['dtype']}" if info.get("dtype") else ""
             lines.append(
                 f"  {model}: {len(info['layer_names'])} layers x hidden {info['hidden_size']} "
-                f"(source {info['source']}); rows {counts}"
+                f"(source {info['source']}{ran_in}); rows {counts}"
             )
         inter = t[t["condition"] == "interactive"]
         if len(inter):
             per_run = inter.groupby("run_id").size()
             lines.append(f"  utterances per run: mean {per_run.mean():.1f}, min {per_run.min()}, max {per_run.max()}")
+            q = self.quality()
+            lines.append(f"  episodes by length (utterances: runs): {_counts(q['runs_by_length'])}")
+            lines.append(f"  leaves by utterance index: {_counts(q['leaves_by_utterance']) or 'none'}")
+            if q["flags_recorded"]:
+                lines.append(f"  replies: {q['empty']} empty, {q['resampled']} re-sampled, {q['echo']} still echo the prompt, "
+                             f"{q['early_leave']} early leaves ignored")
+            pairs = ", ".join(f"{d} {n}" for d, n in q["pairs_lag1"].items())
+            lines.append(f"  pairs at lag 1 per direction: {pairs}")
+            lines += [f"  warning: {w}" for w in q["warnings"]]
         return "\n".join(lines)
+
+    def quality(self) -> dict:
+        """What the conversations are worth for synchrony: episode lengths, when agents left,
+        flagged replies, the pairs each direction has at lag 1, and warnings.
+
+        ``warnings`` says when more than 20% of episodes end before their fourth utterance, and when
+        a direction has fewer pairs than twice the hidden size (too few for a synchrony estimate).
+        """
+        t = self.turns
+        inter = t[t["condition"] == "interactive"]
+        lengths = inter.groupby("run_id").size()
+        flags = inter["flag"].fillna("").astype(str) if "flag" in inter else None
+        has = lambda name: int(flags.str.contains(name).sum()) if flags is not None else 0  # noqa: E731
+        pairs = {}
+        for direction, agent in (("A->B", 0), ("B->A", 1)):
+            # a pair: an utterance of the agent and the next utterance of the same run
+            src = inter[inter["agent"] == agent][["run_id", "utterance"]]
+            nxt = inter[["run_id", "utterance"]].assign(utterance=lambda d: d["utterance"] - 1)
+            pairs[direction] = int(len(src.merge(nxt, on=["run_id", "utterance"])))
+        hidden = max((info["hidden_size"] for m, info in self.manifest["models"].items() if not info.get("derived")), default=0)
+        warnings = []
+        short = float((lengths < 4).mean()) if len(lengths) else 0.0
+        if short > 0.2:
+            warnings.append(f"{short:.0%} of episodes end before their fourth utterance")
+        few = {d: n for d, n in pairs.items() if n < 2 * hidden}
+        if few:
+            warnings.append(f"too few pairs for a synchrony estimate ({', '.join(f'{d} {n}' for d, n in few.items())}; "
+                            f"fewer than twice the hidden size {hidden}); simulate more episodes")
+        return {
+            "runs_by_length": lengths.value_counts().sort_index().to_dict(),
+            "leaves_by_utterance": inter.loc[inter["left"].astype(bool), "utterance"].value_counts().sort_index().to_dict(),
+            "flags_recorded": flags is not None,
+            "empty": has("empty"),
+            "echo": has("echo"),
+            "early_leave": has("early_leave"),
+            "resampled": int((inter["resampled"].fillna(0) > 0).sum()) if "resampled" in inter else 0,
+            "pairs_lag1": pairs,
+            "warnings": warnings,
+        }
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in d.items())

@@ -41,6 +41,7 @@ class ModelInfo:
     hidden_size: int
     layer_names: list[str] = field(default_factory=list)
     derived: dict | None = None  # states added by nsync.reread: {"kind": ...}; None for simulated models
+    dtype: str | None = None  # the precision the model ran in (e.g. bfloat16), when known
 
     def __post_init__(self) -> None:
         if not self.layer_names:

@@ -31,11 +31,15 @@ def main(argv: Sequence[str]) -> None:
     print(f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, control {cfg.data.control}, "
           f"{len(cfg.data.split_seeds)} split seeds, {result.seconds:.1f} s)")
     for direction, d in result.directions.items():
-        best = int(np.nanargmax(np.array(d.best_r2_by_source_layer, dtype=float)))
-        target = result.target_layers.index(d.best_target_layer[best])
-        print(f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {d.sync_r2_unclipped:.4f}, "
-              f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} "
-              f"(R² {d.best_r2_by_source_layer[best]:.4f}), n_train {d.n_train[0]}, n_test {d.n_test[0]}")
+        r2 = np.array(d.best_r2_by_source_layer, dtype=float)
+        unclipped = "n/a" if d.sync_r2_unclipped is None else f"{d.sync_r2_unclipped:.4f}"
+        best_text = "no source layer has an R²"
+        if np.isfinite(r2).any():
+            best = int(np.nanargmax(r2))
+            target = result.target_layers.index(d.best_target_layer[best])
+            best_text = f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} (R² {r2[best]:.4f})"
+        print(f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, "
+              f"n_train {d.n_train[0]}, n_test {d.n_test[0]}")
     print(f"wrote {resolve_out(cfg)}/results.json, plots and weights")
 
 

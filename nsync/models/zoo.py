@@ -193,11 +193,23 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16, which oneDNN uses);
+    elsewhere bfloat16 is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on GPUs that support it (else float16) and on CPUs with bfloat16
+    hardware, float32 on other CPUs."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if cpu_has_fast_bfloat16() else torch.float32
     return DTYPES[dtype]
 
 

@@ -38,11 +38,13 @@ class SimulateConfig:
     out: str = field(default=MISSING, metadata={"help": "cache folder to write (created; resumed if it holds this config)"})
     models: list[str] = field(default_factory=lambda: ["smollm2-135m"], metadata={"help": "one model (self-pair) or two: [agent A's, agent B's]"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
-    dtype: str = field(default="float32", metadata={"help": "model precision: float32, bfloat16, float16 or auto"})
+    dtype: str = field(default="auto", metadata={"help": "model precision: float32, bfloat16, float16, or auto (bfloat16 on GPUs and on CPUs with bfloat16 hardware, else float32)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom modelling code shipped with a checkpoint"})
     both_orders: bool = field(default=False, metadata={"help": "with two models, also run the swapped order (B's model speaks first)"})
     prompt_format: str = field(default="sotopia", metadata={"help": f"one of {FORMATS}; models without a chat template use transcript"})
     max_turns: int = field(default=16, metadata={"help": "most utterances per episode"})
+    min_utterances: int = field(default=2, metadata={"help": "an agent may leave only from this utterance on (2: each agent has spoken once); earlier leaves are ignored"})
+    max_resamples: int = field(default=3, metadata={"help": "before min_utterances, an empty reply (or only the leave marker) is re-sampled from the same utterance's random stream this many times, then recorded and flagged"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "sampling seeds; each episode runs once per seed"})
     scenarios: ScenarioSelection = field(default_factory=ScenarioSelection)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -60,6 +62,8 @@ class SimulateConfig:
             raise NsyncError(f"prompt_format must be one of {FORMATS}, got '{self.prompt_format}'")
         if self.max_turns < 1:
             raise NsyncError(f"max_turns must be at least 1, got {self.max_turns}")
+        if self.min_utterances < 0 or self.max_resamples < 0:
+            raise NsyncError("min_utterances and max_resamples must be at least 0")
         if not self.seeds:
             raise NsyncError("seeds must list at least one sampling seed")
         if self.episodes_in_flight < 1 or self.flush_every < 1:

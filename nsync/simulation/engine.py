@@ -22,7 +22,7 @@ from nsync.errors import NsyncError
 from nsync.models import LoadedModel
 from nsync.scenarios import Episode
 from nsync.simulation.generation import Generator
-from nsync.simulation.prompts import Utterance, clean_reply, encode, prompt_format, render
+from nsync.simulation.prompts import ECHO, Utterance, clean_reply, encode, prompt_format, render
 from nsync.simulation.config import SimulateConfig
 
 
@@ -73,17 +73,20 @@ class SimulationStats:
     utterances: int = 0
     new_tokens: int = 0
     prompt_tokens: int = 0
+    resampled: int = 0  # replies sampled again (empty or only the leave marker too early)
     seconds: float = 0.0
 
     def line(self) -> str:
         minutes = max(self.seconds, 1e-9) / 60
         return (
             f"{self.runs} episodes, {self.utterances} utterances in {self.seconds:.1f} s: "
-            f"{self.runs / minutes:.2f} episodes/min, {self.new_tokens / max(self.seconds, 1e-9):.1f} generated tokens/s"
+            f"{self.runs / minutes:.2f} episodes/min, {self.utterances / max(self.seconds, 1e-9):.2f} utterances/s, "
+            f"{self.new_tokens / max(self.seconds, 1e-9):.1f} generated tokens/s, {self.resampled} replies re-sampled"
         )
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "episodes_per_min": self.runs / max(self.seconds, 1e-9) * 60,
+                "utterances_per_s": self.utterances / max(self.seconds, 1e-9),
                 "tokens_per_s": self.new_tokens / max(self.seconds, 1e-9)}
 
 
@@ -124,12 +127,12 @@ class Simulator:
         except Exception as err:
             ids = ", ".join(r.run_id for r in runs)
             raise NsyncError(f"generation with {name} failed for runs [{ids}]: {type(err).__name__}: {err}") from err
+        replies = self._replies(name, runs, prompts, gens, out.tokens, stats)
         for i, run in enumerate(runs):
-            raw = lm.tokenizer.decode(out.tokens[i], skip_special_tokens=True)
-            text, left = clean_reply(raw, self.cfg.sampling.first_line_only, self.cfg.sampling.stop_strings)
+            text, left, n_new, resampled, flags = replies[i]
             k = len(run.history)
             run.history.append(Utterance(run.speaker, text, left))
-            base = self._row(run, k, name, text, left, out.prompt_lengths[i], len(out.tokens[i]))
+            base = self._row(run, k, name, text, left, out.prompt_lengths[i], n_new) | {"resampled": resampled, "flag": ",".join(flags)}
             run.rows.append(base)
             if self.capture:
                 run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
@@ -147,9 +150,55 @@ class Simulator:
                     run.rows.append({**base, "condition": "generated_mean"})
                     run.states.setdefault("generated_mean", []).append(out.generated_mean[i].cpu().numpy())
             stats.utterances += 1
-            stats.new_tokens += len(out.tokens[i])
+            stats.new_tokens += n_new
             stats.prompt_tokens += out.prompt_lengths[i]
             run.done = left or len(run.history) >= self.cfg.max_turns
+
+    def _replies(self, name: str, runs: list[Run], prompts: list[list[int]], gens: list[torch.Generator], tokens: list[list[int]],
+                 stats: SimulationStats) -> list[tuple[str, bool, int, int, list[str]]]:
+        """Each run's reply (text, left, new tokens, times re-sampled, flags), cleaned.
+
+        Before ``min_utterances`` an agent cannot leave, and a reply that is empty (or only the
+        leave marker) is sampled again, continuing the same utterance's random stream, so the
+        result does not depend on the batch; after ``max_resamples`` it is recorded and flagged.
+        """
+        lm, cfg = self.models[name], self.cfg
+        out: list[tuple[str, bool, int, int, list[str]]] = []
+        redo = []
+        for i, run in enumerate(runs):
+            names = tuple(c.name for c in run.episode.characters)
+            text, left = clean_reply(lm.tokenizer.decode(tokens[i], skip_special_tokens=True), cfg.sampling.first_line_only,
+                                     cfg.sampling.stop_strings, names)
+            out.append((text, left, len(tokens[i]), 0, []))
+            if not text and len(run.history) < cfg.min_utterances:
+                redo.append(i)
+        for attempt in range(1, cfg.max_resamples + 1):
+            if not redo:
+                break
+            keys = [(runs[i].run_id, runs[i].speaker, "interactive") for i in redo] if cfg.reuse_prefix else None
+            again = self.generators[name].generate([prompts[i] for i in redo], [gens[i] for i in redo], capture=False, keys=keys)
+            still = []
+            for i, new in zip(redo, again.tokens):
+                names = tuple(c.name for c in runs[i].episode.characters)
+                text, left = clean_reply(lm.tokenizer.decode(new, skip_special_tokens=True), cfg.sampling.first_line_only,
+                                         cfg.sampling.stop_strings, names)
+                out[i] = (text, left, len(new), attempt, [])
+                stats.resampled += 1
+                if not text:
+                    still.append(i)
+            redo = still
+        for i, run in enumerate(runs):
+            text, left, n_new, resampled, flags = out[i]
+            early = len(run.history) < cfg.min_utterances
+            if not text:
+                flags.append("empty")
+            if left and early:
+                flags.append("early_leave")  # ignored: the agent stays
+                left = False
+            if ECHO.search(text):
+                flags.append("echo")
+            out[i] = (text, left, n_new, resampled, flags)
+        return out
 
     def _listen(self, name: str, runs: list[Run]) -> None:
         """The partner of each run's next speaker reads the same history with its own prompt.

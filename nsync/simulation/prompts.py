@@ -74,27 +74,29 @@ def _context(episode: Episode, me: int, with_goal: bool) -> str:
 
 
 def _opening(name: str) -> str:
+    """The role-play opening, with the rule for leaving: in the intro, so that the last words of
+    the prompt are the speaking cue (a leave instruction at the end invites replying with it)."""
     return (
         f"Imagine you are {name}. Speak as {name} would, keeping {name}'s goal in mind; the goal is "
         f"only visible to you. Stay in character, keep the conversation natural and do not repeat "
-        f"what has already been said."
+        f"what has already been said. Each reply is one line: only what {name} says. Only when "
+        f"{name}'s goal is reached or the conversation is over, {name} may end it by replying {LEAVE_MARKER}."
     )
 
 
 def _cue(name: str, turn: int) -> str:
-    return (
-        f"You are at Turn {turn}. Reply with one line: only what {name} says next. "
-        f"If {name} wants to end the conversation, reply with {LEAVE_MARKER}."
-    )
+    """The speaking cue, the last line of every speaking prompt."""
+    return f"Turn {turn}: {name} said:"
 
 
 def sotopia_text(episode: Episode, me: int, history: list[Utterance]) -> str:
-    """The paper's single user message for agent ``me`` before utterance ``len(history)``."""
+    """The paper's single user message for agent ``me`` before utterance ``len(history)``: the
+    opening (with the rule for leaving), the context, the conversation lines and the speaking cue."""
     name = _speaker_name(episode, me)
-    past = [_history_line(episode, i, u) for i, u in enumerate(history)] or ["(The conversation has not started yet.)"]
+    lines = [_history_line(episode, i, u) for i, u in enumerate(history)] + [_cue(name, len(history))]
     return "\n\n".join(
         [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
-         "Conversation so far:\n" + "\n".join(past), _cue(name, len(history))]
+         "Conversation:\n" + "\n".join(lines)]
     )
 
 
@@ -110,10 +112,7 @@ def observer_text(episode: Episode, me: int, history: list[Utterance]) -> str:
 def chat_messages(episode: Episode, me: int, history: list[Utterance]) -> list[dict]:
     """Multi-turn messages for agent ``me``: its own lines as assistant turns."""
     name = _speaker_name(episode, me)
-    setup = "\n\n".join(
-        [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
-         f"Each of your replies is one line: only what {name} says. To end the conversation, reply with {LEAVE_MARKER}."]
-    )
+    setup = "\n\n".join([_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True)])
     messages: list[dict] = []
     pending = [setup]
     for i, u in enumerate(history):
@@ -133,7 +132,7 @@ def transcript_text(episode: Episode, me: int, history: list[Utterance]) -> str:
     """Plain-text prompt for base models: context, transcript, then ``Turn k: NAME said:``."""
     name = _speaker_name(episode, me)
     lines = [_history_line(episode, i, u) for i, u in enumerate(history)]
-    lines.append(f"Turn {len(history)}: {name} said:")
+    lines.append(_cue(name, len(history)))
     return "\n\n".join(
         [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
          "Conversation:\n" + "\n".join(lines)]
@@ -159,8 +158,20 @@ def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utteran
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def clean_reply(text: str, first_line_only: bool, stop_strings: list[str]) -> tuple[str, bool]:
-    """Cut a generated reply to what the agent says; return it and whether the agent left."""
+#: Prompt text a reply should never contain: the speaking cue and the prompt's own phrases.
+ECHO = re.compile(r"\bTurn \d+\s*:|\bYou are at Turn\b|\bImagine you are\b|\bHere is the context\b|\bConversation so far\b", re.IGNORECASE)
+
+
+def clean_reply(text: str, first_line_only: bool, stop_strings: list[str], names: tuple[str, ...] = ()) -> tuple[str, bool]:
+    """Cut a generated reply to what the agent says; return it and whether the agent left.
+
+    Beyond the first line and stop strings, a leading speaker name (``NAME:``, ``NAME said:``,
+    ``(NAME)``, for any of ``names``) and echoed speaking cues (``Turn k: NAME said:``) are
+    removed, as the paper's scripts did.
+
+    >>> clean_reply("Turn 3: Ana said: Hello! [leave]", True, [], ("Ana",))
+    ('Hello!', True)
+    """
     for stop in stop_strings:
         if stop and stop in text:
             text = text[: text.index(stop)]
@@ -171,4 +182,13 @@ def clean_reply(text: str, first_line_only: bool, stop_strings: list[str]) -> tu
     left = LEAVE_MARKER in text.lower()
     if left:
         text = re.sub(re.escape(LEAVE_MARKER), "", text, flags=re.IGNORECASE).strip()
-    return text, left
+    name = "|".join(re.escape(n) for n in names if n)
+    speaker = rf"(?:\(?(?:{name})\)?(?:\s+said)?\s*:|\((?:{name})\))\s*" if name else None
+    while True:  # a cue and a name may both lead ("Turn 2: Ana said: ...", "Ana: ...")
+        before = text
+        text = re.sub(r"^\s*Turn \d+\s*:\s*", "", text, flags=re.IGNORECASE)
+        if speaker:
+            text = re.sub("^" + speaker, "", text, flags=re.IGNORECASE)
+        text = text.strip()
+        if text == before:
+            return text, left

@@ -45,12 +45,13 @@ def _sum_over_ranks(stats: SimulationStats) -> SimulationStats:
     import torch
     import torch.distributed as dist
 
-    counts = torch.tensor([stats.runs, stats.utterances, stats.new_tokens, stats.prompt_tokens], dtype=torch.float64)
+    counts = torch.tensor([stats.runs, stats.utterances, stats.new_tokens, stats.prompt_tokens, stats.resampled], dtype=torch.float64)
     seconds = torch.tensor([stats.seconds], dtype=torch.float64)
     dist.all_reduce(counts)
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-    runs, utterances, new_tokens, prompt_tokens = (int(x) for x in counts.tolist())
-    return SimulationStats(runs, utterances, new_tokens, prompt_tokens, float(seconds.item()))
+    runs, utterances, new_tokens, prompt_tokens, resampled = (int(x) for x in counts.tolist())
+    return SimulationStats(runs=runs, utterances=utterances, new_tokens=new_tokens, prompt_tokens=prompt_tokens, resampled=resampled,
+                           seconds=float(seconds.item()))
 
 
 def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) -> tuple[Path, SimulationStats]:
@@ -70,7 +71,8 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
     if missing:
         raise NsyncError(f"no loaded model for {missing}")
     infos = [
-        ModelInfo(name, lm.source, lm.checksum, lm.n_layers, lm.hidden_size) for name, lm in models.items() if name in cfg.models
+        ModelInfo(name, lm.source, lm.checksum, lm.n_layers, lm.hidden_size, dtype=str(next(lm.model.parameters()).dtype).removeprefix("torch."))
+        for name, lm in models.items() if name in cfg.models
     ]
     out = Path(cfg.out)
     writer_args = dict(config=to_dict(cfg), identity=cfg.identity(), models=infos, dtype=cfg.capture.dtype, resume=cfg.resume)
