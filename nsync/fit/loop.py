@@ -43,7 +43,10 @@ class DirectionFit:
 
     seed: int
     direction: str
-    dm: SynchronyDataModule
+    layout: dict  # models, target condition, layers and their names (the same for every fit of a run)
+    n_train: int
+    n_test: int
+    split_ids: dict  # train and test episodes, scenarios, characters
     r2: np.ndarray  # [source layers, target layers]
     r2_weighted: np.ndarray
     alpha: np.ndarray | None  # chosen alphas (affine)
@@ -185,15 +188,20 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         episode_sync = np.nanmean(np.stack(per_episode), axis=0)
     episodes = [{"split_seed": seed, "direction": direction, "episode_id": e, "n_pairs": int(counts[e]), "sync_r2": float(v)}
                 for e, v in zip(dm.test_episodes, episode_sync)]
-    return DirectionFit(seed, direction, dm, r2, r2w, alpha if cfg.probe == "affine" else None,
-                        boot.replicate_sync_r2(replicates) if replicates else None, episodes, weights)
+    # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
+    layout = dict(source_model=dm.source_model, target_model=dm.target_model, target_condition=dm.target_condition,
+                  source_layers=dm.source_layers, target_layers=dm.target_layers,
+                  source_layer_names=dm.source_layer_names, target_layer_names=dm.target_layer_names)
+    return DirectionFit(seed, direction, layout, dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs), r2, r2w,
+                        alpha if cfg.probe == "affine" else None, boot.replicate_sync_r2(replicates) if replicates else None,
+                        episodes, weights)
 
 
 def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float) -> tuple[FitResult, np.ndarray | None]:
     """The run's result (and its SyncR² bootstrap replicates) from every direction's fits."""
     from nsync.config import to_dict
 
-    dm = fits[-1].dm  # every fit of a run has the same models and layers
+    lay = fits[-1].layout  # every fit of a run has the same models and layers
     directions, splits = {}, {}
     for direction in cfg.data.directions:
         mine = [f for f in fits if f.direction == direction]
@@ -201,10 +209,10 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
             continue
         directions[direction] = summarise_direction(
             [f.r2 for f in mine], [f.r2_weighted for f in mine], None if mine[0].alpha is None else [f.alpha for f in mine],
-            [f.dm.n("train") for f in mine], [f.dm.n("test") for f in mine], dm.source_layers, dm.target_layers,
+            [f.n_train for f in mine], [f.n_test for f in mine], lay["source_layers"], lay["target_layers"],
         )
     for f in fits:
-        splits.setdefault(str(f.seed), {})[f.direction] = f.dm.split.ids(f.dm.pairs)
+        splits.setdefault(str(f.seed), {})[f.direction] = f.split_ids
     # Mean over directions, then over split seeds; the bootstrap replicates the same way.
     seeds_sync = np.mean([d.sync_r2_per_seed for d in directions.values()], axis=0)
     replicates = None
@@ -213,10 +221,10 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         replicates = np.mean(per_seed, axis=0)
     result = FitResult(
         schema_version=SCHEMA_VERSION,
-        probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, target_condition=dm.target_condition,
-        control=cfg.data.control, models={"source": dm.source_model, "target": dm.target_model},
-        source_layers=dm.source_layers, target_layers=dm.target_layers,
-        source_layer_names=dm.source_layer_names, target_layer_names=dm.target_layer_names,
+        probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, target_condition=lay["target_condition"],
+        control=cfg.data.control, models={"source": lay["source_model"], "target": lay["target_model"]},
+        source_layers=lay["source_layers"], target_layers=lay["target_layers"],
+        source_layer_names=lay["source_layer_names"], target_layer_names=lay["target_layer_names"],
         directions=directions, skipped_directions=skipped,
         sync_r2=float(np.mean(seeds_sync)), sync_r2_std=float(np.std(seeds_sync)),
         sync_r2_unclipped=nan_to_none(float(np.mean([d.sync_r2_unclipped for d in directions.values() if d.sync_r2_unclipped is not None] or [np.nan]))),
