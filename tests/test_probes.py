@@ -123,3 +123,29 @@ def test_constant_target_dimensions_have_no_r2():
     from nsync.fit.results import sync_r2
 
     assert sync_r2(np.array([[np.nan, 0.3], [np.nan, -0.2]])) == pytest.approx(0.15)
+
+
+def test_affine_probe_over_several_source_layers_matches_sklearn_per_cell():
+    """One probe fits two source layers to two target layers at once, each cell as its own ridge;
+    an alpha grid picks per cell; forward and weights agree with scikit-learn."""
+    rng = np.random.default_rng(6)
+    n = 900
+    x = rng.normal(size=(n, 2, 8)).astype(np.float32)
+    x[:, :, 1] += 3000.0
+    y = np.stack([x[:, 0] @ rng.normal(size=(8, 5)) + rng.normal(size=(n, 5)), x[:, 1, :3] @ rng.normal(size=(3, 5)) + 4 * rng.normal(size=(n, 5))], 1)
+    y = y.astype(np.float32)
+    probe = AffineProbe(8, 5, n_targets=2, n_sources=2, alphas=[0.1, 30.0], x_shift=torch.tensor(x[:500]).double().mean(0),
+                        y_shift=torch.tensor(y[:500]).double().mean(0))
+    tr, va, te = slice(0, 500), slice(500, 700), slice(700, None)
+    _fit_probe(probe, x, y, tr, va, te)
+    train = slice(0, 700)  # the grid refits on training plus validation rows
+    for s in range(2):
+        for t in range(2):
+            alpha = probe.alpha[s, t].item()
+            assert alpha in (0.1, 30.0)
+            ref = Ridge(alpha=alpha).fit(x[train, s].astype(np.float64), y[train, t].astype(np.float64))
+            want = r2_score(y[te, t], ref.predict(x[te, s].astype(np.float64)))
+            assert probe.results["test_r2"][s, t].item() == pytest.approx(want, abs=1e-4)
+            w, b = probe.weights(s, t)
+            np.testing.assert_allclose(w.numpy(), ref.coef_.T, atol=1e-4)
+            np.testing.assert_allclose(probe(torch.tensor(x[te]))[:, s, t].numpy(), ref.predict(x[te, s].astype(np.float64)), atol=1e-2)

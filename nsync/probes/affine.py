@@ -88,7 +88,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, d_in]`` -> ``[b, n_targets, d_out]``; ``[b, n_sources, d_in]`` -> ``[b, n_sources,
         n_targets, d_out]`` (float64)."""
-        preds = torch.stack([p.double() for _, p in self.source_predictions(x)], 1) + self.y_shift
+        mean = self._solution.y_mean.view_as(self.y_shift) if self._solution is not None else self.y_shift
+        preds = torch.stack([p.double() for _, p in self.source_predictions(x)], 1) + mean  # predictions are around the fitted mean
         return preds[:, 0] if x.dim() == 2 else preds
 
     def weights(self, source: int = 0, target: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
