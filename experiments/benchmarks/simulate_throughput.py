@@ -4,6 +4,11 @@ Each setting runs in its own process (so peak memory is per setting) on the same
 
     python experiments/benchmarks/simulate_throughput.py --model smollm2-135m --episodes 16 --turns 4
     python experiments/benchmarks/simulate_throughput.py --prompt-format chat --settings batched,no_reuse
+    python experiments/benchmarks/simulate_throughput.py --preset paper
+
+``--preset paper`` is the paper's setting (16 built-in episodes, 16 utterances, first line,
+temperature 0.7, 16 in flight, observer on, at most 60 new tokens) in the first version's default
+precision (float32) and in ``dtype=auto`` (bfloat16 where the hardware has it), side by side.
 
 Settings (all sample the same transcripts, since every utterance has its own random stream):
   batched      episodes_in_flight=N, hidden-state capture on, prefix re-use on
@@ -11,6 +16,8 @@ Settings (all sample the same transcripts, since every utterance has its own ran
   no_capture   batched without any hidden-state capture (plain generation)
   no_reuse     batched, every prompt recomputed from scratch
   observer     batched plus the observer control's extra forward pass
+  float32      the paper preset's first setting: float32, observer on
+  auto         the same with dtype=auto
 """
 
 from __future__ import annotations
@@ -29,12 +36,16 @@ SETTINGS = {
     "no_capture": {"_capture": False},
     "no_reuse": {"reuse_prefix": False},
     "observer": {"capture.observer": True},
+    "float32": {"capture.observer": True, "dtype": "float32"},
+    "auto": {"capture.observer": True, "dtype": "auto"},
 }
+PRESETS = {"paper": dict(episodes=16, turns=16, max_new_tokens=60, settings="float32,auto")}
 
 
 def run_one(args: argparse.Namespace, setting: str) -> dict:
     from nsync.config import load_config
     from nsync.models import load_model
+    from nsync.models.zoo import ModelConfig
     from nsync.scenarios import load_scenarios
     from nsync.simulation.config import SimulateConfig
     from nsync.simulation.engine import Simulator, plan_runs
@@ -52,7 +63,7 @@ def run_one(args: argparse.Namespace, setting: str) -> dict:
         "progress=false",
     ] + [f"{k}={v}" for k, v in overrides.items()]
     cfg = load_config(SimulateConfig, argv, prog="bench")
-    lm = load_model(args.model)
+    lm = load_model(ModelConfig(name=args.model, dtype=cfg.dtype))
     episodes = load_scenarios("builtin").select(limit=args.episodes)
     runs = plan_runs(cfg, episodes)
     sim = Simulator(cfg, {args.model: lm}, writer=None, capture=capture)
@@ -82,7 +93,10 @@ def main() -> None:
     parser.add_argument("--prompt-format", default="sotopia", help="sotopia, chat or transcript")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named setting (overrides episodes, turns, tokens, settings)")
     args = parser.parse_args()
+    for key, value in PRESETS.get(args.preset, {}).items():
+        setattr(args, key, value)
     if args.one:
         print(json.dumps(run_one(args, args.one)))
         return
@@ -93,9 +107,12 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
         results[setting] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[setting]
-        print(f"{setting:>11}: {r['episodes_per_min']:6.2f} episodes/min  {r['tokens_per_s']:6.1f} tokens/s  "
+        print(f"{setting:>11}: {r['episodes_per_min']:6.2f} episodes/min  {r['utterances_per_s']:5.2f} utterances/s  {r['tokens_per_s']:6.1f} tokens/s  "
               f"{r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB  prompt tokens computed "
               f"{r['computed_prompt_tokens']}, re-used {r['reused_prompt_tokens']}", flush=True)
+    if "float32" in results and "auto" in results:
+        speed = results["auto"]["utterances_per_s"] / results["float32"]["utterances_per_s"]
+        print(f"dtype=auto vs float32: {speed:.2f}x utterances/s")
     base = results.get("batched")
     if base:
         def ratio(name: str, inverse: bool = False) -> str:
