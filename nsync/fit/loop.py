@@ -62,14 +62,14 @@ def plan(cfg: FitConfig) -> list[tuple[int, str]]:
 
 def source_chunks(cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
     """Positions of the source axis fitted together: the MLP one layer at a time; the affine probe
-    as many as ``memory_gb`` holds (per source: float64 X^T Y, its float32 batch product and the
-    float32 solution, a second X^T Y for the validation part with an alpha grid, and per-episode
-    squared errors)."""
+    as many as ``memory_gb`` holds. Per source: float32 X^T Y (with an alpha grid also the
+    solution's copy and the validation part's sums), and float64 squared errors per test episode
+    (the metric's state and its synchronised copy) and per alpha on validation."""
     n = len(dm.source_layers)
     if cfg.probe != "affine":
         return [[i] for i in range(n)]
     outputs = len(dm.target_layers) * dm.d_out
-    per_source = dm.d_in * outputs * (24 if cfg.needs_validation else 16) + 8 * outputs * (dm.n_test_episodes + len(cfg.affine.alphas))
+    per_source = dm.d_in * outputs * (12 if cfg.needs_validation else 4) + 8 * outputs * (2 * dm.n_test_episodes + len(cfg.affine.alphas))
     size = max(1, min(n, int(cfg.memory_gb * 2**30 // per_source)))
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
