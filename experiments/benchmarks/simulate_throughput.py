@@ -5,6 +5,7 @@ Each setting runs in its own process (so peak memory is per setting) on the same
     python experiments/benchmarks/simulate_throughput.py --model smollm2-135m --episodes 16 --turns 4
     python experiments/benchmarks/simulate_throughput.py --prompt-format chat --settings batched,no_reuse
     python experiments/benchmarks/simulate_throughput.py --preset paper
+    python experiments/benchmarks/simulate_throughput.py --preset paper --device cuda
 
 ``--preset paper`` is the paper's setting (16 built-in episodes, 16 utterances, first line,
 temperature 0.7, 16 in flight, observer on, at most 60 new tokens) in the first version's default
@@ -61,9 +62,10 @@ def run_one(args: argparse.Namespace, setting: str) -> dict:
         "capture.observer=false",
         f"prompt_format={args.prompt_format}",
         "progress=false",
+        f"device={args.device}",
     ] + [f"{k}={v}" for k, v in overrides.items()]
     cfg = load_config(SimulateConfig, argv, prog="bench")
-    lm = load_model(ModelConfig(name=args.model, dtype=cfg.dtype))
+    lm = load_model(ModelConfig(name=args.model, dtype=cfg.dtype, device=cfg.device))
     episodes = load_scenarios("builtin").select(limit=args.episodes)
     runs = plan_runs(cfg, episodes)
     sim = Simulator(cfg, {args.model: lm}, writer=None, capture=capture)
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--prompt-format", default="sotopia", help="sotopia, chat or transcript")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (the model and every pass run there)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a named setting (overrides episodes, turns, tokens, settings)")
@@ -103,7 +106,7 @@ def main() -> None:
     results = {}
     for setting in args.settings.split(","):
         cmd = [sys.executable, __file__, "--one", setting, "--model", args.model, "--episodes", str(args.episodes),
-               "--turns", str(args.turns), "--max-new-tokens", str(args.max_new_tokens), "--prompt-format", args.prompt_format]
+               "--turns", str(args.turns), "--max-new-tokens", str(args.max_new_tokens), "--prompt-format", args.prompt_format, "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
         results[setting] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[setting]

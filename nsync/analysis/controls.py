@@ -21,7 +21,7 @@ from omegaconf import MISSING
 from nsync.data.pairs import DIRECTIONS
 from nsync.errors import NsyncError
 from nsync.fit import FitConfig, FitResult, run_fit
-from nsync.fit.bootstrap import interval
+from nsync.fit.bootstrap import bias_corrected, interval
 
 log = logging.getLogger("nsync.controls")
 
@@ -32,6 +32,8 @@ CONTROLS: dict[str, tuple[str, list[str]]] = {
     "observer": ("no engagement: a passive re-reader's states as sources (the paper's)", ["data.condition=observer"]),
     "cross_interaction": ("targets from another run (seed) of the same episode", ["data.control=cross_interaction"]),
     "shuffled_partner": ("targets from another episode, same utterance index", ["data.control=shuffled_partner"]),
+    "context": ("what the conversation's shape explains (utterance index, prompt length, last replies' lengths) removed from both sides",
+                ["data.remove_context=true"]),
     "self": ("the source agent's own next state (t -> t+2): a ceiling", ["data.lag=2"]),
     "same_time": ("the partner reading the same history (t -> t)", ["data.control=same_time"]),
     "untrained": ("an untrained copy of the model re-reading the same prompts",
@@ -152,13 +154,16 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
     rows = []
     for name, r in results.items():
         reps = _replicates(name, r, out)
-        diff_ci = interval(reps - main_reps) if reps is not None and main_reps is not None and len(reps) == len(main_reps) else None
+        paired = reps is not None and main_reps is not None and len(reps) == len(main_reps)
+        diff_ci = interval(reps - main_reps, r.sync_r2 - main.sync_r2) if paired else None
         ci = r.sync_r2_ci95 or (None, None)
         row = {
             "control": name,
             "sync_r2": r.sync_r2,
             "sync_r2_std": r.sync_r2_std,
             "sync_r2_unclipped": r.sync_r2_unclipped,
+            "sync_r2_bias_corrected": r.sync_r2_bias_corrected,
+            "diff_bias_corrected": bias_corrected(r.sync_r2 - main.sync_r2, reps - main_reps) if paired else None,
             "ci95_low": ci[0],
             "ci95_high": ci[1],
             "diff_vs_main": r.sync_r2 - main.sync_r2,

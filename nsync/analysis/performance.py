@@ -64,8 +64,8 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
         models = sorted({m for _, r in runs for m in (r.models["source"], r.models["target"])})
         label = " x ".join(models) if len(models) > 1 else f"{models[0]} x {models[0]}"
         reps = [np.load(fit / "bootstrap.npy") for fit, r in runs if (fit / "bootstrap.npy").is_file()]
-        ci = interval(np.mean(reps, axis=0)) if len(reps) == len(runs) and len({len(x) for x in reps}) == 1 else None
         syncs = [r.sync_r2 for _, r in runs]
+        ci = interval(np.mean(reps, axis=0), float(np.mean(syncs))) if len(reps) == len(runs) and len({len(x) for x in reps}) == 1 else None
         pairs.append({
             "pair": label, "models": ",".join(models), "cache": str(cache), "fits": ",".join(str(f) for f, _ in runs),
             "sync_r2": float(np.mean(syncs)), "sync_r2_std": float(np.mean([r.sync_r2_std for _, r in runs])),
@@ -86,7 +86,7 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
 
 
 def correlations(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Pearson and Spearman with p-values and percentile bootstrap intervals over the points.
+    """Pearson and Spearman with p-values and basic bootstrap intervals over the points.
 
     >>> c = correlations(np.arange(5.0), np.arange(5.0) ** 2, n_boot=200)
     >>> round(c["pearson"], 3), round(c["spearman"], 3)
@@ -111,9 +111,9 @@ def correlations(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0
         boots["pearson"].append(np.corrcoef(x[i], y[i])[0, 1])
         boots["spearman"].append(stats.spearmanr(x[i], y[i]).statistic)
     for k, v in boots.items():
-        if v:
-            lo, hi = np.nanpercentile(v, [2.5, 97.5])
-            out[f"{k}_ci95"] = [float(lo), float(hi)]
+        ci = interval(np.array(v), out[k]) if v else None
+        if ci is not None:
+            out[f"{k}_ci95"] = list(ci)
     return out
 
 

@@ -29,6 +29,7 @@ class DataConfig:
     condition: str = field(default="interactive", metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"})
     target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
     control: str = field(default="partner", metadata={"help": f"where targets come from: one of {CONTROLS} (see nsync.data.pairs)"})
+    remove_context: bool = field(default=False, metadata={"help": "the context control: regress sources and targets on the utterance index, prompt length and the last two replies' lengths (fitted on the training side), fit on the residuals"})
     split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
     split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one split per seed; results are mean and std over them"})
     test_size: float = field(default=0.2, metadata={"help": "share of groups held out for testing"})

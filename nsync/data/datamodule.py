@@ -13,6 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from nsync.cache import ActivationCache
 from nsync.data.config import DataConfig
+from nsync.data.context import context_features, design, residualize
 from nsync.data.pairs import build_pairs
 from nsync.data.splits import make_split, validation_part
 from nsync.errors import NsyncError
@@ -75,10 +76,17 @@ class SynchronyDataModule(L.LightningDataModule):
             bad = [l for l in layers if not 0 <= l < n]
             if bad:
                 raise NsyncError(f"data.{name}_layers {bad} out of range: the model has layers 0..{n - 1}")
+        self.n_source_layers, self.n_target_layers = len(src_names), len(tgt_names)  # of the whole models
         self.source_layer_names = [src_names[l] for l in self.source_layers]
         self.target_layer_names = [tgt_names[l] for l in self.target_layers]
         self.x = _read(cache, self.source_model, self.source_layers, cfg.condition, pairs["source_row"].to_numpy())
         self.y = _read(cache, self.target_model, self.target_layers, self.target_condition, pairs["target_row"].to_numpy())
+        if cfg.remove_context:
+            fit_rows = self.index["fit"]
+            for data, model, condition, rows in ((self.x, self.source_model, cfg.condition, "source_row"),
+                                                  (self.y, self.target_model, self.target_condition, "target_row")):
+                features = context_features(cache.turns, model, condition, pairs[rows].to_numpy())
+                residualize(data, design(features, fit_rows), fit_rows)
         # Each test row carries the index of its episode in test_episodes (per-episode sums).
         self.test_episodes, codes = np.unique(pairs["episode_id"].to_numpy()[self.index["test"]], return_inverse=True)
         self.group = torch.full((len(pairs),), -1, dtype=torch.int64)

@@ -12,6 +12,8 @@ target) layer pair has the same population R²:
 - ``none``: independent targets, R² ≈ 0.
 
 ``massive`` adds a constant to one dimension of every state (a "massive activation").
+``shape`` adds one random vector per utterance index (times ``shape``) to every state: what
+the conversation's position explains, shared by both agents (the context control removes it).
 ``seeds`` writes several runs of every episode (independent draws: no shared context).
 ``constant_first_layer`` makes layer 0 the same vector in every row, as the embedding output at
 the last prompt token is in real caches (the same template token). ``observer_share`` w writes observer rows ``sqrt(w) x + sqrt(1 - w) noise``, so the observer
@@ -52,12 +54,15 @@ def write_synthetic_cache(
     observer_share: float | None = None,
     listener: bool = False,
     constant_first_layer: bool = False,
+    shape: float = 0.0,
 ) -> Path:
     """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path."""
     rng = np.random.default_rng(seed)
     rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(n_layers + 1)]
     mixing = np.linalg.qr(rng.normal(size=(hidden, hidden)))[0]
     perm = rng.permutation(hidden)
+    # The conversation's shape: one vector per utterance index (drawn only when asked, so other caches keep their draws).
+    profile = shape * rng.normal(size=(turns, hidden)) if shape else np.zeros((turns, hidden))
     rows, states = [], {"interactive": [], "observer": [], "listener": []}
     for e in range(n_episodes):
         a, b = rng.choice(n_characters, size=2, replace=False)
@@ -82,18 +87,18 @@ def write_synthetic_cache(
                     condition="interactive", utterance=t, text="", left=False,
                 )
                 rows.append(row)
-                states["interactive"].append(z)
+                states["interactive"].append(z + profile[t])
                 if observer_share is not None:
                     w = observer_share
                     rows.append(row | dict(condition="observer"))
-                    states["observer"].append(np.sqrt(w) * z + np.sqrt(1 - w) * rng.normal(size=hidden))
+                    states["observer"].append(np.sqrt(w) * z + np.sqrt(1 - w) * rng.normal(size=hidden) + profile[t])
                 if listener:
                     rows.append(row | dict(condition="listener", agent=1 - t % 2, character_id=f"ch{(a, b)[1 - t % 2]:02d}"))
                     states["listener"].append(rng.normal(size=hidden))
     info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
     identity = dict(relation=relation, n_episodes=n_episodes, turns=turns, n_layers=n_layers, hidden=hidden, scale=scale,
                     noise=noise, massive=massive, seed=seed, lag=lag, seeds=seeds, observer_share=observer_share, listener=listener,
-                    constant_first_layer=constant_first_layer)
+                    constant_first_layer=constant_first_layer, shape=shape)
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
     # Every layer is a rotation of the latent states (one matrix product per layer, not per row).
     def to_layers(z: np.ndarray) -> np.ndarray:
@@ -105,3 +110,108 @@ def write_synthetic_cache(
     writer.write_shard(rows, {(model, c): to_layers(np.stack(v)) for c, v in states.items() if v})
     writer.finalize()
     return Path(path)
+
+
+def planted_test_side(
+    rng: np.random.Generator,
+    couplings: tuple[float, ...] = (1.0, 0.6, 0.3),
+    source_noise: tuple[float, ...] = (0.5, 1.0),
+    n_train: int = 60,
+    n_test: int = 24,
+    turns: int = 8,
+    hidden: int = 6,
+    shape: float = 1.0,
+    alpha: float = 1.0,
+    population: int = 4000,
+) -> dict:
+    """A fitted probe's test-side sums and the population SyncR² they estimate, for checking
+    intervals (no cache, no Lightning: plain numpy ridge).
+
+    Pairs come in episodes of ``turns`` pairs. Each episode has its own offset of the targets
+    (``shape``: what the conversation's shape explains, shared by its pairs), so pairs within an
+    episode are dependent. Target layer ``t`` is ``couplings[t] * x Q_t + offset + noise``;
+    source layer ``s`` sees ``x + source_noise[s] * noise``. A ridge probe (``alpha``) per
+    (source, target) is fitted on ``n_train`` episodes and scored on ``n_test``; the truth is the
+    same fitted probes' SyncR² on ``population`` fresh episodes (best target per source, clipped
+    at 0, mean over sources), i.e. what the test side's R² estimates.
+
+    Returns ``episodes`` (test episode ids), ``sums`` (one dict per source layer: ``n [E]`` and
+    ``s1``, ``s2``, ``sse`` ``[E, targets, hidden]`` as float64 tensors) and ``truth``.
+    """
+    import torch
+
+    n_t, n_s = len(couplings), len(source_noise)
+    rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(n_t)]
+
+    def draw(n_episodes: int):
+        x = rng.normal(size=(n_episodes, turns, hidden))
+        offset = shape * rng.normal(size=(n_episodes, 1, hidden))
+        ys = np.stack([c * x @ q + offset + rng.normal(size=x.shape) for c, q in zip(couplings, rotations)], 2)
+        xs = np.stack([x + s * rng.normal(size=x.shape) for s in source_noise], 2)
+        return xs, ys  # [E, turns, sources, hidden], [E, turns, targets, hidden]
+
+    xs, ys = draw(n_train)
+    weights = {}
+    for s in range(n_s):
+        x = xs[:, :, s].reshape(-1, hidden)
+        xm = x.mean(0)
+        gram = (x - xm).T @ (x - xm) + alpha * np.eye(hidden)
+        for t in range(n_t):
+            y = ys[:, :, t].reshape(-1, hidden)
+            w = np.linalg.solve(gram, (x - xm).T @ (y - y.mean(0)))
+            weights[s, t] = (w, y.mean(0) - xm @ w)
+
+    def predict(xs_, s: int, t: int) -> np.ndarray:
+        w, b = weights[s, t]
+        return xs_[:, :, s] @ w + b
+
+    test_x, test_y = draw(n_test)
+    sums = []
+    for s in range(n_s):
+        sse = np.stack([((test_y[:, :, t] - predict(test_x, s, t)) ** 2).sum(1) for t in range(n_t)], 1)
+        sums.append({"n": torch.full((n_test,), float(turns), dtype=torch.float64),
+                     "s1": torch.from_numpy(test_y.sum(1)), "s2": torch.from_numpy((test_y**2).sum(1)),
+                     "sse": torch.from_numpy(sse)})
+    pop_x, pop_y = draw(population)
+    best = []
+    for s in range(n_s):
+        r2 = [1 - (((pop_y[:, :, t] - predict(pop_x, s, t)) ** 2).reshape(-1, hidden).sum(0)
+                   / ((pop_y[:, :, t] - pop_y[:, :, t].mean((0, 1))) ** 2).reshape(-1, hidden).sum(0)).mean() for t in range(n_t)]
+        best.append(max(max(r2), 0.0))
+    return {"episodes": [f"ep{i:03d}" for i in range(n_test)], "sums": sums, "truth": float(np.mean(best)), "truth_per_source": best}
+
+
+def interval_coverage(n_rep: int = 200, n_boot: int = 400, seed: int = 0, difference: bool = False,
+                      methods: tuple[str, ...] = ("basic", "percentile"), **problem) -> dict[str, dict[str, float]]:
+    """How often nsync's episode-bootstrap intervals hold the population SyncR² (or, with
+    ``difference``, the population difference source 1 minus source 0, a paired comparison of two
+    conditions on the same test episodes), the raw estimate and the bias-corrected one, over
+    ``n_rep`` :func:`planted_test_side` problems. Returns method -> {"truth", "estimate",
+    "bias_corrected", "width"} (shares, and the mean width).
+
+    >>> interval_coverage(n_rep=2, n_boot=50, population=200)["basic"]["estimate"]
+    1.0
+    """
+    from nsync.fit import bootstrap as boot
+
+    rng = np.random.default_rng(seed)
+    hits = {m: np.zeros(4) for m in methods}
+    for r in range(n_rep):
+        p = planted_test_side(rng, **problem)
+        draws = boot.EpisodeBootstrap(n_boot, seed=r).weights(p["episodes"])
+
+        def sync_and_replicates(sums: list[dict]) -> tuple[float, np.ndarray]:
+            ones = np.ones((1, len(p["episodes"])))
+            estimate = float(boot.replicate_sync_r2([boot.replicate_r2(s, ones) for s in sums])[0])
+            return estimate, boot.replicate_sync_r2([boot.replicate_r2(s, draws) for s in sums])
+
+        if difference:
+            (e0, r0), (e1, r1) = (sync_and_replicates([s]) for s in p["sums"][:2])
+            estimate, replicates, truth = e1 - e0, r1 - r0, p["truth_per_source"][1] - p["truth_per_source"][0]
+        else:
+            (estimate, replicates), truth = sync_and_replicates(p["sums"]), p["truth"]
+        centre = boot.bias_corrected(estimate, replicates)
+        for m in methods:
+            lo, hi = boot.interval(replicates, estimate, method=m)
+            hits[m] += [lo <= truth <= hi, lo <= estimate <= hi, lo <= centre <= hi, hi - lo]
+    return {m: dict(zip(("truth", "estimate", "bias_corrected", "width"), (h / n_rep).tolist())) for m, h in hits.items()}

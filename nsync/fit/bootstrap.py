@@ -114,11 +114,46 @@ def replicate_sync_r2(per_source_layer: list[np.ndarray], clip: bool = True) -> 
         return np.nanmean(best, axis=0)
 
 
-def interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of the finite replicates (None without any)."""
+#: How :func:`interval` turns replicates into an interval. ``basic`` (the reverse percentile
+#: interval, ``2 θ̂ - q``) was chosen on evidence: on planted problems with episode effects
+#: (``experiments/benchmarks/bootstrap_coverage.py``) the percentile interval of SyncR² covered the
+#: population value 61-83% of the time for a nominal 95%, the basic one 83-95%, because SyncR²'s
+#: replicates sit below the estimate by about as much as the estimate sits below the population
+#: value (R² around a small test side's own mean, a best-of-targets and a clip at 0).
+INTERVAL_METHODS = ("basic", "percentile")
+
+
+def interval(replicates: np.ndarray, estimate: float, level: float = 0.95, method: str = "basic") -> tuple[float, float] | None:
+    """Bootstrap interval for ``estimate`` from its finite ``replicates`` (None without any).
+
+    ``basic``: ``[2 θ̂ - q_hi, 2 θ̂ - q_lo]``, which corrects for the estimator's bias as the
+    replicates show it; it always holds :func:`bias_corrected` (the replicates' mean lies between
+    their quantiles), and it holds the raw estimate whenever the bias is smaller than the spread.
+    ``percentile``: ``[q_lo, q_hi]``.
+
+    >>> [round(x, 6) for x in interval(np.array([0.1, 0.2, 0.3]), 0.25, level=0.5)]
+    [0.25, 0.35]
+    """
+    if method not in INTERVAL_METHODS:
+        raise ValueError(f"unknown interval method '{method}'; use one of {INTERVAL_METHODS}")
     r = np.asarray(replicates, dtype=float)
     r = r[np.isfinite(r)]
-    if not len(r):
+    if not len(r) or estimate is None or not np.isfinite(estimate):
         return None
     lo, hi = np.percentile(r, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    if method == "percentile":
+        return float(lo), float(hi)
+    return float(2 * estimate - hi), float(2 * estimate - lo)
+
+
+def bias_corrected(estimate: float, replicates: np.ndarray) -> float | None:
+    """``2 θ̂ - mean(replicates)``: the estimate minus the bias its replicates show.
+
+    >>> round(bias_corrected(0.3, np.array([0.2, 0.22, 0.24])), 6)
+    0.38
+    """
+    r = np.asarray(replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    if not len(r) or estimate is None or not np.isfinite(estimate):
+        return None
+    return float(2 * estimate - r.mean())

@@ -55,6 +55,7 @@ class FitConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over episodes for SyncR²'s 95% interval (0: none)"})
+    cka: bool = field(default=True, metadata={"help": "also compute the debiased linear CKA of every (source, target layer) pair on the test side (no fitting)"})
     accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator: cpu, gpu or auto"})
     devices: int = field(default=1, metadata={"help": "devices (DDP when more than one; the affine fit is exact under DDP)"})
     memory_gb: float = field(default=4.0, metadata={"help": "memory for one chunk of source layers fitted together (sums, solutions, per-episode sums); the data come on top"})

@@ -26,8 +26,11 @@ from nsync.fit.config import FitConfig, resolve_out
 from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, nan_to_none, summarise_direction
 from nsync.probes import AffineProbe, MLPProbe
 from nsync.probes.affine import SumsDDPStrategy
+from nsync.probes.cka import debiased_cka
 
 log = logging.getLogger("nsync.fit")
+#: Below this many test episodes the episode bootstrap under-covers (see nsync.fit.bootstrap).
+MIN_TEST_EPISODES = 20
 # One Trainer per chunk of source layers: keep Lightning's per-Trainer banners and the
 # closed-form probe's "no optimizer" notice out of the output.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -53,6 +56,7 @@ class DirectionFit:
     replicates: np.ndarray | None  # [n_boot] SyncR² replicates
     episodes: list[dict] = field(default_factory=list)  # per test episode SyncR²
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    cka: np.ndarray | None = None  # [source layers, target layers] debiased linear CKA on the test side
 
 
 def plan(cfg: FitConfig) -> list[tuple[int, str]]:
@@ -183,6 +187,10 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         # whenever the cyclic GC gets to them (big tensors do not count towards its thresholds).
         del probe, res, sums
         gc.collect()
+    cka = None
+    if cfg.cka and dm.n("test") >= 4:
+        test = torch.from_numpy(dm.index["test"])
+        cka = debiased_cka(dm.x[test], dm.y[test]).numpy()
     counts = dm.pairs.iloc[dm.index["test"]].groupby("episode_id").size()
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
         episode_sync = np.nanmean(np.stack(per_episode), axis=0)
@@ -191,10 +199,20 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
     layout = dict(source_model=dm.source_model, target_model=dm.target_model, target_condition=dm.target_condition,
                   source_layers=dm.source_layers, target_layers=dm.target_layers,
-                  source_layer_names=dm.source_layer_names, target_layer_names=dm.target_layer_names)
+                  source_layer_names=dm.source_layer_names, target_layer_names=dm.target_layer_names,
+                  source_depth=relative_depth(dm.source_layers, dm.n_source_layers), target_depth=relative_depth(dm.target_layers, dm.n_target_layers))
     return DirectionFit(seed, direction, layout, dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs), r2, r2w,
                         alpha if cfg.probe == "affine" else None, boot.replicate_sync_r2(replicates) if replicates else None,
-                        episodes, weights)
+                        episodes, weights, cka)
+
+
+def relative_depth(layers: list[int], n_layers: int) -> list[float]:
+    """Each layer's depth as a share of the model's: 0 the embedding output, 1 the last block.
+
+    >>> relative_depth([0, 15, 30], 31)
+    [0.0, 0.5, 1.0]
+    """
+    return [layer / max(n_layers - 1, 1) for layer in layers]
 
 
 def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float) -> tuple[FitResult, np.ndarray | None]:
@@ -210,6 +228,7 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         directions[direction] = summarise_direction(
             [f.r2 for f in mine], [f.r2_weighted for f in mine], None if mine[0].alpha is None else [f.alpha for f in mine],
             [f.n_train for f in mine], [f.n_test for f in mine], lay["source_layers"], lay["target_layers"],
+            None if any(f.cka is None for f in mine) else [f.cka for f in mine],
         )
     for f in fits:
         splits.setdefault(str(f.seed), {})[f.direction] = f.split_ids
@@ -219,17 +238,25 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
     if all(f.replicates is not None for f in fits):
         per_seed = [np.mean([f.replicates for f in fits if f.seed == s], axis=0) for s in cfg.data.split_seeds if any(f.seed == s for f in fits)]
         replicates = np.mean(per_seed, axis=0)
+    sync = float(np.mean(seeds_sync))
+    fewest = min(len(f.episodes) for f in fits)
+    if replicates is not None and fewest < MIN_TEST_EPISODES:
+        log.warning("only %d test episodes: with fewer than %d the episode bootstrap's interval covers less than it says "
+                    "(planted problems: 83-90%% for a nominal 95%% at 10); simulate more episodes", fewest, MIN_TEST_EPISODES)
+    ckas = [d.sync_cka for d in directions.values() if d.sync_cka is not None]
     result = FitResult(
-        schema_version=SCHEMA_VERSION,
+        schema_version=SCHEMA_VERSION, sync_cka=float(np.mean(ckas)) if len(ckas) == len(directions) else None,
         probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, target_condition=lay["target_condition"],
         control=cfg.data.control, models={"source": lay["source_model"], "target": lay["target_model"]},
         source_layers=lay["source_layers"], target_layers=lay["target_layers"],
         source_layer_names=lay["source_layer_names"], target_layer_names=lay["target_layer_names"],
+        source_depth=lay["source_depth"], target_depth=lay["target_depth"],
         directions=directions, skipped_directions=skipped,
-        sync_r2=float(np.mean(seeds_sync)), sync_r2_std=float(np.std(seeds_sync)),
+        sync_r2=sync, sync_r2_std=float(np.std(seeds_sync)),
         sync_r2_unclipped=nan_to_none(float(np.mean([d.sync_r2_unclipped for d in directions.values() if d.sync_r2_unclipped is not None] or [np.nan]))),
-        sync_r2_ci95=boot.interval(replicates) if replicates is not None else None,
-        bootstrap=BootstrapInfo(replicates=cfg.bootstrap) if replicates is not None else None,
+        sync_r2_ci95=boot.interval(replicates, sync) if replicates is not None else None,
+        sync_r2_bias_corrected=boot.bias_corrected(sync, replicates) if replicates is not None else None,
+        bootstrap=BootstrapInfo(replicates=cfg.bootstrap, test_episodes=min(len(f.episodes) for f in fits)) if replicates is not None else None,
         splits=splits, config=to_dict(cfg), seconds=seconds,
     )
     return result, replicates

@@ -1,4 +1,5 @@
-"""The plots of a fit run: best-target R² by source layer, and one heatmap per direction."""
+"""The plots of a fit run: best-target R² by source layer, the layer profile by relative depth,
+and one heatmap per direction."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsync.fit.results import FitResult
+from nsync.fit.results import FitResult, layer_profile
 
 #: Heatmaps clip R² below this floor (stated on the colour bar): one cell at -7 would otherwise
 #: set the scale and hide everything between 0 and 0.5.
@@ -53,6 +54,7 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     paths.append(out / "r2_by_layer.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+    paths.append(plot_layer_profile({f"{result.models['source']} -> {result.models['target']}": result}, out / "layer_profile.png"))
     for direction, d in result.directions.items():
         r2 = d.r2_matrix
         finite = r2[np.isfinite(r2)]
@@ -71,3 +73,32 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
     return paths
+
+
+def plot_layer_profile(results: dict[str, FitResult], path: Path) -> Path:
+    """Best-target R² (and that target's depth) against the source layer's relative depth, one
+    line per run and direction: models of different depths on one axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r2, ax_depth) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, result in results.items():
+        profile = layer_profile(result)
+        for direction, rows in profile.groupby("direction", sort=False):
+            name = f"{label} {direction}"
+            ax_r2.plot(rows["source_depth"], rows["best_r2"], marker="o", ms=3, label=name)
+            ax_depth.plot(rows["source_depth"], rows["best_target_depth"], marker="o", ms=3, label=name)
+    ax_r2.axhline(0, color="grey", lw=0.5)
+    ax_r2.set_xlabel("source layer, relative depth (0 embedding, 1 last block)")
+    ax_r2.set_ylabel("best-target test R²")
+    ax_depth.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
+    ax_depth.set_xlabel("source layer, relative depth")
+    ax_depth.set_ylabel("best target layer, relative depth")
+    ax_r2.legend(fontsize=7)
+    fig.suptitle("Layer profile (mean over split seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

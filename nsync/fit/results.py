@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nsync.errors import NsyncError
 
 #: Bumped whenever a field changes meaning or disappears; :meth:`FitResult.load` refuses others.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
 
 Matrix = list[list[Optional[float]]]  # [source layer][target layer]; null where R² is undefined
@@ -76,6 +76,8 @@ class DirectionResult(BaseModel):
     best_r2_by_source_layer: list[Optional[float]]
     n_train: list[int] = Field(description="training pairs per split seed")
     n_test: list[int] = Field(description="test pairs per split seed")
+    cka: Optional[Matrix] = Field(None, description="debiased linear CKA per (source, target layer) on the test side, mean over split seeds")
+    sync_cka: Optional[float] = Field(None, description="best target's CKA per source layer, mean over source layers and split seeds")
 
     @property
     def r2_matrix(self) -> np.ndarray:
@@ -84,6 +86,8 @@ class DirectionResult(BaseModel):
 class BootstrapInfo(BaseModel):
     replicates: int
     unit: str = "episode"
+    method: str = Field("basic", description="interval method (see nsync.fit.bootstrap.interval)")
+    test_episodes: Optional[int] = Field(None, description="fewest test episodes of any (split seed, direction)")
     file: str = "bootstrap.npy"
 
 class FitResult(BaseModel):
@@ -107,12 +111,16 @@ class FitResult(BaseModel):
     target_layers: list[int]
     source_layer_names: list[str] = Field(description="e.g. embed, blocks.3.resid_post, or an imported tree's names")
     target_layer_names: list[str]
+    source_depth: list[float] = Field(description="each source layer's relative depth: 0 the embedding output, 1 the last block")
+    target_depth: list[float]
     directions: dict[str, DirectionResult]
     skipped_directions: dict[str, str] = {}
     sync_r2: float
     sync_r2_std: float
     sync_r2_unclipped: Optional[float] = None
-    sync_r2_ci95: Optional[tuple[float, float]] = None
+    sync_r2_ci95: Optional[tuple[float, float]] = Field(None, description="95% basic bootstrap interval over test episodes")
+    sync_cka: Optional[float] = Field(None, description="debiased linear CKA: best target per source layer, mean over source layers, directions and split seeds")
+    sync_r2_bias_corrected: Optional[float] = Field(None, description="SyncR² minus the bias its bootstrap replicates show (the interval's centre)")
     bootstrap: Optional[BootstrapInfo] = None
     splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
     config: dict[str, Any]
@@ -141,8 +149,34 @@ class FitResult(BaseModel):
                              f"re-run python -m nsync.fit with overwrite=true")
         return cls.model_validate(raw)
 
+def layer_profile(result: "FitResult"):
+    """One row per (direction, source layer): its relative depth, the best target layer's R² (mean
+    over split seeds) and relative depth, and that cell's CKA, so models of different depths can
+    be compared ("strongest in the middle layers").
+
+    >>> layer_profile(FitResult.load("runs/quickstart/fit")).columns.tolist()[:4]   # doctest: +SKIP
+    ['direction', 'source_layer', 'source_depth', 'best_target_layer']
+    """
+    import pandas as pd
+
+    rows = []
+    for direction, d in result.directions.items():
+        r2 = d.r2_matrix
+        cka = None if d.cka is None else np.array(d.cka, dtype=float)
+        for i, layer in enumerate(result.source_layers):
+            if not np.isfinite(r2[i]).any():
+                continue
+            j = int(np.nanargmax(r2[i]))
+            rows.append({"direction": direction, "source_layer": layer, "source_depth": result.source_depth[i],
+                         "best_target_layer": result.target_layers[j], "best_target_depth": result.target_depth[j],
+                         "best_r2": float(r2[i, j]), "best_r2_std": float(np.array(d.r2_std, dtype=float)[i, j]),
+                         "best_cka": float(np.nanmax(cka[i])) if cka is not None and np.isfinite(cka[i]).any() else np.nan})
+    return pd.DataFrame(rows)
+
+
 def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.ndarray], alphas: list[np.ndarray] | None,
-                        n_train: list[int], n_test: list[int], source_layers: list[int], target_layers: list[int]) -> DirectionResult:
+                        n_train: list[int], n_test: list[int], source_layers: list[int], target_layers: list[int],
+                        ckas: list[np.ndarray] | None = None) -> DirectionResult:
     """Mean and std over split seeds of the R² matrix and the figures derived from it."""
     stack = np.stack(per_seed)  # [seeds, source, target]
     mean = stack.mean(0)
@@ -164,4 +198,6 @@ def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.n
         best_r2_by_source_layer=nan_to_none(row_max(mean).tolist()),
         n_train=n_train,
         n_test=n_test,
+        cka=None if ckas is None else nan_to_none(np.mean(ckas, 0).tolist()),
+        sync_cka=None if ckas is None else float(np.mean([np.nanmean(row_max(c)) for c in ckas])),
     )

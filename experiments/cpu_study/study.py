@@ -1,0 +1,330 @@
+"""The CPU study: synchrony of the bundled models with every control, on a 2-core CPU.
+
+    python experiments/cpu_study/study.py                      # everything in study.yaml (make study)
+    python experiments/cpu_study/study.py only=[smollm2-135m]  # one pair
+    python experiments/cpu_study/study.py report_only=true     # rewrite the report from what is done
+
+For each model pair of ``study.yaml``:
+
+1. simulate SOTOPIA episodes (two sampling seeds each; observer states) into ``OUT/<pair>/cache``;
+2. for each view (source model -> target model; a two-model pair has both): every control
+   (``nsync.controls``) with the paper's fixed alpha and with the alpha chosen on validation data,
+   each with its basic bootstrap interval, the paired difference from the main condition and CKA;
+3. the main condition under the persona and scenario splits (the leakage question);
+4. affine vs MLP probe on every k-th source layer (the "why linear" question);
+
+then ``docs/cpu_study/`` gets ``results.md``, ``controls.png``, ``layer_profile.png`` and
+``heatmap.png``, and README's block between the ``cpu-study`` markers is replaced by the results.
+
+Every stage is resumable: caches continue where they stopped, finished fits (a run folder with
+``results.json``) are re-used, so an interrupted study picks up where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nsync.config import load_config
+from nsync.errors import NsyncError, run_cli
+
+HERE = Path(__file__).parent
+BEGIN, END = "<!-- cpu-study:begin -->", "<!-- cpu-study:end -->"
+
+
+@dataclass
+class PairConfig:
+    name: str = field(default="", metadata={"help": "folder name of the pair"})
+    models: list[str] = field(default_factory=list, metadata={"help": "one model (self-pair) or two (agent A's, agent B's)"})
+    episodes: int = field(default=60, metadata={"help": "episodes (each run once per sampling seed)"})
+    min_train_pairs: int = field(default=500, metadata={"help": "training pairs per direction the pair needs (warned about when short)"})
+
+
+@dataclass
+class StudyConfig:
+    """The CPU study's settings (see study.yaml)."""
+
+    out: str = field(default="runs/cpu_study", metadata={"help": "folder for caches and fit runs"})
+    docs: str = field(default="docs/cpu_study", metadata={"help": "folder for results.md and the PNGs"})
+    readme: str = field(default="README.md", metadata={"help": "README whose cpu-study block is replaced ('' to leave it)"})
+    sotopia: str = field(default="../shared/data/sotopia", metadata={"help": "SOTOPIA export; the built-in pack when absent"})
+    simulate_config: str = field(default=str(HERE / "simulate.yaml"), metadata={"help": "simulation settings shared by every pair"})
+    pairs: list[PairConfig] = field(default_factory=list, metadata={"help": "model pairs: name, models, episodes, min_train_pairs"})
+    only: list[str] = field(default_factory=list, metadata={"help": "run only these pairs (empty: all)"})
+    report_only: bool = field(default=False, metadata={"help": "write the report from finished stages, run nothing"})
+    split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "split seeds of every fit"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over test episodes"})
+    paper_alpha: float = field(default=0.1, metadata={"help": "the paper's fixed ridge alpha"})
+    alpha_grid: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0], metadata={"help": "alphas chosen from on validation data"})
+    controls: list[str] = field(default_factory=list, metadata={"help": "nsync.controls to run"})
+    lags: list[int] = field(default_factory=lambda: [1, 3], metadata={"help": "lags of the temporal curve"})
+    splits: list[str] = field(default_factory=lambda: ["persona", "scenario"], metadata={"help": "splits besides interaction"})
+    mlp_source_layer_step: int = field(default=5, metadata={"help": "every k-th source layer for the affine vs MLP comparison"})
+
+
+def _name(model: str) -> str:
+    return model.replace("/", "__").replace("@", "_")
+
+
+def views(models: list[str]) -> list[tuple[str, str]]:
+    """(source model, target model) fits of a pair: one for a self-pair, both ways for two models."""
+    a, b = (models + models)[:2]
+    return [(a, a)] if a == b else [(a, b), (b, a)]
+
+
+class Study:
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.timings: dict[str, float] = {}
+        self.timing_file = self.out / "timings.json"
+        if self.timing_file.is_file():
+            self.timings = json.loads(self.timing_file.read_text())
+
+    def _timed(self, key: str, fn, *args):
+        start = time.perf_counter()
+        value = fn(*args)
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.timing_file.write_text(json.dumps(self.timings, indent=1))
+        return value
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def simulate(self, name: str, pair: PairConfig) -> Path:
+        from nsync.cache import ActivationCache
+        from nsync.simulation.config import SimulateConfig
+        from nsync.simulation.run import simulate
+
+        source = self.cfg.sotopia if Path(self.cfg.sotopia).is_dir() else "builtin"
+        if source == "builtin":
+            print(f"  {self.cfg.sotopia} not found: simulating the built-in episodes instead")
+        args = ["--config", self.cfg.simulate_config, f"models=[{','.join(pair.models)}]", f"scenarios.source={source}",
+                f"scenarios.limit={pair.episodes}", f"out={self.out / name / 'cache'}"]
+        out, stats = simulate(load_config(SimulateConfig, args, prog="nsync.simulate"))
+        print(f"  {stats.line()}")
+        quality = ActivationCache.open(out).quality()
+        print(f"  pairs at lag 1 per direction: {quality['pairs_lag1']}")
+        return out
+
+    def fits(self, name: str, pair: PairConfig, cache: Path) -> None:
+        from nsync.analysis.controls import ControlsConfig, run_controls
+        from nsync.fit import FitConfig, FitResult, run_fit
+
+        seeds = ",".join(str(s) for s in self.cfg.split_seeds)
+        grid = ",".join(str(a) for a in self.cfg.alpha_grid)
+        for source, target in views(pair.models):
+            folder = self.out / name / _name(source)
+            common = [f"data.source_model={source}", f"data.target_model={target}", f"data.split_seeds=[{seeds}]",
+                      f"bootstrap={self.cfg.bootstrap}", "logger.kind=none", "save_weights=false"]
+            for alpha_name, alphas in (("paper_alpha", str(self.cfg.paper_alpha)), ("chosen_alpha", grid)):
+                print(f"  {source} -> {target}: controls, {alpha_name} ({alphas})")
+                controls = ControlsConfig(cache=str(cache), out=str(folder / f"controls_{alpha_name}"),
+                                          fit_overrides=[*common, f"affine.alphas=[{alphas}]"],
+                                          controls=list(self.cfg.controls), lags=list(self.cfg.lags))
+                self._timed(f"{name}/fit", run_controls, controls)
+            extra = {f"split_{s}": [f"data.split={s}", f"affine.alphas=[{grid}]"] for s in self.cfg.splits}
+            step = self.cfg.mlp_source_layer_step
+            extra["probe_affine"] = [f"data.source_layer_step={step}", f"affine.alphas=[{grid}]"]
+            extra["probe_mlp"] = [f"data.source_layer_step={step}", "probe=mlp"]
+            for run, overrides in extra.items():
+                run_dir = folder / run
+                if (run_dir / "results.json").is_file():
+                    print(f"  {source} -> {target}: {run} re-used")
+                    continue
+                print(f"  {source} -> {target}: {run}")
+                fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}", "overwrite=true"],
+                                      prog="nsync.fit")
+                result: FitResult = self._timed(f"{name}/fit", run_fit, fit_cfg)
+                print(f"    SyncR² {result.sync_r2:.4f} {result.sync_r2_ci95}")
+
+    def run(self) -> None:
+        pairs = {p.name: p for p in self.cfg.pairs}
+        names = self.cfg.only or list(pairs)
+        unknown = [n for n in names if n not in pairs]
+        if unknown:
+            raise NsyncError(f"only= names pairs {unknown} that study.yaml does not define; choose from {list(pairs)}")
+        if not self.cfg.report_only:
+            for i, name in enumerate(names):
+                pair = pairs[name]
+                print(f"[{i + 1}/{len(names)}] {name}: simulate -> {self.out / name / 'cache'}")
+                cache = self._timed(f"{name}/simulate", self.simulate, name, pair)
+                print(f"[{i + 1}/{len(names)}] {name}: fits")
+                self.fits(name, pair, cache)
+        written = Report(self.cfg, self.timings).write()
+        print("wrote " + ", ".join(str(p) for p in written))
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _f(x, digits: int = 3) -> str:
+    return "" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _ci(lo, hi) -> str:
+    return "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"[{lo:.3f}, {hi:.3f}]"
+
+
+class Report:
+    """results.md, the PNGs under docs, and README's block, from whatever stages are finished."""
+
+    def __init__(self, cfg: StudyConfig, timings: dict[str, float]):
+        self.cfg, self.timings = cfg, timings
+        self.out, self.docs = Path(cfg.out), Path(cfg.docs)
+
+    def _controls(self, folder: Path) -> pd.DataFrame | None:
+        path = folder / "controls.csv"
+        return pd.read_csv(path) if path.is_file() else None
+
+    def _result(self, folder: Path):
+        from nsync.fit import FitResult
+
+        return FitResult.load(folder) if (folder / "results.json").is_file() else None
+
+    def pair_section(self, name: str, pair: PairConfig) -> tuple[list[str], dict]:
+        from nsync.cache import ActivationCache
+
+        lines = [f"### {name}", ""]
+        found: dict = {}
+        cache_dir = self.out / name / "cache"
+        if not (cache_dir / "manifest.json").is_file():
+            return lines + ["Not simulated yet.", ""], found
+        cache = ActivationCache.open(cache_dir)
+        q = cache.quality()
+        runs = cache.turns["run_id"].nunique()
+        planned = pair.episodes * 2
+        lines.append(f"{runs} runs ({'complete' if cache.manifest.get('complete') else f'simulation in progress, {planned} planned'}), "
+                     f"{int((cache.turns['condition'] == 'interactive').sum())} utterances; pairs at lag 1 per direction: "
+                     + ", ".join(f"{d} {n}" for d, n in q["pairs_lag1"].items()) + ".")
+        for source, target in views(pair.models):
+            folder = self.out / name / _name(source)
+            paper, chosen = (self._controls(folder / f"controls_{a}") for a in ("paper_alpha", "chosen_alpha"))
+            if chosen is None:
+                lines += ["", f"{source} -> {target}: fits not run yet.", ""]
+                continue
+            main = self._result(folder / "controls_chosen_alpha" / "main")
+            found[(source, target)] = {"chosen": chosen, "paper": paper, "main": main, "folder": folder}
+            n_train = {d: int(np.mean(r.n_train)) for d, r in main.directions.items()}
+            short = {d: n for d, n in n_train.items() if n < pair.min_train_pairs}
+            lines += ["", f"**{source} -> {target}** (training pairs per direction: "
+                      + ", ".join(f"{d} {n}" for d, n in n_train.items())
+                      + (f"; fewer than the {pair.min_train_pairs} planned" if short else "") + ")", ""]
+            lines.append("| condition | SyncR², paper alpha 0.1 [95% CI] | SyncR², chosen alpha [95% CI] | bias-corrected | "
+                         "Δ vs main [95% CI] | CKA |")
+            lines.append("|---|---|---|---|---|---|")
+            by_paper = paper.set_index("control") if paper is not None else None
+            for r in chosen[chosen["sync_r2"].notna()].to_dict("records"):
+                c = r["control"]
+                p = by_paper.loc[c] if by_paper is not None and c in by_paper.index else None
+                result = self._result(folder / "controls_chosen_alpha" / c)
+                cka = result.sync_cka if result is not None else None
+                paper_cell = f"{_f(p['sync_r2'])} {_ci(p['ci95_low'], p['ci95_high'])}" if p is not None else ""
+                diff = "" if c == "main" else f"{_f(r['diff_vs_main'])} {_ci(r['diff_ci95_low'], r['diff_ci95_high'])}"
+                lines.append(f"| {c} | {paper_cell} | {_f(r['sync_r2'])} {_ci(r['ci95_low'], r['ci95_high'])} | "
+                             f"{_f(r.get('sync_r2_bias_corrected'))} | {diff} | {_f(cka)} |")
+            if "skipped" in chosen:
+                for r in chosen[chosen["skipped"].notna()].to_dict("records"):
+                    lines.append(f"\nskipped {r['control']}: {r['skipped']}")
+            rows = []
+            for run, label in [("controls_chosen_alpha/main", "interaction (main)")] + \
+                    [(f"split_{s}", s) for s in self.cfg.splits] + [("probe_affine", "affine"), ("probe_mlp", "MLP")]:
+                res = self._result(folder / run)
+                if res is not None:
+                    rows.append(f"| {label} | {_f(res.sync_r2)} {_ci(*(res.sync_r2_ci95 or (None, None)))} | "
+                                f"{int(np.mean([np.mean(d.n_train) for d in res.directions.values()]))} |")
+            if rows:
+                lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",
+                          "| fit | SyncR² [95% CI] | training pairs per direction |", "|---|---|---|", *rows]
+            widths = chosen.loc[chosen["control"] != "main", ["diff_ci95_low", "diff_ci95_high"]].dropna()
+            if len(widths):
+                # smallest true difference detected with 80% power at the 5% level: (1.96 + 0.84) SE
+                se = float(np.median((widths["diff_ci95_high"] - widths["diff_ci95_low"]) / (2 * 1.96)))
+                found[(source, target)]["detectable"] = 2.8 * se
+                lines.append(f"\nSmallest difference from the main condition this {source} -> {target} fit detects "
+                             f"(80% power, 5% level, median over controls): {2.8 * se:.3f}.")
+        return lines + [""], found
+
+    def plots(self, found: dict) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from nsync.fit.plots import plot_layer_profile
+
+        self.docs.mkdir(parents=True, exist_ok=True)
+        paths = []
+        mains = {f"{s} -> {t}": v["main"] for (s, t), v in found.items() if v["main"] is not None}
+        if mains:
+            paths.append(plot_layer_profile(mains, self.docs / "layer_profile.png"))
+        if found:
+            fig, ax = plt.subplots(figsize=(9, 3.8))
+            width = 0.8 / len(found)
+            for j, ((s, t), v) in enumerate(found.items()):
+                table = v["chosen"][v["chosen"]["sync_r2"].notna()].reset_index(drop=True)
+                x = np.arange(len(table))
+                y = table["sync_r2"].astype(float).to_numpy()
+                lo, hi = table["ci95_low"].astype(float).to_numpy(), table["ci95_high"].astype(float).to_numpy()
+                err = np.nan_to_num(np.stack([y - lo, hi - y]).clip(min=0))
+                ax.bar(x + (j - (len(found) - 1) / 2) * width, y, width, yerr=err, capsize=3, label=f"{s} -> {t}")
+                ax.set_xticks(x, table["control"], rotation=30, ha="right")
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_ylabel("SyncR² (chosen alpha)")
+            ax.set_title("Main condition and controls, 95% basic bootstrap intervals over test episodes", fontsize=9)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            paths.append(self.docs / "controls.png")
+            fig.savefig(paths[-1], dpi=110)
+            plt.close(fig)
+            first = next(iter(found.values()))
+            heatmap = first["folder"] / "controls_chosen_alpha" / "main" / "heatmap_A_to_B.png"
+            if heatmap.is_file():
+                paths.append(Path(shutil.copy(heatmap, self.docs / "heatmap.png")))
+        return paths
+
+    def write(self) -> list[Path]:
+        sections, found = [], {}
+        for pair in self.cfg.pairs:
+            lines, pair_found = self.pair_section(pair.name, pair)
+            sections += lines
+            found.update(pair_found)
+        wall = sum(self.timings.values())
+        stages = ", ".join(f"{k} {v / 60:.0f} min" for k, v in self.timings.items())
+        head = ["<!-- written by experiments/cpu_study/study.py; do not edit by hand -->", "",
+                f"Wall time so far on this machine: {wall / 60:.0f} min ({stages})." if self.timings else "", ""]
+        body = "\n".join(head + sections)
+        self.docs.mkdir(parents=True, exist_ok=True)
+        written = [self.docs / "results.md"]
+        written[0].write_text(body + "\n")
+        written += self.plots(found)
+        if self.cfg.readme and Path(self.cfg.readme).is_file():
+            readme = Path(self.cfg.readme)
+            text = readme.read_text()
+            if BEGIN in text and END in text:
+                before, rest = text.split(BEGIN, 1)
+                after = rest.split(END, 1)[1]
+                readme.write_text(before + BEGIN + "\n" + body + "\n" + END + after)
+                written.append(readme)
+        return written
+
+
+def main(argv) -> None:
+    args = list(argv)
+    if not any(a == "--config" for a in args):
+        args = ["--config", str(HERE / "study.yaml"), *args]
+    cfg = load_config(StudyConfig, args, prog="experiments/cpu_study/study.py")
+    start = time.perf_counter()
+    Study(cfg).run()
+    print(f"done in {(time.perf_counter() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
