@@ -45,25 +45,27 @@ def test_batched_equals_one_at_a_time(tiny_llama):
         torch.testing.assert_close(single.states[0], batched.states[i], atol=1e-4, rtol=0)
 
 
-def test_prefix_reuse_gives_same_tokens_and_states(tiny_llama):
-    tok = tiny_llama.tokenizer
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_prefix_reuse_gives_same_tokens_and_states(arch):
+    lm = tiny_model(arch)  # tiny-gemma3: sliding window 64, prompts longer than it
+    tok = lm.tokenizer
     base = tok(TEXTS[0] * 3)["input_ids"]
+    assert len(base) > 64
     first = [base, base[:15]]
     second = [base + tok(" and more")["input_ids"], base[:15] + tok(" a longer new part")["input_ids"], base[:30]]
-    reusing = Generator(tiny_llama, SamplingConfig(max_new_tokens=8, temperature=0))
-    assert reusing.prefixes is not None
+    reusing = Generator(lm, SamplingConfig(max_new_tokens=8, temperature=0))
+    assert reusing.prefixes is not None and reusing.layout == ("any" if arch == "llama" else "contiguous")
     reusing.generate(first, [torch.Generator() for _ in first], keys=["a", "b"])
     got = reusing.generate(second, [torch.Generator() for _ in second], keys=["a", "b", "c"])
-    assert reusing.prefixes.reused_tokens == len(base) + 15
-    plain = Generator(tiny_llama, SamplingConfig(max_new_tokens=8, temperature=0))
+    if arch == "llama":
+        assert reusing.prefixes.reused_tokens == len(base) + 15
+    else:  # every row computes as many tokens as the one with the most new ones ("c": all 30)
+        assert reusing.prefixes.reused_tokens == len(second[0]) - 30
+    plain = Generator(lm, SamplingConfig(max_new_tokens=8, temperature=0))
     plain.prefixes = None
     want = plain.generate(second, [torch.Generator() for _ in second])
     assert got.tokens == want.tokens
     torch.testing.assert_close(got.states, want.states, atol=1e-5, rtol=0)
-
-
-def test_sliding_window_models_do_not_reuse_prefixes():
-    assert Generator(tiny_model("gemma3"), SamplingConfig()).prefixes is None
 
 
 def test_prompt_states_match_generation_capture(tiny_llama):

@@ -129,14 +129,23 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if accepts(model, "cache") else "past_key_values"
 
 
-def supports_prefix_reuse(model: nn.Module) -> bool:
-    """Whether cached keys/values of a prompt prefix can be re-used in a new batch layout:
-    true for full-attention decoders (Llama, Mistral, Qwen2, GPT-2), false with sliding windows."""
+def prefix_layout(model: nn.Module) -> str | None:
+    """How cached keys/values of a prompt prefix can be re-used in a new batch layout.
+
+    ``any``: full-attention decoders (Llama, Mistral, Qwen2, GPT-2): a row's cached prefix and its
+    new tokens may sit anywhere in the padded batch. ``contiguous``: models with sliding-window
+    layers (Gemma 3): the window is measured in cache columns, so each row's prefix and new tokens
+    must be adjacent (every row's pads on the left). None: other attention types, no re-use.
+    """
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     layer_types = getattr(cfg, "layer_types", None)
     if layer_types is not None:
-        return all(t == "full_attention" for t in layer_types)
-    return getattr(cfg, "sliding_window", None) is None or not getattr(cfg, "use_sliding_window", True)
+        kinds = set(layer_types)
+        if kinds == {"full_attention"}:
+            return "any"
+        return "contiguous" if kinds <= {"full_attention", "sliding_attention"} else None
+    sliding = getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True)
+    return "contiguous" if sliding else "any"
 
 
 def _growing_cache():
@@ -241,7 +250,8 @@ class Generator:
         self._logits_to_keep = accepts(lm.model, "logits_to_keep")
         # transformers 5.2x renamed `past_key_values` to `cache`; support both.
         self._cache_arg = cache_kwarg(lm.model)
-        self.prefixes = PrefixStore() if supports_prefix_reuse(lm.model) else None
+        self.layout = prefix_layout(lm.model)
+        self.prefixes = PrefixStore() if self.layout is not None else None
 
     def _done(self, row_tokens: list[int], token: int) -> bool:
         if token in self.eos_ids or len(row_tokens) >= self.sampling.max_new_tokens:
@@ -269,6 +279,11 @@ class Generator:
             return self._forward(ids, mask, positions, _growing_cache()), mask, positions
         found = [store.lookup(k, p) for k, p in zip(keys, prompts)]
         reused = [n for n, _ in found]
+        if self.layout == "contiguous":
+            # Every row computes as many tokens as the row with the most new ones (re-using a little
+            # less of its prefix), so no row has pads between its prefix and its new tokens.
+            width = max(len(p) - n for p, n in zip(prompts, reused))
+            reused = [max(0, len(p) - width) for p in prompts]
         p_max = max(reused)
         suffix_ids, suffix_mask = left_pad([p[n:] for p, n in zip(prompts, reused)], pad, device)
         prefix_mask = torch.zeros((len(prompts), p_max), dtype=torch.long, device=device)
@@ -279,7 +294,7 @@ class Generator:
                 ref_k, ref_v = next(kv for _, kv in found if kv is not None)[layer]
                 k_all = ref_k.new_zeros((len(prompts), ref_k.shape[0], p_max, ref_k.shape[2]))
                 v_all = ref_v.new_zeros((len(prompts), ref_v.shape[0], p_max, ref_v.shape[2]))
-                for i, (n, kv) in enumerate(found):
+                for i, (n, (_, kv)) in enumerate(zip(reused, found)):
                     if n:  # right-align each row's prefix so the new tokens follow it directly
                         k_all[i, :, p_max - n:] = kv[layer][0][:, :n]
                         v_all[i, :, p_max - n:] = kv[layer][1][:, :n]
