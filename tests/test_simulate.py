@@ -93,6 +93,32 @@ def test_different_config_is_refused_and_same_config_resumes(tmp_path):
     assert stats.runs == 0  # everything was already there
 
 
+def test_a_cache_grows_with_a_larger_limit_or_more_seeds(tmp_path):
+    out, _ = _run(tmp_path / "c")
+    before = _texts(ActivationCache.open(out))
+    n = before["run_id"].nunique()
+    _, stats = _run(tmp_path / "c", "seeds=[0,1]")
+    assert stats.runs == n  # only the new seed's runs
+    grown = ActivationCache.open(out)
+    assert grown.turns["run_id"].nunique() == 2 * n
+    kept = _texts(grown)
+    kept = kept[kept["run_id"].isin(set(before["run_id"]))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, before.reset_index(drop=True))  # the first runs untouched
+
+
+def test_a_manifest_written_before_the_selection_left_the_identity_still_opens(tmp_path):
+    import json
+
+    out, _ = _run(tmp_path / "c")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["identity"]["seeds"] = [0]
+    manifest["identity"]["scenarios"]["limit"] = 3
+    manifest["config_hash"] = "0" * 16
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    _, stats = _run(tmp_path / "c")
+    assert stats.runs == 0
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "nsync.simulate", *args], capture_output=True, text=True, **kw)
 

@@ -52,11 +52,24 @@ def config_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _same_identity(old: dict, new: dict) -> bool:
+    """``old`` agrees with ``new`` on every key ``new`` has (recursively)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            if not _same_identity(old[key], value):
+                return False
+        elif key not in old or old[key] != value:
+            return False
+    return True
+
+
 class CacheWriter:
     """Append whole conversations to a cache folder; every :meth:`write_shard` is atomic.
 
-    ``identity`` is the part of the config that decides the cache's content; reopening a
-    folder with a different identity is refused, with the same one it resumes.
+    ``identity`` is the part of the config that decides the content of every conversation;
+    reopening a folder with a different identity is refused, with the same one it resumes.
+    Keys the caller no longer puts in its identity are not compared (a manifest written before a
+    key left the identity still opens).
 
     >>> w = CacheWriter("/tmp/c", config={}, identity={"x": 1}, models=[info])      # doctest: +SKIP
     >>> w.write_shard(turns_rows, {("m", "interactive"): states})                  # doctest: +SKIP
@@ -84,9 +97,9 @@ class CacheWriter:
         manifest_path = self.root / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
-            if manifest.get("config_hash") != self.identity_hash:
-                old = manifest.get("identity", {})
-                diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            old = manifest.get("identity", {})
+            if manifest.get("config_hash") != self.identity_hash and not _same_identity(old, identity):
+                diff = sorted(k for k in set(old) | set(identity) if k in identity and old.get(k) != identity.get(k))
                 raise NsyncError(
                     f"{self.root} holds a cache made with a different config (differs in: {', '.join(diff) or 'format'}); "
                     "write to another folder, or delete this one to start over"
@@ -94,6 +107,9 @@ class CacheWriter:
             if not resume:
                 raise NsyncError(f"{self.root} already holds a cache of this config; set resume=true to continue it")
             self.manifest = manifest
+            self.manifest.update(config_hash=self.identity_hash, identity=identity)
+            if config:
+                self.manifest["config"] = config
             # Models added later (nsync.reread) stay known, so a merge keeps their states.
             for name, info in manifest.get("models", {}).items():
                 self.models.setdefault(name, ModelInfo(**info))

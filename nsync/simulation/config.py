@@ -51,7 +51,7 @@ class SimulateConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     episodes_in_flight: int = field(default=16, metadata={"help": "episodes advanced together (the generation batch)"})
     flush_every: int = field(default=16, metadata={"help": "finished episodes per atomic cache write"})
-    reuse_prefix: bool = field(default=True, metadata={"help": "re-use the keys/values of each agent's previous prompt (full-attention models)"})
+    reuse_prefix: bool = field(default=True, metadata={"help": "re-use the keys/values of each agent's previous prompt (full-attention and sliding-window models)"})
     resume: bool = field(default=True, metadata={"help": "continue a cache of the same config instead of refusing"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -74,10 +74,15 @@ class SimulateConfig:
             raise NsyncError("sampling needs max_new_tokens >= 1, 0 < top_p <= 1 and temperature >= 0")
 
     def identity(self) -> dict:
-        """The fields that decide what a cache holds (runtime knobs such as batch size excluded)."""
+        """The fields that decide what each conversation in a cache holds. Runtime knobs (batch
+        size, device) are left out, and so is which conversations there are (``seeds``,
+        ``scenarios.ids``, ``scenarios.limit``): every run depends only on its episode, seed and
+        this identity, so a cache grows when re-run with a larger limit or more seeds."""
         from nsync.config import to_dict
 
         d = to_dict(self)
-        for key in ("out", "resume", "episodes_in_flight", "flush_every", "progress", "device", "reuse_prefix"):
+        for key in ("out", "resume", "episodes_in_flight", "flush_every", "progress", "device", "reuse_prefix", "seeds"):
             d.pop(key)
+        for key in ("ids", "limit"):
+            d["scenarios"].pop(key)
         return d
