@@ -85,3 +85,6 @@ def test_clean_reply_drops_speaker_names_and_echoed_cues():
     from nsync.simulation.prompts import ECHO
 
     assert ECHO.search("Sure. You are at Turn 4, so") and not ECHO.search("I'll turn 40 next year")
+    # lines of the context block, as SmolLM2 repeats them
+    assert ECHO.search("Leo Williams's goal: Maintaining financial stability") and ECHO.search("Scenario: two friends")
+    assert not ECHO.search("My goal is simple: pay half.")

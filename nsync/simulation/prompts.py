@@ -159,7 +159,11 @@ def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utteran
 
 
 #: Prompt text a reply should never contain: the speaking cue and the prompt's own phrases.
-ECHO = re.compile(r"\bTurn \d+\s*:|\bYou are at Turn\b|\bImagine you are\b|\bHere is the context\b|\bConversation so far\b", re.IGNORECASE)
+ECHO = re.compile(
+    r"\bTurn \d+\s*:|\bYou are at Turn\b|\bImagine you are\b|\bHere is the context\b|\bConversation so far\b"
+    r"|'s (?:goal|background)\s*:|^\s*(?:Scenario|Participants)\s*:",  # the context block's own lines
+    re.IGNORECASE,
+)
 
 
 def clean_reply(text: str, first_line_only: bool, stop_strings: list[str], names: tuple[str, ...] = ()) -> tuple[str, bool]:
