@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], list[str], set[str]]:
         arg = args[i]
         if arg in ("-h", "--help"):
             flags.add("help")
-        elif arg == "--print-config":
+        elif arg in ("--print-config", "--print_config"):  # the second as Lightning users type it
             flags.add("print_config")
         elif arg == "--config":
             if i + 1 >= len(args):

@@ -1,0 +1,57 @@
+"""``nsync <command>``: one command for every stage, the same arguments as ``python -m``."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from nsync.cli import COMMANDS, main
+from nsync.data.synthetic import write_synthetic_cache
+
+
+def test_usage_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+
+
+def test_unknown_command_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fitt"])
+    assert exit_.value.code == 2 and "unknown command 'fitt'" in capsys.readouterr().err
+
+
+def test_every_command_has_a_main():
+    import importlib
+
+    for module, _ in COMMANDS.values():
+        assert callable(importlib.import_module(module).main)
+
+
+def test_cache_info_and_print_config(tmp_path, capsys):
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=4, turns=4, hidden=4, n_layers=1)
+    main(["cache", "info", str(cache)])
+    assert "pairs at lag 1 per direction" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--print_config", f"data.cache={cache}", "out=x", "data.lag=2"])
+    assert exit_.value.code == 0 and "lag: 2" in capsys.readouterr().out
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", f"data.cache={tmp_path / 'missing'}", "out=x", "data.lagg=2"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error:") and "Traceback" not in err
+
+
+EXE = shutil.which("nsync", path=f"{sys.prefix}/bin") or shutil.which("nsync")
+
+
+@pytest.mark.skipif(EXE is None, reason="the nsync console script is not installed (pip install -e . installs it)")
+def test_console_script_is_installed():
+    exe = EXE
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "simulate" in out and "fit" in out
