@@ -36,6 +36,9 @@ def test_invariant_to_rotation_scale_and_shift_and_zero_for_independent_states()
     x = torch.randn(300, 1, 20, generator=g, dtype=torch.float64)
     q = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))[0]
     assert debiased_cka(x, 3 * x @ q + 5).item() == pytest.approx(1.0, abs=1e-9)
+    massive = x.clone()
+    massive[..., 0] += 3000.0  # a constant massive dimension changes nothing
+    assert debiased_cka(massive, x @ q).item() == pytest.approx(1.0, abs=1e-9)
     # the biased estimator gives independent 300 x 200 matrices about 0.6; the debiased one about 0
     assert abs(debiased_cka(torch.randn(300, 1, 200, generator=g), torch.randn(300, 1, 200, generator=g)).item()) < 0.02
 

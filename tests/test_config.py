@@ -61,3 +61,11 @@ def test_bad_argument_and_missing_file():
 def test_post_init_validation_reaches_user():
     with pytest.raises(NsyncError, match="prompt_format"):
         load_config(SimulateConfig, ["out=x", "prompt_format=nope"], prog="t")
+
+
+def test_data_control_is_the_deprecated_name_of_data_pairing():
+    from nsync.data import DataConfig
+
+    with pytest.warns(FutureWarning, match="data.pairing"):
+        cfg = DataConfig(cache="x", control="shuffled_partner")
+    assert cfg.pairing == "shuffled_partner" and cfg.control is None

@@ -49,9 +49,9 @@ def test_main_condition_recovers_planted_relation(main_result):
 
 
 @pytest.mark.parametrize("control,expected", [
-    (["data.control=cross_interaction"], 0.0),
-    (["data.control=shuffled_partner"], 0.0),
-    (["data.control=same_time"], 0.0),
+    (["data.pairing=cross_interaction"], 0.0),
+    (["data.pairing=shuffled_partner"], 0.0),
+    (["data.pairing=same_time"], 0.0),
     (["data.lag=3"], 0.0),
     (["data.condition=observer"], 0.25),  # observer_share 0.5 of the planted 0.5
 ])
@@ -78,15 +78,15 @@ def test_control_pairings(linear):
     runs = turns.drop_duplicates("run_id").set_index("run_id")
     main = build_pairs(turns, "synthetic", "synthetic")
     assert (main.target_run_id == main.run_id).all() and (main.target_utterance == main.t + 1).all()
-    cross = build_pairs(turns, "synthetic", "synthetic", control="cross_interaction")
+    cross = build_pairs(turns, "synthetic", "synthetic", pairing="cross_interaction")
     assert (cross.target_run_id != cross.run_id).all()
     assert (runs.loc[cross.target_run_id, "episode_id"].to_numpy() == cross.episode_id.to_numpy()).all()
     assert (cross.target_utterance == cross.t + 1).all()
-    shuffled = build_pairs(turns, "synthetic", "synthetic", control="shuffled_partner", seed=3)
+    shuffled = build_pairs(turns, "synthetic", "synthetic", pairing="shuffled_partner", seed=3)
     assert (runs.loc[shuffled.target_run_id, "episode_id"].to_numpy() != shuffled.episode_id.to_numpy()).all()
     assert (shuffled.target_utterance == shuffled.t + 1).all()
-    assert not shuffled.target_run_id.equals(build_pairs(turns, "synthetic", "synthetic", control="shuffled_partner", seed=4).target_run_id)
-    same = build_pairs(turns, "synthetic", "synthetic", "B->A", control="same_time")
+    assert not shuffled.target_run_id.equals(build_pairs(turns, "synthetic", "synthetic", pairing="shuffled_partner", seed=4).target_run_id)
+    same = build_pairs(turns, "synthetic", "synthetic", "B->A", pairing="same_time")
     listener = turns[turns.condition == "listener"].set_index("row")
     assert (listener.loc[same.target_row, "agent"] == 0).all()
     assert (listener.loc[same.target_row, "utterance"].to_numpy() == same.t.to_numpy()).all()
@@ -96,9 +96,9 @@ def test_controls_explain_what_they_need(tmp_path):
     cache = write_synthetic_cache(tmp_path / "plain", "linear", n_episodes=6, turns=4, hidden=4)
     turns = ActivationCache.open(cache).turns
     with pytest.raises(NsyncError, match="several sampling seeds"):
-        build_pairs(turns, "synthetic", "synthetic", control="cross_interaction")
+        build_pairs(turns, "synthetic", "synthetic", pairing="cross_interaction")
     with pytest.raises(NsyncError, match="capture.listener=true"):
-        build_pairs(turns, "synthetic", "synthetic", control="same_time")
+        build_pairs(turns, "synthetic", "synthetic", pairing="same_time")
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,12 @@ log = logging.getLogger("nsync.controls")
 CONTROLS: dict[str, tuple[str, list[str]]] = {
     "main": ("the partner's next state (t -> t+1), interactive", []),
     "observer": ("no engagement: a passive re-reader's states as sources (the paper's)", ["data.condition=observer"]),
-    "cross_interaction": ("targets from another run (seed) of the same episode", ["data.control=cross_interaction"]),
-    "shuffled_partner": ("targets from another episode, same utterance index", ["data.control=shuffled_partner"]),
+    "cross_interaction": ("targets from another run (seed) of the same episode", ["data.pairing=cross_interaction"]),
+    "shuffled_partner": ("targets from another episode, same utterance index", ["data.pairing=shuffled_partner"]),
     "context": ("what the conversation's shape explains (utterance index, prompt length, last replies' lengths) removed from both sides",
                 ["data.remove_context=true"]),
     "self": ("the source agent's own next state (t -> t+2): a ceiling", ["data.lag=2"]),
-    "same_time": ("the partner reading the same history (t -> t)", ["data.control=same_time"]),
+    "same_time": ("the partner reading the same history (t -> t)", ["data.pairing=same_time"]),
     "untrained": ("an untrained copy of the model re-reading the same prompts",
                   ["data.source_model={model}@untrained", "data.target_model={model}@untrained",
                    "data.condition=teacher_forced", "data.target_condition=teacher_forced"]),
@@ -172,7 +172,7 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
             "lag": r.lag,
             "source": f"{r.models['source']}/{r.condition}",
             "target": f"{r.models['target']}/{r.target_condition}",
-            "pairing": r.control,
+            "pairing": r.pairing,
         }
         for direction, d in r.directions.items():
             row[f"sync_r2_{direction}"] = d.sync_r2

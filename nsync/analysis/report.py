@@ -36,7 +36,7 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     rows = [
         ("models", f"{r.models['source']} -> {r.models['target']}"),
         ("probe / split / lag", f"{r.probe} / {r.split} / {r.lag}"),
-        ("sources / targets / pairing", f"{r.condition} / {r.target_condition} / {r.control}"),
+        ("sources / targets / pairing", f"{r.condition} / {r.target_condition} / {r.pairing}"),
         ("SyncR² (± std over split seeds)", f"{r.sync_r2:.4f} ± {r.sync_r2_std:.4f}"),
         ("95% interval over episodes", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""),
         ("unclipped SyncR²", _fmt(r.sync_r2_unclipped)),

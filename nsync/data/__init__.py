@@ -2,7 +2,7 @@
 
 from nsync.data.config import DataConfig
 from nsync.data.datamodule import SynchronyDataModule
-from nsync.data.pairs import CONTROLS, DIRECTIONS, build_pairs
+from nsync.data.pairs import DIRECTIONS, PAIRINGS, build_pairs
 from nsync.data.splits import SPLITS, Split, make_split
 
-__all__ = ["CONTROLS", "DIRECTIONS", "DataConfig", "SPLITS", "Split", "SynchronyDataModule", "build_pairs", "make_split"]
+__all__ = ["DIRECTIONS", "PAIRINGS", "DataConfig", "SPLITS", "Split", "SynchronyDataModule", "build_pairs", "make_split"]

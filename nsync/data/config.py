@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
 from omegaconf import MISSING
 
 from nsync.cache.layout import CONDITIONS
-from nsync.data.pairs import CONTROLS, DIRECTIONS
+from nsync.data.pairs import DIRECTIONS, PAIRINGS
 from nsync.data.splits import SPLITS
 from nsync.errors import NsyncError
+
+log = logging.getLogger("nsync.data")
 
 
 @dataclass
@@ -28,7 +32,8 @@ class DataConfig:
     lag: int = field(default=1, metadata={"help": "target utterance t + lag (1: the partner's next utterance)"})
     condition: str = field(default="interactive", metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"})
     target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
-    control: str = field(default="partner", metadata={"help": f"where targets come from: one of {CONTROLS} (see nsync.data.pairs)"})
+    pairing: str = field(default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS} (see nsync.data.pairs)"})
+    control: Optional[str] = field(default=None, metadata={"help": "deprecated name of data.pairing (accepted in this release, with a warning)"})
     remove_context: bool = field(default=False, metadata={"help": "the context control: regress sources and targets on the utterance index, prompt length and the last two replies' lengths (fitted on the training side), fit on the residuals"})
     split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
     split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one split per seed; results are mean and std over them"})
@@ -49,8 +54,12 @@ class DataConfig:
         for key in ("condition", "target_condition"):
             if getattr(self, key) not in CONDITIONS:
                 raise NsyncError(f"data.{key} must be one of {CONDITIONS}, got '{getattr(self, key)}'")
-        if self.control not in CONTROLS:
-            raise NsyncError(f"data.control must be one of {CONTROLS}, got '{self.control}'")
+        if self.control is not None:
+            warnings.warn("data.control is deprecated and will be removed in the next release: use data.pairing", FutureWarning, stacklevel=2)
+            log.warning("data.control is deprecated: use data.pairing=%s", self.control)
+            self.pairing, self.control = self.control, None
+        if self.pairing not in PAIRINGS:
+            raise NsyncError(f"data.pairing must be one of {PAIRINGS}, got '{self.pairing}'")
         if self.source_layer_step < 1:
             raise NsyncError(f"data.source_layer_step must be at least 1, got {self.source_layer_step}")
         if not self.split_seeds:

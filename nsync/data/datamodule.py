@@ -57,9 +57,9 @@ class SynchronyDataModule(L.LightningDataModule):
         self.target_model = cfg.target_model or _only(models, "target_model")
         pairs = build_pairs(
             cache.turns, self.source_model, self.target_model, self.direction, cfg.lag, cfg.condition, cfg.target_condition,
-            cfg.control, seed,
+            cfg.pairing, seed,
         )
-        self.target_condition = "listener" if cfg.control == "same_time" else cfg.target_condition
+        self.target_condition = "listener" if cfg.pairing == "same_time" else cfg.target_condition
         if cfg.max_pairs:
             pairs = _budget(pairs, cfg.max_pairs, seed)
         split = make_split(pairs, cfg.split, cfg.test_size, seed)

@@ -5,7 +5,7 @@ utterance ``t + lag`` in the same run (with the default lag 1: the partner, whos
 already contains utterance ``t``; lag 2 is the speaker's own next state). ``A->B`` takes
 sources from the agent who spoke first in the episode (agent 0), ``B->A`` from the other one.
 
-``control`` changes where the target comes from, keeping the source rows as they are:
+``pairing`` says where the target comes from, keeping the source rows as they are:
 
 - ``partner``: the same run (the main condition).
 - ``cross_interaction``: another run of the same episode and model order (another sampling
@@ -30,7 +30,9 @@ class NoPairsError(NsyncError):
     """A direction has no pairs at this lag (the runs are too short); ``nsync.fit`` skips it."""
 
 
-CONTROLS = ("partner", "cross_interaction", "shuffled_partner", "same_time")
+#: Where a source row's target comes from (the experiment recipes built on them are the controls,
+#: :mod:`nsync.analysis.controls`).
+PAIRINGS = ("partner", "cross_interaction", "shuffled_partner", "same_time")
 PAIR_COLUMNS = [
     "run_id",
     "episode_id",
@@ -55,19 +57,19 @@ def build_pairs(
     lag: int = 1,
     source_condition: str = "interactive",
     target_condition: str = "interactive",
-    control: str = "partner",
+    pairing: str = "partner",
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per pair; ``source_row`` indexes ``cache.states(source_model, layer, source_condition)``,
     ``target_row`` indexes ``cache.states(target_model, layer, target_condition)`` (``listener``
-    for ``control="same_time"``). ``seed`` draws the other episode of ``shuffled_partner``.
+    for ``pairing="same_time"``). ``seed`` draws the other episode of ``shuffled_partner``.
 
     >>> pairs = build_pairs(cache.turns, "smollm2-135m", "smollm2-135m", "A->B", lag=1)  # doctest: +SKIP
     """
     if direction not in DIRECTIONS:
         raise NsyncError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
-    if control not in CONTROLS:
-        raise NsyncError(f"control must be one of {CONTROLS}, got '{control}'")
+    if pairing not in PAIRINGS:
+        raise NsyncError(f"pairing must be one of {PAIRINGS}, got '{pairing}'")
     if lag < 1:
         raise NsyncError(f"lag must be at least 1, got {lag}")
     source_agent = DIRECTIONS.index(direction)
@@ -80,18 +82,18 @@ def build_pairs(
             f"no '{source_condition}' utterances of model '{source_model}' as agent {source_agent} in the cache "
             f"(models with that condition: {have})"
         )
-    if control == "same_time":
+    if pairing == "same_time":
         target_condition = "listener"
         tgt = turns[(turns["condition"] == "listener") & (turns["model"] == target_model) & (turns["agent"] == 1 - source_agent)]
         if tgt.empty:
-            raise NsyncError("control same_time needs the partners' listener states: simulate with capture.listener=true")
+            raise NsyncError("pairing same_time needs the partners' listener states: simulate with capture.listener=true")
         src = src.assign(target_utterance=src["utterance"])
     else:
         tgt = turns[(turns["condition"] == target_condition) & (turns["model"] == target_model)]
         if tgt.empty:
             raise NsyncError(f"no '{target_condition}' utterances of target model '{target_model}' in the cache")
         src = src.assign(target_utterance=src["utterance"] + lag)
-    src = src.assign(target_run_id=_target_runs(turns, src, control, seed))
+    src = src.assign(target_run_id=_target_runs(turns, src, pairing, seed))
     merged = src.merge(
         tgt[["run_id", "utterance", "row"]],
         left_on=["target_run_id", "target_utterance"],
@@ -115,17 +117,17 @@ def build_pairs(
         }
     )
     if pairs.empty:
-        raise NoPairsError(f"no {direction} pairs with lag {lag} and control {control}: the runs are too short or the models do not meet")
+        raise NoPairsError(f"no {direction} pairs with lag {lag} and pairing {pairing}: the runs are too short or the models do not meet")
     return pairs.sort_values(["run_id", "t"]).reset_index(drop=True)
 
 
-def _target_runs(turns: pd.DataFrame, src: pd.DataFrame, control: str, seed: int) -> pd.Series:
+def _target_runs(turns: pd.DataFrame, src: pd.DataFrame, pairing: str, seed: int) -> pd.Series:
     """The run each source row takes its target from."""
-    if control in ("partner", "same_time"):
+    if pairing in ("partner", "same_time"):
         return src["run_id"]
     runs = turns.drop_duplicates("run_id")[["run_id", "episode_id", "order", "seed"]].sort_values("run_id")
     mapping: dict[str, str] = {}
-    if control == "cross_interaction":
+    if pairing == "cross_interaction":
         # Within an (episode, order) group, run i takes its target from the next run (cyclically).
         for _, group in runs.groupby(["episode_id", "order"]):
             ids = group.sort_values("seed")["run_id"].tolist()
@@ -134,13 +136,13 @@ def _target_runs(turns: pd.DataFrame, src: pd.DataFrame, control: str, seed: int
                     mapping[run] = ids[(i + 1) % len(ids)]
         if not mapping:
             raise NsyncError(
-                "control cross_interaction needs each episode simulated with several sampling seeds (simulate with seeds=[0,1])"
+                "pairing cross_interaction needs each episode simulated with several sampling seeds (simulate with seeds=[0,1])"
             )
     else:  # shuffled_partner: a random order of runs, each paired with the next one of another episode
         ids = runs["run_id"].to_numpy()[np.random.default_rng(seed).permutation(len(runs))]
         episode = dict(zip(runs["run_id"], runs["episode_id"]))
         if len(set(episode.values())) < 2:
-            raise NsyncError("control shuffled_partner needs at least two episodes")
+            raise NsyncError("pairing shuffled_partner needs at least two episodes")
         for i, run in enumerate(ids):
             j = (i + 1) % len(ids)
             while episode[ids[j]] == episode[run]:

@@ -28,7 +28,7 @@ def main(argv: Sequence[str]) -> None:
         return
     ci = result.sync_r2_ci95
     ci_text = f", 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
-    print(f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, control {cfg.data.control}, "
+    print(f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, pairing {cfg.data.pairing}, "
           f"{len(cfg.data.split_seeds)} split seeds, {result.seconds:.1f} s)")
     for direction, d in result.directions.items():
         r2 = np.array(d.best_r2_by_source_layer, dtype=float)

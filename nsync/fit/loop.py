@@ -245,9 +245,9 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
                     "(planted problems: 83-90%% for a nominal 95%% at 10); simulate more episodes", fewest, MIN_TEST_EPISODES)
     ckas = [d.sync_cka for d in directions.values() if d.sync_cka is not None]
     result = FitResult(
-        schema_version=SCHEMA_VERSION, sync_cka=float(np.mean(ckas)) if len(ckas) == len(directions) else None,
+        schema_version=SCHEMA_VERSION, sync_cka=float(np.mean(ckas)) if ckas and len(ckas) == len(directions) else None,
         probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, target_condition=lay["target_condition"],
-        control=cfg.data.control, models={"source": lay["source_model"], "target": lay["target_model"]},
+        pairing=cfg.data.pairing, models={"source": lay["source_model"], "target": lay["target_model"]},
         source_layers=lay["source_layers"], target_layers=lay["target_layers"],
         source_layer_names=lay["source_layer_names"], target_layer_names=lay["target_layer_names"],
         source_depth=lay["source_depth"], target_depth=lay["target_depth"],

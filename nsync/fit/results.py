@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -105,7 +106,7 @@ class FitResult(BaseModel):
     lag: int
     condition: str
     target_condition: str
-    control: str
+    pairing: str = Field(description="where targets came from (nsync.data.pairs.PAIRINGS)")
     models: dict[str, str] = Field(description="{'source': model, 'target': model}")
     source_layers: list[int]
     target_layers: list[int]
@@ -148,6 +149,12 @@ class FitResult(BaseModel):
             raise NsyncError(f"{path} has results schema version {version}, this nsync reads version {SCHEMA_VERSION}; "
                              f"re-run python -m nsync.fit with overwrite=true")
         return cls.model_validate(raw)
+
+def _mean_best(matrices: list[np.ndarray]) -> float:
+    """Mean over matrices of the mean over rows of each row's best finite value (NaN if none)."""
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN rows and matrices
+        return float(np.nanmean([np.nanmean(row_max(m)) for m in matrices]))
+
 
 def layer_profile(result: "FitResult"):
     """One row per (direction, source layer): its relative depth, the best target layer's R² (mean
@@ -199,5 +206,5 @@ def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.n
         n_train=n_train,
         n_test=n_test,
         cka=None if ckas is None else nan_to_none(np.mean(ckas, 0).tolist()),
-        sync_cka=None if ckas is None else float(np.mean([np.nanmean(row_max(c)) for c in ckas])),
+        sync_cka=None if ckas is None else nan_to_none(_mean_best(ckas)),
     )

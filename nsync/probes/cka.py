@@ -14,8 +14,11 @@ import torch
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
-    """The linear kernel of ``x`` ``[n, d]`` with its diagonal zeroed (float64)."""
+    """The linear kernel of ``x`` ``[n, d]`` with its diagonal zeroed (float64). Columns are
+    centred first: CKA does not change, and a massive constant dimension (thousands, in LLM
+    residual streams) would otherwise swamp the rest in rounding."""
     x = x.double()
+    x = x - x.mean(0)
     k = x @ x.T
     k.fill_diagonal_(0.0)
     return k
