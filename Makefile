@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   install, simulate episodes with the bundled SmolLM2-135M, fit the paper's probes
-#   make test         install, then run the whole test suite
+#   make test         install, then run every test tier (what CI runs)
+#   make test-fast    the default tier only (pytest with no options): unit and tiny-model tests, doctests
 #   make controls     simulate a controls-ready cache and run every control on it (about an hour on 2 cores)
 #   make paper-small  the controls, then the paper's pipeline on the bundled models (report in runs/paper_small)
 #   make study        the CPU study (experiments/cpu_study): hours on 2 cores, resumable; writes docs/cpu_study
@@ -11,7 +12,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart controls paper-small study test clean-runs
+.PHONY: install quickstart controls paper-small study test test-fast clean-runs
 
 install: $(VENV)/.installed
 
@@ -43,6 +44,9 @@ study: install
 	$(BIN)/python experiments/cpu_study/study.py
 
 test: install
+	$(BIN)/python -m pytest -m ""
+
+test-fast: install
 	$(BIN)/python -m pytest
 
 clean-runs:

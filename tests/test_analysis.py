@@ -61,6 +61,7 @@ def pairs(tmp_path_factory):
     return root, fits
 
 
+@pytest.mark.pipeline
 def test_analysis_across_pairs_and_episodes(pairs, tmp_path):
     root, fits = pairs
     cov = tmp_path / "cov.csv"

@@ -12,18 +12,21 @@ def coverage():
     return interval_coverage(n_rep=200, n_boot=400, population=1000)
 
 
+@pytest.mark.slow  # hundreds of planted problems
 def test_basic_interval_covers_the_population_sync_r2(coverage):
     assert coverage["basic"]["truth"] >= 0.90
     assert coverage["basic"]["bias_corrected"] == 1.0  # the interval's own centre, always inside
     assert coverage["basic"]["estimate"] >= 0.99
 
 
+@pytest.mark.slow  # hundreds of planted problems
 def test_the_check_can_fail(coverage):
     # The percentile interval of the same replicates misses the population value too often here:
     # the coverage check tells the two apart.
     assert coverage["percentile"]["truth"] < 0.90
 
 
+@pytest.mark.slow  # hundreds of planted problems
 def test_paired_difference_covers_the_population_difference():
     c = interval_coverage(n_rep=200, n_boot=400, population=1000, seed=1, difference=True, source_noise=(0.5, 1.5))
     assert c["basic"]["truth"] >= 0.90

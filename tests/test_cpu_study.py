@@ -17,6 +17,7 @@ def _study():
     return module
 
 
+@pytest.mark.pipeline
 def test_study_runs_reports_and_resumes(tmp_path, capsys):
     study = _study()
     readme = tmp_path / "README.md"

@@ -54,6 +54,7 @@ def test_independent_targets_give_zero(tmp_path):
     assert res.sync_r2_unclipped < 0.01 and res.sync_r2 < 0.02
 
 
+@pytest.mark.slow
 def test_mlp_beats_affine_on_a_nonlinear_relation(tmp_path):
     cache = write_synthetic_cache(tmp_path / "quad", "quadratic", n_episodes=300, turns=10, hidden=4, noise=0.5)
     common = ["data.split_seeds=[0]", "data.directions=[A->B]", "data.source_layers=[1]", "data.target_layers=[1]", "data.val_size=0.15"]
@@ -85,6 +86,7 @@ def test_wandb_offline_run_and_refusing_to_overwrite(tmp_path, linear, monkeypat
         run_fit(cfg)
 
 
+@pytest.mark.slow
 def test_cli_reports_typos_and_missing_cache(tmp_path):
     res = subprocess.run([sys.executable, "-m", "nsync.fit", f"out={tmp_path}/x", "data.cache=/nope", "data.splt=persona"],
                          capture_output=True, text=True)

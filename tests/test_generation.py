@@ -88,7 +88,29 @@ def test_generated_mean_is_mean_over_reply_tokens(tiny_llama):
     torch.testing.assert_close(out.generated_mean[0, :-1], ref, atol=1e-5, rtol=0)
 
 
-def test_stops_at_first_line_and_max_tokens(tiny_llama):
-    gen = Generator(tiny_llama, SamplingConfig(max_new_tokens=4, first_line_only=True))
-    out = gen.generate(_prompts(tiny_llama), [torch.Generator().manual_seed(i) for i in range(3)])
-    assert all(1 <= len(t) <= 4 for t in out.tokens)
+def test_stops_at_first_line_eos_and_max_tokens(tiny_llama, monkeypatch):
+    """Each row stops on its own: after the token that completes its first line, at end of
+    sequence, or at max_new_tokens; the others keep going."""
+    import nsync.simulation.generation as generation
+
+    tok = tiny_llama.tokenizer
+    gen = Generator(tiny_llama, SamplingConfig(max_new_tokens=5, first_line_only=True))
+    word = tok("hello", add_special_tokens=False)["input_ids"][0]
+    newline = min(i for i in gen.newline_ids if tok.decode([i]) == "\n")
+    eos = min(gen.eos_ids)
+    script = [[word, word, newline, word, word, word], [word] * 6, [word, eos, word, word, word, word]]
+    generators = [torch.Generator() for _ in script]
+    row_of = {id(g): i for i, g in enumerate(generators)}
+    steps = [0] * len(script)
+
+    def scripted(logits, running, temperature, top_p):  # one token per running row, from its script
+        out = []
+        for g in running:
+            row = row_of[id(g)]
+            out.append(script[row][steps[row]])
+            steps[row] += 1
+        return torch.tensor(out)
+
+    monkeypatch.setattr(generation, "_sample", scripted)
+    out = gen.generate(_prompts(tiny_llama), generators)
+    assert out.tokens == [script[0][:3], script[1][:5], script[2][:2]]

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def _pipeline():
     return module
 
 
+@pytest.mark.pipeline
 def test_pipeline_runs_every_step_and_resumes(tmp_path, capsys):
     out = tmp_path / "paper"
     args = [

@@ -123,6 +123,7 @@ def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "nsync.simulate", *args], capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "c"
     args = [f"out={out}", *ARGS, "scenarios.limit=12", "episodes_in_flight=2"]
@@ -149,6 +150,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     np.testing.assert_allclose(_layer(resumed, 1), _layer(fresh, 1), atol=2e-3)
 
 
+@pytest.mark.slow  # one subprocess per case
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -202,6 +204,7 @@ def test_smollm2_episode_shapes_and_text(tmp_path, smollm2):
     assert texts.str.len().gt(0).all()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_match_a_single_process(tmp_path):
     out = tmp_path / "dist"
     res = subprocess.run(

@@ -16,10 +16,14 @@ from nsync.errors import NsyncError
 class ActivationCache:
     """A cache folder opened for reading.
 
-    >>> cache = ActivationCache.open("runs/quickstart/cache")           # doctest: +SKIP
-    >>> cache.turns[["episode_id", "agent", "utterance", "text"]].head() # doctest: +SKIP
-    >>> x = cache.states("smollm2-135m", layer=15)  # [rows, 576], rows aligned with
-    >>> # cache.turns[(cache.turns.model == "smollm2-135m") & (cache.turns.condition == "interactive")]
+    >>> import tempfile
+    >>> from nsync.data.synthetic import write_synthetic_cache
+    >>> cache = ActivationCache.open(write_synthetic_cache(tempfile.mkdtemp() + "/c", n_episodes=3, turns=4, hidden=8))
+    >>> cache.turns[["episode_id", "agent", "utterance"]].shape
+    (12, 3)
+    >>> cache.states("synthetic", layer=1).shape  # [rows, hidden], rows aligned with
+    (12, 8)
+    >>> # cache.turns[(cache.turns.model == "synthetic") & (cache.turns.condition == "interactive")]
     """
 
     def __init__(self, root: Path, manifest: dict, shards: list[Path]):

@@ -330,9 +330,9 @@ def untrained_copy(lm: LoadedModel, seed: int = 0, name: str | None = None) -> L
     """The same architecture and tokenizer with freshly initialised weights (the model's own
     ``_init_weights``, seeded): the untrained-model control.
 
-    >>> floor = untrained_copy(load_model("smollm2-135m"))  # doctest: +SKIP
-    >>> floor.name
-    'smollm2-135m@untrained'
+    >>> from nsync.models.tiny import tiny_model
+    >>> untrained_copy(tiny_model("llama")).name      # e.g. load_model("smollm2-135m") for the real one
+    'tiny-llama@untrained'
     """
     from transformers import AutoModelForCausalLM
 
