@@ -148,3 +148,30 @@ def test_import_reference_without_sotopia_and_bad_trees(tmp_path):
         np.save(gap / f"agent_{k % 2 + 1}_turn_{k}" / "states.npy", np.zeros((2, 1, 3), np.float32))
     with pytest.raises(NsyncError, match="not consecutive"):
         import_reference(tmp_path / "gap", tmp_path / "out3")
+
+
+def test_a_cache_round_trips_through_a_hugging_face_dataset(tmp_path):
+    from datasets import load_from_disk
+
+    from nsync.cache.hf import export_hf, import_hf
+    from nsync.data.synthetic import write_synthetic_cache
+
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=5, turns=4, hidden=6, n_layers=2, observer_share=0.5)
+    exported = export_hf(cache, tmp_path / "hf")
+    data = load_from_disk(str(exported))
+    assert set(data) == {"synthetic__interactive", "synthetic__observer"}
+    assert len(data["synthetic__interactive"]) == 20 and len(data["synthetic__interactive"][0]["layer_2"]) == 6
+    back = ActivationCache.open(import_hf(exported, tmp_path / "back"))
+    original = ActivationCache.open(cache)
+    key = ["model", "condition", "row"]
+    a = original.turns.sort_values(key).reset_index(drop=True)
+    b = back.turns.sort_values(key).reset_index(drop=True)[a.columns]
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    for condition in ("interactive", "observer"):
+        for layer in range(3):
+            np.testing.assert_array_equal(back.states("synthetic", layer, condition), original.states("synthetic", layer, condition))
+    assert back.manifest["identity"] == original.manifest["identity"]
+    with pytest.raises(NsyncError, match="exists"):
+        export_hf(cache, exported)
+    with pytest.raises(NsyncError, match="not a dataset exported by nsync"):
+        import_hf(tmp_path / "c", tmp_path / "x")

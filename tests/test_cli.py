@@ -55,3 +55,11 @@ def test_console_script_is_installed():
     exe = EXE
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "simulate" in out and "fit" in out
+
+
+def test_cache_export_and_import_hf_commands(tmp_path, capsys):
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=3, turns=4, hidden=4, n_layers=1)
+    main(["cache", "export", str(cache), str(tmp_path / "hf"), "--format", "hf"])
+    main(["cache", "import-hf", str(tmp_path / "hf"), str(tmp_path / "back")])
+    out = capsys.readouterr().out
+    assert "load_from_disk" in out and f"wrote {tmp_path / 'back'}" in out and "12 runs" not in out

@@ -1,4 +1,5 @@
-"""``python -m nsync.cache info PATH`` and ``python -m nsync.cache import-reference SRC OUT``."""
+"""``python -m nsync.cache info PATH``, ``export PATH OUT --format hf``, ``import-hf SRC OUT`` and
+``import-reference SRC OUT`` (also ``nsync cache ...``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ def main(argv: Sequence[str]) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print a summary of a cache")
     info.add_argument("path")
+    exp = sub.add_parser("export", help="write a cache as a Hugging Face datasets dataset (load_from_disk, push_to_hub)")
+    exp.add_argument("path")
+    exp.add_argument("out", help="dataset folder to create")
+    exp.add_argument("--format", default="hf", choices=["hf"])
+    imh = sub.add_parser("import-hf", help="turn a dataset written by 'export' back into a cache")
+    imh.add_argument("src")
+    imh.add_argument("out", help="cache folder to create")
     imp = sub.add_parser("import-reference", help="import the paper's released states.npy tree")
     imp.add_argument("src", help="the reference tree: <pair>/<source>/episode_<e>/t<T>_seed<s>/agent_<n>_turn_<k>/states.npy")
     imp.add_argument("out", help="cache folder to create")
@@ -24,6 +32,16 @@ def main(argv: Sequence[str]) -> None:
 
     if args.command == "info":
         print(ActivationCache.open(args.path).summary())
+    elif args.command == "export":
+        from nsync.cache.hf import export_hf
+
+        print(f"wrote {export_hf(args.path, args.out)} (datasets.load_from_disk opens it)")
+    elif args.command == "import-hf":
+        from nsync.cache.hf import import_hf
+
+        out = import_hf(args.src, args.out)
+        print(ActivationCache.open(out).summary())
+        print(f"wrote {out}")
     else:
         from nsync.cache.importer import import_reference
 
