@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from nsync.errors import NsyncError
@@ -97,6 +97,18 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], list[str], set[str]]:
     return files, overrides, flags
 
 
+def _open_mappings(cfg: DictConfig) -> None:
+    """Free-form mapping fields (``dict[str, Any]``, e.g. ``probe_options``) take any key; the
+    dataclass fields around them stay strict (a misspelt key is still an error)."""
+    for key in cfg:
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            if node._metadata.object_type in (None, dict):
+                OmegaConf.set_struct(node, False)
+            else:
+                _open_mappings(node)
+
+
 def load_config(schema: type[T], argv: Sequence[str], prog: str) -> T:
     """Build a validated ``schema`` instance from ``--config`` files and overrides.
 
@@ -113,6 +125,7 @@ def load_config(schema: type[T], argv: Sequence[str], prog: str) -> T:
         sys.exit(0)
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
     for file in files:
         path = Path(file)
         if not path.is_file():

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from nsync.data.synthetic import interval_coverage, planted_test_side
+from nsync.data.synthetic import planted_test_side
 from nsync.fit import bootstrap as boot
+from nsync.fit.bootstrap import interval_coverage
 
 
 @pytest.fixture(scope="module")

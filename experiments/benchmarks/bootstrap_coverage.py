@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from nsync.data.synthetic import interval_coverage
+from nsync.fit.bootstrap import interval_coverage
 
 SETTINGS = {
     "24 test episodes, offsets sd 1": {},

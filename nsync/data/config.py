@@ -32,7 +32,7 @@ class DataConfig:
     lag: int = field(default=1, metadata={"help": "target utterance t + lag (1: the partner's next utterance)"})
     condition: str = field(default="interactive", metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"})
     target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
-    pairing: str = field(default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS} (see nsync.data.pairs)"})
+    pairing: str = field(default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS.names()} or a registered one (see nsync.data.pairs)"})
     control: Optional[str] = field(default=None, metadata={"help": "deprecated name of data.pairing (accepted in this release, with a warning)"})
     remove_context: bool = field(default=False, metadata={"help": "the context control: regress sources and targets on the utterance index, prompt length and the last two replies' lengths (fitted on the training side), fit on the residuals"})
     split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
@@ -59,7 +59,7 @@ class DataConfig:
             log.warning("data.control is deprecated: use data.pairing=%s", self.control)
             self.pairing, self.control = self.control, None
         if self.pairing not in PAIRINGS:
-            raise NsyncError(f"data.pairing must be one of {PAIRINGS}, got '{self.pairing}'")
+            raise NsyncError(f"data.pairing must be one of {PAIRINGS.names()}, got '{self.pairing}'")
         if self.source_layer_step < 1:
             raise NsyncError(f"data.source_layer_step must be at least 1, got {self.source_layer_step}")
         if not self.split_seeds:

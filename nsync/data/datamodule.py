@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from nsync.cache import ActivationCache
 from nsync.data.config import DataConfig
 from nsync.data.context import context_features, design, residualize
-from nsync.data.pairs import build_pairs
+from nsync.data.pairs import PAIRINGS, build_pairs
 from nsync.data.splits import make_split, validation_part
 from nsync.errors import NsyncError
 
@@ -59,7 +59,7 @@ class SynchronyDataModule(L.LightningDataModule):
             cache.turns, self.source_model, self.target_model, self.direction, cfg.lag, cfg.condition, cfg.target_condition,
             cfg.pairing, seed,
         )
-        self.target_condition = "listener" if cfg.pairing == "same_time" else cfg.target_condition
+        self.target_condition = PAIRINGS.get(cfg.pairing).target_condition or cfg.target_condition
         if cfg.max_pairs:
             pairs = _budget(pairs, cfg.max_pairs, seed)
         split = make_split(pairs, cfg.split, cfg.test_size, seed)

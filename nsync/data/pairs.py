@@ -18,10 +18,13 @@ sources from the agent who spoke first in the episode (agent 0), ``B->A`` from t
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import pandas as pd
 
 from nsync.errors import NsyncError
+from nsync.registry import Registry
 
 DIRECTIONS = ("A->B", "B->A")
 
@@ -30,9 +33,23 @@ class NoPairsError(NsyncError):
     """A direction has no pairs at this lag (the runs are too short); ``nsync.fit`` skips it."""
 
 
-#: Where a source row's target comes from (the experiment recipes built on them are the controls,
-#: :mod:`nsync.analysis.controls`).
-PAIRINGS = ("partner", "cross_interaction", "shuffled_partner", "same_time")
+class Pairing(Protocol):
+    """Where a source row's target comes from (``data.pairing``). Register one with
+    ``@PAIRINGS.register("name")``; the experiment recipes built on pairings are the controls
+    (:mod:`nsync.analysis.controls`)."""
+
+    #: The target condition it reads instead of ``data.target_condition`` (e.g. ``listener``), or None.
+    target_condition: str | None
+
+    def target_utterance(self, src: pd.DataFrame, lag: int) -> pd.Series:
+        """The utterance index each source row's target has (in its target run)."""
+
+    def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
+        """The run each source row takes its target from (``seed``: for random pairings)."""
+
+
+#: Registered pairings, by name.
+PAIRINGS: Registry[Pairing] = Registry("pairing")
 PAIR_COLUMNS = [
     "run_id",
     "episode_id",
@@ -68,8 +85,7 @@ def build_pairs(
     """
     if direction not in DIRECTIONS:
         raise NsyncError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
-    if pairing not in PAIRINGS:
-        raise NsyncError(f"pairing must be one of {PAIRINGS}, got '{pairing}'")
+    how = PAIRINGS.get(pairing)()
     if lag < 1:
         raise NsyncError(f"lag must be at least 1, got {lag}")
     source_agent = DIRECTIONS.index(direction)
@@ -82,18 +98,15 @@ def build_pairs(
             f"no '{source_condition}' utterances of model '{source_model}' as agent {source_agent} in the cache "
             f"(models with that condition: {have})"
         )
-    if pairing == "same_time":
-        target_condition = "listener"
-        tgt = turns[(turns["condition"] == "listener") & (turns["model"] == target_model) & (turns["agent"] == 1 - source_agent)]
-        if tgt.empty:
-            raise NsyncError("pairing same_time needs the partners' listener states: simulate with capture.listener=true")
-        src = src.assign(target_utterance=src["utterance"])
-    else:
-        tgt = turns[(turns["condition"] == target_condition) & (turns["model"] == target_model)]
-        if tgt.empty:
-            raise NsyncError(f"no '{target_condition}' utterances of target model '{target_model}' in the cache")
-        src = src.assign(target_utterance=src["utterance"] + lag)
-    src = src.assign(target_run_id=_target_runs(turns, src, pairing, seed))
+    target_condition = how.target_condition or target_condition
+    tgt = turns[(turns["condition"] == target_condition) & (turns["model"] == target_model)]
+    if how.target_condition == "listener":  # the listener rows of the partner, not of the source agent
+        tgt = tgt[tgt["agent"] == 1 - source_agent]
+    if tgt.empty:
+        hint = ": simulate with capture.listener=true" if target_condition == "listener" else ""
+        raise NsyncError(f"no '{target_condition}' utterances of target model '{target_model}' in the cache (pairing {pairing}){hint}")
+    src = src.assign(target_utterance=how.target_utterance(src, lag))
+    src = src.assign(target_run_id=how.target_runs(turns, src, seed))
     merged = src.merge(
         tgt[["run_id", "utterance", "row"]],
         left_on=["target_run_id", "target_utterance"],
@@ -121,15 +134,41 @@ def build_pairs(
     return pairs.sort_values(["run_id", "t"]).reset_index(drop=True)
 
 
-def _target_runs(turns: pd.DataFrame, src: pd.DataFrame, pairing: str, seed: int) -> pd.Series:
-    """The run each source row takes its target from."""
-    if pairing in ("partner", "same_time"):
+def _runs(turns: pd.DataFrame) -> pd.DataFrame:
+    return turns.drop_duplicates("run_id")[["run_id", "episode_id", "order", "seed"]].sort_values("run_id")
+
+
+@PAIRINGS.register("partner")
+class Partner:
+    """The same run: the partner's state at ``t + lag`` (the main condition)."""
+
+    target_condition = None
+
+    def target_utterance(self, src: pd.DataFrame, lag: int) -> pd.Series:
+        return src["utterance"] + lag
+
+    def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
         return src["run_id"]
-    runs = turns.drop_duplicates("run_id")[["run_id", "episode_id", "order", "seed"]].sort_values("run_id")
-    mapping: dict[str, str] = {}
-    if pairing == "cross_interaction":
+
+
+@PAIRINGS.register("same_time")
+class SameTime(Partner):
+    """The partner's listener state at ``t`` itself (``lag`` does not apply)."""
+
+    target_condition = "listener"
+
+    def target_utterance(self, src: pd.DataFrame, lag: int) -> pd.Series:
+        return src["utterance"]
+
+
+@PAIRINGS.register("cross_interaction")
+class CrossInteraction(Partner):
+    """Another run (sampling seed) of the same episode and model order, same utterance index."""
+
+    def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
+        mapping: dict[str, str] = {}
         # Within an (episode, order) group, run i takes its target from the next run (cyclically).
-        for _, group in runs.groupby(["episode_id", "order"]):
+        for _, group in _runs(turns).groupby(["episode_id", "order"]):
             ids = group.sort_values("seed")["run_id"].tolist()
             for i, run in enumerate(ids):
                 if len(ids) > 1:
@@ -138,14 +177,24 @@ def _target_runs(turns: pd.DataFrame, src: pd.DataFrame, pairing: str, seed: int
             raise NsyncError(
                 "pairing cross_interaction needs each episode simulated with several sampling seeds (simulate with seeds=[0,1])"
             )
-    else:  # shuffled_partner: a random order of runs, each paired with the next one of another episode
+        return src["run_id"].map(mapping)
+
+
+@PAIRINGS.register("shuffled_partner")
+class ShuffledPartner(Partner):
+    """A run of another episode (a random order of runs, each paired with the next one of another
+    episode), same utterance index: breaks the pairing, keeps the turn position."""
+
+    def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
+        runs = _runs(turns)
         ids = runs["run_id"].to_numpy()[np.random.default_rng(seed).permutation(len(runs))]
         episode = dict(zip(runs["run_id"], runs["episode_id"]))
         if len(set(episode.values())) < 2:
             raise NsyncError("pairing shuffled_partner needs at least two episodes")
+        mapping: dict[str, str] = {}
         for i, run in enumerate(ids):
             j = (i + 1) % len(ids)
             while episode[ids[j]] == episode[run]:
                 j = (j + 1) % len(ids)
             mapping[run] = ids[j]
-    return src["run_id"].map(mapping)
+        return src["run_id"].map(mapping)

@@ -179,39 +179,3 @@ def planted_test_side(
                    / ((pop_y[:, :, t] - pop_y[:, :, t].mean((0, 1))) ** 2).reshape(-1, hidden).sum(0)).mean() for t in range(n_t)]
         best.append(max(max(r2), 0.0))
     return {"episodes": [f"ep{i:03d}" for i in range(n_test)], "sums": sums, "truth": float(np.mean(best)), "truth_per_source": best}
-
-
-def interval_coverage(n_rep: int = 200, n_boot: int = 400, seed: int = 0, difference: bool = False,
-                      methods: tuple[str, ...] = ("basic", "percentile"), **problem) -> dict[str, dict[str, float]]:
-    """How often nsync's episode-bootstrap intervals hold the population SyncR² (or, with
-    ``difference``, the population difference source 1 minus source 0, a paired comparison of two
-    conditions on the same test episodes), the raw estimate and the bias-corrected one, over
-    ``n_rep`` :func:`planted_test_side` problems. Returns method -> {"truth", "estimate",
-    "bias_corrected", "width"} (shares, and the mean width).
-
-    >>> interval_coverage(n_rep=2, n_boot=50, population=200)["basic"]["estimate"]
-    1.0
-    """
-    from nsync.fit import bootstrap as boot
-
-    rng = np.random.default_rng(seed)
-    hits = {m: np.zeros(4) for m in methods}
-    for r in range(n_rep):
-        p = planted_test_side(rng, **problem)
-        draws = boot.EpisodeBootstrap(n_boot, seed=r).weights(p["episodes"])
-
-        def sync_and_replicates(sums: list[dict]) -> tuple[float, np.ndarray]:
-            ones = np.ones((1, len(p["episodes"])))
-            estimate = float(boot.replicate_sync_r2([boot.replicate_r2(s, ones) for s in sums])[0])
-            return estimate, boot.replicate_sync_r2([boot.replicate_r2(s, draws) for s in sums])
-
-        if difference:
-            (e0, r0), (e1, r1) = (sync_and_replicates([s]) for s in p["sums"][:2])
-            estimate, replicates, truth = e1 - e0, r1 - r0, p["truth_per_source"][1] - p["truth_per_source"][0]
-        else:
-            (estimate, replicates), truth = sync_and_replicates(p["sums"]), p["truth"]
-        centre = boot.bias_corrected(estimate, replicates)
-        for m in methods:
-            lo, hi = boot.interval(replicates, estimate, method=m)
-            hits[m] += [lo <= truth <= hi, lo <= estimate <= hi, lo <= centre <= hi, hi - lo]
-    return {m: dict(zip(("truth", "estimate", "bias_corrected", "width"), (h / n_rep).tolist())) for m, h in hits.items()}

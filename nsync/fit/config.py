@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -12,9 +13,6 @@ from nsync.config import to_dict
 from nsync.data.config import DataConfig
 from nsync.errors import NsyncError
 from nsync.probes.affine import ALPHA_CHOICES
-
-PROBES = ("affine", "mlp")
-
 
 @dataclass
 class AffineConfig:
@@ -48,7 +46,8 @@ class FitConfig:
     """Fit synchrony probes on an activation cache."""
 
     out: str = field(default=MISSING, metadata={"help": "run folder for results.json, plots, weights and the W&B run"})
-    probe: str = field(default="affine", metadata={"help": f"one of {PROBES}"})
+    probe: str = field(default="affine", metadata={"help": "a registered probe type: affine (closed-form ridge), mlp, or your own (nsync.fit.probe_types)"})
+    probe_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "options of a probe type registered outside nsync (free-form)"})
     data: DataConfig = field(default_factory=DataConfig)
     affine: AffineConfig = field(default_factory=AffineConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
@@ -64,8 +63,10 @@ class FitConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if self.probe not in PROBES:
-            raise NsyncError(f"probe must be one of {PROBES}, got '{self.probe}'")
+        from nsync.fit.probe_types import PROBE_TYPES  # here: the probe types import this module's users
+
+        if self.probe not in PROBE_TYPES:
+            raise NsyncError(f"probe must be one of {PROBE_TYPES.names()}, got '{self.probe}'")
         if self.affine.alpha_per not in ALPHA_CHOICES:
             raise NsyncError(f"affine.alpha_per must be one of {ALPHA_CHOICES}, got '{self.affine.alpha_per}'")
         if not self.affine.alphas or any(a < 0 for a in self.affine.alphas):
@@ -79,8 +80,10 @@ class FitConfig:
 
     @property
     def needs_validation(self) -> bool:
-        """Something is chosen on validation data: an alpha grid, or the MLP's early stopping."""
-        return self.probe == "mlp" or len(self.affine.alphas) > 1
+        """Something is chosen on validation data (an alpha grid, the MLP's early stopping)."""
+        from nsync.fit.probe_types import PROBE_TYPES
+
+        return PROBE_TYPES.get(self.probe)().needs_validation(self)
 
 
 def resolve_out(cfg: FitConfig) -> str:

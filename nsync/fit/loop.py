@@ -4,18 +4,17 @@ directions into a :class:`~nsync.fit.results.FitResult`, and write the run folde
 
 from __future__ import annotations
 
-import copy
+import functools
 import gc
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 
 from nsync.data import SynchronyDataModule
@@ -24,8 +23,7 @@ from nsync.errors import NsyncError
 from nsync.fit import bootstrap as boot
 from nsync.fit.config import FitConfig, resolve_out
 from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, nan_to_none, summarise_direction
-from nsync.probes import AffineProbe, MLPProbe
-from nsync.probes.affine import SumsDDPStrategy
+from nsync.fit.probe_types import PROBE_TYPES
 from nsync.probes.cka import debiased_cka
 
 log = logging.getLogger("nsync.fit")
@@ -65,22 +63,11 @@ def plan(cfg: FitConfig) -> list[tuple[int, str]]:
 
 
 def source_chunks(cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
-    """Positions of the source axis fitted together: the MLP one layer at a time; the affine probe
-    as many as ``memory_gb`` holds. Per source: float32 X^T Y (with an alpha grid also the
-    solution's copy and the validation part's sums), and float64 squared errors per test episode
-    (the metric's state and its synchronised copy) and per alpha on validation."""
-    n = len(dm.source_layers)
-    if cfg.probe != "affine":
-        return [[i] for i in range(n)]
-    outputs = len(dm.target_layers) * dm.d_out
-    per_source = dm.d_in * outputs * (12 if cfg.needs_validation else 4) + 8 * outputs * (2 * dm.n_test_episodes + len(cfg.affine.alphas))
-    size = max(1, min(n, int(cfg.memory_gb * 2**30 // per_source)))
-    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    """Positions of the source axis fitted together (the probe type decides)."""
+    return PROBE_TYPES.get(cfg.probe)().source_chunks(cfg, dm)
 
 
-def _trainer(cfg: FitConfig, logger, max_epochs: int, callbacks: list | None = None) -> L.Trainer:
-    # The affine probe has no gradients to synchronise: DDP's processes without its model wrapper.
-    strategy = SumsDDPStrategy() if cfg.devices > 1 and cfg.probe == "affine" else "auto"
+def _trainer(cfg: FitConfig, logger, max_epochs: int = 1, callbacks: list | None = None, strategy="auto") -> L.Trainer:
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator=cfg.accelerator,
@@ -98,53 +85,9 @@ def _trainer(cfg: FitConfig, logger, max_epochs: int, callbacks: list | None = N
 
 
 def fit_chunk(cfg: FitConfig, dm: SynchronyDataModule, logger=None, log_prefix: str = ""):
-    """Fit and test one probe from the source layers ``dm`` serves to every target layer."""
-    sources = dm.sources
-    if cfg.probe == "affine":
-        a = cfg.affine
-        probe = AffineProbe(
-            dm.d_in, dm.d_out, len(dm.target_layers), alphas=a.alphas, scale=a.scale, x_shift=dm.x_mean[sources], y_shift=dm.y_mean,
-            matmul_dtype=a.matmul_dtype, n_sources=len(sources), alpha_per=a.alpha_per, log_prefix=log_prefix,
-        )
-        trainer = _trainer(cfg, logger, max_epochs=1)
-        trainer.fit(probe, datamodule=dm)
-    else:
-        m, (s,) = cfg.mlp, sources
-        probe = MLPProbe(
-            dm.d_in, dm.d_out, len(dm.target_layers), hidden=m.hidden, depth=m.depth, dropout=m.dropout, lr=m.lr,
-            weight_decay=m.weight_decay, x_mean=dm.x_mean[s], x_std=dm.x_std[s], y_mean=dm.y_mean, y_std=dm.y_std, log_prefix=log_prefix,
-        )
-        best = BestWeights(f"{log_prefix}val/r2")
-        stop = EarlyStopping(monitor=f"{log_prefix}val/r2", mode="max", patience=m.patience)
-        trainer = _trainer(cfg, logger, max_epochs=m.max_epochs, callbacks=[stop, best])
-        dm = _with_batch_size(dm, m.batch_size)
-        trainer.fit(probe, datamodule=dm)
-        best.restore(probe)
-    trainer.test(probe, datamodule=dm, verbose=False)
-    return probe
-
-
-def _with_batch_size(dm: SynchronyDataModule, batch_size: int) -> SynchronyDataModule:
-    view = copy.copy(dm)
-    view.config = replace(dm.config, batch_size=batch_size)
-    return view
-
-
-class BestWeights(Callback):
-    """Keeps the weights of the epoch with the best validation R² in memory (no checkpoint files)."""
-
-    def __init__(self, monitor: str = "val/r2") -> None:
-        self.monitor, self.best, self.state = monitor, -float("inf"), None
-
-    def on_validation_end(self, trainer, module) -> None:
-        score = trainer.callback_metrics.get(self.monitor)
-        if score is not None and float(score) > self.best:
-            self.best = float(score)
-            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    def restore(self, module) -> None:
-        if self.state is not None:
-            module.load_state_dict(self.state)
+    """Fit and test one probe of type ``cfg.probe`` from the source layers ``dm`` serves to every
+    target layer; returns the tested probe."""
+    return PROBE_TYPES.get(cfg.probe)().fit(cfg, dm, functools.partial(_trainer, cfg, logger), log_prefix)
 
 
 def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None) -> DirectionFit:
@@ -156,17 +99,18 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         bar.total = len(plan(cfg)) * n_src
         bar.refresh()
     r2, r2w, alpha = np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan)
+    has_alpha = False  # whether the probe type chooses a ridge alpha (reported per cell)
     draws = boot.EpisodeBootstrap(cfg.bootstrap).weights(dm.test_episodes) if cfg.bootstrap else None
     replicates, per_episode, weights, replicate_r2 = [], [], {}, None
     key = direction.replace("->", "_to_")
     for chunk in source_chunks(cfg, dm):
-        prefix = f"{key}/seed_{seed}/" + (f"{dm.source_layer_names[chunk[0]]}/" if cfg.probe == "mlp" else "")
+        prefix = f"{key}/seed_{seed}/" + (f"{dm.source_layer_names[chunk[0]]}/" if len(chunk) == 1 and len(dm.source_layers) > 1 else "")
         probe = fit_chunk(cfg, dm.for_sources(chunk), logger, prefix)
         res = probe.results
         r2[chunk] = res["test_r2"].reshape(len(chunk), n_tgt).numpy()
         r2w[chunk] = res["test_r2_weighted"].reshape(len(chunk), n_tgt).numpy()
         if "alpha" in res:
-            alpha[chunk] = res["alpha"].numpy()
+            alpha[chunk], has_alpha = res["alpha"].numpy(), True
         sums = res["episode_sums"]
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
@@ -177,7 +121,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                 replicates.append(replicate_r2(one["sse"], sorted(ranked[: boot.BOOTSTRAP_TARGETS].tolist())))
             best = int(ranked[0])
             per_episode.append(np.clip(boot.episode_r2(one, [best])[:, 0], 0, None))
-            if cfg.save_weights and cfg.probe == "affine" and seed == cfg.data.split_seeds[0] and np.isfinite(r2[s, best]):
+            if cfg.save_weights and hasattr(probe, "weights") and seed == cfg.data.split_seeds[0] and np.isfinite(r2[s, best]):
                 w, b = probe.weights(i, best)
                 name = f"{direction}/source_{dm.source_layers[s]}/target_{dm.target_layers[best]}"
                 weights[name + "/weight"], weights[name + "/bias"] = w.float().contiguous(), b.float().contiguous()
@@ -202,7 +146,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                   source_layer_names=dm.source_layer_names, target_layer_names=dm.target_layer_names,
                   source_depth=relative_depth(dm.source_layers, dm.n_source_layers), target_depth=relative_depth(dm.target_layers, dm.n_target_layers))
     return DirectionFit(seed, direction, layout, dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs), r2, r2w,
-                        alpha if cfg.probe == "affine" else None, boot.replicate_sync_r2(replicates) if replicates else None,
+                        alpha if has_alpha else None, boot.replicate_sync_r2(replicates) if replicates else None,
                         episodes, weights, cka)
 
 

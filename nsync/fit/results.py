@@ -106,7 +106,7 @@ class FitResult(BaseModel):
     lag: int
     condition: str
     target_condition: str
-    pairing: str = Field(description="where targets came from (nsync.data.pairs.PAIRINGS)")
+    pairing: str = Field(description="where targets came from (a registered nsync.data.pairs.PAIRINGS name)")
     models: dict[str, str] = Field(description="{'source': model, 'target': model}")
     source_layers: list[int]
     target_layers: list[int]

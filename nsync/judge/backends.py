@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ import torch
 from nsync.errors import NsyncError
 from nsync.judge.rubric import DIMENSIONS, dimension_question, episode_context, json_request
 from nsync.judge.schema import AnswerError, parse_answer
+from nsync.models.forward import accepts, cache_kwarg, kv_cache
+from nsync.registry import Registry
 from nsync.scenarios import Episode
-from nsync.simulation.generation import accepts, cache_kwarg, kv_cache
 from nsync.simulation.prompts import Utterance
 
 AGENTS = ("agent_a", "agent_b")
@@ -43,6 +45,32 @@ class Judgement:
     reasoning: str = ""
 
 
+class JudgeBackend(Protocol):
+    """A judge of social performance (``backend=NAME`` in the judge config). Register one with
+    ``@JUDGE_BACKENDS.register("name")``."""
+
+    kind: str
+    max_attempts: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "JudgeBackend":
+        """Build it from a :class:`nsync.judge.run.JudgeConfig` (``cfg.options`` holds extra settings)."""
+
+    def identity(self) -> dict:
+        """What decides its answers (stored judgements are re-used while it stays the same)."""
+
+    def prompt(self, episode: Episode, history: list[Utterance]) -> str:
+        """The text it judges (stored beside the scores)."""
+
+    def score(self, episode: Episode, history: list[Utterance]) -> Judgement:
+        """Scores for both agents on every dimension (``Judgement.ok`` False on failure)."""
+
+
+#: Registered judge backends, by name.
+JUDGE_BACKENDS: Registry[type[JudgeBackend]] = Registry("judge backend")
+
+
+@JUDGE_BACKENDS.register("openai")
 class ChatJudge:
     """A judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp
     server, Ollama, OpenAI). The API key is read from the environment variable ``api_key_env``
@@ -53,6 +81,10 @@ class ChatJudge:
     """
 
     kind = "openai"
+
+    @classmethod
+    def from_config(cls, cfg) -> "ChatJudge":
+        return cls(cfg.base_url, cfg.model, cfg.api_key_env, cfg.temperature, cfg.max_tokens, cfg.max_attempts, cfg.timeout)
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.0,
                  max_tokens: int = 1024, max_attempts: int = 3, timeout: float = 120.0):
@@ -110,6 +142,7 @@ class ChatJudge:
         return Judgement(False, attempts=self.max_attempts, raw=raw, error=error)
 
 
+@JUDGE_BACKENDS.register("local")
 class LocalJudge:
     """A zoo model as judge, scored by its probabilities over the allowed integers.
 
@@ -117,6 +150,12 @@ class LocalJudge:
     """
 
     kind = "local"
+
+    @classmethod
+    def from_config(cls, cfg) -> "LocalJudge":
+        from nsync.models import ModelConfig, load_model
+
+        return cls(load_model(ModelConfig(name=cfg.model, device=cfg.device, dtype=cfg.dtype)))
 
     def __init__(self, lm):
         self.lm = lm

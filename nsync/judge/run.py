@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 from omegaconf import MISSING
@@ -24,13 +24,12 @@ from tqdm.auto import tqdm
 from nsync.cache import ActivationCache
 from nsync.cache.layout import write_json_atomic
 from nsync.errors import NsyncError
-from nsync.judge.backends import AGENTS, ChatJudge, Judgement, LocalJudge
+from nsync.judge.backends import AGENTS, JUDGE_BACKENDS, Judgement
 from nsync.judge.rubric import DIMENSION_NAMES
 from nsync.judge.schema import overall
 from nsync.simulation.prompts import Utterance
 
 log = logging.getLogger("nsync.judge")
-BACKENDS = ("openai", "local")
 
 
 @dataclass
@@ -39,7 +38,8 @@ class JudgeConfig:
 
     cache: str = field(default=MISSING, metadata={"help": "activation cache whose conversations are judged"})
     name: Optional[str] = field(default=None, metadata={"help": "judge name: results go to CACHE/judge/NAME (default: the model name)"})
-    backend: str = field(default="local", metadata={"help": f"one of {BACKENDS}"})
+    backend: str = field(default="local", metadata={"help": "a registered judge backend: local (a zoo model's probabilities), openai (any OpenAI-compatible endpoint), or your own"})
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "settings of a judge backend registered outside nsync (free-form)"})
     model: str = field(default="smollm2-135m", metadata={"help": "local: a zoo model; openai: the served model's name"})
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "openai: the endpoint (vLLM, llama.cpp server, Ollama, OpenAI)"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: environment variable holding the API key (never logged)"})
@@ -53,16 +53,13 @@ class JudgeConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise NsyncError(f"backend must be one of {BACKENDS}, got '{self.backend}'")
+        if self.backend not in JUDGE_BACKENDS:
+            raise NsyncError(f"backend must be one of {JUDGE_BACKENDS.names()}, got '{self.backend}'")
 
 
 def make_judge(cfg: JudgeConfig):
-    if cfg.backend == "openai":
-        return ChatJudge(cfg.base_url, cfg.model, cfg.api_key_env, cfg.temperature, cfg.max_tokens, cfg.max_attempts, cfg.timeout)
-    from nsync.models import ModelConfig, load_model
-
-    return LocalJudge(load_model(ModelConfig(name=cfg.model, device=cfg.device, dtype=cfg.dtype)))
+    """The configured judge backend."""
+    return JUDGE_BACKENDS.get(cfg.backend).from_config(cfg)
 
 
 def conversations(cache: ActivationCache, scenarios: str | None = None):

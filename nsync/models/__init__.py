@@ -2,6 +2,8 @@
 
 from nsync.models.zoo import (
     BUNDLED,
+    MODEL_SOURCES,
+    ModelSource,
     LoadedModel,
     ModelConfig,
     ResolvedModel,
@@ -11,5 +13,6 @@ from nsync.models.zoo import (
     wrap_model,
 )
 from nsync.models.text_embedder import TextEmbedder
+from nsync.models import tiny  # noqa: F401  (registers the tiny-* model source)
 
-__all__ = ["BUNDLED", "LoadedModel", "ModelConfig", "ResolvedModel", "load_model", "TextEmbedder", "resolve_model", "untrained_copy", "wrap_model"]
+__all__ = ["BUNDLED", "MODEL_SOURCES", "ModelSource", "LoadedModel", "ModelConfig", "ResolvedModel", "load_model", "TextEmbedder", "resolve_model", "untrained_copy", "wrap_model"]

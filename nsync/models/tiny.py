@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from nsync.models.zoo import LoadedModel, wrap_model
+from nsync.models.zoo import MODEL_SOURCES, TINY_PREFIX, LoadedModel, ModelConfig, pick_device, wrap_model
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -105,3 +105,16 @@ def tiny_model(arch: str = "llama", n_layers: int = 2, hidden: int = 32, seed: i
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     return wrap_model(f"tiny-{arch}", model, tokenizer, source=f"random:{arch}:seed{seed}")
+
+
+@MODEL_SOURCES.register("tiny")
+class TinySource:
+    """``tiny-llama``, ``tiny-qwen2``, ``tiny-gemma3``, ``tiny-gpt2``: random-weight models for tests."""
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(TINY_PREFIX) and not name.endswith("@untrained")
+
+    def load(self, cfg: ModelConfig) -> LoadedModel:
+        lm = tiny_model(cfg.name[len(TINY_PREFIX):])
+        lm.model.to(pick_device(cfg.device))
+        return lm

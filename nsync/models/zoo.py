@@ -19,11 +19,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
 from nsync.errors import NsyncError
+from nsync.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -266,47 +267,82 @@ def _convert_gguf(resolved: ResolvedModel) -> Path:
     return out
 
 
+class ModelSource(Protocol):
+    """Where models of some names come from (a model backend). Register one with
+    ``@MODEL_SOURCES.register("name")``; :func:`load_model` asks the sources, the most recently
+    registered first, and the first whose ``matches`` is true loads it."""
+
+    def matches(self, name: str) -> bool:
+        """Whether this source loads the model called ``name``."""
+
+    def load(self, cfg: ModelConfig) -> LoadedModel:
+        """The loaded model (:func:`wrap_model` wraps a module and tokenizer)."""
+
+
+#: Registered model sources; the first registered (transformers) is asked last.
+MODEL_SOURCES: Registry[type[ModelSource]] = Registry("model source")
+
+
 def load_model(cfg: ModelConfig | str) -> LoadedModel:
-    """Load a causal LM and its tokenizer offline.
+    """Load a causal LM and its tokenizer offline, from the first registered source that knows
+    its name.
 
     >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
     >>> lm.n_layers, lm.hidden_size      # doctest: +SKIP
     (30, 576)
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
-    if cfg.name.endswith(UNTRAINED_SUFFIX):  # e.g. smollm2-135m@untrained: the floor of the model pairs
+    for name in reversed(MODEL_SOURCES.names()):
+        source = MODEL_SOURCES.get(name)()
+        if source.matches(cfg.name):
+            return source.load(cfg)
+    raise NsyncError(f"no model source knows '{cfg.name}'")  # unreachable while the transformers source is registered
+
+
+@MODEL_SOURCES.register("transformers")
+class TransformersSource:
+    """Bundled GGUF packages, local folders and Hugging Face ids already in the local cache."""
+
+    def matches(self, name: str) -> bool:
+        return True
+
+    def load(self, cfg: ModelConfig) -> LoadedModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        resolved = resolve_model(cfg.name)
+        device = pick_device(cfg.device)
+        dtype = pick_dtype(cfg.dtype, device)
+        path = resolved.path
+        if resolved.source == "gguf" or resolved.source.startswith("bundled:"):
+            path = str(_convert_gguf(resolved))
+        kwargs = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        except ValueError as err:
+            if "trust_remote_code" in str(err):
+                raise NsyncError(
+                    f"model '{cfg.name}' needs custom code; set model.trust_remote_code=true if you trust it"
+                ) from None
+            raise
+        model.to(device).eval()
+        entry = BUNDLED.get(cfg.name)
+        if entry is not None and not entry.chat:
+            # A base model: its tokenizer may still carry a template, but it was never tuned on one.
+            tokenizer.chat_template = None
+        return wrap_model(cfg.name, model, tokenizer, resolved.source, resolved.sha256)
+
+
+@MODEL_SOURCES.register("untrained")
+class UntrainedSource:
+    """``NAME@untrained``: NAME's architecture with fresh seeded weights (the untrained floor)."""
+
+    def matches(self, name: str) -> bool:
+        return name.endswith(UNTRAINED_SUFFIX)
+
+    def load(self, cfg: ModelConfig) -> LoadedModel:
         base = load_model(ModelConfig(cfg.name[: -len(UNTRAINED_SUFFIX)], cfg.device, cfg.dtype, cfg.trust_remote_code))
         return untrained_copy(base, seed=0)
-    if cfg.name.startswith(TINY_PREFIX):
-        from nsync.models.tiny import tiny_model
-
-        lm = tiny_model(cfg.name[len(TINY_PREFIX):])
-        lm.model.to(pick_device(cfg.device))
-        return lm
-    resolved = resolve_model(cfg.name)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    path = resolved.path
-    if resolved.source == "gguf" or resolved.source.startswith("bundled:"):
-        path = str(_convert_gguf(resolved))
-    kwargs = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    except ValueError as err:
-        if "trust_remote_code" in str(err):
-            raise NsyncError(
-                f"model '{cfg.name}' needs custom code; set model.trust_remote_code=true if you trust it"
-            ) from None
-        raise
-    model.to(device).eval()
-    entry = BUNDLED.get(cfg.name)
-    if entry is not None and not entry.chat:
-        # A base model: its tokenizer may still carry a template, but it was never tuned on one.
-        tokenizer.chat_template = None
-    return wrap_model(cfg.name, model, tokenizer, resolved.source, resolved.sha256)
 
 
 def wrap_model(name: str, model: Any, tokenizer: Any, source: str = "memory", checksum: str | None = None) -> LoadedModel:

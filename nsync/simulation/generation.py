@@ -9,13 +9,13 @@ stops as soon as its first line is complete.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from nsync.models import LoadedModel
+from nsync.models.forward import accepts, cache_kwarg, decoder_layers, kv_cache
 
 
 @dataclass
@@ -27,16 +27,6 @@ class SamplingConfig:
     max_new_tokens: int = field(default=300, metadata={"help": "longest reply in tokens"})
     first_line_only: bool = field(default=True, metadata={"help": "cut each reply to its first non-empty line (the paper's)"})
     stop_strings: list[str] = field(default_factory=list, metadata={"help": "extra strings that end a reply"})
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's list of decoder blocks (``model.model.layers``, ``transformer.h``, ...)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = cfg.num_hidden_layers
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
 
 
 class HiddenStateRecorder:
@@ -118,15 +108,6 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
         ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = 1
     return ids.to(device), mask.to(device)
-
-
-def accepts(model: nn.Module, name: str) -> bool:
-    return name in inspect.signature(model.forward).parameters
-
-
-def cache_kwarg(model: nn.Module) -> str:
-    """The forward argument that takes a KV cache: transformers 5.2x renamed `past_key_values` to `cache`."""
-    return "cache" if accepts(model, "cache") else "past_key_values"
 
 
 def prefix_layout(model: nn.Module) -> str | None:
@@ -388,12 +369,6 @@ class Generator:
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         positions = positions[:, -1:] + 1
         return self._forward(nxt[:, None], mask, positions, kv_cache(out)), mask, positions
-
-
-def kv_cache(out):
-    """The KV cache a forward pass returned (under either name)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 def prompt_states(lm: LoadedModel, prompts: list[list[int]]) -> torch.Tensor:

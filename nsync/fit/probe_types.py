@@ -1,0 +1,130 @@
+"""Probe types: how a kind of probe is built and trained for a chunk of source layers.
+
+``probe=NAME`` in the fit config picks a registered :class:`ProbeType`; the fit loop only calls
+its three methods, so a new probe is one class plus ``@PROBE_TYPES.register("name")``
+(``docs/extending.md``). The module it returns must meet the test contract of
+:class:`nsync.probes.metrics.TestR2Mixin`: after ``trainer.test`` its ``results`` holds
+``test_r2`` and ``test_r2_weighted`` (``[sources * targets]``, source-major) and ``episode_sums``
+(per test episode ``n``, ``s1``, ``s2`` and ``sse`` ``[episodes, sources, targets, dims]``); optional:
+``alpha`` (``[sources, targets]``, reported) and ``weights(source, target) -> (W, b)`` (saved).
+Options of a new probe type go in ``probe_options`` (a free-form mapping).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from nsync.probes import AffineProbe, MLPProbe
+from nsync.probes.affine import SumsDDPStrategy
+from nsync.registry import Registry
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from nsync.data import SynchronyDataModule
+    from nsync.fit.config import FitConfig
+
+
+class ProbeType(Protocol):
+    """A kind of synchrony probe, as the fit loop sees it."""
+
+    def needs_validation(self, cfg: FitConfig) -> bool:
+        """Whether something is chosen on validation data (then a validation part is held out)."""
+
+    def source_chunks(self, cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
+        """Positions of the source axis fitted together, chunk by chunk."""
+
+    def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
+        """Build, train and ``trainer(...).test`` a probe on the sources ``dm`` serves; return it.
+        ``trainer(**kwargs)`` makes a Lightning Trainer with the run's accelerator, devices and
+        logger (kwargs: ``max_epochs``, ``callbacks``, ``strategy``)."""
+
+
+#: Registered probe types, by name.
+PROBE_TYPES: Registry[type[ProbeType]] = Registry("probe type")
+
+
+@PROBE_TYPES.register("affine")
+class Affine:
+    """Closed-form ridge (:class:`nsync.probes.AffineProbe`): one pass over the data, as many
+    source layers per chunk as ``memory_gb`` holds, exact under DDP (sums all-reduced)."""
+
+    def needs_validation(self, cfg: FitConfig) -> bool:
+        return len(cfg.affine.alphas) > 1
+
+    def source_chunks(self, cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
+        # Per source: float32 X^T Y (with an alpha grid also the solution's copy and the validation
+        # part's sums), and float64 squared errors per test episode (the metric's state and its
+        # synchronised copy) and per alpha on validation.
+        n = len(dm.source_layers)
+        outputs = len(dm.target_layers) * dm.d_out
+        per_source = dm.d_in * outputs * (12 if self.needs_validation(cfg) else 4) + 8 * outputs * (2 * dm.n_test_episodes + len(cfg.affine.alphas))
+        size = max(1, min(n, int(cfg.memory_gb * 2**30 // per_source)))
+        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+    def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
+        a, sources = cfg.affine, dm.sources
+        probe = AffineProbe(
+            dm.d_in, dm.d_out, len(dm.target_layers), alphas=a.alphas, scale=a.scale, x_shift=dm.x_mean[sources], y_shift=dm.y_mean,
+            matmul_dtype=a.matmul_dtype, n_sources=len(sources), alpha_per=a.alpha_per, log_prefix=log_prefix,
+        )
+        # No gradients to synchronise: DDP's processes without its model wrapper.
+        run = trainer(max_epochs=1, strategy=SumsDDPStrategy() if cfg.devices > 1 else "auto")
+        run.fit(probe, datamodule=dm)
+        run.test(probe, datamodule=dm, verbose=False)
+        return probe
+
+
+@PROBE_TYPES.register("mlp")
+class MLP:
+    """A nonlinear probe (:class:`nsync.probes.MLPProbe`) trained with Adam, one source layer at a
+    time, early stopping on validation R² and the best epoch's weights restored."""
+
+    def needs_validation(self, cfg: FitConfig) -> bool:
+        return True
+
+    def source_chunks(self, cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
+        return [[i] for i in range(len(dm.source_layers))]
+
+    def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
+        m, (s,) = cfg.mlp, dm.sources
+        probe = MLPProbe(
+            dm.d_in, dm.d_out, len(dm.target_layers), hidden=m.hidden, depth=m.depth, dropout=m.dropout, lr=m.lr,
+            weight_decay=m.weight_decay, x_mean=dm.x_mean[s], x_std=dm.x_std[s], y_mean=dm.y_mean, y_std=dm.y_std, log_prefix=log_prefix,
+        )
+        best = BestWeights(f"{log_prefix}val/r2")
+        stop = EarlyStopping(monitor=f"{log_prefix}val/r2", mode="max", patience=m.patience)
+        run = trainer(max_epochs=m.max_epochs, callbacks=[stop, best])
+        dm = with_batch_size(dm, m.batch_size)
+        run.fit(probe, datamodule=dm)
+        best.restore(probe)
+        run.test(probe, datamodule=dm, verbose=False)
+        return probe
+
+
+def with_batch_size(dm: SynchronyDataModule, batch_size: int) -> SynchronyDataModule:
+    """A view of ``dm`` that loads ``batch_size`` rows per batch."""
+    view = copy.copy(dm)
+    view.config = replace(dm.config, batch_size=batch_size)
+    return view
+
+
+class BestWeights(Callback):
+    """Keeps the weights of the epoch with the best validation R² in memory (no checkpoint files)."""
+
+    def __init__(self, monitor: str = "val/r2") -> None:
+        self.monitor, self.best, self.state = monitor, -float("inf"), None
+
+    def on_validation_end(self, trainer, module) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is not None and float(score) > self.best:
+            self.best = float(score)
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def restore(self, module) -> None:
+        if self.state is not None:
+            module.load_state_dict(self.state)
