@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from nsync.cache.layout import TurnRow
 from nsync.cache.writer import CacheWriter, ModelInfo
 from nsync.errors import NsyncError
 from nsync.scenarios import load_sotopia
@@ -103,30 +104,13 @@ def import_reference(src: str | Path, out: str | Path, sotopia: str | Path | Non
                     if array.shape != first_shapes[model]:
                         raise NsyncError(f"{path}: shape {array.shape}, expected {first_shapes[model]} like the rest of {model}")
                     states.append(array[:, 0, :])
-                    rows.append(
-                        {
-                            "run_id": run_id,
-                            "episode_id": ep["episode_id"],
-                            "scenario_id": ep["scenario_id"],
-                            "scenario_codename": ep["scenario_codename"],
-                            "relationship": ep["relationship"],
-                            "character_a": ep["characters"][0],
-                            "character_b": ep["characters"][1],
-                            "agent": agent,
-                            "character_id": ep["characters"][agent],
-                            "model": model,
-                            "partner_model": model,
-                            "order": 0,
-                            "seed": seed,
-                            "utterance": k,
-                            "condition": "interactive",
-                            "text": "",
-                            "left": False,
-                            "n_prompt_tokens": -1,
-                            "n_new_tokens": -1,
-                            "temperature": temp,
-                        }
-                    )
+                    rows.append(TurnRow(
+                        run_id=run_id, episode_id=ep["episode_id"], scenario_id=ep["scenario_id"],
+                        scenario_codename=ep["scenario_codename"], relationship=ep["relationship"],
+                        character_a=ep["characters"][0], character_b=ep["characters"][1], agent=agent,
+                        character_id=ep["characters"][agent], model=model, partner_model=model, order=0, seed=seed,
+                        utterance=k, condition="interactive", n_prompt_tokens=-1, n_new_tokens=-1, extra={"temperature": temp},
+                    ).as_dict())
                 if len(rows) >= 4096:
                     writer.write_shard(rows, {(model, "interactive"): np.stack(states)})
                     rows, states = [], []

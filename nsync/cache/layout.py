@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -29,28 +30,40 @@ MERGED_FROM = "merged_from.json"
 #: model (untrained copy, text embedder) added by ``python -m nsync.reread``.
 CONDITIONS = ("interactive", "observer", "generated_mean", "listener", "teacher_forced")
 
+@dataclass
+class TurnRow:
+    """One row of the turns table: one state (a model's, in one condition) at one utterance.
+    Every writer of turn rows builds them with this (``as_dict()``); extra columns (``resampled``,
+    ``flag``) go in ``extra``."""
+
+    run_id: str  # one simulated conversation: episode x model order x sampling seed
+    episode_id: str
+    scenario_id: str
+    scenario_codename: str
+    relationship: str
+    character_a: str  # the character who speaks first (agent 0)
+    character_b: str
+    agent: int  # 0 or 1: who speaks this utterance
+    character_id: str  # the speaker's character id
+    model: str  # the speaker's model
+    partner_model: str
+    order: int  # 0 or 1: which of the two model orders this run uses
+    seed: int
+    utterance: int  # index of the utterance in the run, from 0
+    condition: str  # one of CONDITIONS
+    text: str = ""
+    left: bool = False  # the speaker ended the conversation with this utterance
+    n_prompt_tokens: int = 0
+    n_new_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        row = {c: getattr(self, c) for c in TURN_COLUMNS}
+        return row | self.extra
+
+
 #: Columns of the turns table, in order.
-TURN_COLUMNS = [
-    "run_id",  # one simulated conversation: episode x model order x sampling seed
-    "episode_id",
-    "scenario_id",
-    "scenario_codename",
-    "relationship",
-    "character_a",  # the character who speaks first (agent 0)
-    "character_b",
-    "agent",  # 0 or 1: who speaks this utterance
-    "character_id",  # the speaker's character id
-    "model",  # the speaker's model
-    "partner_model",
-    "order",  # 0 or 1: which of the two model orders this run uses
-    "seed",
-    "utterance",  # index of the utterance in the run, from 0
-    "condition",  # one of CONDITIONS
-    "text",
-    "left",  # the speaker ended the conversation with this utterance
-    "n_prompt_tokens",
-    "n_new_tokens",
-]
+TURN_COLUMNS = [f.name for f in fields(TurnRow) if f.name != "extra"]
 
 
 def model_dir(model: str) -> str:

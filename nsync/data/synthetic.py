@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nsync.cache import CacheWriter, ModelInfo
-from nsync.cache.layout import TURN_COLUMNS
+from nsync.cache.layout import TurnRow
 
 
 def planted_r2(scale: float, noise: float) -> float:
@@ -80,12 +80,12 @@ def write_synthetic_cache(
                 else:
                     raise ValueError(f"unknown relation '{relation}'")
                 latent.append(z)
-                row = {c: 0 for c in TURN_COLUMNS} | dict(
+                row = TurnRow(
                     run_id=f"ep{e:04d}|o0|s{s}", episode_id=f"ep{e:04d}", scenario_id=f"sc{scenario:02d}",
-                    scenario_codename=f"scenario_{scenario}", character_a=f"ch{a:02d}", character_b=f"ch{b:02d}",
-                    agent=t % 2, character_id=f"ch{(a, b)[t % 2]:02d}", model=model, partner_model=model, seed=s,
-                    condition="interactive", utterance=t, text="", left=False,
-                )
+                    scenario_codename=f"scenario_{scenario}", relationship="", character_a=f"ch{a:02d}", character_b=f"ch{b:02d}",
+                    agent=t % 2, character_id=f"ch{(a, b)[t % 2]:02d}", model=model, partner_model=model, order=0, seed=s,
+                    utterance=t, condition="interactive",
+                ).as_dict()
                 rows.append(row)
                 states["interactive"].append(z + profile[t])
                 if observer_share is not None:

@@ -27,7 +27,7 @@ from nsync.errors import NsyncError
 from nsync.judge.backends import AGENTS, JUDGE_BACKENDS, Judgement
 from nsync.judge.rubric import DIMENSION_NAMES
 from nsync.judge.schema import overall
-from nsync.simulation.prompts import Utterance
+from nsync.simulation.prompts import conversations as prompt_conversations
 
 log = logging.getLogger("nsync.judge")
 
@@ -68,13 +68,11 @@ def conversations(cache: ActivationCache, scenarios: str | None = None):
 
     source = cache.scenario_source(scenarios)
     episodes = {e.id: e for e in load_scenarios(source).episodes}
-    t = cache.turns
-    inter = t[t["condition"] == "interactive"].sort_values(["run_id", "utterance"])
-    for run_id, rows in inter.groupby("run_id", sort=True):
+    for _, rows, history in prompt_conversations(cache.turns):
         first = rows.iloc[0]
         if first.episode_id not in episodes:
             raise NsyncError(f"episode {first.episode_id} of the cache is not in the scenario source '{source}'; set scenarios=...")
-        yield first, episodes[first.episode_id], [Utterance(int(r.agent), r.text, bool(r.left)) for r in rows.itertuples()]
+        yield first, episodes[first.episode_id], history
 
 
 def judge_cache(cfg: JudgeConfig, judge=None) -> tuple[Path, pd.DataFrame]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nsync.cache.layout import TurnRow
 from nsync.cache.writer import CacheWriter
 from nsync.errors import NsyncError
 from nsync.models import LoadedModel
@@ -213,27 +214,13 @@ class Simulator:
 
     def _row(self, run: Run, k: int, model: str, text: str, left: bool, n_prompt: int, n_new: int) -> dict:
         ep = run.episode
-        return {
-            "run_id": run.run_id,
-            "episode_id": ep.id,
-            "scenario_id": ep.scenario.id,
-            "scenario_codename": ep.scenario.codename,
-            "relationship": ep.scenario.relationship,
-            "character_a": ep.characters[0].id,
-            "character_b": ep.characters[1].id,
-            "agent": k % 2,
-            "character_id": ep.characters[k % 2].id,
-            "model": model,
-            "partner_model": run.models[1 - k % 2],
-            "order": run.order,
-            "seed": run.seed,
-            "utterance": k,
-            "condition": "interactive",
-            "text": text,
-            "left": left,
-            "n_prompt_tokens": n_prompt,
-            "n_new_tokens": n_new,
-        }
+        return TurnRow(
+            run_id=run.run_id, episode_id=ep.id, scenario_id=ep.scenario.id, scenario_codename=ep.scenario.codename,
+            relationship=ep.scenario.relationship, character_a=ep.characters[0].id, character_b=ep.characters[1].id,
+            agent=k % 2, character_id=ep.characters[k % 2].id, model=model, partner_model=run.models[1 - k % 2],
+            order=run.order, seed=run.seed, utterance=k, condition="interactive", text=text, left=left,
+            n_prompt_tokens=n_prompt, n_new_tokens=n_new,
+        ).as_dict()
 
     def _flush(self, finished: list[Run]) -> None:
         if self.writer is None or not finished:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterator
+
+import pandas as pd
 
 from nsync.scenarios import Episode, own_background, visible_background
 
@@ -28,6 +31,20 @@ class Utterance:
     agent: int  # 0 or 1: which character of the episode spoke
     text: str
     left: bool = False
+
+
+def conversations(turns: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame, list[Utterance]]]:
+    """Per run of a turns table's interactive rows, in run order: the run id, its rows in
+    utterance order, and its history (what the prompts are rendered from).
+
+    >>> t = pd.DataFrame({"run_id": ["r", "r"], "utterance": [1, 0], "agent": [1, 0], "text": ["Hi!", "Hello."],
+    ...                   "left": [True, False], "condition": "interactive"})
+    >>> [(run, [u.text for u in history]) for run, _, history in conversations(t)]
+    [('r', ['Hello.', 'Hi!'])]
+    """
+    inter = turns[turns["condition"] == "interactive"].sort_values(["run_id", "utterance"])
+    for run_id, rows in inter.groupby("run_id", sort=True):
+        yield run_id, rows, [Utterance(int(r.agent), r.text, bool(r.left)) for r in rows.itertuples()]
 
 
 def _speaker_name(episode: Episode, agent: int) -> str:

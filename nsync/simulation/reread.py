@@ -116,10 +116,9 @@ def _episodes(cache: ActivationCache, cfg: RereadConfig):
 
 def _histories(part: pd.DataFrame):
     """Per run: the utterances in order (for prompts and history texts)."""
-    from nsync.simulation.prompts import Utterance
+    from nsync.simulation.prompts import conversations
 
-    for run_id, rows in part.groupby("run_id", sort=False):
-        yield run_id, rows, [Utterance(int(r.agent), r.text, bool(r.left)) for r in rows.itertuples()]
+    return conversations(part)
 
 
 def _history_texts(part: pd.DataFrame, cache: ActivationCache, cfg: RereadConfig) -> list[str]:
