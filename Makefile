@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make quickstart   install, simulate episodes with the bundled SmolLM2-135M, fit the paper's probes
+#   make quickstart   install, simulate 20 episodes with the bundled SmolLM2-135M, fit the main condition and the shuffled-partner control
 #   make test         install, then run every test tier (what CI runs)
 #   make test-fast    the default tier only (pytest with no options): unit and tiny-model tests, doctests
 #   make controls     simulate a controls-ready cache and run every control on it (about an hour on 2 cores)
@@ -28,8 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: install
-	$(BIN)/python -m nsync.simulate --config configs/simulate/quickstart.yaml
-	$(BIN)/python -m nsync.fit --config configs/fit/quickstart.yaml overwrite=true
+	$(BIN)/python experiments/quickstart.py
 
 controls: install
 	$(BIN)/python experiments/controls.py
