@@ -61,6 +61,7 @@ def test_each_control_breaks_what_it_should(linear, tmp_path, main_result, contr
     assert result.sync_r2 < main_result.sync_r2 - 0.2
 
 
+@pytest.mark.slow
 def test_lag_curve_follows_planted_lag(tmp_path):
     cache = write_synthetic_cache(tmp_path / "lag3", "linear", n_episodes=60, turns=8, hidden=4, n_layers=1, lag=3)
     at = {k: _fit(cache, tmp_path / f"k{k}", f"data.lag={k}").sync_r2 for k in (1, 3, 5)}
@@ -243,6 +244,7 @@ def test_text_embeddings_match_unbatched_mean_pooling(tiny_cache):
     np.testing.assert_allclose(np.asarray(cache.states(name, 0, "teacher_forced")[row.row]), ref, atol=2e-3)
 
 
+@pytest.mark.pipeline
 def test_run_controls_summary_and_plots(linear, tmp_path):
     from nsync.analysis.controls import ControlsConfig, run_controls
 
