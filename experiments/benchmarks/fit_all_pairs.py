@@ -10,7 +10,8 @@ both directions, alpha 0.1, every (source, target) layer pair. Timed in one run,
 compare like with like on a shared machine:
 
 - nsync: the whole ``python -m nsync.fit`` process (start-up, cache reading, fitting, bootstrap,
-  plots, results), and again with ``bootstrap=0`` for the bootstrap's share; peak RSS;
+  plots, results; ``cka=false``: the paper computes no CKA), and again with ``bootstrap=0`` for
+  the bootstrap's share; peak RSS;
 - paper: the paper's algorithm with the same pairs already in memory, timed in-process: for
   every layer pair separately, float32 ``solve(X^T X + alpha I, X^T Y)`` with an unpenalised bias
   column, predictions and scikit-learn's ``r2_score``;
@@ -39,7 +40,7 @@ from nsync.fit import FitResult
 
 
 def run_nsync(cache: Path, out: Path, *extra: str) -> tuple[float, FitResult]:
-    cmd = [sys.executable, "-m", "nsync.fit", f"out={out}", f"data.cache={cache}", "data.split_seeds=[0]", "logger.kind=none",
+    cmd = [sys.executable, "-m", "nsync.fit", f"out={out}", f"data.cache={cache}", "data.split_seeds=[0]", "logger.kind=none", "cka=false",
            "progress=false", "overwrite=true", *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
