@@ -27,7 +27,8 @@ def main(argv: Sequence[str]) -> None:
     if rank_zero_only.rank != 0:
         return
     ci = result.sync_r2_ci95
-    ci_text = f", 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+    # The interval is centred on the bias-corrected value, which is printed with it.
+    ci_text = f" (bias-corrected {result.sync_r2_bias_corrected:.4f}, 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else ""
     print(f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, pairing {cfg.data.pairing}, "
           f"{len(cfg.data.split_seeds)} split seeds, {result.seconds:.1f} s)")
     for direction, d in result.directions.items():
