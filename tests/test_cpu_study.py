@@ -37,6 +37,7 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
         assert (tmp_path / "docs" / png).is_file()
     text = readme.read_text()
     assert "old" not in text and "| main |" in text and text.endswith("after\n")
+    assert f"![controls]({tmp_path / 'docs' / 'controls.png'})" in text and "![controls](controls.png)" in results
     # a second run re-uses every fit and the cache
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])
     second = capsys.readouterr().out

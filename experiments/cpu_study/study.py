@@ -300,11 +300,15 @@ class Report:
         stages = ", ".join(f"{k} {v / 60:.0f} min" for k, v in self.timings.items())
         head = ["<!-- written by experiments/cpu_study/study.py; do not edit by hand -->", "",
                 f"Wall time so far on this machine: {wall / 60:.0f} min ({stages})." if self.timings else "", ""]
-        body = "\n".join(head + sections)
         self.docs.mkdir(parents=True, exist_ok=True)
-        written = [self.docs / "results.md"]
-        written[0].write_text(body + "\n")
-        written += self.plots(found)
+        pngs = self.plots(found)
+
+        def page(links: list[str]) -> str:
+            return "\n".join(head + links + [""] + sections)
+
+        written = [self.docs / "results.md", *pngs]
+        written[0].write_text(page([f"![{p.stem}]({p.name})" for p in pngs]) + "\n")  # next to the PNGs
+        body = page([f"![{p.stem}]({p.as_posix()})" for p in pngs])  # from the repository root
         if self.cfg.readme and Path(self.cfg.readme).is_file():
             readme = Path(self.cfg.readme)
             text = readme.read_text()
