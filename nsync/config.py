@@ -101,9 +101,11 @@ def _open_mappings(cfg: DictConfig) -> None:
     """Free-form mapping fields (``dict[str, Any]``, e.g. ``probe_options``) take any key; the
     dataclass fields around them stay strict (a misspelt key is still an error)."""
     for key in cfg:
-        node = cfg._get_node(key)
+        if OmegaConf.is_missing(cfg, key):  # a required value not given yet
+            continue
+        node = cfg[key]
         if isinstance(node, DictConfig):
-            if node._metadata.object_type in (None, dict):
+            if OmegaConf.get_type(node) in (None, dict):
                 OmegaConf.set_struct(node, False)
             else:
                 _open_mappings(node)
