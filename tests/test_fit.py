@@ -134,3 +134,12 @@ def test_alpha_grid_with_a_constant_target_layer(tmp_path):
     # one alpha per source layer, from the mean over the target layers that have an R²
     per_source = _fit(tmp_path, cache, *common, "affine.alpha_per=source", name="per_source")
     assert (np.array(per_source.directions["A->B"].alpha[0], dtype=float)[1:] == 1000).all()
+
+
+def test_a_results_file_of_another_shape_is_a_clear_error(tmp_path):
+    from nsync.errors import NsyncError
+    from nsync.fit.results import SCHEMA_VERSION
+
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "control": "partner"}))
+    with pytest.raises(NsyncError, match="does not match results schema .*overwrite=true"):
+        FitResult.load(tmp_path)

@@ -169,6 +169,11 @@ def _f(x, digits: int = 3) -> str:
     return "" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
 
 
+def _cell(row) -> str:
+    """``bias-corrected [interval] (raw)`` of one row of a controls table."""
+    return f"{_f(row.get('sync_r2_bias_corrected'))} {_ci(row['ci95_low'], row['ci95_high'])} ({_f(row['sync_r2'])})"
+
+
 def _ci(lo, hi) -> str:
     return "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"[{lo:.3f}, {hi:.3f}]"
 
@@ -217,19 +222,19 @@ class Report:
             lines += ["", f"**{source} -> {target}** (training pairs per direction: "
                       + ", ".join(f"{d} {n}" for d, n in n_train.items())
                       + (f"; fewer than the {pair.min_train_pairs} planned" if short else "") + ")", ""]
-            lines.append("| condition | SyncR², paper alpha 0.1 [95% CI] | SyncR², chosen alpha [95% CI] | bias-corrected | "
-                         "Δ vs main [95% CI] | CKA |")
-            lines.append("|---|---|---|---|---|---|")
+            # Each interval stands beside the bias-corrected value it is centred on (raw SyncR² in brackets).
+            lines.append("| condition | SyncR², paper alpha 0.1 [95% CI] (raw) | SyncR², chosen alpha [95% CI] (raw) | "
+                         "Δ vs main, chosen alpha [95% CI] | CKA |")
+            lines.append("|---|---|---|---|---|")
             by_paper = paper.set_index("control") if paper is not None else None
             for r in chosen[chosen["sync_r2"].notna()].to_dict("records"):
                 c = r["control"]
                 p = by_paper.loc[c] if by_paper is not None and c in by_paper.index else None
                 result = self._result(folder / "controls_chosen_alpha" / c)
                 cka = result.sync_cka if result is not None else None
-                paper_cell = f"{_f(p['sync_r2'])} {_ci(p['ci95_low'], p['ci95_high'])}" if p is not None else ""
-                diff = "" if c == "main" else f"{_f(r['diff_vs_main'])} {_ci(r['diff_ci95_low'], r['diff_ci95_high'])}"
-                lines.append(f"| {c} | {paper_cell} | {_f(r['sync_r2'])} {_ci(r['ci95_low'], r['ci95_high'])} | "
-                             f"{_f(r.get('sync_r2_bias_corrected'))} | {diff} | {_f(cka)} |")
+                paper_cell = _cell(p) if p is not None else ""
+                diff = "" if c == "main" else f"{_f(r.get('diff_bias_corrected'))} {_ci(r['diff_ci95_low'], r['diff_ci95_high'])}"
+                lines.append(f"| {c} | {paper_cell} | {_cell(r)} | {diff} | {_f(cka)} |")
             if "skipped" in chosen:
                 for r in chosen[chosen["skipped"].notna()].to_dict("records"):
                     lines.append(f"\nskipped {r['control']}: {r['skipped']}")
@@ -238,11 +243,11 @@ class Report:
                     [(f"split_{s}", s) for s in self.cfg.splits] + [("probe_affine", "affine"), ("probe_mlp", "MLP")]:
                 res = self._result(folder / run)
                 if res is not None:
-                    rows.append(f"| {label} | {_f(res.sync_r2)} {_ci(*(res.sync_r2_ci95 or (None, None)))} | "
+                    rows.append(f"| {label} | {_f(res.sync_r2_bias_corrected)} {_ci(*(res.sync_r2_ci95 or (None, None)))} ({_f(res.sync_r2)}) | "
                                 f"{int(np.mean([np.mean(d.n_train) for d in res.directions.values()]))} |")
             if rows:
                 lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",
-                          "| fit | SyncR² [95% CI] | training pairs per direction |", "|---|---|---|", *rows]
+                          "| fit | SyncR², bias-corrected [95% CI] (raw) | training pairs per direction |", "|---|---|---|", *rows]
             widths = chosen.loc[chosen["control"] != "main", ["diff_ci95_low", "diff_ci95_high"]].dropna()
             if len(widths):
                 # smallest true difference detected with 80% power at the 5% level: (1.96 + 0.84) SE
@@ -271,13 +276,13 @@ class Report:
             for j, ((s, t), v) in enumerate(found.items()):
                 table = v["chosen"][v["chosen"]["sync_r2"].notna()].reset_index(drop=True)
                 x = np.arange(len(table))
-                y = table["sync_r2"].astype(float).to_numpy()
+                y = table["sync_r2_bias_corrected"].astype(float).to_numpy()  # the intervals' centre
                 lo, hi = table["ci95_low"].astype(float).to_numpy(), table["ci95_high"].astype(float).to_numpy()
                 err = np.nan_to_num(np.stack([y - lo, hi - y]).clip(min=0))
                 ax.bar(x + (j - (len(found) - 1) / 2) * width, y, width, yerr=err, capsize=3, label=f"{s} -> {t}")
                 ax.set_xticks(x, table["control"], rotation=30, ha="right")
             ax.axhline(0, color="grey", lw=0.5)
-            ax.set_ylabel("SyncR² (chosen alpha)")
+            ax.set_ylabel("SyncR², bias-corrected (chosen alpha)")
             ax.set_title("Main condition and controls, 95% basic bootstrap intervals over test episodes", fontsize=9)
             ax.legend(fontsize=8)
             fig.tight_layout()

@@ -201,13 +201,16 @@ def _fmt(x, digits: int = 3) -> str:
 def markdown_table(table: pd.DataFrame) -> str:
     """The summary as a Markdown table (skipped controls listed below it)."""
     done = table[table["sync_r2"].notna()] if "sync_r2" in table else table.iloc[0:0]
-    lines = ["| control | SyncR² | ± std (split seeds) | 95% CI (episodes) | Δ vs main | 95% CI of Δ | A->B | B->A | unclipped |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    # Each interval stands beside the bias-corrected value it is centred on; the raw SyncR² follows.
+    lines = ["| control | SyncR², bias-corrected | 95% CI (episodes) | Δ vs main, bias-corrected | 95% CI of Δ | SyncR² (raw) "
+             "| ± std (split seeds) | A->B | B->A | unclipped |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in done.to_dict("records"):
+        main = r["control"] == "main"
         ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r.get("ci95_low") is not None else ""
-        dci = f"[{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}]" if r.get("diff_ci95_low") is not None and r["control"] != "main" else ""
-        lines.append(f"| {r['control']} | {_fmt(r['sync_r2'])} | {_fmt(r['sync_r2_std'])} | {ci} | "
-                     f"{'' if r['control'] == 'main' else _fmt(r['diff_vs_main'])} | {dci} | "
+        dci = f"[{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}]" if r.get("diff_ci95_low") is not None and not main else ""
+        lines.append(f"| {r['control']} | {_fmt(r.get('sync_r2_bias_corrected'))} | {ci} | "
+                     f"{'' if main else _fmt(r.get('diff_bias_corrected'))} | {dci} | {_fmt(r['sync_r2'])} | {_fmt(r['sync_r2_std'])} | "
                      f"{_fmt(r.get('sync_r2_A->B'))} | {_fmt(r.get('sync_r2_B->A'))} | {_fmt(r.get('sync_r2_unclipped'))} |")
     if "skipped" in table:
         for r in table[table["skipped"].notna()].to_dict("records"):
@@ -232,6 +235,7 @@ def plot_controls(table: pd.DataFrame, path: Path) -> Path:
         y = done[col].astype(float).to_numpy()
         err = None
         if label == "both" and done["ci95_low"].notna().any():
+            y = done["sync_r2_bias_corrected"].astype(float).to_numpy()  # the intervals' centre
             lo = done["ci95_low"].astype(float).to_numpy()
             hi = done["ci95_high"].astype(float).to_numpy()
             err = np.nan_to_num(np.stack([y - lo, hi - y]).clip(min=0))
@@ -239,7 +243,7 @@ def plot_controls(table: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(x, done["control"], rotation=30, ha="right")
     ax.set_ylabel("SyncR²")
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_title("SyncR² by control (error bars: 95% bootstrap interval over episodes)")
+    ax.set_title("SyncR² by control (both: bias-corrected, 95% bootstrap interval over episodes)")
     ax.legend(title="direction")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nsync.errors import NsyncError
 
@@ -148,7 +148,11 @@ class FitResult(BaseModel):
         if version != SCHEMA_VERSION:
             raise NsyncError(f"{path} has results schema version {version}, this nsync reads version {SCHEMA_VERSION}; "
                              f"re-run python -m nsync.fit with overwrite=true")
-        return cls.model_validate(raw)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise NsyncError(f"{path} does not match results schema version {SCHEMA_VERSION} ({err.error_count()} field errors, "
+                             f"first: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}); re-run python -m nsync.fit with overwrite=true") from None
 
 def _mean_best(matrices: list[np.ndarray]) -> float:
     """Mean over matrices of the mean over rows of each row's best finite value (NaN if none)."""
