@@ -33,3 +33,17 @@ def smollm2():
     from nsync.models import load_model
 
     return load_model("smollm2-135m")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str, name: str):
+    """An experiment script (not a package module) imported by path."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module

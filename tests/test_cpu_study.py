@@ -1,20 +1,15 @@
 """experiments/cpu_study/study.py end to end on a tiny model: every stage, the report, resuming."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "cpu_study" / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/cpu_study/study.py", "study")
 
 
 @pytest.mark.pipeline

@@ -1,21 +1,13 @@
 """The paper pipeline script end to end with tiny models: simulate, judge, fit, analysis, report."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _pipeline():
-    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "experiments" / "paper" / "pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pipeline"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/paper/pipeline.py", "pipeline")
 
 
 @pytest.mark.pipeline
