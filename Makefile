@@ -4,6 +4,7 @@
 #   make test-fast    the default tier only (pytest with no options): unit and tiny-model tests, doctests
 #   make controls     simulate a controls-ready cache and run every control on it (about an hour on 2 cores)
 #   make paper-small  the controls, then the paper's pipeline on the bundled models (report in runs/paper_small)
+#   make groups       three SmolLM2 agents in 24 built-in group episodes, every ordered pair fitted (about 15 minutes on 2 cores)
 #   make study        the CPU study (experiments/cpu_study): hours on 2 cores, resumable; writes docs/cpu_study
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart controls paper-small study test test-fast clean-runs
+.PHONY: install quickstart controls groups paper-small study test test-fast clean-runs
 
 install: $(VENV)/.installed
 
@@ -32,6 +33,9 @@ quickstart: install
 
 controls: install
 	$(BIN)/python experiments/controls.py
+
+groups: install
+	$(BIN)/python experiments/groups.py
 
 paper-small: install
 	$(BIN)/pip install -q -e ".[gemma]"

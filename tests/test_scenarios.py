@@ -52,7 +52,10 @@ def _edit(path, fn):
 @pytest.mark.parametrize(
     "file,edit,message",
     [
-        ("envs.json", lambda d: d["nsync-env-01"].update(agent_goals=["only one"]), r"envs.json: record 'nsync-env-01', field 'agent_goals': expected exactly two"),
+        ("envs.json", lambda d: d["nsync-env-01"].update(agent_goals=["only one"]), r"envs.json: record 'nsync-env-01', field 'agent_goals': expected a list of at least two goal"),
+        ("envs.json", lambda d: d["nsync-env-01"].update(relationships={"0->0": 1}), r"field 'relationships': key '0->0' must be 'i->j'"),
+        ("env_agent_combos.json", lambda d: d[0].update(agent_ids=d[0]["agent_ids"] + ["nsync-char-03"]),
+         r"scenario 'nsync-env-01' has 2 goals, so the episode needs 2 character ids \(one per goal, in order\), got 3"),
         ("envs.json", lambda d: d["nsync-env-02"].update(relationship=9), r"record 'nsync-env-02', field 'relationship': unknown relationship 9"),
         ("envs.json", lambda d: d["nsync-env-03"].update(relationship="enemies"), r"unknown relationship 'enemies'"),
         ("envs.json", lambda d: d["nsync-env-04"].pop("scenario"), r"record 'nsync-env-04', field 'scenario': missing"),

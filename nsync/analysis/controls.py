@@ -34,7 +34,7 @@ CONTROLS: dict[str, tuple[str, list[str]]] = {
     "shuffled_partner": ("targets from another episode, same utterance index", ["data.pairing=shuffled_partner"]),
     "context": ("what the conversation's shape explains (utterance index, prompt length, last replies' lengths) removed from both sides",
                 ["data.remove_context=true"]),
-    "self": ("the source agent's own next state (t -> t+2): a ceiling", ["data.lag=2"]),
+    "self": ("the source agent's own next state (t -> t+2 in a dyad): a ceiling", ["data.lag=2"]),
     "same_time": ("the partner reading the same history (t -> t)", ["data.pairing=same_time"]),
     "untrained": ("an untrained copy of the model re-reading the same prompts",
                   ["data.source_model={model}@untrained", "data.target_model={model}@untrained",
@@ -219,7 +219,8 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def plot_controls(table: pd.DataFrame, path: Path) -> Path:
-    """Grouped bars: per run, SyncR² of each direction and of both (with its 95% CI)."""
+    """Grouped bars: per run, SyncR² of each dyad direction and of both (with its 95% CI); with agent-pair
+    directions, the mean over pairs only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,14 +228,15 @@ def plot_controls(table: pd.DataFrame, path: Path) -> Path:
 
     done = table[table["sync_r2"].notna()].reset_index(drop=True)
     directions = [d for d in DIRECTIONS if f"sync_r2_{d}" in done.columns]
-    series = [("both", "sync_r2")] + [(d, f"sync_r2_{d}") for d in directions]
+    mean_label = "both" if directions else "mean over pairs"
+    series = [(mean_label, "sync_r2")] + [(d, f"sync_r2_{d}") for d in directions]
     width = 0.8 / len(series)
     x = np.arange(len(done))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(done)), 4))
     for j, (label, col) in enumerate(series):
         y = done[col].astype(float).to_numpy()
         err = None
-        if label == "both" and done["ci95_low"].notna().any():
+        if label == mean_label and done["ci95_low"].notna().any():
             y = done["sync_r2_bias_corrected"].astype(float).to_numpy()  # the intervals' centre
             lo = done["ci95_low"].astype(float).to_numpy()
             hi = done["ci95_high"].astype(float).to_numpy()

@@ -58,7 +58,7 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
             raise NsyncError(f"no judge scores at {scores_path}; run python -m nsync.judge cache={cache} name={judge}")
         scores = pd.read_csv(scores_path)
         ok = scores[scores["status"] == "ok"]
-        # The paper's per-episode score: the mean of the two agents' overall scores.
+        # The paper's per-episode score: the mean of the agents' overall scores (two in a dyad).
         per_run = ok.groupby(["run_id", "episode_id"])["overall"].mean().reset_index()
         per_episode = per_run.groupby("episode_id")["overall"].mean()
         models = sorted({m for _, r in runs for m in (r.models["source"], r.models["target"])})

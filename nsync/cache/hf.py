@@ -90,7 +90,10 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
     for name, (model, condition) in splits.items():
         part = data[name]
         layers = [f"layer_{i}" for i in range(len(manifest["models"][model]["layer_names"]))]
-        rows += part.remove_columns(layers).to_pandas().to_dict("records")
+        table = part.remove_columns(layers).to_pandas()
+        if "characters" not in table:  # exported before groups: dyads
+            table = table.assign(characters=table["character_a"] + "|" + table["character_b"], n_agents=2)
+        rows += table.to_dict("records")
         part = part.with_format("numpy", columns=layers)
         states[(model, condition)] = np.stack([part[c] for c in layers], axis=1)
     writer.write_shard(rows, states)

@@ -41,13 +41,13 @@ class TurnRow:
     scenario_id: str
     scenario_codename: str
     relationship: str
-    character_a: str  # the character who speaks first (agent 0)
-    character_b: str
-    agent: int  # 0 or 1: who speaks this utterance
+    character_a: str  # agent 0's character (speaks first under round robin)
+    character_b: str  # agent 1's character
+    agent: int  # who speaks this utterance (0 .. n_agents - 1)
     character_id: str  # the speaker's character id
     model: str  # the speaker's model
-    partner_model: str
-    order: int  # 0 or 1: which of the two model orders this run uses
+    partner_model: str  # the other agents' model ("|"-joined when they differ)
+    order: int  # which model order (rotation of the models over agents) this run uses
     seed: int
     utterance: int  # index of the utterance in the run, from 0
     condition: str  # one of CONDITIONS
@@ -55,7 +55,13 @@ class TurnRow:
     left: bool = False  # the speaker ended the conversation with this utterance
     n_prompt_tokens: int = 0
     n_new_tokens: int = 0
+    characters: str = ""  # every participant's character id in agent order, "|"-joined (default: character_a|character_b)
+    n_agents: int = 2
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.characters:
+            self.characters = f"{self.character_a}|{self.character_b}"
 
     def as_dict(self) -> dict:
         row = {c: getattr(self, c) for c in TURN_COLUMNS}
@@ -64,6 +70,11 @@ class TurnRow:
 
 #: Columns of the turns table, in order.
 TURN_COLUMNS = [f.name for f in fields(TurnRow) if f.name != "extra"]
+
+
+def participant_ids(characters: str) -> list[str]:
+    """The character ids of a row's ``characters`` column, in agent order."""
+    return characters.split("|")
 
 
 def model_dir(model: str) -> str:

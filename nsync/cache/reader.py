@@ -9,8 +9,48 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsync.cache.layout import FORMAT_VERSION, MANIFEST, layer_file, live_shards, model_dir
+from nsync.cache.layout import FORMAT_VERSION, MANIFEST, layer_file, live_shards, model_dir, participant_ids
 from nsync.errors import NsyncError
+
+
+def next_utterances(candidates: pd.DataFrame, run_ids, after, lag: int = 1, agent=None) -> np.ndarray:
+    """For each query ``(run_ids[i], after[i])``: the position in ``candidates`` of the ``lag``-th
+    row of that run after utterance ``after[i]`` (``lag`` < 0: the ``-lag``-th row before it; 0: the
+    row at it), only rows of agent ``agent[i]`` counted when ``agent`` is given (a scalar or one per
+    query); -1 where the run has no such row.
+
+    The one rule behind every pairing: with ``agent=None`` and one row per utterance it is the
+    utterance ``after + lag``; with ``agent=j`` it is agent j's ``lag``-th next utterance.
+
+    >>> rows = pd.DataFrame({"run_id": ["r"] * 5, "utterance": [0, 1, 2, 3, 4], "agent": [0, 1, 2, 0, 1]})
+    >>> next_utterances(rows, ["r", "r", "r"], [0, 0, 3], lag=1, agent=[2, 1, 2]).tolist()
+    [2, 1, -1]
+    >>> next_utterances(rows, ["r", "r"], [1, 4], lag=2).tolist(), next_utterances(rows, ["r"], [4], lag=-1, agent=0).tolist()
+    ([3, -1], [3])
+    """
+    n = len(run_ids)
+    queries = pd.DataFrame({"run_id": np.asarray(run_ids, dtype=object), "after": np.asarray(after, dtype=np.int64), "query": np.arange(n)})
+    cands = pd.DataFrame({"run_id": candidates["run_id"].to_numpy(dtype=object), "utterance": candidates["utterance"].to_numpy(dtype=np.int64),
+                          "position": np.arange(len(candidates))})
+    keys = ["run_id"]
+    if agent is not None:
+        queries["agent"] = np.broadcast_to(np.asarray(agent, dtype=np.int64), (n,))
+        cands["agent"] = candidates["agent"].to_numpy(dtype=np.int64)
+        keys.append("agent")
+    cands = cands.sort_values(keys + ["utterance"])
+    cands["rank"] = cands.groupby(keys, sort=False).cumcount()
+    # rank of the last candidate at or before the anchor (-1: none); backwards, the anchor excludes `after`
+    queries["anchor"] = queries["after"] - (lag < 0)
+    last = pd.merge_asof(queries.sort_values("anchor"), cands.sort_values("utterance")[keys + ["utterance", "rank"]],
+                         left_on="anchor", right_on="utterance", by=keys, direction="backward")
+    last["rank"] = last["rank"].fillna(-1).astype(np.int64) + (lag if lag >= 0 else lag + 1)
+    found = last.drop(columns="utterance").merge(cands[keys + ["rank", "position", "utterance"]], on=keys + ["rank"], how="left")
+    if lag == 0:  # the row at `after` itself, not the last one before it
+        found.loc[found["utterance"] != found["after"], "position"] = np.nan
+    found = found[found["position"].notna() & (found["rank"] >= 0)]
+    out = np.full(n, -1, dtype=np.int64)
+    out[found["query"].to_numpy()] = found["position"].to_numpy().astype(np.int64)
+    return out
 
 
 class ActivationCache:
@@ -75,8 +115,38 @@ class ActivationCache:
         if not frames:
             raise NsyncError(f"cache {self.root} holds no utterances yet")
         turns = pd.concat(frames, ignore_index=True)
+        if "characters" not in turns:  # caches written before groups: two agents
+            turns["characters"] = turns["character_a"] + "|" + turns["character_b"]
+            turns["n_agents"] = 2
         turns["row"] = turns.groupby(["model", "condition"]).cumcount()
         return turns
+
+    @property
+    def agents(self) -> list[int]:
+        """The agent indices that speak in the cache (``[0, 1]`` for dyads)."""
+        return sorted(int(a) for a in self.turns.loc[self.turns["condition"] == "interactive", "agent"].unique())
+
+    def utterances(self, agent: int, condition: str = "interactive", model: str | None = None) -> pd.DataFrame:
+        """Every utterance of agent ``agent`` (its rows of the turns table, in run and utterance
+        order); ``row`` indexes :meth:`states` of the row's model and ``condition``.
+
+        >>> cache.utterances(2).shape[0]   # doctest: +SKIP
+        """
+        t = self.turns
+        rows = t[(t["agent"] == agent) & (t["condition"] == condition)]
+        if model is not None:
+            rows = rows[rows["model"] == model]
+        return rows.sort_values(["run_id", "utterance"])
+
+    def next_utterance(self, run_id: str, t: int, agent: int, lag: int = 1, condition: str = "interactive") -> pd.Series | None:
+        """Agent ``agent``'s ``lag``-th utterance after utterance ``t`` of run ``run_id`` (its turns
+        row), or None when the run ends before it; the rule of ``data.directions=i->j``.
+
+        >>> cache.next_utterance("ep0001|o0|s0", t=3, agent=0)["utterance"]   # doctest: +SKIP
+        """
+        rows = self.turns[(self.turns["condition"] == condition) & (self.turns["run_id"] == run_id)]
+        position = next_utterances(rows, [run_id], [t], lag, agent=agent)[0]
+        return None if position < 0 else rows.iloc[position]
 
     def states(self, model: str, layer: int, condition: str = "interactive") -> np.ndarray:
         """``[rows, hidden]`` states of one layer (0 = embeddings), memory-mapped when the cache
@@ -109,7 +179,8 @@ class ActivationCache:
         lines = [f"cache {self.root} ({'complete' if self.manifest.get('complete') else 'in progress'}, {self.manifest.get('dtype')})"]
         lines.append(
             f"  {t['run_id'].nunique()} runs, {t['episode_id'].nunique()} episodes, {t['scenario_id'].nunique()} scenarios, "
-            f"{len(set(t['character_a']) | set(t['character_b']))} characters, {len(self.shards)} shard(s)"
+            f"{len({c for cs in t['characters'].unique() for c in participant_ids(cs)})} characters, {len(self.agents)} agents per episode at most, "
+            f"{len(self.shards)} shard(s)"
         )
         for model in self.models:
             info = self.model_info(model)
@@ -147,11 +218,13 @@ class ActivationCache:
         flags = inter["flag"].fillna("").astype(str) if "flag" in inter else None
         has = lambda name: int(flags.str.contains(name).sum()) if flags is not None else 0  # noqa: E731
         pairs = {}
-        for direction, agent in (("A->B", 0), ("B->A", 1)):
-            # a pair: an utterance of the agent and the next utterance of the same run
-            src = inter[inter["agent"] == agent][["run_id", "utterance"]]
-            nxt = inter[["run_id", "utterance"]].assign(utterance=lambda d: d["utterance"] - 1)
-            pairs[direction] = int(len(src.merge(nxt, on=["run_id", "utterance"])))
+        agents = self.agents
+        # dyads: an utterance of the agent and the next one of the run; groups: every ordered pair
+        plan = [("A->B", 0, None), ("B->A", 1, None)] if agents == [0, 1] else [(f"{i}->{j}", i, j) for i in agents for j in agents if i != j]
+        for direction, source, target in plan:
+            src = inter[inter["agent"] == source]
+            found = next_utterances(inter, src["run_id"], src["utterance"], 1, agent=target)
+            pairs[direction] = int((found >= 0).sum())
         hidden = max((info["hidden_size"] for m, info in self.manifest["models"].items() if not info.get("derived")), default=0)
         warnings = []
         short = float((lengths < 4).mean()) if len(lengths) else 0.0

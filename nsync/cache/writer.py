@@ -69,7 +69,8 @@ class CacheWriter:
     ``identity`` is the part of the config that decides the content of every conversation;
     reopening a folder with a different identity is refused, with the same one it resumes.
     Keys the caller no longer puts in its identity are not compared (a manifest written before a
-    key left the identity still opens).
+    key left the identity still opens); keys added to the identity later are compared with
+    ``identity_defaults``, the value a manifest without them implicitly had.
 
     >>> w = CacheWriter("/tmp/c", config={}, identity={"x": 1}, models=[info])      # doctest: +SKIP
     >>> w.write_shard(turns_rows, {("m", "interactive"): states})                  # doctest: +SKIP
@@ -86,6 +87,7 @@ class CacheWriter:
         resume: bool = True,
         rank: int = 0,
         create: bool = True,
+        identity_defaults: dict | None = None,
     ):
         if dtype not in DTYPES:
             raise NsyncError(f"cache dtype must be float16 or float32, got '{dtype}'")
@@ -97,7 +99,7 @@ class CacheWriter:
         manifest_path = self.root / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
-            old = manifest.get("identity", {})
+            old = {**(identity_defaults or {}), **manifest.get("identity", {})}
             if manifest.get("config_hash") != self.identity_hash and not _same_identity(old, identity):
                 diff = sorted(k for k in set(old) | set(identity) if k in identity and old.get(k) != identity.get(k))
                 raise NsyncError(

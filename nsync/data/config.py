@@ -10,7 +10,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from nsync.cache.layout import CONDITIONS
-from nsync.data.pairs import DIRECTIONS, PAIRINGS
+from nsync.data.pairs import DIRECTIONS, PAIRINGS, check_directions
 from nsync.data.splits import SPLITS
 from nsync.errors import NsyncError
 
@@ -28,8 +28,8 @@ class DataConfig:
     cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync.simulate or import-reference)"})
     source_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the source (default: the cache's only model)"})
     target_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the target (default: the cache's only model)"})
-    directions: list[str] = field(default_factory=lambda: list(DIRECTIONS), metadata={"help": "A->B (source = agent who spoke first), B->A"})
-    lag: int = field(default=1, metadata={"help": "target utterance t + lag (1: the partner's next utterance)"})
+    directions: list[str] = field(default_factory=lambda: list(DIRECTIONS), metadata={"help": "A->B (source: agent 0, target: the utterance lag later), B->A; agent pairs i->j (target: agent j's lag-th next utterance after the source's); all: every ordered pair of agents"})
+    lag: int = field(default=1, metadata={"help": "A->B, B->A: target utterance t + lag (1: the partner's next utterance); i->j: agent j's lag-th utterance after t"})
     condition: str = field(default="interactive", metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"})
     target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
     pairing: str = field(default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS.names()} or a registered one (see nsync.data.pairs)"})
@@ -48,9 +48,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise NsyncError(f"data.split must be one of {SPLITS}, got '{self.split}'")
-        bad = [d for d in self.directions if d not in DIRECTIONS]
-        if bad or not self.directions:
-            raise NsyncError(f"data.directions must list some of {DIRECTIONS}, got {self.directions}")
+        check_directions(list(self.directions))
         for key in ("condition", "target_condition"):
             if getattr(self, key) not in CONDITIONS:
                 raise NsyncError(f"data.{key} must be one of {CONDITIONS}, got '{getattr(self, key)}'")

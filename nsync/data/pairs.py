@@ -1,32 +1,90 @@
 """(source, target) pairs from a cache's turns table.
 
-A pair is the speaker's state before utterance ``t`` and the state of the agent speaking
-utterance ``t + lag`` in the same run (with the default lag 1: the partner, whose prompt
-already contains utterance ``t``; lag 2 is the speaker's own next state). ``A->B`` takes
-sources from the agent who spoke first in the episode (agent 0), ``B->A`` from the other one.
+A direction names whose states are sources and whose are targets:
+
+- ``i->j`` (agent indices, any number of agents): for a source utterance ``t`` by agent ``i``,
+  the target is agent ``j``'s state at its ``lag``-th utterance after ``t``. ``all`` is every
+  ordered pair of the cache's agents.
+- ``A->B`` / ``B->A`` (the dyad names): sources from agent 0 / agent 1, the target is the
+  utterance ``t + lag`` of the run, whoever speaks it (with two agents, lag 1 is the partner,
+  whose prompt already contains utterance ``t``, and lag 2 the speaker's own next state).
+
+With two agents taking turns, ``0->1`` at lag 1 and ``A->B`` at lag 1 are the same pairs.
 
 ``pairing`` says where the target comes from, keeping the source rows as they are:
 
 - ``partner``: the same run (the main condition).
 - ``cross_interaction``: another run of the same episode and model order (another sampling
-  seed), same utterance index: shared scenario context without the actual partner.
-- ``shuffled_partner``: a run of another episode, same utterance index: breaks the pairing,
+  seed), same utterance position: shared scenario context without the actual partner.
+- ``shuffled_partner``: a run of another episode, same utterance position: breaks the pairing,
   keeps the turn position.
-- ``same_time``: the partner's ``listener`` state at utterance ``t`` itself (the partner reading
-  the same history, captured with ``capture.listener``); ``lag`` does not apply.
+- ``same_time``: the target agent's ``listener`` state at utterance ``t`` itself (that agent
+  reading the same history, captured with ``capture.listener``); ``lag`` does not apply.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
+from nsync.cache.reader import next_utterances
 from nsync.errors import NsyncError
 from nsync.registry import Registry
 
+#: The dyad names of directions (agent 0's sources, agent 1's sources).
 DIRECTIONS = ("A->B", "B->A")
+ALL = "all"
+_AGENT_PAIR = re.compile(r"^\s*(\d+)\s*->\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A parsed direction: the source agent, the target agent, and whether the target is found by
+    position (``A->B``: utterance ``t + lag``, whoever speaks it) or by agent (``i->j``).
+
+    >>> Direction.parse("2->0"), Direction.parse("A->B").by_position
+    (Direction(source=2, target=0, by_position=False), True)
+    """
+
+    source: int
+    target: int
+    by_position: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> "Direction":
+        if name in DIRECTIONS:
+            source = DIRECTIONS.index(name)
+            return cls(source, 1 - source, by_position=True)
+        match = _AGENT_PAIR.match(str(name))
+        if match is None or match.group(1) == match.group(2):
+            raise NsyncError(f"direction '{name}' is not one of {DIRECTIONS}, '{ALL}', or 'i->j' with two different agent indices (e.g. 2->0)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+def check_directions(names: list[str]) -> None:
+    """Raise a clear error for a direction that does not parse (``all`` is fine)."""
+    if not names:
+        raise NsyncError(f"data.directions must list some of {DIRECTIONS}, '{ALL}' or agent pairs like 0->1")
+    for name in names:
+        if name != ALL:
+            Direction.parse(name)
+
+
+def resolve_directions(names: list[str], agents: list[int]) -> list[str]:
+    """``names`` with ``all`` replaced by every ordered pair of ``agents``, duplicates dropped.
+
+    >>> resolve_directions(["all"], [0, 1, 2])
+    ['0->1', '0->2', '1->0', '1->2', '2->0', '2->1']
+    """
+    out: list[str] = []
+    for name in names:
+        expanded = [f"{i}->{j}" for i in agents for j in agents if i != j] if name == ALL else [name]
+        out += [n for n in expanded if n not in out]
+    return out
 
 
 class NoPairsError(NsyncError):
@@ -41,8 +99,9 @@ class Pairing(Protocol):
     #: The target condition it reads instead of ``data.target_condition`` (e.g. ``listener``), or None.
     target_condition: str | None
 
-    def target_utterance(self, src: pd.DataFrame, lag: int) -> pd.Series:
-        """The utterance index each source row's target has (in its target run)."""
+    def target_offset(self, lag: int) -> int:
+        """How far from the source utterance the target is: k > 0 the target agent's k-th next
+        utterance (``A->B``: utterance ``t + k``), 0 its row at ``t``, k < 0 its ``-k``-th before."""
 
     def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
         """The run each source row takes its target from (``seed``: for random pairings)."""
@@ -56,6 +115,9 @@ PAIR_COLUMNS = [
     "scenario_id",
     "character_a",
     "character_b",
+    "characters",
+    "source_agent",
+    "target_agent",
     "seed",
     "order",
     "t",
@@ -83,36 +145,41 @@ def build_pairs(
 
     >>> pairs = build_pairs(cache.turns, "smollm2-135m", "smollm2-135m", "A->B", lag=1)  # doctest: +SKIP
     """
-    if direction not in DIRECTIONS:
-        raise NsyncError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
+    d = Direction.parse(direction)
     how = PAIRINGS.get(pairing)()
+    if hasattr(how, "target_utterance"):
+        raise NsyncError(f"pairing '{pairing}' defines target_utterance(src, lag), which nsync no longer calls; define "
+                         "target_offset(lag) instead (e.g. return -lag for the partner's utterance before; see docs/extending.md)")
     if lag < 1:
         raise NsyncError(f"lag must be at least 1, got {lag}")
-    source_agent = DIRECTIONS.index(direction)
     src = turns[
-        (turns["condition"] == source_condition) & (turns["agent"] == source_agent) & (turns["model"] == source_model)
+        (turns["condition"] == source_condition) & (turns["agent"] == d.source) & (turns["model"] == source_model)
     ]
     if src.empty:
         have = sorted(turns.loc[turns["condition"] == source_condition, "model"].unique())
         raise NsyncError(
-            f"no '{source_condition}' utterances of model '{source_model}' as agent {source_agent} in the cache "
-            f"(models with that condition: {have})"
+            f"no '{source_condition}' utterances of model '{source_model}' as agent {d.source} in the cache "
+            f"(models with that condition: {have}; agents: {sorted(turns['agent'].unique().tolist())})"
         )
     target_condition = how.target_condition or target_condition
-    tgt = turns[(turns["condition"] == target_condition) & (turns["model"] == target_model)]
-    if how.target_condition == "listener":  # the listener rows of the partner, not of the source agent
-        tgt = tgt[tgt["agent"] == 1 - source_agent]
-    if tgt.empty:
+    offset = how.target_offset(lag)
+    candidates = turns[(turns["condition"] == target_condition) & (turns["model"] == target_model)]
+    if not (d.by_position and offset != 0):  # by position: whoever speaks then; else the target agent's rows
+        candidates = candidates[candidates["agent"] == d.target]
+    if candidates.empty:
         hint = ": simulate with capture.listener=true" if target_condition == "listener" else ""
-        raise NsyncError(f"no '{target_condition}' utterances of target model '{target_model}' in the cache (pairing {pairing}){hint}")
-    src = src.assign(target_utterance=how.target_utterance(src, lag))
-    src = src.assign(target_run_id=how.target_runs(turns, src, seed))
-    merged = src.merge(
-        tgt[["run_id", "utterance", "row"]],
-        left_on=["target_run_id", "target_utterance"],
-        right_on=["run_id", "utterance"],
-        suffixes=("", "_target"),
-    )
+        raise NsyncError(f"no '{target_condition}' utterances of target model '{target_model}' as agent {d.target} in the cache "
+                         f"(pairing {pairing}){hint}")
+    target_runs = np.asarray(how.target_runs(turns, src, seed), dtype=object)
+    t = src["utterance"].to_numpy()
+    if d.by_position:
+        found = next_utterances(candidates, target_runs, t + offset, 0)
+    else:
+        found = next_utterances(candidates, target_runs, t, offset)
+    keep = found >= 0
+    target = candidates.iloc[found[keep]]
+    merged = src[keep].assign(target_run_id=target_runs[keep], row_target=target["row"].to_numpy(),
+                              target_utterance=target["utterance"].to_numpy())
     pairs = pd.DataFrame(
         {
             "run_id": merged["run_id"],
@@ -120,6 +187,9 @@ def build_pairs(
             "scenario_id": merged["scenario_id"],
             "character_a": merged["character_a"],
             "character_b": merged["character_b"],
+            "characters": merged["characters"],
+            "source_agent": d.source,
+            "target_agent": d.target,
             "seed": merged["seed"],
             "order": merged["order"],
             "t": merged["utterance"],
@@ -140,12 +210,12 @@ def _runs(turns: pd.DataFrame) -> pd.DataFrame:
 
 @PAIRINGS.register("partner")
 class Partner:
-    """The same run: the partner's state at ``t + lag`` (the main condition)."""
+    """The same run: the target agent's state ``lag`` utterances on (the main condition)."""
 
     target_condition = None
 
-    def target_utterance(self, src: pd.DataFrame, lag: int) -> pd.Series:
-        return src["utterance"] + lag
+    def target_offset(self, lag: int) -> int:
+        return lag
 
     def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
         return src["run_id"]
@@ -153,17 +223,17 @@ class Partner:
 
 @PAIRINGS.register("same_time")
 class SameTime(Partner):
-    """The partner's listener state at ``t`` itself (``lag`` does not apply)."""
+    """The target agent's listener state at ``t`` itself (``lag`` does not apply)."""
 
     target_condition = "listener"
 
-    def target_utterance(self, src: pd.DataFrame, lag: int) -> pd.Series:
-        return src["utterance"]
+    def target_offset(self, lag: int) -> int:
+        return 0
 
 
 @PAIRINGS.register("cross_interaction")
 class CrossInteraction(Partner):
-    """Another run (sampling seed) of the same episode and model order, same utterance index."""
+    """Another run (sampling seed) of the same episode and model order, same utterance position."""
 
     def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
         mapping: dict[str, str] = {}

@@ -2,8 +2,9 @@
 
 - ``interaction``: by episode (all seeds and orders of an episode together): the paper's.
 - ``scenario``: by scenario (held-out scenarios).
-- ``persona``: by character: a test pair's two characters are both held out, a training pair's
-  both seen; pairs that mix the two sets are dropped, so no character is on both sides.
+- ``persona``: by character: every participant of a test pair's episode is held out, every
+  participant of a training pair's episode seen (wherever they sit); pairs whose episode mixes
+  the two sets are dropped, so no character is on both sides.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nsync.cache.layout import participant_ids
 from nsync.errors import NsyncError
 
 SPLITS = ("interaction", "scenario", "persona")
@@ -35,7 +37,7 @@ class Split:
             out[side] = {
                 "episodes": sorted(part["episode_id"].unique().tolist()),
                 "scenarios": sorted(part["scenario_id"].unique().tolist()),
-                "characters": sorted(set(part["character_a"]) | set(part["character_b"])),
+                "characters": sorted(_characters(part)),
             }
         return out
 
@@ -50,16 +52,29 @@ def _group_split(groups: pd.Series, test_size: float, rng: np.random.Generator) 
     return ~test, test
 
 
+def _cast(pairs: pd.DataFrame) -> pd.Series:
+    """Each pair's participants ("|"-joined); pairs tables without the column are dyads."""
+    return pairs["characters"] if "characters" in pairs else pairs["character_a"] + "|" + pairs["character_b"]
+
+
+def _characters(pairs: pd.DataFrame) -> set[str]:
+    return {c for cs in _cast(pairs).unique() for c in participant_ids(cs)}
+
+
 def _persona_split(pairs: pd.DataFrame, test_size: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    characters = np.array(sorted(set(pairs["character_a"]) | set(pairs["character_b"])))
-    if len(characters) < 4:
-        raise NsyncError(f"a persona split needs at least 4 characters, the data has {len(characters)}")
-    # Hold out a share f of characters so that f^2 / (f^2 + (1-f)^2) = test_size.
-    r = np.sqrt(test_size / (1 - test_size))
-    n_test = min(max(2, round(r / (1 + r) * len(characters))), len(characters) - 2)
+    characters = np.array(sorted(_characters(pairs)))
+    casts = _cast(pairs)
+    n_agents = max(2, int(round(np.median([len(participant_ids(cs)) for cs in casts]))))
+    if len(characters) < 2 * n_agents:
+        raise NsyncError(f"a persona split needs at least {2 * n_agents} characters, the data has {len(characters)}")
+    # Hold out a share f of characters so that f^n / (f^n + (1-f)^n) = test_size for n agents per episode.
+    r = (test_size / (1 - test_size)) ** (1 / n_agents)
+    n_test = min(max(n_agents, round(r / (1 + r) * len(characters))), len(characters) - n_agents)
     held = set(rng.permutation(characters)[:n_test])
-    a, b = pairs["character_a"].isin(held).to_numpy(), pairs["character_b"].isin(held).to_numpy()
-    train, test = ~a & ~b, a & b
+    held_by_cast = {cs: [c in held for c in participant_ids(cs)] for cs in casts.unique()}
+    all_held = casts.map(lambda cs: all(held_by_cast[cs])).to_numpy(dtype=bool)
+    none_held = casts.map(lambda cs: not any(held_by_cast[cs])).to_numpy(dtype=bool)
+    train, test = none_held, all_held
     if not train.any() or not test.any():
         raise NsyncError("the persona split left one side empty; simulate more episodes per character")
     return train, test

@@ -3,8 +3,10 @@
 Agent 0's states are i.i.d. standard normal; agent 1's state at utterance ``t + lag`` is a
 function of agent 0's state at ``t`` plus noise, so ``A->B`` pairs at that lag carry the planted
 relation and ``B->A`` pairs carry none (an even ``lag`` plants it in agent 0's own next states
-instead). Every layer is an orthogonal rotation of the same latent state, so every (source,
-target) layer pair has the same population R²:
+instead). With ``n_agents`` N > 2 (round robin: utterance ``t`` is agent ``t % N``'s) or an
+explicit ``plant=(i, j)``, agent j's ``lag``-th utterance after each utterance of agent i carries
+the relation and every other ordered pair none. Every layer is an orthogonal rotation of the
+same latent state, so every (source, target) layer pair has the same population R²:
 
 - ``linear``: ``y = c * Q x + noise``: R² = c² / (c² + noise²) per output dimension.
 - ``quadratic``: ``y_j = c * (x_{p(j)}² - 1) / sqrt(2) + noise``: uncorrelated with ``x``, so an
@@ -55,8 +57,18 @@ def write_synthetic_cache(
     listener: bool = False,
     constant_first_layer: bool = False,
     shape: float = 0.0,
+    n_agents: int = 2,
+    plant: tuple[int, int] | None = None,
 ) -> Path:
     """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path."""
+    if plant is None and n_agents > 2:
+        plant = (0, 1)
+    if plant is not None:
+        source, target = plant
+        if not (0 <= source < n_agents and 0 <= target < n_agents and source != target):
+            raise ValueError(f"plant must be two different agents below n_agents={n_agents}, got {plant}")
+        # round robin: agent `target` speaks this many utterances after agent `source`, then every N
+        gap = (target - source) % n_agents + (lag - 1) * n_agents
     rng = np.random.default_rng(seed)
     rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(n_layers + 1)]
     mixing = np.linalg.qr(rng.normal(size=(hidden, hidden)))[0]
@@ -65,26 +77,29 @@ def write_synthetic_cache(
     profile = shape * rng.normal(size=(turns, hidden)) if shape else np.zeros((turns, hidden))
     rows, states = [], {"interactive": [], "observer": [], "listener": []}
     for e in range(n_episodes):
-        a, b = rng.choice(n_characters, size=2, replace=False)
+        cast = [f"ch{c:02d}" for c in rng.choice(n_characters, size=n_agents, replace=False)]
         scenario = e % n_scenarios
         for s in range(seeds):
             latent = []
             for t in range(turns):
-                planted = t >= lag and (t - lag) % 2 == 0 and relation != "none"
-                if not planted:
+                if plant is None:  # two agents: the utterance `lag` before, when agent 0 spoke it
+                    back = lag if t >= lag and (t - lag) % 2 == 0 else 0
+                else:
+                    back = gap if t % n_agents == target and t >= gap and (t - gap) % n_agents == source else 0
+                if not back or relation == "none":
                     z = rng.normal(size=hidden)
                 elif relation == "linear":
-                    z = scale * mixing @ latent[t - lag] + noise * rng.normal(size=hidden)
+                    z = scale * mixing @ latent[t - back] + noise * rng.normal(size=hidden)
                 elif relation == "quadratic":
-                    z = scale * (latent[t - lag][perm] ** 2 - 1) / np.sqrt(2) + noise * rng.normal(size=hidden)
+                    z = scale * (latent[t - back][perm] ** 2 - 1) / np.sqrt(2) + noise * rng.normal(size=hidden)
                 else:
                     raise ValueError(f"unknown relation '{relation}'")
                 latent.append(z)
                 row = TurnRow(
                     run_id=f"ep{e:04d}|o0|s{s}", episode_id=f"ep{e:04d}", scenario_id=f"sc{scenario:02d}",
-                    scenario_codename=f"scenario_{scenario}", relationship="", character_a=f"ch{a:02d}", character_b=f"ch{b:02d}",
-                    agent=t % 2, character_id=f"ch{(a, b)[t % 2]:02d}", model=model, partner_model=model, order=0, seed=s,
-                    utterance=t, condition="interactive",
+                    scenario_codename=f"scenario_{scenario}", relationship="", character_a=cast[0], character_b=cast[1],
+                    agent=t % n_agents, character_id=cast[t % n_agents], model=model, partner_model=model, order=0, seed=s,
+                    utterance=t, condition="interactive", characters="|".join(cast), n_agents=n_agents,
                 ).as_dict()
                 rows.append(row)
                 states["interactive"].append(z + profile[t])
@@ -93,12 +108,13 @@ def write_synthetic_cache(
                     rows.append(row | dict(condition="observer"))
                     states["observer"].append(np.sqrt(w) * z + np.sqrt(1 - w) * rng.normal(size=hidden) + profile[t])
                 if listener:
-                    rows.append(row | dict(condition="listener", agent=1 - t % 2, character_id=f"ch{(a, b)[1 - t % 2]:02d}"))
-                    states["listener"].append(rng.normal(size=hidden))
+                    for other in [k for k in range(n_agents) if k != t % n_agents]:
+                        rows.append(row | dict(condition="listener", agent=other, character_id=cast[other]))
+                        states["listener"].append(rng.normal(size=hidden))
     info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
     identity = dict(relation=relation, n_episodes=n_episodes, turns=turns, n_layers=n_layers, hidden=hidden, scale=scale,
                     noise=noise, massive=massive, seed=seed, lag=lag, seeds=seeds, observer_share=observer_share, listener=listener,
-                    constant_first_layer=constant_first_layer, shape=shape)
+                    constant_first_layer=constant_first_layer, shape=shape, n_agents=n_agents, plant=plant)
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
     # Every layer is a rotation of the latent states (one matrix product per layer, not per row).
     def to_layers(z: np.ndarray) -> np.ndarray:

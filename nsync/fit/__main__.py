@@ -41,6 +41,10 @@ def main(argv: Sequence[str]) -> None:
             best_text = f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} (R² {r2[best]:.4f})"
         print(f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, "
               f"n_train {d.n_train[0]}, n_test {d.n_test[0]}")
+    matrix = result.agent_matrix()
+    if matrix.notna().sum().sum() >= 2:
+        print("SyncR² by ordered agent pair (rows: source agent, columns: target agent):")
+        print(matrix.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     print(f"wrote {resolve_out(cfg)}/results.json, plots and weights")
 
 

@@ -4,6 +4,7 @@ directions into a :class:`~nsync.fit.results.FitResult`, and write the run folde
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import logging
@@ -227,6 +228,17 @@ def write(result: FitResult, fits: list[DirectionFit], replicates: np.ndarray | 
     return plots
 
 
+def with_agent_directions(cfg: FitConfig) -> FitConfig:
+    """``cfg`` with ``data.directions=all`` replaced by every ordered pair of the cache's agents."""
+    from nsync.cache import ActivationCache
+    from nsync.data.pairs import ALL, resolve_directions
+
+    if ALL not in cfg.data.directions:
+        return cfg
+    agents = ActivationCache.open(cfg.data.cache).agents
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, directions=resolve_directions(cfg.data.directions, agents)))
+
+
 def _model_pair(cfg: FitConfig) -> str:
     from nsync.cache import ActivationCache
 
@@ -242,6 +254,7 @@ def run_fit(cfg: FitConfig) -> FitResult:
     from nsync.fit.tracking import log_result, make_logger
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg = with_agent_directions(cfg)
     out = Path(resolve_out(cfg))
     if (out / "results.json").exists() and not cfg.overwrite:
         raise NsyncError(f"{out} already holds results.json; choose another out folder or set overwrite=true")

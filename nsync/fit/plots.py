@@ -1,5 +1,5 @@
 """The plots of a fit run: best-target R² by source layer, the layer profile by relative depth,
-and one heatmap per direction."""
+one heatmap per direction, and (with agent-pair directions) the agents' SyncR² matrix."""
 
 from __future__ import annotations
 
@@ -72,7 +72,39 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
         paths.append(out / ("heatmap_" + direction.replace("->", "_to_") + ".png"))
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
+    matrix = result.agent_matrix()
+    if matrix.notna().sum().sum() >= 2:
+        paths.append(plot_agent_matrix(result, out / "agent_pairs.png"))
     return paths
+
+
+def plot_agent_matrix(result: FitResult, path: Path) -> Path:
+    """SyncR² of every ordered agent pair (source agent -> target agent) as an N x N heatmap,
+    each cell labelled; the average over pairs in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = result.agent_matrix().to_numpy()
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(1.3 * n + 2.2, 1.1 * n + 1.6))
+    top = max(float(np.nanmax(matrix)), 0.05)
+    im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=top)
+    for i in range(n):
+        for j in range(n):
+            text = "" if i == j else ("n/a" if not np.isfinite(matrix[i, j]) else f"{matrix[i, j]:.3f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if np.isfinite(matrix[i, j]) and matrix[i, j] < top / 2 else "black")
+    ax.set_xticks(range(n), [f"agent {j}" for j in range(n)])
+    ax.set_yticks(range(n), [f"agent {i}" for i in range(n)])
+    ax.set_xlabel("target (next utterance of)")
+    ax.set_ylabel("source (utterance of)")
+    fig.colorbar(im, ax=ax, label="SyncR²")
+    ax.set_title(f"SyncR² per ordered pair (lag {result.lag}); mean over pairs {result.sync_r2:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_layer_profile(results: dict[str, FitResult], path: Path) -> Path:

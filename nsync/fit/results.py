@@ -60,7 +60,7 @@ def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[
     return float(np.nanmean(values)) if np.isfinite(values).any() else None
 
 class DirectionResult(BaseModel):
-    """One direction (``A->B`` or ``B->A``), over split seeds."""
+    """One direction (``A->B``, ``B->A`` or an agent pair ``i->j``), over split seeds."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -134,6 +134,27 @@ class FitResult(BaseModel):
         tmp.write_text(self.model_dump_json(indent=1))
         os.replace(tmp, path)
         return path
+
+    def agent_matrix(self, value: str = "sync_r2"):
+        """``value`` of every agent-pair direction (``i->j``) as an N x N table: rows are source
+        agents, columns target agents; NaN on the diagonal and for pairs not fitted.
+
+        >>> FitResult.load("runs/groups/fit").agent_matrix().round(3)   # doctest: +SKIP
+        """
+        import pandas as pd
+
+        from nsync.data.pairs import Direction
+
+        cells = {}
+        for name, d in self.directions.items():
+            direction = Direction.parse(name)
+            if not direction.by_position:
+                cells[(direction.source, direction.target)] = getattr(d, value)
+        n = max((max(k) for k in cells), default=-1) + 1
+        matrix = np.full((n, n), np.nan)
+        for (i, j), v in cells.items():
+            matrix[i, j] = np.nan if v is None else v
+        return pd.DataFrame(matrix, index=pd.Index(range(n), name="source agent"), columns=pd.Index(range(n), name="target agent"))
 
     @classmethod
     def load(cls, path: str | Path) -> "FitResult":

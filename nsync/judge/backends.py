@@ -22,19 +22,20 @@ import numpy as np
 import torch
 
 from nsync.errors import NsyncError
-from nsync.judge.rubric import DIMENSIONS, dimension_question, episode_context, json_request
+from nsync.judge.rubric import DIMENSIONS, agent_keys, dimension_question, episode_context, json_request
 from nsync.judge.schema import AnswerError, parse_answer
 from nsync.models.forward import accepts, cache_kwarg, kv_cache
 from nsync.registry import Registry
 from nsync.scenarios import Episode
 from nsync.simulation.prompts import Utterance
 
-AGENTS = ("agent_a", "agent_b")
+#: The answer keys of a dyad's agents; ``agent_keys(episode.n_agents)`` for any episode.
+AGENTS = tuple(agent_keys(2))
 
 
 @dataclass
 class Judgement:
-    """One episode's scores: ``scores[agent][dimension]`` (agent ``agent_a`` / ``agent_b``)."""
+    """One episode's scores: ``scores[agent][dimension]`` (agent ``agent_a``, ``agent_b``, ...)."""
 
     ok: bool
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -63,7 +64,7 @@ class JudgeBackend(Protocol):
         """The text it judges (stored beside the scores)."""
 
     def score(self, episode: Episode, history: list[Utterance]) -> Judgement:
-        """Scores for both agents on every dimension (``Judgement.ok`` False on failure)."""
+        """Scores for every agent (``agent_keys(episode.n_agents)``) on every dimension (``Judgement.ok`` False on failure)."""
 
 
 #: Registered judge backends, by name.
@@ -130,14 +131,14 @@ class ChatJudge:
                 continue
             raw.append(text)
             try:
-                parsed = parse_answer(text)
+                parsed = parse_answer(text, episode.n_agents)
             except AnswerError as err:
                 error = str(err)
                 messages += [{"role": "assistant", "content": text},
                              {"role": "user", "content": f"That answer could not be used: {err}. "
                                                          "Answer again with only the JSON object, every score an integer in its range."}]
                 continue
-            scores = {a: getattr(parsed, a).model_dump() for a in AGENTS}
+            scores = {a: getattr(parsed, a).model_dump() for a in agent_keys(episode.n_agents)}
             return Judgement(True, scores, attempts=attempt, raw=raw, reasoning=parsed.reasoning)
         return Judgement(False, attempts=self.max_attempts, raw=raw, error=error)
 
@@ -169,7 +170,8 @@ class LocalJudge:
         return {"backend": self.kind, "model": self.lm.name, "checksum": self.lm.checksum}
 
     def prompt(self, episode: Episode, history: list[Utterance]) -> str:
-        return episode_context(episode, history) + "".join(dimension_question(episode, a, d) for a in (0, 1) for d in DIMENSIONS)
+        return episode_context(episode, history) + "".join(
+            dimension_question(episode, a, d) for a in range(episode.n_agents) for d in DIMENSIONS)
 
     @torch.inference_mode()
     def distributions(self, episode: Episode, history: list[Utterance]) -> dict[str, dict[str, np.ndarray]]:
@@ -183,7 +185,7 @@ class LocalJudge:
         keep = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
         ctx_cache = kv_cache(model(ctx, use_cache=True, **keep))
         out: dict[str, dict[str, np.ndarray]] = {}
-        for agent, key in enumerate(AGENTS):
+        for agent, key in enumerate(agent_keys(episode.n_agents)):
             out[key] = {}
             for dim in DIMENSIONS:
                 q = torch.tensor([tok(dimension_question(episode, agent, dim), add_special_tokens=False)["input_ids"]], device=device)

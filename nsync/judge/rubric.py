@@ -1,7 +1,8 @@
 """SOTOPIA-Eval's seven dimensions and the judge's prompts (the rubric text is nsync's own).
 
-The judge sees the whole episode: the scenario, both characters' full backgrounds with their
-secrets, both goals, the relationship, and the transcript.
+The judge sees the whole episode: the scenario, every character's full background with its
+secret, every goal, the relationships, and the transcript. Agents are labelled A, B, C, ... in
+agent order (a dyad's prompts read as they always did).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nsync.scenarios import Episode
-from nsync.scenarios.schema import own_background
+from nsync.scenarios.schema import RELATIONSHIPS, own_background
 from nsync.simulation.prompts import Utterance, history_text
 
 
@@ -43,16 +44,36 @@ DIMENSIONS = (
 DIMENSION_NAMES = tuple(d.name for d in DIMENSIONS)
 
 
+def agent_letter(agent: int) -> str:
+    """A, B, C, ... for agents 0, 1, 2, ..."""
+    return chr(ord("A") + agent)
+
+
+def agent_keys(n_agents: int) -> list[str]:
+    """The answer keys of an episode's agents: ``agent_a``, ``agent_b``, ...
+
+    >>> agent_keys(3)
+    ['agent_a', 'agent_b', 'agent_c']
+    """
+    if not 2 <= n_agents <= 26:
+        raise ValueError(f"an episode has 2 to 26 agents, got {n_agents}")
+    return [f"agent_{agent_letter(a).lower()}" for a in range(n_agents)]
+
+
 def episode_context(episode: Episode, history: list[Utterance]) -> str:
     """Everything the judge knows: the full episode and the transcript."""
     s = episode.scenario
+    among = "between two characters" if episode.n_agents == 2 else f"among {episode.n_agents} characters"
     lines = [
-        "You are evaluating a role-play conversation between two characters for social intelligence.",
+        f"You are evaluating a role-play conversation {among} for social intelligence.",
         "",
         f"Scenario: {s.scenario}",
         f"Relationship between the characters: {s.relationship_name.replace('_', ' ')}.",
     ]
-    for agent, label in ((0, "Agent A"), (1, "Agent B")):
+    for (i, j), level in sorted(s.relationships.items()):
+        lines.append(f"Except: Agent {agent_letter(i)} knows Agent {agent_letter(j)} as: {RELATIONSHIPS[level].replace('_', ' ')}.")
+    for agent in range(episode.n_agents):
+        label = f"Agent {agent_letter(agent)}"
         c = episode.characters[agent]
         lines += ["", f"{label}: {c.name}. Background: {own_background(c)}", f"{label}'s private goal: {s.goals[agent]}"]
     transcript = history_text(episode, history) or "(no utterances)"
@@ -61,15 +82,17 @@ def episode_context(episode: Episode, history: list[Utterance]) -> str:
 
 
 def json_request(episode: Episode, history: list[Utterance]) -> str:
-    """The prompt for a chat judge: one JSON object with both agents' scores."""
+    """The prompt for a chat judge: one JSON object with every agent's scores."""
     rubric = "\n".join(f"- {d.name} (integer from {d.low} to {d.high}): {d.rubric}" for d in DIMENSIONS)
-    a, b = (c.name for c in episode.characters)
+    who = [f"agent {agent_letter(a)} is {c.name}" for a, c in enumerate(episode.characters)]
+    who[0] = who[0][0].upper() + who[0][1:]
     keys = ", ".join(f'"{d.name}": <int>' for d in DIMENSIONS)
+    fields = ", ".join(f'"{key}": {{{keys}}}' for key in agent_keys(episode.n_agents))
     return (
         f"{episode_context(episode, history)}\n\n"
         f"Score each agent on these dimensions:\n{rubric}\n\n"
-        f"Agent A is {a}, agent B is {b}. Think briefly, then answer with one JSON object and nothing after it:\n"
-        f'{{"reasoning": "<one or two sentences>", "agent_a": {{{keys}}}, "agent_b": {{{keys}}}}}'
+        f"{', '.join(who)}. Think briefly, then answer with one JSON object and nothing after it:\n"
+        f'{{"reasoning": "<one or two sentences>", {fields}}}'
     )
 
 
@@ -77,6 +100,6 @@ def dimension_question(episode: Episode, agent: int, dim: Dimension) -> str:
     """The suffix a local judge reads after the context, before the score it is asked for."""
     name = episode.characters[agent].name
     return (
-        f"\n\nQuestion about {name} (agent {'AB'[agent]}): {dim.name}. {dim.rubric}\n"
+        f"\n\nQuestion about {name} (agent {agent_letter(agent)}): {dim.name}. {dim.rubric}\n"
         f"Answer with one integer from {dim.low} to {dim.high}.\nScore:"
     )

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from nsync.cache import ActivationCache
 from nsync.cache.layout import write_json_atomic
 from nsync.errors import NsyncError
-from nsync.judge.backends import AGENTS, JUDGE_BACKENDS, Judgement
-from nsync.judge.rubric import DIMENSION_NAMES
+from nsync.judge.backends import JUDGE_BACKENDS, Judgement
+from nsync.judge.rubric import DIMENSION_NAMES, agent_keys
 from nsync.judge.schema import overall
 from nsync.simulation.prompts import conversations as prompt_conversations
 
@@ -63,7 +63,7 @@ def make_judge(cfg: JudgeConfig):
 
 
 def conversations(cache: ActivationCache, scenarios: str | None = None):
-    """(run row, episode, history) for every run of the cache, in run order."""
+    """(run's rows, episode, history) for every run of the cache, in run order."""
     from nsync.scenarios import load_scenarios
 
     source = cache.scenario_source(scenarios)
@@ -72,7 +72,7 @@ def conversations(cache: ActivationCache, scenarios: str | None = None):
         first = rows.iloc[0]
         if first.episode_id not in episodes:
             raise NsyncError(f"episode {first.episode_id} of the cache is not in the scenario source '{source}'; set scenarios=...")
-        yield first, episodes[first.episode_id], history
+        yield rows, episodes[first.episode_id], history
 
 
 def judge_cache(cfg: JudgeConfig, judge=None) -> tuple[Path, pd.DataFrame]:
@@ -86,7 +86,8 @@ def judge_cache(cfg: JudgeConfig, judge=None) -> tuple[Path, pd.DataFrame]:
     identity = judge.identity()
     convs = list(conversations(cache, cfg.scenarios))
     rows, fresh, failed = [], 0, 0
-    for run, episode, history in tqdm(convs, desc=f"judging ({name})", unit="ep", disable=not cfg.progress):
+    for rows_of_run, episode, history in tqdm(convs, desc=f"judging ({name})", unit="ep", disable=not cfg.progress):
+        run = rows_of_run.iloc[0]
         prompt = judge.prompt(episode, history)
         key = hashlib.sha256(json.dumps({"judge": identity, "prompt": prompt}, sort_keys=True).encode()).hexdigest()[:20]
         path = out / "episodes" / f"{key}.json"
@@ -98,7 +99,7 @@ def judge_cache(cfg: JudgeConfig, judge=None) -> tuple[Path, pd.DataFrame]:
             write_json_atomic(path, {"run_id": run.run_id, "judge": identity, "judgement": dataclasses.asdict(judgement)})
             fresh += 1
         failed += not judgement.ok
-        rows += _rows(run, episode, judgement, name, key)
+        rows += _rows(rows_of_run, episode, judgement, name, key)
     table = pd.DataFrame(rows)
     tmp = out / ".scores.parquet.tmp"
     table.to_parquet(tmp, index=False)
@@ -109,14 +110,19 @@ def judge_cache(cfg: JudgeConfig, judge=None) -> tuple[Path, pd.DataFrame]:
     return out, table
 
 
-def _rows(run, episode, j: Judgement, judge_name: str, key: str) -> list[dict]:
+def _rows(run_rows, episode, j: Judgement, judge_name: str, key: str) -> list[dict]:
     """One row per agent; failures keep their row, with empty scores and the raw answers."""
+    run = run_rows.iloc[0]
+    # each agent's model, from its utterances; an agent who never spoke plays the other agents' model
+    models = run_rows.groupby("agent")["model"].first().to_dict()
+    models = {a: models.get(a, run.partner_model if a != run.agent else run.model) for a in range(episode.n_agents)}
     rows = []
-    for agent, side in enumerate(AGENTS):
+    for agent, side in enumerate(agent_keys(episode.n_agents)):
+        others = "|".join(dict.fromkeys(m for a, m in models.items() if a != agent))
         row = {
             "run_id": run.run_id, "episode_id": run.episode_id, "scenario_id": run.scenario_id, "seed": run.seed,
             "order": run.order, "agent": agent, "character_id": episode.characters[agent].id,
-            "model": run.model if agent == 0 else run.partner_model, "partner_model": run.partner_model if agent == 0 else run.model,
+            "model": models[agent], "partner_model": others,
             "judge": judge_name, "status": "ok" if j.ok else "failed", "attempts": j.attempts,
         }
         scores = j.scores.get(side, {})

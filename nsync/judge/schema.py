@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from nsync.judge.rubric import DIMENSIONS
+from nsync.judge.rubric import DIMENSIONS, agent_keys
 
 #: One agent's seven scores; out-of-range or non-integer values fail validation.
 AgentScores = create_model(
@@ -18,12 +18,20 @@ AgentScores = create_model(
 
 
 class EpisodeScores(BaseModel):
-    """A chat judge's answer for one episode."""
+    """A chat judge's answer for one two-agent episode (:func:`episode_scores` for N agents)."""
 
     model_config = ConfigDict(extra="ignore")
     reasoning: str = ""
     agent_a: AgentScores  # type: ignore[valid-type]
     agent_b: AgentScores  # type: ignore[valid-type]
+
+
+def episode_scores(n_agents: int) -> type[BaseModel]:
+    """The answer model of an episode with ``n_agents`` agents (fields ``agent_a``, ``agent_b``, ...)."""
+    if n_agents == 2:
+        return EpisodeScores
+    return create_model(f"EpisodeScores{n_agents}", __base__=EpisodeScores,
+                        **{key: (AgentScores, ...) for key in agent_keys(n_agents)[2:]})
 
 
 def overall(scores: dict) -> float:
@@ -35,8 +43,9 @@ class AnswerError(ValueError):
     """A judge answer that does not parse or validate; the message says why, for the retry."""
 
 
-def parse_answer(text: str) -> EpisodeScores:
-    """The JSON object in a chat judge's reply (code fences and text around it are allowed).
+def parse_answer(text: str, n_agents: int = 2) -> EpisodeScores:
+    """The JSON object in a chat judge's reply (code fences and text around it are allowed), with
+    the scores of ``n_agents`` agents.
 
     >>> parse_answer('ok {"agent_a": {"believability": 8, "relationship": 1, "knowledge": 3, "secret": 0, '
     ...              '"social_rules": 0, "financial_and_material_benefits": 0, "goal": 6}, "agent_b": {"believability": 7, '
@@ -51,14 +60,14 @@ def parse_answer(text: str) -> EpisodeScores:
         data = json.loads(match.group(0))
     except json.JSONDecodeError as err:
         raise AnswerError(f"the JSON object does not parse: {err}") from None
-    for side in ("agent_a", "agent_b"):
+    for side in agent_keys(n_agents):
         scores = data.get(side) if isinstance(data, dict) else None
         if isinstance(scores, dict):
             for key, value in scores.items():  # integral floats (7.0) are fine; 7.5 is not
                 if isinstance(value, float) and value.is_integer():
                     scores[key] = int(value)
     try:
-        return EpisodeScores.model_validate(data)
+        return episode_scores(n_agents).model_validate(data)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         raise AnswerError(f"the scores are invalid: {problems}") from None

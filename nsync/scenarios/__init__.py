@@ -9,15 +9,17 @@ from nsync.scenarios.schema import (
     own_background,
     visible_background,
 )
-from nsync.scenarios.sotopia import load_builtin, load_scenarios, load_sotopia
+from nsync.scenarios.sotopia import BUILTIN_SOURCES, load_builtin, load_builtin_groups, load_scenarios, load_sotopia
 
 __all__ = [
+    "BUILTIN_SOURCES",
     "RELATIONSHIPS",
     "Character",
     "Episode",
     "Scenario",
     "ScenarioLibrary",
     "load_builtin",
+    "load_builtin_groups",
     "load_scenarios",
     "load_sotopia",
     "own_background",

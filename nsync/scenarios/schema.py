@@ -1,4 +1,10 @@
-"""Characters, scenarios and episodes in SOTOPIA's data model, and what each agent may see."""
+"""Characters, scenarios and episodes in SOTOPIA's data model, and what each agent may see.
+
+A scenario has N >= 2 goals, one per agent (SOTOPIA's dyads are N = 2); an episode casts one
+character per goal. What agent ``i`` knows of agent ``j`` follows the relationship of the
+ordered pair (``Scenario.relationship_of``): the scenario-wide one unless ``relationships``
+says otherwise for that pair.
+"""
 
 from __future__ import annotations
 
@@ -42,30 +48,63 @@ class Character:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One social situation with a private goal per agent (SOTOPIA's EnvironmentProfile)."""
+    """One social situation with a private goal per agent (SOTOPIA's EnvironmentProfile).
+
+    ``relationships`` maps an ordered pair ``(i, j)`` to what agent ``i`` knows of agent ``j``
+    when it differs from the scenario-wide ``relationship`` (e.g. a mediator who knows both
+    parties while they are strangers to each other).
+
+    >>> s = Scenario("s", "mediation", "", "A dispute.", ("g0", "g1", "g2"), 0, relationships={(2, 0): 2, (2, 1): 2})
+    >>> s.n_agents, s.relationship_of(2, 0), s.relationship_of(0, 1)
+    (3, 2, 0)
+    """
 
     id: str
     codename: str
     source: str
     scenario: str
-    goals: tuple[str, str]
+    goals: tuple[str, ...]
     relationship: int
     age_constraint: str | None = None
     occupation_constraint: str | None = None
     agent_constraint: str | None = None
+    relationships: dict[tuple[int, int], int] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.goals)
 
     @property
     def relationship_name(self) -> str:
         return RELATIONSHIPS[self.relationship]
 
+    def relationship_of(self, viewer: int, other: int) -> int:
+        """What agent ``viewer`` knows of agent ``other`` (a level of :data:`RELATIONSHIPS`)."""
+        return self.relationships.get((viewer, other), self.relationship)
+
 
 @dataclass(frozen=True)
 class Episode:
-    """A scenario played by two characters; ``characters[i]`` pursues ``scenario.goals[i]``."""
+    """A scenario played by N characters; ``characters[i]`` pursues ``scenario.goals[i]``."""
 
     id: str
     scenario: Scenario
-    characters: tuple[Character, Character]
+    characters: tuple[Character, ...]
+
+    def __post_init__(self) -> None:
+        from nsync.errors import NsyncError
+
+        if len(self.characters) != len(self.scenario.goals):
+            raise NsyncError(
+                f"episode {self.id} casts {len(self.characters)} characters in scenario {self.scenario.id}, which has "
+                f"{len(self.scenario.goals)} goals; give one character per goal"
+            )
+        if len({c.id for c in self.characters}) != len(self.characters):
+            raise NsyncError(f"episode {self.id} casts the same character twice ({[c.id for c in self.characters]})")
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.characters)
 
 
 def visible_background(character: Character, relationship: int) -> str:
@@ -127,6 +166,7 @@ class ScenarioLibrary:
 
     def __len__(self) -> int:
         return len(self.episodes)
+
 
     def select(self, ids: list[str] | None = None, limit: int | None = None) -> list[Episode]:
         """Episodes whose id, scenario id or scenario codename is in ``ids`` (all if empty),

@@ -86,18 +86,29 @@ def _character(path: Path, key: str, rec: dict) -> Character:
     )
 
 
+def _relationship(f: _Fields, field: str, rel: Any) -> int:
+    if isinstance(rel, str):
+        if rel not in RELATIONSHIPS:
+            raise f.fail(field, f"unknown relationship '{rel}'; use 0-5 or one of {', '.join(RELATIONSHIPS)}")
+        rel = RELATIONSHIPS.index(rel)
+    if isinstance(rel, bool) or not isinstance(rel, int) or not 0 <= rel < len(RELATIONSHIPS):
+        raise f.fail(field, f"unknown relationship {rel!r}; use 0-5 ({', '.join(RELATIONSHIPS)})")
+    return rel
+
+
 def _scenario(path: Path, key: str, rec: dict) -> Scenario:
     f = _Fields(path, key, rec)
     goals = f.get("agent_goals", list)
-    if len(goals) != 2 or not all(isinstance(g, str) for g in goals):
-        raise f.fail("agent_goals", f"expected exactly two goal strings, got {len(goals)}")
-    rel = f.get("relationship", (int, str))
-    if isinstance(rel, str):
-        if rel not in RELATIONSHIPS:
-            raise f.fail("relationship", f"unknown relationship '{rel}'; use 0-5 or one of {', '.join(RELATIONSHIPS)}")
-        rel = RELATIONSHIPS.index(rel)
-    if not 0 <= rel < len(RELATIONSHIPS):
-        raise f.fail("relationship", f"unknown relationship {rel}; use 0-5 ({', '.join(RELATIONSHIPS)})")
+    if len(goals) < 2 or not all(isinstance(g, str) for g in goals):
+        raise f.fail("agent_goals", f"expected a list of at least two goal strings (one per agent), got {goals!r}")
+    rel = _relationship(f, "relationship", f.get("relationship", (int, str)))
+    # nsync's extension for groups: {"i->j": level} where agent i knows agent j differently
+    pairwise = {}
+    for pair, level in f.get("relationships", dict, default={}).items():
+        parts = str(pair).replace(" ", "").split("->")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) < len(goals) for p in parts) or parts[0] == parts[1]:
+            raise f.fail("relationships", f"key '{pair}' must be 'i->j' with two different agent indices below {len(goals)}")
+        pairwise[(int(parts[0]), int(parts[1]))] = _relationship(f, f"relationships.{pair}", level)
 
     def opt(name: str) -> str | None:
         value = rec.get(name)
@@ -108,16 +119,18 @@ def _scenario(path: Path, key: str, rec: dict) -> Scenario:
         codename=f.get("codename", default=key),
         source=f.get("source", default=""),
         scenario=f.get("scenario"),
-        goals=(goals[0], goals[1]),
+        goals=tuple(goals),
         relationship=rel,
         age_constraint=opt("age_constraint"),
         occupation_constraint=opt("occupation_constraint"),
         agent_constraint=opt("agent_constraint"),
+        relationships=pairwise,
     )
 
 
-def load_sotopia(path: str | Path) -> ScenarioLibrary:
-    """Load a SOTOPIA export folder.
+def load_sotopia(path: str | Path, agents: str | Path | None = None) -> ScenarioLibrary:
+    """Load a SOTOPIA export folder (``agents``: read the characters from this file instead of the
+    folder's ``agents.json``).
 
     >>> lib = load_sotopia("../shared/data/sotopia")  # doctest: +SKIP
     >>> len(lib.scenarios), len(lib.characters), len(lib.episodes)  # doctest: +SKIP
@@ -127,6 +140,7 @@ def load_sotopia(path: str | Path) -> ScenarioLibrary:
     if not root.is_dir():
         raise NsyncError(f"SOTOPIA export folder not found: {root}")
     agents_path, envs_path, combos_path = (root / name for name in FILES)
+    agents_path = Path(agents) if agents is not None else agents_path
     characters = {}
     for key, rec in _records(_read_json(agents_path), agents_path):
         c = _character(agents_path, key, rec)
@@ -142,8 +156,12 @@ def load_sotopia(path: str | Path) -> ScenarioLibrary:
         if env_id not in scenarios:
             raise f.fail("env_id", f"names scenario '{env_id}', which is not in {envs_path.name}")
         agent_ids = f.get("agent_ids", list)
-        if len(agent_ids) != 2:
-            raise f.fail("agent_ids", f"expected two character ids, got {len(agent_ids)}")
+        n_goals = len(scenarios[env_id].goals)
+        if len(agent_ids) != n_goals:
+            raise f.fail("agent_ids", f"scenario '{env_id}' has {n_goals} goals, so the episode needs {n_goals} character ids "
+                                      f"(one per goal, in order), got {len(agent_ids)}")
+        if len(set(agent_ids)) != len(agent_ids):
+            raise f.fail("agent_ids", f"names the same character twice: {agent_ids}")
         for agent_id in agent_ids:
             if agent_id not in characters:
                 raise f.fail("agent_ids", f"names character '{agent_id}', which is not in {agents_path.name}")
@@ -151,7 +169,7 @@ def load_sotopia(path: str | Path) -> ScenarioLibrary:
             Episode(
                 id=str(f.get("pk", str, default=key)),
                 scenario=scenarios[env_id],
-                characters=(characters[agent_ids[0]], characters[agent_ids[1]]),
+                characters=tuple(characters[a] for a in agent_ids),
             )
         )
     return ScenarioLibrary(characters, scenarios, episodes, origin=str(root))
@@ -164,6 +182,18 @@ def load_builtin() -> ScenarioLibrary:
     return lib
 
 
+def load_builtin_groups() -> ScenarioLibrary:
+    """nsync's pack of three- and four-agent scenarios, cast from the built-in characters."""
+    pack = files("nsync.scenarios")
+    lib = load_sotopia(Path(str(pack.joinpath("pack_groups"))), agents=Path(str(pack.joinpath("pack", "agents.json"))))
+    lib.origin = "builtin-groups"
+    return lib
+
+
+#: Scenario sources that ship with nsync (anything else is a SOTOPIA export folder).
+BUILTIN_SOURCES = {"builtin": load_builtin, "builtin-groups": load_builtin_groups}
+
+
 def load_scenarios(source: str) -> ScenarioLibrary:
-    """``builtin`` or the path of a SOTOPIA export folder."""
-    return load_builtin() if source == "builtin" else load_sotopia(source)
+    """``builtin`` (dyads), ``builtin-groups`` (three and four agents) or the path of a SOTOPIA export folder."""
+    return BUILTIN_SOURCES[source]() if source in BUILTIN_SOURCES else load_sotopia(source)

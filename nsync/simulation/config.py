@@ -10,13 +10,14 @@ from omegaconf import MISSING
 from nsync.errors import NsyncError
 from nsync.simulation.generation import SamplingConfig
 from nsync.simulation.prompts import FORMATS
+from nsync.simulation.turns import TurnTakingConfig
 
 
 @dataclass
 class ScenarioSelection:
     """Which episodes to simulate."""
 
-    source: str = field(default="builtin", metadata={"help": "'builtin' (nsync's pack) or the folder of a SOTOPIA JSON export"})
+    source: str = field(default="builtin", metadata={"help": "'builtin' (nsync's dyads), 'builtin-groups' (three- and four-agent scenarios) or the folder of a SOTOPIA JSON export"})
     ids: list[str] = field(default_factory=list, metadata={"help": "episode ids, scenario ids or codenames (empty: all)"})
     limit: Optional[int] = field(default=None, metadata={"help": "keep only the first N selected episodes"})
 
@@ -33,16 +34,17 @@ class CaptureConfig:
 
 @dataclass
 class SimulateConfig:
-    """Two-agent social episodes with every layer's hidden state cached."""
+    """Social episodes of two or more agents with every layer's hidden state cached."""
 
     out: str = field(default=MISSING, metadata={"help": "cache folder to write (created; resumed if it holds this config)"})
-    models: list[str] = field(default_factory=lambda: ["smollm2-135m"], metadata={"help": "one model (self-pair) or two: [agent A's, agent B's]"})
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"], metadata={"help": "one model (every agent) or several: agent i plays models[i % len(models)]"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
     dtype: str = field(default="auto", metadata={"help": "model precision: float32, bfloat16, float16, or auto (bfloat16 on GPUs and on CPUs with bfloat16 hardware, else float32)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom modelling code shipped with a checkpoint"})
-    both_orders: bool = field(default=False, metadata={"help": "with two models, also run the swapped order (B's model speaks first)"})
+    both_orders: bool = field(default=False, metadata={"help": "with several models, also run every rotation of the list over the agents (two models: the swapped order)"})
     prompt_format: str = field(default="sotopia", metadata={"help": f"one of {FORMATS}; models without a chat template use transcript"})
     max_turns: int = field(default=16, metadata={"help": "most utterances per episode"})
+    turn_taking: TurnTakingConfig = field(default_factory=TurnTakingConfig)
     min_utterances: int = field(default=2, metadata={"help": "an agent may leave only from this utterance on (2: each agent has spoken once); earlier leaves are ignored"})
     max_resamples: int = field(default=3, metadata={"help": "before min_utterances, an empty reply (or only the leave marker) is re-sampled from the same utterance's random stream this many times, then recorded and flagged"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "sampling seeds; each episode runs once per seed"})
@@ -56,8 +58,8 @@ class SimulateConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.models) <= 2:
-            raise NsyncError(f"models must list one or two models, got {len(self.models)}")
+        if not self.models:
+            raise NsyncError("models must list at least one model")
         if self.prompt_format not in FORMATS:
             raise NsyncError(f"prompt_format must be one of {FORMATS}, got '{self.prompt_format}'")
         if self.max_turns < 1:
@@ -86,3 +88,11 @@ class SimulateConfig:
         for key in ("ids", "limit"):
             d["scenarios"].pop(key)
         return d
+
+    @staticmethod
+    def identity_defaults() -> dict:
+        """Identity keys added after caches were first written, with the value those caches had
+        (so they still open, and a cache of another value does not)."""
+        from nsync.config import to_dict
+
+        return {"turn_taking": to_dict(TurnTakingConfig())}

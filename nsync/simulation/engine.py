@@ -1,4 +1,4 @@
-"""Run many two-agent episodes together and stream finished ones into the cache.
+"""Run many episodes (two or more agents each) together and stream finished ones into the cache.
 
 Every step, the episodes in flight are grouped by the model whose agent speaks next, and each
 group's replies come from one batched, left-padded generation. Finished episodes leave the
@@ -25,6 +25,7 @@ from nsync.scenarios import Episode
 from nsync.simulation.generation import Generator
 from nsync.simulation.prompts import ECHO, Utterance, clean_reply, encode, prompt_format, render
 from nsync.simulation.config import SimulateConfig
+from nsync.simulation.turns import TURN_POLICIES
 
 
 @dataclass
@@ -33,32 +34,48 @@ class Run:
 
     run_id: str
     episode: Episode
-    models: tuple[str, str]  # the model of agent 0 (speaks first) and of agent 1
+    models: tuple[str, ...]  # the model of each agent
     order: int
     seed: int
+    speaker: int = 0  # who speaks the next utterance (set by the turn-taking policy)
+    present: list[int] = field(default_factory=list)  # agents who have not left
     history: list[Utterance] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     states: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    listener: tuple[np.ndarray, int] | None = None  # the partner's state before the next utterance
+    listeners: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)  # each other agent's state before the next utterance
     done: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.present:
+            self.present = list(range(self.episode.n_agents))
+
     @property
-    def speaker(self) -> int:
-        return len(self.history) % 2
+    def listening(self) -> list[int]:
+        """The agents present who do not speak next."""
+        return [a for a in self.present if a != self.speaker]
+
+    def others_models(self, agent: int) -> str:
+        """The other agents' model ("|"-joined when they differ): the partner model of a row."""
+        return "|".join(dict.fromkeys(m for a, m in enumerate(self.models) if a != agent))
 
 
 def plan_runs(cfg: SimulateConfig, episodes: list[Episode]) -> list[Run]:
-    """Every (episode, model order, seed) combination, in a fixed order."""
-    a, b = (cfg.models + cfg.models)[:2]
-    orders = [(a, b)]
-    if cfg.both_orders and a != b:
-        orders.append((b, a))
+    """Every (episode, model order, seed) combination, in a fixed order.
+
+    Agent ``i`` plays ``models[i % len(models)]``; with ``both_orders`` the model list is also
+    rotated (for two models: the swapped order), so every model speaks first once.
+    """
+    orders = [list(cfg.models)]
+    if cfg.both_orders and len(set(cfg.models)) > 1:
+        orders += [cfg.models[k:] + cfg.models[:k] for k in range(1, len(cfg.models))]
+    policy = TURN_POLICIES.get(cfg.turn_taking.policy)(cfg.turn_taking)
     runs = []
     for episode in episodes:
+        first = policy.first(episode)
         for order, models in enumerate(orders):
+            cast = tuple(models[i % len(models)] for i in range(episode.n_agents))
             for seed in cfg.seeds:
-                run_id = f"{episode.id}|o{order}|s{seed}"
-                runs.append(Run(run_id, episode, models, order, seed))
+                runs.append(Run(f"{episode.id}|o{order}|s{seed}", episode, cast, order, seed, speaker=first))
     return runs
 
 
@@ -100,6 +117,7 @@ class Simulator:
         self.writer = writer
         self.capture = capture
         self.generators = {name: Generator(lm, cfg.sampling) for name, lm in models.items()}
+        self.policy = TURN_POLICIES.get(cfg.turn_taking.policy)(cfg.turn_taking)
 
     def _step(self, name: str, runs: list[Run], stats: SimulationStats) -> None:
         lm = self.models[name]
@@ -131,29 +149,31 @@ class Simulator:
         replies = self._replies(name, runs, prompts, gens, out.tokens, stats)
         for i, run in enumerate(runs):
             text, left, n_new, resampled, flags = replies[i]
-            k = len(run.history)
-            run.history.append(Utterance(run.speaker, text, left))
-            base = self._row(run, k, name, text, left, out.prompt_lengths[i], n_new) | {"resampled": resampled, "flag": ",".join(flags)}
+            k, speaker = len(run.history), run.speaker
+            run.history.append(Utterance(speaker, text, left))
+            base = self._row(run, k, speaker, text, left, out.prompt_lengths[i], n_new) | {"resampled": resampled, "flag": ",".join(flags)}
             run.rows.append(base)
             if self.capture:
                 run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
                 if observer is not None:
                     run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[i])})
                     run.states.setdefault("observer", []).append(observer[i].cpu().numpy())
-                if run.listener is not None:
-                    state, n_prompt = run.listener
-                    listener = 1 - k % 2
+                for listener, (state, n_prompt) in sorted(run.listeners.items()):
                     run.rows.append({**base, "condition": "listener", "agent": listener, "character_id": run.episode.characters[listener].id,
                                      "model": run.models[listener], "partner_model": name, "n_prompt_tokens": n_prompt, "n_new_tokens": 0})
                     run.states.setdefault("listener", []).append(state)
-                    run.listener = None
+                run.listeners = {}
                 if out.generated_mean is not None:
                     run.rows.append({**base, "condition": "generated_mean"})
                     run.states.setdefault("generated_mean", []).append(out.generated_mean[i].cpu().numpy())
             stats.utterances += 1
             stats.new_tokens += n_new
             stats.prompt_tokens += out.prompt_lengths[i]
-            run.done = left or len(run.history) >= self.cfg.max_turns
+            if left:
+                run.present.remove(speaker)
+            run.done = len(run.present) < 2 or len(run.history) >= self.cfg.max_turns
+            if not run.done:
+                run.speaker = self.policy.next(run.episode, run.history, run.present)
 
     def _replies(self, name: str, runs: list[Run], prompts: list[list[int]], gens: list[torch.Generator], tokens: list[list[int]],
                  stats: SimulationStats) -> list[tuple[str, bool, int, int, list[str]]]:
@@ -201,25 +221,25 @@ class Simulator:
             out[i] = (text, left, n_new, resampled, flags)
         return out
 
-    def _listen(self, name: str, runs: list[Run]) -> None:
-        """The partner of each run's next speaker reads the same history with its own prompt.
-        It shares the partner's prefix slot: its next own prompt extends this one."""
+    def _listen(self, name: str, listeners: list[tuple[Run, int]]) -> None:
+        """Every agent who does not speak next reads the same history with its own prompt. It
+        shares that agent's prefix slot: its next own prompt extends this one."""
         lm = self.models[name]
         fmt = prompt_format(lm, self.cfg.prompt_format)
-        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, 1 - r.speaker, r.history)) for r in runs]
-        keys = [(r.run_id, 1 - r.speaker, "interactive") for r in runs] if self.cfg.reuse_prefix else None
+        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, agent, r.history)) for r, agent in listeners]
+        keys = [(r.run_id, agent, "interactive") for r, agent in listeners] if self.cfg.reuse_prefix else None
         states = self.generators[name].prompt_states(prompts, keys).cpu().numpy()
-        for run, state, prompt in zip(runs, states, prompts):
-            run.listener = (state, len(prompt))
+        for (run, agent), state, prompt in zip(listeners, states, prompts):
+            run.listeners[agent] = (state, len(prompt))
 
-    def _row(self, run: Run, k: int, model: str, text: str, left: bool, n_prompt: int, n_new: int) -> dict:
+    def _row(self, run: Run, k: int, speaker: int, text: str, left: bool, n_prompt: int, n_new: int) -> dict:
         ep = run.episode
         return TurnRow(
             run_id=run.run_id, episode_id=ep.id, scenario_id=ep.scenario.id, scenario_codename=ep.scenario.codename,
             relationship=ep.scenario.relationship, character_a=ep.characters[0].id, character_b=ep.characters[1].id,
-            agent=k % 2, character_id=ep.characters[k % 2].id, model=model, partner_model=run.models[1 - k % 2],
+            agent=speaker, character_id=ep.characters[speaker].id, model=run.models[speaker], partner_model=run.others_models(speaker),
             order=run.order, seed=run.seed, utterance=k, condition="interactive", text=text, left=left,
-            n_prompt_tokens=n_prompt, n_new_tokens=n_new,
+            n_prompt_tokens=n_prompt, n_new_tokens=n_new, characters="|".join(c.id for c in ep.characters), n_agents=ep.n_agents,
         ).as_dict()
 
     def _flush(self, finished: list[Run]) -> None:
@@ -228,7 +248,7 @@ class Simulator:
         rows = [row for run in finished for row in run.rows]
         states: dict[tuple[str, str], list[np.ndarray]] = {}
         for run in finished:
-            # rows of a run alternate between its two models; states follow the row order
+            # a run's rows come from several models; each model's states follow the row order
             per_condition = {c: iter(v) for c, v in run.states.items()}
             for row in run.rows:
                 states.setdefault((row["model"], row["condition"]), []).append(next(per_condition[row["condition"]]))
@@ -247,9 +267,10 @@ class Simulator:
                 while pending and len(active) < self.cfg.episodes_in_flight:
                     active.append(pending.popleft())
                 if self.capture and self.cfg.capture.listener:
-                    by_listener: dict[str, list[Run]] = {}
+                    by_listener: dict[str, list[tuple[Run, int]]] = {}
                     for run in active:
-                        by_listener.setdefault(run.models[1 - run.speaker], []).append(run)
+                        for agent in run.listening:
+                            by_listener.setdefault(run.models[agent], []).append((run, agent))
                     for name, group in by_listener.items():
                         self._listen(name, group)
                 by_model: dict[str, list[Run]] = {}

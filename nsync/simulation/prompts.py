@@ -28,7 +28,7 @@ LEAVE_MARKER = "[leave]"
 
 @dataclass(frozen=True)
 class Utterance:
-    agent: int  # 0 or 1: which character of the episode spoke
+    agent: int  # which character of the episode spoke (0 .. N-1)
     text: str
     left: bool = False
 
@@ -72,19 +72,23 @@ def prompt_format(lm, fmt: str) -> str:
     return fmt if lm.has_chat_template else "transcript"
 
 
+def participants(episode: Episode) -> str:
+    """"A and B", "A, B and C": the episode's characters in agent order."""
+    names = [c.name for c in episode.characters]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _context(episode: Episode, me: int, with_goal: bool) -> str:
-    """Scenario, participants, backgrounds as visible to ``me``, and (optionally) the goals."""
-    rel = episode.scenario.relationship
-    lines = [
-        f"Scenario: {episode.scenario.scenario}",
-        f"Participants: {_speaker_name(episode, 0)} and {_speaker_name(episode, 1)}",
-    ]
-    for agent in (0, 1):
+    """Scenario, participants, every background as visible to ``me`` (through the relationship
+    of the ordered pair), and (optionally) the goals."""
+    agents = range(episode.n_agents)
+    lines = [f"Scenario: {episode.scenario.scenario}", f"Participants: {participants(episode)}"]
+    for agent in agents:
         c = episode.characters[agent]
-        bg = own_background(c) if agent == me else visible_background(c, rel)
+        bg = own_background(c) if agent == me else visible_background(c, episode.scenario.relationship_of(me, agent))
         lines.append(f"{c.name}'s background: {bg}")
     if with_goal:
-        for agent in (0, 1):
+        for agent in agents:
             goal = episode.scenario.goals[agent] if agent == me else "Unknown"
             lines.append(f"{_speaker_name(episode, agent)}'s goal: {goal}")
     return "\n".join(lines)

@@ -139,12 +139,14 @@ def _history_texts(part: pd.DataFrame, cache: ActivationCache, cfg: RereadConfig
 
 
 class _NamedEpisode:
-    """The two speaker names of a run, enough for :func:`history_text`."""
+    """The speakers' names of a run (their character ids), enough for :func:`history_text`."""
 
     def __init__(self, row):
         from types import SimpleNamespace
 
-        self.characters = [SimpleNamespace(name=row.character_a), SimpleNamespace(name=row.character_b)]
+        from nsync.cache.layout import participant_ids
+
+        self.characters = [SimpleNamespace(name=c) for c in participant_ids(row.characters)]
 
 
 def _prompt_states(lm, part: pd.DataFrame, cache: ActivationCache, cfg: RereadConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +164,9 @@ def _prompt_states(lm, part: pd.DataFrame, cache: ActivationCache, cfg: RereadCo
     out: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
     for k in range(max(len(h) for _, _, h in per_run)):
         batch = [(run_id, rows.iloc[0].episode_id, h) for run_id, rows, h in per_run if len(h) > k]
-        prompts = [encode(lm, render(lm.tokenizer, fmt, episodes[ep], k % 2, h[:k])) for _, ep, h in batch]
-        keys = [(run_id, k % 2) for run_id, _, _ in batch]
+        # the prompt of utterance k's speaker, before it
+        prompts = [encode(lm, render(lm.tokenizer, fmt, episodes[ep], h[k].agent, h[:k])) for _, ep, h in batch]
+        keys = [(run_id, h[k].agent) for run_id, _, h in batch]
         states = generator.prompt_states(prompts, keys).float().cpu().numpy()
         for j, (run_id, _, _) in enumerate(batch):
             out[(run_id, k)] = (states[j], len(prompts[j]))

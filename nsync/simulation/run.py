@@ -75,7 +75,8 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
         for name, lm in models.items() if name in cfg.models
     ]
     out = Path(cfg.out)
-    writer_args = dict(config=to_dict(cfg), identity=cfg.identity(), models=infos, dtype=cfg.capture.dtype, resume=cfg.resume)
+    writer_args = dict(config=to_dict(cfg), identity=cfg.identity(), models=infos, dtype=cfg.capture.dtype, resume=cfg.resume,
+                       identity_defaults=cfg.identity_defaults())
     # rank 0 creates (or checks) the cache first; the other ranks then open it
     writer = CacheWriter(out, rank=rank, **writer_args) if rank == 0 else None
     _barrier(world)
