@@ -1,4 +1,4 @@
-"""Named plug-in points: probe types, pairings, judge backends and model sources.
+"""Named plug-in points: probe types, pairings, judge backends, model sources and turn-taking policies.
 
 Each kind of plug-in has a :class:`Registry`; an implementation registers itself under a name
 with the registry's decorator, and config keys choose it by that name (``probe=``,

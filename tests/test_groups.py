@@ -207,6 +207,23 @@ def test_agent_pairs_follow_the_rule_and_dyads_keep_theirs(group_cache):
         Direction.parse("1->1")
 
 
+def test_controls_pair_agents_across_runs():
+    """cross_interaction: the same episode's other seed; shuffled_partner: another episode; observer
+    sources: the same rows' observer states. Targets are always the target agent's."""
+    turns = ActivationCache.open(write_synthetic_cache(
+        __import__("tempfile").mkdtemp() + "/c", n_episodes=10, turns=7, n_agents=3, seeds=2, observer_share=0.5)).turns
+    agent_of = turns[turns.condition == "interactive"].set_index(["run_id", "utterance"])["agent"]
+    main = build_pairs(turns, "synthetic", "synthetic", "1->2")
+    for pairing in ("cross_interaction", "shuffled_partner"):
+        pairs = build_pairs(turns, "synthetic", "synthetic", "1->2", pairing=pairing)
+        assert len(pairs) and (pairs["run_id"] != pairs["target_run_id"]).all()
+        assert all(agent_of[(r, u)] == 2 for r, u in zip(pairs["target_run_id"], pairs["target_utterance"]))
+        same_episode = pairs["run_id"].str.split("|").str[0] == pairs["target_run_id"].str.split("|").str[0]
+        assert same_episode.all() if pairing == "cross_interaction" else not same_episode.any()
+    observer = build_pairs(turns, "synthetic", "synthetic", "1->2", source_condition="observer")
+    assert observer[["run_id", "t", "target_utterance"]].equals(main[["run_id", "t", "target_utterance"]])
+
+
 def test_persona_split_holds_every_participant_out():
     turns = ActivationCache.open(write_synthetic_cache(
         __import__("tempfile").mkdtemp() + "/c", n_episodes=120, turns=6, n_agents=3, n_characters=14)).turns
