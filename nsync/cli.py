@@ -15,7 +15,7 @@ from nsync.errors import run_cli
 
 #: command -> (module whose ``main(argv)`` runs it, one line of help). Pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("nsync.simulation.run", "simulate two-agent episodes into an activation cache"),
+    "simulate": ("nsync.simulation.run", "simulate episodes of two or more agents into an activation cache"),
     "cache": ("nsync.cache.__main__", "inspect (info) or import (import-reference) an activation cache"),
     "reread": ("nsync.simulation.reread", "add an untrained copy's, another model's or a text embedder's states to a cache"),
     "fit": ("nsync.fit.__main__", "fit synchrony probes from every source layer to every target layer"),

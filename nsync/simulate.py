@@ -1,6 +1,6 @@
 """``python -m nsync.simulate --config configs/simulate/quickstart.yaml [key=value ...]``
 
-Runs two-agent social episodes and writes every layer's hidden state at every utterance into
+Runs social episodes (two or more agents) and writes every layer's hidden state at every utterance into
 an activation cache. ``--help`` lists every config key.
 """
 
