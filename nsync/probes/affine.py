@@ -195,6 +195,10 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self.results["alpha"] = self.alpha.cpu().clone()
 
 
+#: Target-layer positions already warned about (the warning would repeat for every chunk of source layers).
+_WARNED_NO_ALPHA: set[tuple[int, ...]] = set()
+
+
 def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -> torch.Tensor:
     """``[sources, targets]`` alphas from validation R² ``[alphas, sources, targets]``.
 
@@ -218,9 +222,11 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
     chosen = a[torch.nan_to_num(scores, nan=-torch.inf).argmax(0)]
     empty = torch.isnan(scores).all(0)
     if empty.any():
-        layers = sorted(set(torch.nonzero(empty)[:, 1].tolist()))
-        log.warning("target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
-                    "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined", layers)
+        layers = tuple(sorted(set(torch.nonzero(empty)[:, 1].tolist())))
+        if layers not in _WARNED_NO_ALPHA:  # once per process: every chunk of source layers would repeat it
+            _WARNED_NO_ALPHA.add(layers)
+            log.warning("target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
+                        "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined", list(layers))
         chosen[empty] = float("nan")
     return chosen
 
