@@ -45,3 +45,18 @@ def test_unknown_pair_is_a_clear_error(tmp_path):
 
     with pytest.raises(NsyncError, match="does not define"):
         _study().main([f"out={tmp_path}", "only=[nope]", "report_only=true"])
+
+
+def test_an_interrupted_stage_still_counts_its_time(tmp_path):
+    import json
+
+    study = _study()
+    s = study.Study(study.StudyConfig(out=str(tmp_path)))
+
+    def killed():
+        raise SystemExit(143)  # what SIGTERM becomes in the study script
+
+    with pytest.raises(SystemExit):
+        s._timed("tiny/simulate", killed)
+    assert s._timed("tiny/simulate", lambda: 7) == 7
+    assert json.loads((tmp_path / "timings.json").read_text())["tiny/simulate"] > 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nsync.cache.layout import write_json_atomic
 from nsync.config import load_config
 from nsync.errors import NsyncError, run_cli
 
@@ -89,12 +91,15 @@ class Study:
             self.timings = json.loads(self.timing_file.read_text())
 
     def _timed(self, key: str, fn, *args):
+        """``fn(*args)``, its wall time added to ``timings.json`` even when it is interrupted (Ctrl-C
+        or SIGTERM), so the study's total counts the work that resumed runs re-use."""
         start = time.perf_counter()
-        value = fn(*args)
-        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.timing_file.write_text(json.dumps(self.timings, indent=1))
-        return value
+        try:
+            return fn(*args)
+        finally:
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.timing_file, self.timings)
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -336,4 +341,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # A kill by SIGTERM unwinds like Ctrl-C: the stage's time is recorded, committed shards stay.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run_cli(main, sys.argv[1:])
