@@ -306,3 +306,29 @@ def test_a_direction_without_pairs_is_skipped_not_fatal(tmp_path):
     assert list(result.directions) == ["A->B"] and "B->A" in result.skipped_directions
     with pytest.raises(NsyncError, match="no pairs in any direction"):
         run_fit(load_config(FitConfig, [*args, "data.lag=7", "overwrite=true"], prog="test"))
+
+
+def test_a_reread_killed_half_way_is_continued_not_trusted(tmp_path, monkeypatch):
+    """The manifest names the text model as soon as a re-read starts; until every run has its
+    states, the controls must run the (resumable) re-read again rather than fit on part of them."""
+    import nsync.simulation.reread as reread_module
+    from nsync.analysis.controls import ControlsConfig, _prepare_rereads
+    from nsync.cache import CacheWriter, ModelInfo
+
+    cache = write_synthetic_cache(tmp_path / "c", n_episodes=4, turns=4, hidden=4)
+    name = "text:all-minilm-l6-v2"
+    writer = CacheWriter.extend(cache, [ModelInfo(name, "text:x", None, 0, 3, ["mean_pool"], derived={"kind": "text"})])
+    first_run = ActivationCache.open(cache).turns.query("condition == 'interactive'").sort_values("run_id")
+    first_run = first_run[first_run["run_id"] == first_run["run_id"].iloc[0]].drop(columns="row")
+    rows = first_run.assign(model=name, partner_model=name, condition="teacher_forced")
+    writer.write_shard(rows.to_dict("records"), {(name, "teacher_forced"): np.zeros((len(rows), 1, 3), dtype=np.float32)})
+    calls = []
+    monkeypatch.setattr(reread_module, "reread", lambda cfg: calls.append(cfg.kind))
+    cfg = ControlsConfig(cache=str(cache), out=str(tmp_path / "o"), controls=["main", "text_only"])
+    _prepare_rereads(cfg, "synthetic")
+    assert calls == ["text"]  # one run of four re-read: continue it
+    rest = ActivationCache.open(cache).turns.query("condition == 'interactive'").drop(columns="row")
+    rest = rest[~rest["run_id"].isin(rows["run_id"])].assign(model=name, partner_model=name, condition="teacher_forced")
+    writer.write_shard(rest.to_dict("records"), {(name, "teacher_forced"): np.zeros((len(rest), 1, 3), dtype=np.float32)})
+    _prepare_rereads(cfg, "synthetic")
+    assert calls == ["text"]  # every run re-read: nothing to do

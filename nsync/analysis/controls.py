@@ -86,11 +86,17 @@ def _prepare_rereads(cfg: ControlsConfig, model: str) -> dict[str, str]:
     from nsync.simulation.reread import RereadConfig, reread
 
     skipped = {}
-    have = ActivationCache.open(cfg.cache).models
+    turns = ActivationCache.open(cfg.cache).turns
+    runs = set(turns.loc[turns["condition"] == "interactive", "run_id"])
+
+    def complete(name: str) -> bool:
+        """Every run re-read: a re-read killed half-way is continued (``reread`` skips finished runs)."""
+        return runs <= set(turns.loc[(turns["model"] == name) & (turns["condition"] == "teacher_forced"), "run_id"])
+
     wanted = {"untrained": (f"{model}@untrained", dict(kind="untrained", model=model, init_seed=cfg.untrained_seed)),
               "text_only": (f"text:{cfg.text_embedder}", dict(kind="text", model=cfg.text_embedder))}
     for control, (name, kwargs) in wanted.items():
-        if control not in cfg.controls or name in have:
+        if control not in cfg.controls or complete(name):
             continue
         if not cfg.reread:
             skipped[control] = f"the cache has no '{name}' states (reread=false)"
