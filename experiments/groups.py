@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from nsync.analysis.controls import ControlsConfig, run_controls
+from nsync.analysis.controls import main_beside_shuffled
 from nsync.cache import ActivationCache
 from nsync.config import load_config
 from nsync.errors import run_cli
@@ -45,9 +45,7 @@ def main(argv) -> None:
     start = time.perf_counter()
     cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync.simulate"))
     print(f"cache {cache}: {stats.line()}")
-    cfg = ControlsConfig(cache=str(cache), out=args.out, fit_config=args.fit, controls=["main", "shuffled_partner"], lags=[1],
-                         reread=False)
-    table = run_controls(cfg).set_index("control")
+    table = main_beside_shuffled(cache, args.out, args.fit)
     results = {name: FitResult.load(Path(args.out) / name) for name in ("main", "shuffled_partner")}
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)

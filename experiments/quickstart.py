@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from nsync.analysis.controls import ControlsConfig, run_controls
+from nsync.analysis.controls import main_beside_shuffled
 from nsync.config import load_config
 from nsync.errors import run_cli
 from nsync.fit import FitResult
@@ -45,9 +45,7 @@ def main(argv) -> None:
     start = time.perf_counter()
     cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync.simulate"))
     print(f"cache {cache}: {stats.line()}")
-    cfg = ControlsConfig(cache=str(cache), out=args.out, fit_config=args.fit, controls=["main", "shuffled_partner"], lags=[1],
-                         reread=False, overwrite=True)
-    table = run_controls(cfg).set_index("control")
+    table = main_beside_shuffled(cache, args.out, args.fit, overwrite=True)
     main_result = FitResult.load(f"{args.out}/main")
     n_train = ", ".join(f"{d} {int(np.mean(r.n_train))}" for d, r in main_result.directions.items())
     print("\n| condition | SyncR² (bias-corrected) | 95% interval over test episodes | SyncR² (raw) |")

@@ -145,6 +145,15 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     return table
 
 
+
+def main_beside_shuffled(cache: str | Path, out: str | Path, fit_config: str, overwrite: bool = False) -> pd.DataFrame:
+    """The first look of the quickstart and the groups demo: the main condition and the
+    shuffled-partner control at lag 1, no re-reads; the summary table indexed by control."""
+    cfg = ControlsConfig(cache=str(cache), out=str(out), fit_config=fit_config, controls=["main", "shuffled_partner"], lags=[1],
+                         reread=False, overwrite=overwrite)
+    return run_controls(cfg).set_index("control")
+
+
 def _replicates(name: str, result: FitResult, out: Path) -> np.ndarray | None:
     if result.bootstrap is None:
         return None
