@@ -2,6 +2,7 @@
 the simulation's listener capture, teacher-forced re-reading, and the bootstrap over episodes."""
 
 import importlib.util
+import re
 
 import numpy as np
 import pandas as pd
@@ -263,6 +264,8 @@ def test_run_controls_summary_and_plots(linear, tmp_path):
     for name in ("lag_3", "cross_interaction", "shuffled_partner", "same_time"):
         assert table.loc[name, "diff_ci95_high"] < 0 < table.loc["main", "ci95_low"], name
     assert table.loc["observer", "diff_ci95_low"] < table.loc["observer", "diff_vs_main"] < table.loc["observer", "diff_ci95_high"]
+    reading = re.search(r"The main condition stands above (.*?)\.(\s|$)", (out / "controls.md").read_text()).group(1)
+    assert all(name in reading for name in ("lag_3", "cross_interaction", "shuffled_partner", "same_time"))
     assert "| shuffled_partner |" in (out / "controls.md").read_text()
     # a second call re-uses the finished runs
     again = run_controls(cfg).set_index("control")
@@ -332,3 +335,21 @@ def test_a_reread_killed_half_way_is_continued_not_trusted(tmp_path, monkeypatch
     writer.write_shard(rest.to_dict("records"), {(name, "teacher_forced"): np.zeros((len(rest), 1, 3), dtype=np.float32)})
     _prepare_rereads(cfg, "synthetic")
     assert calls == ["text"]  # every run re-read: nothing to do
+
+
+def test_read_controls_sorts_controls_by_their_paired_interval():
+    from nsync.analysis.controls import read_controls
+
+    def row(name, lo, hi):
+        return {"control": name, "sync_r2": 0.2, "diff_bias_corrected": (lo + hi) / 2, "diff_vs_main": (lo + hi) / 2,
+                "diff_ci95_low": lo, "diff_ci95_high": hi}
+
+    table = pd.DataFrame([{"control": "main", "sync_r2": 0.3}, row("shuffled_partner", -0.2, -0.1), row("observer", -0.05, 0.01),
+                          row("self", 0.1, 0.3), {"control": "context", "sync_r2": 0.25, "diff_ci95_low": None, "diff_ci95_high": None},
+                          {"control": "untrained", "sync_r2": None, "skipped": "no model"}])
+    text = read_controls(table)
+    assert text == ("The main condition stands above shuffled_partner (Δ -0.150 [-0.200, -0.100]). "
+                    "It cannot be told apart from observer (Δ -0.020 [-0.050, 0.010]) (the interval of the difference holds 0). "
+                    "These give more than the main condition: self (Δ 0.200 [0.100, 0.300]). "
+                    "No paired interval for context (no bootstrap replicates shared with the main run).")
+    assert "untrained" not in text

@@ -26,12 +26,13 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])
     first = capsys.readouterr().out
     results = (tmp_path / "docs" / "results.md").read_text()
-    for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned"):
+    for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
+                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives"):
         assert needle in results, needle
     for png in ("controls.png", "layer_profile.png", "heatmap.png"):
         assert (tmp_path / "docs" / png).is_file()
     text = readme.read_text()
-    assert "old" not in text and "| main |" in text and text.endswith("after\n")
+    assert "\nold\n" not in text and "| main |" in text and text.endswith("after\n")
     assert f"![controls]({tmp_path / 'docs' / 'controls.png'})" in text and "![controls](controls.png)" in results
     # a second run re-uses every fit and the cache
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])

@@ -253,6 +253,7 @@ class Report:
             if rows:
                 lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",
                           "| fit | SyncR², bias-corrected [95% CI] (raw) | training pairs per direction |", "|---|---|---|", *rows]
+            lines += ["", self.reading(folder, chosen, paper, main)]
             widths = chosen.loc[chosen["control"] != "main", ["diff_ci95_low", "diff_ci95_high"]].dropna()
             if len(widths):
                 # smallest true difference detected with 80% power at the 5% level: (1.96 + 0.84) SE
@@ -261,6 +262,34 @@ class Report:
                 lines.append(f"\nSmallest difference from the main condition this {source} -> {target} fit detects "
                              f"(80% power, 5% level, median over controls): {2.8 * se:.3f}.")
         return lines + [""], found
+
+    def reading(self, folder: Path, chosen: pd.DataFrame, paper: pd.DataFrame | None, main) -> str:
+        """The view's numbers in words: controls (``read_controls``), alpha, layer profile, splits, probes."""
+        from nsync.analysis.controls import read_controls
+        from nsync.fit.results import layer_profile
+
+        words = [read_controls(chosen)]
+        if paper is not None and "main" in set(paper["control"]):
+            fixed = float(paper.set_index("control").loc["main", "sync_r2"])
+            words.append(f"The paper's fixed alpha 0.1 gives {fixed:.3f} for the main condition, the chosen alpha {main.sync_r2:.3f} (raw).")
+        profile = layer_profile(main).groupby("source_layer").agg(depth=("source_depth", "first"), r2=("best_r2", "mean"),
+                                                                   target_depth=("best_target_depth", "mean"))
+        if len(profile):
+            peak = profile.loc[profile["r2"].idxmax()]
+            first, last = profile.iloc[0], profile.iloc[-1]
+            words.append(f"By depth (mean over directions): best-target R² is {first.r2:.3f} from the first source layer, peaks at "
+                         f"{peak.r2:.3f} from relative depth {peak.depth:.2f} (layer {int(peak.name)}) and is {last.r2:.3f} from the "
+                         f"last; the best targets lie at relative depth {profile['target_depth'].mean():.2f} on average.")
+        splits = {s: self._result(folder / f"split_{s}") for s in self.cfg.splits}
+        splits = {s: r for s, r in splits.items() if r is not None}
+        if splits:
+            words.append("Holding out " + ", ".join(f"{s}s gives {r.sync_r2:.3f}" for s, r in splits.items())
+                         + f" against {main.sync_r2:.3f} for held-out interactions (raw; separate test sets, so compare the intervals above).")
+        affine, mlp = self._result(folder / "probe_affine"), self._result(folder / "probe_mlp")
+        if affine is not None and mlp is not None:
+            words.append(f"On the same source layers the MLP probe gives {mlp.sync_r2:.3f}, the affine {affine.sync_r2:.3f} "
+                         f"({'more' if mlp.sync_r2 > affine.sync_r2 else 'no more'} than linear).")
+        return " ".join(w for w in words if w)
 
     def plots(self, found: dict) -> list[Path]:
         import matplotlib

@@ -201,7 +201,7 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
 def write_summary(table: pd.DataFrame, results: dict[str, FitResult], out: Path) -> list[Path]:
     """controls.csv, controls.md, controls.png (grouped bars) and lag_curve.png."""
     table.to_csv(out / "controls.csv", index=False)
-    (out / "controls.md").write_text(markdown_table(table))
+    (out / "controls.md").write_text(markdown_table(table) + "\n" + read_controls(table) + "\n")
     paths = [out / "controls.csv", out / "controls.md", plot_controls(table, out / "controls.png")]
     lag_runs = {r.lag: (n, r) for n, r in results.items() if n == "main" or n.startswith("lag_")}
     if len(lag_runs) > 1:
@@ -231,6 +231,41 @@ def markdown_table(table: pd.DataFrame) -> str:
         for r in table[table["skipped"].notna()].to_dict("records"):
             lines.append(f"\nskipped {r['control']}: {r['skipped']}")
     return "\n".join(lines) + "\n"
+
+
+def read_controls(table: pd.DataFrame) -> str:
+    """The summary in words: which controls the main condition stands above (the paired 95%
+    interval of control minus main lies wholly below 0), which it cannot be told from (the
+    interval holds 0) and which give more than it (wholly above 0, as the ``self`` ceiling should).
+
+    >>> table = pd.DataFrame([{"control": "main", "sync_r2": 0.3},
+    ...     {"control": "observer", "sync_r2": 0.2, "diff_bias_corrected": -0.1, "diff_ci95_low": -0.15, "diff_ci95_high": -0.05}])
+    >>> read_controls(table)
+    'The main condition stands above observer (Δ -0.100 [-0.150, -0.050]).'
+    """
+    groups: dict[str, list[str]] = {"above": [], "same": [], "below": [], "unpaired": []}
+    done = table[table["sync_r2"].notna()] if "sync_r2" in table else table.iloc[0:0]
+    for r in done.to_dict("records"):
+        if r["control"] == "main":
+            continue
+        lo, hi = r.get("diff_ci95_low"), r.get("diff_ci95_high")
+        if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+            groups["unpaired"].append(r["control"])
+            continue
+        delta = r.get("diff_bias_corrected")
+        delta = r.get("diff_vs_main") if delta is None or pd.isna(delta) else delta
+        text = f"{r['control']} (Δ {_fmt(delta)} [{_fmt(lo)}, {_fmt(hi)}])"
+        groups["above" if hi < 0 else "below" if lo > 0 else "same"].append(text)
+    parts = []
+    if groups["above"]:
+        parts.append("The main condition stands above " + ", ".join(groups["above"]) + ".")
+    if groups["same"]:
+        parts.append("It cannot be told apart from " + ", ".join(groups["same"]) + " (the interval of the difference holds 0).")
+    if groups["below"]:
+        parts.append("These give more than the main condition: " + ", ".join(groups["below"]) + ".")
+    if groups["unpaired"]:
+        parts.append("No paired interval for " + ", ".join(groups["unpaired"]) + " (no bootstrap replicates shared with the main run).")
+    return " ".join(parts)
 
 
 def plot_controls(table: pd.DataFrame, path: Path) -> Path:
@@ -301,5 +336,6 @@ def main(argv: Sequence[str]) -> None:
     start = time.perf_counter()
     table = run_controls(cfg)
     print(markdown_table(table))
+    print(read_controls(table))
     print(f"{len(table)} runs in {time.perf_counter() - start:.1f} s; wrote {cfg.out}/controls.md, controls.csv, controls.png "
           f"and one run folder per control")
