@@ -27,7 +27,7 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
     first = capsys.readouterr().out
     results = (tmp_path / "docs" / "results.md").read_text()
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
-                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives"):
+                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval"):
         assert needle in results, needle
     for png in ("controls.png", "layer_profile.png", "heatmap.png"):
         assert (tmp_path / "docs" / png).is_file()
@@ -61,3 +61,15 @@ def test_an_interrupted_stage_still_counts_its_time(tmp_path):
         s._timed("tiny/simulate", killed)
     assert s._timed("tiny/simulate", lambda: 7) == 7
     assert json.loads((tmp_path / "timings.json").read_text())["tiny/simulate"] > 0
+
+
+def test_the_report_says_when_a_raw_value_falls_outside_its_interval():
+    import pandas as pd
+
+    report = _study().Report
+    table = pd.DataFrame([{"control": "main", "sync_r2": 0.30, "ci95_low": 0.31, "ci95_high": 0.40},
+                          {"control": "observer", "sync_r2": 0.20, "ci95_low": 0.10, "ci95_high": 0.30},
+                          {"control": "self", "sync_r2": None, "ci95_low": None, "ci95_high": None}])
+    assert report.coverage_check(table, None) == ("Raw SyncR² outside its interval (1 of 2): "
+                                                  "main (chosen alpha: 0.300 outside [0.310, 0.400]).")
+    assert report.coverage_check(table.iloc[1:], table.iloc[1:]) == "Each of the 2 raw SyncR² values lies inside its 95% interval."

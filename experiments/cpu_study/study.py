@@ -253,7 +253,7 @@ class Report:
             if rows:
                 lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",
                           "| fit | SyncR², bias-corrected [95% CI] (raw) | training pairs per direction |", "|---|---|---|", *rows]
-            lines += ["", self.reading(folder, chosen, paper, main)]
+            lines += ["", self.reading(folder, chosen, paper, main), "", self.coverage_check(chosen, paper)]
             widths = chosen.loc[chosen["control"] != "main", ["diff_ci95_low", "diff_ci95_high"]].dropna()
             if len(widths):
                 # smallest true difference detected with 80% power at the 5% level: (1.96 + 0.84) SE
@@ -262,6 +262,22 @@ class Report:
                 lines.append(f"\nSmallest difference from the main condition this {source} -> {target} fit detects "
                              f"(80% power, 5% level, median over controls): {2.8 * se:.3f}.")
         return lines + [""], found
+
+    @staticmethod
+    def coverage_check(chosen: pd.DataFrame, paper: pd.DataFrame | None) -> str:
+        """Whether every raw SyncR² lies inside the interval printed beside it (it should: each
+        interval is centred on the bias-corrected value, which sits near the raw one)."""
+        outside, n = [], 0
+        for alpha, table in (("chosen alpha", chosen), ("paper alpha", paper)):
+            if table is None:
+                continue
+            for r in table[table["sync_r2"].notna() & table["ci95_low"].notna()].to_dict("records"):
+                n += 1
+                if not r["ci95_low"] <= r["sync_r2"] <= r["ci95_high"]:
+                    outside.append(f"{r['control']} ({alpha}: {r['sync_r2']:.3f} outside {_ci(r['ci95_low'], r['ci95_high'])})")
+        if not outside:
+            return f"Each of the {n} raw SyncR² values lies inside its 95% interval."
+        return f"Raw SyncR² outside its interval ({len(outside)} of {n}): " + ", ".join(outside) + "."
 
     def reading(self, folder: Path, chosen: pd.DataFrame, paper: pd.DataFrame | None, main) -> str:
         """The view's numbers in words: controls (``read_controls``), alpha, layer profile, splits, probes."""
