@@ -64,12 +64,7 @@ def test_an_interrupted_stage_still_counts_its_time(tmp_path):
 
 
 def test_the_report_says_when_a_raw_value_falls_outside_its_interval():
-    import pandas as pd
-
     report = _study().Report
-    table = pd.DataFrame([{"control": "main", "sync_r2": 0.30, "ci95_low": 0.31, "ci95_high": 0.40},
-                          {"control": "observer", "sync_r2": 0.20, "ci95_low": 0.10, "ci95_high": 0.30},
-                          {"control": "self", "sync_r2": None, "ci95_low": None, "ci95_high": None}])
-    assert report.coverage_check(table, None) == ("Raw SyncR² outside its interval (1 of 2): "
-                                                  "main (chosen alpha: 0.300 outside [0.310, 0.400]).")
-    assert report.coverage_check(table.iloc[1:], table.iloc[1:]) == "Each of the 2 raw SyncR² values lies inside its 95% interval."
+    rows = [("main (chosen alpha)", 0.30, 0.31, 0.40), ("observer (chosen alpha)", 0.20, 0.10, 0.30), ("self (paper alpha)", 0.2, None, None)]
+    assert report.coverage_check(rows).startswith("Raw SyncR² outside its interval (1 of 2): main (chosen alpha) (0.300 outside [0.310, 0.400]). ")
+    assert report.coverage_check(rows[1:]) == "Each of the 1 raw SyncR² values lies inside its 95% interval."
