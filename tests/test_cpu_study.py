@@ -27,7 +27,7 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
     first = capsys.readouterr().out
     results = (tmp_path / "docs" / "results.md").read_text()
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
-                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval"):
+                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size"):
         assert needle in results, needle
     for png in ("controls.png", "layer_profile.png", "heatmap.png"):
         assert (tmp_path / "docs" / png).is_file()
@@ -61,6 +61,10 @@ def test_an_interrupted_stage_still_counts_its_time(tmp_path):
         s._timed("tiny/simulate", killed)
     assert s._timed("tiny/simulate", lambda: 7) == 7
     assert json.loads((tmp_path / "timings.json").read_text())["tiny/simulate"] > 0
+    other = study.Study(study.StudyConfig(out=str(tmp_path)))  # a second study process beside the first
+    other._timed("tiny/fit", lambda: None)
+    s._timed("tiny/simulate", lambda: None)
+    assert set(json.loads((tmp_path / "timings.json").read_text())) == {"tiny/simulate", "tiny/fit"}
 
 
 def test_the_report_says_when_a_raw_value_falls_outside_its_interval():

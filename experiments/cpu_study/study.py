@@ -81,6 +81,16 @@ def views(models: list[str]) -> list[tuple[str, str]]:
     return [(a, a)] if a == b else [(a, b), (b, a)]
 
 
+def _train_pairs(result) -> float:
+    """Training pairs per direction of a fit, mean over directions and split seeds."""
+    return float(np.mean([np.mean(d.n_train) for d in result.directions.values()]))
+
+
+def _pair_budget(result) -> int:
+    """``data.max_pairs`` that gives an interaction split as many training pairs as ``result`` had."""
+    return int(round(_train_pairs(result) / (1 - result.config["data"]["test_size"])))  # n_train counts validation pairs too
+
+
 class Study:
     def __init__(self, cfg: StudyConfig):
         self.cfg = cfg
@@ -97,6 +107,9 @@ class Study:
         try:
             return fn(*args)
         finally:
+            # re-read first: another study process (only=[...]) may have added its stages meanwhile
+            if self.timing_file.is_file():
+                self.timings = json.loads(self.timing_file.read_text())
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.timing_file, self.timings)
@@ -139,17 +152,27 @@ class Study:
             step = self.cfg.mlp_source_layer_step
             extra["probe_affine"] = [f"data.source_layer_step={step}", f"affine.alphas=[{grid}]"]
             extra["probe_mlp"] = [f"data.source_layer_step={step}", "probe=mlp"]
-            for run, overrides in extra.items():
+            def fit(run: str, overrides: list[str]) -> FitResult:
                 run_dir = folder / run
                 if (run_dir / "results.json").is_file():
                     print(f"  {source} -> {target}: {run} re-used")
-                    continue
+                    return FitResult.load(run_dir)
                 print(f"  {source} -> {target}: {run}")
                 fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}", "overwrite=true"],
                                       prog="nsync.fit")
-                result: FitResult = self._timed(f"{name}/fit", run_fit, fit_cfg)
+                result = self._timed(f"{name}/fit", run_fit, fit_cfg)
                 print(f"    SyncR² {result.sync_r2:.4f}, bias-corrected {_f(result.sync_r2_bias_corrected, 4)} "
                       f"{_ci(*(result.sync_r2_ci95 or (None, None)))}")
+                return result
+
+            results = {run: fit(run, overrides) for run, overrides in extra.items()}
+            # A split that holds out personas keeps fewer training pairs (episodes that mix held-out and
+            # kept characters are dropped); the interaction split at the same size tells leakage from size.
+            main_train = _train_pairs(FitResult.load(folder / "controls_chosen_alpha" / "main"))
+            for s in self.cfg.splits:
+                held_out = results[f"split_{s}"]
+                if _train_pairs(held_out) < 0.9 * main_train:
+                    fit(f"split_interaction_at_{s}_size", [f"data.max_pairs={_pair_budget(held_out)}", f"affine.alphas=[{grid}]"])
 
     def run(self) -> None:
         pairs = {p.name: p for p in self.cfg.pairs}
@@ -214,6 +237,8 @@ class Report:
         if not (cache_dir / "manifest.json").is_file():
             return lines + ["Not simulated yet.", ""], found
         cache = ActivationCache.open(cache_dir)
+        if not cache.shards:
+            return lines + [f"Simulation in progress ({pair.episodes * 2} runs planned), no shard written yet.", ""], found
         q = cache.quality()
         runs = cache.turns["run_id"].nunique()
         planned = pair.episodes * 2
@@ -254,7 +279,8 @@ class Report:
                        for r in table[table["sync_r2"].notna()].to_dict("records")]
             rows = []
             for run, label in [("controls_chosen_alpha/main", "interaction (main)")] + \
-                    [(f"split_{s}", s) for s in self.cfg.splits] + [("probe_affine", "affine"), ("probe_mlp", "MLP")]:
+                    [run for s in self.cfg.splits for run in ((f"split_{s}", s), (f"split_interaction_at_{s}_size", f"interaction, {s} split's size"))] + \
+                    [("probe_affine", "affine"), ("probe_mlp", "MLP")]:
                 res = self._result(folder / run)
                 if res is not None:
                     if run.startswith(("split_", "probe_")):
@@ -286,8 +312,9 @@ class Report:
         if not outside:
             return f"Each of the {len(rows)} raw SyncR² values lies inside its 95% interval."
         return (f"Raw SyncR² outside its interval ({len(outside)} of {len(rows)}): " + ", ".join(outside)
-                + ". There the bootstrap puts the raw value's bias (R² measured around a few test episodes' own mean "
-                  "runs low) above the interval's half-width: read the bias-corrected value, which the interval covers.")
+                + ". In these fits the bootstrap estimates the raw value's downward bias (R² is measured around the test "
+                  "episodes' own mean, which shrinks the total variance most when they are few) as larger than the interval's "
+                  "half-width; the interval is for the bias-corrected value printed beside it.")
 
     def reading(self, folder: Path, chosen: pd.DataFrame, paper: pd.DataFrame | None, main) -> str:
         """The view's numbers in words: controls (``read_controls``), alpha, layer profile, splits, probes."""
@@ -311,6 +338,14 @@ class Report:
         if splits:
             words.append("Holding out " + ", ".join(f"{s}s gives {r.sync_r2:.3f}" for s, r in splits.items())
                          + f" against {main.sync_r2:.3f} for held-out interactions (raw; separate test sets, so compare the intervals above).")
+        for s in splits:
+            matched = self._result(folder / f"split_interaction_at_{s}_size")
+            if matched is not None:
+                held_out = splits[s].sync_r2
+                words.append(f"With as few training pairs as the {s} split ({_train_pairs(matched):.0f} per direction), held-out "
+                             f"interactions give {matched.sync_r2:.3f}: of the change from {main.sync_r2:.3f} to {held_out:.3f}, "
+                             f"{matched.sync_r2 - main.sync_r2:+.3f} comes with the smaller training set and "
+                             f"{held_out - matched.sync_r2:+.3f} with holding out the {s}s.")
         affine, mlp = self._result(folder / "probe_affine"), self._result(folder / "probe_mlp")
         if affine is not None and mlp is not None:
             words.append(f"On the same source layers the MLP probe gives {mlp.sync_r2:.3f}, the affine {affine.sync_r2:.3f} "
