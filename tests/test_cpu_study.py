@@ -27,7 +27,7 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
     first = capsys.readouterr().out
     results = (tmp_path / "docs" / "results.md").read_text()
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
-                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size"):
+                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size", "covers less than it says"):
         assert needle in results, needle
     for png in ("controls.png", "layer_profile.png", "heatmap.png"):
         assert (tmp_path / "docs" / png).is_file()
