@@ -34,7 +34,8 @@ CONTROLS: dict[str, tuple[str, list[str]]] = {
     "shuffled_partner": ("targets from another episode, same utterance index", ["data.pairing=shuffled_partner"]),
     "context": ("what the conversation's shape explains (utterance index, prompt length, last replies' lengths) removed from both sides",
                 ["data.remove_context=true"]),
-    "self": ("the source agent's own next state (t -> t+2 in a dyad): a ceiling", ["data.lag=2"]),
+    "self": ("the source agent's own next state (t -> t+2 in a dyad): a reference, not a bound (the partner's next prompt ends with "
+             "the source's utterance; the source's own has the partner's reply in between)", ["data.lag=2"]),
     "same_time": ("the partner reading the same history (t -> t)", ["data.pairing=same_time"]),
     "untrained": ("an untrained copy of the model re-reading the same prompts",
                   ["data.source_model={model}@untrained", "data.target_model={model}@untrained",
@@ -236,7 +237,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 def read_controls(table: pd.DataFrame) -> str:
     """The summary in words: which controls the main condition stands above (the paired 95%
     interval of control minus main lies wholly below 0), which it cannot be told from (the
-    interval holds 0) and which give more than it (wholly above 0, as the ``self`` ceiling should).
+    interval holds 0) and which give more than it (wholly above 0).
 
     >>> table = pd.DataFrame([{"control": "main", "sync_r2": 0.3},
     ...     {"control": "observer", "sync_r2": 0.2, "diff_bias_corrected": -0.1, "diff_ci95_low": -0.15, "diff_ci95_high": -0.05}])
