@@ -289,7 +289,7 @@ class Report:
                     if res.bootstrap and res.bootstrap.test_episodes is not None and res.bootstrap.test_episodes < MIN_TEST_EPISODES:
                         few.append(f"{label} ({res.bootstrap.test_episodes})")
                     rows.append(f"| {label} | {_f(res.sync_r2_bias_corrected)} {_ci(*(res.sync_r2_ci95 or (None, None)))} ({_f(res.sync_r2)}) | "
-                                f"{int(np.mean([np.mean(d.n_train) for d in res.directions.values()]))} | "
+                                f"{_train_pairs(res):.0f} | "
                                 f"{res.bootstrap.test_episodes if res.bootstrap else ''} |")
             if rows:
                 lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",

@@ -244,7 +244,7 @@ def read_controls(table: pd.DataFrame) -> str:
     >>> read_controls(table)
     'The main condition stands above observer (Δ -0.100 [-0.150, -0.050]).'
     """
-    groups: dict[str, list[str]] = {"above": [], "same": [], "below": [], "unpaired": []}
+    groups: dict[str, list[str]] = {"main_above": [], "same": [], "control_above": [], "unpaired": []}
     done = table[table["sync_r2"].notna()] if "sync_r2" in table else table.iloc[0:0]
     for r in done.to_dict("records"):
         if r["control"] == "main":
@@ -256,14 +256,14 @@ def read_controls(table: pd.DataFrame) -> str:
         delta = r.get("diff_bias_corrected")
         delta = r.get("diff_vs_main") if delta is None or pd.isna(delta) else delta
         text = f"{r['control']} (Δ {_fmt(delta)} [{_fmt(lo)}, {_fmt(hi)}])"
-        groups["above" if hi < 0 else "below" if lo > 0 else "same"].append(text)
+        groups["main_above" if hi < 0 else "control_above" if lo > 0 else "same"].append(text)
     parts = []
-    if groups["above"]:
-        parts.append("The main condition stands above " + ", ".join(groups["above"]) + ".")
+    if groups["main_above"]:
+        parts.append("The main condition stands above " + ", ".join(groups["main_above"]) + ".")
     if groups["same"]:
         parts.append("It cannot be told apart from " + ", ".join(groups["same"]) + " (the interval of the difference holds 0).")
-    if groups["below"]:
-        parts.append("These give more than the main condition: " + ", ".join(groups["below"]) + ".")
+    if groups["control_above"]:
+        parts.append("These give more than the main condition: " + ", ".join(groups["control_above"]) + ".")
     if groups["unpaired"]:
         parts.append("No paired interval for " + ", ".join(groups["unpaired"]) + " (no bootstrap replicates shared with the main run).")
     return " ".join(parts)
