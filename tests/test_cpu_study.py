@@ -1,5 +1,6 @@
 """experiments/cpu_study/study.py end to end on a tiny model: every stage, the report, resuming."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
     sim = tmp_path / "simulate.yaml"
     sim.write_text("max_turns: 6\nseeds: [0, 1]\nsampling:\n  max_new_tokens: 6\ncapture:\n  observer: true\nprogress: false\n")
     args = [f"out={tmp_path / 'runs'}", f"docs={tmp_path / 'docs'}", f"readme={readme}", "sotopia=/nonexistent",
-            f"simulate_config={sim}", "pairs=[{name: tiny, models: [tiny-llama], episodes: 12, min_train_pairs: 1000}]",
+            f"simulate_config={sim}", "pairs=[{name: tiny, models: [tiny-llama], episodes: 12, min_train_pairs: 1000, simulate: [capture.dtype=float32], "
+            "alpha_grid: [1.0, 100.0, 10000.0]}]",
             "split_seeds=[0]", "bootstrap=50", "controls=[main,observer,shuffled_partner,context]", "lags=[1]",
             "splits=[persona]", "mlp_source_layer_step=2"]
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])
@@ -29,6 +31,9 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
                    "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size", "covers less than it says"):
         assert needle in results, needle
+    runs = tmp_path / "runs" / "tiny"
+    assert json.loads((runs / "cache" / "manifest.json").read_text())["dtype"] == "float32"  # the pair's own overrides
+    assert json.loads((runs / "tiny-llama" / "probe_affine" / "results.json").read_text())["config"]["affine"]["alphas"] == [1.0, 100.0, 10000.0]
     for png in ("controls.png", "layer_profile.png", "heatmap.png"):
         assert (tmp_path / "docs" / png).is_file()
     text = readme.read_text()

@@ -149,3 +149,23 @@ def test_affine_probe_over_several_source_layers_matches_sklearn_per_cell():
             w, b = probe.weights(s, t)
             np.testing.assert_allclose(w.numpy(), ref.coef_.T, atol=1e-4)
             np.testing.assert_allclose(probe(torch.tensor(x[te]))[:, s, t].numpy(), ref.predict(x[te, s].astype(np.float64)), atol=1e-2)
+
+
+def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog, monkeypatch):
+    """States on a large scale (Gemma 3's reach ~3e4) need far larger alphas: when the grid's
+    largest value wins most cells, the grid is too short and the fit says so."""
+    from nsync.probes import affine
+
+    monkeypatch.setattr(affine, "_WARNED_EDGE", set())
+    rising = torch.arange(3.0)[:, None, None].expand(3, 2, 4)  # validation R² rises with alpha in every cell
+    with caplog.at_level("WARNING", logger=affine.log.name):
+        affine.choose_alpha(rising, [1.0, 10.0, 100.0])
+        affine.choose_alpha(-rising, [1.0, 10.0, 100.0])
+        affine.choose_alpha(rising, [1.0, 10.0, 100.0])  # once per process
+    assert [r.getMessage().split(")")[0] for r in caplog.records] == [
+        "the alpha grid's largest value (100", "the alpha grid's smallest value (1"]
+    caplog.clear()
+    monkeypatch.setattr(affine, "_WARNED_EDGE", set())
+    interior = torch.tensor([0.0, 1.0, 0.5])[:, None, None].expand(3, 2, 4)
+    affine.choose_alpha(interior, [1.0, 10.0, 100.0])
+    assert not caplog.records

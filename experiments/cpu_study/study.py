@@ -47,6 +47,8 @@ class PairConfig:
     models: list[str] = field(default_factory=list, metadata={"help": "one model (self-pair) or two (agent A's, agent B's)"})
     episodes: int = field(default=60, metadata={"help": "episodes (each run once per sampling seed)"})
     min_train_pairs: int = field(default=500, metadata={"help": "training pairs per direction the pair needs (warned about when short)"})
+    simulate: list[str] = field(default_factory=list, metadata={"help": "nsync.simulate overrides for this pair only (e.g. capture.dtype=float32)"})
+    alpha_grid: list[float] = field(default_factory=list, metadata={"help": "this pair's alpha grid (empty: the study's); ridge alpha scales with the states' variance"})
 
 
 @dataclass
@@ -125,7 +127,7 @@ class Study:
         if source == "builtin":
             print(f"  {self.cfg.sotopia} not found: simulating the built-in episodes instead")
         args = ["--config", self.cfg.simulate_config, f"models=[{','.join(pair.models)}]", f"scenarios.source={source}",
-                f"scenarios.limit={pair.episodes}", f"out={self.out / name / 'cache'}"]
+                f"scenarios.limit={pair.episodes}", f"out={self.out / name / 'cache'}", *pair.simulate]
         out, stats = simulate(load_config(SimulateConfig, args, prog="nsync.simulate"))
         print(f"  {stats.line()}")
         quality = ActivationCache.open(out).quality()
@@ -137,7 +139,7 @@ class Study:
         from nsync.fit import FitConfig, FitResult, run_fit
 
         seeds = ",".join(str(s) for s in self.cfg.split_seeds)
-        grid = ",".join(str(a) for a in self.cfg.alpha_grid)
+        grid = ",".join(str(a) for a in pair.alpha_grid or self.cfg.alpha_grid)
         for source, target in views(pair.models):
             folder = self.out / name / _name(source)
             common = [f"data.source_model={source}", f"data.target_model={target}", f"data.split_seeds=[{seeds}]",

@@ -216,7 +216,8 @@ class CacheWriter:
                 bad = ~np.isfinite(array.astype(np.float16))
             if bad.any():
                 raise NsyncError(
-                    f"hidden states of {model} exceed the float16 range (|x| > 65504); set cache.dtype=float32"
+                    f"hidden states of {model} exceed the float16 range (|x| > 65504); store float32 "
+                    "(nsync.simulate: capture.dtype=float32, in a new output folder)"
                 )
         if bad.any():
             row, layer = map(int, np.argwhere(bad)[0][:2])

@@ -228,7 +228,26 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
             log.warning("target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
                         "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined", list(layers))
         chosen[empty] = float("nan")
+    _warn_at_grid_edge(chosen, alphas)
     return chosen
+
+
+#: Grid edges already warned about, once per process (choose_alpha runs per chunk of source layers).
+_WARNED_EDGE: set[str] = set()
+
+
+def _warn_at_grid_edge(chosen: torch.Tensor, alphas: list[float], share: float = 0.25) -> None:
+    """Warn when the grid's largest (or smallest) alpha wins in more than ``share`` of the cells:
+    the best alpha probably lies beyond the grid (ridge alpha scales with the states' variance)."""
+    finite = chosen[torch.isfinite(chosen)]
+    if len(alphas) < 2 or finite.numel() == 0:
+        return
+    for edge, value, fix in (("largest", max(alphas), "upward (or set affine.scale=true)"), ("smallest", min(alphas), "downward")):
+        at_edge = float((finite == value).double().mean())
+        if at_edge > share and edge not in _WARNED_EDGE:
+            _WARNED_EDGE.add(edge)
+            log.warning("the alpha grid's %s value (%g) was chosen in %.0f%% of the cells: the best alpha may lie beyond the "
+                        "grid; extend affine.alphas %s", edge, value, 100 * at_edge, fix)
 
 
 class SumsDDPStrategy(DDPStrategy):
