@@ -54,8 +54,6 @@ def test_unknown_pair_is_a_clear_error(tmp_path):
 
 
 def test_an_interrupted_stage_still_counts_its_time(tmp_path):
-    import json
-
     study = _study()
     s = study.Study(study.StudyConfig(out=str(tmp_path)))
 
