@@ -156,7 +156,7 @@ def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog, monkeypatch):
     largest value wins most cells, the grid is too short and the fit says so."""
     from nsync.probes import affine
 
-    monkeypatch.setattr(affine, "_WARNED_EDGE", set())
+    monkeypatch.setattr(affine, "_WARNED", set())
     rising = torch.arange(3.0)[:, None, None].expand(3, 2, 4)  # validation R² rises with alpha in every cell
     with caplog.at_level("WARNING", logger=affine.log.name):
         affine.choose_alpha(rising, [1.0, 10.0, 100.0])
@@ -165,7 +165,7 @@ def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog, monkeypatch):
     assert [r.getMessage().split(")")[0] for r in caplog.records] == [
         "the alpha grid's largest value (100", "the alpha grid's smallest value (1"]
     caplog.clear()
-    monkeypatch.setattr(affine, "_WARNED_EDGE", set())
+    monkeypatch.setattr(affine, "_WARNED", set())
     interior = torch.tensor([0.0, 1.0, 0.5])[:, None, None].expand(3, 2, 4)
     affine.choose_alpha(interior, [1.0, 10.0, 100.0])
     assert not caplog.records

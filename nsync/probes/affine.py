@@ -195,8 +195,9 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self.results["alpha"] = self.alpha.cpu().clone()
 
 
-#: Target-layer positions already warned about (the warning would repeat for every chunk of source layers).
-_WARNED_NO_ALPHA: set[tuple[int, ...]] = set()
+#: Warnings already given, once per process (choose_alpha runs once per chunk of source layers,
+#: and each chunk would repeat them): ("no_alpha", target layer positions), ("edge", "largest"/"smallest").
+_WARNED: set[tuple] = set()
 
 
 def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -> torch.Tensor:
@@ -223,17 +224,13 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
     empty = torch.isnan(scores).all(0)
     if empty.any():
         layers = tuple(sorted(set(torch.nonzero(empty)[:, 1].tolist())))
-        if layers not in _WARNED_NO_ALPHA:  # once per process: every chunk of source layers would repeat it
-            _WARNED_NO_ALPHA.add(layers)
+        if ("no_alpha", layers) not in _WARNED:
+            _WARNED.add(("no_alpha", layers))
             log.warning("target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
                         "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined", list(layers))
         chosen[empty] = float("nan")
     _warn_at_grid_edge(chosen, alphas)
     return chosen
-
-
-#: Grid edges already warned about, once per process (choose_alpha runs per chunk of source layers).
-_WARNED_EDGE: set[str] = set()
 
 
 def _warn_at_grid_edge(chosen: torch.Tensor, alphas: list[float], share: float = 0.25) -> None:
@@ -244,8 +241,8 @@ def _warn_at_grid_edge(chosen: torch.Tensor, alphas: list[float], share: float =
         return
     for edge, value, fix in (("largest", max(alphas), "upward (or set affine.scale=true)"), ("smallest", min(alphas), "downward")):
         at_edge = float((finite == value).double().mean())
-        if at_edge > share and edge not in _WARNED_EDGE:
-            _WARNED_EDGE.add(edge)
+        if at_edge > share and ("edge", edge) not in _WARNED:
+            _WARNED.add(("edge", edge))
             log.warning("the alpha grid's %s value (%g) was chosen in %.0f%% of the cells: the best alpha may lie beyond the "
                         "grid; extend affine.alphas %s", edge, value, 100 * at_edge, fix)
 
