@@ -231,84 +231,116 @@ class Report:
         return FitResult.load(folder) if (folder / "results.json").is_file() else None
 
     def pair_section(self, name: str, pair: PairConfig) -> tuple[list[str], dict]:
-        from nsync.cache import ActivationCache
-        from nsync.fit.loop import MIN_TEST_EPISODES
-
+        """The pair's markdown (cache, then one block per view) and, per finished view, its tables and
+        results for the plots."""
         lines = [f"### {name}", ""]
         found: dict = {}
+        simulated, has_data = self._simulation_line(name, pair)
+        lines.append(simulated)
+        if not has_data:
+            return lines + [""], found
+        for source, target in views(pair.models):
+            view_lines, view = self.view_section(name, pair, source, target)
+            lines += view_lines
+            if view is not None:
+                found[(source, target)] = view
+        return lines + [""], found
+
+    def _simulation_line(self, name: str, pair: PairConfig) -> tuple[str, bool]:
+        """What the pair's cache holds, and whether it holds anything to fit."""
+        from nsync.cache import ActivationCache
+
         cache_dir = self.out / name / "cache"
+        planned = pair.episodes * 2
         if not (cache_dir / "manifest.json").is_file():
-            return lines + ["Not simulated yet.", ""], found
+            return "Not simulated yet.", False
         cache = ActivationCache.open(cache_dir)
         if not cache.shards:
-            return lines + [f"Simulation in progress ({pair.episodes * 2} runs planned), no shard written yet.", ""], found
-        q = cache.quality()
-        runs = cache.turns["run_id"].nunique()
-        planned = pair.episodes * 2
-        lines.append(f"{runs} runs ({'complete' if cache.manifest.get('complete') else f'simulation in progress, {planned} planned'}), "
-                     f"{int((cache.turns['condition'] == 'interactive').sum())} utterances; pairs at lag 1 per direction: "
-                     + ", ".join(f"{d} {n}" for d, n in q["pairs_lag1"].items()) + ".")
-        for source, target in views(pair.models):
-            folder = self.out / name / _name(source)
-            paper, chosen = (self._controls(folder / f"controls_{a}") for a in ("paper_alpha", "chosen_alpha"))
-            if chosen is None:
-                lines += ["", f"{source} -> {target}: fits not run yet.", ""]
-                continue
-            main = self._result(folder / "controls_chosen_alpha" / "main")
-            found[(source, target)] = {"chosen": chosen, "paper": paper, "main": main, "folder": folder}
-            n_train = {d: int(np.mean(r.n_train)) for d, r in main.directions.items()}
-            short = {d: n for d, n in n_train.items() if n < pair.min_train_pairs}
-            lines += ["", f"**{source} -> {target}** (training pairs per direction: "
-                      + ", ".join(f"{d} {n}" for d, n in n_train.items())
-                      + (f"; fewer than the {pair.min_train_pairs} planned" if short else "") + ")", ""]
-            # Each interval stands beside the bias-corrected value it is centred on (raw SyncR² in brackets).
-            lines.append("| condition | SyncR², paper alpha 0.1 [95% CI] (raw) | SyncR², chosen alpha [95% CI] (raw) | "
-                         "Δ vs main, chosen alpha [95% CI] | CKA |")
-            lines.append("|---|---|---|---|---|")
-            by_paper = paper.set_index("control") if paper is not None else None
-            for r in chosen[chosen["sync_r2"].notna()].to_dict("records"):
-                c = r["control"]
-                p = by_paper.loc[c] if by_paper is not None and c in by_paper.index else None
-                result = self._result(folder / "controls_chosen_alpha" / c)
-                cka = result.sync_cka if result is not None else None
-                paper_cell = _cell(p) if p is not None else ""
-                diff = "" if c == "main" else f"{_f(r.get('diff_bias_corrected'))} {_ci(r['diff_ci95_low'], r['diff_ci95_high'])}"
-                lines.append(f"| {c} | {paper_cell} | {_cell(r)} | {diff} | {_f(cka)} |")
-            if "skipped" in chosen:
-                for r in chosen[chosen["skipped"].notna()].to_dict("records"):
-                    lines.append(f"\nskipped {r['control']}: {r['skipped']}")
-            checked = [(f"{r['control']} ({alpha})", r["sync_r2"], r["ci95_low"], r["ci95_high"])
-                       for alpha, table in (("chosen alpha", chosen), ("paper alpha", paper)) if table is not None
-                       for r in table[table["sync_r2"].notna()].to_dict("records")]
-            rows, few = [], []
-            for run, label in [("controls_chosen_alpha/main", "interaction (main)")] + \
-                    [run for s in self.cfg.splits for run in ((f"split_{s}", s), (f"split_interaction_at_{s}_size", f"interaction, {s} split's size"))] + \
-                    [("probe_affine", "affine"), ("probe_mlp", "MLP")]:
-                res = self._result(folder / run)
-                if res is not None:
-                    if run.startswith(("split_", "probe_")):
-                        checked.append((label, res.sync_r2, *(res.sync_r2_ci95 or (None, None))))
-                    if res.bootstrap and res.bootstrap.test_episodes is not None and res.bootstrap.test_episodes < MIN_TEST_EPISODES:
-                        few.append(f"{label} ({res.bootstrap.test_episodes})")
-                    rows.append(f"| {label} | {_f(res.sync_r2_bias_corrected)} {_ci(*(res.sync_r2_ci95 or (None, None)))} ({_f(res.sync_r2)}) | "
-                                f"{_train_pairs(res):.0f} | "
-                                f"{res.bootstrap.test_episodes if res.bootstrap else ''} |")
-            if rows:
-                lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",
-                          "| fit | SyncR², bias-corrected [95% CI] (raw) | training pairs per direction | test episodes |",
-                          "|---|---|---|---|", *rows]
-            lines += ["", self.reading(folder, chosen, paper, main), "", self.coverage_check(checked)]
-            if few:
-                lines.append(f"\nFewer than {MIN_TEST_EPISODES} test episodes: {', '.join(few)}; there the episode bootstrap's "
-                             "95% interval covers less than it says (83-90% on planted problems with 10 episodes).")
-            widths = chosen.loc[chosen["control"] != "main", ["diff_ci95_low", "diff_ci95_high"]].dropna()
-            if len(widths):
-                # smallest true difference detected with 80% power at the 5% level: (1.96 + 0.84) SE
-                se = float(np.median((widths["diff_ci95_high"] - widths["diff_ci95_low"]) / (2 * 1.96)))
-                found[(source, target)]["detectable"] = 2.8 * se
-                lines.append(f"\nSmallest difference from the main condition this {source} -> {target} fit detects "
-                             f"(80% power, 5% level, median over controls): {2.8 * se:.3f}.")
-        return lines + [""], found
+            return f"Simulation in progress ({planned} runs planned), no shard written yet.", False
+        pairs = cache.quality()["pairs_lag1"]
+        state = "complete" if cache.manifest.get("complete") else f"simulation in progress, {planned} planned"
+        return (f"{cache.turns['run_id'].nunique()} runs ({state}), "
+                f"{int((cache.turns['condition'] == 'interactive').sum())} utterances; pairs at lag 1 per direction: "
+                + ", ".join(f"{d} {n}" for d, n in pairs.items()) + "."), True
+
+    def view_section(self, name: str, pair: PairConfig, source: str, target: str) -> tuple[list[str], dict | None]:
+        """One view (source -> target): the controls table, splits and probes, the reading, the
+        coverage check and the smallest detectable difference."""
+        from nsync.fit.loop import MIN_TEST_EPISODES
+
+        folder = self.out / name / _name(source)
+        paper, chosen = (self._controls(folder / f"controls_{a}") for a in ("paper_alpha", "chosen_alpha"))
+        if chosen is None:
+            return ["", f"{source} -> {target}: fits not run yet.", ""], None
+        main = self._result(folder / "controls_chosen_alpha" / "main")
+        view = {"chosen": chosen, "paper": paper, "main": main, "folder": folder}
+        n_train = {d: int(np.mean(r.n_train)) for d, r in main.directions.items()}
+        short = any(n < pair.min_train_pairs for n in n_train.values())
+        lines = ["", f"**{source} -> {target}** (training pairs per direction: "
+                 + ", ".join(f"{d} {n}" for d, n in n_train.items())
+                 + (f"; fewer than the {pair.min_train_pairs} planned" if short else "") + ")", ""]
+        lines += self._controls_table(folder, chosen, paper)
+        if "skipped" in chosen:
+            lines += [f"\nskipped {r['control']}: {r['skipped']}" for r in chosen[chosen["skipped"].notna()].to_dict("records")]
+        checked = [(f"{r['control']} ({alpha})", r["sync_r2"], r["ci95_low"], r["ci95_high"])
+                   for alpha, table in (("chosen alpha", chosen), ("paper alpha", paper)) if table is not None
+                   for r in table[table["sync_r2"].notna()].to_dict("records")]
+        rows, few = [], []
+        for run, label, result in self._other_fits(folder):
+            if run.startswith(("split_", "probe_")):  # main's own interval is already in the controls table
+                checked.append((label, result.sync_r2, *(result.sync_r2_ci95 or (None, None))))
+            episodes = result.bootstrap.test_episodes if result.bootstrap else None
+            if episodes is not None and episodes < MIN_TEST_EPISODES:
+                few.append(f"{label} ({episodes})")
+            rows.append(f"| {label} | {_f(result.sync_r2_bias_corrected)} {_ci(*(result.sync_r2_ci95 or (None, None)))} "
+                        f"({_f(result.sync_r2)}) | {_train_pairs(result):.0f} | {'' if episodes is None else episodes} |")
+        if rows:
+            lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",
+                      "| fit | SyncR², bias-corrected [95% CI] (raw) | training pairs per direction | test episodes |",
+                      "|---|---|---|---|", *rows]
+        lines += ["", self.reading(folder, chosen, paper, main), "", self.coverage_check(checked)]
+        if few:
+            lines.append(f"\nFewer than {MIN_TEST_EPISODES} test episodes: {', '.join(few)}; there the episode bootstrap's "
+                         "95% interval covers less than it says (83-90% on planted problems with 10 episodes).")
+        detectable = self.detectable_difference(chosen)
+        if detectable is not None:
+            view["detectable"] = detectable
+            lines.append(f"\nSmallest difference from the main condition this {source} -> {target} fit detects "
+                         f"(80% power, 5% level, median over controls): {detectable:.3f}.")
+        return lines, view
+
+    def _controls_table(self, folder: Path, chosen: pd.DataFrame, paper: pd.DataFrame | None) -> list[str]:
+        # Each interval stands beside the bias-corrected value it is centred on (raw SyncR² in brackets).
+        lines = ["| condition | SyncR², paper alpha 0.1 [95% CI] (raw) | SyncR², chosen alpha [95% CI] (raw) | "
+                 "Δ vs main, chosen alpha [95% CI] | CKA |", "|---|---|---|---|---|"]
+        by_paper = paper.set_index("control") if paper is not None else None
+        for r in chosen[chosen["sync_r2"].notna()].to_dict("records"):
+            c = r["control"]
+            p = by_paper.loc[c] if by_paper is not None and c in by_paper.index else None
+            result = self._result(folder / "controls_chosen_alpha" / c)
+            cka = result.sync_cka if result is not None else None
+            diff = "" if c == "main" else f"{_f(r.get('diff_bias_corrected'))} {_ci(r['diff_ci95_low'], r['diff_ci95_high'])}"
+            lines.append(f"| {c} | {_cell(p) if p is not None else ''} | {_cell(r)} | {diff} | {_f(cka)} |")
+        return lines
+
+    def _other_fits(self, folder: Path) -> list[tuple[str, str, object]]:
+        """(run folder, label, result) of the finished fits besides the controls: main, the splits
+        with their size-matched interaction fits, and the two probes."""
+        runs = [("controls_chosen_alpha/main", "interaction (main)")]
+        for s in self.cfg.splits:
+            runs += [(f"split_{s}", s), (f"split_interaction_at_{s}_size", f"interaction, {s} split's size")]
+        runs += [("probe_affine", "affine"), ("probe_mlp", "MLP")]
+        found = [(run, label, self._result(folder / run)) for run, label in runs]
+        return [f for f in found if f[2] is not None]
+
+    @staticmethod
+    def detectable_difference(chosen: pd.DataFrame) -> float | None:
+        """Smallest true control-minus-main difference detected with 80% power at the 5% level,
+        (1.96 + 0.84) standard errors, the standard error read off the paired intervals' median width."""
+        widths = chosen.loc[chosen["control"] != "main", ["diff_ci95_low", "diff_ci95_high"]].dropna()
+        if not len(widths):
+            return None
+        return 2.8 * float(np.median((widths["diff_ci95_high"] - widths["diff_ci95_low"]) / (2 * 1.96)))
 
     @staticmethod
     def coverage_check(rows: list[tuple[str, float, float | None, float | None]]) -> str:
