@@ -75,3 +75,21 @@ def test_the_report_says_when_a_raw_value_falls_outside_its_interval():
     rows = [("main (chosen alpha)", 0.30, 0.31, 0.40), ("observer (chosen alpha)", 0.20, 0.10, 0.30), ("self (paper alpha)", 0.2, None, None)]
     assert report.coverage_check(rows).startswith("Raw SyncR² outside its interval (1 of 2): main (chosen alpha) (0.300 outside [0.310, 0.400]). ")
     assert report.coverage_check(rows[1:]) == "Each of the 1 raw SyncR² values lies inside its 95% interval."
+
+
+def test_a_running_stage_writes_its_time_before_it_ends(tmp_path, monkeypatch):
+    """A SIGKILL cannot be caught, so the stage's time so far must already be on disk."""
+    import time
+
+    study = _study()
+    monkeypatch.setattr(study, "TIMING_FLUSH_S", 0.05)
+    s = study.Study(study.StudyConfig(out=str(tmp_path)))
+    (tmp_path / "timings.json").write_text(json.dumps({"tiny/simulate": 100.0}))  # an earlier session's time
+
+    def long_stage():
+        time.sleep(0.5)
+        return json.loads((tmp_path / "timings.json").read_text())["tiny/simulate"]
+
+    during = s._timed("tiny/simulate", long_stage)
+    after = json.loads((tmp_path / "timings.json").read_text())["tiny/simulate"]
+    assert 100.0 < during < after < 101.0

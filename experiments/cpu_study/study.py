@@ -26,6 +26,7 @@ import json
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from nsync.errors import NsyncError, run_cli
 
 HERE = Path(__file__).parent
 BEGIN, END = "<!-- cpu-study:begin -->", "<!-- cpu-study:end -->"
+TIMING_FLUSH_S = 60.0  # how often a running stage writes its time so far
 
 
 @dataclass
@@ -97,24 +99,39 @@ class Study:
     def __init__(self, cfg: StudyConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.timings: dict[str, float] = {}
         self.timing_file = self.out / "timings.json"
-        if self.timing_file.is_file():
-            self.timings = json.loads(self.timing_file.read_text())
+        self.timings: dict[str, float] = self._read_timings()
 
     def _timed(self, key: str, fn, *args):
-        """``fn(*args)``, its wall time added to ``timings.json`` even when it is interrupted (Ctrl-C
-        or SIGTERM), so the study's total counts the work that resumed runs re-use."""
+        """``fn(*args)``, its wall time added to ``timings.json`` even when it is interrupted: at the
+        end (also on Ctrl-C or SIGTERM) and every ``TIMING_FLUSH_S`` seconds while it runs, so a
+        SIGKILL (a session's end) loses at most that much and the study's total counts the work
+        that resumed runs re-use."""
         start = time.perf_counter()
+        base = self._read_timings().get(key, 0.0)
+        stop = threading.Event()
+
+        def flush_while_running() -> None:
+            while not stop.wait(TIMING_FLUSH_S):
+                self._record(key, base + time.perf_counter() - start)
+
+        flusher = threading.Thread(target=flush_while_running, daemon=True)
+        flusher.start()
         try:
             return fn(*args)
         finally:
-            # re-read first: another study process (only=[...]) may have added its stages meanwhile
-            if self.timing_file.is_file():
-                self.timings = json.loads(self.timing_file.read_text())
-            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.timing_file, self.timings)
+            stop.set()
+            flusher.join()
+            self._record(key, base + time.perf_counter() - start)
+
+    def _read_timings(self) -> dict[str, float]:
+        # re-read each time: another study process (only=[...]) may have added its stages meanwhile
+        return json.loads(self.timing_file.read_text()) if self.timing_file.is_file() else {}
+
+    def _record(self, key: str, seconds: float) -> None:
+        self.timings = {**self._read_timings(), key: seconds}
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.timing_file, self.timings)
 
     # -- stages ------------------------------------------------------------------------------
 
