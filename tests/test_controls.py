@@ -14,7 +14,7 @@ from nsync.config import load_config
 from nsync.data import build_pairs
 from nsync.data.synthetic import planted_r2, write_synthetic_cache
 from nsync.errors import NsyncError
-from nsync.fit import FitConfig, run_fit
+from nsync.fit import FitConfig, FitResult, run_fit
 from nsync.fit.bootstrap import EpisodeBootstrap, episode_r2, replicate_r2
 from nsync.simulation.config import SimulateConfig
 from nsync.simulation.prompts import encode, prompt_format, render, Utterance
@@ -353,3 +353,29 @@ def test_read_controls_sorts_controls_by_their_paired_interval():
                     "These give more than the main condition: self (Δ 0.200 [0.100, 0.300]). "
                     "No paired interval for context (no bootstrap replicates shared with the main run).")
     assert "untrained" not in text
+
+
+def test_two_models_in_one_order_each_way_fits_its_one_direction(tmp_path):
+    """A two-model cache simulated in one order (agent 0 plays tiny-llama, agent 1 tiny-gpt2): the
+    gpt2 -> llama fits read B->A only (A->B is skipped, not fatal), and `self` reads gpt2's own state
+    two utterances on; a model the cache lacks is still an error."""
+    from nsync.analysis.controls import ControlsConfig, run_controls
+
+    cache = tmp_path / "cache"
+    simulate(load_config(SimulateConfig, [f"out={cache}", "models=[tiny-llama,tiny-gpt2]", "scenarios.limit=8", "max_turns=6",
+                                          "sampling.max_new_tokens=5", "seeds=[0,1]", "capture.observer=false", "progress=false"],
+                         prog="test"))
+    turns = ActivationCache.open(cache).turns
+    assert set(zip(turns["agent"], turns["model"])) == {(0, "tiny-llama"), (1, "tiny-gpt2")}
+    common = [f"data.cache={cache}", "data.source_model=tiny-gpt2", "data.target_model=tiny-llama", "data.split_seeds=[0]",
+              "logger.kind=none", "progress=false", "bootstrap=50", "save_weights=false"]
+    cfg = ControlsConfig(cache=str(cache), out=str(tmp_path / "controls"), fit_overrides=common, controls=["main", "self"], lags=[1])
+    table = run_controls(cfg).set_index("control")
+    assert "skipped" not in table or table["skipped"].isna().all()
+    main = FitResult.load(tmp_path / "controls" / "main")
+    assert list(main.directions) == ["B->A"] and "A->B" in main.skipped_directions
+    own = FitResult.load(tmp_path / "controls" / "self")
+    assert own.models == {"source": "tiny-gpt2", "target": "tiny-gpt2"} and own.lag == 2 and list(own.directions) == ["B->A"]
+    assert (build_pairs(turns, "tiny-gpt2", "tiny-gpt2", "B->A", lag=2)["target_agent"] == 1).all()
+    with pytest.raises(NsyncError, match="no pairs in any direction.*tiny-qwen2"):
+        run_fit(load_config(FitConfig, [*common, "data.source_model=tiny-qwen2", f"out={tmp_path / 'nope'}"], prog="test"))

@@ -14,16 +14,17 @@ def _study():
 
 
 @pytest.mark.pipeline
-def test_study_runs_reports_and_resumes(tmp_path, capsys):
+def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     study = _study()
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{study.BEGIN}\nold\n{study.END}\n\nafter\n")
     sim = tmp_path / "simulate.yaml"
     sim.write_text("max_turns: 6\nseeds: [0, 1]\nsampling:\n  max_new_tokens: 6\ncapture:\n  observer: true\nprogress: false\n")
     args = [f"out={tmp_path / 'runs'}", f"docs={tmp_path / 'docs'}", f"readme={readme}", "sotopia=/nonexistent",
-            f"simulate_config={sim}", "pairs=[{name: tiny, models: [tiny-llama], episodes: 12, min_train_pairs: 1000, simulate: [capture.dtype=float32], "
+            # two models, so both views (each with its one direction) and the cross-model controls run
+            f"simulate_config={sim}", "pairs=[{name: tiny, models: [tiny-llama, tiny-gemma3], episodes: 12, min_train_pairs: 1000, simulate: [capture.dtype=float32], "
             "alpha_grid: [1.0, 100.0, 10000.0]}]",
-            "split_seeds=[0]", "bootstrap=50", "controls=[main,observer,shuffled_partner,context]", "lags=[1]",
+            "split_seeds=[0]", "bootstrap=50", "controls=[main,observer,shuffled_partner,context,self]", "lags=[1]",
             "splits=[persona]", "mlp_source_layer_step=2"]
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])
     first = capsys.readouterr().out
@@ -31,9 +32,14 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys):
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
                    "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size", "covers less than it says"):
         assert needle in results, needle
+    for view, direction in (("tiny-llama -> tiny-gemma3", "A->B"), ("tiny-gemma3 -> tiny-llama", "B->A")):
+        assert f"**{view}** (training pairs per direction: {direction} " in results, view
     runs = tmp_path / "runs" / "tiny"
+    assert json.loads((runs / "tiny-gemma3" / "controls_chosen_alpha" / "self" / "results.json").read_text())["models"] == \
+        {"source": "tiny-gemma3", "target": "tiny-gemma3"}
     assert json.loads((runs / "cache" / "manifest.json").read_text())["dtype"] == "float32"  # the pair's own overrides
     assert json.loads((runs / "tiny-llama" / "probe_affine" / "results.json").read_text())["config"]["affine"]["alphas"] == [1.0, 100.0, 10000.0]
+    assert "skipping" not in caplog.text  # each view asks for its one direction
     for png in ("controls.png", "layer_profile.png", "heatmap.png"):
         assert (tmp_path / "docs" / png).is_file()
     text = readme.read_text()

@@ -79,10 +79,16 @@ def _name(model: str) -> str:
     return model.replace("/", "__").replace("@", "_")
 
 
-def views(models: list[str]) -> list[tuple[str, str]]:
-    """(source model, target model) fits of a pair: one for a self-pair, both ways for two models."""
+def views(models: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(source model, target model, directions) of a pair's fits: a self-pair's both directions in
+    one fit; a two-model pair both ways, each way its one direction (the study simulates a pair in
+    one order, agent 0 playing ``models[0]``).
+
+    >>> views(["a", "b"])
+    [('a', 'b', ['A->B']), ('b', 'a', ['B->A'])]
+    """
     a, b = (models + models)[:2]
-    return [(a, a)] if a == b else [(a, b), (b, a)]
+    return [(a, a, ["A->B", "B->A"])] if a == b else [(a, b, ["A->B"]), (b, a, ["B->A"])]
 
 
 def _train_pairs(result) -> float:
@@ -157,9 +163,10 @@ class Study:
 
         seeds = ",".join(str(s) for s in self.cfg.split_seeds)
         grid = ",".join(str(a) for a in pair.alpha_grid or self.cfg.alpha_grid)
-        for source, target in views(pair.models):
+        for source, target, directions in views(pair.models):
             folder = self.out / name / _name(source)
-            common = [f"data.source_model={source}", f"data.target_model={target}", f"data.split_seeds=[{seeds}]",
+            common = [f"data.source_model={source}", f"data.target_model={target}", f"data.directions=[{','.join(directions)}]",
+                      f"data.split_seeds=[{seeds}]",
                       f"bootstrap={self.cfg.bootstrap}", "logger.kind=none", "save_weights=false"]
             for alpha_name, alphas in (("paper_alpha", str(self.cfg.paper_alpha)), ("chosen_alpha", grid)):
                 print(f"  {source} -> {target}: controls, {alpha_name} ({alphas})")
@@ -256,7 +263,7 @@ class Report:
         lines.append(simulated)
         if not has_data:
             return lines + [""], found
-        for source, target in views(pair.models):
+        for source, target, _ in views(pair.models):
             view_lines, view = self.view_section(name, pair, source, target)
             lines += view_lines
             if view is not None:

@@ -35,7 +35,7 @@ CONTROLS: dict[str, tuple[str, list[str]]] = {
     "context": ("what the conversation's shape explains (utterance index, prompt length, last replies' lengths) removed from both sides",
                 ["data.remove_context=true"]),
     "self": ("the source agent's own next state (t -> t+2 in a dyad): a reference, not a bound (the partner's next prompt ends with "
-             "the source's utterance; the source's own has the partner's reply in between)", ["data.lag=2"]),
+             "the source's utterance; the source's own has the partner's reply in between)", ["data.lag=2", "data.target_model={model}"]),
     "same_time": ("the partner reading the same history (t -> t)", ["data.pairing=same_time"]),
     "untrained": ("an untrained copy of the model re-reading the same prompts",
                   ["data.source_model={model}@untrained", "data.target_model={model}@untrained",

@@ -88,7 +88,8 @@ def resolve_directions(names: list[str], agents: list[int]) -> list[str]:
 
 
 class NoPairsError(NsyncError):
-    """A direction has no pairs at this lag (the runs are too short); ``nsync.fit`` skips it."""
+    """A direction has no pairs: the runs are too short for this lag, or the models never take these
+    roles (a two-model cache simulated in one order); ``nsync.fit`` skips it."""
 
 
 class Pairing(Protocol):
@@ -156,8 +157,10 @@ def build_pairs(
         (turns["condition"] == source_condition) & (turns["agent"] == d.source) & (turns["model"] == source_model)
     ]
     if src.empty:
+        # A skipped direction, not a failed fit: in a two-model cache simulated in one order the
+        # source model never speaks as the other agent (nsync.fit fails only when no direction has pairs).
         have = sorted(turns.loc[turns["condition"] == source_condition, "model"].unique())
-        raise NsyncError(
+        raise NoPairsError(
             f"no '{source_condition}' utterances of model '{source_model}' as agent {d.source} in the cache "
             f"(models with that condition: {have}; agents: {sorted(turns['agent'].unique().tolist())})"
         )
@@ -168,7 +171,7 @@ def build_pairs(
         candidates = candidates[candidates["agent"] == d.target]
     if candidates.empty:
         hint = ": simulate with capture.listener=true" if target_condition == "listener" else ""
-        raise NsyncError(f"no '{target_condition}' utterances of target model '{target_model}' as agent {d.target} in the cache "
+        raise NoPairsError(f"no '{target_condition}' utterances of target model '{target_model}' as agent {d.target} in the cache "
                          f"(pairing {pairing}){hint}")
     target_runs = np.asarray(how.target_runs(turns, src, seed), dtype=object)
     t = src["utterance"].to_numpy()
@@ -179,7 +182,7 @@ def build_pairs(
     keep = found >= 0
     target = candidates.iloc[found[keep]]
     merged = src[keep].assign(target_run_id=target_runs[keep], row_target=target["row"].to_numpy(),
-                              target_utterance=target["utterance"].to_numpy())
+                              target_utterance=target["utterance"].to_numpy(), agent_target=target["agent"].to_numpy())
     pairs = pd.DataFrame(
         {
             "run_id": merged["run_id"],
@@ -189,7 +192,7 @@ def build_pairs(
             "character_b": merged["character_b"],
             "characters": merged["characters"],
             "source_agent": d.source,
-            "target_agent": d.target,
+            "target_agent": merged["agent_target"],  # by position, whoever spoke: the source agent at an even lag
             "seed": merged["seed"],
             "order": merged["order"],
             "t": merged["utterance"],
