@@ -23,7 +23,7 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     args = [f"out={tmp_path / 'runs'}", f"docs={tmp_path / 'docs'}", f"readme={readme}", "sotopia=/nonexistent",
             # two models, so both views (each with its one direction) and the cross-model controls run
             f"simulate_config={sim}", "pairs=[{name: tiny, models: [tiny-llama, tiny-gemma3], episodes: 12, min_train_pairs: 1000, simulate: [capture.dtype=float32], "
-            "alpha_grid: [1.0, 100.0, 10000.0]}]",
+            "alpha_grid: [1.0, 100.0, 10000.0], fit: [data.test_size=0.3]}]",
             "split_seeds=[0]", "bootstrap=50", "controls=[main,observer,shuffled_partner,context,self]", "lags=[1]",
             "splits=[persona]", "mlp_source_layer_step=2"]
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])
@@ -38,7 +38,8 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     assert json.loads((runs / "tiny-gemma3" / "controls_chosen_alpha" / "self" / "results.json").read_text())["models"] == \
         {"source": "tiny-gemma3", "target": "tiny-gemma3"}
     assert json.loads((runs / "cache" / "manifest.json").read_text())["dtype"] == "float32"  # the pair's own overrides
-    assert json.loads((runs / "tiny-llama" / "probe_affine" / "results.json").read_text())["config"]["affine"]["alphas"] == [1.0, 100.0, 10000.0]
+    affine_config = json.loads((runs / "tiny-llama" / "probe_affine" / "results.json").read_text())["config"]
+    assert affine_config["affine"]["alphas"] == [1.0, 100.0, 10000.0] and affine_config["data"]["test_size"] == 0.3  # the pair's own
     assert "skipping" not in caplog.text  # each view asks for its one direction
     for png in ("controls.png", "layer_profile.png", "heatmap.png"):
         assert (tmp_path / "docs" / png).is_file()

@@ -50,6 +50,7 @@ class PairConfig:
     episodes: int = field(default=60, metadata={"help": "episodes (each run once per sampling seed)"})
     min_train_pairs: int = field(default=500, metadata={"help": "training pairs per direction the pair needs (warned about when short)"})
     simulate: list[str] = field(default_factory=list, metadata={"help": "nsync.simulate overrides for this pair only (e.g. capture.dtype=float32)"})
+    fit: list[str] = field(default_factory=list, metadata={"help": "nsync.fit overrides for this pair's fits only (e.g. data.test_size=0.34)"})
     alpha_grid: list[float] = field(default_factory=list, metadata={"help": "this pair's alpha grid (empty: the study's); ridge alpha scales with the states' variance"})
 
 
@@ -167,7 +168,7 @@ class Study:
             folder = self.out / name / _name(source)
             common = [f"data.source_model={source}", f"data.target_model={target}", f"data.directions=[{','.join(directions)}]",
                       f"data.split_seeds=[{seeds}]",
-                      f"bootstrap={self.cfg.bootstrap}", "logger.kind=none", "save_weights=false"]
+                      f"bootstrap={self.cfg.bootstrap}", "logger.kind=none", "save_weights=false", *pair.fit]
             for alpha_name, alphas in (("paper_alpha", str(self.cfg.paper_alpha)), ("chosen_alpha", grid)):
                 print(f"  {source} -> {target}: controls, {alpha_name} ({alphas})")
                 controls = ControlsConfig(cache=str(cache), out=str(folder / f"controls_{alpha_name}"),
