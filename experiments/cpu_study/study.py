@@ -7,7 +7,7 @@
 For each model pair of ``study.yaml``:
 
 1. simulate SOTOPIA episodes (two sampling seeds each; observer states) into ``OUT/<pair>/cache``;
-2. for each view (source model -> target model; a two-model pair has both): every control
+2. for each view (source model -> target model; a two-model pair has both, each its one direction): every control
    (``nsync.controls``) with the paper's fixed alpha and with the alpha chosen on validation data,
    each with its basic bootstrap interval, the paired difference from the main condition and CKA;
 3. the main condition under the persona and scenario splits (the leakage question);
