@@ -1,6 +1,7 @@
 """experiments/cpu_study/study.py end to end on a tiny model: every stage, the report, resuming."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,19 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     second = capsys.readouterr().out
     assert "re-using" in second and "probe_mlp re-used" in second and "SyncR²" in first
     assert "0 episodes" in second  # nothing left to simulate
+    # runs/ stays on the machine that made it; the committed record keeps the finished pair's report
+    done = (tmp_path / "docs" / "results.md").read_text()
+    record = json.loads((tmp_path / "docs" / "record.json").read_text())
+    assert set(record["pairs"]) == {"tiny"} and set(record["pairs"]["tiny"]["timings"]) == {"tiny/simulate", "tiny/fit"}
+    drawn = {png: (tmp_path / "docs" / png).read_bytes() for png in ("controls.png", "layer_profile.png", "heatmap.png")}
+    shutil.rmtree(tmp_path / "runs")
+    study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args, "report_only=true"])
+    kept = (tmp_path / "docs" / "results.md").read_text()
+    assert "From `record.json`" in kept and "`only=[tiny]` runs it again" in kept
+    assert kept.split("### tiny\n\n", 1)[1].split("\n\n", 1)[1] == done.split("### tiny\n\n", 1)[1]  # the section as it was
+    assert kept.split("\n\n")[1] == done.split("\n\n")[1] and "Wall time of the study so far" in kept  # and its stage times
+    assert kept.split("### tiny")[0] == done.split("### tiny")[0]  # the same figures, drawn from the record
+    assert {png: (tmp_path / "docs" / png).read_bytes() for png in drawn} == drawn
 
 
 def test_unknown_pair_is_a_clear_error(tmp_path):

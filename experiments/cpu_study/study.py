@@ -17,7 +17,10 @@ then ``docs/cpu_study/`` gets ``results.md``, ``controls.png``, ``layer_profile.
 ``heatmap.png``, and README's block between the ``cpu-study`` markers is replaced by the results.
 
 Every stage is resumable: caches continue where they stopped, finished fits (a run folder with
-``results.json``) are re-used, so an interrupted study picks up where it was.
+``results.json``) are re-used, so an interrupted study picks up where it was. The caches and fit
+folders stay on the machine that made them (``runs/`` is not committed); ``docs/cpu_study/record.json``
+(committed) keeps each finished pair's section, the numbers its plots need and its stage times, so
+a pair run on another machine, or whose ``runs/`` folder is gone, stays in the report.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from nsync.errors import NsyncError, run_cli
 HERE = Path(__file__).parent
 BEGIN, END = "<!-- cpu-study:begin -->", "<!-- cpu-study:end -->"
 TIMING_FLUSH_S = 60.0  # how often a running stage writes its time so far
+RECORD = "record.json"  # under docs: each finished pair's report, kept when runs/ is not
 
 
 @dataclass
@@ -245,6 +249,8 @@ class Report:
     def __init__(self, cfg: StudyConfig, timings: dict[str, float]):
         self.cfg, self.timings = cfg, timings
         self.out, self.docs = Path(cfg.out), Path(cfg.docs)
+        path = self.docs / RECORD
+        self.record: dict = json.loads(path.read_text()) if path.is_file() else {"pairs": {}}
 
     def _controls(self, folder: Path) -> pd.DataFrame | None:
         path = folder / "controls.csv"
@@ -255,50 +261,74 @@ class Report:
 
         return FitResult.load(folder) if (folder / "results.json").is_file() else None
 
-    def pair_section(self, name: str, pair: PairConfig) -> tuple[list[str], dict]:
-        """The pair's markdown (cache, then one block per view) and, per finished view, its tables and
-        results for the plots."""
+    def pair_section(self, name: str, pair: PairConfig) -> tuple[list[str], dict, dict | None]:
+        """The pair's markdown (cache, then one block per view), per view with fits the numbers its
+        plots need, and the pair's record entry (None unless its cache is complete and every view
+        fitted). A pair with no cache here comes from the record when it has one."""
+        if not (self.out / name / "cache" / "manifest.json").is_file() and name in self.record["pairs"]:
+            kept = self.record["pairs"][name]
+            note = (f"From `{RECORD}` (written {kept['written']}): this machine holds neither the pair's cache nor its fits; "
+                    f"`only=[{name}]` runs it again.")
+            return [f"### {name}", "", note, "", *kept["section"]], kept["views"], kept
         lines = [f"### {name}", ""]
         found: dict = {}
-        simulated, has_data = self._simulation_line(name, pair)
+        simulated, has_data, simulation_done = self._simulation_line(name, pair)
         lines.append(simulated)
         if not has_data:
-            return lines + [""], found
+            return lines + [""], found, None
+        unfitted = False
         for source, target, _ in views(pair.models):
             view_lines, view = self.view_section(name, pair, source, target)
             lines += view_lines
-            if view is not None:
-                found[(source, target)] = view
-        return lines + [""], found
+            if view is None:
+                unfitted = True
+            else:
+                found[f"{source} -> {target}"] = view
+        lines.append("")
+        entry = None
+        if simulation_done and not unfitted:
+            entry = {"written": time.strftime("%Y-%m-%d"), "section": lines[2:],
+                     "views": {label: {k: v for k, v in view.items() if k != "heatmap"} for label, view in found.items()},
+                     "timings": {k: v for k, v in self.timings.items() if k.startswith(f"{name}/")}}
+        return lines, found, entry
 
-    def _simulation_line(self, name: str, pair: PairConfig) -> tuple[str, bool]:
-        """What the pair's cache holds, and whether it holds anything to fit."""
+    def _simulation_line(self, name: str, pair: PairConfig) -> tuple[str, bool, bool]:
+        """What the pair's cache holds, whether it holds anything to fit and whether it is complete."""
         from nsync.cache import ActivationCache
 
         cache_dir = self.out / name / "cache"
         planned = pair.episodes * 2
         if not (cache_dir / "manifest.json").is_file():
-            return "Not simulated yet.", False
+            return "Not simulated yet.", False, False
         cache = ActivationCache.open(cache_dir)
         if not cache.shards:
-            return f"Simulation in progress ({planned} runs planned), no shard written yet.", False
+            return f"Simulation in progress ({planned} runs planned), no shard written yet.", False, False
         pairs = cache.quality()["pairs_lag1"]
-        state = "complete" if cache.manifest.get("complete") else f"simulation in progress, {planned} planned"
+        done = bool(cache.manifest.get("complete"))
+        state = "complete" if done else f"simulation in progress, {planned} planned"
         return (f"{cache.turns['run_id'].nunique()} runs ({state}), "
                 f"{int((cache.turns['condition'] == 'interactive').sum())} utterances; pairs at lag 1 per direction: "
-                + ", ".join(f"{d} {n}" for d, n in pairs.items()) + "."), True
+                + ", ".join(f"{d} {n}" for d, n in pairs.items()) + "."), True, done
 
     def view_section(self, name: str, pair: PairConfig, source: str, target: str) -> tuple[list[str], dict | None]:
         """One view (source -> target): the controls table, splits and probes, the reading, the
         coverage check and the smallest detectable difference."""
         from nsync.fit.loop import MIN_TEST_EPISODES
+        from nsync.fit.results import layer_profile
 
         folder = self.out / name / _name(source)
         paper, chosen = (self._controls(folder / f"controls_{a}") for a in ("paper_alpha", "chosen_alpha"))
         if chosen is None:
             return ["", f"{source} -> {target}: fits not run yet.", ""], None
         main = self._result(folder / "controls_chosen_alpha" / "main")
-        view = {"chosen": chosen, "paper": paper, "main": main, "folder": folder}
+        # what the plots need, in a form the record can keep (JSON)
+        profile = layer_profile(main) if main is not None else pd.DataFrame()
+        heatmap = folder / "controls_chosen_alpha" / "main" / "heatmap_A_to_B.png"
+        view = {"controls": chosen.loc[chosen["sync_r2"].notna(), ["control", "sync_r2_bias_corrected", "ci95_low", "ci95_high"]]
+                .astype({"sync_r2_bias_corrected": float, "ci95_low": float, "ci95_high": float}).to_dict("records"),
+                "layer_profile": profile[["direction", "source_layer", "source_depth", "best_r2", "best_target_depth"]]
+                .to_dict("records") if len(profile) else None,
+                "heatmap": heatmap if heatmap.is_file() else None}
         n_train = {d: int(np.mean(r.n_train)) for d, r in main.directions.items()}
         short = any(n < pair.min_train_pairs for n in n_train.values())
         lines = ["", f"**{source} -> {target}** (training pairs per direction: "
@@ -417,7 +447,8 @@ class Report:
                          f"({'more' if mlp.sync_r2 > affine.sync_r2 else 'no more'} than linear).")
         return " ".join(w for w in words if w)
 
-    def plots(self, found: dict) -> list[Path]:
+    def plots(self, found: dict) -> tuple[list[Path], list[str]]:
+        """The PNGs from each view's plot numbers (live or recorded), and lines that say what they show."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -426,20 +457,24 @@ class Report:
         from nsync.fit.plots import plot_layer_profile
 
         self.docs.mkdir(parents=True, exist_ok=True)
-        paths = []
-        mains = {f"{s} -> {t}": v["main"] for (s, t), v in found.items() if v["main"] is not None}
-        if mains:
-            paths.append(plot_layer_profile(mains, self.docs / "layer_profile.png"))
+        paths, captions = [], []
+        profiles = {label: pd.DataFrame(v["layer_profile"]) for label, v in found.items() if v.get("layer_profile")}
+        if profiles:
+            paths.append(plot_layer_profile(profiles, self.docs / "layer_profile.png"))
+        missing = [label for label in found if label not in profiles]
+        if missing:
+            captions.append(f"No layer profile for {', '.join(missing)}: their record kept the tables and readings, "
+                            "not the per-layer numbers; running the pair again adds them.")
         if found:
             fig, ax = plt.subplots(figsize=(9, 3.8))
             width = 0.8 / len(found)
-            for j, ((s, t), v) in enumerate(found.items()):
-                table = v["chosen"][v["chosen"]["sync_r2"].notna()].reset_index(drop=True)
+            for j, (label, v) in enumerate(found.items()):
+                table = pd.DataFrame(v["controls"])
                 x = np.arange(len(table))
                 y = table["sync_r2_bias_corrected"].astype(float).to_numpy()  # the intervals' centre
                 lo, hi = table["ci95_low"].astype(float).to_numpy(), table["ci95_high"].astype(float).to_numpy()
                 err = np.nan_to_num(np.stack([y - lo, hi - y]).clip(min=0))
-                ax.bar(x + (j - (len(found) - 1) / 2) * width, y, width, yerr=err, capsize=3, label=f"{s} -> {t}")
+                ax.bar(x + (j - (len(found) - 1) / 2) * width, y, width, yerr=err, capsize=3, label=label)
                 ax.set_xticks(x, table["control"], rotation=30, ha="right")
             ax.axhline(0, color="grey", lw=0.5)
             ax.set_ylabel("SyncR², bias-corrected (chosen alpha)")
@@ -449,29 +484,45 @@ class Report:
             paths.append(self.docs / "controls.png")
             fig.savefig(paths[-1], dpi=110)
             plt.close(fig)
-            first = next(iter(found.values()))
-            heatmap = first["folder"] / "controls_chosen_alpha" / "main" / "heatmap_A_to_B.png"
-            if heatmap.is_file():
-                paths.append(Path(shutil.copy(heatmap, self.docs / "heatmap.png")))
-        return paths
+            # the first view's main-condition heatmap; a recorded view's copy is the one already under docs
+            first = next(iter(found))
+            target = self.docs / "heatmap.png"
+            live = found[first].get("heatmap")
+            if live is not None:
+                paths.append(Path(shutil.copy(live, target)))
+                self.record["heatmap_view"] = first
+            elif self.record.get("heatmap_view") == first and target.is_file():
+                paths.append(target)
+            if paths[-1] == target:
+                captions.append(f"heatmap.png: test R² by source and target layer, {first}, main condition, chosen alpha.")
+        return paths, captions
 
     def write(self) -> list[Path]:
-        sections, found = [], {}
+        sections, found, timings = [], {}, {}
+        pairs = {}
         for pair in self.cfg.pairs:
-            lines, pair_found = self.pair_section(pair.name, pair)
+            lines, pair_found, entry = self.pair_section(pair.name, pair)
             sections += lines
             found.update(pair_found)
-        wall = sum(self.timings.values())
-        stages = ", ".join(f"{k} {v / 60:.0f} min" for k, v in self.timings.items())
+            recorded = entry is not None and entry is self.record["pairs"].get(pair.name)
+            timings.update(entry["timings"] if recorded else {k: v for k, v in self.timings.items() if k.startswith(f"{pair.name}/")})
+            if entry is not None:
+                pairs[pair.name] = entry
+            elif pair.name in self.record["pairs"]:  # a pair running again keeps its last complete record until it is done
+                pairs[pair.name] = self.record["pairs"][pair.name]
+        wall = sum(timings.values())
+        stages = ", ".join(f"{k} {v / 60:.0f} min" for k, v in timings.items())
         head = ["<!-- written by experiments/cpu_study/study.py; do not edit by hand -->", "",
-                f"Wall time so far on this machine: {wall / 60:.0f} min ({stages})." if self.timings else "", ""]
+                f"Wall time of the study so far (2-core CPU): {wall / 60:.0f} min ({stages})." if timings else "", ""]
         self.docs.mkdir(parents=True, exist_ok=True)
-        pngs = self.plots(found)
+        pngs, captions = self.plots(found)
+        self.record["pairs"] = pairs
+        write_json_atomic(self.docs / RECORD, self.record)
 
         def page(links: list[str]) -> str:
-            return "\n".join(head + links + [""] + sections)
+            return "\n".join(head + links + [line for caption in captions for line in ("", caption)] + [""] + sections)
 
-        written = [self.docs / "results.md", *pngs]
+        written = [self.docs / "results.md", *pngs, self.docs / RECORD]
         written[0].write_text(page([f"![{p.stem}]({p.name})" for p in pngs]) + "\n")  # next to the PNGs
         body = page([f"![{p.stem}]({p.as_posix()})" for p in pngs])  # from the repository root
         if self.cfg.readme and Path(self.cfg.readme).is_file():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from nsync.fit.results import FitResult, layer_profile
 
@@ -107,9 +108,10 @@ def plot_agent_matrix(result: FitResult, path: Path) -> Path:
     return Path(path)
 
 
-def plot_layer_profile(results: dict[str, FitResult], path: Path) -> Path:
+def plot_layer_profile(results: dict[str, "FitResult | pd.DataFrame"], path: Path) -> Path:
     """Best-target R² (and that target's depth) against the source layer's relative depth, one
-    line per run and direction: models of different depths on one axis."""
+    line per run and direction: models of different depths on one axis. A run is its
+    ``FitResult`` or its ``layer_profile`` table (what a report kept of it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +119,7 @@ def plot_layer_profile(results: dict[str, FitResult], path: Path) -> Path:
 
     fig, (ax_r2, ax_depth) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, result in results.items():
-        profile = layer_profile(result)
+        profile = result if isinstance(result, pd.DataFrame) else layer_profile(result)
         for direction, rows in profile.groupby("direction", sort=False):
             name = f"{label} {direction}"
             ax_r2.plot(rows["source_depth"], rows["best_r2"], marker="o", ms=3, label=name)
