@@ -466,7 +466,7 @@ class Report:
             captions.append(f"No layer profile for {', '.join(missing)}: their record kept the tables and readings, "
                             "not the per-layer numbers; running the pair again adds them.")
         if found:
-            fig, ax = plt.subplots(figsize=(9, 3.8))
+            fig, ax = plt.subplots(figsize=(11, 3.8))
             width = 0.8 / len(found)
             for j, (label, v) in enumerate(found.items()):
                 table = pd.DataFrame(v["controls"])
@@ -479,7 +479,7 @@ class Report:
             ax.axhline(0, color="grey", lw=0.5)
             ax.set_ylabel("SyncR², bias-corrected (chosen alpha)")
             ax.set_title("Main condition and controls, 95% basic bootstrap intervals over test episodes", fontsize=9)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not over them
             fig.tight_layout()
             paths.append(self.docs / "controls.png")
             fig.savefig(paths[-1], dpi=110)
