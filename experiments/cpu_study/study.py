@@ -486,14 +486,12 @@ class Report:
             plt.close(fig)
             # the first view's main-condition heatmap; a recorded view's copy is the one already under docs
             first = next(iter(found))
-            target = self.docs / "heatmap.png"
-            live = found[first].get("heatmap")
+            heatmap, live = self.docs / "heatmap.png", found[first].get("heatmap")
             if live is not None:
-                paths.append(Path(shutil.copy(live, target)))
+                shutil.copy(live, heatmap)
                 self.record["heatmap_view"] = first
-            elif self.record.get("heatmap_view") == first and target.is_file():
-                paths.append(target)
-            if paths[-1] == target:
+            if live is not None or (self.record.get("heatmap_view") == first and heatmap.is_file()):
+                paths.append(heatmap)
                 captions.append(f"heatmap.png: test R² by source and target layer, {first}, main condition, chosen alpha.")
         return paths, captions
 
