@@ -1,42 +1,70 @@
-"""The SyncR² interval covers the population value it estimates (planted problems, known truth)."""
+"""The SyncR² interval covers the population value it estimates (planted problems, known truth),
+for a run's mean over several split seeds whose test sides overlap, as ``nsync.fit`` reports it."""
 
 import numpy as np
 import pytest
 
-from nsync.data.synthetic import planted_test_side
+from nsync.data.synthetic import planted_fits
 from nsync.fit import bootstrap as boot
 from nsync.fit.bootstrap import interval_coverage
 
 
 @pytest.fixture(scope="module")
 def coverage():
-    return interval_coverage(n_rep=200, n_boot=400, population=1000)
+    # 3 split seeds of 60 episodes, 20 test episodes each, targets chosen on validation episodes
+    return interval_coverage(n_rep=200, n_boot=300, population=1000)
 
 
-@pytest.mark.slow  # hundreds of planted problems
-def test_basic_interval_covers_the_population_sync_r2(coverage):
-    assert coverage["basic"]["truth"] >= 0.90
+def test_basic_interval_covers_the_population_sync_r2_over_split_seeds(coverage):
+    assert coverage["basic"]["truth"] >= 0.91
     assert coverage["basic"]["bias_corrected"] == 1.0  # the interval's own centre, always inside
     assert coverage["basic"]["estimate"] >= 0.99
 
 
-@pytest.mark.slow  # hundreds of planted problems
 def test_the_check_can_fail(coverage):
     # The percentile interval of the same replicates misses the population value too often here:
     # the coverage check tells the two apart.
-    assert coverage["percentile"]["truth"] < 0.90
+    assert coverage["percentile"]["truth"] < 0.80
 
 
-@pytest.mark.slow  # hundreds of planted problems
+@pytest.fixture(scope="module")
+def many_seeds():
+    """8 split seeds, half the episodes tested in each: test sides overlap heavily."""
+    kw = dict(n_rep=120, n_boot=300, population=1000, methods=("basic",), split_seeds=8, test_size=0.5)
+    return interval_coverage(**kw)["basic"], interval_coverage(joint=False, **kw)["basic"]
+
+
+def test_episodes_resampled_jointly_over_split_seeds_cover(many_seeds):
+    joint, _ = many_seeds
+    assert joint["truth"] >= 0.91
+
+
+def test_independent_draws_per_split_seed_would_under_cover(many_seeds):
+    # What the joint draw fixes: averaging seeds' independent replicates treats overlapping test
+    # sides as independent samples, and the interval comes out too narrow.
+    joint, independent = many_seeds
+    assert independent["truth"] < 0.85 and independent["width"] < 0.7 * joint["width"]
+
+
 def test_paired_difference_covers_the_population_difference():
-    c = interval_coverage(n_rep=200, n_boot=400, population=1000, seed=1, difference=True, source_noise=(0.5, 1.5))
-    assert c["basic"]["truth"] >= 0.90
+    # 20 test episodes: about 88-93% for a nominal 95% (experiments/benchmarks/bootstrap_coverage.py)
+    c = interval_coverage(n_rep=200, n_boot=300, population=1000, seed=1, difference=True, source_noise=(0.5, 1.5),
+                          methods=("basic",))
+    assert c["basic"]["truth"] >= 0.85
 
 
 def test_all_ones_weights_reproduce_the_estimate():
-    p = planted_test_side(np.random.default_rng(0), population=100)
-    ones = np.ones((1, len(p["episodes"])))
-    r2 = boot.replicate_r2(p["sums"][0], ones)[0]
-    n, s1, s2, sse = (p["sums"][0][k].sum(0).numpy() for k in ("n", "s1", "s2", "sse"))
+    fit = planted_fits(np.random.default_rng(0), population=100, split_seeds=1)["seeds"][0]
+    ones = np.ones((1, len(fit["episodes"])))
+    r2 = boot.replicate_r2(fit["sums"][0], ones)[0]
+    n, s1, s2, sse = (fit["sums"][0][k].sum(0).numpy() for k in ("n", "s1", "s2", "sse"))
     expected = (1 - sse / (s2 - s1**2 / n)).mean(-1)  # per target layer, uniform over dimensions
     np.testing.assert_allclose(r2, expected, rtol=1e-10)
+
+
+def test_an_episode_keeps_its_weights_in_every_set_and_seed_of_the_bootstrap():
+    b = boot.EpisodeBootstrap(n_boot=2000, seed=3)
+    w1, w2 = b.weights(["a", "b", "c"]), b.weights(["c", "d"])
+    np.testing.assert_array_equal(w1[:, 2], w2[:, 0])
+    assert abs(w1.mean() - 1) < 0.05 and abs(w1.var() - 1) < 0.1  # Poisson(1)
+    assert not np.array_equal(w1[:, 0], boot.EpisodeBootstrap(n_boot=2000, seed=4).weights(["a"])[:, 0])

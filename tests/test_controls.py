@@ -116,7 +116,7 @@ def test_context_control_removes_what_the_shape_explains(shaped, tmp_path):
 
 
 def test_context_control_keeps_a_relation_beyond_the_shape(tmp_path):
-    cache = write_synthetic_cache(tmp_path / "both", "linear", n_episodes=60, turns=6, hidden=4, n_layers=1, shape=1.5)
+    cache = write_synthetic_cache(tmp_path / "both", "linear", n_episodes=120, turns=6, hidden=4, n_layers=1, shape=1.5)
     result = _fit(cache, tmp_path / "ctx", "data.remove_context=true")
     assert abs(result.sync_r2 - planted_r2(1, 1)) < 0.1, result.sync_r2
 
@@ -150,7 +150,7 @@ def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_pat
     np.testing.assert_allclose(episode_r2(merged)[0], probe.results["test_r2"].numpy(), atol=1e-9)
     boot = EpisodeBootstrap(n_boot=50)
     w = boot.weights(dm.test_episodes)
-    assert w.shape == (50, dm.n_test_episodes) and (w.sum(1) == dm.n_test_episodes).all()
+    assert w.shape == (50, dm.n_test_episodes) and (w >= 0).all() and (w == np.round(w)).all()  # Poisson counts
     # the same episode set in another order gets the same draws (what pairs two runs' replicates)
     np.testing.assert_array_equal(boot.weights(dm.test_episodes[::-1])[:, ::-1], w)
     reps = replicate_r2(sums, w)

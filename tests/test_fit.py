@@ -143,3 +143,37 @@ def test_a_results_file_of_another_shape_is_a_clear_error(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "control": "partner"}))
     with pytest.raises(NsyncError, match="does not match results schema .*overwrite=true"):
         FitResult.load(tmp_path)
+
+
+def test_syncr2_takes_the_target_layer_chosen_on_validation(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=80, turns=8, hidden=6, n_layers=3, scale=0.5)
+    res = _fit(tmp_path, cache, "data.directions=[A->B]", "data.split_seeds=[0]")
+    d = res.directions["A->B"]
+    assert res.target_choice == d.target_choice == "validation"
+    r2 = np.array(d.r2, dtype=float)
+    chosen = [res.target_layers.index(t) for t in d.chosen_target_layer[0]]
+    at_chosen = r2[np.arange(len(chosen)), chosen]
+    # SyncR² is the clipped test R² at the chosen cells, averaged; the paper's rule takes each row's best
+    assert d.sync_r2 == pytest.approx(np.clip(at_chosen, 0, None).mean(), abs=1e-12)
+    np.testing.assert_allclose(d.r2_by_source_layer, at_chosen, atol=1e-12)
+    assert d.sync_r2_test_picked == pytest.approx(np.clip(np.nanmax(r2, 1), 0, None).mean(), abs=1e-12)
+    paper = _fit(tmp_path, cache, "data.directions=[A->B]", "data.split_seeds=[0]", "target_choice=test", name="paper")
+    assert paper.target_choice == "test" and paper.sync_r2 == pytest.approx(paper.directions["A->B"].sync_r2_test_picked)
+    assert paper.directions["A->B"].n_train == d.n_train  # validation rows are refitted into the probe
+    np.testing.assert_allclose(np.array(paper.directions["A->B"].r2, dtype=float), r2, atol=1e-6)  # the same probes (float32 sums)
+
+
+def test_a_schema_2_results_file_still_loads(tmp_path, linear):
+    res = _fit(tmp_path, linear, "data.split_seeds=[0]", "data.directions=[A->B]")
+    raw = json.loads((tmp_path / "run" / "results.json").read_text())
+    raw["schema_version"] = 2
+    for key in ("target_choice", "sync_r2_test_picked", "fingerprint"):
+        raw.pop(key)
+    for d in raw["directions"].values():
+        for key in ("target_choice", "chosen_target_layer", "chosen_r2_by_source_layer", "sync_r2_test_picked"):
+            d.pop(key)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(raw))
+    old = FitResult.load(tmp_path / "old")
+    assert old.target_choice == "test" and old.sync_r2 == res.sync_r2
+    np.testing.assert_allclose(old.directions["A->B"].r2_by_source_layer, np.array(res.directions["A->B"].best_r2_by_source_layer, dtype=float))

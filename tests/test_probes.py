@@ -90,7 +90,11 @@ def test_affine_probe_lightning_matches_sklearn_per_target_layer():
     probe = AffineProbe(10, 6, 3, x_shift=torch.tensor(x[tr]).double().mean(0), y_shift=torch.tensor(y[tr]).double().mean(0))
     _fit_probe(probe, x, y, tr, va, te)
     for i in range(3):
-        ref = Ridge(alpha=0.1).fit(x[tr].astype(np.float64), y[tr, i])
+        # Validation rows are scored with the fit on the training rows (what the target layer is chosen
+        # on), then the probe is refitted on training plus validation rows.
+        first = Ridge(alpha=0.1).fit(x[tr].astype(np.float64), y[tr, i])
+        assert probe.results["val_r2"][0, i].item() == pytest.approx(r2_score(y[va, i], first.predict(x[va].astype(np.float64))), abs=1e-4)
+        ref = Ridge(alpha=0.1).fit(x[:1200].astype(np.float64), y[:1200, i])
         want = r2_score(y[te, i], ref.predict(x[te].astype(np.float64)))
         assert probe.results["test_r2"][i].item() == pytest.approx(want, abs=1e-4)
 

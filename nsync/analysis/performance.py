@@ -186,7 +186,7 @@ def plot_layers_by_pair(pairs: pd.DataFrame, path: Path) -> Path:
         for fit in row.fits.split(","):
             r = FitResult.load(fit)
             layers = np.array(r.source_layers, dtype=float)
-            best = [np.array(d.best_r2_by_source_layer, dtype=float) for d in r.directions.values()]
+            best = [d.r2_by_source_layer for d in r.directions.values()]
             curves.append((layers / max(layers.max(), 1), np.nanmean(best, axis=0)))
         depth = curves[0][0]
         same = all(len(c[0]) == len(depth) for c in curves)
@@ -196,7 +196,7 @@ def plot_layers_by_pair(pairs: pd.DataFrame, path: Path) -> Path:
     if min((min(line.get_ydata(), default=0) for line in ax.get_lines()), default=0) < -1:
         ax.set_yscale("symlog", linthresh=0.1)  # tiny test sets give huge negative R²; keep the top readable
     ax.set_xlabel("relative source layer depth (0 = embeddings)")
-    ax.set_ylabel("best-target test R²")
+    ax.set_ylabel("test R² at the chosen target layer")
     ax.set_title("R² by layer per model pair")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -67,6 +67,10 @@ class SynchronyDataModule(L.LightningDataModule):
             fit, val = validation_part(pairs, split.train, cfg.split, cfg.val_size, seed)
         else:
             fit, val = split.train, np.zeros_like(split.train)
+        if self.validation and cfg.val_size > 0 and fit.sum() < 2:
+            raise NsyncError(f"{self.direction}: {int(fit.sum())} pairs left to fit after holding out validation episodes "
+                             f"({int(val.sum())} pairs); simulate more episodes, lower data.val_size, or choose target layers on the test side "
+                             "with target_choice=test and a single affine.alphas value")
         self.pairs, self.split = pairs, split
         self.index = {"fit": np.flatnonzero(fit), "val": np.flatnonzero(val), "test": np.flatnonzero(split.test), "train": np.flatnonzero(split.train)}
         src_names, tgt_names = cache.layer_names(self.source_model), cache.layer_names(self.target_model)

@@ -128,70 +128,93 @@ def write_synthetic_cache(
     return Path(path)
 
 
-def planted_test_side(
+def planted_fits(
     rng: np.random.Generator,
     couplings: tuple[float, ...] = (1.0, 0.6, 0.3),
     source_noise: tuple[float, ...] = (0.5, 1.0),
-    n_train: int = 60,
-    n_test: int = 24,
+    n_episodes: int = 60,
+    split_seeds: int = 3,
+    test_size: float = 0.34,
+    val_size: float = 0.2,
     turns: int = 8,
     hidden: int = 6,
     shape: float = 1.0,
     alpha: float = 1.0,
-    population: int = 4000,
+    population: int = 2000,
+    target_choice: str = "validation",
 ) -> dict:
-    """A fitted probe's test-side sums and the population SyncR² they estimate, for checking
-    intervals (no cache, no Lightning: plain numpy ridge).
+    """Fitted probes' test-side sums over several split seeds and the population SyncR² they
+    estimate, for checking intervals (no cache, no Lightning: plain numpy ridge).
 
     Pairs come in episodes of ``turns`` pairs. Each episode has its own offset of the targets
     (``shape``: what the conversation's shape explains, shared by its pairs), so pairs within an
     episode are dependent. Target layer ``t`` is ``couplings[t] * x Q_t + offset + noise``;
-    source layer ``s`` sees ``x + source_noise[s] * noise``. A ridge probe (``alpha``) per
-    (source, target) is fitted on ``n_train`` episodes and scored on ``n_test``; the truth is the
-    same fitted probes' SyncR² on ``population`` fresh episodes (best target per source, clipped
-    at 0, mean over sources), i.e. what the test side's R² estimates.
+    source layer ``s`` sees ``x + source_noise[s] * noise``. As ``nsync.fit`` does, each split
+    seed holds out ``test_size`` of the ``n_episodes`` episodes (test sides of different seeds
+    overlap), and chooses each source layer's target layer on validation episodes (``val_size``
+    of the training side; ``target_choice="test"``: the best test R², the paper's rule, and the
+    replicates re-pick among all targets); the probe is refitted on the whole training side.
 
-    Returns ``episodes`` (test episode ids), ``sums`` (one dict per source layer: ``n [E]`` and
-    ``s1``, ``s2``, ``sse`` ``[E, targets, hidden]`` as float64 tensors) and ``truth``.
+    The truth is what the test sides estimate: the fitted probes' R² on ``population`` fresh
+    episodes at the chosen target (with ``"test"``: the best target in the population), clipped
+    at 0, averaged over source layers and split seeds. Returns ``seeds`` (per split seed: test
+    ``episodes`` ids, ``sums`` per source layer: ``n [E]`` and ``s1``, ``s2``, ``sse``
+    ``[E, targets, hidden]`` float64 tensors, the ``targets`` the replicates pick among per source
+    layer, ``truth_per_source``), ``truth`` and ``truth_per_source`` (mean over seeds).
     """
     import torch
 
     n_t, n_s = len(couplings), len(source_noise)
     rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(n_t)]
 
-    def draw(n_episodes: int):
-        x = rng.normal(size=(n_episodes, turns, hidden))
-        offset = shape * rng.normal(size=(n_episodes, 1, hidden))
+    def draw(n: int):
+        x = rng.normal(size=(n, turns, hidden))
+        offset = shape * rng.normal(size=(n, 1, hidden))
         ys = np.stack([c * x @ q + offset + rng.normal(size=x.shape) for c, q in zip(couplings, rotations)], 2)
         xs = np.stack([x + s * rng.normal(size=x.shape) for s in source_noise], 2)
         return xs, ys  # [E, turns, sources, hidden], [E, turns, targets, hidden]
 
-    xs, ys = draw(n_train)
-    weights = {}
-    for s in range(n_s):
-        x = xs[:, :, s].reshape(-1, hidden)
-        xm = x.mean(0)
-        gram = (x - xm).T @ (x - xm) + alpha * np.eye(hidden)
-        for t in range(n_t):
-            y = ys[:, :, t].reshape(-1, hidden)
-            w = np.linalg.solve(gram, (x - xm).T @ (y - y.mean(0)))
-            weights[s, t] = (w, y.mean(0) - xm @ w)
+    def fit(xs, ys, episodes) -> dict:
+        weights = {}
+        for s in range(n_s):
+            x = xs[episodes, :, s].reshape(-1, hidden)
+            xm = x.mean(0)
+            gram = (x - xm).T @ (x - xm) + alpha * np.eye(hidden)
+            for t in range(n_t):
+                y = ys[episodes, :, t].reshape(-1, hidden)
+                w = np.linalg.solve(gram, (x - xm).T @ (y - y.mean(0)))
+                weights[s, t] = (w, y.mean(0) - xm @ w)
+        return weights
 
-    def predict(xs_, s: int, t: int) -> np.ndarray:
+    def r2(weights, xs, ys, s: int, t: int) -> float:
         w, b = weights[s, t]
-        return xs_[:, :, s] @ w + b
+        y = ys[:, :, t].reshape(-1, hidden)
+        err = ((y - xs[:, :, s].reshape(-1, hidden) @ w - b) ** 2).sum(0)
+        return float((1 - err / ((y - y.mean(0)) ** 2).sum(0)).mean())
 
-    test_x, test_y = draw(n_test)
-    sums = []
-    for s in range(n_s):
-        sse = np.stack([((test_y[:, :, t] - predict(test_x, s, t)) ** 2).sum(1) for t in range(n_t)], 1)
-        sums.append({"n": torch.full((n_test,), float(turns), dtype=torch.float64),
-                     "s1": torch.from_numpy(test_y.sum(1)), "s2": torch.from_numpy((test_y**2).sum(1)),
-                     "sse": torch.from_numpy(sse)})
+    xs, ys = draw(n_episodes)
     pop_x, pop_y = draw(population)
-    best = []
-    for s in range(n_s):
-        r2 = [1 - (((pop_y[:, :, t] - predict(pop_x, s, t)) ** 2).reshape(-1, hidden).sum(0)
-                   / ((pop_y[:, :, t] - pop_y[:, :, t].mean((0, 1))) ** 2).reshape(-1, hidden).sum(0)).mean() for t in range(n_t)]
-        best.append(max(max(r2), 0.0))
-    return {"episodes": [f"ep{i:03d}" for i in range(n_test)], "sums": sums, "truth": float(np.mean(best)), "truth_per_source": best}
+    n_test = max(1, round(test_size * n_episodes))
+    seeds = []
+    for _ in range(split_seeds):
+        order = rng.permutation(n_episodes)
+        test, train = np.sort(order[:n_test]), order[n_test:]
+        n_val = max(1, round(val_size * len(train)))
+        if target_choice == "validation":
+            first = fit(xs, ys, train[n_val:])
+            val = train[:n_val]
+            chosen = [[int(np.argmax([r2(first, xs[val], ys[val], s, t) for t in range(n_t)]))] for s in range(n_s)]
+        elif target_choice == "test":
+            chosen = [list(range(n_t)) for _ in range(n_s)]
+        else:
+            raise ValueError(f"target_choice must be validation or test, got '{target_choice}'")
+        weights = fit(xs, ys, train)
+        sums, truth = [], []
+        for s in range(n_s):
+            sse = np.stack([((ys[test, :, t] - xs[test, :, s] @ weights[s, t][0] - weights[s, t][1]) ** 2).sum(1) for t in range(n_t)], 1)
+            sums.append({"n": torch.full((n_test,), float(turns), dtype=torch.float64), "s1": torch.from_numpy(ys[test].sum(1)),
+                         "s2": torch.from_numpy((ys[test] ** 2).sum(1)), "sse": torch.from_numpy(sse)})
+            truth.append(max(max(r2(weights, pop_x, pop_y, s, t) for t in chosen[s]), 0.0))
+        seeds.append({"episodes": [f"ep{i:03d}" for i in test], "sums": sums, "targets": chosen, "truth_per_source": truth})
+    per_source = np.mean([s["truth_per_source"] for s in seeds], axis=0)
+    return {"seeds": seeds, "truth": float(per_source.mean()), "truth_per_source": per_source.tolist()}

@@ -30,14 +30,15 @@ def main(argv: Sequence[str]) -> None:
     # The interval is centred on the bias-corrected value, which is printed with it.
     ci_text = f" (bias-corrected {result.sync_r2_bias_corrected:.4f}, 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else ""
     print(f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, pairing {cfg.data.pairing}, "
-          f"{len(cfg.data.split_seeds)} split seeds, {result.seconds:.1f} s)")
+          f"{len(cfg.data.split_seeds)} split seeds, target layers chosen on {result.target_choice}, {result.seconds:.1f} s)")
     for direction, d in result.directions.items():
-        r2 = np.array(d.best_r2_by_source_layer, dtype=float)
+        r2 = d.r2_by_source_layer
         unclipped = "n/a" if d.sync_r2_unclipped is None else f"{d.sync_r2_unclipped:.4f}"
         best_text = "no source layer has an R²"
         if np.isfinite(r2).any():
             best = int(np.nanargmax(r2))
-            target = result.target_layers.index(d.best_target_layer[best])
+            picks = [seed[best] for seed in d.chosen_target_layer or [] if seed[best] is not None] or [d.best_target_layer[best]]
+            target = result.target_layers.index(max(set(picks), key=picks.count))
             best_text = f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} (R² {r2[best]:.4f})"
         print(f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, "
               f"n_train {d.n_train[0]}, n_test {d.n_test[0]}")

@@ -1,11 +1,17 @@
 """Bootstrap over episodes for SyncR².
 
 Episodes, not pairs, are the unit that is resampled (the utterances of one conversation are not
-independent): replicate ``b`` draws the run's test episodes with replacement, as many as there
-are, and gives each the number of times it was drawn as its weight. The draws depend only on the
-set of test episodes and the seed, so two runs with the same test episodes (the main condition
-and a control on one cache and split seed) share their replicates, and the difference of their
-replicates is a paired bootstrap of the difference.
+independent). Replicate ``b`` gives every episode a weight drawn from Poisson(1), the number of
+times it is drawn (the Poisson bootstrap: the multinomial draw of n episodes with replacement,
+without fixing n). An episode's weights depend only on its id and the seed, so
+
+- two runs with the same test episodes (the main condition and a control on one cache and split
+  seed) share their replicates, and the difference of their replicates is a bootstrap of the
+  difference paired by episode id;
+- the split seeds of one run, whose test sides overlap, are resampled jointly: an episode drawn
+  twice counts twice in every split seed that tests it, so averaging the seeds' replicates
+  resamples the run's episodes once (independent draws per seed would treat overlapping test
+  sides as independent samples, and the interval would be too narrow).
 
 Every R² here comes from per-episode sums through :func:`nsync.probes.metrics.r2_from_sums`.
 """
@@ -18,20 +24,19 @@ import warnings
 import numpy as np
 import torch
 
-from nsync.data.synthetic import planted_test_side
+from nsync.data.synthetic import planted_fits
 from nsync.probes.metrics import CONSTANT_TOLERANCE, r2_from_sums
 
-#: Bootstrap replicates re-pick the best target layer among this many best on the full test side
-#: (all of them would cost 10x more for the same answer).
-BOOTSTRAP_TARGETS = 3
+#: How replicates weight episodes (recorded in results.json; runs pair only with the same scheme).
+SCHEME = "poisson-by-episode"
 
 
 class EpisodeBootstrap:
-    """Replicate weights for sets of test episodes.
+    """Replicate weights of test episodes: Poisson(1) counts keyed by episode id.
 
     >>> boot = EpisodeBootstrap(n_boot=4, seed=0)
     >>> w = boot.weights(["e3", "e1"])
-    >>> w.shape, bool((w.sum(1) == 2).all())
+    >>> w.shape, bool((boot.weights(["e1", "e7"])[:, 0] == w[:, 1]).all())   # e1's draws, in any set
     ((4, 2), True)
     """
 
@@ -40,15 +45,28 @@ class EpisodeBootstrap:
 
     def weights(self, episodes) -> np.ndarray:
         """``[n_boot, len(episodes)]``: how often each episode is drawn in each replicate."""
-        episodes = [str(e) for e in episodes]
-        order = sorted(episodes)
-        # Seeded by the episode set, so every run with these test episodes gets the same draws.
-        digest = hashlib.sha256(("\n".join(order) + f"|{self.seed}").encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-        n = len(order)
-        drawn = rng.multinomial(n, np.full(n, 1.0 / n), size=self.n_boot).astype(np.float64)
-        position = {e: i for i, e in enumerate(order)}
-        return drawn[:, [position[e] for e in episodes]]
+        out = np.empty((self.n_boot, len(episodes)))
+        for i, episode in enumerate(episodes):
+            digest = hashlib.sha256(f"{episode}|{self.seed}".encode()).digest()
+            out[:, i] = np.random.default_rng(int.from_bytes(digest[:8], "little")).poisson(1.0, self.n_boot)
+        return out
+
+
+def replicate_targets(chosen: int | None, n_targets: int) -> list[int]:
+    """The target layers a source layer's replicates pick the best of: the one chosen on
+    validation episodes, or (``chosen`` None: the best is picked on the test side, the paper's
+    rule) all of them, re-picked in every replicate as the estimate picked it.
+
+    >>> replicate_targets(2, 4), replicate_targets(None, 3)
+    ([2], [0, 1, 2])
+    """
+    return [int(chosen)] if chosen is not None else list(range(n_targets))
+
+
+def combine(replicates: list[np.ndarray]) -> np.ndarray:
+    """``[n_boot]`` replicates of a mean over fits (split seeds, directions) from each fit's
+    replicates; paired by replicate index, which the episode-keyed weights make one joint draw."""
+    return np.mean(np.stack(replicates), axis=0)
 
 
 def _valid(sums: dict) -> torch.Tensor:
@@ -161,12 +179,14 @@ def bias_corrected(estimate: float, replicates: np.ndarray) -> float | None:
 
 
 def interval_coverage(n_rep: int = 200, n_boot: int = 400, seed: int = 0, difference: bool = False,
-                      methods: tuple[str, ...] = ("basic", "percentile"), **problem) -> dict[str, dict[str, float]]:
+                      methods: tuple[str, ...] = ("basic", "percentile"), joint: bool = True, **problem) -> dict[str, dict[str, float]]:
     """How often nsync's episode-bootstrap intervals hold the population SyncR² (or, with
     ``difference``, the population difference source 1 minus source 0, a paired comparison of two
     conditions on the same test episodes), the raw estimate and the bias-corrected one, over
-    ``n_rep`` :func:`nsync.data.synthetic.planted_test_side` problems. Returns method -> {"truth", "estimate",
-    "bias_corrected", "width"} (shares, and the mean width).
+    ``n_rep`` :func:`nsync.data.synthetic.planted_fits` problems, each a mean over split seeds as
+    ``nsync.fit`` reports it. ``joint=False`` draws every split seed's weights independently (the
+    scheme this module replaced), to show what that costs. Returns method -> {"truth",
+    "estimate", "bias_corrected", "width"} (shares, and the mean width).
 
     >>> interval_coverage(n_rep=2, n_boot=50, population=200)["basic"]["estimate"]
     1.0
@@ -174,19 +194,22 @@ def interval_coverage(n_rep: int = 200, n_boot: int = 400, seed: int = 0, differ
     rng = np.random.default_rng(seed)
     hits = {m: np.zeros(4) for m in methods}
     for r in range(n_rep):
-        p = planted_test_side(rng, **problem)
-        draws = EpisodeBootstrap(n_boot, seed=r).weights(p["episodes"])
+        p = planted_fits(rng, **problem)
 
-        def sync_and_replicates(sums: list[dict]) -> tuple[float, np.ndarray]:
-            ones = np.ones((1, len(p["episodes"])))
-            estimate = float(replicate_sync_r2([replicate_r2(s, ones) for s in sums])[0])
-            return estimate, replicate_sync_r2([replicate_r2(s, draws) for s in sums])
+        def sync_and_replicates(sources: list[int]) -> tuple[float, np.ndarray]:
+            estimates, replicates = [], []
+            for k, fit in enumerate(p["seeds"]):
+                draws = EpisodeBootstrap(n_boot, seed=r if joint else r * 1000 + k).weights(fit["episodes"])
+                ones = np.ones((1, len(fit["episodes"])))
+                estimates.append(replicate_sync_r2([replicate_r2(fit["sums"][s], ones, fit["targets"][s]) for s in sources])[0])
+                replicates.append(replicate_sync_r2([replicate_r2(fit["sums"][s], draws, fit["targets"][s]) for s in sources]))
+            return float(np.mean(estimates)), combine(replicates)
 
         if difference:
-            (e0, r0), (e1, r1) = (sync_and_replicates([s]) for s in p["sums"][:2])
+            (e0, r0), (e1, r1) = sync_and_replicates([0]), sync_and_replicates([1])
             estimate, replicates, truth = e1 - e0, r1 - r0, p["truth_per_source"][1] - p["truth_per_source"][0]
         else:
-            (estimate, replicates), truth = sync_and_replicates(p["sums"]), p["truth"]
+            (estimate, replicates), truth = sync_and_replicates(list(range(len(p["truth_per_source"])))), p["truth"]
         centre = bias_corrected(estimate, replicates)
         for m in methods:
             lo, hi = interval(replicates, estimate, method=m)

@@ -14,6 +14,9 @@ from nsync.data.config import DataConfig
 from nsync.errors import NsyncError
 from nsync.probes.affine import ALPHA_CHOICES
 
+#: How a source layer's target layer is chosen (``target_choice``).
+TARGET_CHOICES = ("validation", "test")
+
 @dataclass
 class AffineConfig:
     alphas: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "ridge alpha (the paper: 0.1); several: chosen on validation data"})
@@ -53,6 +56,7 @@ class FitConfig:
     mlp: MLPConfig = field(default_factory=MLPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
+    target_choice: str = field(default="validation", metadata={"help": "how each source layer's best target layer is chosen: validation (on held-out training episodes, so the test R² that SyncR² reports is not the one it was picked on) or test (the paper's rule: the best test R², optimistic; the bootstrap re-picks it in every replicate)"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over episodes for SyncR²'s 95% interval (0: none)"})
     cka: bool = field(default=True, metadata={"help": "also compute the debiased linear CKA of every (source, target layer) pair on the test side (no fitting)"})
     accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator: cpu, gpu or auto"})
@@ -73,6 +77,8 @@ class FitConfig:
             raise NsyncError(f"affine.alphas must list non-negative values, got {self.affine.alphas}")
         if self.affine.matmul_dtype not in ("float32", "float64"):
             raise NsyncError(f"affine.matmul_dtype must be float32 or float64, got '{self.affine.matmul_dtype}'")
+        if self.target_choice not in TARGET_CHOICES:
+            raise NsyncError(f"target_choice must be one of {TARGET_CHOICES}, got '{self.target_choice}'")
         if self.memory_gb <= 0:
             raise NsyncError(f"memory_gb must be positive, got {self.memory_gb}")
         if self.logger.kind not in ("wandb", "none") or self.logger.mode not in ("auto", "offline", "online"):

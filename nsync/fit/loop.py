@@ -23,7 +23,7 @@ from nsync.data.pairs import NoPairsError
 from nsync.errors import NsyncError
 from nsync.fit import bootstrap as boot
 from nsync.fit.config import FitConfig, resolve_out
-from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, nan_to_none, summarise_direction
+from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, choose_targets, nan_to_none, summarise_direction
 from nsync.fit.probe_types import PROBE_TYPES
 from nsync.probes.cka import debiased_cka
 
@@ -56,6 +56,8 @@ class DirectionFit:
     episodes: list[dict] = field(default_factory=list)  # per test episode SyncR²
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     cka: np.ndarray | None = None  # [source layers, target layers] debiased linear CKA on the test side
+    chosen: np.ndarray | None = None  # [source layers] position of each one's target layer (-1: none), see choose_targets
+    target_choice: str = "validation"  # what the targets were chosen on
 
 
 def plan(cfg: FitConfig) -> list[tuple[int, str]]:
@@ -100,6 +102,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         bar.total = len(plan(cfg)) * n_src
         bar.refresh()
     r2, r2w, alpha = np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan)
+    val_r2 = np.full((n_src, n_tgt), np.nan) if cfg.target_choice == "validation" else None
     has_alpha = False  # whether the probe type chooses a ridge alpha (reported per cell)
     draws = boot.EpisodeBootstrap(cfg.bootstrap).weights(dm.test_episodes) if cfg.bootstrap else None
     replicates, per_episode, weights, replicate_r2 = [], [], {}, None
@@ -112,19 +115,28 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         r2w[chunk] = res["test_r2_weighted"].reshape(len(chunk), n_tgt).numpy()
         if "alpha" in res:
             alpha[chunk], has_alpha = res["alpha"].numpy(), True
+        if val_r2 is not None and "val_r2" not in res:  # a probe type without one (docs/extending.md's baseline)
+            log.warning("probe type '%s' reports no validation R² (results['val_r2']): target layers are chosen on the test R² "
+                        "(target_choice=test)", cfg.probe)
+            val_r2 = None
+        if val_r2 is not None:
+            val_r2[chunk] = res["val_r2"].reshape(len(chunk), n_tgt).numpy()
+        chosen = choose_targets(r2[chunk], None if val_r2 is None else val_r2[chunk])
         sums = res["episode_sums"]
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
         for i, s in enumerate(chunk):
             one = {"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": sums["sse"][:, i]}
-            ranked = np.argsort(-np.where(np.isfinite(r2[s]), r2[s], -np.inf), kind="stable")
+            target = None if chosen[i] < 0 else int(chosen[i])
             if replicate_r2 is not None:
-                replicates.append(replicate_r2(one["sse"], sorted(ranked[: boot.BOOTSTRAP_TARGETS].tolist())))
-            best = int(ranked[0])
-            per_episode.append(np.clip(boot.episode_r2(one, [best])[:, 0], 0, None))
-            if cfg.save_weights and hasattr(probe, "weights") and seed == cfg.data.split_seeds[0] and np.isfinite(r2[s, best]):
-                w, b = probe.weights(i, best)
-                name = f"{direction}/source_{dm.source_layers[s]}/target_{dm.target_layers[best]}"
+                # Chosen on validation: that target in every replicate; on the test side: re-picked in each.
+                targets = boot.replicate_targets(target if val_r2 is not None else None, n_tgt)
+                replicates.append(replicate_r2(one["sse"], targets) if target is not None else np.full((cfg.bootstrap, len(targets)), np.nan))
+            per_episode.append(np.clip(boot.episode_r2(one, [target])[:, 0], 0, None) if target is not None
+                               else np.full(len(dm.test_episodes), np.nan))
+            if cfg.save_weights and hasattr(probe, "weights") and seed == cfg.data.split_seeds[0] and target is not None:
+                w, b = probe.weights(i, target)
+                name = f"{direction}/source_{dm.source_layers[s]}/target_{dm.target_layers[target]}"
                 weights[name + "/weight"], weights[name + "/bias"] = w.float().contiguous(), b.float().contiguous()
         if bar is not None:
             bar.update(len(chunk))
@@ -148,7 +160,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                   source_depth=relative_depth(dm.source_layers, dm.n_source_layers), target_depth=relative_depth(dm.target_layers, dm.n_target_layers))
     return DirectionFit(seed, direction, layout, dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs), r2, r2w,
                         alpha if has_alpha else None, boot.replicate_sync_r2(replicates) if replicates else None,
-                        episodes, weights, cka)
+                        episodes, weights, cka, choose_targets(r2, val_r2), "test" if val_r2 is None else "validation")
 
 
 def relative_depth(layers: list[int], n_layers: int) -> list[float]:
@@ -173,16 +185,16 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         directions[direction] = summarise_direction(
             [f.r2 for f in mine], [f.r2_weighted for f in mine], None if mine[0].alpha is None else [f.alpha for f in mine],
             [f.n_train for f in mine], [f.n_test for f in mine], lay["source_layers"], lay["target_layers"],
-            None if any(f.cka is None for f in mine) else [f.cka for f in mine],
+            None if any(f.cka is None for f in mine) else [f.cka for f in mine], [f.chosen for f in mine], mine[0].target_choice,
         )
     for f in fits:
         splits.setdefault(str(f.seed), {})[f.direction] = f.split_ids
     # Mean over directions, then over split seeds; the bootstrap replicates the same way.
     seeds_sync = np.mean([d.sync_r2_per_seed for d in directions.values()], axis=0)
     replicates = None
-    if all(f.replicates is not None for f in fits):
-        per_seed = [np.mean([f.replicates for f in fits if f.seed == s], axis=0) for s in cfg.data.split_seeds if any(f.seed == s for f in fits)]
-        replicates = np.mean(per_seed, axis=0)
+    if all(f.replicates is not None for f in fits):  # episode-keyed weights: one joint draw over seeds and directions
+        per_seed = [boot.combine([f.replicates for f in fits if f.seed == s]) for s in cfg.data.split_seeds if any(f.seed == s for f in fits)]
+        replicates = boot.combine(per_seed)
     sync = float(np.mean(seeds_sync))
     fewest = min(len(f.episodes) for f in fits)
     if replicates is not None and fewest < MIN_TEST_EPISODES:
@@ -198,10 +210,13 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         source_depth=lay["source_depth"], target_depth=lay["target_depth"],
         directions=directions, skipped_directions=skipped,
         sync_r2=sync, sync_r2_std=float(np.std(seeds_sync)),
+        target_choice="validation" if all(f.target_choice == "validation" for f in fits) else "test",
+        sync_r2_test_picked=float(np.mean([d.sync_r2_test_picked for d in directions.values()])),
         sync_r2_unclipped=nan_to_none(float(np.mean([d.sync_r2_unclipped for d in directions.values() if d.sync_r2_unclipped is not None] or [np.nan]))),
         sync_r2_ci95=boot.interval(replicates, sync) if replicates is not None else None,
         sync_r2_bias_corrected=boot.bias_corrected(sync, replicates) if replicates is not None else None,
-        bootstrap=BootstrapInfo(replicates=cfg.bootstrap, test_episodes=min(len(f.episodes) for f in fits)) if replicates is not None else None,
+        bootstrap=BootstrapInfo(replicates=cfg.bootstrap, scheme=boot.SCHEME, test_episodes=min(len(f.episodes) for f in fits))
+        if replicates is not None else None,
         splits=splits, config=to_dict(cfg), seconds=seconds,
     )
     return result, replicates

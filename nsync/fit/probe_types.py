@@ -6,7 +6,9 @@ its three methods, so a new probe is one class plus ``@PROBE_TYPES.register("nam
 :class:`nsync.probes.metrics.TestR2Mixin`: after ``trainer.test`` its ``results`` holds
 ``test_r2`` and ``test_r2_weighted`` (``[sources * targets]``, source-major) and ``episode_sums``
 (per test episode ``n``, ``s1``, ``s2`` and ``sse`` ``[episodes, sources, targets, dims]``); optional:
-``alpha`` (``[sources, targets]``, reported) and ``weights(source, target) -> (W, b)`` (saved).
+``alpha`` (``[sources, targets]``, reported), ``val_r2`` (``[sources, targets]``, validation R²:
+with ``target_choice=validation`` each source layer's target layer is chosen on it) and
+``weights(source, target) -> (W, b)`` (saved).
 Options of a new probe type go in ``probe_options`` (a free-form mapping).
 """
 
@@ -54,7 +56,7 @@ class Affine:
     source layers per chunk as ``memory_gb`` holds, exact under DDP (sums all-reduced)."""
 
     def needs_validation(self, cfg: FitConfig) -> bool:
-        return len(cfg.affine.alphas) > 1
+        return len(cfg.affine.alphas) > 1 or cfg.target_choice == "validation"
 
     def source_chunks(self, cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
         # Per source: float32 X^T Y (with an alpha grid also the solution's copy and the validation

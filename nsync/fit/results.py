@@ -17,22 +17,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nsync.errors import NsyncError
 
-#: Bumped whenever a field changes meaning or disappears; :meth:`FitResult.load` refuses others.
-SCHEMA_VERSION = 2
+#: Bumped whenever a field changes meaning or disappears; :meth:`FitResult.load` reads these and refuses others.
+#: 3: SyncR² at target layers chosen on validation episodes (``target_choice``), episode-keyed bootstrap.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 RESULTS_FILE = "results.json"
 
 Matrix = list[list[Optional[float]]]  # [source layer][target layer]; null where R² is undefined
 
-def sync_r2(r2: np.ndarray, clip: bool = True) -> float:
-    """The paper's SyncR² of one direction: per source layer the best target layer's test R²,
-    negatives clipped to 0 (unless ``clip=False``), averaged over source layers.
+def sync_r2(r2: np.ndarray, clip: bool = True, chosen: np.ndarray | None = None) -> float:
+    """SyncR² of one direction: per source layer one target layer's test R² (the one ``chosen``
+    for it, by position, -1 for none; by default the best, the paper's rule), negatives clipped
+    to 0 (unless ``clip=False``), averaged over source layers.
 
     >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]))
     0.25
     >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]), clip=False)
     0.2
+    >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]), chosen=np.array([0, 1]))
+    0.1
     """
-    best = row_max(r2)
+    best = row_max(r2) if chosen is None else at_chosen(r2, chosen)
     if clip:
         best = np.clip(best, 0.0, None)
     return float(np.nanmean(best))
@@ -44,6 +49,28 @@ def row_max(r2: np.ndarray) -> np.ndarray:
         if np.isfinite(row).any():
             out[i] = np.nanmax(row)
     return out
+
+def at_chosen(r2: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Each row's value at its chosen column (NaN where none was chosen, -1)."""
+    chosen = np.asarray(chosen, dtype=int)
+    out = np.full(r2.shape[0], np.nan)
+    ok = chosen >= 0
+    out[ok] = r2[np.flatnonzero(ok), chosen[ok]]
+    return out
+
+
+def choose_targets(test_r2: np.ndarray, val_r2: np.ndarray | None = None) -> np.ndarray:
+    """``[source layers]``: each source layer's target layer (position; -1 where nothing can be
+    chosen): the best validation R² when ``val_r2`` is given (the test R² is then an honest
+    estimate of the chosen cell), else the best test R² (the paper's rule, optimistic).
+
+    >>> choose_targets(np.array([[0.1, 0.3]]), np.array([[0.4, 0.2]])).tolist(), choose_targets(np.array([[0.1, 0.3]])).tolist()
+    ([0], [1])
+    """
+    scores = test_r2 if val_r2 is None else val_r2
+    finite = np.isfinite(scores)
+    return np.where(finite.any(1), np.argmax(np.where(finite, scores, -np.inf), axis=1), -1)
+
 
 def nan_to_none(x):
     """Lists of floats with NaN as None (JSON has no NaN)."""
@@ -68,7 +95,8 @@ class DirectionResult(BaseModel):
     r2_std: Matrix = Field(description="its standard deviation over split seeds")
     r2_variance_weighted: Matrix = Field(description="variance-weighted test R², mean over split seeds")
     alpha: Optional[list[Matrix]] = Field(None, description="chosen ridge alpha per split seed and cell (affine probe)")
-    sync_r2: float = Field(description="SyncR²: best target per source layer, clipped at 0, mean over source layers; mean over split seeds")
+    sync_r2: float = Field(description="SyncR²: per source layer the test R² of its target layer (chosen as target_choice says), clipped at 0, "
+                                       "mean over source layers; mean over split seeds")
     sync_r2_std: float
     sync_r2_per_seed: list[float]
     sync_r2_unclipped: Optional[float] = None
@@ -79,6 +107,17 @@ class DirectionResult(BaseModel):
     n_test: list[int] = Field(description="test pairs per split seed")
     cka: Optional[Matrix] = Field(None, description="debiased linear CKA per (source, target layer) on the test side, mean over split seeds")
     sync_cka: Optional[float] = Field(None, description="best target's CKA per source layer, mean over source layers and split seeds")
+    target_choice: str = Field("test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)")
+    chosen_target_layer: Optional[list[list[Optional[int]]]] = Field(None, description="per split seed and source layer: the chosen target layer")
+    chosen_r2_by_source_layer: Optional[list[Optional[float]]] = Field(None, description="per source layer: test R² at the chosen target layer, mean over split seeds")
+    sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
+
+    @property
+    def r2_by_source_layer(self) -> np.ndarray:
+        """Per source layer the R² that enters SyncR² (before clipping): at the chosen target layer
+        (the best one in files before schema 3)."""
+        values = self.best_r2_by_source_layer if self.chosen_r2_by_source_layer is None else self.chosen_r2_by_source_layer
+        return np.array(values, dtype=float)
 
     @property
     def r2_matrix(self) -> np.ndarray:
@@ -87,6 +126,8 @@ class DirectionResult(BaseModel):
 class BootstrapInfo(BaseModel):
     replicates: int
     unit: str = "episode"
+    scheme: str = Field("multinomial", description="how replicates weight episodes (nsync.fit.bootstrap.SCHEME); runs pair only within a scheme")
+    seed: int = 0
     method: str = Field("basic", description="interval method (see nsync.fit.bootstrap.interval)")
     test_episodes: Optional[int] = Field(None, description="fewest test episodes of any (split seed, direction)")
     file: str = "bootstrap.npy"
@@ -122,6 +163,9 @@ class FitResult(BaseModel):
     sync_r2_ci95: Optional[tuple[float, float]] = Field(None, description="95% basic bootstrap interval over test episodes")
     sync_cka: Optional[float] = Field(None, description="debiased linear CKA: best target per source layer, mean over source layers, directions and split seeds")
     sync_r2_bias_corrected: Optional[float] = Field(None, description="SyncR² minus the bias its bootstrap replicates show (the interval's centre)")
+    target_choice: str = Field("test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)")
+    sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
+    fingerprint: Optional[str] = Field(None, description="hash of the fit config and the cache's content: a stored result is reused only when it matches")
     bootstrap: Optional[BootstrapInfo] = None
     splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
     config: dict[str, Any]
@@ -166,8 +210,8 @@ class FitResult(BaseModel):
             raise NsyncError(f"{path.parent} holds no {RESULTS_FILE}; run python -m nsync.fit first")
         raw = json.loads(path.read_text())
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise NsyncError(f"{path} has results schema version {version}, this nsync reads version {SCHEMA_VERSION}; "
+        if version not in READABLE_VERSIONS:
+            raise NsyncError(f"{path} has results schema version {version}, this nsync reads versions {READABLE_VERSIONS}; "
                              f"re-run python -m nsync.fit with overwrite=true")
         try:
             return cls.model_validate(raw)
@@ -195,25 +239,38 @@ def layer_profile(result: "FitResult"):
     for direction, d in result.directions.items():
         r2 = d.r2_matrix
         cka = None if d.cka is None else np.array(d.cka, dtype=float)
+        chosen = d.r2_by_source_layer
         for i, layer in enumerate(result.source_layers):
             if not np.isfinite(r2[i]).any():
                 continue
-            j = int(np.nanargmax(r2[i]))
+            # The target chosen in most split seeds (the best mean test R² in files before schema 3).
+            j = _modal_target(d, i, result.target_layers) if d.chosen_target_layer else int(np.nanargmax(r2[i]))
             rows.append({"direction": direction, "source_layer": layer, "source_depth": result.source_depth[i],
                          "best_target_layer": result.target_layers[j], "best_target_depth": result.target_depth[j],
-                         "best_r2": float(r2[i, j]), "best_r2_std": float(np.array(d.r2_std, dtype=float)[i, j]),
+                         "best_r2": float(chosen[i]), "best_r2_std": float(np.array(d.r2_std, dtype=float)[i, j]),
                          "best_cka": float(np.nanmax(cka[i])) if cka is not None and np.isfinite(cka[i]).any() else np.nan})
     return pd.DataFrame(rows)
 
 
+def _modal_target(d: DirectionResult, i: int, target_layers: list[int]) -> int:
+    """Position of the target layer chosen for source position ``i`` in most split seeds."""
+    picks = [seed[i] for seed in d.chosen_target_layer or [] if seed[i] is not None]
+    return target_layers.index(max(set(picks), key=picks.count)) if picks else 0
+
+
 def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.ndarray], alphas: list[np.ndarray] | None,
                         n_train: list[int], n_test: list[int], source_layers: list[int], target_layers: list[int],
-                        ckas: list[np.ndarray] | None = None) -> DirectionResult:
-    """Mean and std over split seeds of the R² matrix and the figures derived from it."""
+                        ckas: list[np.ndarray] | None = None, chosen: list[np.ndarray] | None = None,
+                        target_choice: str = "test") -> DirectionResult:
+    """Mean and std over split seeds of the R² matrix and the figures derived from it; ``chosen``
+    per split seed: each source layer's target layer (:func:`choose_targets`; default the best test R²)."""
     stack = np.stack(per_seed)  # [seeds, source, target]
     mean = stack.mean(0)
-    syncs = [sync_r2(m) for m in stack]
-    unclipped = [sync_r2(m, clip=False) for m in stack]
+    chosen = [choose_targets(m) for m in stack] if chosen is None else chosen
+    syncs = [sync_r2(m, chosen=c) for m, c in zip(stack, chosen)]
+    unclipped = [sync_r2(m, clip=False, chosen=c) for m, c in zip(stack, chosen)]
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a source layer with no target in any seed
+        chosen_r2 = np.nanmean([at_chosen(m, c) for m, c in zip(stack, chosen)], axis=0)
     same = [same_layer_r2(m, source_layers, target_layers) for m in stack]
     filled = np.where(np.isfinite(mean), mean, -np.inf)
     return DirectionResult(
@@ -232,4 +289,8 @@ def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.n
         n_test=n_test,
         cka=None if ckas is None else nan_to_none(np.mean(ckas, 0).tolist()),
         sync_cka=None if ckas is None else nan_to_none(_mean_best(ckas)),
+        target_choice=target_choice,
+        chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in c] for c in chosen],
+        chosen_r2_by_source_layer=nan_to_none(chosen_r2.tolist()),
+        sync_r2_test_picked=float(np.mean([sync_r2(m) for m in stack])),
     )

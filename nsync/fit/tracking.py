@@ -3,6 +3,8 @@ MLP's curves reach it), and the run's summary, R² table and plots logged at the
 
 from __future__ import annotations
 
+import numpy as np
+
 import os
 from pathlib import Path
 
@@ -34,8 +36,8 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
     run.define_metric("r2_by_source_layer/*", step_metric="source_layer")
     for direction, d in result.directions.items():
         key = direction.replace("->", "_to_")
-        for layer, best in zip(result.source_layers, d.best_r2_by_source_layer):
-            if best is not None:
+        for layer, best in zip(result.source_layers, d.r2_by_source_layer.tolist()):
+            if np.isfinite(best):
                 run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
         run.summary[f"sync_r2/{key}"] = d.sync_r2
     columns = ["direction", "source_layer", "source_name", "target_layer", "target_name", "r2", "r2_std", "alpha"]

@@ -28,8 +28,10 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
 
     With several ``alphas`` the validation data choose one per (source, target layer) cell
     (``alpha_per="cell"``; ``"source"``: one per source layer from the mean over target layers),
-    all from one eigendecomposition per source, and the final solution is fitted on training plus
-    validation data (with one alpha, validation data are only scored). Chosen alphas are in :attr:`alpha` ``[n_sources, n_targets]`` (NaN where a
+    all from one eigendecomposition per source. With validation data (an alpha grid, or a target
+    layer chosen on validation episodes) the validation R² at the chosen alpha is in
+    ``results["val_r2"]`` ``[n_sources, n_targets]`` and the final solution is refitted on training
+    plus validation data. Chosen alphas are in :attr:`alpha` ``[n_sources, n_targets]`` (NaN where a
     target layer has no variance on the validation side: nothing to choose from).
 
     >>> probe = AffineProbe(d_in=576, d_out=576, n_targets=31, x_shift=mx, y_shift=my)  # doctest: +SKIP
@@ -141,17 +143,17 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             self._train_stats = self._new_stats()
         self._train_stats.update(xs, y)
 
-    def _solve(self) -> None:
-        """Solve once after the training pass (Lightning validates before on_train_epoch_end)."""
+    def _solve(self, validating: bool) -> None:
+        """Solve once after the training pass (Lightning validates before on_train_epoch_end);
+        before validation the sums are kept for the refit on training plus validation data."""
         if self._solution is not None or self._train_stats is None or self._train_stats.n == 0:
             return
-        grid = len(self.alphas) > 1  # the sums are needed again for the refit on training plus validation data
-        self._set_solution(self._reduce(self._train_stats), keep_stats=grid)
-        if not grid:
+        self._set_solution(self._reduce(self._train_stats), keep_stats=validating)
+        if not validating:
             self._train_stats = None
 
     def on_validation_epoch_start(self) -> None:
-        self._solve()
+        self._solve(validating=True)
         self._val_stats = self._new_stats()
         hp = self.hparams
         self.val_r2 = LayerR2(hp.n_targets, hp.d_out, n_sources=len(self.alphas) * hp.n_sources).to(self.device)
@@ -177,20 +179,24 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         scores = uniform.reshape(len(self.alphas), hp.n_sources, hp.n_targets)  # [alphas, sources, targets]
         self.results["val_r2_by_alpha"] = scores.cpu()
         self.alpha.copy_(choose_alpha(scores, self.alphas, hp.alpha_per))
+        # Validation R² at each cell's chosen alpha: what the fit chooses each source's target layer on.
+        chosen = torch.nan_to_num(self.alpha, nan=self.alphas[0])
+        at = torch.stack([(chosen == a).to(scores.dtype) for a in self.alphas])  # [alphas, sources, targets] one-hot
+        val_r2 = torch.nansum(torch.nan_to_num(scores, nan=0.0) * at, 0)
+        self.results["val_r2"] = torch.where(torch.isnan(self.alpha) | torch.isnan((scores * at).sum(0)), torch.nan, val_r2).cpu()
         best = torch.nan_to_num(scores, nan=-torch.inf).amax(0)
         if torch.isfinite(best).any():
             self.log(f"{hp.log_prefix}val/r2", best[torch.isfinite(best)].mean().float(), sync_dist=True)
-        if len(self.alphas) > 1:
-            # Refit on the whole training side (fitting plus validation rows) with the chosen alphas.
-            full = self._train_stats
-            full += self._reduce(self._val_stats)
-            self._set_solution(full, keep_stats=False)
+        # Refit on the whole training side (fitting plus validation rows) with the chosen alphas.
+        full = self._train_stats
+        full += self._reduce(self._val_stats)
+        self._set_solution(full, keep_stats=False)
         self._train_stats = self._val_stats = None
 
     def on_train_end(self) -> None:
         if self._solution is None and len(self.alphas) > 1:
             raise ValueError(f"an alpha grid {self.alphas} is chosen on validation data, and there was none; set a validation share")
-        self._solve()  # when there was no validation data
+        self._solve(validating=False)  # when there was no validation data
         self._train_stats = None
         self.results["alpha"] = self.alpha.cpu().clone()
 

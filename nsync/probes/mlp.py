@@ -68,6 +68,8 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
         self.net = MLP(d_in, k, hidden, depth, dropout)
         self.register_buffer("target_shift", self.y_mean.view(n_targets, d_out).clone())
         self.val_r2 = LayerR2(n_targets, d_out, self.y_mean)
+        # A buffer, so restoring the best epoch's state (BestWeights) restores its validation R² too.
+        self.register_buffer("val_r2_by_target", torch.full((n_targets,), float("nan")))
         self.make_test_metric(n_targets, d_out)
         self.results: dict[str, torch.Tensor] = {}
 
@@ -105,5 +107,7 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         uniform, _ = self.val_r2.compute()
+        self.val_r2_by_target.copy_(uniform.float())
+        self.results["val_r2"] = self.val_r2_by_target  # [targets]; the fit chooses the target layer on it
         # Mean over the target layers that have an R² (a constant layer has none).
         self.log(f"{self.hparams.log_prefix}val/r2", uniform[torch.isfinite(uniform)].mean().float(), prog_bar=True)
