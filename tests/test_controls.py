@@ -1,6 +1,7 @@
 """Controls: each one changes the pairing as described (planted relations on synthetic caches),
 the simulation's listener capture, teacher-forced re-reading, and the bootstrap over episodes."""
 
+import dataclasses
 import importlib.util
 import re
 
@@ -351,7 +352,8 @@ def test_read_controls_sorts_controls_by_their_paired_interval():
     assert text == ("The main condition stands above shuffled_partner (Δ -0.150 [-0.200, -0.100]). "
                     "It cannot be told apart from observer (Δ -0.020 [-0.050, 0.010]) (the interval of the difference holds 0). "
                     "These give more than the main condition: self (Δ 0.200 [0.100, 0.300]). "
-                    "No paired interval for context (no bootstrap replicates shared with the main run).")
+                    "No paired interval for context (test episodes or bootstrap replicates not shared with the main run; "
+                    "the reasons are below the table).")
     assert "untrained" not in text
 
 
@@ -379,3 +381,38 @@ def test_two_models_in_one_order_each_way_fits_its_one_direction(tmp_path):
     assert (build_pairs(turns, "tiny-gpt2", "tiny-gpt2", "B->A", lag=2)["target_agent"] == 1).all()
     with pytest.raises(NsyncError, match="no pairs in any direction.*tiny-qwen2"):
         run_fit(load_config(FitConfig, [*common, "data.source_model=tiny-qwen2", f"out={tmp_path / 'nope'}"], prog="test"))
+
+
+def test_a_stored_fit_is_reused_only_for_the_same_config_and_cache(tmp_path):
+    from nsync.cache import CacheWriter, ModelInfo
+    from nsync.fit import reusable_result
+
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=30, turns=4, hidden=4, n_layers=1)
+    first = _fit(cache, tmp_path / "run")
+    same = load_config(FitConfig, [f"out={tmp_path / 'run'}", f"data.cache={cache}", "logger.kind=none", "progress=true",
+                                   "data.directions=[A->B]", "data.split_seeds=[0]", "bootstrap=200"], prog="test")
+    assert reusable_result(same) == first  # run-only keys (progress, save_weights) do not count
+    assert reusable_result(dataclasses.replace(same, bootstrap=100)) is None
+    assert reusable_result(dataclasses.replace(same, overwrite=True)) is None
+    # states added to the cache (a re-read) change its content: refit
+    t = ActivationCache.open(cache).turns
+    rows = t[t.condition == "interactive"].drop(columns=["row"]).assign(model="extra", partner_model="extra", condition="teacher_forced")
+    writer = CacheWriter.extend(cache, [ModelInfo("extra", "test", None, 0, 3, ["mean_pool"], derived={"kind": "text"})])
+    writer.write_shard(rows.to_dict("records"), {("extra", "teacher_forced"): np.zeros((len(rows), 1, 3), dtype=np.float32)})
+    assert reusable_result(same) is None
+
+
+def test_paired_differences_need_the_same_test_episodes(linear, tmp_path):
+    from nsync.analysis.controls import check_paired
+    from nsync.errors import NsyncError
+
+    main = _fit(linear, tmp_path / "main")
+    check_paired(main, main.model_copy(deep=True))
+    lost = main.model_copy(deep=True)
+    lost.splits["0"]["A->B"]["test"]["episodes"] = lost.splits["0"]["A->B"]["test"]["episodes"][1:]
+    with pytest.raises(NsyncError, match="test episodes differ from main's .*1 of main's missing"):
+        check_paired(main, lost, "lag_5")
+    other = main.model_copy(deep=True)
+    other.bootstrap.replicates = 100
+    with pytest.raises(NsyncError, match="do not pair"):
+        check_paired(main, other)

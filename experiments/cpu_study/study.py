@@ -25,6 +25,7 @@ a pair run on another machine, or whose ``runs/`` folder is gone, stays in the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -164,7 +165,7 @@ class Study:
 
     def fits(self, name: str, pair: PairConfig, cache: Path) -> None:
         from nsync.analysis.controls import ControlsConfig, run_controls
-        from nsync.fit import FitConfig, FitResult, run_fit
+        from nsync.fit import FitConfig, FitResult, reusable_result, run_fit
 
         seeds = ",".join(str(s) for s in self.cfg.split_seeds)
         grid = ",".join(str(a) for a in pair.alpha_grid or self.cfg.alpha_grid)
@@ -185,12 +186,13 @@ class Study:
             extra["probe_mlp"] = [f"data.source_layer_step={step}", "probe=mlp"]
             def fit(run: str, overrides: list[str]) -> FitResult:
                 run_dir = folder / run
-                if (run_dir / "results.json").is_file():
+                fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}"], prog="nsync.fit")
+                stored = reusable_result(fit_cfg)
+                if stored is not None:
                     print(f"  {source} -> {target}: {run} re-used")
-                    return FitResult.load(run_dir)
+                    return stored
                 print(f"  {source} -> {target}: {run}")
-                fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}", "overwrite=true"],
-                                      prog="nsync.fit")
+                fit_cfg = dataclasses.replace(fit_cfg, overwrite=True)
                 result = self._timed(f"{name}/fit", run_fit, fit_cfg)
                 print(f"    SyncR² {result.sync_r2:.4f}, bias-corrected {_f(result.sync_r2_bias_corrected, 4)} "
                       f"{_ci(*(result.sync_r2_ci95 or (None, None)))}")

@@ -11,6 +11,7 @@ Outputs: ``OUT/<pair>/cache`` (with ``judge/<name>/scores.csv``), ``OUT/<pair>/f
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ def _name(model: str) -> str:
 def main(argv) -> None:
     from nsync.analysis.performance import AnalysisConfig, analyse
     from nsync.analysis.report import main as report
-    from nsync.fit import FitConfig, run_fit
+    from nsync.fit import FitConfig, reusable_result, run_fit
     from nsync.judge.run import JudgeConfig, judge_cache
     from nsync.simulation.config import SimulateConfig
     from nsync.simulation.run import simulate
@@ -75,13 +76,14 @@ def main(argv) -> None:
         for source, target in ([(a, b), (b, a)] if a != b else [(a, a)]):
             fit_dir = folder / f"fit_{_name(source)}"
             fits.append(str(fit_dir))
-            if (fit_dir / "results.json").exists():
-                print(f"{step} fit {source} -> {target}: re-using {fit_dir}")
-                continue
-            print(f"{step} fit {source} -> {target}")
             fit_args = (["--config", cfg.fit_config] if cfg.fit_config else []) + [
                 f"out={fit_dir}", f"data.cache={cache}", f"data.source_model={source}", f"data.target_model={target}", *cfg.fit]
-            result = run_fit(load_config(FitConfig, fit_args, prog="nsync.fit"))
+            fit_cfg = load_config(FitConfig, fit_args, prog="nsync.fit")
+            if reusable_result(fit_cfg) is not None:
+                print(f"{step} fit {source} -> {target}: re-using {fit_dir} (same config and cache)")
+                continue
+            print(f"{step} fit {source} -> {target}")
+            result = run_fit(dataclasses.replace(fit_cfg, overwrite=True))
             print(f"{step} SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}")
     analysis_args = [f"fits=[{','.join(fits)}]", f"judge={judge_name}", f"out={out / 'analysis'}"]
     if cfg.covariates:

@@ -8,6 +8,7 @@ over episodes (both runs share the cache's replicate weights, see :mod:`nsync.fi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from omegaconf import MISSING
 
 from nsync.data.pairs import DIRECTIONS
 from nsync.errors import NsyncError
-from nsync.fit import FitConfig, FitResult, run_fit
+from nsync.fit import FitConfig, FitResult, reusable_result, run_fit
+from nsync.fit import bootstrap as boot
 from nsync.fit.bootstrap import bias_corrected, interval
 
 log = logging.getLogger("nsync.controls")
@@ -59,7 +61,7 @@ class ControlsConfig:
     text_embedder: str = field(default="all-minilm-l6-v2", metadata={"help": "text embedder of the text-only baseline"})
     untrained_seed: int = field(default=0, metadata={"help": "seed of the untrained copy's weights"})
     device: str = field(default="cpu", metadata={"help": "device for re-reading"})
-    overwrite: bool = field(default=False, metadata={"help": "refit controls whose results.json exists (default: reuse them)"})
+    overwrite: bool = field(default=False, metadata={"help": "refit every control (default: re-use a results.json fitted with the same config on the same cache content)"})
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -126,12 +128,15 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
         if name in skipped:
             continue
         run_dir = out / name
-        if (run_dir / "results.json").exists() and not cfg.overwrite:
-            results[name] = FitResult.load(run_dir)
-            print(f"[{i + 1}/{len(runs)}] {name}: re-using {run_dir}/results.json")
+        fit_cfg = load_config(FitConfig, [*base, *overrides, f"out={run_dir}", f"data.cache={cfg.cache}", f"overwrite={cfg.overwrite}"],
+                              prog="nsync.fit")
+        stored = reusable_result(fit_cfg)
+        if stored is not None:
+            results[name] = stored
+            print(f"[{i + 1}/{len(runs)}] {name}: re-using {run_dir}/results.json (same config and cache)")
             continue
         print(f"[{i + 1}/{len(runs)}] {name}: {' '.join(overrides) or '(main condition)'}")
-        fit_cfg = load_config(FitConfig, [*base, *overrides, f"out={run_dir}", f"data.cache={cfg.cache}", "overwrite=true"], prog="nsync.fit")
+        fit_cfg = dataclasses.replace(fit_cfg, overwrite=True)
         try:
             results[name] = run_fit(fit_cfg)
         except NsyncError as err:
@@ -162,15 +167,46 @@ def _replicates(name: str, result: FitResult, out: Path) -> np.ndarray | None:
     return np.load(path) if path.exists() else None
 
 
+def check_paired(main: FitResult, other: FitResult, name: str = "the control") -> None:
+    """Raise a clear error unless ``other``'s bootstrap replicates pair with ``main``'s episode by
+    episode: the same replicate scheme, count and seed, and for every (split seed, direction) both
+    fitted, the same test episodes (a control that lost episodes, or another split, cannot pair)."""
+    if main.bootstrap is None or other.bootstrap is None:
+        raise NsyncError(f"{name} or main has no bootstrap replicates (fit with bootstrap > 0)")
+    a, b = main.bootstrap, other.bootstrap
+    if (a.scheme, a.replicates, a.seed) != (b.scheme, b.replicates, b.seed) or a.scheme != boot.SCHEME:
+        raise NsyncError(f"{name}'s replicates ({b.scheme}, {b.replicates}, seed {b.seed}) do not pair with main's ({a.scheme}, "
+                         f"{a.replicates}, seed {a.seed}); refit both with this nsync and the same bootstrap setting")
+    for seed, directions in main.splits.items():
+        for direction, ids in directions.items():
+            theirs = other.splits.get(seed, {}).get(direction)
+            if theirs is None:
+                continue
+            mine, their = set(ids["test"]["episodes"]), set(theirs["test"]["episodes"])
+            if mine != their:
+                lost, extra = sorted(mine - their), sorted(their - mine)
+                raise NsyncError(f"{name}'s test episodes differ from main's (split seed {seed}, {direction}: {len(lost)} of main's missing"
+                                 f"{' e.g. ' + ', '.join(lost[:3]) if lost else ''}, {len(extra)} others); a paired difference needs the "
+                                 "same test episodes")
+
+
 def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per run: SyncR² (± std over split seeds, 95% CI over episodes), per direction, and
-    the difference from the main condition with its paired 95% bootstrap interval."""
+    the difference from the main condition with its 95% bootstrap interval paired by test episode
+    (``unpaired`` says why a run has none: see :func:`check_paired`)."""
     main = results["main"]
     main_reps = _replicates("main", main, out)
     rows = []
     for name, r in results.items():
         reps = _replicates(name, r, out)
-        paired = reps is not None and main_reps is not None and len(reps) == len(main_reps)
+        unpaired = None
+        try:
+            check_paired(main, r, name)
+            if reps is None or main_reps is None:
+                raise NsyncError(f"bootstrap replicates of {name} or main are missing from {out}")
+        except NsyncError as err:
+            unpaired = str(err)
+        paired = unpaired is None
         diff_ci = interval(reps - main_reps, r.sync_r2 - main.sync_r2) if paired else None
         ci = r.sync_r2_ci95 or (None, None)
         row = {
@@ -189,6 +225,7 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
             "source": f"{r.models['source']}/{r.condition}",
             "target": f"{r.models['target']}/{r.target_condition}",
             "pairing": r.pairing,
+            "unpaired": None if name == "main" else unpaired,
         }
         for direction, d in r.directions.items():
             row[f"sync_r2_{direction}"] = d.sync_r2
@@ -228,6 +265,9 @@ def markdown_table(table: pd.DataFrame) -> str:
         lines.append(f"| {r['control']} | {_fmt(r.get('sync_r2_bias_corrected'))} | {ci} | "
                      f"{'' if main else _fmt(r.get('diff_bias_corrected'))} | {dci} | {_fmt(r['sync_r2'])} | {_fmt(r['sync_r2_std'])} | "
                      f"{_fmt(r.get('sync_r2_A->B'))} | {_fmt(r.get('sync_r2_B->A'))} | {_fmt(r.get('sync_r2_unclipped'))} |")
+    if "unpaired" in table:
+        for r in table[table["unpaired"].notna()].to_dict("records"):
+            lines.append(f"\nunpaired {r['control']}: {r['unpaired']}")
     if "skipped" in table:
         for r in table[table["skipped"].notna()].to_dict("records"):
             lines.append(f"\nskipped {r['control']}: {r['skipped']}")
@@ -265,7 +305,8 @@ def read_controls(table: pd.DataFrame) -> str:
     if groups["control_above"]:
         parts.append("These give more than the main condition: " + ", ".join(groups["control_above"]) + ".")
     if groups["unpaired"]:
-        parts.append("No paired interval for " + ", ".join(groups["unpaired"]) + " (no bootstrap replicates shared with the main run).")
+        parts.append("No paired interval for " + ", ".join(groups["unpaired"]) + " (test episodes or bootstrap replicates not shared "
+                     "with the main run; the reasons are below the table).")
     return " ".join(parts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
@@ -82,6 +83,13 @@ class ActivationCache:
         if version != FORMAT_VERSION:
             raise NsyncError(f"{root}: cache format version {version}, this nsync reads version {FORMAT_VERSION}")
         return cls(root, manifest, live_shards(root))
+
+    def content_id(self) -> str:
+        """A hash of what the cache holds: its manifest and every live shard (name and size of its
+        turns table). It changes when states are added (a re-read) or a shard is merged."""
+        parts = [json.dumps(self.manifest, sort_keys=True)]
+        parts += [f"{shard.name}:{(shard / 'turns.parquet').stat().st_size}" for shard in sorted(self.shards)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
     def models(self) -> list[str]:

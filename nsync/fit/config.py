@@ -100,3 +100,20 @@ def resolve_out(cfg: FitConfig) -> str:
     d = to_dict(cfg)
     d.pop("out")
     return cfg.out.replace("{hash}", hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10])
+
+
+#: Keys that change where and how a fit runs, not what it measures: left out of its fingerprint.
+RUN_ONLY_KEYS = ("out", "overwrite", "progress", "logger", "memory_gb", "save_weights")
+
+
+def fingerprint(cfg: FitConfig) -> str:
+    """A hash of what a fit measures: its config (less :data:`RUN_ONLY_KEYS`), the results schema
+    and the content of its cache (manifest and shards), so a stored ``results.json`` is reused
+    only for the same fit of the same data."""
+    from nsync.cache import ActivationCache
+    from nsync.fit.results import SCHEMA_VERSION
+
+    d = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
+    d["data"] = {k: v for k, v in d["data"].items() if k != "cache"}  # the cache counts by content, not by path
+    payload = json.dumps({"config": d, "schema": SCHEMA_VERSION, "cache": ActivationCache.open(cfg.data.cache).content_id()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

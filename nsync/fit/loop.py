@@ -22,7 +22,7 @@ from nsync.data import SynchronyDataModule
 from nsync.data.pairs import NoPairsError
 from nsync.errors import NsyncError
 from nsync.fit import bootstrap as boot
-from nsync.fit.config import FitConfig, resolve_out
+from nsync.fit.config import FitConfig, fingerprint, resolve_out
 from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, choose_targets, nan_to_none, summarise_direction
 from nsync.fit.probe_types import PROBE_TYPES
 from nsync.probes.cka import debiased_cka
@@ -288,8 +288,29 @@ def run_fit(cfg: FitConfig) -> FitResult:
     if not fits:
         raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")
     result, replicates = aggregate(cfg, fits, skipped, time.perf_counter() - start)
+    result.fingerprint = fingerprint(cfg)
     if rank_zero_only.rank == 0:  # under DDP only rank 0 writes
         plots = write(result, fits, replicates, out, cfg)
         if logger is not None:
             log_result(logger, result, plots)
     return result
+
+
+def reusable_result(cfg: FitConfig) -> FitResult | None:
+    """The stored result in ``cfg``'s out folder when it measured this fit of this cache (same
+    :func:`~nsync.fit.config.fingerprint`); None (with the reason logged) when there is none or it
+    must be refitted. Stages that re-use finished fits (controls, the paper pipeline, the CPU
+    study) ask this instead of checking that a ``results.json`` exists."""
+    folder = Path(resolve_out(cfg))
+    if cfg.overwrite or not (folder / "results.json").is_file():
+        return None
+    try:
+        stored = FitResult.load(folder)
+    except NsyncError as err:
+        log.warning("refitting %s: %s", folder, err)
+        return None
+    if stored.fingerprint != fingerprint(cfg):
+        log.warning("refitting %s: its results.json was fitted %s", folder,
+                    "before fits had fingerprints" if stored.fingerprint is None else "with another config or on other cache content")
+        return None
+    return stored
