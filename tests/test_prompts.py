@@ -1,10 +1,14 @@
+import pytest
+
 from nsync.models.tiny import tiny_tokenizer
 from nsync.scenarios import load_builtin
 from nsync.simulation.prompts import (
+    FORMATS,
     LEAVE_MARKER,
     Utterance,
     chat_messages,
     clean_reply,
+    final_line,
     observer_text,
     render,
     sotopia_text,
@@ -39,12 +43,48 @@ def test_stranger_sees_nothing_of_partner():
     assert f"{ep.characters[0].name}'s background: Unknown" in text
 
 
-def test_observer_prompt_drops_roleplay_goals_and_cue():
+def test_observer_prompt_drops_roleplay_and_goals_and_keeps_the_cue():
     ep = _episode()
     text = observer_text(ep, 0, HISTORY)
     assert "Imagine you are" not in text and "goal" not in text.lower()
     assert LEAVE_MARKER not in text and "You are at Turn" not in text
     assert ep.scenario.scenario in text and "Yes, it is." in text
+    assert text.endswith(f"Turn 2: {ep.characters[0].name} said:")
+
+
+def _common_suffix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def assert_observer_ends_like_the_speaker(tok, episode, history=HISTORY):
+    """At token level, in every prompt format: the observer's prompt ends with the same tokens as
+    the speaker's, the whole final line (cue or partner's last line) and the template's tail."""
+    plain = not getattr(tok, "chat_template", None)
+    for fmt in FORMATS:
+        for past in (history, []):
+            speaker, observer = (tok(render(tok, fmt, episode, 0, past, observer=o), add_special_tokens=plain)["input_ids"]
+                                 for o in (False, True))
+            assert speaker != observer
+            shared = tok.decode(speaker[len(speaker) - _common_suffix(speaker, observer):])
+            last = final_line("transcript" if plain else fmt, episode, 0, past)
+            assert last in shared, (fmt, len(past), shared)
+
+
+def test_observer_is_read_at_the_speakers_final_tokens_in_every_format():
+    ep = _episode()
+    tok = tiny_tokenizer()
+    assert_observer_ends_like_the_speaker(tok, ep)
+    base = tiny_tokenizer.__wrapped__()
+    base.chat_template = None  # a base model: transcripts
+    assert_observer_ends_like_the_speaker(base, ep)
+
+
+@pytest.mark.real_model
+def test_observer_is_read_at_the_speakers_final_tokens_with_real_tokenizers(smollm2):
+    assert_observer_ends_like_the_speaker(smollm2.tokenizer, _episode())
 
 
 def test_chat_format_alternates_and_only_grows_at_the_end():

@@ -263,3 +263,17 @@ def test_a_reply_still_empty_after_resampling_is_recorded_and_flagged(tmp_path, 
     assert (first["flag"] == "empty,early_leave").all() and (first["resampled"] == 2).all() and not first["left"].any()
     assert inter[inter.utterance == 2]["left"].all()
     assert stats.resampled == 2 * 2 * stats.runs
+
+
+def test_a_cache_with_observer_states_of_the_old_prompt_does_not_resume(tmp_path):
+    import json
+
+    from nsync.errors import NsyncError
+
+    out, _ = _run(tmp_path / "c", "capture.observer=true")
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["identity"]["observer_prompt"]  # written before the observer ended with the speaker's cue
+    manifest["config_hash"] = "0" * 16
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(NsyncError, match="differs in: observer_prompt"):
+        _run(tmp_path / "c", "capture.observer=true")

@@ -9,7 +9,7 @@ from omegaconf import MISSING
 
 from nsync.errors import NsyncError
 from nsync.simulation.generation import SamplingConfig
-from nsync.simulation.prompts import FORMATS
+from nsync.simulation.prompts import FORMATS, OBSERVER_PROMPT_VERSION
 from nsync.simulation.turns import TurnTakingConfig
 
 
@@ -87,6 +87,8 @@ class SimulateConfig:
             d.pop(key)
         for key in ("ids", "limit"):
             d["scenarios"].pop(key)
+        if self.capture.observer:  # observer states of earlier versions were read at other tokens
+            d["observer_prompt"] = OBSERVER_PROMPT_VERSION
         return d
 
     @staticmethod
@@ -95,4 +97,4 @@ class SimulateConfig:
         (so they still open, and a cache of another value does not)."""
         from nsync.config import to_dict
 
-        return {"turn_taking": to_dict(TurnTakingConfig())}
+        return {"turn_taking": to_dict(TurnTakingConfig()), "observer_prompt": 1}

@@ -7,9 +7,14 @@
 - ``transcript``: plain text for base models without a chat template, ending with the cue
   ``Turn k: NAME said:`` that the model continues.
 
-The observer view (the paper's no-engagement control) is the speaker's ``sotopia`` prompt
-read by a passive reader: role-play opening, goal lines, leave instruction and final
-speaking cue removed; scenario, backgrounds and history kept.
+The observer view (the paper's no-engagement control) is the speaker's prompt read by a
+passive reader: role-play opening, goal lines and leave instruction removed; scenario,
+backgrounds and history kept. It ends with the same last line as the speaker's prompt in its
+format (:func:`final_line`: the speaking cue ``Turn k: NAME said:``, or in the chat format the
+partner's last line), so both states are read at the same final tokens: a reader told who
+speaks next is still not that speaker. (The paper's observer also dropped the cue; then the two
+states sit on different tokens, which for base models reading transcripts moves R² by more
+than the engagement it is meant to measure.)
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import pandas as pd
 from nsync.scenarios import Episode, own_background, visible_background
 
 FORMATS = ("sotopia", "chat", "transcript")
+#: 2: the observer's prompt ends with the speaker's final line (1: it ended with the history).
+OBSERVER_PROMPT_VERSION = 2
 LEAVE_MARKER = "[leave]"
 
 
@@ -121,12 +128,25 @@ def sotopia_text(episode: Episode, me: int, history: list[Utterance]) -> str:
     )
 
 
-def observer_text(episode: Episode, me: int, history: list[Utterance]) -> str:
-    """The speaker's prompt as a passive reader sees it (no role-play, goals, or speaking cue)."""
-    past = [_history_line(episode, i, u) for i, u in enumerate(history)] or ["(The conversation has not started yet.)"]
+def final_line(fmt: str, episode: Episode, me: int, history: list[Utterance]) -> str:
+    """The last line of agent ``me``'s speaking prompt in ``fmt``: the speaking cue (``sotopia``,
+    ``transcript``), or in the ``chat`` format the conversation's last line (``NAME speaks
+    first.`` before it starts). The observer's prompt ends with it too."""
+    if fmt == "chat":
+        return _history_line(episode, len(history) - 1, history[-1]) if history else f"{_speaker_name(episode, me)} speaks first."
+    return _cue(_speaker_name(episode, me), len(history))
+
+
+def observer_text(episode: Episode, me: int, history: list[Utterance], fmt: str = "sotopia") -> str:
+    """The speaker's prompt as a passive reader sees it (no role-play, goals or leave rule),
+    ending with the speaker prompt's last line in ``fmt`` (:func:`final_line`)."""
+    lines = [_history_line(episode, i, u) for i, u in enumerate(history)]
+    last = final_line(fmt, episode, me, history)
+    if not lines or lines[-1] != last:
+        lines.append(last)
     return "\n\n".join(
         ["Here is the context of an interaction:\n" + _context(episode, me, False),
-         "Conversation so far:\n" + "\n".join(past)]
+         "Conversation so far:\n" + "\n".join(lines)]
     )
 
 
@@ -164,9 +184,10 @@ def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utteran
     """The exact string fed to the model (chat template applied where the format uses one)."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if observer:
-        text = observer_text(episode, me, history)
-        if fmt == "transcript" or not has_template:
-            return text + "\n\n"
+        plain = fmt == "transcript" or not has_template
+        text = observer_text(episode, me, history, "transcript" if plain else fmt)
+        if plain:
+            return text  # ends with the cue, as the speaker's transcript does
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     if fmt == "transcript" or not has_template:
         return transcript_text(episode, me, history)
