@@ -2,11 +2,13 @@
 
     python experiments/benchmarks/bootstrap_coverage.py [--reps 400]
 
-Each problem (:func:`nsync.data.synthetic.planted_test_side`) fits ridge probes on planted
-episodes whose targets carry an episode-level offset (what a conversation's shape explains) and
-scores them on a small test side; the population value is the same probes' SyncR² on thousands of
-fresh episodes. For each method the table gives how often the 95% interval holds the population
-value, the raw estimate and the bias-corrected estimate, and its mean width.
+Each problem (:func:`nsync.data.synthetic.planted_fits`) splits planted episodes as ``nsync.fit``
+does, over several split seeds whose test sides overlap: per seed it chooses each source layer's
+target layer on validation episodes, fits ridge probes on the training side and scores them on the
+test side; targets carry an episode-level offset (what a conversation's shape explains). The
+population value is the same probes' SyncR² on thousands of fresh episodes, averaged over the
+seeds. For each method the table gives how often the 95% interval holds the population value, the
+raw estimate and the bias-corrected estimate, and its mean width.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import time
 from nsync.fit.bootstrap import interval_coverage
 
 SETTINGS = {
-    "24 test episodes, offsets sd 1": {},
-    "10 test episodes, offsets sd 1": dict(n_test=10),
-    "40 test episodes, offsets sd 2": dict(n_test=40, shape=2.0),
-    "24 test episodes, no offsets": dict(shape=0.0),
+    "3 split seeds x 20 test episodes, targets chosen on validation": {},
+    "3 split seeds x 20, targets picked on the test side (the paper's rule)": dict(target_choice="test"),
+    "1 split seed x 20 test episodes": dict(split_seeds=1),
+    "8 split seeds x 30 of 60 episodes (test sides overlap)": dict(split_seeds=8, test_size=0.5),
+    "the same, independent draws per split seed (the replaced scheme)": dict(split_seeds=8, test_size=0.5, joint=False),
+    "3 split seeds x 10 test episodes": dict(n_episodes=30),
+    "3 split seeds x 40 test episodes, offsets sd 2": dict(n_episodes=120, shape=2.0),
+    "3 split seeds x 20 test episodes, no offsets": dict(shape=0.0),
     "no relation (population 0)": dict(couplings=(0.0, 0.0, 0.0)),
-    "paired difference, 24 test episodes": dict(difference=True, source_noise=(0.5, 1.5)),
+    "paired difference, 3 split seeds x 20 test episodes": dict(difference=True, source_noise=(0.5, 1.5)),
 }
 
 
