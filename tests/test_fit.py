@@ -108,9 +108,10 @@ def test_affine_fit_under_ddp_equals_one_process(tmp_path):
         res = subprocess.run([*common, f"out={tmp_path / f'd{devices}'}", f"devices={devices}"], capture_output=True, text=True, env=env, timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]
     one, two = FitResult.load(tmp_path / "d1"), FitResult.load(tmp_path / "d2")
-    assert two.sync_r2 == pytest.approx(one.sync_r2, abs=1e-9) and two.sync_r2 > 0.1
+    assert two.sync_r2 == pytest.approx(one.sync_r2, abs=1e-7) and two.sync_r2 > 0.1  # float32 sums in another order
     for direction in one.directions:
         a, b = one.directions[direction], two.directions[direction]
+        assert b.chosen_target_layer == a.chosen_target_layer
         np.testing.assert_allclose(np.array(b.r2, dtype=float), np.array(a.r2, dtype=float), atol=1e-6)
         assert b.alpha == a.alpha and b.n_train == a.n_train and b.n_test == a.n_test
     assert two.sync_r2_ci95 == pytest.approx(one.sync_r2_ci95, abs=1e-6)
@@ -177,3 +178,13 @@ def test_a_schema_2_results_file_still_loads(tmp_path, linear):
     old = FitResult.load(tmp_path / "old")
     assert old.target_choice == "test" and old.sync_r2 == res.sync_r2
     np.testing.assert_allclose(old.directions["A->B"].r2_by_source_layer, np.array(res.directions["A->B"].best_r2_by_source_layer, dtype=float))
+
+
+def test_too_few_training_episodes_for_validation_fall_back_to_the_test_side(tmp_path, caplog):
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=4, turns=4, hidden=4, n_layers=1)
+    res = _fit(tmp_path, cache, "data.split_seeds=[0]", "data.test_size=0.5", "bootstrap=0")
+    assert res.target_choice == "test" and "chosen on the test side" in caplog.text
+    from nsync.errors import NsyncError
+
+    with pytest.raises(NsyncError, match="pairs left to fit after holding out validation"):  # an alpha grid needs them
+        _fit(tmp_path, cache, "data.split_seeds=[0]", "data.test_size=0.5", "affine.alphas=[0.1,1]", "overwrite=true")

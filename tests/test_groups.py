@@ -266,8 +266,7 @@ def test_planted_relation_from_agent_2_to_agent_0_only(tmp_path):
 
 def test_group_cache_fits_every_ordered_pair(tmp_path, group_cache):
     cfg = load_config(FitConfig, [f"out={tmp_path / 'fit'}", f"data.cache={group_cache}", "data.directions=[all]", "data.split_seeds=[0]",
-                                  "data.test_size=0.5", "logger.kind=none", "progress=false", "bootstrap=20",
-                                  "target_choice=test"], prog="test")  # too few episodes to hold out validation ones
+                                  "data.test_size=0.5", "logger.kind=none", "progress=false", "bootstrap=20"], prog="test")
     result = run_fit(cfg)
     assert set(result.directions) | set(result.skipped_directions) == set(resolve_directions(["all"], [0, 1, 2]))
     assert (tmp_path / "fit" / "agent_pairs.png").is_file() and result.config["data"]["directions"][0] == "0->1"

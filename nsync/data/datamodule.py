@@ -21,6 +21,10 @@ from nsync.errors import NsyncError
 PARTS = ("fit", "val", "test")
 
 
+class TooFewForValidation(NsyncError):
+    """Holding out validation episodes leaves (almost) nothing to fit on."""
+
+
 class SynchronyDataModule(L.LightningDataModule):
     """Pairs of one direction and one split seed, every source and target layer read once.
 
@@ -68,7 +72,7 @@ class SynchronyDataModule(L.LightningDataModule):
         else:
             fit, val = split.train, np.zeros_like(split.train)
         if self.validation and cfg.val_size > 0 and fit.sum() < 2:
-            raise NsyncError(f"{self.direction}: {int(fit.sum())} pairs left to fit after holding out validation episodes "
+            raise TooFewForValidation(f"{self.direction}: {int(fit.sum())} pairs left to fit after holding out validation episodes "
                              f"({int(val.sum())} pairs); simulate more episodes, lower data.val_size, or choose target layers on the test side "
                              "with target_choice=test and a single affine.alphas value")
         self.pairs, self.split = pairs, split

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from nsync.data import SynchronyDataModule
+from nsync.data.datamodule import TooFewForValidation
 from nsync.data.pairs import NoPairsError
 from nsync.errors import NsyncError
 from nsync.fit import bootstrap as boot
@@ -95,14 +96,22 @@ def fit_chunk(cfg: FitConfig, dm: SynchronyDataModule, logger=None, log_prefix: 
 
 def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None) -> DirectionFit:
     """Every source layer of one (split seed, direction), chunk by chunk; raises NoPairsError."""
-    dm = SynchronyDataModule(cfg.data, direction, seed, validation=cfg.needs_validation)
-    dm.setup()
+    on_validation = cfg.target_choice == "validation"
+    try:
+        dm = SynchronyDataModule(cfg.data, direction, seed, validation=cfg.needs_validation)
+        dm.setup()
+    except TooFewForValidation as err:
+        if not on_validation or dataclasses.replace(cfg, target_choice="test").needs_validation:
+            raise  # an alpha grid or the MLP's early stopping cannot do without
+        log.warning("%s: target layers chosen on the test side for this fit (target_choice=test)", err)
+        dm, on_validation = SynchronyDataModule(cfg.data, direction, seed, validation=False), False
+        dm.setup()
     n_src, n_tgt = len(dm.source_layers), len(dm.target_layers)
     if bar is not None and bar.total is None:
         bar.total = len(plan(cfg)) * n_src
         bar.refresh()
     r2, r2w, alpha = np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan), np.full((n_src, n_tgt), np.nan)
-    val_r2 = np.full((n_src, n_tgt), np.nan) if cfg.target_choice == "validation" else None
+    val_r2 = np.full((n_src, n_tgt), np.nan) if on_validation else None
     has_alpha = False  # whether the probe type chooses a ridge alpha (reported per cell)
     draws = boot.EpisodeBootstrap(cfg.bootstrap).weights(dm.test_episodes) if cfg.bootstrap else None
     replicates, per_episode, weights, replicate_r2 = [], [], {}, None
