@@ -173,3 +173,55 @@ def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog, monkeypatch):
     interior = torch.tensor([0.0, 1.0, 0.5])[:, None, None].expand(3, 2, 4)
     affine.choose_alpha(interior, [1.0, 10.0, 100.0])
     assert not caplog.records
+
+
+def _banded_reference(x, b, y, alpha, band_penalty):
+    """float64 ridge on centred data with penalty ``alpha`` on x's weights and ``band_penalty`` on b's."""
+    z = np.concatenate([x, b], 1).astype(np.float64)
+    zm, ym = z.mean(0), y.mean(0)
+    pen = np.r_[np.full(x.shape[1], alpha), np.full(b.shape[1], band_penalty)]
+    w = np.linalg.solve((z - zm).T @ (z - zm) + np.diag(pen), (z - zm).T @ (y - ym))
+    return w, ym - zm @ w
+
+
+def _equalise(x, b):
+    """What the probe does before the band ratio: the band brought to the source band's total variance."""
+    return ((x - x.mean(0)) ** 2).sum() / ((b - b.mean(0)) ** 2).sum()
+
+
+def test_banded_affine_probe_matches_a_float64_solve_and_himalaya():
+    rng = np.random.default_rng(7)
+    n, d, k = 900, 6, 4
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    b = (100.0 * rng.normal(size=(n, k)) + 5000.0).astype(np.float32)  # another scale, a huge mean
+    y = np.stack([x @ rng.normal(size=(d, 3)) + 0.01 * b @ rng.normal(size=(k, 3)) * s + rng.normal(size=(n, 3)) for s in (0.1, 3.0)], 1)
+    y = y.astype(np.float32)
+    z = np.concatenate([x, b], 1)
+    tr, va, te = slice(0, 500), slice(500, 700), slice(700, None)
+    ratios, alphas = [0.01, 1.0, 100.0], [1.0, 100.0]
+    probe = AffineProbe(d + k, 3, 2, alphas=alphas, x_shift=torch.tensor(z[tr]).double().mean(0), y_shift=torch.tensor(y[tr]).double().mean(0),
+                        matmul_dtype="float64", band_start=d, band_ratios=ratios)
+    _fit_probe(probe, z, y, tr, va, te)
+    g2 = _equalise(x[tr].astype(np.float64), b[tr].astype(np.float64))
+    for t in range(2):
+        # the (ratio, alpha) with the best validation R² of a float64 solve on the fitting rows
+        val = {(r, a): r2_score(y[va, t], np.concatenate([x[va], b[va]], 1) @ w + c)
+               for r in ratios for a in alphas for w, c in [_banded_reference(x[tr], b[tr], y[tr, t], a, a * r / g2)]}
+        best_r, best_a = max(val, key=val.get)
+        assert probe.results["ratio"][0, t].item() == best_r and probe.alpha[0, t].item() == best_a
+        # refitted on fitting plus validation rows with those penalties
+        g2_all = _equalise(x[:700].astype(np.float64), b[:700].astype(np.float64))
+        w, c = _banded_reference(x[:700], b[:700], y[:700, t], best_a, best_a * best_r / g2_all)
+        assert probe.results["test_r2"][t].item() == pytest.approx(r2_score(y[te, t], z[te] @ w + c), abs=1e-6)  # float32 targets
+        pw, pb = probe.weights(0, t)
+        np.testing.assert_allclose(pw.numpy(), w, rtol=1e-6, atol=1e-8)
+        # himalaya's banded ridge (feature spaces scaled by gamma, unit penalty: penalty alpha / gamma) agrees
+        from himalaya.backend import set_backend
+        from himalaya.ridge import solve_banded_ridge_random_search
+
+        set_backend("numpy", on_error="raise")
+        gammas = np.array([[1.0, g2_all / best_r]])
+        _, hw, _, _ = solve_banded_ridge_random_search([x[:700].astype(np.float64), b[:700].astype(np.float64)], y[:700, t].astype(np.float64),
+                                                       n_iter=gammas, alphas=np.array([best_a]), fit_intercept=True, return_weights=True,
+                                                       progress_bar=False, cv=2)
+        np.testing.assert_allclose(np.asarray(hw), w, rtol=1e-5, atol=1e-7)

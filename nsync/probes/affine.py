@@ -51,6 +51,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         n_sources: int = 1,
         alpha_per: str = "cell",
         log_prefix: str = "",
+        band_start: int | None = None,
+        band_ratios: tuple[float, ...] | list[float] = (1.0,),
     ):
         super().__init__()
         if alpha_per not in ALPHA_CHOICES:
@@ -66,11 +68,18 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self.register_buffer("y_shift", y_shift.double().reshape(n_targets, d_out))
         self.register_buffer("target_shift", self.y_shift.float())
         self.register_buffer("alpha", torch.full((n_sources, n_targets), self.alphas[0], dtype=torch.float64))
+        self.ratios = [float(r) for r in band_ratios] if band_start is not None else [1.0]
+        # Position in self.ratios of each cell's band penalty ratio (banded ridge; 0 otherwise).
+        self.register_buffer("ratio_index", torch.zeros((n_sources, n_targets), dtype=torch.int64))
         self.make_test_metric(n_targets, d_out, n_sources)
         self._train_stats: RidgeStatistics | None = None
         self._val_stats: RidgeStatistics | None = None
-        self._solution: RidgeSolution | None = None
+        self._solutions: list[RidgeSolution] = []  # one per band penalty ratio
         self.results: dict[str, torch.Tensor] = {}
+
+    @property
+    def _solution(self) -> RidgeSolution | None:
+        return self._solutions[0] if self._solutions else None
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -81,11 +90,17 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         """``(source, predictions - target_shift)`` ``[b, n_targets, d_out]`` for each source."""
         if self._solution is None:
             raise RuntimeError("the probe is not fitted yet")
-        sol, hp = self._solution, self.hparams
+        hp = self.hparams
         xs = self._sources(x)
         alpha = torch.where(torch.isnan(self.alpha), torch.full_like(self.alpha, self.alphas[0]), self.alpha).cpu()
+        ratio = self.ratio_index.cpu()
         for s in range(hp.n_sources):  # around the fitted mean, which is target_shift once solved
-            yield s, sol.predict_centred(xs[:, s], alpha[s], s).view(x.shape[0], hp.n_targets, hp.d_out)
+            if len(self._solutions) == 1:
+                pred = self._solution.predict_centred(xs[:, s], alpha[s], s)
+            else:  # banded: each target layer from the solution of its band penalty ratio
+                pred = sum(self._solutions[r].predict_centred(xs[:, s], alpha[s], s, targets=torch.nonzero(ratio[s] == r).flatten().tolist())
+                           for r in torch.unique(ratio[s]).tolist())
+            yield s, pred.view(x.shape[0], hp.n_targets, hp.d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, d_in]`` -> ``[b, n_targets, d_out]``; ``[b, n_sources, d_in]`` -> ``[b, n_sources,
@@ -101,7 +116,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         k = self.hparams.d_out
         alpha = self.alpha[source, target].item()
         alpha = self.alphas[0] if alpha != alpha else alpha
-        return self._solution.weights(alpha, source, slice(target * k, (target + 1) * k))
+        solution = self._solutions[int(self.ratio_index[source, target])]
+        return solution.weights(alpha, source, slice(target * k, (target + 1) * k))
 
     # -- fitting ---------------------------------------------------------------------------------
 
@@ -120,14 +136,35 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             stats.load([self.trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
         return stats
 
+    def _band_scales(self, stats: RidgeStatistics) -> list[torch.Tensor | None]:
+        """Column scales of each band penalty ratio ``r``: the baseline band's columns (from
+        ``band_start`` on) first brought to the source band's total variance on the training rows
+        (bands differ in size and scale by orders of magnitude), then divided by ``sqrt(r)``."""
+        start = self.hparams.band_start
+        if start is None:
+            return [None]
+        mx = stats.sx / stats.n
+        var = torch.diagonal(stats.sxx, dim1=1, dim2=2) - stats.n * mx**2  # [S, d] centred sums of squares
+        source, band = var[:, :start].sum(1), var[:, start:].sum(1)
+        equalise = torch.sqrt(source / torch.where(band > 0, band, torch.ones_like(band)))  # [S]
+        scales = []
+        for r in self.ratios:
+            scale = torch.ones_like(var)
+            scale[:, start:] = (equalise / r**0.5)[:, None]
+            scales.append(scale)
+        return scales
+
     def _set_solution(self, stats: RidgeStatistics, keep_stats: bool) -> None:
-        self._solution = None  # free the previous one first: it is as large as the new one
-        self._solution = RidgeSolution(stats, self.hparams.scale, self._work_dtype, keep_stats=keep_stats)
+        self._solutions = []  # free the previous ones first: they are as large as the new ones
+        for scale in self._band_scales(stats):
+            first = self._solutions[0] if self._solutions else None
+            self._solutions.append(RidgeSolution(stats, self.hparams.scale, self._work_dtype, keep_stats=keep_stats, column_scale=scale,
+                                                  shared_c=None if first is None else first.c))
         # Scores are taken around the fitted mean: predictions need no offset added.
         self.target_shift.copy_(self._solution.y_mean.view_as(self.target_shift))
 
     def on_train_epoch_start(self) -> None:
-        self._train_stats, self._val_stats, self._solution = None, None, None
+        self._train_stats, self._val_stats, self._solutions = None, None, []
 
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
@@ -156,7 +193,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self._solve(validating=True)
         self._val_stats = self._new_stats()
         hp = self.hparams
-        self.val_r2 = LayerR2(hp.n_targets, hp.d_out, n_sources=len(self.alphas) * hp.n_sources).to(self.device)
+        self.val_r2 = LayerR2(hp.n_targets, hp.d_out, n_sources=len(self.ratios) * len(self.alphas) * hp.n_sources).to(self.device)
 
     def validation_step(self, batch, batch_idx):
         if self._solution is None:
@@ -165,20 +202,30 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         xs = self._sources(x)
         self._val_stats.update(xs, y.reshape(x.shape[0], -1))  # type: ignore[union-attr]
         yc = y.float() - self.target_shift
-        for s in range(self.hparams.n_sources):
-            z = self._solution.rotated(xs[:, s], s)  # shared by every alpha
-            for a, alpha in enumerate(self.alphas):
-                pred = self._solution.predict_centred(xs[:, s], alpha, s, z=z)
-                self.val_r2.update(pred.view_as(yc), yc, source=a * self.hparams.n_sources + s, centred=True)
+        n_sources, n_alphas = self.hparams.n_sources, len(self.alphas)
+        for r, solution in enumerate(self._solutions):
+            for s in range(n_sources):
+                z = solution.rotated(xs[:, s], s)  # shared by every alpha
+                for a, alpha in enumerate(self.alphas):
+                    pred = solution.predict_centred(xs[:, s], alpha, s, z=z)
+                    self.val_r2.update(pred.view_as(yc), yc, source=(r * n_alphas + a) * n_sources + s, centred=True)
 
     def on_validation_epoch_end(self) -> None:
         if self._solution is None or self._val_stats is None or self._val_stats.n == 0:
             return
         hp = self.hparams
         uniform, _ = self.val_r2.compute()
-        scores = uniform.reshape(len(self.alphas), hp.n_sources, hp.n_targets)  # [alphas, sources, targets]
+        by_ratio = uniform.reshape(len(self.ratios), len(self.alphas), hp.n_sources, hp.n_targets)  # [ratios, alphas, sources, targets]
+        scores = torch.nan_to_num(by_ratio, nan=-torch.inf).amax(0)  # each alpha at its best band ratio
+        scores = torch.where(torch.isinf(scores), torch.nan, scores)
         self.results["val_r2_by_alpha"] = scores.cpu()
         self.alpha.copy_(choose_alpha(scores, self.alphas, hp.alpha_per))
+        if len(self.ratios) > 1:  # the band penalty ratio that gave each cell's chosen alpha its score
+            grid = torch.tensor(self.alphas, dtype=torch.float64, device=self.alpha.device)
+            chosen = (torch.nan_to_num(self.alpha, nan=self.alphas[0])[None] == grid[:, None, None]).to(torch.int64).argmax(0)  # [S, T]
+            at_alpha = by_ratio.gather(1, chosen[None, None].expand(len(self.ratios), 1, -1, -1)).squeeze(1)  # [ratios, S, T]
+            self.ratio_index.copy_(torch.nan_to_num(at_alpha, nan=-torch.inf).argmax(0))
+            self.results["ratio"] = torch.tensor(self.ratios, dtype=torch.float64)[self.ratio_index.cpu()]
         # Validation R² at each cell's chosen alpha: what the fit chooses each source's target layer on.
         chosen = torch.nan_to_num(self.alpha, nan=self.alphas[0])
         at = torch.stack([(chosen == a).to(scores.dtype) for a in self.alphas])  # [alphas, sources, targets] one-hot

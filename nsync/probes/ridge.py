@@ -88,39 +88,48 @@ class RidgeSolution:
     """``eigh(X^T X)`` of every source, ready to predict or give weights for any ``alpha`` (one per
     target layer if wanted), from one eigendecomposition per source.
 
-    Predictions never form the weights: ``(x Q) D Q^T C`` with ``C = Xc^T Yc`` costs one
+    Predictions never form the weights: ``(x Q) D Q^T S C`` with ``C = Xc^T Yc`` costs one
     ``[b, d] @ [d, K]`` product per source and alpha, the same as applying ``W``, without the
     ``d^2 K`` cost of forming it. ``C`` takes over the statistics' ``X^T Y`` buffer unless
-    ``keep_stats=True`` (then it is copied; needed to add more sums later).
-    ``scale=True`` solves on inputs divided by their training standard deviation (the weights
-    apply to unscaled inputs).
+    ``keep_stats=True`` (then it is copied; needed to add more sums later); ``shared_c`` re-uses
+    the centred ``C`` of another solution of the same statistics instead (it does not depend on
+    the column scales).
+
+    Columns are scaled before the ridge (``S``; the weights apply to unscaled inputs): by their
+    inverse training standard deviation with ``scale=True``, and by ``column_scale`` ``[S, d]``.
+    Scaling a band of columns by ``1 / sqrt(r)`` is ridge with ``r`` times the penalty on that
+    band: banded ridge, one eigendecomposition per set of band penalties.
     """
 
     def __init__(self, stats: RidgeStatistics, scale: bool = False, product_dtype: torch.dtype = torch.float64,
-                 keep_stats: bool = True):
+                 keep_stats: bool = True, column_scale: torch.Tensor | None = None, shared_c: torch.Tensor | None = None):
         if stats.n < 2:
             raise ValueError("ridge needs at least two training rows")
         self.single = stats.single
         n = stats.n
-        mx, my = stats.sx / n, stats.sy / n  # offsets of the data's means from the shifts
+        mx = stats.sx / n  # offsets of the data's means from the shifts
         self.x_mean, self.y_mean = stats.means()
         cxx = stats.sxx - n * mx[:, :, None] * mx[:, None, :]
         if scale:
             std = torch.sqrt(torch.clamp(torch.diagonal(cxx, dim1=1, dim2=2) / n, min=1e-12))  # as StandardScaler
         else:
             std = torch.ones_like(self.x_mean)
-        self.inv_std = 1.0 / std  # [S, d]
+        self.inv_std = 1.0 / std  # [S, d]: the column scale S
+        if column_scale is not None:
+            self.inv_std = self.inv_std * column_scale.to(self.inv_std).reshape(self.inv_std.shape)
         cxx = cxx * self.inv_std[:, :, None] * self.inv_std[:, None, :]
         self.eigvals, self.eigvecs = torch.linalg.eigh(cxx)
         self.eigvals = torch.clamp(self.eigvals, min=0.0)
         self.product_dtype = product_dtype
         self.q = self.eigvecs.to(product_dtype)
+        self._scale_mm = self.inv_std.to(product_dtype)
+        if shared_c is not None:
+            self.c = shared_c
+            return
         c = stats.sxy.clone() if keep_stats else stats.sxy
         c = c.to(product_dtype)  # no copy when the dtypes agree
         for s in range(stats.n_sources):  # around the data's own means: a rank-one update in place
             c[s].addr_(mx[s].to(product_dtype), stats.sy.to(product_dtype), alpha=-1.0)  # n mx my^T = mx sy^T
-            if scale:
-                c[s] *= self.inv_std[s, :, None].to(product_dtype)
         self.c = c
 
     @property
@@ -128,23 +137,31 @@ class RidgeSolution:
         return self.c.shape[0]
 
     def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
-        """``(x - mean) / std @ Q``: the rows in the eigenbasis."""
+        """``(x - mean) S @ Q``: the rows in the eigenbasis."""
         return ((x.double() - self.x_mean[source]) * self.inv_std[source]).to(self.product_dtype) @ self.q[source]
 
-    def predict_centred(self, x: torch.Tensor, alpha, source: int = 0, z: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_centred(self, x: torch.Tensor, alpha, source: int = 0, z: torch.Tensor | None = None,
+                        targets: list[int] | None = None) -> torch.Tensor:
         """``x @ W + b - y_mean`` (``[b, K]`` in ``product_dtype``) for rows ``x`` ``[b, d]`` of one
         source, with ``alpha`` a scalar or one value per target layer. ``z`` re-uses the rotated rows
-        of an earlier call (an alpha grid)."""
+        of an earlier call (an alpha grid). ``targets``: only these target layers' columns are
+        computed (the others are left 0)."""
         z = self.rotated(x, source) if z is None else z
         a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
-        shrunk = lambda value: ((z / (self.eigvals[source] + value).to(self.product_dtype)) @ self.q[source].T)  # noqa: E731
-        if a.numel() == 1 or bool((a == a[0]).all()):
+        shrunk = lambda value: ((z / (self.eigvals[source] + value).to(self.product_dtype)) @ self.q[source].T) * self._scale_mm[source]  # noqa: E731
+        if targets is None and (a.numel() == 1 or bool((a == a[0]).all())):
             return shrunk(a[0]) @ self.c[source]
         # One alpha per target layer: one product per distinct alpha, over its target layers' columns.
-        k = self.c.shape[2] // a.numel()
-        out = torch.empty(x.shape[0], self.c.shape[2], dtype=self.product_dtype, device=x.device)
-        for value in torch.unique(a):
-            cols = torch.cat([torch.arange(t * k, (t + 1) * k) for t in torch.nonzero(a == value).flatten().tolist()]).to(x.device)
+        n_targets = a.numel() if a.numel() > 1 else (self.c.shape[2] if targets is None else max(targets) + 1)
+        k = self.c.shape[2] // n_targets if a.numel() > 1 else None
+        if k is None:  # a scalar alpha on some target layers: the caller says how wide a layer is
+            raise ValueError("targets= needs one alpha per target layer")
+        a = a.expand(n_targets) if a.numel() == 1 else a
+        wanted = torch.zeros(n_targets, dtype=torch.bool)
+        wanted[list(range(n_targets)) if targets is None else targets] = True
+        out = torch.zeros(x.shape[0], self.c.shape[2], dtype=self.product_dtype, device=x.device)
+        for value in torch.unique(a[wanted]):
+            cols = torch.cat([torch.arange(t * k, (t + 1) * k) for t in torch.nonzero((a == value) & wanted).flatten().tolist()]).to(x.device)
             out[:, cols] = shrunk(value) @ self.c[source][:, cols]
         return out
 
@@ -156,7 +173,8 @@ class RidgeSolution:
         """``(W, b)`` with ``y ~ x @ W + b`` for the output ``columns``; the bias is not regularised."""
         q = self.eigvecs[source]
         shrink = 1.0 / (self.eigvals[source] + float(alpha))
-        w = (q * shrink) @ (q.T @ self.c[source][:, columns].double()) * self.inv_std[source][:, None]
+        scaled_c = self.inv_std[source][:, None] * self.c[source][:, columns].double()
+        w = (q * shrink) @ (q.T @ scaled_c) * self.inv_std[source][:, None]
         b = self.y_mean[columns] - self.x_mean[source] @ w
         return w, b
 
