@@ -49,6 +49,7 @@ class SynchronyDataModule(L.LightningDataModule):
         self.config = DataConfig(cache=data) if isinstance(data, str) else data
         self.direction, self.split_seed, self.validation = direction, split_seed, validation
         self.source_index: list[int] | None = None  # positions in the source axis served (None: all)
+        self.band_start: int | None = None  # banded ridge: where the baseline's columns begin (with_source_data)
         self._ready = False
 
     def setup(self, stage: str | None = None) -> None:
@@ -122,10 +123,22 @@ class SynchronyDataModule(L.LightningDataModule):
         view.source_index = list(positions)
         return view
 
+    def with_source_data(self, x: torch.Tensor, band_start: int | None = None) -> "SynchronyDataModule":
+        """A module sharing this one's pairs, split and targets whose sources are ``x`` ``[pairs,
+        sources, hidden]`` instead (a baseline's features, or the source joined with them for banded
+        ridge: ``band_start`` is where the baseline's columns begin)."""
+        if not self._ready:
+            raise RuntimeError("call setup() before with_source_data()")
+        view = copy.copy(self)
+        view.__dict__.pop("x_std", None)  # cached for the original sources
+        view.x, view.source_index, view.band_start = x, None, band_start
+        view.x_mean = _mean(x, self.index["fit"])
+        return view
+
     @property
     def sources(self) -> list[int]:
         """Positions of the source axis this module serves."""
-        return list(range(len(self.source_layers))) if self.source_index is None else self.source_index
+        return list(range(self.x.shape[1])) if self.source_index is None else self.source_index
 
     @property
     def d_in(self) -> int:

@@ -218,3 +218,71 @@ def planted_fits(
         seeds.append({"episodes": [f"ep{i:03d}" for i in test], "sums": sums, "targets": chosen, "truth_per_source": truth})
     per_source = np.mean([s["truth_per_source"] for s in seeds], axis=0)
     return {"seeds": seeds, "truth": float(per_source.mean()), "truth_per_source": per_source.tolist()}
+
+
+#: The re-read "model" of :func:`write_partition_cache`: the shared text, as a text embedder's states would be.
+PLANTED_TEXT = "text:planted"
+
+
+def write_partition_cache(
+    path: str | Path,
+    text: float = 1.0,
+    private: float = 0.0,
+    own_past: float = 0.6,
+    noise: float = 1.0,
+    n_episodes: int = 200,
+    turns: int = 8,
+    hidden: int = 6,
+    seed: int = 0,
+    model: str = "synthetic",
+) -> tuple[Path, float]:
+    """A two-agent cache for variance partitioning with a known answer, written through the
+    public cache writer; returns its path and the population unique share of ``A->B`` beyond
+    the shared text and the partner's own past.
+
+    At each of agent 0's utterances ``u`` the transcript carries a text state ``τ_u`` (written as
+    the ``teacher_forced`` states of :data:`PLANTED_TEXT`, one per utterance) and the speaker a
+    private state ``π_u``; its state is ``τ_u + π_u``. Agent 1's next state is
+    ``text τ_u + private π_u + own_past h + noise ε``, with ``h`` its own previous state (none
+    before its first utterance). All latents are standard normal per dimension; every layer is a
+    rotation of the state. Beyond ``[text, own_past]`` only the private part is the source's own:
+    its population share is ``private² / mean Var(target)`` (0 with ``private=0``).
+    """
+    rng = np.random.default_rng(seed)
+    rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(2)]
+    rows, interactive, tf_rows, texts = [], [], [], []
+    for e in range(n_episodes):
+        cast = [f"ch{c:02d}" for c in rng.choice(12, size=2, replace=False)]
+        before = None  # agent 1's previous state
+        for t in range(turns):
+            tau = rng.normal(size=hidden)
+            if t % 2 == 0:
+                pi = rng.normal(size=hidden)
+                state, last = tau + pi, (tau, pi)
+            else:
+                state = text * last[0] + private * last[1] + noise * rng.normal(size=hidden)
+                state = state + (own_past * before if before is not None else 0.0)
+                before = state
+            row = TurnRow(run_id=f"ep{e:04d}|o0|s0", episode_id=f"ep{e:04d}", scenario_id=f"sc{e % 10:02d}", scenario_codename=f"scenario_{e % 10}",
+                          relationship="", character_a=cast[0], character_b=cast[1], agent=t % 2, character_id=cast[t % 2], model=model,
+                          partner_model=model, order=0, seed=0, utterance=t, condition="interactive", characters="|".join(cast), n_agents=2).as_dict()
+            rows.append(row)
+            interactive.append(state)
+            tf_rows.append(row | dict(model=PLANTED_TEXT, partner_model=PLANTED_TEXT, condition="teacher_forced"))
+            texts.append(tau)
+    info = ModelInfo(model, "synthetic:partition", None, 1, hidden)
+    identity = dict(kind="partition", text=text, private=private, own_past=own_past, noise=noise, n_episodes=n_episodes, turns=turns,
+                    hidden=hidden, seed=seed)
+    writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
+    layers = np.stack([np.stack(interactive) @ r.T for r in rotations], 1).astype(np.float32)
+    writer.write_shard(rows, {(model, "interactive"): layers})
+    writer.finalize()
+    text_info = ModelInfo(PLANTED_TEXT, "synthetic:text", None, 0, hidden, ["mean_pool"], derived={"kind": "text"})
+    extend = CacheWriter.extend(path, [text_info])
+    extend.write_shard(tf_rows, {(PLANTED_TEXT, "teacher_forced"): np.stack(texts)[:, None].astype(np.float32)})
+    # Var of agent 1's state at its k-th utterance: text² + private² + noise² + own_past² Var at the (k-1)-th.
+    variances, v = [], 0.0
+    for k in range(turns // 2):
+        v = text**2 + private**2 + noise**2 + (own_past**2 * v if k else 0.0)
+        variances.append(v)
+    return Path(path), private**2 / float(np.mean(variances))

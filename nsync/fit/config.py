@@ -12,6 +12,7 @@ from omegaconf import MISSING
 from nsync.config import to_dict
 from nsync.data.config import DataConfig
 from nsync.errors import NsyncError
+from nsync.fit.partition import PartitionConfig
 from nsync.probes.affine import ALPHA_CHOICES
 
 #: How a source layer's target layer is chosen (``target_choice``).
@@ -55,6 +56,7 @@ class FitConfig:
     affine: AffineConfig = field(default_factory=AffineConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
     seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
     target_choice: str = field(default="validation", metadata={"help": "how each source layer's best target layer is chosen: validation (on held-out training episodes, so the test R² that SyncR² reports is not the one it was picked on) or test (the paper's rule: the best test R², optimistic; the bootstrap re-picks it in every replicate)"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over episodes for SyncR²'s 95% interval (0: none)"})
@@ -77,6 +79,8 @@ class FitConfig:
             raise NsyncError(f"affine.alphas must list non-negative values, got {self.affine.alphas}")
         if self.affine.matmul_dtype not in ("float32", "float64"):
             raise NsyncError(f"affine.matmul_dtype must be float32 or float64, got '{self.affine.matmul_dtype}'")
+        if self.partition.baselines and self.probe != "affine":
+            raise NsyncError(f"partition.baselines needs probe=affine (banded ridge), got probe={self.probe}")
         if self.target_choice not in TARGET_CHOICES:
             raise NsyncError(f"target_choice must be one of {TARGET_CHOICES}, got '{self.target_choice}'")
         if self.memory_gb <= 0:

@@ -19,10 +19,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from nsync.data import SynchronyDataModule
+from nsync.data.bands import Baseline
 from nsync.data.datamodule import TooFewForValidation
 from nsync.data.pairs import NoPairsError
 from nsync.errors import NsyncError
 from nsync.fit import bootstrap as boot
+from nsync.fit import partition as part
 from nsync.fit.config import FitConfig, fingerprint, resolve_out
 from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, choose_targets, nan_to_none, summarise_direction
 from nsync.fit.probe_types import PROBE_TYPES
@@ -59,6 +61,7 @@ class DirectionFit:
     cka: np.ndarray | None = None  # [source layers, target layers] debiased linear CKA on the test side
     chosen: np.ndarray | None = None  # [source layers] position of each one's target layer (-1: none), see choose_targets
     target_choice: str = "validation"  # what the targets were chosen on
+    partition: dict[str, dict] = field(default_factory=dict)  # baseline -> nsync.fit.partition.join_chunks
 
 
 def plan(cfg: FitConfig) -> list[tuple[int, str]]:
@@ -115,6 +118,9 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     has_alpha = False  # whether the probe type chooses a ridge alpha (reported per cell)
     draws = boot.EpisodeBootstrap(cfg.bootstrap).weights(dm.test_episodes) if cfg.bootstrap else None
     replicates, per_episode, weights, replicate_r2 = [], [], {}, None
+    bands = partition_bands(cfg, dm)
+    shares: dict[str, list[part.ChunkShares]] = {name: [] for name in bands}
+    fitted_baselines: dict[str, dict] = {name: {} for name in bands}  # baseline-alone fits that serve every source layer
     key = direction.replace("->", "_to_")
     for chunk in source_chunks(cfg, dm):
         prefix = f"{key}/seed_{seed}/" + (f"{dm.source_layer_names[chunk[0]]}/" if len(chunk) == 1 and len(dm.source_layers) > 1 else "")
@@ -134,6 +140,10 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         sums = res["episode_sums"]
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
+        for name, features in bands.items():  # the same chunk beside each baseline, then its unique share
+            fit = functools.partial(lambda view, p: fit_chunk(cfg, view, logger, p).results, p=f"{prefix}partition/{name}/")
+            shares[name].append(part.fit_chunk_shares(cfg, dm, chunk, [features[s] for s in chunk], res, fit, replicate_r2,
+                                                      cfg.bootstrap, val_r2 is not None, fitted_baselines[name]))
         for i, s in enumerate(chunk):
             one = {"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": sums["sse"][:, i]}
             target = None if chosen[i] < 0 else int(chosen[i])
@@ -169,7 +179,22 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                   source_depth=relative_depth(dm.source_layers, dm.n_source_layers), target_depth=relative_depth(dm.target_layers, dm.n_target_layers))
     return DirectionFit(seed, direction, layout, dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs), r2, r2w,
                         alpha if has_alpha else None, boot.replicate_sync_r2(replicates) if replicates else None,
-                        episodes, weights, cka, choose_targets(r2, val_r2), "test" if val_r2 is None else "validation")
+                        episodes, weights, cka, choose_targets(r2, val_r2), "test" if val_r2 is None else "validation",
+                        {name: part.join_chunks(parts) for name, parts in shares.items()})
+
+
+def partition_bands(cfg: FitConfig, dm: SynchronyDataModule) -> dict[str, list[torch.Tensor]]:
+    """Each baseline's features per source layer of ``dm`` (none without ``partition.baselines``)."""
+    if not cfg.partition.baselines:
+        return {}
+    from nsync.cache import ActivationCache
+    from nsync.data.bands import BandReader, check_baselines
+
+    cache = ActivationCache.open(cfg.data.cache)
+    check_baselines(cfg.partition.baselines, cache)
+    layer = cfg.partition.layer if cfg.partition.layer == "same" else int(cfg.partition.layer)
+    reader = BandReader(cache, dm.pairs, dm.source_model, dm.target_model, dm.target_condition, dm.index["fit"], layer)
+    return {name: reader.read(Baseline.parse(name), dm.source_layers) for name in cfg.partition.baselines}
 
 
 def relative_depth(layers: list[int], n_layers: int) -> list[float]:
@@ -181,8 +206,10 @@ def relative_depth(layers: list[int], n_layers: int) -> list[float]:
     return [layer / max(n_layers - 1, 1) for layer in layers]
 
 
-def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float) -> tuple[FitResult, np.ndarray | None]:
-    """The run's result (and its SyncR² bootstrap replicates) from every direction's fits."""
+def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float
+              ) -> tuple[FitResult, np.ndarray | None, dict[str, np.ndarray]]:
+    """The run's result, its SyncR² bootstrap replicates and the partition's (``baseline/quantity``)
+    from every direction's fits."""
     from nsync.config import to_dict
 
     lay = fits[-1].layout  # every fit of a run has the same models and layers
@@ -196,6 +223,7 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
             [f.n_train for f in mine], [f.n_test for f in mine], lay["source_layers"], lay["target_layers"],
             None if any(f.cka is None for f in mine) else [f.cka for f in mine], [f.chosen for f in mine], mine[0].target_choice,
         )
+        directions[direction].partition = part.summarise_direction(mine, lay["target_layers"], cfg.partition.layer)
     for f in fits:
         splits.setdefault(str(f.seed), {})[f.direction] = f.split_ids
     # Mean over directions, then over split seeds; the bootstrap replicates the same way.
@@ -210,6 +238,8 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         log.warning("only %d test episodes: with fewer than %d the episode bootstrap's interval covers less than it says "
                     "(planted problems: 83-90%% for a nominal 95%% at 10); simulate more episodes", fewest, MIN_TEST_EPISODES)
     ckas = [d.sync_cka for d in directions.values() if d.sync_cka is not None]
+    partition, partition_replicates = part.summarise(fits, cfg.data.split_seeds, {b: list(Baseline.parse(b).features) for b in cfg.partition.baselines},
+                                                     cfg.partition.layer)
     result = FitResult(
         schema_version=SCHEMA_VERSION, sync_cka=float(np.mean(ckas)) if ckas and len(ckas) == len(directions) else None,
         probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, target_condition=lay["target_condition"],
@@ -226,12 +256,13 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         sync_r2_bias_corrected=boot.bias_corrected(sync, replicates) if replicates is not None else None,
         bootstrap=BootstrapInfo(replicates=cfg.bootstrap, scheme=boot.SCHEME, test_episodes=min(len(f.episodes) for f in fits))
         if replicates is not None else None,
-        splits=splits, config=to_dict(cfg), seconds=seconds,
+        splits=splits, config=to_dict(cfg), seconds=seconds, partition=partition,
     )
-    return result, replicates
+    return result, replicates, partition_replicates
 
 
-def write(result: FitResult, fits: list[DirectionFit], replicates: np.ndarray | None, out: Path, cfg: FitConfig) -> list[Path]:
+def write(result: FitResult, fits: list[DirectionFit], replicates: np.ndarray | None, out: Path, cfg: FitConfig,
+          partition_replicates: dict[str, np.ndarray] | None = None) -> list[Path]:
     """The run folder: weights, bootstrap replicates, per-episode SyncR², config, plots, and
     ``results.json`` last (its presence means the run is complete). Returns the plots."""
     import pandas as pd
@@ -245,6 +276,8 @@ def write(result: FitResult, fits: list[DirectionFit], replicates: np.ndarray | 
         save_file(weights, str(out / "weights.safetensors"))
     if replicates is not None:
         np.save(out / "bootstrap.npy", replicates)
+    if partition_replicates:
+        np.savez(out / "partition_bootstrap.npz", **partition_replicates)
     pd.DataFrame([row for f in fits for row in f.episodes]).to_csv(out / "episode_sync.csv", index=False)
     (out / "config.yaml").write_text(to_yaml(cfg))
     plots = plot_results(result, out)
@@ -296,10 +329,10 @@ def run_fit(cfg: FitConfig) -> FitResult:
     bar.close()
     if not fits:
         raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")
-    result, replicates = aggregate(cfg, fits, skipped, time.perf_counter() - start)
+    result, replicates, partition_replicates = aggregate(cfg, fits, skipped, time.perf_counter() - start)
     result.fingerprint = fingerprint(cfg)
     if rank_zero_only.rank == 0:  # under DDP only rank 0 writes
-        plots = write(result, fits, replicates, out, cfg)
+        plots = write(result, fits, replicates, out, cfg, partition_replicates)
         if logger is not None:
             log_result(logger, result, plots)
     return result

@@ -56,7 +56,8 @@ class Affine:
     source layers per chunk as ``memory_gb`` holds, exact under DDP (sums all-reduced)."""
 
     def needs_validation(self, cfg: FitConfig) -> bool:
-        return len(cfg.affine.alphas) > 1 or cfg.target_choice == "validation"
+        # the partition's band penalty ratios are chosen on validation episodes too
+        return len(cfg.affine.alphas) > 1 or cfg.target_choice == "validation" or bool(cfg.partition.baselines)
 
     def source_chunks(self, cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
         # Per source: float32 X^T Y (with an alpha grid also the solution's copy and the validation
@@ -73,6 +74,7 @@ class Affine:
         probe = AffineProbe(
             dm.d_in, dm.d_out, len(dm.target_layers), alphas=a.alphas, scale=a.scale, x_shift=dm.x_mean[sources], y_shift=dm.y_mean,
             matmul_dtype=a.matmul_dtype, n_sources=len(sources), alpha_per=a.alpha_per, log_prefix=log_prefix,
+            band_start=dm.band_start, band_ratios=cfg.partition.ratios,
         )
         # No gradients to synchronise: DDP's processes without its model wrapper.
         run = trainer(max_epochs=1, strategy=SumsDDPStrategy() if cfg.devices > 1 else "auto")

@@ -111,6 +111,7 @@ class DirectionResult(BaseModel):
     chosen_target_layer: Optional[list[list[Optional[int]]]] = Field(None, description="per split seed and source layer: the chosen target layer")
     chosen_r2_by_source_layer: Optional[list[Optional[float]]] = Field(None, description="per source layer: test R² at the chosen target layer, mean over split seeds")
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
+    partition: dict[str, PartitionDirection] = Field(default_factory=dict, description="baseline -> its variance partition (partition.baselines)")
 
     @property
     def r2_by_source_layer(self) -> np.ndarray:
@@ -122,6 +123,35 @@ class DirectionResult(BaseModel):
     @property
     def r2_matrix(self) -> np.ndarray:
         return np.array(self.r2, dtype=float)
+
+class PartitionDirection(BaseModel):
+    """One baseline's partition of one direction, over split seeds (nsync.fit.partition)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r2_baseline: Matrix = Field(description="test R² of the baseline alone per (source, target layer), mean over split seeds")
+    r2_joint: Matrix = Field(description="test R² of source and baseline together (banded ridge)")
+    unique: Matrix = Field(description="joint - baseline: what the source adds beyond the baseline")
+    shared: Matrix = Field(description="source + baseline - joint: what either explains alone")
+    ratio: list[Matrix] = Field(description="per split seed and cell: the chosen band penalty ratio of the joint fit")
+    chosen_target_layer: list[list[Optional[int]]] = Field(description="per split seed and source layer: the target layer of the unique share (best validation unique share)")
+    by_source_layer: dict[str, list[Optional[float]]] = Field(description="quantity -> per source layer its test value at the chosen target, mean over split seeds")
+    per_seed: dict[str, list[Optional[float]]] = Field(description="quantity -> per split seed its mean over source layers")
+    values: dict[str, Optional[float]] = Field(description="quantity -> mean over split seeds (unique: the unique SyncR² of this direction)")
+
+
+class PartitionSummary(BaseModel):
+    """One baseline's partition of the run: at each source layer's chosen target, averaged over
+    source layers, directions and split seeds, with paired episode-bootstrap intervals."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[str]
+    layer: str = Field(description="layer of layered features: same (the source layer's relative depth) or an index")
+    values: dict[str, Optional[float]] = Field(description="source, baseline, joint, unique (the unique SyncR²), shared")
+    ci95: dict[str, Optional[tuple[float, float]]] = Field(default_factory=dict, description="95% basic bootstrap interval per quantity")
+    bias_corrected: dict[str, Optional[float]] = Field(default_factory=dict)
+
 
 class BootstrapInfo(BaseModel):
     replicates: int
@@ -166,6 +196,7 @@ class FitResult(BaseModel):
     target_choice: str = Field("test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)")
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
     fingerprint: Optional[str] = Field(None, description="hash of the fit config and the cache's content: a stored result is reused only when it matches")
+    partition: dict[str, PartitionSummary] = Field(default_factory=dict, description="baseline -> the source's unique and shared shares beside it")
     bootstrap: Optional[BootstrapInfo] = None
     splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
     config: dict[str, Any]

@@ -1,0 +1,157 @@
+"""Baselines for variance partitioning: feature sets read beside each source state.
+
+A baseline names what the partner's next state might be predicted from *instead of* the
+speaker's state; the fit compares the source alone, the baseline alone and both together
+(:mod:`nsync.fit.partition`). Each feature is read for the same pair row as the source:
+
+- ``observer``: the source model re-reading the speaker's prompt as a passive reader (the
+  ``observer`` condition, one row per speaker row).
+- ``own_past``: the target agent's own previous state, before its utterance preceding the
+  target (the Granger question: does the speaker's state add to what the partner's own past
+  predicts?). Where the target agent has not spoken before, the row gets the training mean and
+  an indicator column says so.
+- ``context``: the conversation's shape at the target (utterance index one-hot, prompt length,
+  the last two replies' lengths), as ``data.remove_context`` uses it.
+- ``text:EMBEDDER`` or any re-read model name (``smollm2-135m@untrained``): the states that
+  ``nsync.reread`` added for the source utterance (condition ``teacher_forced``).
+
+``a+b`` joins features into one baseline ("all together"). Layered features are read at the
+source layer's relative depth (``layer=same``) or at one fixed layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nsync.cache import ActivationCache
+from nsync.cache.reader import next_utterances
+from nsync.data.context import context_features, design
+from nsync.errors import NsyncError
+
+#: Features with fixed meaning; any other name is a re-read model of the cache (``text:...``, ``M@untrained``).
+NAMED_FEATURES = ("observer", "own_past", "context")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A parsed baseline: its name and the features it joins.
+
+    >>> Baseline.parse("observer+text:all-minilm-l6-v2").features
+    ('observer', 'text:all-minilm-l6-v2')
+    """
+
+    name: str
+    features: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, name: str) -> "Baseline":
+        features = tuple(f.strip() for f in str(name).split("+"))
+        if not all(features) or len(set(features)) != len(features):
+            raise NsyncError(f"baseline '{name}' must join distinct feature names with '+', e.g. observer+own_past")
+        return cls(str(name), features)
+
+
+def check_baselines(names: list[str], cache: ActivationCache) -> None:
+    """A clear error for a baseline feature the cache cannot provide."""
+    turns = cache.turns
+    for name in names:
+        for feature in Baseline.parse(name).features:
+            if feature == "observer" and not (turns["condition"] == "observer").any():
+                raise NsyncError("baseline feature 'observer' needs observer states: simulate with capture.observer=true")
+            if feature not in NAMED_FEATURES and not ((turns["model"] == feature) & (turns["condition"] == "teacher_forced")).any():
+                have = sorted(turns.loc[turns["condition"] == "teacher_forced", "model"].unique())
+                raise NsyncError(f"baseline feature '{feature}' is not one of {NAMED_FEATURES} nor a re-read model of the cache "
+                                 f"(re-read: {have}); add it with python -m nsync.reread")
+
+
+def layer_at_depth(source_layer: int, n_source_layers: int, n_layers: int) -> int:
+    """The layer of a model with ``n_layers`` at the source layer's relative depth.
+
+    >>> layer_at_depth(15, 31, 31), layer_at_depth(30, 31, 19), layer_at_depth(3, 31, 1)
+    (15, 18, 0)
+    """
+    return int(round(source_layer / max(n_source_layers - 1, 1) * (n_layers - 1)))
+
+
+class BandReader:
+    """Reads a baseline's features for every pair of a data module's pairs table.
+
+    :meth:`read` returns one ``[pairs, k]`` float32 tensor per source layer (the same tensor for
+    every source layer when no feature depends on it).
+    """
+
+    def __init__(self, cache: ActivationCache, pairs: pd.DataFrame, source_model: str, target_model: str, target_condition: str,
+                 fit_rows: np.ndarray, layer: str | int = "same"):
+        self.cache, self.pairs, self.fit_rows, self.layer = cache, pairs, fit_rows, layer
+        self.source_model, self.target_model, self.target_condition = source_model, target_model, target_condition
+        self.n_source_layers = len(cache.layer_names(source_model))
+
+    def read(self, baseline: Baseline, source_layers: list[int]) -> list[torch.Tensor]:
+        if not self.depends_on_source_layer(baseline):  # one tensor serves every source layer
+            one = torch.cat([self._feature(f, source_layers[:1])[0] for f in baseline.features], 1)
+            return [one] * len(source_layers)
+        parts = [self._feature(f, source_layers) for f in baseline.features]
+        return [torch.cat([p[i] for p in parts], 1) for i in range(len(source_layers))]
+
+    def depends_on_source_layer(self, baseline: Baseline) -> bool:
+        return self.layer == "same" and any(f in ("observer", "own_past") or len(self.cache.layer_names(f)) > 1
+                                            for f in baseline.features if f != "context")
+
+    # -- features --------------------------------------------------------------------------------
+
+    def _layers(self, model: str, source_layers: list[int]) -> list[int]:
+        n = len(self.cache.layer_names(model))
+        if self.layer == "same":
+            return [layer_at_depth(s, self.n_source_layers, n) for s in source_layers]
+        layer = int(self.layer)
+        if not 0 <= layer < n:
+            raise NsyncError(f"partition.layer {layer} is out of range for {model} (layers 0..{n - 1})")
+        return [layer] * len(source_layers)
+
+    def _states(self, model: str, condition: str, rows: np.ndarray, source_layers: list[int], missing: np.ndarray | None = None):
+        """Per source layer ``[pairs, hidden]`` of ``model``'s ``rows`` (-1 rows: the fitted rows' mean)."""
+        out, read = [], {}
+        for layer in self._layers(model, source_layers):
+            if layer not in read:
+                states = self.cache.states(model, layer, condition)
+                x = np.asarray(states[np.where(rows >= 0, rows, 0)], dtype=np.float32)
+                if missing is not None and missing.any():
+                    x[missing] = x[self.fit_rows[~missing[self.fit_rows]]].mean(0)
+                read[layer] = torch.from_numpy(x)
+            out.append(read[layer])
+        return out
+
+    def _aligned_rows(self, model: str, condition: str) -> np.ndarray:
+        """Rows of ``model``'s ``condition`` states at each pair's source utterance (same run)."""
+        turns = self.cache.turns
+        rows = turns[(turns["model"] == model) & (turns["condition"] == condition)]
+        found = next_utterances(rows, self.pairs["run_id"].to_numpy(), self.pairs["t"].to_numpy(), 0)
+        if (found < 0).any():
+            raise NsyncError(f"{int((found < 0).sum())} of {len(found)} source utterances have no '{condition}' state of {model}; "
+                             f"{'re-read the whole cache (python -m nsync.reread)' if condition == 'teacher_forced' else 'simulate with capture.observer=true'}")
+        return rows["row"].to_numpy()[found]
+
+    def _feature(self, feature: str, source_layers: list[int]) -> list[torch.Tensor]:
+        if feature == "observer":
+            return self._states(self.source_model, "observer", self._aligned_rows(self.source_model, "observer"), source_layers)
+        if feature == "own_past":
+            return self._own_past(source_layers)
+        if feature == "context":
+            features = context_features(self.cache.turns, self.target_model, self.target_condition, self.pairs["target_row"].to_numpy())
+            x = torch.from_numpy(design(features, self.fit_rows)[:, 1:].astype(np.float32))  # the probe has its own intercept
+            return [x] * len(source_layers)
+        return self._states(feature, "teacher_forced", self._aligned_rows(feature, "teacher_forced"), source_layers)
+
+    def _own_past(self, source_layers: list[int]) -> list[torch.Tensor]:
+        turns = self.cache.turns
+        spoken = turns[(turns["model"] == self.target_model) & (turns["condition"] == "interactive")]
+        p = self.pairs
+        found = next_utterances(spoken, p["target_run_id"].to_numpy(), p["target_utterance"].to_numpy(), -1, agent=p["target_agent"].to_numpy())
+        missing = found < 0
+        rows = np.where(missing, -1, spoken["row"].to_numpy()[np.where(missing, 0, found)])
+        indicator = torch.from_numpy(missing.astype(np.float32))[:, None]
+        return [torch.cat([x, indicator], 1) for x in self._states(self.target_model, "interactive", rows, source_layers, missing)]

@@ -1,0 +1,217 @@
+"""Variance partitioning: how much of the partner's next state the speaker's state explains that a
+baseline does not.
+
+For every (source layer, target layer) cell the fit compares three probes on the same pairs,
+split and test episodes: the source alone (the main fit), the baseline alone (its features read by
+:class:`nsync.data.bands.BandReader`) and both together (banded ridge: each band its own penalty,
+:class:`nsync.probes.AffineProbe` with ``band_start``). With test R² ``S``, ``B`` and ``J``:
+
+- unique share of the source: ``J - B`` (what the source adds beyond the baseline),
+- shared share: ``S + B - J`` (what either explains alone).
+
+A difference of separately fitted conditions (the controls) cannot give these: the two fits
+predict different parts of the target. The unique SyncR² follows SyncR²'s rule: per source layer
+one target layer, chosen on validation episodes (the best validation unique share), its test value
+averaged over source layers; it is not clipped at 0 (a share beyond a baseline can be estimated
+below zero, and clipping would bias it upward). Every figure gets the episode bootstrap's interval
+from the same replicates as SyncR², so the shares are paired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nsync.errors import NsyncError
+
+#: The shares reported per baseline, in this order.
+QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
+
+
+@dataclass
+class PartitionConfig:
+    baselines: list[str] = field(default_factory=list, metadata={"help": "baselines to partition against, each one feature or several joined by +: observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"})
+    layer: str = field(default="same", metadata={"help": "layer of layered baseline features: same (the source layer's relative depth) or a layer index"})
+    ratios: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0], metadata={"help": "band penalty ratios (baseline's penalty over the source's, after bringing the baseline to the source's total variance), chosen per cell on validation together with affine.alphas"})
+
+    def __post_init__(self) -> None:
+        from nsync.data.bands import Baseline
+
+        for name in self.baselines:
+            Baseline.parse(name)
+        if self.layer != "same" and not str(self.layer).lstrip("-").isdigit():
+            raise NsyncError(f"partition.layer must be 'same' or a layer index, got '{self.layer}'")
+        if not self.ratios or any(r <= 0 for r in self.ratios):
+            raise NsyncError(f"partition.ratios must list positive values, got {self.ratios}")
+
+
+@dataclass
+class ChunkShares:
+    """One baseline's fits for a chunk of source layers: test R² matrices, the target chosen per
+    source layer, and per source layer each quantity's estimate and bootstrap replicates."""
+
+    r2_baseline: np.ndarray  # [chunk, targets]
+    r2_joint: np.ndarray
+    ratio: np.ndarray  # [chunk, targets] chosen band penalty ratio of the joint fit (0: the baseline alone validated better)
+    chosen: np.ndarray  # [chunk] target position (-1: none)
+    estimates: np.ndarray  # [chunk, quantities]
+    replicates: np.ndarray | None  # [chunk, quantities, n_boot]
+    episode_r2: np.ndarray  # [chunk, quantities, test episodes] at the chosen cell
+
+
+def shares_at(source, baseline, joint) -> np.ndarray:
+    """``[..., quantities]`` from test R² of the three fits (any matching shapes).
+
+    >>> shares_at(np.array(0.5), np.array(0.4), np.array(0.6)).round(3).tolist()
+    [0.5, 0.4, 0.6, 0.2, 0.3]
+    """
+    source, baseline, joint = (np.asarray(v, dtype=float) for v in (source, baseline, joint))
+    return np.stack([source, baseline, joint, joint - baseline, source + baseline - joint], -1)
+
+
+def choose_unique_targets(val_baseline: np.ndarray | None, val_joint: np.ndarray | None, test_unique: np.ndarray) -> np.ndarray:
+    """Per source layer the target layer with the best validation unique share (``J - B``), or
+    without validation R² the best test one; -1 where none has a value."""
+    from nsync.fit.results import choose_targets
+
+    val = None if val_baseline is None or val_joint is None else val_joint - val_baseline
+    return choose_targets(test_unique, val)
+
+
+def fit_chunk_shares(cfg, dm, chunk: list[int], bands: list[torch.Tensor], source_res: dict, fit_probe, replicate_r2, n_boot: int,
+                     on_validation: bool, baseline_cache: dict) -> ChunkShares:
+    """The baseline-alone and joint fits for the source layers ``chunk`` of ``dm`` and one baseline
+    (``bands``: its features per source layer of the chunk), scored against the source-alone
+    results ``source_res`` of the same chunk. ``fit_probe(view)`` fits an affine probe on a data
+    module view; ``baseline_cache`` keeps a baseline-alone fit that does not depend on the source
+    layer, so it is fitted once per direction."""
+    from nsync.fit.bootstrap import episode_r2
+
+    n_tgt = len(dm.target_layers)
+    key = id(bands[0])
+    if all(b is bands[0] for b in bands) and key in baseline_cache:
+        base = baseline_cache[key]
+    elif all(b is bands[0] for b in bands):
+        base = baseline_cache[key] = _results(fit_probe(dm.with_source_data(bands[0][:, None])), 1, n_tgt)
+    else:
+        base = _results(fit_probe(dm.with_source_data(torch.stack(bands, 1))), len(chunk), n_tgt)
+    joint_x = torch.cat([dm.x[:, chunk], torch.stack(bands, 1)], -1)
+    joint = _results(fit_probe(dm.with_source_data(joint_x, band_start=dm.d_in)), len(chunk), n_tgt)
+    source = _results(source_res, len(chunk), n_tgt)
+
+    def row(part: dict, i: int, name: str):
+        value = part[name]
+        return value[0] if value.shape[0] == 1 else value[i]
+
+    r2_b = np.stack([row(base, i, "test_r2") for i in range(len(chunk))])
+    r2_j = joint["test_r2"].copy()
+    val_b = None if base["val_r2"] is None or not on_validation else np.stack([row(base, i, "val_r2") for i in range(len(chunk))])
+    val_j = None if joint["val_r2"] is None or not on_validation else joint["val_r2"].copy()
+    ratio = np.full((len(chunk), n_tgt), np.nan) if joint["ratio"] is None else joint["ratio"].copy()
+    # The joint model is chosen on validation among the banded fits and the baseline alone: where
+    # the source does not help the validation episodes it gets no weight (ratio 0), so the unique
+    # share is 0 there rather than the joint fit's extra estimation error.
+    baseline_only = np.zeros_like(r2_j, dtype=bool) if val_b is None else np.nan_to_num(val_b, nan=-np.inf) >= np.nan_to_num(val_j, nan=-np.inf)
+    r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0
+    if val_j is not None:
+        val_j[baseline_only] = val_b[baseline_only]
+    chosen = choose_unique_targets(val_b, val_j, r2_j - r2_b)
+    estimates = np.full((len(chunk), len(QUANTITIES)), np.nan)
+    replicates = None if replicate_r2 is None else np.full((len(chunk), len(QUANTITIES), n_boot), np.nan)
+    n_episodes = source["sums"]["sse"].shape[0]
+    per_episode = np.full((len(chunk), len(QUANTITIES), n_episodes), np.nan)
+    for i in range(len(chunk)):
+        t = int(chosen[i])
+        if t < 0:
+            continue
+        estimates[i] = shares_at(source["test_r2"][i, t], r2_b[i, t], r2_j[i, t])
+        sse = [source["sums"]["sse"][:, i], _sse(base, i), _sse(base, i) if baseline_only[i, t] else joint["sums"]["sse"][:, i]]
+        if replicates is not None:
+            reps = [replicate_r2(s, [t])[:, 0] for s in sse]
+            replicates[i] = shares_at(*reps).T
+        sums = source["sums"]
+        eps = [episode_r2({"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": s}, [t])[:, 0] for s in sse]
+        per_episode[i] = shares_at(*eps).T
+    return ChunkShares(r2_b, r2_j, ratio, chosen, estimates, replicates, per_episode)
+
+
+def _sse(base: dict, i: int) -> torch.Tensor:
+    """The baseline fit's per-episode squared errors for chunk position ``i`` (one fit serves all)."""
+    sse = base["sums"]["sse"]  # [E, sources, targets, dims]
+    return sse[:, 0] if sse.shape[1] == 1 else sse[:, i]
+
+
+def _results(res: dict, n_sources: int, n_tgt: int) -> dict:
+    """A probe's results as numpy matrices ``[sources, targets]`` plus its per-episode sums."""
+    val = res.get("val_r2")
+    return {"test_r2": res["test_r2"].reshape(n_sources, n_tgt).numpy(),
+            "val_r2": None if val is None else val.reshape(n_sources, n_tgt).numpy(),
+            "ratio": None if "ratio" not in res else res["ratio"].reshape(n_sources, n_tgt).numpy(),
+            "sums": res["episode_sums"]}
+
+
+def mean_over_sources(values: np.ndarray) -> np.ndarray:
+    """NaN-aware mean over the first axis (source layers without a chosen target are left out)."""
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+        return np.nanmean(values, axis=0)
+
+
+def join_chunks(parts: list[ChunkShares]) -> dict:
+    """One direction's shares from its chunks: matrices ``[sources, targets]``, the chosen targets,
+    per-source-layer estimates, their mean over source layers and its replicates ``[quantities, n_boot]``."""
+    estimates = np.concatenate([p.estimates for p in parts])
+    replicates = None if parts[0].replicates is None else mean_over_sources(np.concatenate([p.replicates for p in parts]))
+    return {"r2_baseline": np.concatenate([p.r2_baseline for p in parts]), "r2_joint": np.concatenate([p.r2_joint for p in parts]),
+            "ratio": np.concatenate([p.ratio for p in parts]), "chosen": np.concatenate([p.chosen for p in parts]),
+            "by_source_layer": estimates, "estimate": mean_over_sources(estimates), "replicates": replicates,
+            "episode_r2": mean_over_sources(np.concatenate([p.episode_r2 for p in parts]))}
+
+
+def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dict:
+    """``PartitionDirection`` per baseline from one direction's fits (one per split seed)."""
+    from nsync.fit.results import PartitionDirection, nan_to_none
+
+    out = {}
+    for name in fits[0].partition:
+        seeds = [f.partition[name] for f in fits]
+        base = np.mean([s["r2_baseline"] for s in seeds], 0)
+        joint = np.mean([s["r2_joint"] for s in seeds], 0)
+        source = np.mean([f.r2 for f in fits], 0)
+        by_layer = mean_over_sources(np.stack([s["by_source_layer"] for s in seeds]))  # [sources, quantities]
+        per_seed = np.stack([s["estimate"] for s in seeds])  # [seeds, quantities]
+        out[name] = PartitionDirection(
+            r2_baseline=nan_to_none(base.tolist()), r2_joint=nan_to_none(joint.tolist()),
+            unique=nan_to_none((joint - base).tolist()), shared=nan_to_none((source + base - joint).tolist()),
+            ratio=[nan_to_none(s["ratio"].tolist()) for s in seeds],
+            chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in s["chosen"]] for s in seeds],
+            by_source_layer={q: nan_to_none(by_layer[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
+            per_seed={q: nan_to_none(per_seed[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
+            values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, mean_over_sources(per_seed))},
+        )
+    return out
+
+
+def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]], layer: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """``PartitionSummary`` per baseline (mean over directions, then split seeds, as SyncR²) and
+    the replicates behind its intervals: ``{"<baseline>/<quantity>": [n_boot]}``."""
+    from nsync.fit import bootstrap as boot
+    from nsync.fit.results import PartitionSummary, nan_to_none
+
+    summaries, replicates = {}, {}
+    for name in fits[0].partition:
+        seeds = [s for s in split_seeds if any(f.seed == s for f in fits)]
+        estimate = np.mean([mean_over_sources(np.stack([f.partition[name]["estimate"] for f in fits if f.seed == s])) for s in seeds], 0)
+        values = {q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate)}
+        ci, corrected = {}, {}
+        if all(f.partition[name]["replicates"] is not None for f in fits):
+            reps = boot.combine([boot.combine([f.partition[name]["replicates"] for f in fits if f.seed == s]) for s in seeds])  # [Q, B]
+            for i, q in enumerate(QUANTITIES):
+                replicates[f"{name}/{q}"] = reps[i]
+                ci[q] = boot.interval(reps[i], estimate[i])
+                corrected[q] = boot.bias_corrected(estimate[i], reps[i])
+        summaries[name] = PartitionSummary(features=features[name], layer=layer, values=values, ci95=ci, bias_corrected=corrected)
+    return summaries, replicates

@@ -1,0 +1,94 @@
+"""Variance partitioning (``partition.baselines``) on planted caches with a known answer."""
+
+import numpy as np
+import pytest
+
+from nsync.cache import ActivationCache
+from nsync.config import load_config
+from nsync.data import SynchronyDataModule
+from nsync.data.bands import Baseline, BandReader
+from nsync.data.synthetic import PLANTED_TEXT, write_partition_cache, write_synthetic_cache
+from nsync.errors import NsyncError
+from nsync.fit import FitConfig, FitResult, run_fit
+
+#: A grid wide enough for the joint fit to shrink a band that does not help (see README).
+GRID = ["affine.alphas=[0.1,1,10,100,1000,10000]"]
+
+
+def _fit(cache, out, *extra):
+    args = [f"out={out}", f"data.cache={cache}", "logger.kind=none", "progress=false", "save_weights=false", "data.directions=[A->B]",
+            "bootstrap=300", "data.test_size=0.25", *GRID, *extra]
+    return run_fit(load_config(FitConfig, args, prog="test"))
+
+
+def test_nothing_private_to_the_source_gives_no_unique_share(tmp_path):
+    """Targets are the partner's own past plus shared text that the source also carries: SyncR² is
+    clearly positive, and beyond the text and the own past the source adds nothing."""
+    cache, truth = write_partition_cache(tmp_path / "c", private=0.0)
+    res = _fit(cache, tmp_path / "fit", f"partition.baselines=[{PLANTED_TEXT}+own_past]")
+    assert truth == 0.0 and res.sync_r2 > 0.15 and res.sync_r2_ci95[0] > 0.1
+    p = res.partition[f"{PLANTED_TEXT}+own_past"]
+    lo, hi = p.ci95["unique"]
+    assert lo <= 0.0 <= hi and abs(p.values["unique"]) < 0.01
+    assert p.values["shared"] == pytest.approx(p.values["source"], abs=0.01)  # all of the source's R² is shared
+
+
+def test_a_private_part_is_recovered_as_the_unique_share(tmp_path):
+    cache, truth = write_partition_cache(tmp_path / "c", private=0.7)
+    res = _fit(cache, tmp_path / "fit", f"partition.baselines=[{PLANTED_TEXT}+own_past,{PLANTED_TEXT}]")
+    for name in (f"{PLANTED_TEXT}+own_past", PLANTED_TEXT):
+        p = res.partition[name]
+        lo, hi = p.ci95["unique"]
+        assert lo <= truth <= hi and abs(p.values["unique"] - truth) < 0.02, (name, p.values, p.ci95["unique"], truth)
+    both, text = res.partition[f"{PLANTED_TEXT}+own_past"], res.partition[PLANTED_TEXT]
+    assert both.values["baseline"] > text.values["baseline"] + 0.1  # the own past predicts the partner too
+    # the shares add up cell by cell, and the files hold them
+    d = res.directions["A->B"].partition[PLANTED_TEXT]
+    source, base, joint = (np.array(m, dtype=float) for m in (res.directions["A->B"].r2, d.r2_baseline, d.r2_joint))
+    np.testing.assert_allclose(np.array(d.unique, dtype=float), joint - base, atol=1e-12)
+    np.testing.assert_allclose(np.array(d.shared, dtype=float), source + base - joint, atol=1e-12)
+    assert FitResult.load(tmp_path / "fit") == res
+    reps = np.load(tmp_path / "fit" / "partition_bootstrap.npz")
+    assert reps[f"{PLANTED_TEXT}/unique"].shape == (300,)
+
+
+def test_observer_partition_matches_the_analytic_shares(tmp_path):
+    """Observer rows are sqrt(w) x + noise: of the planted R² 0.5 the observer shares w * 0.5 and the
+    speaker's state alone holds the rest."""
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=200, turns=8, hidden=6, n_layers=1, observer_share=0.5)
+    res = _fit(cache, tmp_path / "fit", "partition.baselines=[observer,own_past]")
+    obs, past = res.partition["observer"].values, res.partition["own_past"].values
+    assert obs["unique"] == pytest.approx(0.25, abs=0.03) and obs["shared"] == pytest.approx(0.25, abs=0.03)
+    assert past["baseline"] == pytest.approx(0.0, abs=0.02) and past["unique"] == pytest.approx(res.sync_r2, abs=0.02)
+
+
+def test_band_reader_aligns_observer_rows_and_the_partners_own_past(tmp_path):
+    cache_dir = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=6, turns=6, hidden=4, n_layers=2, observer_share=0.5)
+    dm = SynchronyDataModule(str(cache_dir), direction="A->B")
+    dm.setup()
+    cache = ActivationCache.open(cache_dir)
+    reader = BandReader(cache, dm.pairs, "synthetic", "synthetic", "interactive", dm.index["fit"])
+    turns = cache.turns
+    observer = reader.read(Baseline.parse("observer"), dm.source_layers)
+    past = reader.read(Baseline.parse("own_past"), dm.source_layers)
+    for i, p in enumerate(dm.pairs.itertuples()):
+        obs_row = turns[(turns.condition == "observer") & (turns.run_id == p.run_id) & (turns.utterance == p.t)]["row"].item()
+        np.testing.assert_array_equal(observer[2][i].numpy(), cache.states("synthetic", 2, "observer")[obs_row])
+        before = turns[(turns.condition == "interactive") & (turns.run_id == p.run_id) & (turns.agent == p.target_agent)
+                       & (turns.utterance < p.target_utterance)].sort_values("utterance")
+        assert past[1][i, -1].item() == float(before.empty)  # the indicator column
+        if not before.empty:
+            np.testing.assert_array_equal(past[1][i, :-1].numpy(), cache.states("synthetic", 1, "interactive")[before["row"].iloc[-1]])
+    # a band that does not depend on the source layer is one tensor for all of them
+    context = reader.read(Baseline.parse("context"), dm.source_layers)
+    assert all(c is context[0] for c in context) and not reader.depends_on_source_layer(Baseline.parse("context"))
+
+
+def test_partition_errors_say_what_is_missing(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=20, turns=4, hidden=4, n_layers=1)
+    with pytest.raises(NsyncError, match="capture.observer=true"):
+        _fit(cache, tmp_path / "a", "partition.baselines=[observer]")
+    with pytest.raises(NsyncError, match="nsync.reread"):
+        _fit(cache, tmp_path / "b", "partition.baselines=[text:all-minilm-l6-v2]")
+    with pytest.raises(NsyncError, match="probe=affine"):
+        load_config(FitConfig, [f"out={tmp_path}/c", f"data.cache={cache}", "probe=mlp", "partition.baselines=[own_past]"], prog="test")
