@@ -48,6 +48,8 @@ def test_a_private_part_is_recovered_as_the_unique_share(tmp_path):
     np.testing.assert_allclose(np.array(d.unique, dtype=float), joint - base, atol=1e-12)
     np.testing.assert_allclose(np.array(d.shared, dtype=float), source + base - joint, atol=1e-12)
     assert FitResult.load(tmp_path / "fit") == res
+    for f in ("partition.png", f"heatmap_unique_{PLANTED_TEXT.replace(':', '-')}_A_to_B.png", "r2_by_layer.png"):
+        assert (tmp_path / "fit" / f).is_file(), f
     reps = np.load(tmp_path / "fit" / "partition_bootstrap.npz")
     assert reps[f"{PLANTED_TEXT}/unique"].shape == (300,)
 
@@ -92,3 +94,14 @@ def test_partition_errors_say_what_is_missing(tmp_path):
         _fit(cache, tmp_path / "b", "partition.baselines=[text:all-minilm-l6-v2]")
     with pytest.raises(NsyncError, match="probe=affine"):
         load_config(FitConfig, [f"out={tmp_path}/c", f"data.cache={cache}", "probe=mlp", "partition.baselines=[own_past]"], prog="test")
+
+
+def test_the_partition_config_runs_on_a_cache(tmp_path):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "fit" / "partition.yaml"
+    cache, _ = write_partition_cache(tmp_path / "c", private=0.5, n_episodes=60)
+    cfg = load_config(FitConfig, ["--config", str(config), f"out={tmp_path / 'fit'}", f"data.cache={cache}", "logger.kind=none",
+                                  "progress=false", f"partition.baselines=[{PLANTED_TEXT},own_past,context]", "bootstrap=50"], prog="test")
+    res = run_fit(cfg)
+    assert set(res.partition) == {PLANTED_TEXT, "own_past", "context"} and res.partition["own_past"].layer == "same"

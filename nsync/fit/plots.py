@@ -1,5 +1,6 @@
-"""The plots of a fit run: best-target R² by source layer, the layer profile by relative depth,
-one heatmap per direction, and (with agent-pair directions) the agents' SyncR² matrix."""
+"""The plots of a fit run: R² at the chosen target by source layer, the layer profile by relative
+depth, one heatmap per direction, and (with agent-pair directions) the agents' SyncR² matrix;
+with a variance partition, a unique-share heatmap per baseline and direction and ``partition.png``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsync.fit.results import FitResult, layer_profile
+from nsync.fit.results import FitResult, layer_profile, modal_target
 
 #: Heatmaps clip R² below this floor (stated on the colour bar): one cell at -7 would otherwise
 #: set the scale and hide everything between 0 and 0.5.
@@ -38,17 +39,14 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     x = np.arange(len(src_names))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for direction, d in result.directions.items():
-        mean = d.r2_matrix
-        std = np.array(d.r2_std, dtype=float)
-        best = np.where(np.isfinite(mean), mean, -np.inf).argmax(1)
-        y = mean[x, best]
-        e = std[x, best]
+        y = d.r2_by_source_layer
+        e = np.array(d.r2_std, dtype=float)[x, [modal_target(d, i, result.target_layers) for i in x]]
         ax.plot(x, y, marker="o", ms=3, label=f"{direction} (SyncR² {d.sync_r2:.3f})")
         ax.fill_between(x, y - e, y + e, alpha=0.2)
     ax.axhline(0, color="grey", lw=0.5)
     _ticks(ax, "x", src_names)
     ax.set_xlabel("source layer")
-    ax.set_ylabel("best-target test R²")
+    ax.set_ylabel(f"test R² at the target chosen on {result.target_choice}")
     ax.set_title(f"{result.models['source']} -> {result.models['target']}: {result.probe} probe, {result.split} split", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -57,26 +55,77 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     plt.close(fig)
     paths.append(plot_layer_profile({f"{result.models['source']} -> {result.models['target']}": result}, out / "layer_profile.png"))
     for direction, d in result.directions.items():
-        r2 = d.r2_matrix
-        finite = r2[np.isfinite(r2)]
-        top = max(float(finite.max()) if finite.size else 0.0, 0.05)
-        fig, ax = plt.subplots(figsize=(6, 5))
-        im = ax.imshow(np.clip(r2, HEATMAP_FLOOR, None), origin="lower", aspect="auto", cmap="viridis", vmin=HEATMAP_FLOOR, vmax=top,
-                       interpolation="nearest")
-        fig.colorbar(im, ax=ax, extend="min", label=f"test R² (below {HEATMAP_FLOOR} drawn as {HEATMAP_FLOOR})")
-        _ticks(ax, "x", tgt_names)
-        _ticks(ax, "y", src_names)
-        ax.set_xlabel("target layer")
-        ax.set_ylabel("source layer")
-        ax.set_title(f"{direction}: test R², mean over split seeds (white: undefined)", fontsize=9)
-        fig.tight_layout()
-        paths.append(out / ("heatmap_" + direction.replace("->", "_to_") + ".png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        name = direction.replace("->", "_to_")
+        paths.append(_heatmap(d.r2_matrix, result, f"{direction}: test R², mean over split seeds (white: undefined)", "test R²",
+                              out / f"heatmap_{name}.png"))
+        for baseline, p in d.partition.items():
+            paths.append(_heatmap(np.array(p.unique, dtype=float), result, f"{direction}: unique share beyond {baseline} (joint - baseline)",
+                                  "unique share", out / f"heatmap_unique_{_safe(baseline)}_{name}.png"))
+    if result.partition:
+        paths.append(plot_partition(result, out / "partition.png"))
     matrix = result.agent_matrix()
     if matrix.notna().sum().sum() >= 2:
         paths.append(plot_agent_matrix(result, out / "agent_pairs.png"))
     return paths
+
+
+def _safe(name: str) -> str:
+    """A baseline's name as a file name part.
+
+    >>> _safe("observer+text:all-minilm-l6-v2")
+    'observer+text-all-minilm-l6-v2'
+    """
+    return "".join(c if c.isalnum() or c in "+-_." else "-" for c in name)
+
+
+def _heatmap(matrix: np.ndarray, result: FitResult, title: str, label: str, path: Path) -> Path:
+    """A source x target layer heatmap, values below :data:`HEATMAP_FLOOR` drawn at the floor."""
+    import matplotlib.pyplot as plt
+
+    finite = matrix[np.isfinite(matrix)]
+    top = max(float(finite.max()) if finite.size else 0.0, 0.05)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(np.clip(matrix, HEATMAP_FLOOR, None), origin="lower", aspect="auto", cmap="viridis", vmin=HEATMAP_FLOOR, vmax=top,
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, extend="min", label=f"{label} (below {HEATMAP_FLOOR} drawn as {HEATMAP_FLOOR})")
+    _ticks(ax, "x", result.target_layer_names)
+    _ticks(ax, "y", result.source_layer_names)
+    ax.set_xlabel("target layer")
+    ax.set_ylabel("source layer")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_partition(result: FitResult, path: Path) -> Path:
+    """One panel per baseline: by the source layer's relative depth, the test R² of the source
+    alone, the baseline alone and both, and the source's unique share, at each source layer's
+    chosen target (mean over split seeds), per direction; the unique SyncR² and its interval in
+    the panel's title."""
+    import matplotlib.pyplot as plt
+
+    names = list(result.partition)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
+    styles = {"source": ":", "baseline": "--", "joint": "-.", "unique": "-"}
+    for ax, name in zip(axes[0], names):
+        for direction, d in result.directions.items():
+            p = d.partition[name]
+            for q, style in styles.items():
+                ax.plot(result.source_depth, np.array(p.by_source_layer[q], dtype=float), ls=style, marker="o" if q == "unique" else None,
+                        ms=3, lw=2 if q == "unique" else 1, label=f"{direction} {q}")
+        s = result.partition[name]
+        ci = s.ci95.get("unique")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(f"beyond {name}: unique SyncR² {s.values['unique']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""), fontsize=8)
+        ax.set_xlabel("source layer, relative depth")
+        ax.set_ylabel("test R² at the chosen target")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_agent_matrix(result: FitResult, path: Path) -> Path:

@@ -66,6 +66,8 @@ class Affine:
         n = len(dm.source_layers)
         outputs = len(dm.target_layers) * dm.d_out
         per_source = dm.d_in * outputs * (12 if self.needs_validation(cfg) else 4) + 8 * outputs * (2 * dm.n_test_episodes + len(cfg.affine.alphas))
+        if cfg.partition.baselines:  # the joint fit's design is the source joined with a baseline of up to about twice its width
+            per_source *= 3
         size = max(1, min(n, int(cfg.memory_gb * 2**30 // per_source)))
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 

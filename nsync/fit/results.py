@@ -275,7 +275,7 @@ def layer_profile(result: "FitResult"):
             if not np.isfinite(r2[i]).any():
                 continue
             # The target chosen in most split seeds (the best mean test R² in files before schema 3).
-            j = _modal_target(d, i, result.target_layers) if d.chosen_target_layer else int(np.nanargmax(r2[i]))
+            j = modal_target(d, i, result.target_layers)
             rows.append({"direction": direction, "source_layer": layer, "source_depth": result.source_depth[i],
                          "best_target_layer": result.target_layers[j], "best_target_depth": result.target_depth[j],
                          "best_r2": float(chosen[i]), "best_r2_std": float(np.array(d.r2_std, dtype=float)[i, j]),
@@ -283,8 +283,12 @@ def layer_profile(result: "FitResult"):
     return pd.DataFrame(rows)
 
 
-def _modal_target(d: DirectionResult, i: int, target_layers: list[int]) -> int:
-    """Position of the target layer chosen for source position ``i`` in most split seeds."""
+def modal_target(d: DirectionResult, i: int, target_layers: list[int]) -> int:
+    """Position of the target layer chosen for source position ``i`` in most split seeds (the best
+    mean test R² in files before schema 3)."""
+    if not d.chosen_target_layer:
+        row = np.array(d.r2[i], dtype=float)
+        return int(np.nanargmax(row)) if np.isfinite(row).any() else 0
     picks = [seed[i] for seed in d.chosen_target_layer or [] if seed[i] is not None]
     return target_layers.index(max(set(picks), key=picks.count)) if picks else 0
 

@@ -53,4 +53,31 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
     if result.sync_r2_ci95:
         run.summary["sync_r2_ci95_low"], run.summary["sync_r2_ci95_high"] = result.sync_r2_ci95
     run.summary["model_pair"] = f"{result.models['source']}__{result.models['target']}"
+    if result.partition:
+        log_partition(run, result)
     run.finish()
+
+
+def log_partition(run, result: FitResult) -> None:
+    """The variance partition: each baseline's shares (and intervals) in the summary, the unique
+    share per source layer as a series, and every cell's five R² figures as a table."""
+    import wandb
+
+    run.define_metric("unique_by_source_layer/*", step_metric="source_layer")
+    rows = []
+    for name, summary in result.partition.items():
+        for quantity, value in summary.values.items():
+            run.summary[f"partition/{name}/{quantity}"] = value
+            ci = summary.ci95.get(quantity)
+            if ci:
+                run.summary[f"partition/{name}/{quantity}_ci95_low"], run.summary[f"partition/{name}/{quantity}_ci95_high"] = ci
+        for direction, d in result.directions.items():
+            p = d.partition[name]
+            for layer, value in zip(result.source_layers, p.by_source_layer["unique"]):
+                if value is not None:
+                    run.log({f"unique_by_source_layer/{name}/{direction.replace('->', '_to_')}": value, "source_layer": layer})
+            for i, sl in enumerate(result.source_layers):
+                for j, tl in enumerate(result.target_layers):
+                    rows.append([direction, name, sl, tl, d.r2[i][j], p.r2_baseline[i][j], p.r2_joint[i][j], p.unique[i][j], p.shared[i][j]])
+    columns = ["direction", "baseline", "source_layer", "target_layer", "r2_source", "r2_baseline", "r2_joint", "unique", "shared"]
+    run.log({"partition_matrix": wandb.Table(columns=columns, data=rows)})
