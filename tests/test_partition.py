@@ -105,3 +105,22 @@ def test_the_partition_config_runs_on_a_cache(tmp_path):
                                   "progress=false", f"partition.baselines=[{PLANTED_TEXT},own_past,context]", "bootstrap=50"], prog="test")
     res = run_fit(cfg)
     assert set(res.partition) == {PLANTED_TEXT, "own_past", "context"} and res.partition["own_past"].layer == "same"
+
+
+def test_time_course_holds_the_analytic_value_of_every_utterance_index(tmp_path):
+    """Agent 1's k-th state accumulates its own past, so its variance grows with k: SyncR² at
+    index k is (text + private)² / 2 / Var_k and the unique share private² / Var_k."""
+    cache, _ = write_partition_cache(tmp_path / "c", private=0.7)
+    res = _fit(cache, tmp_path / "fit", f"partition.baselines=[{PLANTED_TEXT}+own_past]", "surrogates.n=0")
+    variances, v = [], 0.0
+    for k in range(4):
+        v = 1 + 0.49 + 1 + (0.36 * v if k else 0.0)
+        variances.append(v)
+    d = res.directions["A->B"]
+    assert d.time_course.utterance == [0, 2, 4, 6] and all(n > 0 for n in d.time_course.n_pairs)
+    for k, var in enumerate(variances):
+        lo, hi = d.time_course.ci95[k]
+        assert lo <= 1.7**2 / 2 / var <= hi, (k, d.time_course)
+        lo, hi = d.partition[f"{PLANTED_TEXT}+own_past"].time_course.ci95[k]
+        assert lo <= 0.49 / var <= hi, (k, d.partition[f"{PLANTED_TEXT}+own_past"].time_course)
+    assert d.time_course.value[0] > d.time_course.value[3] + 0.1  # it falls as the partner's own past grows

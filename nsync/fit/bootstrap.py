@@ -69,7 +69,7 @@ def combine(replicates: list[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(replicates), axis=0)
 
 
-def _valid(sums: dict) -> torch.Tensor:
+def valid_dims(sums: dict) -> torch.Tensor:
     """``[targets, dims]``: output dimensions that vary on the full test side (as the test metric)."""
     tss = sums["s2"].sum(0) - sums["s1"].sum(0) ** 2 / sums["n"].sum()
     return tss > CONSTANT_TOLERANCE * tss.max().clamp(min=1e-300)
@@ -88,7 +88,7 @@ class ReplicateR2:
         self.w = torch.as_tensor(weights, dtype=torch.float64)
         self.s1, self.s2 = sums["s1"], sums["s2"]
         self.n = self.w @ sums["n"].double()
-        self.valid = _valid(sums)
+        self.valid = valid_dims(sums)
         self._targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _target(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +118,7 @@ def episode_r2(sums: dict, targets: list[int] | None = None) -> np.ndarray:
     ``1 - SSE_e / sum_e (y - mean_test)²``, averaged uniformly over output dimensions."""
     t = slice(None) if targets is None else list(targets)
     mean = sums["s1"].sum(0) / sums["n"].sum()
-    uniform, _ = r2_from_sums(sums["n"], sums["s1"][:, t], sums["s2"][:, t], sums["sse"][:, t], valid=_valid(sums)[t], center=mean[t])
+    uniform, _ = r2_from_sums(sums["n"], sums["s1"][:, t], sums["s2"][:, t], sums["sse"][:, t], valid=valid_dims(sums)[t], center=mean[t])
     return uniform.numpy()
 
 

@@ -13,6 +13,7 @@ from nsync.config import to_dict
 from nsync.data.config import DataConfig
 from nsync.errors import NsyncError
 from nsync.fit.partition import PartitionConfig
+from nsync.fit.surrogates import SurrogateConfig
 from nsync.probes.affine import ALPHA_CHOICES
 
 #: How a source layer's target layer is chosen (``target_choice``).
@@ -57,7 +58,9 @@ class FitConfig:
     mlp: MLPConfig = field(default_factory=MLPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    surrogates: SurrogateConfig = field(default_factory=SurrogateConfig)
     seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
+    time_bins: int = field(default=0, metadata={"help": "time course: SyncR² and the unique share by source utterance index, each index its own bin (0), in this many bins of consecutive indices, or none (-1)"})
     target_choice: str = field(default="validation", metadata={"help": "how each source layer's best target layer is chosen: validation (on held-out training episodes, so the test R² that SyncR² reports is not the one it was picked on) or test (the paper's rule: the best test R², optimistic; the bootstrap re-picks it in every replicate)"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over episodes for SyncR²'s 95% interval (0: none)"})
     cka: bool = field(default=True, metadata={"help": "also compute the debiased linear CKA of every (source, target layer) pair on the test side (no fitting)"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import hashlib
 import logging
 import time
 import warnings
@@ -25,6 +26,8 @@ from nsync.data.pairs import NoPairsError
 from nsync.errors import NsyncError
 from nsync.fit import bootstrap as boot
 from nsync.fit import partition as part
+from nsync.fit import surrogates as sur
+from nsync.fit import timecourse as tc
 from nsync.fit.config import FitConfig, fingerprint, resolve_out
 from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, choose_targets, nan_to_none, summarise_direction
 from nsync.fit.probe_types import PROBE_TYPES
@@ -62,6 +65,8 @@ class DirectionFit:
     chosen: np.ndarray | None = None  # [source layers] position of each one's target layer (-1: none), see choose_targets
     target_choice: str = "validation"  # what the targets were chosen on
     partition: dict[str, dict] = field(default_factory=dict)  # baseline -> nsync.fit.partition.join_chunks
+    null_sync: np.ndarray | None = None  # [surrogates] SyncR² of each surrogate re-pairing of the test rows
+    time_course: dict | None = None  # SyncR² by utterance index (nsync.fit.timecourse.summarise_fit)
 
 
 def plan(cfg: FitConfig) -> list[tuple[int, str]]:
@@ -119,6 +124,18 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     draws = boot.EpisodeBootstrap(cfg.bootstrap).weights(dm.test_episodes) if cfg.bootstrap else None
     replicates, per_episode, weights, replicate_r2 = [], [], {}, None
     bands = partition_bands(cfg, dm)
+    test_rows = torch.from_numpy(dm.index["test"])
+    perms = None  # surrogate re-pairings of the test rows; only where targets are chosen on validation (else the test choice would need re-picking)
+    if cfg.surrogates.n and val_r2 is not None:
+        key_seed = int.from_bytes(hashlib.sha256(f"{seed}|{direction}".encode()).digest()[:4], "little")
+        perms = sur.permutations(dm.pairs.iloc[dm.index["test"]], cfg.surrogates.n, cfg.surrogates.kind, key_seed)
+    null_sync = []
+    course = None  # SyncR² by utterance index: [source layers] of (estimate [bins], replicates [n_boot, bins])
+    if cfg.time_bins >= 0:
+        test_pairs = dm.pairs.iloc[dm.index["test"]]
+        codes = np.searchsorted(dm.test_episodes, test_pairs["episode_id"].to_numpy())
+        course = tc.TimeCourse(codes, test_pairs["t"].to_numpy(), len(dm.test_episodes), cfg.time_bins, draws)
+    by_time = []
     shares: dict[str, list[part.ChunkShares]] = {name: [] for name in bands}
     fitted_baselines: dict[str, dict] = {name: {} for name in bands}  # baseline-alone fits that serve every source layer
     key = direction.replace("->", "_to_")
@@ -133,17 +150,23 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         if val_r2 is not None and "val_r2" not in res:  # a probe type without one (docs/extending.md's baseline)
             log.warning("probe type '%s' reports no validation R² (results['val_r2']): target layers are chosen on the test R² "
                         "(target_choice=test)", cfg.probe)
-            val_r2 = None
+            val_r2, perms, null_sync = None, None, []  # no surrogates for targets picked on the test side
         if val_r2 is not None:
             val_r2[chunk] = res["val_r2"].reshape(len(chunk), n_tgt).numpy()
         chosen = choose_targets(r2[chunk], None if val_r2 is None else val_r2[chunk])
         sums = res["episode_sums"]
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
+        valid = boot.valid_dims(sums)
+        predictions = sur.chosen_predictions(probe, dm.x[test_rows][:, chunk], dm.y[test_rows], chosen)
+        if perms is not None:
+            null_sync.append(sur.chunk_nulls(predictions, chosen, perms, valid))
+        if course is not None:
+            by_time += [course.r2(*predictions[i], valid[int(chosen[i])]) if i in predictions else None for i in range(len(chunk))]
         for name, features in bands.items():  # the same chunk beside each baseline, then its unique share
-            fit = functools.partial(lambda view, p: fit_chunk(cfg, view, logger, p).results, p=f"{prefix}partition/{name}/")
+            fit = functools.partial(lambda view, p: fit_chunk(cfg, view, logger, p), p=f"{prefix}partition/{name}/")
             shares[name].append(part.fit_chunk_shares(cfg, dm, chunk, [features[s] for s in chunk], res, fit, replicate_r2,
-                                                      cfg.bootstrap, val_r2 is not None, fitted_baselines[name]))
+                                                      cfg.bootstrap, val_r2 is not None, fitted_baselines[name], perms, valid, course))
         for i, s in enumerate(chunk):
             one = {"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": sums["sse"][:, i]}
             target = None if chosen[i] < 0 else int(chosen[i])
@@ -180,7 +203,9 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     return DirectionFit(seed, direction, layout, dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs), r2, r2w,
                         alpha if has_alpha else None, boot.replicate_sync_r2(replicates) if replicates else None,
                         episodes, weights, cka, choose_targets(r2, val_r2), "test" if val_r2 is None else "validation",
-                        {name: part.join_chunks(parts) for name, parts in shares.items()})
+                        {name: part.join_chunks(parts, course) for name, parts in shares.items()},
+                        part.mean_over_sources(np.clip(np.concatenate(null_sync), 0, None)) if null_sync else None,
+                        tc.summarise_fit(by_time, course, clip=True) if course is not None else None)
 
 
 def partition_bands(cfg: FitConfig, dm: SynchronyDataModule) -> dict[str, list[torch.Tensor]]:
@@ -224,6 +249,10 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
             None if any(f.cka is None for f in mine) else [f.cka for f in mine], [f.chosen for f in mine], mine[0].target_choice,
         )
         directions[direction].partition = part.summarise_direction(mine, lay["target_layers"], cfg.partition.layer)
+        if all(f.time_course is not None for f in mine):
+            directions[direction].time_course = tc.combine_seeds([f.time_course for f in mine])
+        if all(f.null_sync is not None for f in mine):
+            directions[direction].sync_r2_p_value = sur.p_value(directions[direction].sync_r2, boot.combine([f.null_sync for f in mine]))
     for f in fits:
         splits.setdefault(str(f.seed), {})[f.direction] = f.split_ids
     # Mean over directions, then over split seeds; the bootstrap replicates the same way.
@@ -233,6 +262,10 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         per_seed = [boot.combine([f.replicates for f in fits if f.seed == s]) for s in cfg.data.split_seeds if any(f.seed == s for f in fits)]
         replicates = boot.combine(per_seed)
     sync = float(np.mean(seeds_sync))
+    p_sync = None
+    if all(f.null_sync is not None for f in fits):  # surrogate k of the run: the mean of every fit's k-th, as SyncR² is a mean
+        p_sync = sur.p_value(sync, boot.combine([boot.combine([f.null_sync for f in fits if f.seed == s]) for s in cfg.data.split_seeds
+                                                 if any(f.seed == s for f in fits)]))
     fewest = min(len(f.episodes) for f in fits)
     if replicates is not None and fewest < MIN_TEST_EPISODES:
         log.warning("only %d test episodes: with fewer than %d the episode bootstrap's interval covers less than it says "
@@ -256,7 +289,8 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
         sync_r2_bias_corrected=boot.bias_corrected(sync, replicates) if replicates is not None else None,
         bootstrap=BootstrapInfo(replicates=cfg.bootstrap, scheme=boot.SCHEME, test_episodes=min(len(f.episodes) for f in fits))
         if replicates is not None else None,
-        splits=splits, config=to_dict(cfg), seconds=seconds, partition=partition,
+        splits=splits, config=to_dict(cfg), seconds=seconds, partition=partition, sync_r2_p_value=p_sync,
+        surrogates={"n": cfg.surrogates.n, "kind": cfg.surrogates.kind} if p_sync is not None else None,
     )
     return result, replicates, partition_replicates
 

@@ -61,6 +61,8 @@ class ChunkShares:
     estimates: np.ndarray  # [chunk, quantities]
     replicates: np.ndarray | None  # [chunk, quantities, n_boot]
     episode_r2: np.ndarray  # [chunk, quantities, test episodes] at the chosen cell
+    null_unique: np.ndarray | None = None  # [chunk, surrogates] the unique share with the test rows re-paired
+    by_time: list | None = None  # per source layer: (unique share per bin, its replicates) or None
 
 
 def shares_at(source, baseline, joint) -> np.ndarray:
@@ -83,24 +85,30 @@ def choose_unique_targets(val_baseline: np.ndarray | None, val_joint: np.ndarray
 
 
 def fit_chunk_shares(cfg, dm, chunk: list[int], bands: list[torch.Tensor], source_res: dict, fit_probe, replicate_r2, n_boot: int,
-                     on_validation: bool, baseline_cache: dict) -> ChunkShares:
+                     on_validation: bool, baseline_cache: dict, perms: np.ndarray | None = None, valid: torch.Tensor | None = None,
+                     course=None) -> ChunkShares:
     """The baseline-alone and joint fits for the source layers ``chunk`` of ``dm`` and one baseline
     (``bands``: its features per source layer of the chunk), scored against the source-alone
-    results ``source_res`` of the same chunk. ``fit_probe(view)`` fits an affine probe on a data
-    module view; ``baseline_cache`` keeps a baseline-alone fit that does not depend on the source
-    layer, so it is fitted once per direction."""
+    results ``source_res`` of the same chunk. ``fit_probe(view)`` fits and tests an affine probe on
+    a data module view; ``baseline_cache`` keeps a baseline-alone fit that does not depend on the
+    source layer, so it is fitted once per direction. With surrogate re-pairings ``perms`` of the
+    test rows (and the test side's ``valid`` dimensions) the unique share's null is computed too,
+    and with a :class:`nsync.fit.timecourse.TimeCourse` its course by utterance index."""
     from nsync.fit.bootstrap import episode_r2
 
     n_tgt = len(dm.target_layers)
     key = id(bands[0])
-    if all(b is bands[0] for b in bands) and key in baseline_cache:
-        base = baseline_cache[key]
-    elif all(b is bands[0] for b in bands):
-        base = baseline_cache[key] = _results(fit_probe(dm.with_source_data(bands[0][:, None])), 1, n_tgt)
+    shared_band = all(b is bands[0] for b in bands)
+    if shared_band and key in baseline_cache:
+        base_probe = baseline_cache[key]
     else:
-        base = _results(fit_probe(dm.with_source_data(torch.stack(bands, 1))), len(chunk), n_tgt)
+        base_probe = fit_probe(dm.with_source_data(bands[0][:, None] if shared_band else torch.stack(bands, 1)))
+        if shared_band:
+            baseline_cache[key] = base_probe
+    base = _results(base_probe.results, 1 if shared_band else len(chunk), n_tgt)
     joint_x = torch.cat([dm.x[:, chunk], torch.stack(bands, 1)], -1)
-    joint = _results(fit_probe(dm.with_source_data(joint_x, band_start=dm.d_in)), len(chunk), n_tgt)
+    joint_probe = fit_probe(dm.with_source_data(joint_x, band_start=dm.d_in))
+    joint = _results(joint_probe.results, len(chunk), n_tgt)
     source = _results(source_res, len(chunk), n_tgt)
 
     def row(part: dict, i: int, name: str):
@@ -136,7 +144,34 @@ def fit_chunk_shares(cfg, dm, chunk: list[int], bands: list[torch.Tensor], sourc
         sums = source["sums"]
         eps = [episode_r2({"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": s}, [t])[:, 0] for s in sse]
         per_episode[i] = shares_at(*eps).T
-    return ChunkShares(r2_b, r2_j, ratio, chosen, estimates, replicates, per_episode)
+    null_unique = None
+    if perms is not None:
+        from nsync.fit.surrogates import unique_nulls
+
+        rows = np.arange(len(chunk))
+        picked = np.where(chosen >= 0, chosen, 0)
+        null_unique = unique_nulls(joint_probe, joint_x, torch.from_numpy(dm.index["train"]), torch.from_numpy(dm.index["test"]), dm.y,
+                                   dm.d_in, chosen, r2_b[rows, picked], baseline_only[rows, picked], perms, valid)
+    by_time = None
+    if course is not None:  # the unique share by utterance index: joint minus baseline, per bin
+        from nsync.fit.surrogates import chosen_predictions
+
+        test = torch.from_numpy(dm.index["test"])
+        y_test = dm.y[test]
+        joint_pred = chosen_predictions(joint_probe, joint_x[test], y_test, chosen)
+        with torch.no_grad():
+            base_pred = dict(base_probe.source_predictions((bands[0][:, None] if shared_band else torch.stack(bands, 1))[test]))
+        y_base = (y_test.float() - base_probe.target_shift.cpu()).double()
+        by_time = []
+        for i, t in enumerate(int(c) for c in chosen):
+            if t < 0:
+                by_time.append(None)
+                continue
+            b_est, b_reps = course.r2(y_base[:, t], base_pred[0 if shared_band else i][:, t].double(), valid[t])
+            j_est, j_reps = (b_est, b_reps) if baseline_only[i, t] else course.r2(*joint_pred[i], valid[t])
+            by_time.append((j_est - b_est, None if b_reps is None else j_reps - b_reps))
+    del joint_probe
+    return ChunkShares(r2_b, r2_j, ratio, chosen, estimates, replicates, per_episode, null_unique, by_time)
 
 
 def _sse(base: dict, i: int) -> torch.Tensor:
@@ -160,20 +195,27 @@ def mean_over_sources(values: np.ndarray) -> np.ndarray:
         return np.nanmean(values, axis=0)
 
 
-def join_chunks(parts: list[ChunkShares]) -> dict:
+def join_chunks(parts: list[ChunkShares], course=None) -> dict:
     """One direction's shares from its chunks: matrices ``[sources, targets]``, the chosen targets,
-    per-source-layer estimates, their mean over source layers and its replicates ``[quantities, n_boot]``."""
+    per-source-layer estimates, their mean over source layers and its replicates ``[quantities,
+    n_boot]``, the surrogates' null and (with a time course) the unique share by utterance index."""
+    from nsync.fit.timecourse import summarise_fit
+
     estimates = np.concatenate([p.estimates for p in parts])
     replicates = None if parts[0].replicates is None else mean_over_sources(np.concatenate([p.replicates for p in parts]))
     return {"r2_baseline": np.concatenate([p.r2_baseline for p in parts]), "r2_joint": np.concatenate([p.r2_joint for p in parts]),
             "ratio": np.concatenate([p.ratio for p in parts]), "chosen": np.concatenate([p.chosen for p in parts]),
             "by_source_layer": estimates, "estimate": mean_over_sources(estimates), "replicates": replicates,
-            "episode_r2": mean_over_sources(np.concatenate([p.episode_r2 for p in parts]))}
+            "episode_r2": mean_over_sources(np.concatenate([p.episode_r2 for p in parts])),
+            "null_unique": None if parts[0].null_unique is None else mean_over_sources(np.concatenate([p.null_unique for p in parts])),
+            "time_course": None if course is None else summarise_fit([x for p in parts for x in p.by_time], course, clip=False)}
 
 
 def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dict:
     """``PartitionDirection`` per baseline from one direction's fits (one per split seed)."""
     from nsync.fit.results import PartitionDirection, nan_to_none
+    from nsync.fit.surrogates import p_value
+    from nsync.fit.timecourse import combine_seeds
 
     out = {}
     for name in fits[0].partition:
@@ -191,6 +233,9 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dic
             by_source_layer={q: nan_to_none(by_layer[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
             per_seed={q: nan_to_none(per_seed[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
             values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, mean_over_sources(per_seed))},
+            unique_p_value=None if seeds[0]["null_unique"] is None else
+            p_value(float(mean_over_sources(per_seed)[QUANTITIES.index("unique")]), np.mean([s["null_unique"] for s in seeds], 0)),
+            time_course=None if seeds[0]["time_course"] is None else combine_seeds([s["time_course"] for s in seeds]),
         )
     return out
 
@@ -200,6 +245,7 @@ def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]]
     the replicates behind its intervals: ``{"<baseline>/<quantity>": [n_boot]}``."""
     from nsync.fit import bootstrap as boot
     from nsync.fit.results import PartitionSummary, nan_to_none
+    from nsync.fit.surrogates import p_value
 
     summaries, replicates = {}, {}
     for name in fits[0].partition:
@@ -213,5 +259,10 @@ def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]]
                 replicates[f"{name}/{q}"] = reps[i]
                 ci[q] = boot.interval(reps[i], estimate[i])
                 corrected[q] = boot.bias_corrected(estimate[i], reps[i])
-        summaries[name] = PartitionSummary(features=features[name], layer=layer, values=values, ci95=ci, bias_corrected=corrected)
+        p = None
+        if all(f.partition[name]["null_unique"] is not None for f in fits):
+            null = boot.combine([boot.combine([f.partition[name]["null_unique"] for f in fits if f.seed == s]) for s in seeds])
+            p = p_value(estimate[QUANTITIES.index("unique")], null)
+        summaries[name] = PartitionSummary(features=features[name], layer=layer, values=values, ci95=ci, bias_corrected=corrected,
+                                           unique_p_value=p)
     return summaries, replicates

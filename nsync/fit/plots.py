@@ -63,6 +63,8 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
                                   "unique share", out / f"heatmap_unique_{_safe(baseline)}_{name}.png"))
     if result.partition:
         paths.append(plot_partition(result, out / "partition.png"))
+    if any(d.time_course is not None for d in result.directions.values()):
+        paths.append(plot_time_course(result, out / "time_course.png"))
     matrix = result.agent_matrix()
     if matrix.notna().sum().sum() >= 2:
         paths.append(plot_agent_matrix(result, out / "agent_pairs.png"))
@@ -122,6 +124,38 @@ def plot_partition(result: FitResult, path: Path) -> Path:
         ax.set_xlabel("source layer, relative depth")
         ax.set_ylabel("test R² at the chosen target")
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_time_course(result: FitResult, path: Path) -> Path:
+    """SyncR² (solid) and each baseline's unique share (dashed) by source utterance index, per
+    direction, with 95% intervals over episodes: does synchrony grow as a conversation goes on?"""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+
+    def draw(course, label: str, style: str) -> None:
+        u = np.array(course.utterance)
+        y = np.array(course.value, dtype=float)
+        line = ax.plot(u, y, ls=style, marker="o", ms=3, label=label)[0]
+        if all(c is not None for c in course.ci95):
+            lo, hi = np.array([c[0] for c in course.ci95]), np.array([c[1] for c in course.ci95])
+            ax.fill_between(u, lo, hi, alpha=0.15, color=line.get_color())
+
+    for direction, d in result.directions.items():
+        if d.time_course is not None:
+            draw(d.time_course, f"{direction} SyncR²", "-")
+        for name, p in d.partition.items():
+            if p.time_course is not None:
+                draw(p.time_course, f"{direction} unique beyond {name}", "--")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("source utterance index")
+    ax.set_ylabel("test R² at the chosen targets (per index)")
+    ax.set_title(f"{result.models['source']} -> {result.models['target']}: time course (95% intervals over episodes)", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

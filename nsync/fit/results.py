@@ -112,6 +112,8 @@ class DirectionResult(BaseModel):
     chosen_r2_by_source_layer: Optional[list[Optional[float]]] = Field(None, description="per source layer: test R² at the chosen target layer, mean over split seeds")
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
     partition: dict[str, PartitionDirection] = Field(default_factory=dict, description="baseline -> its variance partition (partition.baselines)")
+    sync_r2_p_value: Optional[float] = Field(None, description="permutation p-value of this direction's SyncR² (surrogates)")
+    time_course: Optional[TimeCourseResult] = Field(None, description="SyncR² by source utterance index (time_bins)")
 
     @property
     def r2_by_source_layer(self) -> np.ndarray:
@@ -123,6 +125,17 @@ class DirectionResult(BaseModel):
     @property
     def r2_matrix(self) -> np.ndarray:
         return np.array(self.r2, dtype=float)
+
+class TimeCourseResult(BaseModel):
+    """A figure by source utterance index (nsync.fit.timecourse), over split seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    utterance: list[int] = Field(description="each bin's first source utterance index")
+    n_pairs: list[int] = Field(description="test pairs per bin (first split seed that has it)")
+    value: list[Optional[float]]
+    ci95: list[Optional[tuple[float, float]]] = Field(description="95% basic bootstrap interval per bin (episodes)")
+
 
 class PartitionDirection(BaseModel):
     """One baseline's partition of one direction, over split seeds (nsync.fit.partition)."""
@@ -138,6 +151,8 @@ class PartitionDirection(BaseModel):
     by_source_layer: dict[str, list[Optional[float]]] = Field(description="quantity -> per source layer its test value at the chosen target, mean over split seeds")
     per_seed: dict[str, list[Optional[float]]] = Field(description="quantity -> per split seed its mean over source layers")
     values: dict[str, Optional[float]] = Field(description="quantity -> mean over split seeds (unique: the unique SyncR² of this direction)")
+    unique_p_value: Optional[float] = Field(None, description="permutation p-value of the unique SyncR² (surrogates)")
+    time_course: Optional[TimeCourseResult] = Field(None, description="the unique share by source utterance index")
 
 
 class PartitionSummary(BaseModel):
@@ -151,6 +166,7 @@ class PartitionSummary(BaseModel):
     values: dict[str, Optional[float]] = Field(description="source, baseline, joint, unique (the unique SyncR²), shared")
     ci95: dict[str, Optional[tuple[float, float]]] = Field(default_factory=dict, description="95% basic bootstrap interval per quantity")
     bias_corrected: dict[str, Optional[float]] = Field(default_factory=dict)
+    unique_p_value: Optional[float] = Field(None, description="permutation p-value of the unique SyncR²: the source's part of the joint prediction re-paired (surrogates)")
 
 
 class BootstrapInfo(BaseModel):
@@ -197,6 +213,8 @@ class FitResult(BaseModel):
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
     fingerprint: Optional[str] = Field(None, description="hash of the fit config and the cache's content: a stored result is reused only when it matches")
     partition: dict[str, PartitionSummary] = Field(default_factory=dict, description="baseline -> the source's unique and shared shares beside it")
+    sync_r2_p_value: Optional[float] = Field(None, description="permutation p-value of SyncR² against surrogate re-pairings of the test rows")
+    surrogates: Optional[dict[str, Any]] = Field(None, description="{'n', 'kind'} of the surrogates behind the p-values")
     bootstrap: Optional[BootstrapInfo] = None
     splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
     config: dict[str, Any]

@@ -40,6 +40,11 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
             if np.isfinite(best):
                 run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
         run.summary[f"sync_r2/{key}"] = d.sync_r2
+        if d.time_course is not None:
+            run.log({f"time_course/{key}": wandb.Table(columns=["utterance", "n_pairs", "sync_r2"],
+                                                      data=[[u, n, v] for u, n, v in zip(d.time_course.utterance, d.time_course.n_pairs, d.time_course.value)])})
+        if d.sync_r2_p_value is not None:
+            run.summary[f"sync_r2_p_value/{key}"] = d.sync_r2_p_value
     columns = ["direction", "source_layer", "source_name", "target_layer", "target_name", "r2", "r2_std", "alpha"]
     rows = []
     for direction, d in result.directions.items():
@@ -53,6 +58,8 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
     if result.sync_r2_ci95:
         run.summary["sync_r2_ci95_low"], run.summary["sync_r2_ci95_high"] = result.sync_r2_ci95
     run.summary["model_pair"] = f"{result.models['source']}__{result.models['target']}"
+    if result.sync_r2_p_value is not None:
+        run.summary["sync_r2_p_value"] = result.sync_r2_p_value
     if result.partition:
         log_partition(run, result)
     run.finish()
@@ -66,6 +73,8 @@ def log_partition(run, result: FitResult) -> None:
     run.define_metric("unique_by_source_layer/*", step_metric="source_layer")
     rows = []
     for name, summary in result.partition.items():
+        if summary.unique_p_value is not None:
+            run.summary[f"partition/{name}/unique_p_value"] = summary.unique_p_value
         for quantity, value in summary.values.items():
             run.summary[f"partition/{name}/{quantity}"] = value
             ci = summary.ci95.get(quantity)
