@@ -26,12 +26,12 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
             f"simulate_config={sim}", "pairs=[{name: tiny, models: [tiny-llama, tiny-gemma3], episodes: 12, min_train_pairs: 1000, simulate: [capture.dtype=float32], "
             "alpha_grid: [1.0, 100.0, 10000.0], fit: [data.test_size=0.3]}]",
             "split_seeds=[0]", "bootstrap=50", "controls=[main,observer,shuffled_partner,context,self]", "lags=[1]",
-            "splits=[persona]", "mlp_source_layer_step=2"]
+            "splits=[persona]", "mlp_source_layer_step=2", "partition=[observer,own_past]"]
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])
     first = capsys.readouterr().out
     results = (tmp_path / "docs" / "results.md").read_text()
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
-                   "By depth (mean over directions)", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size", "covers less than it says"):
+                   "By depth (mean over directions)", "Variance partition", "| own_past |", "| observer |", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size", "covers less than it says"):
         assert needle in results, needle
     for view, direction in (("tiny-llama -> tiny-gemma3", "A->B"), ("tiny-gemma3 -> tiny-llama", "B->A")):
         assert f"**{view}** (training pairs per direction: {direction} " in results, view

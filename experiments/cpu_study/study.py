@@ -79,6 +79,7 @@ class StudyConfig:
     lags: list[int] = field(default_factory=lambda: [1, 3], metadata={"help": "lags of the temporal curve"})
     splits: list[str] = field(default_factory=lambda: ["persona", "scenario"], metadata={"help": "splits besides interaction"})
     mlp_source_layer_step: int = field(default=5, metadata={"help": "every k-th source layer for the affine vs MLP comparison"})
+    partition: list[str] = field(default_factory=list, metadata={"help": "baselines of the variance partition fitted for every view with the alpha grid (nsync.fit partition.baselines; empty: none)"})
 
 
 def _name(model: str) -> str:
@@ -184,6 +185,8 @@ class Study:
             step = self.cfg.mlp_source_layer_step
             extra["probe_affine"] = [f"data.source_layer_step={step}", f"affine.alphas=[{grid}]"]
             extra["probe_mlp"] = [f"data.source_layer_step={step}", "probe=mlp"]
+            if self.cfg.partition:  # after the controls, which add the text states a baseline may read
+                extra["partition"] = [f"affine.alphas=[{grid}]", f"partition.baselines=[{','.join(self.cfg.partition)}]"]
             def fit(run: str, overrides: list[str]) -> FitResult:
                 run_dir = folder / run
                 fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}"], prog="nsync.fit")
@@ -355,6 +358,7 @@ class Report:
             lines += ["", f"Splits (chosen alpha) and probes (every k-th source layer, k = {self.cfg.mlp_source_layer_step}):", "",
                       "| fit | SyncR², bias-corrected [95% CI] (raw) | training pairs per direction | test episodes |",
                       "|---|---|---|---|", *rows]
+        lines += self._partition_table(folder)
         lines += ["", self.reading(folder, chosen, paper, main), "", self.coverage_check(checked)]
         if few:
             lines.append(f"\nFewer than {MIN_TEST_EPISODES} test episodes: {', '.join(few)}; there the episode bootstrap's "
@@ -378,6 +382,22 @@ class Report:
             cka = result.sync_cka if result is not None else None
             diff = "" if c == "main" else f"{_f(r.get('diff_bias_corrected'))} {_ci(r['diff_ci95_low'], r['diff_ci95_high'])}"
             lines.append(f"| {c} | {_cell(p) if p is not None else ''} | {_cell(r)} | {diff} | {_f(cka)} |")
+        return lines
+
+    def _partition_table(self, folder: Path) -> list[str]:
+        """The variance partition of a view: per baseline the source's unique SyncR² with its
+        interval and surrogate p-value, and the shares it is made of (at each source layer's target
+        chosen on validation, mean over layers, directions and split seeds)."""
+        result = self._result(folder / "partition")
+        if result is None or not result.partition:
+            return []
+        lines = ["", "Variance partition (chosen alpha; p: surrogate pseudo-dyads; SyncR² of this fit "
+                 f"{_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}):", "",
+                 "| beyond | unique SyncR² [95% CI] | p | shared | baseline alone | source and baseline |", "|---|---|---|---|---|---|"]
+        for name, p in result.partition.items():
+            v = p.values
+            lines.append(f"| {name} | {_f(v['unique'])} {_ci(*(p.ci95.get('unique') or (None, None)))} | {_f(p.unique_p_value)} | "
+                         f"{_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
         return lines
 
     def _other_fits(self, folder: Path) -> list[tuple[str, str, object]]:

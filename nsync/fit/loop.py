@@ -164,7 +164,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         if course is not None:
             by_time += [course.r2(*predictions[i], valid[int(chosen[i])]) if i in predictions else None for i in range(len(chunk))]
         for name, features in bands.items():  # the same chunk beside each baseline, then its unique share
-            fit = functools.partial(lambda view, p: fit_chunk(cfg, view, logger, p), p=f"{prefix}partition/{name}/")
+            fit = functools.partial(fit_chunk, cfg, logger=logger, log_prefix=f"{prefix}partition/{name}/")
             shares[name].append(part.fit_chunk_shares(cfg, dm, chunk, [features[s] for s in chunk], res, fit, replicate_r2,
                                                       cfg.bootstrap, val_r2 is not None, fitted_baselines[name], perms, valid, course))
         for i, s in enumerate(chunk):
