@@ -225,3 +225,19 @@ def test_banded_affine_probe_matches_a_float64_solve_and_himalaya():
                                                        n_iter=gammas, alphas=np.array([best_a]), fit_intercept=True, return_weights=True,
                                                        progress_bar=False, cv=2)
         np.testing.assert_allclose(np.asarray(hw), w, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_banded_probe_with_one_target_layer_and_standardised_inputs(scale):
+    rng = np.random.default_rng(8)
+    z = np.concatenate([rng.normal(size=(400, 5)), 50 * rng.normal(size=(400, 3))], 1).astype(np.float32)
+    y = (z[:, :5] @ rng.normal(size=(5, 2)) + rng.normal(size=(400, 2)))[:, None].astype(np.float32)
+    probe = AffineProbe(8, 2, 1, alphas=[1.0, 10.0], scale=scale, x_shift=torch.tensor(z[:250]).double().mean(0),
+                        y_shift=torch.tensor(y[:250]).double().mean(0), band_start=5, band_ratios=[0.1, 10.0])
+    _fit_probe(probe, z, y, slice(0, 250), slice(250, 320), slice(320, None))
+    assert probe.results["test_r2"].item() > 0.5 and probe.results["ratio"].shape == (1, 1)
+    if scale:  # standardised columns: the band's total variance is its width, 3 against the source's 5
+        stats = RidgeStatistics(torch.tensor(z[:250]).double().mean(0), torch.zeros(2, dtype=torch.float64))
+        stats.update(torch.tensor(z[:250]), torch.tensor(y[:250, 0]))
+        scales = probe._band_scales(stats)
+        assert scales[0][0, 5].item() == pytest.approx((5 / 3) ** 0.5 / 0.1**0.5)

@@ -177,6 +177,8 @@ def check_paired(main: FitResult, other: FitResult, name: str = "the control") -
     if (a.scheme, a.replicates, a.seed) != (b.scheme, b.replicates, b.seed) or a.scheme != boot.SCHEME:
         raise NsyncError(f"{name}'s replicates ({b.scheme}, {b.replicates}, seed {b.seed}) do not pair with main's ({a.scheme}, "
                          f"{a.replicates}, seed {a.seed}); refit both with this nsync and the same bootstrap setting")
+    if not any(d in other.splits.get(seed, {}) for seed, directions in main.splits.items() for d in directions):
+        raise NsyncError(f"{name} shares no (split seed, direction) with main: nothing to pair")
     for seed, directions in main.splits.items():
         for direction, ids in directions.items():
             theirs = other.splits.get(seed, {}).get(direction)

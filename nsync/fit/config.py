@@ -84,6 +84,8 @@ class FitConfig:
             raise NsyncError(f"affine.matmul_dtype must be float32 or float64, got '{self.affine.matmul_dtype}'")
         if self.partition.baselines and self.probe != "affine":
             raise NsyncError(f"partition.baselines needs probe=affine (banded ridge), got probe={self.probe}")
+        if self.partition.baselines and self.target_choice != "validation":
+            raise NsyncError("partition.baselines chooses band penalties and target layers on validation episodes; set target_choice=validation")
         if self.target_choice not in TARGET_CHOICES:
             raise NsyncError(f"target_choice must be one of {TARGET_CHOICES}, got '{self.target_choice}'")
         if self.memory_gb <= 0:

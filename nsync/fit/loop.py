@@ -158,7 +158,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
         valid = boot.valid_dims(sums)
-        predictions = sur.chosen_predictions(probe, dm.x[test_rows][:, chunk], dm.y[test_rows], chosen)
+        predictions = sur.chosen_predictions(probe, dm.x[test_rows][:, chunk], dm.y[test_rows], chosen) if perms is not None or course is not None else {}
         if perms is not None:
             null_sync.append(sur.chunk_nulls(predictions, chosen, perms, valid))
         if course is not None:
@@ -377,6 +377,7 @@ def reusable_result(cfg: FitConfig) -> FitResult | None:
     :func:`~nsync.fit.config.fingerprint`); None (with the reason logged) when there is none or it
     must be refitted. Stages that re-use finished fits (controls, the paper pipeline, the CPU
     study) ask this instead of checking that a ``results.json`` exists."""
+    cfg = with_agent_directions(cfg)  # as run_fit fingerprints it
     folder = Path(resolve_out(cfg))
     if cfg.overwrite or not (folder / "results.json").is_file():
         return None

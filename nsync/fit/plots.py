@@ -120,7 +120,9 @@ def plot_partition(result: FitResult, path: Path) -> Path:
         s = result.partition[name]
         ci = s.ci95.get("unique")
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set_title(f"beyond {name}: unique SyncR² {s.values['unique']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""), fontsize=8)
+        unique = s.values.get("unique")
+        ax.set_title(f"beyond {name}: unique SyncR² " + ("n/a" if unique is None else f"{unique:.3f}")
+                     + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""), fontsize=8)
         ax.set_xlabel("source layer, relative depth")
         ax.set_ylabel("test R² at the chosen target")
         ax.legend(fontsize=6)

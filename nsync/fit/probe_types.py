@@ -108,6 +108,7 @@ class MLP:
         dm = with_batch_size(dm, m.batch_size)
         run.fit(probe, datamodule=dm)
         best.restore(probe)
+        probe.results["val_r2"] = probe.val_r2_by_target.detach().cpu().clone()  # the best epoch's, on the CPU
         run.test(probe, datamodule=dm, verbose=False)
         return probe
 

@@ -22,6 +22,7 @@ source shares with it, stay with their row.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,8 @@ import torch
 from nsync.errors import NsyncError
 
 KINDS = ("pseudo_dyad", "circular_shift")
+log = logging.getLogger("nsync.fit")
+_WARNED: set[str] = set()  # once per process
 
 
 @dataclass
@@ -159,6 +162,10 @@ def unique_nulls(joint_probe, x_joint: torch.Tensor, train_rows: torch.Tensor, t
         # Fitted on training and test rows together: on training rows alone (or test rows alone) the
         # split kept some of the baseline in the residual, and planted nulls came out at 9-10% for 5%.
         fit_rows = torch.cat([train_rows, test_rows])
+        if b.shape[1] > len(fit_rows) // 2 and not _WARNED:
+            _WARNED.add("wide")
+            log.warning("the baseline has %d columns for %d rows: the source's residual on it is small, and the unique share's "
+                        "surrogate p-value loses power", b.shape[1], len(fit_rows))
         xm, bm = x[fit_rows].mean(0), b[fit_rows].mean(0)
         bc = b[fit_rows] - bm
         gram = bc.T @ bc

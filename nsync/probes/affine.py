@@ -94,12 +94,14 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         xs = self._sources(x)
         alpha = torch.where(torch.isnan(self.alpha), torch.full_like(self.alpha, self.alphas[0]), self.alpha).cpu()
         ratio = self.ratio_index.cpu()
+        xs = xs.to(self._solution.x_mean.device)
         for s in range(hp.n_sources):  # around the fitted mean, which is target_shift once solved
-            if len(self._solutions) == 1:
-                pred = self._solution.predict_centred(xs[:, s], alpha[s], s)
+            ratios = torch.unique(ratio[s]).tolist()
+            if len(ratios) == 1:
+                pred = self._solutions[ratios[0]].predict_centred(xs[:, s], alpha[s], s)
             else:  # banded: each target layer from the solution of its band penalty ratio
                 pred = sum(self._solutions[r].predict_centred(xs[:, s], alpha[s], s, targets=torch.nonzero(ratio[s] == r).flatten().tolist())
-                           for r in torch.unique(ratio[s]).tolist())
+                           for r in ratios)
             yield s, pred.view(x.shape[0], hp.n_targets, hp.d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +147,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             return [None]
         mx = stats.sx / stats.n
         var = torch.diagonal(stats.sxx, dim1=1, dim2=2) - stats.n * mx**2  # [S, d] centred sums of squares
+        if self.hparams.scale:  # columns are standardised first: each band's total variance is its width
+            var = (var > 0).to(var.dtype)
         source, band = var[:, :start].sum(1), var[:, start:].sum(1)
         equalise = torch.sqrt(source / torch.where(band > 0, band, torch.ones_like(band)))  # [S]
         scales = []
@@ -220,17 +224,15 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         scores = torch.where(torch.isinf(scores), torch.nan, scores)
         self.results["val_r2_by_alpha"] = scores.cpu()
         self.alpha.copy_(choose_alpha(scores, self.alphas, hp.alpha_per))
+        grid = torch.tensor(self.alphas, dtype=torch.float64, device=self.alpha.device)
+        chosen = (torch.nan_to_num(self.alpha, nan=self.alphas[0])[None] == grid[:, None, None]).to(torch.int64).argmax(0)  # [S, T]
         if len(self.ratios) > 1:  # the band penalty ratio that gave each cell's chosen alpha its score
-            grid = torch.tensor(self.alphas, dtype=torch.float64, device=self.alpha.device)
-            chosen = (torch.nan_to_num(self.alpha, nan=self.alphas[0])[None] == grid[:, None, None]).to(torch.int64).argmax(0)  # [S, T]
             at_alpha = by_ratio.gather(1, chosen[None, None].expand(len(self.ratios), 1, -1, -1)).squeeze(1)  # [ratios, S, T]
             self.ratio_index.copy_(torch.nan_to_num(at_alpha, nan=-torch.inf).argmax(0))
+        if hp.band_start is not None:
             self.results["ratio"] = torch.tensor(self.ratios, dtype=torch.float64)[self.ratio_index.cpu()]
         # Validation R² at each cell's chosen alpha: what the fit chooses each source's target layer on.
-        chosen = torch.nan_to_num(self.alpha, nan=self.alphas[0])
-        at = torch.stack([(chosen == a).to(scores.dtype) for a in self.alphas])  # [alphas, sources, targets] one-hot
-        val_r2 = torch.nansum(torch.nan_to_num(scores, nan=0.0) * at, 0)
-        self.results["val_r2"] = torch.where(torch.isnan(self.alpha) | torch.isnan((scores * at).sum(0)), torch.nan, val_r2).cpu()
+        self.results["val_r2"] = torch.where(torch.isnan(self.alpha), torch.nan, scores.gather(0, chosen[None])[0]).cpu()
         best = torch.nan_to_num(scores, nan=-torch.inf).amax(0)
         if torch.isfinite(best).any():
             self.log(f"{hp.log_prefix}val/r2", best[torch.isfinite(best)].mean().float(), sync_dist=True)
@@ -239,6 +241,10 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         full += self._reduce(self._val_stats)
         self._set_solution(full, keep_stats=False)
         self._train_stats = self._val_stats = None
+
+    def on_test_end(self) -> None:
+        # Lightning moves the module back to the CPU after testing, not the solutions: keep them together.
+        self._solutions = [solution.to(self.device) for solution in self._solutions]
 
     def on_train_end(self) -> None:
         if self._solution is None and len(self.alphas) > 1:

@@ -108,6 +108,5 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         uniform, _ = self.val_r2.compute()
         self.val_r2_by_target.copy_(uniform.float())
-        self.results["val_r2"] = self.val_r2_by_target  # [targets]; the fit chooses the target layer on it
         # Mean over the target layers that have an R² (a constant layer has none).
         self.log(f"{self.hparams.log_prefix}val/r2", uniform[torch.isfinite(uniform)].mean().float(), prog_bar=True)

@@ -136,6 +136,12 @@ class RidgeSolution:
     def n_sources(self) -> int:
         return self.c.shape[0]
 
+    def to(self, device) -> "RidgeSolution":
+        """The solution's tensors on ``device`` (in place; Lightning moves the module, not this)."""
+        for name in ("x_mean", "y_mean", "inv_std", "eigvals", "eigvecs", "q", "_scale_mm", "c"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
         """``(x - mean) S @ Q``: the rows in the eigenbasis."""
         return ((x.double() - self.x_mean[source]) * self.inv_std[source]).to(self.product_dtype) @ self.q[source]
