@@ -49,10 +49,7 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     ax.set_ylabel(f"test R² at the target chosen on {result.target_choice}")
     ax.set_title(f"{result.models['source']} -> {result.models['target']}: {result.probe} probe, {result.split} split", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "r2_by_layer.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "r2_by_layer.png"))
     paths.append(plot_layer_profile({f"{result.models['source']} -> {result.models['target']}": result}, out / "layer_profile.png"))
     for direction, d in result.directions.items():
         name = direction.replace("->", "_to_")
@@ -69,6 +66,16 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     if matrix.notna().sum().sum() >= 2:
         paths.append(plot_agent_matrix(result, out / "agent_pairs.png"))
     return paths
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close a figure; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def _safe(name: str) -> str:
@@ -95,10 +102,7 @@ def _heatmap(matrix: np.ndarray, result: FitResult, title: str, label: str, path
     ax.set_xlabel("target layer")
     ax.set_ylabel("source layer")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_partition(result: FitResult, path: Path) -> Path:
@@ -126,10 +130,7 @@ def plot_partition(result: FitResult, path: Path) -> Path:
         ax.set_xlabel("source layer, relative depth")
         ax.set_ylabel("test R² at the chosen target")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_time_course(result: FitResult, path: Path) -> Path:
@@ -158,10 +159,7 @@ def plot_time_course(result: FitResult, path: Path) -> Path:
     ax.set_ylabel("test R² at the chosen targets (per index)")
     ax.set_title(f"{result.models['source']} -> {result.models['target']}: time course (95% intervals over episodes)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_agent_matrix(result: FitResult, path: Path) -> Path:
@@ -187,10 +185,7 @@ def plot_agent_matrix(result: FitResult, path: Path) -> Path:
     ax.set_ylabel("source (utterance of)")
     fig.colorbar(im, ax=ax, label="SyncR²")
     ax.set_title(f"SyncR² per ordered pair (lag {result.lag}); mean over pairs {result.sync_r2:.3f}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_layer_profile(results: dict[str, "FitResult | pd.DataFrame"], path: Path) -> Path:
@@ -217,7 +212,4 @@ def plot_layer_profile(results: dict[str, "FitResult | pd.DataFrame"], path: Pat
     ax_depth.set_ylabel("best target layer, relative depth")
     ax_r2.legend(fontsize=7)
     fig.suptitle("Layer profile (mean over split seeds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
