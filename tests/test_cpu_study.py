@@ -42,8 +42,8 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     affine_config = json.loads((runs / "tiny-llama" / "probe_affine" / "results.json").read_text())["config"]
     assert affine_config["affine"]["alphas"] == [1.0, 100.0, 10000.0] and affine_config["data"]["test_size"] == 0.3  # the pair's own
     assert "skipping" not in caplog.text  # each view asks for its one direction
-    for png in ("controls.png", "layer_profile.png", "heatmap.png"):
-        assert (tmp_path / "docs" / png).is_file()
+    for png in ("controls.png", "layer_profile.png", "heatmap.png", "unique_profile.png", "time_course.png"):
+        assert (tmp_path / "docs" / png).is_file(), png
     text = readme.read_text()
     assert "\nold\n" not in text and "| main |" in text and text.endswith("after\n")
     assert f"![controls]({tmp_path / 'docs' / 'controls.png'})" in text and "![controls](controls.png)" in results
@@ -56,7 +56,7 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     done = (tmp_path / "docs" / "results.md").read_text()
     record = json.loads((tmp_path / "docs" / "record.json").read_text())
     assert set(record["pairs"]) == {"tiny"} and set(record["pairs"]["tiny"]["timings"]) == {"tiny/simulate", "tiny/fit"}
-    drawn = {png: (tmp_path / "docs" / png).read_bytes() for png in ("controls.png", "layer_profile.png", "heatmap.png")}
+    drawn = {png: (tmp_path / "docs" / png).read_bytes() for png in ("controls.png", "layer_profile.png", "heatmap.png", "unique_profile.png", "time_course.png")}
     shutil.rmtree(tmp_path / "runs")
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args, "report_only=true"])
     kept = (tmp_path / "docs" / "results.md").read_text()

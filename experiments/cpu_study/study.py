@@ -359,6 +359,7 @@ class Report:
                       "| fit | SyncR², bias-corrected [95% CI] (raw) | training pairs per direction | test episodes |",
                       "|---|---|---|---|", *rows]
         lines += self._partition_table(folder)
+        view.update(self._partition_numbers(folder))
         lines += ["", self.reading(folder, chosen, paper, main), "", self.coverage_check(checked)]
         if few:
             lines.append(f"\nFewer than {MIN_TEST_EPISODES} test episodes: {', '.join(few)}; there the episode bootstrap's "
@@ -399,6 +400,24 @@ class Report:
             lines.append(f"| {name} | {_f(v['unique'])} {_ci(*(p.ci95.get('unique') or (None, None)))} | {_f(p.unique_p_value)} | "
                          f"{_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
         return lines
+
+    def _partition_numbers(self, folder: Path) -> dict:
+        """What the partition's plots need, in a form the record keeps: the unique share by source
+        layer depth per baseline and direction, and SyncR² and the unique shares by utterance index."""
+        result = self._result(folder / "partition")
+        if result is None or not result.partition:
+            return {}
+        profile, course = [], []
+        for direction, d in result.directions.items():
+            series = [("SyncR²", d.time_course)] + [(f"unique beyond {b}", p.time_course) for b, p in d.partition.items()]
+            for b, p in d.partition.items():
+                profile += [{"direction": direction, "baseline": b, "source_depth": x, "unique": u}
+                            for x, u in zip(result.source_depth, p.by_source_layer["unique"])]
+            for name, tc in series:
+                if tc is not None:
+                    course += [{"direction": direction, "series": name, "utterance": u, "value": v, "low": ci[0] if ci else None,
+                                "high": ci[1] if ci else None} for u, v, ci in zip(tc.utterance, tc.value, tc.ci95)]
+        return {"unique_profile": profile, "time_course": course}
 
     def _other_fits(self, folder: Path) -> list[tuple[str, str, object]]:
         """(run folder, label, result) of the finished fits besides the controls: main, the splits
@@ -515,7 +534,47 @@ class Report:
             if live is not None or (self.record.get("heatmap_view") == first and heatmap.is_file()):
                 paths.append(heatmap)
                 captions.append(f"heatmap.png: test R² by source and target layer, {first}, main condition, chosen alpha.")
+        paths += self._partition_plots(found)
         return paths, captions
+
+    def _partition_plots(self, found: dict) -> list[Path]:
+        """unique_profile.png (one panel per baseline: the unique share by source layer depth, a line
+        per view and direction) and time_course.png (one panel per view), from the views' numbers."""
+        import matplotlib.pyplot as plt
+
+        from nsync.fit.plots import save_figure
+
+        paths = []
+        profiles = {label: pd.DataFrame(v["unique_profile"]) for label, v in found.items() if v.get("unique_profile")}
+        if profiles:
+            baselines = list(dict.fromkeys(b for table in profiles.values() for b in table["baseline"]))
+            fig, axes = plt.subplots(1, len(baselines), figsize=(4.2 * len(baselines), 3.6), squeeze=False)
+            for ax, baseline in zip(axes[0], baselines):
+                for label, table in profiles.items():
+                    for direction, rows in table[table["baseline"] == baseline].groupby("direction", sort=False):
+                        ax.plot(rows["source_depth"], rows["unique"].astype(float), marker="o", ms=3, label=f"{label} {direction}")
+                ax.axhline(0, color="grey", lw=0.5)
+                ax.set_title(f"unique share beyond {baseline}", fontsize=8)
+                ax.set_xlabel("source layer, relative depth")
+                ax.legend(fontsize=6)
+            axes[0][0].set_ylabel("test R², joint - baseline, chosen target")
+            paths.append(save_figure(fig, self.docs / "unique_profile.png"))
+        courses = {label: pd.DataFrame(v["time_course"]) for label, v in found.items() if v.get("time_course")}
+        if courses:
+            fig, axes = plt.subplots(1, len(courses), figsize=(4.6 * len(courses), 3.6), squeeze=False)
+            for ax, (label, table) in zip(axes[0], courses.items()):
+                for (direction, series), rows in table.groupby(["direction", "series"], sort=False):
+                    line = ax.plot(rows["utterance"], rows["value"].astype(float), marker="o", ms=3, ls="-" if series == "SyncR²" else "--",
+                                   label=f"{direction} {series}")[0]
+                    if rows["low"].notna().all():
+                        ax.fill_between(rows["utterance"], rows["low"].astype(float), rows["high"].astype(float), alpha=0.12, color=line.get_color())
+                ax.axhline(0, color="grey", lw=0.5)
+                ax.set_title(label, fontsize=8)
+                ax.set_xlabel("source utterance index")
+                ax.legend(fontsize=6)
+            axes[0][0].set_ylabel("test R² at the chosen targets")
+            paths.append(save_figure(fig, self.docs / "time_course.png"))
+        return paths
 
     def write(self) -> list[Path]:
         sections, found, timings = [], {}, {}
