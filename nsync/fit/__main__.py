@@ -16,6 +16,7 @@ from nsync.config import load_config
 from nsync.errors import run_cli
 from nsync.fit.config import FitConfig, resolve_out
 from nsync.fit.loop import run_fit
+from nsync.fit.results import modal_target
 
 
 def main(argv: Sequence[str]) -> None:
@@ -37,8 +38,7 @@ def main(argv: Sequence[str]) -> None:
         best_text = "no source layer has an R²"
         if np.isfinite(r2).any():
             best = int(np.nanargmax(r2))
-            picks = [seed[best] for seed in d.chosen_target_layer or [] if seed[best] is not None] or [d.best_target_layer[best]]
-            target = result.target_layers.index(max(set(picks), key=picks.count))
+            target = modal_target(d, best, result.target_layers)
             best_text = f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} (R² {r2[best]:.4f})"
         print(f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, "
               f"n_train {d.n_train[0]}, n_test {d.n_test[0]}")
