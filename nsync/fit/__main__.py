@@ -42,6 +42,15 @@ def main(argv: Sequence[str]) -> None:
             best_text = f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} (R² {r2[best]:.4f})"
         print(f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, "
               f"n_train {d.n_train[0]}, n_test {d.n_test[0]}")
+    if result.sync_r2_p_value is not None:
+        print(f"  permutation p-value of SyncR² ({result.surrogates['n']} {result.surrogates['kind']} surrogates): {result.sync_r2_p_value:.4f}")
+    for name, p in result.partition.items():
+        v, ci = p.values, p.ci95.get("unique")
+        ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+        p_text = f", p {p.unique_p_value:.4f}" if p.unique_p_value is not None else ""
+        num = {q: "n/a" if x is None else f"{x:.4f}" for q, x in v.items()}
+        print(f"  beyond {name}: unique SyncR² {num['unique']}{ci_text}{p_text}; shared {num['shared']}, "
+              f"baseline alone {num['baseline']}, both {num['joint']}")
     matrix = result.agent_matrix()
     if matrix.notna().sum().sum() >= 2:
         print("SyncR² by ordered agent pair (rows: source agent, columns: target agent):")
