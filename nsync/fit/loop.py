@@ -125,17 +125,19 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     replicates, per_episode, weights, replicate_r2 = [], [], {}, None
     bands = partition_bands(cfg, dm)
     test_rows = torch.from_numpy(dm.index["test"])
+    test_pairs = dm.pairs.iloc[dm.index["test"]]
     perms = None  # surrogate re-pairings of the test rows; only where targets are chosen on validation (else the test choice would need re-picking)
     if cfg.surrogates.n and val_r2 is not None:
         key_seed = int.from_bytes(hashlib.sha256(f"{seed}|{direction}".encode()).digest()[:4], "little")
-        perms = sur.permutations(dm.pairs.iloc[dm.index["test"]], cfg.surrogates.n, cfg.surrogates.kind, key_seed)
+        perms = sur.permutations(test_pairs, cfg.surrogates.n, cfg.surrogates.kind, key_seed)
     null_sync = []
     course = None  # SyncR² by utterance index: [source layers] of (estimate [bins], replicates [n_boot, bins])
     if cfg.time_bins >= 0:
-        test_pairs = dm.pairs.iloc[dm.index["test"]]
         codes = np.searchsorted(dm.test_episodes, test_pairs["episode_id"].to_numpy())
         course = tc.TimeCourse(codes, test_pairs["t"].to_numpy(), len(dm.test_episodes), cfg.time_bins, draws)
     by_time = []
+    # Test rows of every layer, read once (not per chunk) when predictions are scored row by row.
+    x_test, y_test = (dm.x[test_rows], dm.y[test_rows]) if perms is not None or course is not None else (None, None)
     shares: dict[str, list[part.ChunkShares]] = {name: [] for name in bands}
     fitted_baselines: dict[str, dict] = {name: {} for name in bands}  # baseline-alone fits that serve every source layer
     key = direction.replace("->", "_to_")
@@ -158,7 +160,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
         valid = boot.valid_dims(sums)
-        predictions = sur.chosen_predictions(probe, dm.x[test_rows][:, chunk], dm.y[test_rows], chosen) if perms is not None or course is not None else {}
+        predictions = sur.chosen_predictions(probe, x_test[:, chunk], y_test, chosen) if x_test is not None else {}
         if perms is not None:
             null_sync.append(sur.chunk_nulls(predictions, chosen, perms, valid))
         if course is not None:
