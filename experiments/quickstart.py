@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from nsync.analysis.controls import main_beside_shuffled
+from nsync.cache import ActivationCache, describe_reply_flags
 from nsync.config import load_config
 from nsync.errors import run_cli
 from nsync.fit import FitResult
@@ -45,6 +46,7 @@ def main(argv) -> None:
     start = time.perf_counter()
     cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync.simulate"))
     print(f"cache {cache}: {stats.line()}")
+    print(f"replies: {describe_reply_flags(ActivationCache.open(cache).reply_flags())}")
     table = main_beside_shuffled(cache, args.out, args.fit, overwrite=True)
     main_result = FitResult.load(f"{args.out}/main")
     n_train = ", ".join(f"{d} {int(np.mean(r.n_train))}" for d, r in main_result.directions.items())

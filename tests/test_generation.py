@@ -114,3 +114,29 @@ def test_stops_at_first_line_eos_and_max_tokens(tiny_llama, monkeypatch):
     monkeypatch.setattr(generation, "_sample", scripted)
     out = gen.generate(_prompts(tiny_llama), generators)
     assert out.tokens == [script[0][:3], script[1][:5], script[2][:2]]
+
+
+@pytest.mark.parametrize("setting", [dict(no_repeat_ngram=2), dict(repetition_penalty=1.5), dict(no_repeat_ngram=3, repetition_penalty=1.2)])
+def test_repetition_settings_match_transformers_generate(tiny_llama, setting):
+    """Greedy replies under no_repeat_ngram / repetition_penalty, batched, equal HF's
+    ``generate`` with no_repeat_ngram_size / repetition_penalty one prompt at a time."""
+    hf_names = {"no_repeat_ngram": "no_repeat_ngram_size", "repetition_penalty": "repetition_penalty"}
+    prompts = _prompts(tiny_llama)
+    gen = Generator(tiny_llama, SamplingConfig(temperature=0, max_new_tokens=12, first_line_only=False, **setting))
+    got = gen.generate(prompts, [torch.Generator() for _ in prompts], capture=False).tokens
+    plain = Generator(tiny_llama, SamplingConfig(temperature=0, max_new_tokens=12, first_line_only=False))
+    assert plain.generate(prompts, [torch.Generator() for _ in prompts], capture=False).tokens != got  # the setting matters here
+    eos = sorted(gen.eos_ids)
+    for p, tokens in zip(prompts, got):
+        with torch.no_grad():
+            ref = tiny_llama.model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=12, eos_token_id=eos,
+                                            pad_token_id=tiny_llama.tokenizer.pad_token_id,
+                                            **{hf_names[k]: v for k, v in setting.items()})[0, len(p):].tolist()
+        assert tokens == ref
+    if "no_repeat_ngram" in setting:
+        n = setting["no_repeat_ngram"]
+        for p, tokens in zip(prompts, got):
+            seq = p + tokens
+            grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+            new = grams[len(p) - n + 1 :]  # every n-gram that ends in the reply
+            assert all(g not in grams[:i + len(p) - n + 1] for i, g in enumerate(new))

@@ -1,9 +1,12 @@
+import itertools
+
 import pytest
 
 from nsync.models.tiny import tiny_tokenizer
 from nsync.scenarios import load_builtin
 from nsync.simulation.prompts import (
     FORMATS,
+    LAYOUTS,
     LEAVE_MARKER,
     Utterance,
     chat_messages,
@@ -37,6 +40,26 @@ def test_sotopia_prompt_shows_own_goal_and_hides_partner_goal_and_secret():
     assert text.endswith(f"Turn 2: {me.name} said:")
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_prose_layout_states_the_goal_once_as_an_instruction_and_has_no_fields(fmt):
+    """The prose layout carries what the fields layout does (scenario, own background with its
+    secret, the partner as the relationship shows it, the own goal), without a field line to continue."""
+    tok = tiny_tokenizer()
+    ep = _episode(relationship=3)
+    me, other = ep.characters
+    text = render(tok, fmt, ep, 0, HISTORY, layout="prose")
+    assert text.count(ep.scenario.goals[0]) == 1 and ep.scenario.goals[1] not in text
+    assert "'s goal:" not in text and "Scenario:" not in text and "'s background:" not in text and "Participants:" not in text
+    assert ep.scenario.scenario.rstrip(".") in text and me.secret in text and other.secret not in text
+    assert other.occupation.lower() in text and "Yes, it is." in text
+    fields = render(tok, fmt, ep, 0, HISTORY)
+    assert f"{me.name}'s goal: {ep.scenario.goals[0]}" in fields and fields != text
+    observer = render(tok, fmt, ep, 0, HISTORY, layout="prose", observer=True)
+    assert ep.scenario.goals[0] not in observer and "Imagine you are" not in observer and me.secret in observer
+    stranger = _episode(relationship=0)
+    assert f"{stranger.characters[0].name} is a stranger." in render(tok, fmt, stranger, 1, [], layout="prose")
+
+
 def test_stranger_sees_nothing_of_partner():
     ep = _episode(relationship=0)
     text = sotopia_text(ep, 1, [])
@@ -60,12 +83,12 @@ def _common_suffix(a: list[int], b: list[int]) -> int:
 
 
 def assert_observer_ends_like_the_speaker(tok, episode, history=HISTORY):
-    """At token level, in every prompt format: the observer's prompt ends with the same tokens as
-    the speaker's, the whole final line (cue or partner's last line) and the template's tail."""
+    """At token level, in every prompt format and layout: the observer's prompt ends with the same
+    tokens as the speaker's, the whole final line (cue or partner's last line) and the template's tail."""
     plain = not getattr(tok, "chat_template", None)
-    for fmt in FORMATS:
+    for fmt, layout in itertools.product(FORMATS, LAYOUTS):
         for past in (history, []):
-            speaker, observer = (tok(render(tok, fmt, episode, 0, past, observer=o), add_special_tokens=plain)["input_ids"]
+            speaker, observer = (tok(render(tok, fmt, episode, 0, past, observer=o, layout=layout), add_special_tokens=plain)["input_ids"]
                                  for o in (False, True))
             assert speaker != observer
             shared = tok.decode(speaker[len(speaker) - _common_suffix(speaker, observer):])
@@ -122,9 +145,3 @@ def test_clean_reply_drops_speaker_names_and_echoed_cues():
     assert clean_reply("(Bo Chen) Deal. [leave]", True, [], names) == ("Deal.", True)
     assert clean_reply("Bo Chen said: Turn 3: ok", True, [], names) == ("ok", False)
     assert clean_reply("Analysis: Ana Díaz is right.", True, [], names) == ("Analysis: Ana Díaz is right.", False)
-    from nsync.simulation.prompts import ECHO
-
-    assert ECHO.search("Sure. You are at Turn 4, so") and not ECHO.search("I'll turn 40 next year")
-    # lines of the context block, as SmolLM2 repeats them
-    assert ECHO.search("Leo Williams's goal: Maintaining financial stability") and ECHO.search("Scenario: two friends")
-    assert not ECHO.search("My goal is simple: pay half.")

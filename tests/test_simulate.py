@@ -240,7 +240,7 @@ def test_an_agent_cannot_leave_before_the_minimum(tmp_path, monkeypatch):
     """A model that answers the leave marker first: re-sampled until both agents have spoken, then
     its leave ends the episode."""
     _scripted(monkeypatch, first="[leave]", again="Hello there.")
-    out, stats = _run(tmp_path / "c", "max_turns=6", "min_utterances=2")
+    out, stats = _run(tmp_path / "c", "max_turns=6", "min_utterances=2", "resample_echo=false")  # the scripted replies repeat
     t = _texts(ActivationCache.open(out))
     turns = ActivationCache.open(out).turns
     inter = turns[turns.condition == "interactive"].sort_values(["run_id", "utterance"])
@@ -263,6 +263,52 @@ def test_a_reply_still_empty_after_resampling_is_recorded_and_flagged(tmp_path, 
     assert (first["flag"] == "empty,early_leave").all() and (first["resampled"] == 2).all() and not first["left"].any()
     assert inter[inter.utterance == 2]["left"].all()
     assert stats.resampled == 2 * 2 * stats.runs
+
+
+def test_replies_that_recite_are_flagged_by_kind_and_resampled_when_asked(tmp_path, monkeypatch):
+    """First samples recite a goal field, re-samples say something: flagged ``echo:goal`` as they
+    are, replaced with resample_echo; a re-sample that repeats the partner's line is itself an echo."""
+    _scripted(monkeypatch, first="Sure. Ana's goal: keep the sofa.", again="Hello there.")
+    out, stats = _run(tmp_path / "plain", "max_turns=2", "scenarios.limit=2", "resample_echo=false")
+    inter = ActivationCache.open(out).turns.query("condition == 'interactive'")
+    assert (inter["flag"] == "echo:goal").all() and (inter["resampled"] == 0).all() and stats.resampled == 0
+    out, stats = _run(tmp_path / "resampled", "max_turns=2", "scenarios.limit=2", "resample_echo=true", "max_resamples=2")
+    cache = ActivationCache.open(out)
+    inter = cache.turns.query("condition == 'interactive'").sort_values(["run_id", "utterance"])
+    assert (inter["text"] == "Hello there.").all()
+    first, second = inter[inter.utterance == 0], inter[inter.utterance == 1]
+    assert (first["flag"] == "").all() and (first["resampled"] == 1).all()
+    # the second speaker's re-samples repeat the first one's line: kept after max_resamples, flagged
+    assert (second["flag"] == "echo:partner").all() and (second["resampled"] == 2).all()
+    assert stats.resampled == 3 * stats.runs
+    q = cache.quality()
+    assert q["echo_by_kind"] == {"partner": stats.runs} and q["flagged"] == stats.runs and q["replies"] == 2 * stats.runs
+    assert f"replies: {stats.runs} of {2 * stats.runs} flagged (50.0%): 0 empty, {stats.runs} echo (partner {stats.runs}), 0 early leaves ignored; {2 * stats.runs} re-sampled" in cache.summary()
+
+
+def test_a_cache_of_another_generation_setting_does_not_resume_and_old_caches_still_do(tmp_path):
+    import json
+
+    from nsync.errors import NsyncError
+
+    before = ["resample_echo=false", "sampling.no_repeat_ngram=0"]  # what every cache had before these keys
+    out, _ = _run(tmp_path / "c", *before)
+    with pytest.raises(NsyncError, match="differs in: resample_echo"):
+        _run(tmp_path / "c", "sampling.no_repeat_ngram=0")
+    with pytest.raises(NsyncError, match="differs in: sampling"):
+        _run(tmp_path / "c", "resample_echo=false")
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("resample_echo", "prompt_layout"):  # written before these keys existed
+        del manifest["identity"][key]
+    for key in ("no_repeat_ngram", "repetition_penalty"):
+        del manifest["identity"]["sampling"][key]
+    manifest["config_hash"] = "0" * 16
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    _run(tmp_path / "c", *before)  # resumes: a key it lacks counts as the value caches had then
+    with pytest.raises(NsyncError, match="differs in: prompt_layout"):
+        _run(tmp_path / "c", *before, "prompt_layout=prose")
+    with pytest.raises(NsyncError, match="differs in: resample_echo, sampling"):
+        _run(tmp_path / "c")  # today's defaults differ
 
 
 def test_a_cache_with_observer_states_of_the_old_prompt_does_not_resume(tmp_path):

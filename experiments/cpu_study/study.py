@@ -80,6 +80,7 @@ class StudyConfig:
     splits: list[str] = field(default_factory=lambda: ["persona", "scenario"], metadata={"help": "splits besides interaction"})
     mlp_source_layer_step: int = field(default=5, metadata={"help": "every k-th source layer for the affine vs MLP comparison"})
     partition: list[str] = field(default_factory=list, metadata={"help": "baselines of the variance partition fitted for every view with the alpha grid (nsync.fit partition.baselines; empty: none)"})
+    exclude_flags: list[str] = field(default_factory=list, metadata={"help": "also fit the main condition without pairs whose replies carry these flags (data.exclude_flags; empty: no such fit)"})
 
 
 def _name(model: str) -> str:
@@ -149,7 +150,7 @@ class Study:
     # -- stages ------------------------------------------------------------------------------
 
     def simulate(self, name: str, pair: PairConfig) -> Path:
-        from nsync.cache import ActivationCache
+        from nsync.cache import ActivationCache, describe_reply_flags
         from nsync.simulation.config import SimulateConfig
         from nsync.simulation.run import simulate
 
@@ -162,6 +163,7 @@ class Study:
         print(f"  {stats.line()}")
         quality = ActivationCache.open(out).quality()
         print(f"  pairs at lag 1 per direction: {quality['pairs_lag1']}")
+        print(f"  replies: {describe_reply_flags(quality)}")
         return out
 
     def fits(self, name: str, pair: PairConfig, cache: Path) -> None:
@@ -185,6 +187,8 @@ class Study:
             step = self.cfg.mlp_source_layer_step
             extra["probe_affine"] = [f"data.source_layer_step={step}", f"affine.alphas=[{grid}]"]
             extra["probe_mlp"] = [f"data.source_layer_step={step}", "probe=mlp"]
+            if self.cfg.exclude_flags:
+                extra["without_flagged"] = [f"affine.alphas=[{grid}]", f"data.exclude_flags=[{','.join(self.cfg.exclude_flags)}]"]
             if self.cfg.partition:  # after the controls, which add the text states a baseline may read
                 extra["partition"] = [f"affine.alphas=[{grid}]", f"partition.baselines=[{','.join(self.cfg.partition)}]"]
             def fit(run: str, overrides: list[str]) -> FitResult:
@@ -299,7 +303,7 @@ class Report:
 
     def _simulation_line(self, name: str, pair: PairConfig) -> tuple[str, bool, bool]:
         """What the pair's cache holds, whether it holds anything to fit and whether it is complete."""
-        from nsync.cache import ActivationCache
+        from nsync.cache import ActivationCache, describe_reply_flags
 
         cache_dir = self.out / name / "cache"
         planned = pair.episodes * 2
@@ -308,12 +312,13 @@ class Report:
         cache = ActivationCache.open(cache_dir)
         if not cache.shards:
             return f"Simulation in progress ({planned} runs planned), no shard written yet.", False, False
-        pairs = cache.quality()["pairs_lag1"]
+        quality = cache.quality()
+        pairs = quality["pairs_lag1"]
         done = bool(cache.manifest.get("complete"))
         state = "complete" if done else f"simulation in progress, {planned} planned"
         return (f"{cache.turns['run_id'].nunique()} runs ({state}), "
                 f"{int((cache.turns['condition'] == 'interactive').sum())} utterances; pairs at lag 1 per direction: "
-                + ", ".join(f"{d} {n}" for d, n in pairs.items()) + "."), True, done
+                + ", ".join(f"{d} {n}" for d, n in pairs.items()) + f"; replies {describe_reply_flags(quality)}."), True, done
 
     def view_section(self, name: str, pair: PairConfig, source: str, target: str) -> tuple[list[str], dict | None]:
         """One view (source -> target): the controls table, splits and probes, the reading, the
@@ -426,6 +431,8 @@ class Report:
         for s in self.cfg.splits:
             runs += [(f"split_{s}", s), (f"split_interaction_at_{s}_size", f"interaction, {s} split's size")]
         runs += [("probe_affine", "affine"), ("probe_mlp", "MLP")]
+        if self.cfg.exclude_flags:
+            runs.append(("without_flagged", f"interaction, without pairs with {' or '.join(self.cfg.exclude_flags)} replies"))
         found = [(run, label, self._result(folder / run)) for run, label in runs]
         return [f for f in found if f[2] is not None]
 

@@ -20,6 +20,11 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from nsync.errors import NsyncError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -29,6 +34,40 @@ MERGED_FROM = "merged_from.json"
 #: prompt (the same-time control); teacher_forced: a re-reading of the transcript by another
 #: model (untrained copy, text embedder) added by ``python -m nsync.reread``.
 CONDITIONS = ("interactive", "observer", "generated_mean", "listener", "teacher_forced")
+#: Flags a reply may carry (the ``flag`` column, comma-joined): ``empty``; ``early_leave`` (a leave
+#: before ``min_utterances``, ignored); ``echo:<kind>``, a reply that recites what
+#: :mod:`nsync.simulation.echo` names (caches before the kinds: plain ``echo``).
+REPLY_FLAGS = ("empty", "early_leave", "echo")
+ECHO_KINDS = ("cue", "goal", "background", "scenario", "partner", "own_reply")
+
+
+def check_flag_names(names: list[str]) -> None:
+    """Raise a clear error for a name that is not a reply flag (``echo`` or ``echo:<kind>`` for echoes)."""
+    known = list(REPLY_FLAGS) + [f"echo:{k}" for k in ECHO_KINDS]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise NsyncError(f"unknown reply flag(s) {bad} in data.exclude_flags; use some of {known}")
+
+
+def flagged(flag: pd.Series, names: list[str]) -> np.ndarray:
+    """Which rows carry one of the flags ``names``: a name matches a flag equal to it, and
+    ``echo`` also every ``echo:<kind>``.
+
+    >>> import pandas as pd
+    >>> flagged(pd.Series(["", "echo:goal", "empty,echo:partner", None]), ["echo:partner", "empty"]).tolist()
+    [False, False, True, False]
+    >>> flagged(pd.Series(["echo", "echo:goal"]), ["echo"]).tolist()
+    [True, True]
+    """
+    wanted = set(names)
+
+    def hit(value) -> bool:
+        for f in str(value or "").split(","):
+            if f and (f in wanted or f.split(":")[0] in wanted):
+                return True
+        return False
+
+    return np.fromiter((hit(v) for v in flag), dtype=bool, count=len(flag))
 
 @dataclass
 class TurnRow:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsync.cache.layout import FORMAT_VERSION, MANIFEST, layer_file, live_shards, model_dir, participant_ids
+from nsync.cache.layout import ECHO_KINDS, FORMAT_VERSION, MANIFEST, REPLY_FLAGS, flagged, layer_file, live_shards, model_dir, participant_ids
 from nsync.errors import NsyncError
 
 
@@ -206,12 +206,21 @@ class ActivationCache:
             lines.append(f"  episodes by length (utterances: runs): {_counts(q['runs_by_length'])}")
             lines.append(f"  leaves by utterance index: {_counts(q['leaves_by_utterance']) or 'none'}")
             if q["flags_recorded"]:
-                lines.append(f"  replies: {q['empty']} empty, {q['resampled']} re-sampled, {q['echo']} still echo the prompt, "
-                             f"{q['early_leave']} early leaves ignored")
+                lines.append(f"  replies: {describe_reply_flags(q)}; {q['resampled']} re-sampled")
             pairs = ", ".join(f"{d} {n}" for d, n in q["pairs_lag1"].items())
             lines.append(f"  pairs at lag 1 per direction: {pairs}")
             lines += [f"  warning: {w}" for w in q["warnings"]]
         return "\n".join(lines)
+
+    def reply_flags(self) -> dict:
+        """How many interactive replies the cache holds and how many carry each flag (the
+        fit records this beside its result).
+
+        >>> ActivationCache.open("runs/quickstart/cache").reply_flags()  # doctest: +SKIP
+        {'replies': 200, 'flagged': 9, 'empty': 1, 'echo': 8, 'echo_by_kind': {'goal': 6, 'own_reply': 2}, 'early_leave': 0}
+        """
+        q = self.quality()
+        return {k: q[k] for k in ("replies", "flagged", "empty", "echo", "echo_by_kind", "early_leave")}
 
     def quality(self) -> dict:
         """What the conversations are worth for synchrony: episode lengths, when agents left,
@@ -223,8 +232,8 @@ class ActivationCache:
         t = self.turns
         inter = t[t["condition"] == "interactive"]
         lengths = inter.groupby("run_id").size()
-        flags = inter["flag"].fillna("").astype(str) if "flag" in inter else None
-        has = lambda name: int(flags.str.contains(name).sum()) if flags is not None else 0  # noqa: E731
+        flags = inter["flag"] if "flag" in inter else None
+        has = lambda name: int(flagged(flags, [name]).sum()) if flags is not None else 0  # noqa: E731
         pairs = {}
         agents = self.agents
         # dyads: an utterance of the agent and the next one of the run; groups: every ordered pair
@@ -248,11 +257,27 @@ class ActivationCache:
             "flags_recorded": flags is not None,
             "empty": has("empty"),
             "echo": has("echo"),
+            "echo_by_kind": {k: n for k in ECHO_KINDS if (n := has(f"echo:{k}"))},
+            "replies": len(inter),
+            "flagged": int(flagged(flags, list(REPLY_FLAGS)).sum()) if flags is not None else 0,
             "early_leave": has("early_leave"),
             "resampled": int((inter["resampled"].fillna(0) > 0).sum()) if "resampled" in inter else 0,
             "pairs_lag1": pairs,
             "warnings": warnings,
         }
+
+
+def describe_reply_flags(flags: dict) -> str:
+    """One line for :meth:`ActivationCache.reply_flags` (or ``quality()``): how many replies are
+    flagged, and by what.
+
+    >>> describe_reply_flags({"replies": 200, "flagged": 9, "empty": 1, "echo": 8, "echo_by_kind": {"goal": 6, "own_reply": 2},
+    ...                       "early_leave": 0})
+    '9 of 200 flagged (4.5%): 1 empty, 8 echo (goal 6, own_reply 2), 0 early leaves ignored'
+    """
+    kinds = ", ".join(f"{k} {n}" for k, n in flags.get("echo_by_kind", {}).items())
+    return (f"{flags['flagged']} of {flags['replies']} flagged ({flags['flagged'] / max(flags['replies'], 1):.1%}): "
+            f"{flags['empty']} empty, {flags['echo']} echo{f' ({kinds})' if kinds else ''}, {flags['early_leave']} early leaves ignored")
 
 
 def _counts(d: dict) -> str:

@@ -63,6 +63,17 @@ def _same_identity(old: dict, new: dict) -> bool:
     return True
 
 
+def _with_defaults(identity: dict, defaults: dict) -> dict:
+    """``identity`` with the keys it lacks taken from ``defaults`` (recursively)."""
+    out = dict(identity)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
+
+
 class CacheWriter:
     """Append whole conversations to a cache folder; every :meth:`write_shard` is atomic.
 
@@ -99,7 +110,7 @@ class CacheWriter:
         manifest_path = self.root / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
-            old = {**(identity_defaults or {}), **manifest.get("identity", {})}
+            old = _with_defaults(manifest.get("identity", {}), identity_defaults or {})
             if manifest.get("config_hash") != self.identity_hash and not _same_identity(old, identity):
                 diff = sorted(k for k in set(old) | set(identity) if k in identity and old.get(k) != identity.get(k))
                 raise NsyncError(

@@ -9,7 +9,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from nsync.cache.layout import CONDITIONS
+from nsync.cache.layout import CONDITIONS, check_flag_names
 from nsync.data.pairs import DIRECTIONS, PAIRINGS, check_directions
 from nsync.data.splits import SPLITS
 from nsync.errors import NsyncError
@@ -34,6 +34,7 @@ class DataConfig:
     target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
     pairing: str = field(default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS.names()} or a registered one (see nsync.data.pairs)"})
     control: Optional[str] = field(default=None, metadata={"help": "deprecated name of data.pairing (accepted in this release, with a warning)"})
+    exclude_flags: list[str] = field(default_factory=list, metadata={"help": "leave out pairs whose source or target utterance carries one of these reply flags: empty, early_leave, echo (every kind) or echo:<kind> (cue, goal, background, scenario, partner, own_reply); e.g. [echo, empty]"})
     remove_context: bool = field(default=False, metadata={"help": "the context control: regress sources and targets on the utterance index, prompt length and the last two replies' lengths (fitted on the training side), fit on the residuals"})
     split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
     split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one split per seed; results are mean and std over them"})
@@ -58,6 +59,7 @@ class DataConfig:
             self.pairing, self.control = self.control, None
         if self.pairing not in PAIRINGS:
             raise NsyncError(f"data.pairing must be one of {PAIRINGS.names()}, got '{self.pairing}'")
+        check_flag_names(list(self.exclude_flags))
         if self.source_layer_step < 1:
             raise NsyncError(f"data.source_layer_step must be at least 1, got {self.source_layer_step}")
         if not self.split_seeds:

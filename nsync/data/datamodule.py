@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from nsync.cache import ActivationCache
 from nsync.data.config import DataConfig
 from nsync.data.context import context_features, design, residualize
-from nsync.data.pairs import PAIRINGS, build_pairs
+from nsync.data.pairs import PAIRINGS, build_pairs, drop_flagged
 from nsync.data.splits import make_split, validation_part
 from nsync.errors import NsyncError
 
@@ -65,6 +65,12 @@ class SynchronyDataModule(L.LightningDataModule):
             cfg.pairing, seed,
         )
         self.target_condition = PAIRINGS.get(cfg.pairing).target_condition or cfg.target_condition
+        kept = drop_flagged(pairs, cache.turns, list(cfg.exclude_flags))
+        self.n_excluded = len(pairs) - len(kept)
+        if kept.empty:
+            raise NsyncError(f"{self.direction}: data.exclude_flags={list(cfg.exclude_flags)} leaves none of its {len(pairs)} pairs; "
+                             "exclude fewer flags or simulate more episodes")
+        pairs = kept
         if cfg.max_pairs:
             pairs = _budget(pairs, cfg.max_pairs, seed)
         split = make_split(pairs, cfg.split, cfg.test_size, seed)

@@ -31,6 +31,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from nsync.cache.layout import flagged
 from nsync.cache.reader import next_utterances
 from nsync.errors import NsyncError
 from nsync.registry import Registry
@@ -205,6 +206,24 @@ def build_pairs(
     if pairs.empty:
         raise NoPairsError(f"no {direction} pairs with lag {lag} and pairing {pairing}: the runs are too short or the models do not meet")
     return pairs.sort_values(["run_id", "t"]).reset_index(drop=True)
+
+
+def drop_flagged(pairs: pd.DataFrame, turns: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``pairs`` without those whose source or target utterance (its interactive row: the reply
+    spoken there) carries one of the flags ``names`` (``data.exclude_flags``).
+
+    A cache without a ``flag`` column (imported, or written before flags) loses nothing.
+    """
+    if not names or pairs.empty or "flag" not in turns:
+        return pairs
+    inter = turns[turns["condition"] == "interactive"]
+    bad = inter[flagged(inter["flag"], names)]
+    keys = set(zip(bad["run_id"], bad["utterance"].astype(int)))
+    if not keys:
+        return pairs
+    source = [(r, int(t)) in keys for r, t in zip(pairs["run_id"], pairs["t"])]
+    target = [(r, int(t)) in keys for r, t in zip(pairs["target_run_id"], pairs["target_utterance"])]
+    return pairs[~(np.array(source, dtype=bool) | np.array(target, dtype=bool))].reset_index(drop=True)
 
 
 def _runs(turns: pd.DataFrame) -> pd.DataFrame:

@@ -59,8 +59,13 @@ def write_synthetic_cache(
     shape: float = 0.0,
     n_agents: int = 2,
     plant: tuple[int, int] | None = None,
+    flag_share: float = 0.0,
 ) -> Path:
-    """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path."""
+    """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path.
+
+    ``flag_share``: that share of replies is flagged ``echo:goal`` (the ``flag`` column), and a pair
+    whose source or target reply is flagged carries no synchrony (the target state is noise).
+    """
     if plant is None and n_agents > 2:
         plant = (0, 1)
     if plant is not None:
@@ -81,12 +86,13 @@ def write_synthetic_cache(
         scenario = e % n_scenarios
         for s in range(seeds):
             latent = []
+            flags = rng.random(turns) < flag_share if flag_share else np.zeros(turns, dtype=bool)
             for t in range(turns):
                 if plant is None:  # two agents: the utterance `lag` before, when agent 0 spoke it
                     back = lag if t >= lag and (t - lag) % 2 == 0 else 0
                 else:
                     back = gap if t % n_agents == target and t >= gap and (t - gap) % n_agents == source else 0
-                if not back or relation == "none":
+                if not back or relation == "none" or flags[t] or flags[t - back]:
                     z = rng.normal(size=hidden)
                 elif relation == "linear":
                     z = scale * mixing @ latent[t - back] + noise * rng.normal(size=hidden)
@@ -100,6 +106,7 @@ def write_synthetic_cache(
                     scenario_codename=f"scenario_{scenario}", relationship="", character_a=cast[0], character_b=cast[1],
                     agent=t % n_agents, character_id=cast[t % n_agents], model=model, partner_model=model, order=0, seed=s,
                     utterance=t, condition="interactive", characters="|".join(cast), n_agents=n_agents,
+                    extra={"flag": "echo:goal" if flags[t] else ""} if flag_share else {},
                 ).as_dict()
                 rows.append(row)
                 states["interactive"].append(z + profile[t])
@@ -114,7 +121,8 @@ def write_synthetic_cache(
     info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
     identity = dict(relation=relation, n_episodes=n_episodes, turns=turns, n_layers=n_layers, hidden=hidden, scale=scale,
                     noise=noise, massive=massive, seed=seed, lag=lag, seeds=seeds, observer_share=observer_share, listener=listener,
-                    constant_first_layer=constant_first_layer, shape=shape, n_agents=n_agents, plant=plant)
+                    constant_first_layer=constant_first_layer, shape=shape, n_agents=n_agents, plant=plant,
+                    **({"flag_share": flag_share} if flag_share else {}))
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
     # Every layer is a rotation of the latent states (one matrix product per layer, not per row).
     def to_layers(z: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nsync.cache import describe_reply_flags
 from nsync.config import load_config
 from nsync.errors import run_cli
 from nsync.fit.config import FitConfig, resolve_out
@@ -32,6 +33,11 @@ def main(argv: Sequence[str]) -> None:
     ci_text = f" (bias-corrected {result.sync_r2_bias_corrected:.4f}, 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else ""
     print(f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, pairing {cfg.data.pairing}, "
           f"{len(cfg.data.split_seeds)} split seeds, target layers chosen on {result.target_choice}, {result.seconds:.1f} s)")
+    flags = result.reply_flags
+    if flags and flags.get("replies"):
+        excluded = ", ".join(f"{name} {d.n_excluded}" for name, d in result.directions.items())
+        left_out = f"; data.exclude_flags={list(cfg.data.exclude_flags)} left out pairs: {excluded}" if cfg.data.exclude_flags else ""
+        print(f"  replies in the cache: {describe_reply_flags(flags)}{left_out}")
     for direction, d in result.directions.items():
         r2 = d.r2_by_source_layer
         unclipped = "n/a" if d.sync_r2_unclipped is None else f"{d.sync_r2_unclipped:.4f}"

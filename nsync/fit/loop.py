@@ -67,6 +67,7 @@ class DirectionFit:
     partition: dict[str, dict] = field(default_factory=dict)  # baseline -> nsync.fit.partition.join_chunks
     null_sync: np.ndarray | None = None  # [surrogates] SyncR² of each surrogate re-pairing of the test rows
     time_course: dict | None = None  # SyncR² by utterance index (nsync.fit.timecourse.summarise_fit)
+    n_excluded: int = 0  # pairs left out by data.exclude_flags
 
 
 def plan(cfg: FitConfig) -> list[tuple[int, str]]:
@@ -207,7 +208,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                         episodes, weights, cka, choose_targets(r2, val_r2), "test" if val_r2 is None else "validation",
                         {name: part.join_chunks(parts, course) for name, parts in shares.items()},
                         part.mean_over_sources(np.clip(np.concatenate(null_sync), 0, None)) if null_sync else None,
-                        tc.summarise_fit(by_time, course, clip=True) if course is not None else None)
+                        tc.summarise_fit(by_time, course, clip=True) if course is not None else None, dm.n_excluded)
 
 
 def partition_bands(cfg: FitConfig, dm: SynchronyDataModule) -> dict[str, list[torch.Tensor]]:
@@ -250,6 +251,7 @@ def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str],
             [f.n_train for f in mine], [f.n_test for f in mine], lay["source_layers"], lay["target_layers"],
             None if any(f.cka is None for f in mine) else [f.cka for f in mine], [f.chosen for f in mine], mine[0].target_choice,
         )
+        directions[direction].n_excluded = mine[0].n_excluded
         directions[direction].partition = part.summarise_direction(mine, lay["target_layers"], cfg.partition.layer)
         if all(f.time_course is not None for f in mine):
             directions[direction].time_course = tc.combine_seeds([f.time_course for f in mine])
@@ -367,6 +369,9 @@ def run_fit(cfg: FitConfig) -> FitResult:
         raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")
     result, replicates, partition_replicates = aggregate(cfg, fits, skipped, time.perf_counter() - start)
     result.fingerprint = fingerprint(cfg)
+    from nsync.cache import ActivationCache
+
+    result.reply_flags = ActivationCache.open(cfg.data.cache).reply_flags()
     if rank_zero_only.rank == 0:  # under DDP only rank 0 writes
         plots = write(result, fits, replicates, out, cfg, partition_replicates)
         if logger is not None:

@@ -105,6 +105,7 @@ class DirectionResult(BaseModel):
     best_r2_by_source_layer: list[Optional[float]]
     n_train: list[int] = Field(description="training pairs per split seed")
     n_test: list[int] = Field(description="test pairs per split seed")
+    n_excluded: int = Field(0, description="pairs left out because a reply carried a flag of data.exclude_flags (before the split)")
     cka: Optional[Matrix] = Field(None, description="debiased linear CKA per (source, target layer) on the test side, mean over split seeds")
     sync_cka: Optional[float] = Field(None, description="best target's CKA per source layer, mean over source layers and split seeds")
     target_choice: str = Field("test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)")
@@ -216,6 +217,8 @@ class FitResult(BaseModel):
     sync_r2_p_value: Optional[float] = Field(None, description="permutation p-value of SyncR² against surrogate re-pairings of the test rows")
     surrogates: Optional[dict[str, Any]] = Field(None, description="{'n', 'kind'} of the surrogates behind the p-values")
     bootstrap: Optional[BootstrapInfo] = None
+    reply_flags: Optional[dict[str, Any]] = Field(None, description="the cache's replies and how many carry each flag "
+                                                  "(nsync.cache.ActivationCache.reply_flags)")
     splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
     config: dict[str, Any]
     seconds: float

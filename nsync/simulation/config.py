@@ -9,7 +9,7 @@ from omegaconf import MISSING
 
 from nsync.errors import NsyncError
 from nsync.simulation.generation import SamplingConfig
-from nsync.simulation.prompts import FORMATS, OBSERVER_PROMPT_VERSION
+from nsync.simulation.prompts import FORMATS, LAYOUTS, OBSERVER_PROMPT_VERSION
 from nsync.simulation.turns import TurnTakingConfig
 
 
@@ -43,10 +43,12 @@ class SimulateConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom modelling code shipped with a checkpoint"})
     both_orders: bool = field(default=False, metadata={"help": "with several models, also run every rotation of the list over the agents (two models: the swapped order)"})
     prompt_format: str = field(default="sotopia", metadata={"help": f"one of {FORMATS}; models without a chat template use transcript"})
+    prompt_layout: str = field(default="fields", metadata={"help": f"one of {LAYOUTS}: fields (the paper's 'Scenario:', 'NAME's goal:' lines) or prose (paragraphs, the goal stated once as an instruction)"})
     max_turns: int = field(default=16, metadata={"help": "most utterances per episode"})
     turn_taking: TurnTakingConfig = field(default_factory=TurnTakingConfig)
     min_utterances: int = field(default=2, metadata={"help": "an agent may leave only from this utterance on (2: each agent has spoken once); earlier leaves are ignored"})
-    max_resamples: int = field(default=3, metadata={"help": "before min_utterances, an empty reply (or only the leave marker) is re-sampled from the same utterance's random stream this many times, then recorded and flagged"})
+    max_resamples: int = field(default=3, metadata={"help": "a rejected reply (empty before min_utterances; with resample_echo, an echo) is re-sampled from the same utterance's random stream at most this many times, then recorded and flagged"})
+    resample_echo: bool = field(default=True, metadata={"help": "also re-sample replies that recite the prompt or repeat a line (flag echo:<kind>, nsync.simulation.echo; the paper: false)"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "sampling seeds; each episode runs once per seed"})
     scenarios: ScenarioSelection = field(default_factory=ScenarioSelection)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -62,6 +64,8 @@ class SimulateConfig:
             raise NsyncError("models must list at least one model")
         if self.prompt_format not in FORMATS:
             raise NsyncError(f"prompt_format must be one of {FORMATS}, got '{self.prompt_format}'")
+        if self.prompt_layout not in LAYOUTS:
+            raise NsyncError(f"prompt_layout must be one of {LAYOUTS}, got '{self.prompt_layout}'")
         if self.max_turns < 1:
             raise NsyncError(f"max_turns must be at least 1, got {self.max_turns}")
         if self.min_utterances < 0 or self.max_resamples < 0:
@@ -97,4 +101,5 @@ class SimulateConfig:
         (so they still open, and a cache of another value does not)."""
         from nsync.config import to_dict
 
-        return {"turn_taking": to_dict(TurnTakingConfig()), "observer_prompt": 1}
+        return {"turn_taking": to_dict(TurnTakingConfig()), "observer_prompt": 1, "resample_echo": False, "prompt_layout": "fields",
+                "sampling": {"no_repeat_ngram": 0, "repetition_penalty": 1.0}}

@@ -23,7 +23,8 @@ from nsync.errors import NsyncError
 from nsync.models import LoadedModel
 from nsync.scenarios import Episode
 from nsync.simulation.generation import Generator
-from nsync.simulation.prompts import ECHO, Utterance, clean_reply, encode, prompt_format, render
+from nsync.simulation.echo import echo_of
+from nsync.simulation.prompts import Utterance, clean_reply, encode, prompt_format, render
 from nsync.simulation.config import SimulateConfig
 from nsync.simulation.turns import TURN_POLICIES
 
@@ -57,6 +58,19 @@ class Run:
     def others_models(self, agent: int) -> str:
         """The other agents' model ("|"-joined when they differ): the partner model of a row."""
         return "|".join(dict.fromkeys(m for a, m in enumerate(self.models) if a != agent))
+
+
+@dataclass
+class Reply:
+    """One cleaned reply: its text, whether the agent left, tokens generated, times re-sampled,
+    what it recites (:func:`~nsync.simulation.echo.echo_of`) and its flags."""
+
+    text: str
+    left: bool
+    n_new: int
+    resampled: int
+    echo: str | None
+    flags: list[str] = field(default_factory=list)
 
 
 def plan_runs(cfg: SimulateConfig, episodes: list[Episode]) -> list[Run]:
@@ -122,7 +136,7 @@ class Simulator:
     def _step(self, name: str, runs: list[Run], stats: SimulationStats) -> None:
         lm = self.models[name]
         fmt = prompt_format(lm, self.cfg.prompt_format)
-        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history)) for r in runs]
+        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, layout=self.cfg.prompt_layout)) for r in runs]
         gens = [utterance_generator(r.seed, r.run_id, len(r.history), lm.device) for r in runs]
         try:
             reuse = self.cfg.reuse_prefix
@@ -137,7 +151,7 @@ class Simulator:
             observer = None
             if self.capture and self.cfg.capture.observer:
                 obs_prompts = [
-                    encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True)) for r in runs
+                    encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True, layout=self.cfg.prompt_layout)) for r in runs
                 ]
                 keys = [(r.run_id, r.speaker, "observer") for r in runs] if reuse else None
                 observer = generator.prompt_states(obs_prompts, keys)
@@ -148,10 +162,11 @@ class Simulator:
             raise NsyncError(f"generation with {name} failed for runs [{ids}]: {type(err).__name__}: {err}") from err
         replies = self._replies(name, runs, prompts, gens, out.tokens, stats)
         for i, run in enumerate(runs):
-            text, left, n_new, resampled, flags = replies[i]
+            reply = replies[i]
+            text, left, n_new = reply.text, reply.left, reply.n_new
             k, speaker = len(run.history), run.speaker
             run.history.append(Utterance(speaker, text, left))
-            base = self._row(run, k, speaker, text, left, out.prompt_lengths[i], n_new) | {"resampled": resampled, "flag": ",".join(flags)}
+            base = self._row(run, k, speaker, text, left, out.prompt_lengths[i], n_new) | {"resampled": reply.resampled, "flag": ",".join(reply.flags)}
             run.rows.append(base)
             if self.capture:
                 run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
@@ -175,50 +190,49 @@ class Simulator:
             if not run.done:
                 run.speaker = self.policy.next(run.episode, run.history, run.present)
 
-    def _replies(self, name: str, runs: list[Run], prompts: list[list[int]], gens: list[torch.Generator], tokens: list[list[int]],
-                 stats: SimulationStats) -> list[tuple[str, bool, int, int, list[str]]]:
-        """Each run's reply (text, left, new tokens, times re-sampled, flags), cleaned.
-
-        Before ``min_utterances`` an agent cannot leave, and a reply that is empty (or only the
-        leave marker) is sampled again, continuing the same utterance's random stream, so the
-        result does not depend on the batch; after ``max_resamples`` it is recorded and flagged.
-        """
+    def _reply(self, name: str, run: Run, tokens: list[int], attempt: int) -> Reply:
+        """A generated reply, cleaned, with what it recites."""
         lm, cfg = self.models[name], self.cfg
-        out: list[tuple[str, bool, int, int, list[str]]] = []
-        redo = []
-        for i, run in enumerate(runs):
-            names = tuple(c.name for c in run.episode.characters)
-            text, left = clean_reply(lm.tokenizer.decode(tokens[i], skip_special_tokens=True), cfg.sampling.first_line_only,
-                                     cfg.sampling.stop_strings, names)
-            out.append((text, left, len(tokens[i]), 0, []))
-            if not text and len(run.history) < cfg.min_utterances:
-                redo.append(i)
+        names = tuple(c.name for c in run.episode.characters)
+        text, left = clean_reply(lm.tokenizer.decode(tokens, skip_special_tokens=True), cfg.sampling.first_line_only,
+                                 cfg.sampling.stop_strings, names)
+        return Reply(text, left, len(tokens), attempt, echo_of(text, run.episode, run.speaker, run.history))
+
+    def _retry(self, run: Run, reply: Reply) -> bool:
+        """Whether a reply is sampled again: empty before ``min_utterances``, or (with
+        ``resample_echo``) one that recites the prompt or repeats a line."""
+        if not reply.text and len(run.history) < self.cfg.min_utterances:
+            return True
+        return self.cfg.resample_echo and reply.echo is not None
+
+    def _replies(self, name: str, runs: list[Run], prompts: list[list[int]], gens: list[torch.Generator], tokens: list[list[int]],
+                 stats: SimulationStats) -> list[Reply]:
+        """Each run's reply, cleaned and flagged.
+
+        A reply that :meth:`_retry` rejects is sampled again, continuing the same utterance's
+        random stream, so the result does not depend on the batch; after ``max_resamples`` the
+        last one is recorded and flagged.
+        """
+        cfg = self.cfg
+        out = [self._reply(name, run, tokens[i], 0) for i, run in enumerate(runs)]
+        redo = [i for i, run in enumerate(runs) if self._retry(run, out[i])]
         for attempt in range(1, cfg.max_resamples + 1):
             if not redo:
                 break
             keys = [(runs[i].run_id, runs[i].speaker, "interactive") for i in redo] if cfg.reuse_prefix else None
             again = self.generators[name].generate([prompts[i] for i in redo], [gens[i] for i in redo], capture=False, keys=keys)
-            still = []
             for i, new in zip(redo, again.tokens):
-                names = tuple(c.name for c in runs[i].episode.characters)
-                text, left = clean_reply(lm.tokenizer.decode(new, skip_special_tokens=True), cfg.sampling.first_line_only,
-                                         cfg.sampling.stop_strings, names)
-                out[i] = (text, left, len(new), attempt, [])
+                out[i] = self._reply(name, runs[i], new, attempt)
                 stats.resampled += 1
-                if not text:
-                    still.append(i)
-            redo = still
-        for i, run in enumerate(runs):
-            text, left, n_new, resampled, flags = out[i]
-            early = len(run.history) < cfg.min_utterances
-            if not text:
-                flags.append("empty")
-            if left and early:
-                flags.append("early_leave")  # ignored: the agent stays
-                left = False
-            if ECHO.search(text):
-                flags.append("echo")
-            out[i] = (text, left, n_new, resampled, flags)
+            redo = [i for i in redo if self._retry(runs[i], out[i])]
+        for run, reply in zip(runs, out):
+            if not reply.text:
+                reply.flags.append("empty")
+            if reply.left and len(run.history) < cfg.min_utterances:
+                reply.flags.append("early_leave")  # ignored: the agent stays
+                reply.left = False
+            if reply.echo is not None:
+                reply.flags.append(f"echo:{reply.echo}")
         return out
 
     def _listen(self, name: str, listeners: list[tuple[Run, int]]) -> None:
@@ -226,7 +240,7 @@ class Simulator:
         shares that agent's prefix slot: its next own prompt extends this one."""
         lm = self.models[name]
         fmt = prompt_format(lm, self.cfg.prompt_format)
-        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, agent, r.history)) for r, agent in listeners]
+        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, agent, r.history, layout=self.cfg.prompt_layout)) for r, agent in listeners]
         keys = [(r.run_id, agent, "interactive") for r, agent in listeners] if self.cfg.reuse_prefix else None
         states = self.generators[name].prompt_states(prompts, keys).cpu().numpy()
         for (run, agent), state, prompt in zip(listeners, states, prompts):

@@ -27,6 +27,19 @@ class SamplingConfig:
     max_new_tokens: int = field(default=300, metadata={"help": "longest reply in tokens"})
     first_line_only: bool = field(default=True, metadata={"help": "cut each reply to its first non-empty line (the paper's)"})
     stop_strings: list[str] = field(default_factory=list, metadata={"help": "extra strings that end a reply"})
+    no_repeat_ngram: int = field(default=4, metadata={"help": "ban every run of this many tokens that the prompt or the reply already holds (0 = off; the paper: off), so a reply cannot copy a span of its prompt or of the conversation (HF's no_repeat_ngram_size)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "divide the logits of tokens the prompt or the reply holds by this (1.0 = off; HF's repetition_penalty)"})
+
+    def logits_processors(self):
+        """HF's processors for the repetition settings (None when both are off)."""
+        from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+        found = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            found.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.no_repeat_ngram > 0:
+            found.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram))
+        return found or None
 
 
 class HiddenStateRecorder:
@@ -233,6 +246,7 @@ class Generator:
         self._cache_arg = cache_kwarg(lm.model)
         self.layout = prefix_layout(lm.model)
         self.prefixes = PrefixStore() if self.layout is not None else None
+        self.processors = sampling.logits_processors()
 
     def _done(self, row_tokens: list[int], token: int) -> bool:
         if token in self.eos_ids or len(row_tokens) >= self.sampling.max_new_tokens:
@@ -337,7 +351,11 @@ class Generator:
                 recorder.enabled = generated_mean
             rows = list(range(batch))  # the original row of each position in the running batch
             while rows:
-                nxt = _sample(out.logits[:, -1, :], [generators[r] for r in rows], self.sampling.temperature, self.sampling.top_p)
+                logits = out.logits[:, -1, :]
+                if self.processors is not None:  # each row's own prompt and reply so far, without pads
+                    logits = torch.cat([self.processors(torch.tensor([prompts[r] + tokens[r]], device=logits.device), logits[pos : pos + 1].float())
+                                        for pos, r in enumerate(rows)])
+                nxt = _sample(logits, [generators[r] for r in rows], self.sampling.temperature, self.sampling.top_p)
                 finished = []
                 for pos, r in enumerate(rows):
                     tokens[r].append(int(nxt[pos]))

@@ -28,6 +28,10 @@ import pandas as pd
 from nsync.scenarios import Episode, own_background, visible_background
 
 FORMATS = ("sotopia", "chat", "transcript")
+#: How the context is laid out: ``fields`` (the paper's: ``Scenario:``, ``NAME's background:``,
+#: ``NAME's goal:`` lines) or ``prose`` (paragraphs, the private goal stated once as an instruction),
+#: which gives small models no field to continue (experiments/benchmarks/conversation_quality.py).
+LAYOUTS = ("fields", "prose")
 #: 2: the observer's prompt ends with the speaker's final line (1: it ended with the history).
 OBSERVER_PROMPT_VERSION = 2
 LEAVE_MARKER = "[leave]"
@@ -85,10 +89,18 @@ def participants(episode: Episode) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _context(episode: Episode, me: int, with_goal: bool) -> str:
+def _context(episode: Episode, me: int, with_goal: bool, layout: str = "fields") -> str:
     """Scenario, participants, every background as visible to ``me`` (through the relationship
-    of the ordered pair), and (optionally) the goals."""
+    of the ordered pair), and (optionally, ``fields`` layout) the goals."""
     agents = range(episode.n_agents)
+    if layout == "prose":
+        people = []
+        for agent in agents:
+            c = episode.characters[agent]
+            level = None if agent == me else episode.scenario.relationship_of(me, agent)
+            bg = own_background(c) if level is None else visible_background(c, level)
+            people.append(bg if level is None or level >= 2 else f"{c.name} is a stranger." if level == 0 else f"Only {c.name}'s name is known.")
+        return "\n".join([f"An interaction between {participants(episode)}. {episode.scenario.scenario.rstrip('.')}.", *people])
     lines = [f"Scenario: {episode.scenario.scenario}", f"Participants: {participants(episode)}"]
     for agent in agents:
         c = episode.characters[agent]
@@ -99,6 +111,16 @@ def _context(episode: Episode, me: int, with_goal: bool) -> str:
             goal = episode.scenario.goals[agent] if agent == me else "Unknown"
             lines.append(f"{_speaker_name(episode, agent)}'s goal: {goal}")
     return "\n".join(lines)
+
+
+def _setup(episode: Episode, me: int, layout: str) -> str:
+    """What a speaking prompt says before the conversation: the role-play opening and the context
+    (``prose``: the goal as one instruction between them)."""
+    name = _speaker_name(episode, me)
+    if layout == "prose":
+        goal = f"In this conversation, pursue this goal, which only you know and never say aloud: {episode.scenario.goals[me]}"
+        return "\n\n".join([_opening(name), _context(episode, me, False, layout), goal])
+    return "\n\n".join([_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True)])
 
 
 def _opening(name: str) -> str:
@@ -117,15 +139,11 @@ def _cue(name: str, turn: int) -> str:
     return f"Turn {turn}: {name} said:"
 
 
-def sotopia_text(episode: Episode, me: int, history: list[Utterance]) -> str:
+def sotopia_text(episode: Episode, me: int, history: list[Utterance], layout: str = "fields") -> str:
     """The paper's single user message for agent ``me`` before utterance ``len(history)``: the
     opening (with the rule for leaving), the context, the conversation lines and the speaking cue."""
-    name = _speaker_name(episode, me)
-    lines = [_history_line(episode, i, u) for i, u in enumerate(history)] + [_cue(name, len(history))]
-    return "\n\n".join(
-        [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
-         "Conversation:\n" + "\n".join(lines)]
-    )
+    lines = [_history_line(episode, i, u) for i, u in enumerate(history)] + [_cue(_speaker_name(episode, me), len(history))]
+    return "\n\n".join([_setup(episode, me, layout), "Conversation:\n" + "\n".join(lines)])
 
 
 def final_line(fmt: str, episode: Episode, me: int, history: list[Utterance]) -> str:
@@ -137,7 +155,7 @@ def final_line(fmt: str, episode: Episode, me: int, history: list[Utterance]) ->
     return _cue(_speaker_name(episode, me), len(history))
 
 
-def observer_text(episode: Episode, me: int, history: list[Utterance], fmt: str = "sotopia") -> str:
+def observer_text(episode: Episode, me: int, history: list[Utterance], fmt: str = "sotopia", layout: str = "fields") -> str:
     """The speaker's prompt as a passive reader sees it (no role-play, goals or leave rule),
     ending with the speaker prompt's last line in ``fmt`` (:func:`final_line`)."""
     lines = [_history_line(episode, i, u) for i, u in enumerate(history)]
@@ -145,15 +163,15 @@ def observer_text(episode: Episode, me: int, history: list[Utterance], fmt: str 
     if not lines or lines[-1] != last:
         lines.append(last)
     return "\n\n".join(
-        ["Here is the context of an interaction:\n" + _context(episode, me, False),
+        ["Here is the context of an interaction:\n" + _context(episode, me, False, layout),
          "Conversation so far:\n" + "\n".join(lines)]
     )
 
 
-def chat_messages(episode: Episode, me: int, history: list[Utterance]) -> list[dict]:
+def chat_messages(episode: Episode, me: int, history: list[Utterance], layout: str = "fields") -> list[dict]:
     """Multi-turn messages for agent ``me``: its own lines as assistant turns."""
     name = _speaker_name(episode, me)
-    setup = "\n\n".join([_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True)])
+    setup = _setup(episode, me, layout)
     messages: list[dict] = []
     pending = [setup]
     for i, u in enumerate(history):
@@ -169,43 +187,34 @@ def chat_messages(episode: Episode, me: int, history: list[Utterance]) -> list[d
     return messages
 
 
-def transcript_text(episode: Episode, me: int, history: list[Utterance]) -> str:
+def transcript_text(episode: Episode, me: int, history: list[Utterance], layout: str = "fields") -> str:
     """Plain-text prompt for base models: context, transcript, then ``Turn k: NAME said:``."""
-    name = _speaker_name(episode, me)
     lines = [_history_line(episode, i, u) for i, u in enumerate(history)]
-    lines.append(_cue(name, len(history)))
-    return "\n\n".join(
-        [_opening(name), "Here is the context of this interaction:\n" + _context(episode, me, True),
-         "Conversation:\n" + "\n".join(lines)]
-    )
+    lines.append(_cue(_speaker_name(episode, me), len(history)))
+    return "\n\n".join([_setup(episode, me, layout), "Conversation:\n" + "\n".join(lines)])
 
 
-def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utterance], observer: bool = False) -> str:
+def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utterance], observer: bool = False,
+           layout: str = "fields") -> str:
     """The exact string fed to the model (chat template applied where the format uses one)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown prompt layout '{layout}'; use one of {LAYOUTS}")
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if observer:
         plain = fmt == "transcript" or not has_template
-        text = observer_text(episode, me, history, "transcript" if plain else fmt)
+        text = observer_text(episode, me, history, "transcript" if plain else fmt, layout)
         if plain:
             return text  # ends with the cue, as the speaker's transcript does
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     if fmt == "transcript" or not has_template:
-        return transcript_text(episode, me, history)
+        return transcript_text(episode, me, history, layout)
     if fmt == "sotopia":
-        messages = [{"role": "user", "content": sotopia_text(episode, me, history)}]
+        messages = [{"role": "user", "content": sotopia_text(episode, me, history, layout)}]
     elif fmt == "chat":
-        messages = chat_messages(episode, me, history)
+        messages = chat_messages(episode, me, history, layout)
     else:
         raise ValueError(f"unknown prompt format '{fmt}'; use one of {FORMATS}")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-#: Prompt text a reply should never contain: the speaking cue and the prompt's own phrases.
-ECHO = re.compile(
-    r"\bTurn \d+\s*:|\bYou are at Turn\b|\bImagine you are\b|\bHere is the context\b|\bConversation so far\b"
-    r"|'s (?:goal|background)\s*:|^\s*(?:Scenario|Participants)\s*:",  # the context block's own lines
-    re.IGNORECASE,
-)
 
 
 def clean_reply(text: str, first_line_only: bool, stop_strings: list[str], names: tuple[str, ...] = ()) -> tuple[str, bool]:

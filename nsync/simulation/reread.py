@@ -155,7 +155,9 @@ def _prompt_states(lm, part: pd.DataFrame, cache: ActivationCache, cfg: RereadCo
     from nsync.simulation.prompts import encode, prompt_format, render
 
     episodes = _episodes(cache, cfg)
-    fmt = prompt_format(lm, cfg.prompt_format or cache.manifest.get("config", {}).get("prompt_format", "sotopia"))
+    written = cache.manifest.get("config", {})
+    fmt = prompt_format(lm, cfg.prompt_format or written.get("prompt_format", "sotopia"))
+    layout = written.get("prompt_layout", "fields")
     generator = Generator(lm, SamplingConfig())
     per_run = list(_histories(part))
     missing = sorted({rows.iloc[0].episode_id for _, rows, _ in per_run} - set(episodes))
@@ -165,7 +167,7 @@ def _prompt_states(lm, part: pd.DataFrame, cache: ActivationCache, cfg: RereadCo
     for k in range(max(len(h) for _, _, h in per_run)):
         batch = [(run_id, rows.iloc[0].episode_id, h) for run_id, rows, h in per_run if len(h) > k]
         # the prompt of utterance k's speaker, before it
-        prompts = [encode(lm, render(lm.tokenizer, fmt, episodes[ep], h[k].agent, h[:k])) for _, ep, h in batch]
+        prompts = [encode(lm, render(lm.tokenizer, fmt, episodes[ep], h[k].agent, h[:k], layout=layout)) for _, ep, h in batch]
         keys = [(run_id, h[k].agent) for run_id, _, h in batch]
         states = generator.prompt_states(prompts, keys).float().cpu().numpy()
         for j, (run_id, _, _) in enumerate(batch):
