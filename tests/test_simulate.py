@@ -226,11 +226,14 @@ def _scripted(monkeypatch, first: str, again: str):
     from nsync.simulation.generation import Generator
 
     real = Generator.generate
+    seen: set[tuple] = set()
 
     def generate(self, prompts, generators, capture=True, generated_mean=False, keys=None):
         out = real(self, prompts, generators, capture, generated_mean, keys)
-        text = first if capture else again  # re-samples do not capture: the prompt's states are already known
-        out.tokens = [self.lm.tokenizer.encode(text, add_special_tokens=False) for _ in prompts]
+        # a re-sample reads the same prompt again (its random stream goes on)
+        texts = [again if (id(g), tuple(p)) in seen else first for g, p in zip(generators, prompts)]
+        seen.update((id(g), tuple(p)) for g, p in zip(generators, prompts))
+        out.tokens = [self.lm.tokenizer.encode(text, add_special_tokens=False) for text in texts]
         return out
 
     monkeypatch.setattr(Generator, "generate", generate)

@@ -20,7 +20,7 @@ Settings (each on top of ``paper``, except ``default``):
   penalty, penalty_mild   sampling.repetition_penalty=1.2 / 1.1 over the prompt's and the reply's tokens
   stop_labels   sampling.stop_strings at the context's field labels ("'s goal:", "'s background:", ...)
   resample      resample_echo=true: a reply that recites is sampled again (at most max_resamples times)
-  no_repeat_resample, prose_resample, prose_no_repeat, prose_no_repeat_resample, prose_penalty,
+  no_repeat_resample, no_repeat6_resample, no_repeat8_resample (bans of 6 and 8 tokens), prose_resample, prose_no_repeat, prose_no_repeat_resample, prose_penalty,
   penalty_resample, penalty_mild_resample: combinations
   default       nsync's current defaults (whatever SimulateConfig says now)
 
@@ -51,6 +51,8 @@ SETTINGS = {
     "resample": {"resample_echo": True},
     "prose_resample": {"prompt_layout": "prose", "resample_echo": True},
     "no_repeat_resample": {"sampling.no_repeat_ngram": 4, "resample_echo": True},
+    "no_repeat6_resample": {"sampling.no_repeat_ngram": 6, "resample_echo": True},
+    "no_repeat8_resample": {"sampling.no_repeat_ngram": 8, "resample_echo": True},
     "prose_no_repeat": {"prompt_layout": "prose", "sampling.no_repeat_ngram": 4},
     "prose_no_repeat_resample": {"prompt_layout": "prose", "sampling.no_repeat_ngram": 4, "resample_echo": True},
     "prose_penalty": {"prompt_layout": "prose", "sampling.repetition_penalty": 1.2},

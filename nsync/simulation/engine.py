@@ -44,6 +44,8 @@ class Run:
     rows: list[dict] = field(default_factory=list)
     states: dict[str, list[np.ndarray]] = field(default_factory=dict)
     listeners: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)  # each other agent's state before the next utterance
+    attempt: int = 0  # how often the next utterance was sampled again so far
+    stream: torch.Generator | None = None  # the next utterance's random stream, kept across re-samples
     done: bool = False
 
     def __post_init__(self) -> None:
@@ -62,13 +64,12 @@ class Run:
 
 @dataclass
 class Reply:
-    """One cleaned reply: its text, whether the agent left, tokens generated, times re-sampled,
-    what it recites (:func:`~nsync.simulation.echo.echo_of`) and its flags."""
+    """One cleaned reply: its text, whether the agent left, tokens generated, what it recites
+    (:func:`~nsync.simulation.echo.echo_of`) and its flags."""
 
     text: str
     left: bool
     n_new: int
-    resampled: int
     echo: str | None
     flags: list[str] = field(default_factory=list)
 
@@ -134,45 +135,64 @@ class Simulator:
         self.policy = TURN_POLICIES.get(cfg.turn_taking.policy)(cfg.turn_taking)
 
     def _step(self, name: str, runs: list[Run], stats: SimulationStats) -> None:
+        """One reply for each of ``runs`` (their speakers all play ``name``), in one batch.
+
+        A reply that :meth:`_retry` rejects is not kept: its run stays at the same utterance and is
+        sampled again in the next step's batch, continuing the same utterance's random stream, so
+        the result does not depend on the batch and a re-sample costs one row of a batch, not a
+        batch of its own. After ``max_resamples`` the last reply is kept and flagged.
+        """
         lm = self.models[name]
         fmt = prompt_format(lm, self.cfg.prompt_format)
-        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, layout=self.cfg.prompt_layout)) for r in runs]
-        gens = [utterance_generator(r.seed, r.run_id, len(r.history), lm.device) for r in runs]
+        layout = self.cfg.prompt_layout
+        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, layout=layout)) for r in runs]
+        for r in runs:
+            if r.stream is None:
+                r.stream = utterance_generator(r.seed, r.run_id, len(r.history), lm.device)
+        reuse = self.cfg.reuse_prefix
+        generator = self.generators[name]
         try:
-            reuse = self.cfg.reuse_prefix
-            generator = self.generators[name]
             out = generator.generate(
                 prompts,
-                gens,
+                [r.stream for r in runs],
                 capture=self.capture,
                 generated_mean=self.capture and self.cfg.capture.generated_mean,
                 keys=[(r.run_id, r.speaker, "interactive") for r in runs] if reuse else None,
             )
-            observer = None
-            if self.capture and self.cfg.capture.observer:
-                obs_prompts = [
-                    encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True, layout=self.cfg.prompt_layout)) for r in runs
-                ]
-                keys = [(r.run_id, r.speaker, "observer") for r in runs] if reuse else None
-                observer = generator.prompt_states(obs_prompts, keys)
         except NsyncError:
             raise
         except Exception as err:
             ids = ", ".join(r.run_id for r in runs)
             raise NsyncError(f"generation with {name} failed for runs [{ids}]: {type(err).__name__}: {err}") from err
-        replies = self._replies(name, runs, prompts, gens, out.tokens, stats)
+        kept = []
         for i, run in enumerate(runs):
-            reply = replies[i]
+            reply = self._reply(name, run, out.tokens[i])
+            if self._retry(run, reply) and run.attempt < self.cfg.max_resamples:
+                run.attempt += 1
+                stats.resampled += 1
+                continue
+            kept.append((i, run, reply))
+        if not kept:
+            return
+        observer = None
+        if self.capture and self.cfg.capture.observer:  # the observer reads only utterances that are kept
+            obs_prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True, layout=layout))
+                           for _, r, _ in kept]
+            keys = [(r.run_id, r.speaker, "observer") for _, r, _ in kept] if reuse else None
+            observer = generator.prompt_states(obs_prompts, keys)
+        for j, (i, run, reply) in enumerate(kept):
+            self._flag(run, reply)
             text, left, n_new = reply.text, reply.left, reply.n_new
             k, speaker = len(run.history), run.speaker
             run.history.append(Utterance(speaker, text, left))
-            base = self._row(run, k, speaker, text, left, out.prompt_lengths[i], n_new) | {"resampled": reply.resampled, "flag": ",".join(reply.flags)}
+            base = self._row(run, k, speaker, text, left, out.prompt_lengths[i], n_new) | {"resampled": run.attempt, "flag": ",".join(reply.flags)}
+            run.attempt, run.stream = 0, None
             run.rows.append(base)
             if self.capture:
                 run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
                 if observer is not None:
-                    run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[i])})
-                    run.states.setdefault("observer", []).append(observer[i].cpu().numpy())
+                    run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[j])})
+                    run.states.setdefault("observer", []).append(observer[j].cpu().numpy())
                 for listener, (state, n_prompt) in sorted(run.listeners.items()):
                     run.rows.append({**base, "condition": "listener", "agent": listener, "character_id": run.episode.characters[listener].id,
                                      "model": run.models[listener], "partner_model": name, "n_prompt_tokens": n_prompt, "n_new_tokens": 0})
@@ -190,13 +210,13 @@ class Simulator:
             if not run.done:
                 run.speaker = self.policy.next(run.episode, run.history, run.present)
 
-    def _reply(self, name: str, run: Run, tokens: list[int], attempt: int) -> Reply:
+    def _reply(self, name: str, run: Run, tokens: list[int]) -> Reply:
         """A generated reply, cleaned, with what it recites."""
         lm, cfg = self.models[name], self.cfg
         names = tuple(c.name for c in run.episode.characters)
         text, left = clean_reply(lm.tokenizer.decode(tokens, skip_special_tokens=True), cfg.sampling.first_line_only,
                                  cfg.sampling.stop_strings, names)
-        return Reply(text, left, len(tokens), attempt, echo_of(text, run.episode, run.speaker, run.history))
+        return Reply(text, left, len(tokens), echo_of(text, run.episode, run.speaker, run.history))
 
     def _retry(self, run: Run, reply: Reply) -> bool:
         """Whether a reply is sampled again: empty before ``min_utterances``, or (with
@@ -205,35 +225,15 @@ class Simulator:
             return True
         return self.cfg.resample_echo and reply.echo is not None
 
-    def _replies(self, name: str, runs: list[Run], prompts: list[list[int]], gens: list[torch.Generator], tokens: list[list[int]],
-                 stats: SimulationStats) -> list[Reply]:
-        """Each run's reply, cleaned and flagged.
-
-        A reply that :meth:`_retry` rejects is sampled again, continuing the same utterance's
-        random stream, so the result does not depend on the batch; after ``max_resamples`` the
-        last one is recorded and flagged.
-        """
-        cfg = self.cfg
-        out = [self._reply(name, run, tokens[i], 0) for i, run in enumerate(runs)]
-        redo = [i for i, run in enumerate(runs) if self._retry(run, out[i])]
-        for attempt in range(1, cfg.max_resamples + 1):
-            if not redo:
-                break
-            keys = [(runs[i].run_id, runs[i].speaker, "interactive") for i in redo] if cfg.reuse_prefix else None
-            again = self.generators[name].generate([prompts[i] for i in redo], [gens[i] for i in redo], capture=False, keys=keys)
-            for i, new in zip(redo, again.tokens):
-                out[i] = self._reply(name, runs[i], new, attempt)
-                stats.resampled += 1
-            redo = [i for i in redo if self._retry(runs[i], out[i])]
-        for run, reply in zip(runs, out):
-            if not reply.text:
-                reply.flags.append("empty")
-            if reply.left and len(run.history) < cfg.min_utterances:
-                reply.flags.append("early_leave")  # ignored: the agent stays
-                reply.left = False
-            if reply.echo is not None:
-                reply.flags.append(f"echo:{reply.echo}")
-        return out
+    def _flag(self, run: Run, reply: Reply) -> None:
+        """The flags of a kept reply; a leave before ``min_utterances`` is ignored (the agent stays)."""
+        if not reply.text:
+            reply.flags.append("empty")
+        if reply.left and len(run.history) < self.cfg.min_utterances:
+            reply.flags.append("early_leave")
+            reply.left = False
+        if reply.echo is not None:
+            reply.flags.append(f"echo:{reply.echo}")
 
     def _listen(self, name: str, listeners: list[tuple[Run, int]]) -> None:
         """Every agent who does not speak next reads the same history with its own prompt. It
