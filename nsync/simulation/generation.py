@@ -27,7 +27,7 @@ class SamplingConfig:
     max_new_tokens: int = field(default=300, metadata={"help": "longest reply in tokens"})
     first_line_only: bool = field(default=True, metadata={"help": "cut each reply to its first non-empty line (the paper's)"})
     stop_strings: list[str] = field(default_factory=list, metadata={"help": "extra strings that end a reply"})
-    no_repeat_ngram: int = field(default=6, metadata={"help": "ban every run of this many tokens that the prompt or the reply already holds (0 = off; the paper: off), so a reply cannot copy a span of its prompt or of the conversation (HF's no_repeat_ngram_size)"})
+    no_repeat_ngram: int = field(default=4, metadata={"help": "ban every run of this many tokens that the prompt or the reply already holds (0 = off; the paper: off), so a reply cannot copy a span of its prompt or of the conversation (HF's no_repeat_ngram_size)"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "divide the logits of tokens the prompt or the reply holds by this (1.0 = off; HF's repetition_penalty)"})
 
     def logits_processors(self):
