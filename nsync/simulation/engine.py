@@ -106,7 +106,7 @@ class SimulationStats:
     utterances: int = 0
     new_tokens: int = 0
     prompt_tokens: int = 0
-    resampled: int = 0  # replies sampled again (empty or only the leave marker too early)
+    resampled: int = 0  # replies sampled again (empty too early, or with resample_echo an echo)
     seconds: float = 0.0
 
     def line(self) -> str:
