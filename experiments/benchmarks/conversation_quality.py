@@ -95,13 +95,14 @@ def on_topic(text: str, run, k: int) -> bool:
 
 def measure(runs, seconds: float, stats) -> dict:
     """The quality figures of finished runs."""
+    from nsync.cache.layout import flagged
     from nsync.simulation.echo import near_duplicate
 
     rows = [row for run in runs for row in run.rows if row["condition"] == "interactive"]
     flags = pd.Series([row["flag"] for row in rows])
     n = max(len(rows), 1)
     share = lambda mask: float(mask.sum()) / n  # noqa: E731
-    has = lambda name: flags.str.split(",").apply(lambda fs: any(f == name or f.split(":")[0] == name for f in fs))  # noqa: E731
+    has = lambda name: flagged(flags, [name])  # noqa: E731
     kinds = flags.str.split(",").explode()
     kinds = kinds[kinds.str.startswith("echo:")].str.removeprefix("echo:").value_counts()
     repeats = sum(any(near_duplicate(u.text, h.text) for h in run.history[:k]) for run in runs for k, u in enumerate(run.history))
