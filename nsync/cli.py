@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: nsync <command> [--config FILE] [key=value ...] [--help]", "", "commands (in pipeline order):"]
+    lines = ["usage: nsync <command> [--config FILE] [key=value ...] [--help]   |   nsync --version", "", "commands (in pipeline order):"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "`nsync <command> --help` lists a command's options; `python -m nsync.<command>` is the same."]
     return "\n".join(lines)
@@ -38,6 +38,11 @@ def usage() -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``nsync`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["--version"], ["-V"]):
+        from nsync import __version__
+
+        print(f"nsync {__version__}")
+        sys.exit(0)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         sys.exit(0 if args else 2)

@@ -18,6 +18,15 @@ def test_usage_lists_every_command(capsys):
     assert all(name in out for name in COMMANDS)
 
 
+def test_version_is_the_installed_distribution(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"nsync {version('nsync')}"
+
+
 def test_unknown_command_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fitt"])
@@ -63,3 +72,14 @@ def test_cache_export_and_import_hf_commands(tmp_path, capsys):
     main(["cache", "import-hf", str(tmp_path / "hf"), str(tmp_path / "back")])
     out = capsys.readouterr().out
     assert "load_from_disk" in out and f"wrote {tmp_path / 'back'}" in out and "12 runs" not in out
+
+
+def test_citation_file_names_this_version_and_the_paper():
+    import yaml
+    from importlib.metadata import version
+
+    from conftest import ROOT
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["version"] == version("nsync") and cff["cff-version"] == "1.2.0"
+    assert any("arXiv:2602.17815" in i["value"] for ref in cff["references"] for i in ref["identifiers"])

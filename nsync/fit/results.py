@@ -36,11 +36,13 @@ def sync_r2(r2: np.ndarray, clip: bool = True, chosen: np.ndarray | None = None)
     0.2
     >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]), chosen=np.array([0, 1]))
     0.1
+    >>> sync_r2(np.array([[np.nan, np.nan]]))  # no source layer has an R²: undefined, without a warning
+    nan
     """
     best = row_max(r2) if chosen is None else at_chosen(r2, chosen)
     if clip:
         best = np.clip(best, 0.0, None)
-    return float(np.nanmean(best))
+    return float(np.nanmean(best)) if np.isfinite(best).any() else float("nan")  # no source layer has an R²
 
 def row_max(r2: np.ndarray) -> np.ndarray:
     """Best value per row, ignoring NaN (targets with no variance); NaN for an all-NaN row."""
