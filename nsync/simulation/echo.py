@@ -31,8 +31,8 @@ import re
 from functools import lru_cache
 
 from nsync.cache.layout import ECHO_KINDS
-from nsync.scenarios import Episode, own_background, visible_background
-from nsync.simulation.prompts import Utterance
+from nsync.scenarios import Episode
+from nsync.simulation.prompts import Utterance, backgrounds
 
 #: Words in a row shared with a goal, background or scenario that make a reply a recitation.
 SPAN_WORDS = 6
@@ -97,9 +97,7 @@ def echo_of(text: str, episode: Episode, me: int, history: list[Utterance]) -> s
         return "cue"
     if _GOAL_FIELD.search(text) or shares_span(text, episode.scenario.goals[me]):
         return "goal"
-    backgrounds = [own_background(c) if a == me else visible_background(c, episode.scenario.relationship_of(me, a))
-                   for a, c in enumerate(episode.characters)]
-    if _BACKGROUND_FIELD.search(text) or any(shares_span(text, bg) for bg in backgrounds):
+    if _BACKGROUND_FIELD.search(text) or any(shares_span(text, bg) for bg in backgrounds(episode, me)):
         return "background"
     names = "|".join(re.escape(n) for c in episode.characters for n in (c.name, c.first_name) if n)
     if names and re.search(rf"\b(?:{names})'s\s+(?:[\w-]+\s+){{0,2}}[\w-]+\s*:", text, re.IGNORECASE):

@@ -89,25 +89,27 @@ def participants(episode: Episode) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def backgrounds(episode: Episode, me: int) -> list[str]:
+    """Every agent's background as agent ``me`` sees it: its own in full (secret included), the
+    others' through the relationship of the ordered pair (:func:`visible_background`)."""
+    return [own_background(c) if agent == me else visible_background(c, episode.scenario.relationship_of(me, agent))
+            for agent, c in enumerate(episode.characters)]
+
+
 def _context(episode: Episode, me: int, with_goal: bool, layout: str = "fields") -> str:
-    """Scenario, participants, every background as visible to ``me`` (through the relationship
-    of the ordered pair), and (optionally, ``fields`` layout) the goals."""
-    agents = range(episode.n_agents)
+    """Scenario, participants, every background as visible to ``me`` (:func:`backgrounds`), and
+    (optionally, ``fields`` layout) the goals."""
+    seen = backgrounds(episode, me)
     if layout == "prose":
         people = []
-        for agent in agents:
-            c = episode.characters[agent]
+        for agent, (c, bg) in enumerate(zip(episode.characters, seen)):
             level = None if agent == me else episode.scenario.relationship_of(me, agent)
-            bg = own_background(c) if level is None else visible_background(c, level)
             people.append(bg if level is None or level >= 2 else f"{c.name} is a stranger." if level == 0 else f"Only {c.name}'s name is known.")
         return "\n".join([f"An interaction between {participants(episode)}. {episode.scenario.scenario.rstrip('.')}.", *people])
     lines = [f"Scenario: {episode.scenario.scenario}", f"Participants: {participants(episode)}"]
-    for agent in agents:
-        c = episode.characters[agent]
-        bg = own_background(c) if agent == me else visible_background(c, episode.scenario.relationship_of(me, agent))
-        lines.append(f"{c.name}'s background: {bg}")
+    lines += [f"{c.name}'s background: {bg}" for c, bg in zip(episode.characters, seen)]
     if with_goal:
-        for agent in agents:
+        for agent in range(episode.n_agents):
             goal = episode.scenario.goals[agent] if agent == me else "Unknown"
             lines.append(f"{_speaker_name(episode, agent)}'s goal: {goal}")
     return "\n".join(lines)
