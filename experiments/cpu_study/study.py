@@ -166,7 +166,10 @@ class Study:
         print(f"  replies: {describe_reply_flags(quality)}")
         return out
 
-    def fits(self, name: str, pair: PairConfig, cache: Path) -> None:
+    def fits(self, name: str, pair: PairConfig, cache: Path, stage: str) -> None:
+        """The fits of one pair: ``stage="answer"`` the controls at the chosen alpha, the variance
+        partition and the fit without flagged replies; ``stage="rest"`` the paper's alpha, the
+        held-out splits and the probe comparison."""
         from nsync.analysis.controls import ControlsConfig, run_controls
         from nsync.fit import FitConfig, FitResult, reusable_result, run_fit
 
@@ -177,20 +180,25 @@ class Study:
             common = [f"data.source_model={source}", f"data.target_model={target}", f"data.directions=[{','.join(directions)}]",
                       f"data.split_seeds=[{seeds}]",
                       f"bootstrap={self.cfg.bootstrap}", "logger.kind=none", "save_weights=false", *pair.fit]
-            for alpha_name, alphas in (("paper_alpha", str(self.cfg.paper_alpha)), ("chosen_alpha", grid)):
+            def controls(alpha_name: str, alphas: str) -> None:
                 print(f"  {source} -> {target}: controls, {alpha_name} ({alphas})")
-                controls = ControlsConfig(cache=str(cache), out=str(folder / f"controls_{alpha_name}"),
-                                          fit_overrides=[*common, f"affine.alphas=[{alphas}]"],
-                                          controls=list(self.cfg.controls), lags=list(self.cfg.lags))
-                self._timed(f"{name}/fit", run_controls, controls)
-            extra = {f"split_{s}": [f"data.split={s}", f"affine.alphas=[{grid}]"] for s in self.cfg.splits}
-            step = self.cfg.mlp_source_layer_step
-            extra["probe_affine"] = [f"data.source_layer_step={step}", f"affine.alphas=[{grid}]"]
-            extra["probe_mlp"] = [f"data.source_layer_step={step}", "probe=mlp"]
-            if self.cfg.exclude_flags:
-                extra["without_flagged"] = [f"affine.alphas=[{grid}]", f"data.exclude_flags=[{','.join(self.cfg.exclude_flags)}]"]
+                cfg = ControlsConfig(cache=str(cache), out=str(folder / f"controls_{alpha_name}"),
+                                     fit_overrides=[*common, f"affine.alphas=[{alphas}]"],
+                                     controls=list(self.cfg.controls), lags=list(self.cfg.lags))
+                self._timed(f"{name}/fit", run_controls, cfg)
+
+            # The study's answer first for every pair (controls, the partition, the fit without flagged
+            # replies), so a study stopped early still has it; the paper's alpha, splits and probes after.
+            first, later = {}, {}
             if self.cfg.partition:  # after the controls, which add the text states a baseline may read
-                extra["partition"] = [f"affine.alphas=[{grid}]", f"partition.baselines=[{','.join(self.cfg.partition)}]"]
+                first["partition"] = [f"affine.alphas=[{grid}]", f"partition.baselines=[{','.join(self.cfg.partition)}]"]
+            if self.cfg.exclude_flags:
+                first["without_flagged"] = [f"affine.alphas=[{grid}]", f"data.exclude_flags=[{','.join(self.cfg.exclude_flags)}]"]
+            later.update({f"split_{s}": [f"data.split={s}", f"affine.alphas=[{grid}]"] for s in self.cfg.splits})
+            step = self.cfg.mlp_source_layer_step
+            later["probe_affine"] = [f"data.source_layer_step={step}", f"affine.alphas=[{grid}]"]
+            later["probe_mlp"] = [f"data.source_layer_step={step}", "probe=mlp"]
+
             def fit(run: str, overrides: list[str]) -> FitResult:
                 run_dir = folder / run
                 fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}"], prog="nsync.fit")
@@ -205,7 +213,13 @@ class Study:
                       f"{_ci(*(result.sync_r2_ci95 or (None, None)))}")
                 return result
 
-            results = {run: fit(run, overrides) for run, overrides in extra.items()}
+            if stage == "answer":
+                controls("chosen_alpha", grid)
+                for run, overrides in first.items():
+                    fit(run, overrides)
+                continue
+            controls("paper_alpha", str(self.cfg.paper_alpha))
+            results = {run: fit(run, overrides) for run, overrides in later.items()}
             # A split that holds out personas keeps fewer training pairs (episodes that mix held-out and
             # kept characters are dropped); the interaction split at the same size tells leakage from size.
             main_train = _train_pairs(FitResult.load(folder / "controls_chosen_alpha" / "main"))
@@ -221,13 +235,16 @@ class Study:
         if unknown:
             raise NsyncError(f"only= names pairs {unknown} that study.yaml does not define; choose from {list(pairs)}")
         if not self.cfg.report_only:
-            for i, name in enumerate(names):
-                pair = pairs[name]
-                print(f"[{i + 1}/{len(names)}] {name}: simulate -> {self.out / name / 'cache'}")
-                cache = self._timed(f"{name}/simulate", self.simulate, name, pair)
-                print(f"[{i + 1}/{len(names)}] {name}: fits")
-                self.fits(name, pair, cache)
-                self.report()  # after every pair, so a study stopped in a later pair still shows this one
+            caches = {}
+            for stage in ("answer", "rest"):
+                for i, name in enumerate(names):
+                    pair = pairs[name]
+                    if name not in caches:
+                        print(f"[{i + 1}/{len(names)}] {name}: simulate -> {self.out / name / 'cache'}")
+                        caches[name] = self._timed(f"{name}/simulate", self.simulate, name, pair)
+                    print(f"[{i + 1}/{len(names)}] {name}: fits ({stage})")
+                    self.fits(name, pair, caches[name], stage)
+                    self.report()  # after every pair, so a study stopped in a later pair still shows this one
         else:
             self.report()
 
