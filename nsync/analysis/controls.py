@@ -21,9 +21,8 @@ from omegaconf import MISSING
 
 from nsync.data.pairs import DIRECTIONS
 from nsync.errors import NsyncError
-from nsync.fit import FitConfig, FitResult, reusable_result, run_fit
-from nsync.fit import bootstrap as boot
-from nsync.fit.bootstrap import bias_corrected, interval
+from nsync.fit.config import FitConfig
+from nsync.fit.results import FitResult
 
 log = logging.getLogger("nsync.controls")
 
@@ -115,6 +114,8 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     """Fit every planned run (re-using finished ones) and write the summary; return its table."""
     from nsync.cache import ActivationCache
     from nsync.config import load_config
+    from nsync.fit.loop import reusable_result, run_fit  # here: --help imports no torch
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     base = (["--config", cfg.fit_config] if cfg.fit_config else []) + list(cfg.fit_overrides)
@@ -171,6 +172,8 @@ def check_paired(main: FitResult, other: FitResult, name: str = "the control") -
     """Raise a clear error unless ``other``'s bootstrap replicates pair with ``main``'s episode by
     episode: the same replicate scheme, count and seed, and for every (split seed, direction) both
     fitted, the same test episodes (a control that lost episodes, or another split, cannot pair)."""
+    from nsync.fit import bootstrap as boot
+
     if main.bootstrap is None or other.bootstrap is None:
         raise NsyncError(f"{name} or main has no bootstrap replicates (fit with bootstrap > 0)")
     a, b = main.bootstrap, other.bootstrap
@@ -196,6 +199,8 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
     """One row per run: SyncR² (± std over split seeds, 95% CI over episodes), per direction, and
     the difference from the main condition with its 95% bootstrap interval paired by test episode
     (``unpaired`` says why a run has none: see :func:`check_paired`)."""
+    from nsync.fit.bootstrap import bias_corrected, interval
+
     main = results["main"]
     main_reps = _replicates("main", main, out)
     rows = []

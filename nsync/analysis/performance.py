@@ -21,7 +21,6 @@ import pandas as pd
 from omegaconf import MISSING
 
 from nsync.errors import NsyncError
-from nsync.fit.bootstrap import interval
 from nsync.fit.results import FitResult
 
 log = logging.getLogger("nsync.analysis")
@@ -47,6 +46,8 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
     two-model cache) are averaged into the pair's SyncR², as the paper averages directions and
     orders; their bootstrap replicates are averaged too (one cache: the same replicate weights).
     """
+    from nsync.fit.bootstrap import interval  # here: --help imports no torch
+
     by_cache: dict[Path, list[tuple[Path, FitResult]]] = {}
     for fit in map(Path, fits):
         r = FitResult.load(fit)
@@ -93,6 +94,8 @@ def correlations(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0
     (0.959, 1.0)
     """
     from scipy import stats
+
+    from nsync.fit.bootstrap import interval
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)

@@ -1,6 +1,13 @@
 """The activation cache: layer-major ``.npy`` arrays, a turns table and a manifest."""
 
-from nsync.cache.reader import ActivationCache, describe_reply_flags
-from nsync.cache.writer import CacheWriter, ModelInfo
+# Names load on first use (SPEC 1 lazy loading), so a command's --help and a fit's start-up import
+# only the modules they need (tests/test_imports.py).
+import lazy_loader
 
-__all__ = ["ActivationCache", "CacheWriter", "ModelInfo", "describe_reply_flags"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "reader": ["ActivationCache", "describe_reply_flags"],
+        "writer": ["CacheWriter", "ModelInfo"],
+    },
+)

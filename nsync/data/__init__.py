@@ -1,8 +1,15 @@
 """Pairs, grouped splits and the Lightning DataModule over an activation cache."""
 
-from nsync.data.config import DataConfig
-from nsync.data.datamodule import SynchronyDataModule
-from nsync.data.pairs import DIRECTIONS, PAIRINGS, build_pairs
-from nsync.data.splits import SPLITS, Split, make_split
+# Names load on first use (SPEC 1 lazy loading), so a command's --help and a fit's start-up import
+# only the modules they need (tests/test_imports.py).
+import lazy_loader
 
-__all__ = ["DIRECTIONS", "PAIRINGS", "DataConfig", "SPLITS", "Split", "SynchronyDataModule", "build_pairs", "make_split"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["DataConfig"],
+        "datamodule": ["SynchronyDataModule"],
+        "pairs": ["DIRECTIONS", "PAIRINGS", "build_pairs"],
+        "splits": ["SPLITS", "Split", "make_split"],
+    },
+)

@@ -5,8 +5,15 @@
 :class:`FitResult` and, to fit, :class:`FitConfig`, :func:`run_fit` and :func:`reusable_result`, nothing else.
 """
 
-from nsync.fit.config import FitConfig, resolve_out
-from nsync.fit.loop import reusable_result, run_fit
-from nsync.fit.results import FitResult, sync_r2
+# Names load on first use (SPEC 1 lazy loading), so ``nsync fit --help`` imports no torch
+# (tests/test_imports.py).
+import lazy_loader
 
-__all__ = ["FitConfig", "FitResult", "resolve_out", "reusable_result", "run_fit", "sync_r2"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["FitConfig", "resolve_out"],
+        "loop": ["reusable_result", "run_fit"],
+        "results": ["FitResult", "sync_r2"],
+    },
+)

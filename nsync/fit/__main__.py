@@ -10,21 +10,23 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-import numpy as np
-
-from nsync.cache import describe_reply_flags
 from nsync.config import load_config
 from nsync.errors import run_cli
 from nsync.fit.config import FitConfig, resolve_out
-from nsync.fit.loop import run_fit
-from nsync.fit.results import modal_target
 
 
 def main(argv: Sequence[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cfg = load_config(FitConfig, argv, prog="nsync.fit")
-    result = run_fit(cfg)
+    # The fit's modules load after the config is read: --help and a bad key answer at once.
+    import numpy as np
     from lightning.pytorch.utilities import rank_zero_only
+
+    from nsync.cache import describe_reply_flags
+    from nsync.fit.loop import run_fit
+    from nsync.fit.results import modal_target
+
+    result = run_fit(cfg)
 
     if rank_zero_only.rank != 0:
         return

@@ -12,12 +12,45 @@ from omegaconf import MISSING
 from nsync.config import to_dict
 from nsync.data.config import DataConfig
 from nsync.errors import NsyncError
-from nsync.fit.partition import PartitionConfig
-from nsync.fit.surrogates import SurrogateConfig
-from nsync.probes.affine import ALPHA_CHOICES
 
 #: How a source layer's target layer is chosen (``target_choice``).
 TARGET_CHOICES = ("validation", "test")
+#: Surrogate kinds of the permutation p-values (:mod:`nsync.fit.surrogates`).
+SURROGATE_KINDS = ("pseudo_dyad", "circular_shift")
+
+# The config classes import nothing heavy (no torch, no pandas), so ``nsync fit --help`` is quick:
+# what validating a value needs is imported where it is checked.
+
+
+@dataclass
+class PartitionConfig:
+    baselines: list[str] = field(default_factory=list, metadata={"help": "baselines to partition against, each one feature or several joined by +: observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"})
+    layer: str = field(default="same", metadata={"help": "layer of layered baseline features: same (the source layer's relative depth) or a layer index"})
+    ratios: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0], metadata={"help": "band penalty ratios (baseline's penalty over the source's, after bringing the baseline to the source's total variance), chosen per cell on validation together with affine.alphas"})
+
+    def __post_init__(self) -> None:
+        if self.baselines:
+            from nsync.data.bands import Baseline
+
+            for name in self.baselines:
+                Baseline.parse(name)
+        if self.layer != "same" and not str(self.layer).lstrip("-").isdigit():
+            raise NsyncError(f"partition.layer must be 'same' or a layer index, got '{self.layer}'")
+        if not self.ratios or any(r <= 0 for r in self.ratios):
+            raise NsyncError(f"partition.ratios must list positive values, got {self.ratios}")
+
+
+@dataclass
+class SurrogateConfig:
+    n: int = field(default=200, metadata={"help": "surrogates per fit for the permutation p-values of SyncR² and the unique share (0: none)"})
+    kind: str = field(default="pseudo_dyad", metadata={"help": "pseudo_dyad (sources of other episodes at the same utterance index) or circular_shift (within each run)"})
+
+    def __post_init__(self) -> None:
+        if self.kind not in SURROGATE_KINDS:
+            raise NsyncError(f"surrogates.kind must be one of {SURROGATE_KINDS}, got '{self.kind}'")
+        if self.n < 0:
+            raise NsyncError(f"surrogates.n must be at least 0, got {self.n}")
+
 
 @dataclass
 class AffineConfig:
@@ -73,6 +106,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         from nsync.fit.probe_types import PROBE_TYPES  # here: the probe types import this module's users
+        from nsync.probes.affine import ALPHA_CHOICES
 
         if self.probe not in PROBE_TYPES:
             raise NsyncError(f"probe must be one of {PROBE_TYPES.names()}, got '{self.probe}'")

@@ -19,34 +19,15 @@ from the same replicates as SyncR², so the shares are paired.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from nsync.errors import NsyncError
 
 #: The shares reported per baseline, in this order.
 QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
-
-
-@dataclass
-class PartitionConfig:
-    baselines: list[str] = field(default_factory=list, metadata={"help": "baselines to partition against, each one feature or several joined by +: observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"})
-    layer: str = field(default="same", metadata={"help": "layer of layered baseline features: same (the source layer's relative depth) or a layer index"})
-    ratios: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0], metadata={"help": "band penalty ratios (baseline's penalty over the source's, after bringing the baseline to the source's total variance), chosen per cell on validation together with affine.alphas"})
-
-    def __post_init__(self) -> None:
-        from nsync.data.bands import Baseline
-
-        for name in self.baselines:
-            Baseline.parse(name)
-        if self.layer != "same" and not str(self.layer).lstrip("-").isdigit():
-            raise NsyncError(f"partition.layer must be 'same' or a layer index, got '{self.layer}'")
-        if not self.ratios or any(r <= 0 for r in self.ratios):
-            raise NsyncError(f"partition.ratios must list positive values, got {self.ratios}")
 
 
 @dataclass

@@ -35,7 +35,7 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    src_names, tgt_names = result.source_layer_names, result.target_layer_names
+    src_names = result.source_layer_names
     x = np.arange(len(src_names))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for direction, d in result.directions.items():

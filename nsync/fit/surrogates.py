@@ -23,29 +23,14 @@ source shares with it, stay with their row.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from nsync.errors import NsyncError
 
-KINDS = ("pseudo_dyad", "circular_shift")
 log = logging.getLogger("nsync.fit")
 _WARNED: set[str] = set()  # once per process
-
-
-@dataclass
-class SurrogateConfig:
-    n: int = field(default=200, metadata={"help": "surrogates per fit for the permutation p-values of SyncR² and the unique share (0: none)"})
-    kind: str = field(default="pseudo_dyad", metadata={"help": "pseudo_dyad (sources of other episodes at the same utterance index) or circular_shift (within each run)"})
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise NsyncError(f"surrogates.kind must be one of {KINDS}, got '{self.kind}'")
-        if self.n < 0:
-            raise NsyncError(f"surrogates.n must be at least 0, got {self.n}")
 
 
 def permutations(test_pairs: pd.DataFrame, n: int, kind: str = "pseudo_dyad", seed: int = 0) -> np.ndarray:

@@ -1,8 +1,14 @@
 """The social-performance judge: SOTOPIA-Eval's seven dimensions, from a chat endpoint or a
 local model's probabilities."""
 
-from nsync.judge.backends import JUDGE_BACKENDS, ChatJudge, JudgeBackend, Judgement, LocalJudge
-from nsync.judge.rubric import DIMENSION_NAMES, DIMENSIONS
-from nsync.judge.schema import EpisodeScores, overall, parse_answer
+# Names load on first use (SPEC 1 lazy loading): ``nsync judge --help`` imports no torch.
+import lazy_loader
 
-__all__ = ["JUDGE_BACKENDS", "ChatJudge", "JudgeBackend", "DIMENSIONS", "DIMENSION_NAMES", "EpisodeScores", "Judgement", "LocalJudge", "overall", "parse_answer"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "backends": ["JUDGE_BACKENDS", "ChatJudge", "JudgeBackend", "Judgement", "LocalJudge"],
+        "rubric": ["DIMENSION_NAMES", "DIMENSIONS"],
+        "schema": ["EpisodeScores", "overall", "parse_answer"],
+    },
+)

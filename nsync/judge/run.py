@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import pandas as pd
 from omegaconf import MISSING
@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 from nsync.cache import ActivationCache
 from nsync.cache.layout import write_json_atomic
 from nsync.errors import NsyncError
-from nsync.judge.backends import JUDGE_BACKENDS, Judgement
 from nsync.judge.rubric import DIMENSION_NAMES, agent_keys
 from nsync.judge.schema import overall
 from nsync.simulation.prompts import conversations as prompt_conversations
+
+if TYPE_CHECKING:  # the backends (torch) load when a judge is built: --help stays quick
+    from nsync.judge.backends import Judgement
 
 log = logging.getLogger("nsync.judge")
 
@@ -53,12 +55,16 @@ class JudgeConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        from nsync.judge.backends import JUDGE_BACKENDS
+
         if self.backend not in JUDGE_BACKENDS:
             raise NsyncError(f"backend must be one of {JUDGE_BACKENDS.names()}, got '{self.backend}'")
 
 
 def make_judge(cfg: JudgeConfig):
     """The configured judge backend."""
+    from nsync.judge.backends import JUDGE_BACKENDS
+
     return JUDGE_BACKENDS.get(cfg.backend).from_config(cfg)
 
 
@@ -78,6 +84,8 @@ def conversations(cache: ActivationCache, scenarios: str | None = None):
 def judge_cache(cfg: JudgeConfig, judge=None) -> tuple[Path, pd.DataFrame]:
     """Judge every run (re-using stored judgements); return the output folder and the table.
     ``judge`` overrides building one from the config (tests)."""
+    from nsync.judge.backends import Judgement
+
     cache = ActivationCache.open(cfg.cache)
     judge = judge or make_judge(cfg)
     name = cfg.name or cfg.model.replace("/", "__")

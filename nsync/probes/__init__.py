@@ -1,9 +1,15 @@
 """Synchrony probes: LightningModules mapping one agent's state to its partner's next state."""
 
-from nsync.probes.affine import AffineProbe, choose_alpha
-from nsync.probes.metrics import LayerR2, TestR2Mixin, r2_from_sums
-from nsync.probes.mlp import MLP, MLPProbe
-from nsync.probes.ridge import RidgeSolution, RidgeStatistics, fit_ridge
+# Names load on first use (SPEC 1 lazy loading), so a command's --help and a fit's start-up import
+# only the modules they need (tests/test_imports.py).
+import lazy_loader
 
-__all__ = ["AffineProbe", "LayerR2", "MLP", "MLPProbe", "RidgeSolution", "RidgeStatistics", "TestR2Mixin", "choose_alpha", "fit_ridge",
-           "r2_from_sums"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "affine": ["AffineProbe", "choose_alpha"],
+        "metrics": ["LayerR2", "TestR2Mixin", "r2_from_sums"],
+        "mlp": ["MLP", "MLPProbe"],
+        "ridge": ["RidgeSolution", "RidgeStatistics", "fit_ridge"],
+    },
+)

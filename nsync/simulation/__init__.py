@@ -1,22 +1,15 @@
 """Social episodes of two or more agents between local models, with hidden states captured at every turn."""
 
-from nsync.simulation.config import CaptureConfig, ScenarioSelection, SimulateConfig
-from nsync.simulation.engine import Run, SimulationStats, Simulator, plan_runs
-from nsync.simulation.generation import Generator, HiddenStateRecorder, SamplingConfig, prompt_states
-from nsync.simulation.turns import TURN_POLICIES, TurnTakingConfig
+# Names load on first use (SPEC 1 lazy loading), so a command's --help and a fit's start-up import
+# only the modules they need (tests/test_imports.py).
+import lazy_loader
 
-__all__ = [
-    "CaptureConfig",
-    "Generator",
-    "HiddenStateRecorder",
-    "Run",
-    "SamplingConfig",
-    "ScenarioSelection",
-    "SimulateConfig",
-    "SimulationStats",
-    "Simulator",
-    "TURN_POLICIES",
-    "TurnTakingConfig",
-    "plan_runs",
-    "prompt_states",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["CaptureConfig", "ScenarioSelection", "SimulateConfig"],
+        "engine": ["Run", "SimulationStats", "Simulator", "plan_runs"],
+        "generation": ["Generator", "HiddenStateRecorder", "SamplingConfig", "prompt_states"],
+        "turns": ["TURN_POLICIES", "TurnTakingConfig"],
+    },
+)

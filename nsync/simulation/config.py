@@ -8,9 +8,32 @@ from typing import Optional
 from omegaconf import MISSING
 
 from nsync.errors import NsyncError
-from nsync.simulation.generation import SamplingConfig
 from nsync.simulation.prompts import FORMATS, LAYOUTS, OBSERVER_PROMPT_VERSION
 from nsync.simulation.turns import TurnTakingConfig
+
+
+@dataclass
+class SamplingConfig:
+    """How replies are sampled."""
+
+    temperature: float = field(default=0.7, metadata={"help": "softmax temperature; 0 means greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0 = off)"})
+    max_new_tokens: int = field(default=300, metadata={"help": "longest reply in tokens"})
+    first_line_only: bool = field(default=True, metadata={"help": "cut each reply to its first non-empty line (the paper's)"})
+    stop_strings: list[str] = field(default_factory=list, metadata={"help": "extra strings that end a reply"})
+    no_repeat_ngram: int = field(default=4, metadata={"help": "ban every run of this many tokens that the prompt or the reply already holds (0 = off; the paper: off), so a reply cannot copy a span of its prompt or of the conversation (HF's no_repeat_ngram_size)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "divide the logits of tokens the prompt or the reply holds by this (1.0 = off; HF's repetition_penalty)"})
+
+    def logits_processors(self):
+        """HF's processors for the repetition settings (None when both are off)."""
+        from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+        found = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            found.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.no_repeat_ngram > 0:
+            found.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram))
+        return found or None
 
 
 @dataclass

@@ -6,15 +6,15 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from nsync.cache.writer import CacheWriter, ModelInfo
 from nsync.config import load_config, to_dict
 from nsync.errors import NsyncError
-from nsync.models import LoadedModel, ModelConfig, load_model
-from nsync.scenarios import load_scenarios
 from nsync.simulation.config import SimulateConfig
-from nsync.simulation.engine import SimulationStats, Simulator, plan_runs
+
+if TYPE_CHECKING:  # the models and the engine load in simulate(): --help imports no torch
+    from nsync.models import LoadedModel
+    from nsync.simulation.engine import SimulationStats
 
 log = logging.getLogger("nsync.simulate")
 
@@ -45,6 +45,8 @@ def _sum_over_ranks(stats: SimulationStats) -> SimulationStats:
     import torch
     import torch.distributed as dist
 
+    from nsync.simulation.engine import SimulationStats
+
     counts = torch.tensor([stats.runs, stats.utterances, stats.new_tokens, stats.prompt_tokens, stats.resampled], dtype=torch.float64)
     seconds = torch.tensor([stats.seconds], dtype=torch.float64)
     dist.all_reduce(counts)
@@ -57,6 +59,11 @@ def _sum_over_ranks(stats: SimulationStats) -> SimulationStats:
 def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) -> tuple[Path, SimulationStats]:
     """Simulate the configured episodes into ``cfg.out``; ``models`` overrides loading by name
     (tests pass tiny models here)."""
+    from nsync.cache.writer import CacheWriter, ModelInfo
+    from nsync.models import ModelConfig, load_model
+    from nsync.scenarios import load_scenarios
+    from nsync.simulation.engine import Simulator, plan_runs
+
     rank, world = _distributed()
     library = load_scenarios(cfg.scenarios.source)
     episodes = library.select(cfg.scenarios.ids, cfg.scenarios.limit)
