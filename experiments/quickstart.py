@@ -7,13 +7,16 @@
 2. fits the main condition and the shuffled-partner control (targets from another episode at the
    same utterance index) with ``configs/fit/quickstart.yaml``,
 3. prints a short table: SyncR² with its 95% interval for both, the training pairs, the best
-   layer pair, and where the plots are.
+   layer pair, and where the plots are; the same table and the controls' bar plot go to
+   ``--docs`` (the documentation site's quickstart page includes them).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +45,7 @@ def main(argv) -> None:
     parser.add_argument("--simulate", default="configs/simulate/quickstart.yaml")
     parser.add_argument("--fit", default="configs/fit/quickstart.yaml")
     parser.add_argument("--out", default="runs/quickstart/controls")
+    parser.add_argument("--docs", default="docs/quickstart", help="folder for the table and figures the documentation shows ('' for none)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync.simulate"))
@@ -50,17 +54,24 @@ def main(argv) -> None:
     table = main_beside_shuffled(cache, args.out, args.fit, overwrite=True)
     main_result = FitResult.load(f"{args.out}/main")
     n_train = ", ".join(f"{d} {int(np.mean(r.n_train))}" for d, r in main_result.directions.items())
-    print("\n| condition | SyncR² (bias-corrected) | 95% interval over test episodes | SyncR² (raw) |")
-    print("|---|---|---|---|")
+    lines = ["| condition | SyncR² (bias-corrected) | 95% interval over test episodes | SyncR² (raw) |", "|---|---|---|---|"]
     for name, label in (("main", "main: partner's next state"), ("shuffled_partner", "control: shuffled partner")):
         r = table.loc[name]
-        print(f"| {label} | {r['sync_r2_bias_corrected']:.3f} | [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}] | {r['sync_r2']:.3f} |")
+        lines.append(f"| {label} | {r['sync_r2_bias_corrected']:.3f} | [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}] | {r['sync_r2']:.3f} |")
     above = table.loc["main", "ci95_low"] > table.loc["shuffled_partner", "ci95_high"]
     d = table.loc["shuffled_partner"]
-    print(f"\ncontrol minus main: {d['diff_bias_corrected']:.3f}, 95% interval [{d['diff_ci95_low']:.3f}, {d['diff_ci95_high']:.3f}]; "
-          f"the main interval lies {'above' if above else 'NOT above'} the control's")
-    print(f"training pairs per direction: {n_train}; best layer pair: {best_pair(main_result)}")
+    lines += ["", f"control minus main: {d['diff_bias_corrected']:.3f}, 95% interval [{d['diff_ci95_low']:.3f}, {d['diff_ci95_high']:.3f}]; "
+              f"the main interval lies {'above' if above else 'NOT above'} the control's",
+              f"training pairs per direction: {n_train}; best layer pair: {best_pair(main_result)}"]
+    print("\n" + "\n".join(lines))
     print(f"plots: {args.out}/main/r2_by_layer.png, layer_profile.png, heatmap_A_to_B.png; {args.out}/controls.png")
+    if args.docs:
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "output.md").write_text("```\n" + "\n".join(lines) + "\n```\n")
+        for name, source in (("controls.png", "controls.png"), ("layer_profile.png", "main/layer_profile.png")):
+            shutil.copyfile(Path(args.out) / source, docs / name)
+        print(f"wrote {docs}/output.md, controls.png, layer_profile.png")
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min")
 
 

@@ -1,4 +1,4 @@
-"""docs/extending.md runs: each worked example registers a plug-in, which then works end to end."""
+"""docs/how-to/extending.md runs: each worked example registers a plug-in, which then works end to end."""
 
 import re
 from pathlib import Path
@@ -14,7 +14,7 @@ from nsync.fit.probe_types import PROBE_TYPES
 from nsync.judge.backends import JUDGE_BACKENDS
 from nsync.models.zoo import MODEL_SOURCES
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "extending.md"
 REGISTRIES = (PROBE_TYPES, PAIRINGS, JUDGE_BACKENDS, MODEL_SOURCES)
 
 

@@ -13,8 +13,8 @@ For each model pair of ``study.yaml``:
 3. the main condition under the persona and scenario splits (the leakage question);
 4. affine vs MLP probe on every k-th source layer (the "why linear" question);
 
-then ``docs/cpu_study/`` gets ``results.md``, ``controls.png``, ``layer_profile.png`` and
-``heatmap.png``, and README's block between the ``cpu-study`` markers is replaced by the results.
+then ``docs/cpu_study/`` gets ``results.md`` (a page of the documentation site), ``controls.png``,
+``layer_profile.png``, ``heatmap.png`` and the partition's plots.
 
 Every stage is resumable: caches continue where they stopped, finished fits (a run folder with
 ``results.json``) are re-used, so an interrupted study picks up where it was. The caches and fit
@@ -43,7 +43,6 @@ from nsync.config import load_config
 from nsync.errors import NsyncError, run_cli
 
 HERE = Path(__file__).parent
-BEGIN, END = "<!-- cpu-study:begin -->", "<!-- cpu-study:end -->"
 TIMING_FLUSH_S = 60.0  # how often a running stage writes its time so far
 RECORD = "record.json"  # under docs: each finished pair's report, kept when runs/ is not
 
@@ -65,7 +64,6 @@ class StudyConfig:
 
     out: str = field(default="runs/cpu_study", metadata={"help": "folder for caches and fit runs"})
     docs: str = field(default="docs/cpu_study", metadata={"help": "folder for results.md and the PNGs"})
-    readme: str = field(default="README.md", metadata={"help": "README whose cpu-study block is replaced ('' to leave it)"})
     sotopia: str = field(default="../shared/data/sotopia", metadata={"help": "SOTOPIA export; the built-in pack when absent"})
     simulate_config: str = field(default=str(HERE / "simulate.yaml"), metadata={"help": "simulation settings shared by every pair"})
     pairs: list[PairConfig] = field(default_factory=list, metadata={"help": "model pairs: name, models, episodes, min_train_pairs"})
@@ -627,15 +625,6 @@ class Report:
 
         written = [self.docs / "results.md", *pngs, self.docs / RECORD]
         written[0].write_text(page([f"![{p.stem}]({p.name})" for p in pngs]) + "\n")  # next to the PNGs
-        body = page([f"![{p.stem}]({p.as_posix()})" for p in pngs])  # from the repository root
-        if self.cfg.readme and Path(self.cfg.readme).is_file():
-            readme = Path(self.cfg.readme)
-            text = readme.read_text()
-            if BEGIN in text and END in text:
-                before, rest = text.split(BEGIN, 1)
-                after = rest.split(END, 1)[1]
-                readme.write_text(before + BEGIN + "\n" + body + "\n" + END + after)
-                written.append(readme)
         return written
 
 
