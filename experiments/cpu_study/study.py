@@ -78,6 +78,7 @@ class StudyConfig:
     splits: list[str] = field(default_factory=lambda: ["persona", "scenario"], metadata={"help": "splits besides interaction"})
     mlp_source_layer_step: int = field(default=5, metadata={"help": "every k-th source layer for the affine vs MLP comparison"})
     partition: list[str] = field(default_factory=list, metadata={"help": "baselines of the variance partition fitted for every view with the alpha grid (nsync.fit partition.baselines; empty: none)"})
+    partition_layer_step: int = field(default=1, metadata={"help": "the partition on every k-th source layer (data.source_layer_step): its joint fits cost several times the source's alone"})
     exclude_flags: list[str] = field(default_factory=list, metadata={"help": "also fit the main condition without pairs whose replies carry these flags (data.exclude_flags; empty: no such fit)"})
 
 
@@ -189,7 +190,8 @@ class Study:
             # replies), so a study stopped early still has it; the paper's alpha, splits and probes after.
             first, later = {}, {}
             if self.cfg.partition:  # after the controls, which add the text states a baseline may read
-                first["partition"] = [f"affine.alphas=[{grid}]", f"partition.baselines=[{','.join(self.cfg.partition)}]"]
+                first["partition"] = [f"affine.alphas=[{grid}]", f"partition.baselines=[{','.join(self.cfg.partition)}]",
+                                      f"data.source_layer_step={self.cfg.partition_layer_step}"]
             if self.cfg.exclude_flags:
                 first["without_flagged"] = [f"affine.alphas=[{grid}]", f"data.exclude_flags=[{','.join(self.cfg.exclude_flags)}]"]
             later.update({f"split_{s}": [f"data.split={s}", f"affine.alphas=[{grid}]"] for s in self.cfg.splits})
@@ -412,7 +414,9 @@ class Report:
         result = self._result(folder / "partition")
         if result is None or not result.partition:
             return []
-        lines = ["", "Variance partition (chosen alpha; p: surrogate pseudo-dyads; SyncR² of this fit "
+        step = result.config["data"]["source_layer_step"]
+        layers = "every source layer" if step == 1 else f"every {step}th source layer from the embeddings"
+        lines = ["", f"Variance partition (chosen alpha, {layers}; p: surrogate pseudo-dyads; SyncR² of this fit "
                  f"{_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}):", "",
                  "| beyond | unique SyncR² [95% CI] | p | shared | baseline alone | source and baseline |", "|---|---|---|---|---|---|"]
         for name, p in result.partition.items():
