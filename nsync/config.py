@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -41,9 +42,7 @@ def _explain(err: OmegaConfBaseException, schema: type, where: str) -> NsyncErro
     key = getattr(err, "full_key", None) or ""
     if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
         valid = _valid_keys(schema)
-        near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5) or [
-            k for k in valid if "." not in k
-        ]
+        near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5) or [k for k in valid if "." not in k]
         return NsyncError(f"unknown config key '{key}' in {where}; did you mean one of: {', '.join(near)}?")
     if isinstance(err, ValidationError):
         msg = str(err).splitlines()[0]
@@ -51,9 +50,18 @@ def _explain(err: OmegaConfBaseException, schema: type, where: str) -> NsyncErro
     return NsyncError(f"invalid config in {where}: {str(err).splitlines()[0]}")
 
 
-def help_text(schema: type, prog: str) -> str:
-    """Every field with its default and help line, nested fields dotted."""
-    lines = [f"usage: python -m {prog} [--config FILE ...] [key=value ...]", "", "config keys:"]
+def config_keys(schema: type) -> list[tuple[str, str, str]]:
+    """``(key, default, help)`` of every field of a structured config, nested fields dotted: what
+    ``--help`` prints and the documentation's configuration reference shows.
+
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class Example:
+    ...     lr: float = field(default=0.1, metadata={"help": "learning rate"})
+    >>> config_keys(Example)
+    [('lr', '0.1', 'learning rate')]
+    """
+    keys: list[tuple[str, str, str]] = []
 
     def walk(cls: type, prefix: str) -> None:
         for f in dataclasses.fields(cls):
@@ -62,11 +70,19 @@ def help_text(schema: type, prog: str) -> str:
                 walk(type(sub), prefix + f.name + ".")
                 continue
             default = "(required)" if sub is dataclasses.MISSING or sub == "???" else repr(sub)
-            lines.append(f"  {prefix + f.name} = {default}")
-            if f.metadata.get("help"):
-                lines.append(f"      {f.metadata['help']}")
+            keys.append((prefix + f.name, default, f.metadata.get("help", "")))
 
     walk(schema, "")
+    return keys
+
+
+def help_text(schema: type, prog: str) -> str:
+    """Every field with its default and help line, nested fields dotted."""
+    lines = [f"usage: python -m {prog} [--config FILE ...] [key=value ...]", "", "config keys:"]
+    for key, default, meaning in config_keys(schema):
+        lines.append(f"  {key} = {default}")
+        if meaning:
+            lines.append(f"      {meaning}")
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ nsync.errors.NsyncError: unknown colour 'blue'; registered: red
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from nsync.errors import NsyncError
 

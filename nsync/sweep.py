@@ -16,8 +16,8 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -51,7 +51,7 @@ def expand(sweep: dict) -> list[list[str]]:
     grids = [sweep["parameters"][n].get("values", [sweep["parameters"][n].get("value")]) for n in names]
     commands = []
     for point in itertools.product(*grids):
-        args = [f"--{n}={_format(v)}" for n, v in zip(names, point)]
+        args = [f"--{n}={_format(v)}" for n, v in zip(names, point, strict=True)]
         argv: list[str] = []
         for token in sweep["command"]:
             if token == "${env}":

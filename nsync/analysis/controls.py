@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,16 +34,29 @@ CONTROLS: dict[str, tuple[str, list[str]]] = {
     "observer": ("no engagement: a passive re-reader's states as sources (the paper's)", ["data.condition=observer"]),
     "cross_interaction": ("targets from another run (seed) of the same episode", ["data.pairing=cross_interaction"]),
     "shuffled_partner": ("targets from another episode, same utterance index", ["data.pairing=shuffled_partner"]),
-    "context": ("what the conversation's shape explains (utterance index, prompt length, last replies' lengths) removed from both sides",
-                ["data.remove_context=true"]),
-    "self": ("the source agent's own next state (t -> t+2 in a dyad): a reference, not a bound (the partner's next prompt ends with "
-             "the source's utterance; the source's own has the partner's reply in between)", ["data.lag=2", "data.target_model={model}"]),
+    "context": (
+        "what the conversation's shape explains (utterance index, prompt length, last replies' lengths) removed from both sides",
+        ["data.remove_context=true"],
+    ),
+    "self": (
+        "the source agent's own next state (t -> t+2 in a dyad): a reference, not a bound (the partner's next prompt ends with "
+        "the source's utterance; the source's own has the partner's reply in between)",
+        ["data.lag=2", "data.target_model={model}"],
+    ),
     "same_time": ("the partner reading the same history (t -> t)", ["data.pairing=same_time"]),
-    "untrained": ("an untrained copy of the model re-reading the same prompts",
-                  ["data.source_model={model}@untrained", "data.target_model={model}@untrained",
-                   "data.condition=teacher_forced", "data.target_condition=teacher_forced"]),
-    "text_only": ("a sentence embedding of the source utterance and history as the source",
-                  ["data.source_model=text:{embedder}", "data.condition=teacher_forced"]),
+    "untrained": (
+        "an untrained copy of the model re-reading the same prompts",
+        [
+            "data.source_model={model}@untrained",
+            "data.target_model={model}@untrained",
+            "data.condition=teacher_forced",
+            "data.target_condition=teacher_forced",
+        ],
+    ),
+    "text_only": (
+        "a sentence embedding of the source utterance and history as the source",
+        ["data.source_model=text:{embedder}", "data.condition=teacher_forced"],
+    ),
 }
 
 
@@ -60,7 +74,9 @@ class ControlsConfig:
     text_embedder: str = field(default="all-minilm-l6-v2", metadata={"help": "text embedder of the text-only baseline"})
     untrained_seed: int = field(default=0, metadata={"help": "seed of the untrained copy's weights"})
     device: str = field(default="cpu", metadata={"help": "device for re-reading"})
-    overwrite: bool = field(default=False, metadata={"help": "refit every control (default: re-use a results.json fitted with the same config on the same cache content)"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "refit every control (default: re-use a results.json fitted with the same config on the same cache content)"}
+    )
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -72,7 +88,7 @@ class ControlsConfig:
 
 def plan(cfg: ControlsConfig, model: str) -> dict[str, list[str]]:
     """Run name -> fit overrides, main first, then lags, then the other controls."""
-    runs = {"main": []}
+    runs: dict[str, list[str]] = {"main": []}
     for k in cfg.lags:
         if k != 1:
             runs[f"lag_{k}"] = [f"data.lag={k}"]
@@ -95,8 +111,10 @@ def _prepare_rereads(cfg: ControlsConfig, model: str) -> dict[str, str]:
         """Every run re-read: a re-read killed half-way is continued (``reread`` skips finished runs)."""
         return runs <= set(turns.loc[(turns["model"] == name) & (turns["condition"] == "teacher_forced"), "run_id"])
 
-    wanted = {"untrained": (f"{model}@untrained", dict(kind="untrained", model=model, init_seed=cfg.untrained_seed)),
-              "text_only": (f"text:{cfg.text_embedder}", dict(kind="text", model=cfg.text_embedder))}
+    wanted: dict[str, tuple[str, dict[str, Any]]] = {
+        "untrained": (f"{model}@untrained", dict(kind="untrained", model=model, init_seed=cfg.untrained_seed)),
+        "text_only": (f"text:{cfg.text_embedder}", dict(kind="text", model=cfg.text_embedder)),
+    }
     for control, (name, kwargs) in wanted.items():
         if control not in cfg.controls or complete(name):
             continue
@@ -129,8 +147,9 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
         if name in skipped:
             continue
         run_dir = out / name
-        fit_cfg = load_config(FitConfig, [*base, *overrides, f"out={run_dir}", f"data.cache={cfg.cache}", f"overwrite={cfg.overwrite}"],
-                              prog="nsync.fit")
+        fit_cfg = load_config(
+            FitConfig, [*base, *overrides, f"out={run_dir}", f"data.cache={cfg.cache}", f"overwrite={cfg.overwrite}"], prog="nsync.fit"
+        )
         stored = reusable_result(fit_cfg)
         if stored is not None:
             results[name] = stored
@@ -152,12 +171,12 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     return table
 
 
-
 def main_beside_shuffled(cache: str | Path, out: str | Path, fit_config: str, overwrite: bool = False) -> pd.DataFrame:
     """The first look of the quickstart and the groups demo: the main condition and the
     shuffled-partner control at lag 1, no re-reads; the summary table indexed by control."""
-    cfg = ControlsConfig(cache=str(cache), out=str(out), fit_config=fit_config, controls=["main", "shuffled_partner"], lags=[1],
-                         reread=False, overwrite=overwrite)
+    cfg = ControlsConfig(
+        cache=str(cache), out=str(out), fit_config=fit_config, controls=["main", "shuffled_partner"], lags=[1], reread=False, overwrite=overwrite
+    )
     return run_controls(cfg).set_index("control")
 
 
@@ -178,8 +197,10 @@ def check_paired(main: FitResult, other: FitResult, name: str = "the control") -
         raise NsyncError(f"{name} or main has no bootstrap replicates (fit with bootstrap > 0)")
     a, b = main.bootstrap, other.bootstrap
     if (a.scheme, a.replicates, a.seed) != (b.scheme, b.replicates, b.seed) or a.scheme != boot.SCHEME:
-        raise NsyncError(f"{name}'s replicates ({b.scheme}, {b.replicates}, seed {b.seed}) do not pair with main's ({a.scheme}, "
-                         f"{a.replicates}, seed {a.seed}); refit both with this nsync and the same bootstrap setting")
+        raise NsyncError(
+            f"{name}'s replicates ({b.scheme}, {b.replicates}, seed {b.seed}) do not pair with main's ({a.scheme}, "
+            f"{a.replicates}, seed {a.seed}); refit both with this nsync and the same bootstrap setting"
+        )
     if not any(d in other.splits.get(seed, {}) for seed, directions in main.splits.items() for d in directions):
         raise NsyncError(f"{name} shares no (split seed, direction) with main: nothing to pair")
     for seed, directions in main.splits.items():
@@ -190,9 +211,11 @@ def check_paired(main: FitResult, other: FitResult, name: str = "the control") -
             mine, their = set(ids["test"]["episodes"]), set(theirs["test"]["episodes"])
             if mine != their:
                 lost, extra = sorted(mine - their), sorted(their - mine)
-                raise NsyncError(f"{name}'s test episodes differ from main's (split seed {seed}, {direction}: {len(lost)} of main's missing"
-                                 f"{' e.g. ' + ', '.join(lost[:3]) if lost else ''}, {len(extra)} others); a paired difference needs the "
-                                 "same test episodes")
+                raise NsyncError(
+                    f"{name}'s test episodes differ from main's (split seed {seed}, {direction}: {len(lost)} of main's missing"
+                    f"{' e.g. ' + ', '.join(lost[:3]) if lost else ''}, {len(extra)} others); a paired difference needs the "
+                    "same test episodes"
+                )
 
 
 def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] | None = None) -> pd.DataFrame:
@@ -214,7 +237,8 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
         except NsyncError as err:
             unpaired = str(err)
         paired = unpaired is None
-        diff_ci = interval(reps - main_reps, r.sync_r2 - main.sync_r2) if paired else None
+        diff = reps - main_reps if paired and reps is not None and main_reps is not None else None  # paired: both present
+        diff_ci = interval(diff, r.sync_r2 - main.sync_r2) if diff is not None else None
         ci = r.sync_r2_ci95 or (None, None)
         row = {
             "control": name,
@@ -222,7 +246,7 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
             "sync_r2_std": r.sync_r2_std,
             "sync_r2_unclipped": r.sync_r2_unclipped,
             "sync_r2_bias_corrected": r.sync_r2_bias_corrected,
-            "diff_bias_corrected": bias_corrected(r.sync_r2 - main.sync_r2, reps - main_reps) if paired else None,
+            "diff_bias_corrected": bias_corrected(r.sync_r2 - main.sync_r2, diff) if diff is not None else None,
             "ci95_low": ci[0],
             "ci95_high": ci[1],
             "diff_vs_main": r.sync_r2 - main.sync_r2,
@@ -262,16 +286,20 @@ def markdown_table(table: pd.DataFrame) -> str:
     """The summary as a Markdown table (skipped controls listed below it)."""
     done = table[table["sync_r2"].notna()] if "sync_r2" in table else table.iloc[0:0]
     # Each interval stands beside the bias-corrected value it is centred on; the raw SyncR² follows.
-    lines = ["| control | SyncR², bias-corrected | 95% CI (episodes) | Δ vs main, bias-corrected | 95% CI of Δ | SyncR² (raw) "
-             "| ± std (split seeds) | A->B | B->A | unclipped |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| control | SyncR², bias-corrected | 95% CI (episodes) | Δ vs main, bias-corrected | 95% CI of Δ | SyncR² (raw) "
+        "| ± std (split seeds) | A->B | B->A | unclipped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in done.to_dict("records"):
         main = r["control"] == "main"
         ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]" if r.get("ci95_low") is not None else ""
         dci = f"[{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}]" if r.get("diff_ci95_low") is not None and not main else ""
-        lines.append(f"| {r['control']} | {_fmt(r.get('sync_r2_bias_corrected'))} | {ci} | "
-                     f"{'' if main else _fmt(r.get('diff_bias_corrected'))} | {dci} | {_fmt(r['sync_r2'])} | {_fmt(r['sync_r2_std'])} | "
-                     f"{_fmt(r.get('sync_r2_A->B'))} | {_fmt(r.get('sync_r2_B->A'))} | {_fmt(r.get('sync_r2_unclipped'))} |")
+        lines.append(
+            f"| {r['control']} | {_fmt(r.get('sync_r2_bias_corrected'))} | {ci} | "
+            f"{'' if main else _fmt(r.get('diff_bias_corrected'))} | {dci} | {_fmt(r['sync_r2'])} | {_fmt(r['sync_r2_std'])} | "
+            f"{_fmt(r.get('sync_r2_A->B'))} | {_fmt(r.get('sync_r2_B->A'))} | {_fmt(r.get('sync_r2_unclipped'))} |"
+        )
     if "unpaired" in table:
         for r in table[table["unpaired"].notna()].to_dict("records"):
             lines.append(f"\nunpaired {r['control']}: {r['unpaired']}")
@@ -312,8 +340,10 @@ def read_controls(table: pd.DataFrame) -> str:
     if groups["control_above"]:
         parts.append("These give more than the main condition: " + ", ".join(groups["control_above"]) + ".")
     if groups["unpaired"]:
-        parts.append("No paired interval for " + ", ".join(groups["unpaired"]) + " (test episodes or bootstrap replicates not shared "
-                     "with the main run; the reasons are below the table).")
+        parts.append(
+            "No paired interval for " + ", ".join(groups["unpaired"]) + " (test episodes or bootstrap replicates not shared "
+            "with the main run; the reasons are below the table)."
+        )
     return " ".join(parts)
 
 
@@ -386,5 +416,7 @@ def main(argv: Sequence[str]) -> None:
     table = run_controls(cfg)
     print(markdown_table(table))
     print(read_controls(table))
-    print(f"{len(table)} runs in {time.perf_counter() - start:.1f} s; wrote {cfg.out}/controls.md, controls.csv, controls.png "
-          f"and one run folder per control")
+    print(
+        f"{len(table)} runs in {time.perf_counter() - start:.1f} s; wrote {cfg.out}/controls.md, controls.csv, controls.png "
+        f"and one run folder per control"
+    )

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,9 @@ class AnalysisConfig:
     judge: str = field(default="smollm2-135m", metadata={"help": "judge name: scores are read from CACHE/judge/JUDGE/scores.csv of each fit's cache"})
     out: str = field(default=MISSING, metadata={"help": "folder for analysis.json, pairs.csv, episodes.csv and the scatter plots"})
     covariates: Optional[str] = field(default=None, metadata={"help": "CSV with a 'model' column and one column per covariate (e.g. ifeval, musr)"})
-    covariate: Optional[str] = field(default=None, metadata={"help": "the covariate column for the partial correlation (a pair gets the mean of its two models)"})
+    covariate: Optional[str] = field(
+        default=None, metadata={"help": "the covariate column for the partial correlation (a pair gets the mean of its two models)"}
+    )
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap replicates for the correlation intervals"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
 
@@ -67,15 +70,22 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
         reps = [np.load(fit / "bootstrap.npy") for fit, r in runs if (fit / "bootstrap.npy").is_file()]
         syncs = [r.sync_r2 for _, r in runs]
         ci = interval(np.mean(reps, axis=0), float(np.mean(syncs))) if len(reps) == len(runs) and len({len(x) for x in reps}) == 1 else None
-        pairs.append({
-            "pair": label, "models": ",".join(models), "cache": str(cache), "fits": ",".join(str(f) for f, _ in runs),
-            "sync_r2": float(np.mean(syncs)), "sync_r2_std": float(np.mean([r.sync_r2_std for _, r in runs])),
-            "sync_r2_ci_low": ci[0] if ci else None, "sync_r2_ci_high": ci[1] if ci else None,
-            "social": float(per_run["overall"].mean()) if len(per_run) else np.nan,
-            "social_sem": float(per_run["overall"].std(ddof=1) / np.sqrt(len(per_run))) if len(per_run) > 1 else np.nan,
-            "runs_judged": int(scores["run_id"].nunique()),
-            "runs_failed": int(scores.loc[scores["status"] == "failed", "run_id"].nunique()),
-        })
+        pairs.append(
+            {
+                "pair": label,
+                "models": ",".join(models),
+                "cache": str(cache),
+                "fits": ",".join(str(f) for f, _ in runs),
+                "sync_r2": float(np.mean(syncs)),
+                "sync_r2_std": float(np.mean([r.sync_r2_std for _, r in runs])),
+                "sync_r2_ci_low": ci[0] if ci else None,
+                "sync_r2_ci_high": ci[1] if ci else None,
+                "social": float(per_run["overall"].mean()) if len(per_run) else np.nan,
+                "social_sem": float(per_run["overall"].std(ddof=1) / np.sqrt(len(per_run))) if len(per_run) > 1 else np.nan,
+                "runs_judged": int(scores["run_id"].nunique()),
+                "runs_failed": int(scores.loc[scores["status"] == "failed", "run_id"].nunique()),
+            }
+        )
         frames = [pd.read_csv(fit / "episode_sync.csv") for fit, _ in runs if (fit / "episode_sync.csv").is_file()]
         frames = [f for f in frames if len(f)]
         if frames:
@@ -106,7 +116,7 @@ def correlations(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0
     pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
     out |= {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue), "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue)}
     rng = np.random.default_rng(seed)
-    boots = {"pearson": [], "spearman": []}
+    boots: dict[str, list[float]] = {"pearson": [], "spearman": []}
     for _ in range(n_boot):
         i = rng.integers(0, len(x), len(x))
         if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
@@ -196,7 +206,7 @@ def plot_layers_by_pair(pairs: pd.DataFrame, path: Path) -> Path:
         y = np.nanmean([c[1] for c in curves], axis=0) if same else curves[0][1]
         ax.plot(depth, y, marker="o", ms=3, label=f"{row.pair} (SyncR² {row.sync_r2:.3f})")
     ax.axhline(0, color="grey", lw=0.5)
-    if min((min(line.get_ydata(), default=0) for line in ax.get_lines()), default=0) < -1:
+    if min((min(np.asarray(line.get_ydata()), default=0) for line in ax.get_lines()), default=0) < -1:
         ax.set_yscale("symlog", linthresh=0.1)  # tiny test sets give huge negative R²; keep the top readable
     ax.set_xlabel("relative source layer depth (0 = embeddings)")
     ax.set_ylabel("test R² at the chosen target layer")
@@ -218,7 +228,7 @@ def analyse(cfg: AnalysisConfig) -> dict:
         cov = pd.read_csv(cfg.covariates)
         if cfg.covariate not in cov.columns or "model" not in cov.columns:
             raise NsyncError(f"{cfg.covariates} needs a 'model' column and the covariate column '{cfg.covariate}'")
-        value = dict(zip(cov["model"], cov[cfg.covariate]))
+        value = dict(zip(cov["model"], cov[cfg.covariate], strict=True))
         members = [m.split(",") * (2 // len(m.split(","))) for m in pairs["models"]]  # a self-pair counts its model twice
         missing = sorted({m for ms in members for m in ms if m not in value})
         if missing:

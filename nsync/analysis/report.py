@@ -13,8 +13,8 @@ import html
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -50,8 +50,24 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
 
 def controls_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     t = pd.read_csv(run / "controls.csv")
-    cols = [c for c in ["control", "sync_r2", "sync_r2_std", "sync_r2_unclipped", "ci95_low", "ci95_high", "diff_vs_main", "diff_ci95_low",
-                        "diff_ci95_high", "sync_r2_A->B", "sync_r2_B->A", "skipped"] if c in t]
+    cols = [
+        c
+        for c in [
+            "control",
+            "sync_r2",
+            "sync_r2_std",
+            "sync_r2_unclipped",
+            "ci95_low",
+            "ci95_high",
+            "diff_vs_main",
+            "diff_ci95_low",
+            "diff_ci95_high",
+            "sync_r2_A->B",
+            "sync_r2_B->A",
+            "skipped",
+        ]
+        if c in t
+    ]
     images = [p for p in (run / "controls.png", run / "lag_curve.png") if p.exists()]
     return f"Controls: {run}", t[cols], images
 
@@ -64,8 +80,17 @@ def analysis_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
         c = a.get(key)
         if c and c.get("pearson") is not None:
             ci = c.get("pearson_ci95")
-            lines.append({"": key, "n": c["n"], "Pearson r": c["pearson"], "p": c["pearson_p"],
-                          "95% CI": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "", "Spearman": c["spearman"], "Spearman p": c["spearman_p"]})
+            lines.append(
+                {
+                    "": key,
+                    "n": c["n"],
+                    "Pearson r": c["pearson"],
+                    "p": c["pearson_p"],
+                    "95% CI": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "",
+                    "Spearman": c["spearman"],
+                    "Spearman p": c["spearman_p"],
+                }
+            )
         elif c:
             lines.append({"": key, "n": c["n"], "Pearson r": c.get("note", "")})
     if a.get("partial", {}).get("r") is not None:
@@ -107,12 +132,18 @@ def write_html(parts, path: Path, title: str) -> None:
         body.append(table.to_html(index=False, float_format=lambda x: f"{x:.4f}", na_rep="", border=0, classes="t"))
         for img in images:
             data = base64.b64encode(img.read_bytes()).decode()
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(img.name)}"><figcaption>{html.escape(img.name)}</figcaption></figure>')
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} table.t{border-collapse:collapse;margin:1em 0}"
-             " table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right} figure{display:inline-block;margin:0.5em}"
-             " img{max-width:520px}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
-                    f"<body>{''.join(body)}</body></html>")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(img.name)}"><figcaption>{html.escape(img.name)}</figcaption></figure>'
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} table.t{border-collapse:collapse;margin:1em 0}"
+        " table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right} figure{display:inline-block;margin:0.5em}"
+        " img{max-width:520px}"
+    )
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
+        f"<body>{''.join(body)}</body></html>"
+    )
 
 
 def write_markdown(parts, path: Path, title: str) -> None:

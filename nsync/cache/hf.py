@@ -78,14 +78,12 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
 
     src = Path(src)
     if not (src / MANIFEST_FILE).is_file():
-        raise NsyncError(f"{src} is not a dataset exported by nsync ({MANIFEST_FILE} missing); "
-                         "export one with: nsync cache export CACHE OUT")
+        raise NsyncError(f"{src} is not a dataset exported by nsync ({MANIFEST_FILE} missing); export one with: nsync cache export CACHE OUT")
     manifest = json.loads((src / MANIFEST_FILE).read_text())
     data = load_from_disk(str(src))
     splits = manifest.pop("hf_splits")
     models = [ModelInfo(**info) for info in manifest["models"].values()]
-    writer = CacheWriter(out, config=manifest.get("config", {}), identity=manifest["identity"], models=models,
-                         dtype=manifest["dtype"], resume=False)
+    writer = CacheWriter(out, config=manifest.get("config", {}), identity=manifest["identity"], models=models, dtype=manifest["dtype"], resume=False)
     rows, states = [], {}
     for name, (model, condition) in splits.items():
         part = data[name]

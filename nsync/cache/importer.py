@@ -47,8 +47,7 @@ def _scan(src: Path) -> dict[str, list[tuple[int, float, int, Path]]]:
                 found[f"{pair.name}/{source.name}"] = runs
     if not found:
         raise NsyncError(
-            f"{src} holds no runs in the reference layout "
-            "<pair>/<source>/episode_<e>/t<temperature>_seed<s>/agent_<1|2>_turn_<k>/states.npy"
+            f"{src} holds no runs in the reference layout <pair>/<source>/episode_<e>/t<temperature>_seed<s>/agent_<1|2>_turn_<k>/states.npy"
         )
     return found
 
@@ -104,13 +103,28 @@ def import_reference(src: str | Path, out: str | Path, sotopia: str | Path | Non
                     if array.shape != first_shapes[model]:
                         raise NsyncError(f"{path}: shape {array.shape}, expected {first_shapes[model]} like the rest of {model}")
                     states.append(array[:, 0, :])
-                    rows.append(TurnRow(
-                        run_id=run_id, episode_id=ep["episode_id"], scenario_id=ep["scenario_id"],
-                        scenario_codename=ep["scenario_codename"], relationship=ep["relationship"],
-                        character_a=ep["characters"][0], character_b=ep["characters"][1], agent=agent,
-                        character_id=ep["characters"][agent], model=model, partner_model=model, order=0, seed=seed,
-                        utterance=k, condition="interactive", n_prompt_tokens=-1, n_new_tokens=-1, extra={"temperature": temp},
-                    ).as_dict())
+                    rows.append(
+                        TurnRow(
+                            run_id=run_id,
+                            episode_id=ep["episode_id"],
+                            scenario_id=ep["scenario_id"],
+                            scenario_codename=ep["scenario_codename"],
+                            relationship=ep["relationship"],
+                            character_a=ep["characters"][0],
+                            character_b=ep["characters"][1],
+                            agent=agent,
+                            character_id=ep["characters"][agent],
+                            model=model,
+                            partner_model=model,
+                            order=0,
+                            seed=seed,
+                            utterance=k,
+                            condition="interactive",
+                            n_prompt_tokens=-1,
+                            n_new_tokens=-1,
+                            extra={"temperature": temp},
+                        ).as_dict()
+                    )
                 if len(rows) >= 4096:
                     writer.write_shard(rows, {(model, "interactive"): np.stack(states)})
                     rows, states = [], []

@@ -69,6 +69,7 @@ def flagged(flag: pd.Series, names: list[str]) -> np.ndarray:
 
     return np.fromiter((hit(v) for v in flag), dtype=bool, count=len(flag))
 
+
 @dataclass
 class TurnRow:
     """One row of the turns table: one state (a model's, in one condition) at one utterance.
@@ -79,7 +80,7 @@ class TurnRow:
     episode_id: str
     scenario_id: str
     scenario_codename: str
-    relationship: str
+    relationship: int | str  # SOTOPIA relationship code (-1: unknown); synthetic caches write ""
     character_a: str  # agent 0's character (speaks first under round robin)
     character_b: str  # agent 1's character
     agent: int  # who speaks this utterance (0 .. n_agents - 1)

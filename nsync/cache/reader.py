@@ -31,8 +31,13 @@ def next_utterances(candidates: pd.DataFrame, run_ids, after, lag: int = 1, agen
     """
     n = len(run_ids)
     queries = pd.DataFrame({"run_id": np.asarray(run_ids, dtype=object), "after": np.asarray(after, dtype=np.int64), "query": np.arange(n)})
-    cands = pd.DataFrame({"run_id": candidates["run_id"].to_numpy(dtype=object), "utterance": candidates["utterance"].to_numpy(dtype=np.int64),
-                          "position": np.arange(len(candidates))})
+    cands = pd.DataFrame(
+        {
+            "run_id": candidates["run_id"].to_numpy(dtype=object),
+            "utterance": candidates["utterance"].to_numpy(dtype=np.int64),
+            "position": np.arange(len(candidates)),
+        }
+    )
     keys = ["run_id"]
     if agent is not None:
         queries["agent"] = np.broadcast_to(np.asarray(agent, dtype=np.int64), (n,))
@@ -42,8 +47,14 @@ def next_utterances(candidates: pd.DataFrame, run_ids, after, lag: int = 1, agen
     cands["rank"] = cands.groupby(keys, sort=False).cumcount()
     # rank of the last candidate at or before the anchor (-1: none); backwards, the anchor excludes `after`
     queries["anchor"] = queries["after"] - (lag < 0)
-    last = pd.merge_asof(queries.sort_values("anchor"), cands.sort_values("utterance")[keys + ["utterance", "rank"]],
-                         left_on="anchor", right_on="utterance", by=keys, direction="backward")
+    last = pd.merge_asof(
+        queries.sort_values("anchor"),
+        cands.sort_values("utterance")[keys + ["utterance", "rank"]],
+        left_on="anchor",
+        right_on="utterance",
+        by=keys,
+        direction="backward",
+    )
     last["rank"] = last["rank"].fillna(-1).astype(np.int64) + (lag if lag >= 0 else lag + 1)
     found = last.drop(columns="utterance").merge(cands[keys + ["rank", "position", "utterance"]], on=keys + ["rank"], how="left")
     if lag == 0:  # the row at `after` itself, not the last one before it
@@ -73,7 +84,7 @@ class ActivationCache:
         self.shards = shards
 
     @classmethod
-    def open(cls, path: str | Path) -> "ActivationCache":
+    def open(cls, path: str | Path) -> ActivationCache:
         root = Path(path)
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
@@ -195,8 +206,7 @@ class ActivationCache:
             counts = t[t["model"] == model].groupby("condition").size().to_dict()
             ran_in = f", ran in {info['dtype']}" if info.get("dtype") else ""
             lines.append(
-                f"  {model}: {len(info['layer_names'])} layers x hidden {info['hidden_size']} "
-                f"(source {info['source']}{ran_in}); rows {counts}"
+                f"  {model}: {len(info['layer_names'])} layers x hidden {info['hidden_size']} (source {info['source']}{ran_in}); rows {counts}"
             )
         inter = t[t["condition"] == "interactive"]
         if len(inter):
@@ -249,8 +259,10 @@ class ActivationCache:
             warnings.append(f"{short:.0%} of episodes end before their fourth utterance")
         few = {d: n for d, n in pairs.items() if n < 2 * hidden}
         if few:
-            warnings.append(f"too few pairs for a synchrony estimate ({', '.join(f'{d} {n}' for d, n in few.items())}; "
-                            f"fewer than twice the hidden size {hidden}); simulate more episodes")
+            warnings.append(
+                f"too few pairs for a synchrony estimate ({', '.join(f'{d} {n}' for d, n in few.items())}; "
+                f"fewer than twice the hidden size {hidden}); simulate more episodes"
+            )
         return {
             "runs_by_length": lengths.value_counts().sort_index().to_dict(),
             "leaves_by_utterance": inter.loc[inter["left"].astype(bool), "utterance"].value_counts().sort_index().to_dict(),
@@ -276,8 +288,10 @@ def describe_reply_flags(flags: dict) -> str:
     '9 of 200 flagged (4.5%): 1 empty, 8 echo (goal 6, own_reply 2), 0 early leaves ignored'
     """
     kinds = ", ".join(f"{k} {n}" for k, n in flags.get("echo_by_kind", {}).items())
-    return (f"{flags['flagged']} of {flags['replies']} flagged ({flags['flagged'] / max(flags['replies'], 1):.1%}): "
-            f"{flags['empty']} empty, {flags['echo']} echo{f' ({kinds})' if kinds else ''}, {flags['early_leave']} early leaves ignored")
+    return (
+        f"{flags['flagged']} of {flags['replies']} flagged ({flags['flagged'] / max(flags['replies'], 1):.1%}): "
+        f"{flags['empty']} empty, {flags['echo']} echo{f' ({kinds})' if kinds else ''}, {flags['early_leave']} early leaves ignored"
+    )
 
 
 def _counts(d: dict) -> str:

@@ -149,7 +149,7 @@ class CacheWriter:
         self._seq = max(numbers, default=-1) + 1  # shard names sort in the order they were written
 
     @classmethod
-    def extend(cls, path: str | Path, models: list[ModelInfo]) -> "CacheWriter":
+    def extend(cls, path: str | Path, models: list[ModelInfo]) -> CacheWriter:
         """Open a finished cache to add states of new models (``python -m nsync.reread``); their
         shards are committed and merged like the simulation's."""
         manifest_path = Path(path) / MANIFEST

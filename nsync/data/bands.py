@@ -48,7 +48,7 @@ class Baseline:
     features: tuple[str, ...]
 
     @classmethod
-    def parse(cls, name: str) -> "Baseline":
+    def parse(cls, name: str) -> Baseline:
         features = tuple(f.strip() for f in str(name).split("+"))
         if not all(features) or len(set(features)) != len(features):
             raise NsyncError(f"baseline '{name}' must join distinct feature names with '+', e.g. observer+own_past")
@@ -64,8 +64,10 @@ def check_baselines(names: list[str], cache: ActivationCache) -> None:
                 raise NsyncError("baseline feature 'observer' needs observer states: simulate with capture.observer=true")
             if feature not in NAMED_FEATURES and not ((turns["model"] == feature) & (turns["condition"] == "teacher_forced")).any():
                 have = sorted(turns.loc[turns["condition"] == "teacher_forced", "model"].unique())
-                raise NsyncError(f"baseline feature '{feature}' is not one of {NAMED_FEATURES} nor a re-read model of the cache "
-                                 f"(re-read: {have}); add it with python -m nsync.reread")
+                raise NsyncError(
+                    f"baseline feature '{feature}' is not one of {NAMED_FEATURES} nor a re-read model of the cache "
+                    f"(re-read: {have}); add it with python -m nsync.reread"
+                )
 
 
 def layer_at_depth(source_layer: int, n_source_layers: int, n_layers: int) -> int:
@@ -84,8 +86,16 @@ class BandReader:
     every source layer when no feature depends on it).
     """
 
-    def __init__(self, cache: ActivationCache, pairs: pd.DataFrame, source_model: str, target_model: str, target_condition: str,
-                 fit_rows: np.ndarray, layer: str | int = "same"):
+    def __init__(
+        self,
+        cache: ActivationCache,
+        pairs: pd.DataFrame,
+        source_model: str,
+        target_model: str,
+        target_condition: str,
+        fit_rows: np.ndarray,
+        layer: str | int = "same",
+    ):
         self.cache, self.pairs, self.fit_rows, self.layer = cache, pairs, fit_rows, layer
         self.source_model, self.target_model, self.target_condition = source_model, target_model, target_condition
         self.n_source_layers = len(cache.layer_names(source_model))
@@ -98,8 +108,9 @@ class BandReader:
         return [torch.cat([p[i] for p in parts], 1) for i in range(len(source_layers))]
 
     def depends_on_source_layer(self, baseline: Baseline) -> bool:
-        return self.layer == "same" and any(f in ("observer", "own_past") or len(self.cache.layer_names(f)) > 1
-                                            for f in baseline.features if f != "context")
+        return self.layer == "same" and any(
+            f in ("observer", "own_past") or len(self.cache.layer_names(f)) > 1 for f in baseline.features if f != "context"
+        )
 
     # -- features --------------------------------------------------------------------------------
 
@@ -131,8 +142,10 @@ class BandReader:
         rows = turns[(turns["model"] == model) & (turns["condition"] == condition)]
         found = next_utterances(rows, self.pairs["run_id"].to_numpy(), self.pairs["t"].to_numpy(), 0)
         if (found < 0).any():
-            raise NsyncError(f"{int((found < 0).sum())} of {len(found)} source utterances have no '{condition}' state of {model}; "
-                             f"{'re-read the whole cache (python -m nsync.reread)' if condition == 'teacher_forced' else 'simulate with capture.observer=true'}")
+            raise NsyncError(
+                f"{int((found < 0).sum())} of {len(found)} source utterances have no '{condition}' state of {model}; "
+                f"{'re-read the whole cache (python -m nsync.reread)' if condition == 'teacher_forced' else 'simulate with capture.observer=true'}"
+            )
         return rows["row"].to_numpy()[found]
 
     def _feature(self, feature: str, source_layers: list[int]) -> list[torch.Tensor]:

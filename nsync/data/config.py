@@ -28,18 +28,46 @@ class DataConfig:
     cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync.simulate or import-reference)"})
     source_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the source (default: the cache's only model)"})
     target_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the target (default: the cache's only model)"})
-    directions: list[str] = field(default_factory=lambda: list(DIRECTIONS), metadata={"help": "A->B (source: agent 0, target: the utterance lag later), B->A; agent pairs i->j (target: agent j's lag-th next utterance after the source's); all: every ordered pair of agents"})
-    lag: int = field(default=1, metadata={"help": "A->B, B->A: target utterance t + lag (1: the partner's next utterance); i->j: agent j's lag-th utterance after t"})
-    condition: str = field(default="interactive", metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"})
+    directions: list[str] = field(
+        default_factory=lambda: list(DIRECTIONS),
+        metadata={
+            "help": "A->B (source: agent 0, target: the utterance lag later), B->A; agent pairs i->j (target: agent j's lag-th next utterance after the source's); all: every ordered pair of agents"
+        },
+    )
+    lag: int = field(
+        default=1,
+        metadata={"help": "A->B, B->A: target utterance t + lag (1: the partner's next utterance); i->j: agent j's lag-th utterance after t"},
+    )
+    condition: str = field(
+        default="interactive",
+        metadata={"help": "source states: interactive, observer (the no-engagement control), teacher_forced (re-read by nsync.reread)"},
+    )
     target_condition: str = field(default="interactive", metadata={"help": "target states: interactive, or teacher_forced (untrained-model control)"})
-    pairing: str = field(default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS.names()} or a registered one (see nsync.data.pairs)"})
+    pairing: str = field(
+        default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS.names()} or a registered one (see nsync.data.pairs)"}
+    )
     control: Optional[str] = field(default=None, metadata={"help": "deprecated name of data.pairing (accepted in this release, with a warning)"})
-    exclude_flags: list[str] = field(default_factory=list, metadata={"help": "leave out pairs whose source or target utterance carries one of these reply flags: empty, early_leave, echo (every kind) or echo:<kind> (cue, goal, background, scenario, partner, own_reply); e.g. [echo, empty]"})
-    remove_context: bool = field(default=False, metadata={"help": "the context control: regress sources and targets on the utterance index, prompt length and the last two replies' lengths (fitted on the training side), fit on the residuals"})
+    exclude_flags: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "leave out pairs whose source or target utterance carries one of these reply flags: empty, early_leave, echo (every kind) or echo:<kind> (cue, goal, background, scenario, partner, own_reply); e.g. [echo, empty]"
+        },
+    )
+    remove_context: bool = field(
+        default=False,
+        metadata={
+            "help": "the context control: regress sources and targets on the utterance index, prompt length and the last two replies' lengths (fitted on the training side), fit on the residuals"
+        },
+    )
     split: str = field(default="interaction", metadata={"help": f"grouping of the train/test split: one of {SPLITS}"})
     split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one split per seed; results are mean and std over them"})
     test_size: float = field(default=0.2, metadata={"help": "share of groups held out for testing"})
-    val_size: float = field(default=0.1, metadata={"help": "share of training groups used for validation when something is chosen on it (an alpha grid, MLP early stopping); a single alpha fits on the whole training side"})
+    val_size: float = field(
+        default=0.1,
+        metadata={
+            "help": "share of training groups used for validation when something is chosen on it (an alpha grid, MLP early stopping); a single alpha fits on the whole training side"
+        },
+    )
     max_pairs: Optional[int] = field(default=None, metadata={"help": "pair budget per direction, whole episodes kept (the paper: 6500)"})
     source_layers: list[int] = field(default_factory=list, metadata={"help": "source layers (empty: all, 0 = embeddings)"})
     source_layer_step: int = field(default=1, metadata={"help": "with source_layers empty: every k-th layer from 0 (quicker looks on a CPU)"})

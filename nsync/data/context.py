@@ -29,9 +29,9 @@ def context_features(turns: pd.DataFrame, model: str, condition: str, rows: np.n
     own = turns[(turns["model"] == model) & (turns["condition"] == condition)].set_index("row")
     own = own.loc[rows, ["run_id", "utterance", "n_prompt_tokens"]].reset_index(drop=True)
     spoken = turns[turns["condition"] == "interactive"].drop_duplicates(["run_id", "utterance"])
-    length = dict(zip(zip(spoken["run_id"], spoken["utterance"]), spoken["n_new_tokens"]))
+    length = dict(zip(zip(spoken["run_id"], spoken["utterance"], strict=True), spoken["n_new_tokens"], strict=True))
     for back in (1, 2):
-        own[f"reply_length_{back}"] = [length.get((r, u - back), 0) for r, u in zip(own["run_id"], own["utterance"])]
+        own[f"reply_length_{back}"] = [length.get((r, u - back), 0) for r, u in zip(own["run_id"], own["utterance"], strict=True)]
     return own.drop(columns="run_id")
 
 

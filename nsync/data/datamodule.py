@@ -61,15 +61,24 @@ class SynchronyDataModule(L.LightningDataModule):
         self.source_model = cfg.source_model or _only(models, "source_model")
         self.target_model = cfg.target_model or _only(models, "target_model")
         pairs = build_pairs(
-            cache.turns, self.source_model, self.target_model, self.direction, cfg.lag, cfg.condition, cfg.target_condition,
-            cfg.pairing, seed,
+            cache.turns,
+            self.source_model,
+            self.target_model,
+            self.direction,
+            cfg.lag,
+            cfg.condition,
+            cfg.target_condition,
+            cfg.pairing,
+            seed,
         )
         self.target_condition = PAIRINGS.get(cfg.pairing).target_condition or cfg.target_condition
         kept = drop_flagged(pairs, cache.turns, list(cfg.exclude_flags))
         self.n_excluded = len(pairs) - len(kept)
         if kept.empty:
-            raise NsyncError(f"{self.direction}: data.exclude_flags={list(cfg.exclude_flags)} leaves none of its {len(pairs)} pairs; "
-                             "exclude fewer flags or simulate more episodes")
+            raise NsyncError(
+                f"{self.direction}: data.exclude_flags={list(cfg.exclude_flags)} leaves none of its {len(pairs)} pairs; "
+                "exclude fewer flags or simulate more episodes"
+            )
         pairs = kept
         if cfg.max_pairs:
             pairs = _budget(pairs, cfg.max_pairs, seed)
@@ -79,27 +88,36 @@ class SynchronyDataModule(L.LightningDataModule):
         else:
             fit, val = split.train, np.zeros_like(split.train)
         if self.validation and cfg.val_size > 0 and fit.sum() < 2:
-            raise TooFewForValidation(f"{self.direction}: {int(fit.sum())} pairs left to fit after holding out validation episodes "
-                             f"({int(val.sum())} pairs); simulate more episodes, lower data.val_size, or choose target layers on the test side "
-                             "with target_choice=test and a single affine.alphas value")
+            raise TooFewForValidation(
+                f"{self.direction}: {int(fit.sum())} pairs left to fit after holding out validation episodes "
+                f"({int(val.sum())} pairs); simulate more episodes, lower data.val_size, or choose target layers on the test side "
+                "with target_choice=test and a single affine.alphas value"
+            )
         self.pairs, self.split = pairs, split
-        self.index = {"fit": np.flatnonzero(fit), "val": np.flatnonzero(val), "test": np.flatnonzero(split.test), "train": np.flatnonzero(split.train)}
+        self.index = {
+            "fit": np.flatnonzero(fit),
+            "val": np.flatnonzero(val),
+            "test": np.flatnonzero(split.test),
+            "train": np.flatnonzero(split.train),
+        }
         src_names, tgt_names = cache.layer_names(self.source_model), cache.layer_names(self.target_model)
         self.source_layers = list(cfg.source_layers) if cfg.source_layers else list(range(0, len(src_names), cfg.source_layer_step))
         self.target_layers = list(cfg.target_layers) if cfg.target_layers else list(range(len(tgt_names)))
         for name, layers, n in (("source", self.source_layers, len(src_names)), ("target", self.target_layers, len(tgt_names))):
-            bad = [l for l in layers if not 0 <= l < n]
+            bad = [layer for layer in layers if not 0 <= layer < n]
             if bad:
                 raise NsyncError(f"data.{name}_layers {bad} out of range: the model has layers 0..{n - 1}")
         self.n_source_layers, self.n_target_layers = len(src_names), len(tgt_names)  # of the whole models
-        self.source_layer_names = [src_names[l] for l in self.source_layers]
-        self.target_layer_names = [tgt_names[l] for l in self.target_layers]
+        self.source_layer_names = [src_names[layer] for layer in self.source_layers]
+        self.target_layer_names = [tgt_names[layer] for layer in self.target_layers]
         self.x = _read(cache, self.source_model, self.source_layers, cfg.condition, pairs["source_row"].to_numpy())
         self.y = _read(cache, self.target_model, self.target_layers, self.target_condition, pairs["target_row"].to_numpy())
         if cfg.remove_context:
             fit_rows = self.index["fit"]
-            for data, model, condition, rows in ((self.x, self.source_model, cfg.condition, "source_row"),
-                                                  (self.y, self.target_model, self.target_condition, "target_row")):
+            for data, model, condition, rows in (
+                (self.x, self.source_model, cfg.condition, "source_row"),
+                (self.y, self.target_model, self.target_condition, "target_row"),
+            ):
                 features = context_features(cache.turns, model, condition, pairs[rows].to_numpy())
                 residualize(data, design(features, fit_rows), fit_rows)
         # Each test row carries the index of its episode in test_episodes (per-episode sums).
@@ -118,7 +136,7 @@ class SynchronyDataModule(L.LightningDataModule):
     def y_std(self) -> torch.Tensor:
         return _std(self.y, self.index["fit"], self.y_mean)
 
-    def for_sources(self, positions: list[int]) -> "SynchronyDataModule":
+    def for_sources(self, positions: list[int]) -> SynchronyDataModule:
         """A module sharing this one's data that serves only these positions of the source axis.
 
         >>> chunk = dm.for_sources([0, 1, 2])   # doctest: +SKIP
@@ -129,7 +147,7 @@ class SynchronyDataModule(L.LightningDataModule):
         view.source_index = list(positions)
         return view
 
-    def with_source_data(self, x: torch.Tensor, band_start: int | None = None) -> "SynchronyDataModule":
+    def with_source_data(self, x: torch.Tensor, band_start: int | None = None) -> SynchronyDataModule:
         """A module sharing this one's pairs, split and targets whose sources are ``x`` ``[pairs,
         sources, hidden]`` instead (a baseline's features, or the source joined with them for banded
         ridge: ``band_start`` is where the baseline's columns begin)."""
@@ -211,13 +229,13 @@ def _read(cache: ActivationCache, model: str, layers: list[int], condition: str,
 def _mean(data: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
     """Float64 mean over ``rows`` of ``[rows, layers, hidden]``, one layer at a time (a float64 copy
     of every layer at once would double the memory)."""
-    rows = torch.from_numpy(rows)
-    return torch.stack([data[rows, i].double().mean(0) for i in range(data.shape[1])])
+    index = torch.from_numpy(rows)
+    return torch.stack([data[index, i].double().mean(0) for i in range(data.shape[1])])
 
 
 def _std(data: torch.Tensor, rows: np.ndarray, mean: torch.Tensor) -> torch.Tensor:
-    rows = torch.from_numpy(rows)
-    return torch.stack([(data[rows, i].double() - mean[i]).pow(2).mean(0).sqrt() for i in range(data.shape[1])])
+    index = torch.from_numpy(rows)
+    return torch.stack([(data[index, i].double() - mean[i]).pow(2).mean(0).sqrt() for i in range(data.shape[1])])
 
 
 def _only(models: list[str], key: str) -> str:

@@ -56,7 +56,7 @@ class Direction:
     by_position: bool = False
 
     @classmethod
-    def parse(cls, name: str) -> "Direction":
+    def parse(cls, name: str) -> Direction:
         if name in DIRECTIONS:
             source = DIRECTIONS.index(name)
             return cls(source, 1 - source, by_position=True)
@@ -110,7 +110,7 @@ class Pairing(Protocol):
 
 
 #: Registered pairings, by name.
-PAIRINGS: Registry[Pairing] = Registry("pairing")
+PAIRINGS: Registry[type[Pairing]] = Registry("pairing")
 PAIR_COLUMNS = [
     "run_id",
     "episode_id",
@@ -150,13 +150,13 @@ def build_pairs(
     d = Direction.parse(direction)
     how = PAIRINGS.get(pairing)()
     if hasattr(how, "target_utterance"):
-        raise NsyncError(f"pairing '{pairing}' defines target_utterance(src, lag), which nsync no longer calls; define "
-                         "target_offset(lag) instead (e.g. return -lag for the partner's utterance before; see docs/extending.md)")
+        raise NsyncError(
+            f"pairing '{pairing}' defines target_utterance(src, lag), which nsync no longer calls; define "
+            "target_offset(lag) instead (e.g. return -lag for the partner's utterance before; see docs/extending.md)"
+        )
     if lag < 1:
         raise NsyncError(f"lag must be at least 1, got {lag}")
-    src = turns[
-        (turns["condition"] == source_condition) & (turns["agent"] == d.source) & (turns["model"] == source_model)
-    ]
+    src = turns[(turns["condition"] == source_condition) & (turns["agent"] == d.source) & (turns["model"] == source_model)]
     if src.empty:
         # A skipped direction, not a failed fit: in a two-model cache simulated in one order the
         # source model never speaks as the other agent (nsync.fit fails only when no direction has pairs).
@@ -172,8 +172,9 @@ def build_pairs(
         candidates = candidates[candidates["agent"] == d.target]
     if candidates.empty:
         hint = ": simulate with capture.listener=true" if target_condition == "listener" else ""
-        raise NoPairsError(f"no '{target_condition}' utterances of target model '{target_model}' as agent {d.target} in the cache "
-                         f"(pairing {pairing}){hint}")
+        raise NoPairsError(
+            f"no '{target_condition}' utterances of target model '{target_model}' as agent {d.target} in the cache (pairing {pairing}){hint}"
+        )
     target_runs = np.asarray(how.target_runs(turns, src, seed), dtype=object)
     t = src["utterance"].to_numpy()
     if d.by_position:
@@ -182,8 +183,12 @@ def build_pairs(
         found = next_utterances(candidates, target_runs, t, offset)
     keep = found >= 0
     target = candidates.iloc[found[keep]]
-    merged = src[keep].assign(target_run_id=target_runs[keep], row_target=target["row"].to_numpy(),
-                              target_utterance=target["utterance"].to_numpy(), agent_target=target["agent"].to_numpy())
+    merged = src[keep].assign(
+        target_run_id=target_runs[keep],
+        row_target=target["row"].to_numpy(),
+        target_utterance=target["utterance"].to_numpy(),
+        agent_target=target["agent"].to_numpy(),
+    )
     pairs = pd.DataFrame(
         {
             "run_id": merged["run_id"],
@@ -218,11 +223,11 @@ def drop_flagged(pairs: pd.DataFrame, turns: pd.DataFrame, names: list[str]) -> 
         return pairs
     inter = turns[turns["condition"] == "interactive"]
     bad = inter[flagged(inter["flag"], names)]
-    keys = set(zip(bad["run_id"], bad["utterance"].astype(int)))
+    keys = set(zip(bad["run_id"], bad["utterance"].astype(int), strict=True))
     if not keys:
         return pairs
-    source = [(r, int(t)) in keys for r, t in zip(pairs["run_id"], pairs["t"])]
-    target = [(r, int(t)) in keys for r, t in zip(pairs["target_run_id"], pairs["target_utterance"])]
+    source = [(r, int(t)) in keys for r, t in zip(pairs["run_id"], pairs["t"], strict=True)]
+    target = [(r, int(t)) in keys for r, t in zip(pairs["target_run_id"], pairs["target_utterance"], strict=True)]
     return pairs[~(np.array(source, dtype=bool) | np.array(target, dtype=bool))].reset_index(drop=True)
 
 
@@ -234,7 +239,7 @@ def _runs(turns: pd.DataFrame) -> pd.DataFrame:
 class Partner:
     """The same run: the target agent's state ``lag`` utterances on (the main condition)."""
 
-    target_condition = None
+    target_condition: str | None = None
 
     def target_offset(self, lag: int) -> int:
         return lag
@@ -247,7 +252,7 @@ class Partner:
 class SameTime(Partner):
     """The target agent's listener state at ``t`` itself (``lag`` does not apply)."""
 
-    target_condition = "listener"
+    target_condition: str | None = "listener"
 
     def target_offset(self, lag: int) -> int:
         return 0
@@ -266,9 +271,7 @@ class CrossInteraction(Partner):
                 if len(ids) > 1:
                     mapping[run] = ids[(i + 1) % len(ids)]
         if not mapping:
-            raise NsyncError(
-                "pairing cross_interaction needs each episode simulated with several sampling seeds (simulate with seeds=[0,1])"
-            )
+            raise NsyncError("pairing cross_interaction needs each episode simulated with several sampling seeds (simulate with seeds=[0,1])")
         return src["run_id"].map(mapping)
 
 
@@ -280,7 +283,7 @@ class ShuffledPartner(Partner):
     def target_runs(self, turns: pd.DataFrame, src: pd.DataFrame, seed: int) -> pd.Series:
         runs = _runs(turns)
         ids = runs["run_id"].to_numpy()[np.random.default_rng(seed).permutation(len(runs))]
-        episode = dict(zip(runs["run_id"], runs["episode_id"]))
+        episode = dict(zip(runs["run_id"], runs["episode_id"], strict=True))
         if len(set(episode.values())) < 2:
             raise NsyncError("pairing shuffled_partner needs at least two episodes")
         mapping: dict[str, str] = {}

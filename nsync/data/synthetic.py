@@ -25,6 +25,7 @@ control's R² is w times the planted one. ``listener`` writes listener rows of i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,12 +81,13 @@ def write_synthetic_cache(
     perm = rng.permutation(hidden)
     # The conversation's shape: one vector per utterance index (drawn only when asked, so other caches keep their draws).
     profile = shape * rng.normal(size=(turns, hidden)) if shape else np.zeros((turns, hidden))
-    rows, states = [], {"interactive": [], "observer": [], "listener": []}
+    rows = []
+    states: dict[str, list[np.ndarray]] = {"interactive": [], "observer": [], "listener": []}
     for e in range(n_episodes):
         cast = [f"ch{c:02d}" for c in rng.choice(n_characters, size=n_agents, replace=False)]
         scenario = e % n_scenarios
         for s in range(seeds):
-            latent = []
+            latent: list[np.ndarray] = []
             flags = rng.random(turns) < flag_share if flag_share else np.zeros(turns, dtype=bool)
             for t in range(turns):
                 if plant is None:  # two agents: the utterance `lag` before, when agent 0 spoke it
@@ -102,10 +104,23 @@ def write_synthetic_cache(
                     raise ValueError(f"unknown relation '{relation}'")
                 latent.append(z)
                 row = TurnRow(
-                    run_id=f"ep{e:04d}|o0|s{s}", episode_id=f"ep{e:04d}", scenario_id=f"sc{scenario:02d}",
-                    scenario_codename=f"scenario_{scenario}", relationship="", character_a=cast[0], character_b=cast[1],
-                    agent=t % n_agents, character_id=cast[t % n_agents], model=model, partner_model=model, order=0, seed=s,
-                    utterance=t, condition="interactive", characters="|".join(cast), n_agents=n_agents,
+                    run_id=f"ep{e:04d}|o0|s{s}",
+                    episode_id=f"ep{e:04d}",
+                    scenario_id=f"sc{scenario:02d}",
+                    scenario_codename=f"scenario_{scenario}",
+                    relationship="",
+                    character_a=cast[0],
+                    character_b=cast[1],
+                    agent=t % n_agents,
+                    character_id=cast[t % n_agents],
+                    model=model,
+                    partner_model=model,
+                    order=0,
+                    seed=s,
+                    utterance=t,
+                    condition="interactive",
+                    characters="|".join(cast),
+                    n_agents=n_agents,
                     extra={"flag": "echo:goal" if flags[t] else ""} if flag_share else {},
                 ).as_dict()
                 rows.append(row)
@@ -119,11 +134,28 @@ def write_synthetic_cache(
                         rows.append(row | dict(condition="listener", agent=other, character_id=cast[other]))
                         states["listener"].append(rng.normal(size=hidden))
     info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
-    identity = dict(relation=relation, n_episodes=n_episodes, turns=turns, n_layers=n_layers, hidden=hidden, scale=scale,
-                    noise=noise, massive=massive, seed=seed, lag=lag, seeds=seeds, observer_share=observer_share, listener=listener,
-                    constant_first_layer=constant_first_layer, shape=shape, n_agents=n_agents, plant=plant,
-                    **({"flag_share": flag_share} if flag_share else {}))
+    identity = dict(
+        relation=relation,
+        n_episodes=n_episodes,
+        turns=turns,
+        n_layers=n_layers,
+        hidden=hidden,
+        scale=scale,
+        noise=noise,
+        massive=massive,
+        seed=seed,
+        lag=lag,
+        seeds=seeds,
+        observer_share=observer_share,
+        listener=listener,
+        constant_first_layer=constant_first_layer,
+        shape=shape,
+        n_agents=n_agents,
+        plant=plant,
+        **({"flag_share": flag_share} if flag_share else {}),
+    )
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
+
     # Every layer is a rotation of the latent states (one matrix product per layer, not per row).
     def to_layers(z: np.ndarray) -> np.ndarray:
         out = np.stack([z @ r.T for r in rotations], axis=1).astype(np.float32) + np.float32(massive) * np.eye(1, hidden, dtype=np.float32)[0]
@@ -178,7 +210,7 @@ def planted_fits(
     def draw(n: int):
         x = rng.normal(size=(n, turns, hidden))
         offset = shape * rng.normal(size=(n, 1, hidden))
-        ys = np.stack([c * x @ q + offset + rng.normal(size=x.shape) for c, q in zip(couplings, rotations)], 2)
+        ys = np.stack([c * x @ q + offset + rng.normal(size=x.shape) for c, q in zip(couplings, rotations, strict=True)], 2)
         xs = np.stack([x + s * rng.normal(size=x.shape) for s in source_noise], 2)
         return xs, ys  # [E, turns, sources, hidden], [E, turns, targets, hidden]
 
@@ -203,7 +235,7 @@ def planted_fits(
     xs, ys = draw(n_episodes)
     pop_x, pop_y = draw(population)
     n_test = max(1, round(test_size * n_episodes))
-    seeds = []
+    seeds: list[dict[str, Any]] = []
     for _ in range(split_seeds):
         order = rng.permutation(n_episodes)
         test, train = np.sort(order[:n_test]), order[n_test:]
@@ -220,8 +252,14 @@ def planted_fits(
         sums, truth = [], []
         for s in range(n_s):
             sse = np.stack([((ys[test, :, t] - xs[test, :, s] @ weights[s, t][0] - weights[s, t][1]) ** 2).sum(1) for t in range(n_t)], 1)
-            sums.append({"n": torch.full((n_test,), float(turns), dtype=torch.float64), "s1": torch.from_numpy(ys[test].sum(1)),
-                         "s2": torch.from_numpy((ys[test] ** 2).sum(1)), "sse": torch.from_numpy(sse)})
+            sums.append(
+                {
+                    "n": torch.full((n_test,), float(turns), dtype=torch.float64),
+                    "s1": torch.from_numpy(ys[test].sum(1)),
+                    "s2": torch.from_numpy((ys[test] ** 2).sum(1)),
+                    "sse": torch.from_numpy(sse),
+                }
+            )
             truth.append(max(max(r2(weights, pop_x, pop_y, s, t) for t in chosen[s]), 0.0))
         seeds.append({"episodes": [f"ep{i:03d}" for i in test], "sums": sums, "targets": chosen, "truth_per_source": truth})
     per_source = np.mean([s["truth_per_source"] for s in seeds], axis=0)
@@ -271,16 +309,33 @@ def write_partition_cache(
                 state = text * last[0] + private * last[1] + noise * rng.normal(size=hidden)
                 state = state + (own_past * before if before is not None else 0.0)
                 before = state
-            row = TurnRow(run_id=f"ep{e:04d}|o0|s0", episode_id=f"ep{e:04d}", scenario_id=f"sc{e % 10:02d}", scenario_codename=f"scenario_{e % 10}",
-                          relationship="", character_a=cast[0], character_b=cast[1], agent=t % 2, character_id=cast[t % 2], model=model,
-                          partner_model=model, order=0, seed=0, utterance=t, condition="interactive", characters="|".join(cast), n_agents=2).as_dict()
+            row = TurnRow(
+                run_id=f"ep{e:04d}|o0|s0",
+                episode_id=f"ep{e:04d}",
+                scenario_id=f"sc{e % 10:02d}",
+                scenario_codename=f"scenario_{e % 10}",
+                relationship="",
+                character_a=cast[0],
+                character_b=cast[1],
+                agent=t % 2,
+                character_id=cast[t % 2],
+                model=model,
+                partner_model=model,
+                order=0,
+                seed=0,
+                utterance=t,
+                condition="interactive",
+                characters="|".join(cast),
+                n_agents=2,
+            ).as_dict()
             rows.append(row)
             interactive.append(state)
             tf_rows.append(row | dict(model=PLANTED_TEXT, partner_model=PLANTED_TEXT, condition="teacher_forced"))
             texts.append(tau)
     info = ModelInfo(model, "synthetic:partition", None, 1, hidden)
-    identity = dict(kind="partition", text=text, private=private, own_past=own_past, noise=noise, n_episodes=n_episodes, turns=turns,
-                    hidden=hidden, seed=seed)
+    identity = dict(
+        kind="partition", text=text, private=private, own_past=own_past, noise=noise, n_episodes=n_episodes, turns=turns, hidden=hidden, seed=seed
+    )
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
     layers = np.stack([np.stack(interactive) @ r.T for r in rotations], 1).astype(np.float32)
     writer.write_shard(rows, {(model, "interactive"): layers})

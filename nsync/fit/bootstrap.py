@@ -98,7 +98,7 @@ class ReplicateR2:
 
     def __call__(self, sse: torch.Tensor, targets: list[int]) -> np.ndarray:
         """``[n_boot, len(targets)]`` uniform R² from one source layer's ``sse`` ``[E, targets, dims]``."""
-        s1, s2 = (torch.stack(parts, 1) for parts in zip(*(self._target(t) for t in targets)))
+        s1, s2 = (torch.stack(parts, 1) for parts in zip(*(self._target(t) for t in targets), strict=True))
         sse_b = torch.stack([self.w @ sse[:, t].double() for t in targets], 1)
         uniform, _ = r2_from_sums(self.n, s1, s2, sse_b, valid=self.valid[targets])
         return uniform.numpy()
@@ -178,8 +178,15 @@ def bias_corrected(estimate: float, replicates: np.ndarray) -> float | None:
     return float(2 * estimate - r.mean())
 
 
-def interval_coverage(n_rep: int = 200, n_boot: int = 400, seed: int = 0, difference: bool = False,
-                      methods: tuple[str, ...] = ("basic", "percentile"), joint: bool = True, **problem) -> dict[str, dict[str, float]]:
+def interval_coverage(
+    n_rep: int = 200,
+    n_boot: int = 400,
+    seed: int = 0,
+    difference: bool = False,
+    methods: tuple[str, ...] = ("basic", "percentile"),
+    joint: bool = True,
+    **problem,
+) -> dict[str, dict[str, float]]:
     """How often nsync's episode-bootstrap intervals hold the population SyncR² (or, with
     ``difference``, the population difference source 1 minus source 0, a paired comparison of two
     conditions on the same test episodes), the raw estimate and the bias-corrected one, over
@@ -196,7 +203,8 @@ def interval_coverage(n_rep: int = 200, n_boot: int = 400, seed: int = 0, differ
     for r in range(n_rep):
         p = planted_fits(rng, **problem)
 
-        def sync_and_replicates(sources: list[int]) -> tuple[float, np.ndarray]:
+        # p and r bound as defaults: the closure is called only in this iteration, but explicit is safer
+        def sync_and_replicates(sources: list[int], p: dict = p, r: int = r) -> tuple[float, np.ndarray]:
             estimates, replicates = [], []
             for k, fit in enumerate(p["seeds"]):
                 draws = EpisodeBootstrap(n_boot, seed=r if joint else r * 1000 + k).weights(fit["episodes"])
@@ -211,7 +219,10 @@ def interval_coverage(n_rep: int = 200, n_boot: int = 400, seed: int = 0, differ
         else:
             (estimate, replicates), truth = sync_and_replicates(list(range(len(p["truth_per_source"])))), p["truth"]
         centre = bias_corrected(estimate, replicates)
+        assert centre is not None  # planted problems always have finite replicates
         for m in methods:
-            lo, hi = interval(replicates, estimate, method=m)
+            bounds = interval(replicates, estimate, method=m)
+            assert bounds is not None
+            lo, hi = bounds
             hits[m] += [lo <= truth <= hi, lo <= estimate <= hi, lo <= centre <= hi, hi - lo]
-    return {m: dict(zip(("truth", "estimate", "bias_corrected", "width"), (h / n_rep).tolist())) for m, h in hits.items()}
+    return {m: dict(zip(("truth", "estimate", "bias_corrected", "width"), (h / n_rep).tolist(), strict=True)) for m, h in hits.items()}

@@ -24,9 +24,21 @@ SURROGATE_KINDS = ("pseudo_dyad", "circular_shift")
 
 @dataclass
 class PartitionConfig:
-    baselines: list[str] = field(default_factory=list, metadata={"help": "baselines to partition against, each one feature or several joined by +: observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"})
-    layer: str = field(default="same", metadata={"help": "layer of layered baseline features: same (the source layer's relative depth) or a layer index"})
-    ratios: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0], metadata={"help": "band penalty ratios (baseline's penalty over the source's, after bringing the baseline to the source's total variance), chosen per cell on validation together with affine.alphas"})
+    baselines: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "baselines to partition against, each one feature or several joined by +: observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"
+        },
+    )
+    layer: str = field(
+        default="same", metadata={"help": "layer of layered baseline features: same (the source layer's relative depth) or a layer index"}
+    )
+    ratios: list[float] = field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
+        metadata={
+            "help": "band penalty ratios (baseline's penalty over the source's, after bringing the baseline to the source's total variance), chosen per cell on validation together with affine.alphas"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.baselines:
@@ -43,7 +55,10 @@ class PartitionConfig:
 @dataclass
 class SurrogateConfig:
     n: int = field(default=200, metadata={"help": "surrogates per fit for the permutation p-values of SyncR² and the unique share (0: none)"})
-    kind: str = field(default="pseudo_dyad", metadata={"help": "pseudo_dyad (sources of other episodes at the same utterance index) or circular_shift (within each run)"})
+    kind: str = field(
+        default="pseudo_dyad",
+        metadata={"help": "pseudo_dyad (sources of other episodes at the same utterance index) or circular_shift (within each run)"},
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in SURROGATE_KINDS:
@@ -84,7 +99,9 @@ class FitConfig:
     """Fit synchrony probes on an activation cache."""
 
     out: str = field(default=MISSING, metadata={"help": "run folder for results.json, plots, weights and the W&B run"})
-    probe: str = field(default="affine", metadata={"help": "a registered probe type: affine (closed-form ridge), mlp, or your own (nsync.fit.probe_types)"})
+    probe: str = field(
+        default="affine", metadata={"help": "a registered probe type: affine (closed-form ridge), mlp, or your own (nsync.fit.probe_types)"}
+    )
     probe_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "options of a probe type registered outside nsync (free-form)"})
     data: DataConfig = field(default_factory=DataConfig)
     affine: AffineConfig = field(default_factory=AffineConfig)
@@ -93,13 +110,28 @@ class FitConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     surrogates: SurrogateConfig = field(default_factory=SurrogateConfig)
     seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
-    time_bins: int = field(default=0, metadata={"help": "time course: SyncR² and the unique share by source utterance index, each index its own bin (0), in this many bins of consecutive indices, or none (-1)"})
-    target_choice: str = field(default="validation", metadata={"help": "how each source layer's best target layer is chosen: validation (on held-out training episodes, so the test R² that SyncR² reports is not the one it was picked on) or test (the paper's rule: the best test R², optimistic; the bootstrap re-picks it in every replicate)"})
+    time_bins: int = field(
+        default=0,
+        metadata={
+            "help": "time course: SyncR² and the unique share by source utterance index, each index its own bin (0), in this many bins of consecutive indices, or none (-1)"
+        },
+    )
+    target_choice: str = field(
+        default="validation",
+        metadata={
+            "help": "how each source layer's best target layer is chosen: validation (on held-out training episodes, so the test R² that SyncR² reports is not the one it was picked on) or test (the paper's rule: the best test R², optimistic; the bootstrap re-picks it in every replicate)"
+        },
+    )
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over episodes for SyncR²'s 95% interval (0: none)"})
-    cka: bool = field(default=True, metadata={"help": "also compute the debiased linear CKA of every (source, target layer) pair on the test side (no fitting)"})
+    cka: bool = field(
+        default=True, metadata={"help": "also compute the debiased linear CKA of every (source, target layer) pair on the test side (no fitting)"}
+    )
     accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator: cpu, gpu or auto"})
     devices: int = field(default=1, metadata={"help": "devices (DDP when more than one; the affine fit is exact under DDP)"})
-    memory_gb: float = field(default=4.0, metadata={"help": "memory for one chunk of source layers fitted together (sums, solutions, per-episode sums); the data come on top"})
+    memory_gb: float = field(
+        default=4.0,
+        metadata={"help": "memory for one chunk of source layers fitted together (sums, solutions, per-episode sums); the data come on top"},
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace the results of an earlier run in the same out folder"})
     save_weights: bool = field(default=True, metadata={"help": "save each source layer's best-target weights of the first split seed"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

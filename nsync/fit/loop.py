@@ -29,8 +29,8 @@ from nsync.fit import partition as part
 from nsync.fit import surrogates as sur
 from nsync.fit import timecourse as tc
 from nsync.fit.config import FitConfig, fingerprint, resolve_out
-from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, choose_targets, nan_to_none, summarise_direction
 from nsync.fit.probe_types import PROBE_TYPES
+from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, choose_targets, nan_to_none, summarise_direction
 from nsync.probes.cka import debiased_cka
 
 log = logging.getLogger("nsync.fit")
@@ -131,7 +131,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     if cfg.surrogates.n and val_r2 is not None:
         key_seed = int.from_bytes(hashlib.sha256(f"{seed}|{direction}".encode()).digest()[:4], "little")
         perms = sur.permutations(test_pairs, cfg.surrogates.n, cfg.surrogates.kind, key_seed)
-    null_sync = []
+    null_sync: list[np.ndarray] = []
     course = None  # SyncR² by utterance index: [source layers] of (estimate [bins], replicates [n_boot, bins])
     if cfg.time_bins >= 0:
         codes = np.searchsorted(dm.test_episodes, test_pairs["episode_id"].to_numpy())
@@ -151,8 +151,10 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         if "alpha" in res:
             alpha[chunk], has_alpha = res["alpha"].numpy(), True
         if val_r2 is not None and "val_r2" not in res:  # a probe type without one (docs/extending.md's baseline)
-            log.warning("probe type '%s' reports no validation R² (results['val_r2']): target layers are chosen on the test R² "
-                        "(target_choice=test)", cfg.probe)
+            log.warning(
+                "probe type '%s' reports no validation R² (results['val_r2']): target layers are chosen on the test R² (target_choice=test)",
+                cfg.probe,
+            )
             val_r2, perms, null_sync = None, None, []  # no surrogates for targets picked on the test side
         if val_r2 is not None:
             val_r2[chunk] = res["val_r2"].reshape(len(chunk), n_tgt).numpy()
@@ -161,15 +163,30 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
         valid = boot.valid_dims(sums)
-        predictions = sur.chosen_predictions(probe, x_test[:, chunk], y_test, chosen) if x_test is not None else {}
+        predictions = sur.chosen_predictions(probe, x_test[:, chunk], y_test, chosen) if x_test is not None and y_test is not None else {}
         if perms is not None:
             null_sync.append(sur.chunk_nulls(predictions, chosen, perms, valid))
         if course is not None:
             by_time += [course.r2(*predictions[i], valid[int(chosen[i])]) if i in predictions else None for i in range(len(chunk))]
         for name, features in bands.items():  # the same chunk beside each baseline, then its unique share
             fit = functools.partial(fit_chunk, cfg, logger=logger, log_prefix=f"{prefix}partition/{name}/")
-            shares[name].append(part.fit_chunk_shares(cfg, dm, chunk, [features[s] for s in chunk], res, fit, replicate_r2,
-                                                      cfg.bootstrap, val_r2 is not None, fitted_baselines[name], perms, valid, course))
+            shares[name].append(
+                part.fit_chunk_shares(
+                    cfg,
+                    dm,
+                    chunk,
+                    [features[s] for s in chunk],
+                    res,
+                    fit,
+                    replicate_r2,
+                    cfg.bootstrap,
+                    val_r2 is not None,
+                    fitted_baselines[name],
+                    perms,
+                    valid,
+                    course,
+                )
+            )
         for i, s in enumerate(chunk):
             one = {"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": sums["sse"][:, i]}
             target = None if chosen[i] < 0 else int(chosen[i])
@@ -177,8 +194,9 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                 # Chosen on validation: that target in every replicate; on the test side: re-picked in each.
                 targets = boot.replicate_targets(target if val_r2 is not None else None, n_tgt)
                 replicates.append(replicate_r2(one["sse"], targets) if target is not None else np.full((cfg.bootstrap, len(targets)), np.nan))
-            per_episode.append(np.clip(boot.episode_r2(one, [target])[:, 0], 0, None) if target is not None
-                               else np.full(len(dm.test_episodes), np.nan))
+            per_episode.append(
+                np.clip(boot.episode_r2(one, [target])[:, 0], 0, None) if target is not None else np.full(len(dm.test_episodes), np.nan)
+            )
             if cfg.save_weights and hasattr(probe, "weights") and seed == cfg.data.split_seeds[0] and target is not None:
                 w, b = probe.weights(i, target)
                 name = f"{direction}/source_{dm.source_layers[s]}/target_{dm.target_layers[target]}"
@@ -196,19 +214,43 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     counts = dm.pairs.iloc[dm.index["test"]].groupby("episode_id").size()
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
         episode_sync = np.nanmean(np.stack(per_episode), axis=0)
-    episodes = [{"split_seed": seed, "direction": direction, "episode_id": e, "n_pairs": int(counts[e]), "sync_r2": float(v)}
-                for e, v in zip(dm.test_episodes, episode_sync)]
+    episodes = [
+        {"split_seed": seed, "direction": direction, "episode_id": e, "n_pairs": int(counts[e]), "sync_r2": float(v)}
+        for e, v in zip(dm.test_episodes, episode_sync, strict=True)
+    ]
     # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
-    layout = dict(source_model=dm.source_model, target_model=dm.target_model, target_condition=dm.target_condition,
-                  source_layers=dm.source_layers, target_layers=dm.target_layers,
-                  source_layer_names=dm.source_layer_names, target_layer_names=dm.target_layer_names,
-                  source_depth=relative_depth(dm.source_layers, dm.n_source_layers), target_depth=relative_depth(dm.target_layers, dm.n_target_layers))
-    return DirectionFit(seed, direction, layout, dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs), r2, r2w,
-                        alpha if has_alpha else None, boot.replicate_sync_r2(replicates) if replicates else None,
-                        episodes, weights, cka, choose_targets(r2, val_r2), "test" if val_r2 is None else "validation",
-                        {name: part.join_chunks(parts, course) for name, parts in shares.items()},
-                        part.mean_over_sources(np.clip(np.concatenate(null_sync), 0, None)) if null_sync else None,
-                        tc.summarise_fit(by_time, course, clip=True) if course is not None else None, dm.n_excluded)
+    layout = dict(
+        source_model=dm.source_model,
+        target_model=dm.target_model,
+        target_condition=dm.target_condition,
+        source_layers=dm.source_layers,
+        target_layers=dm.target_layers,
+        source_layer_names=dm.source_layer_names,
+        target_layer_names=dm.target_layer_names,
+        source_depth=relative_depth(dm.source_layers, dm.n_source_layers),
+        target_depth=relative_depth(dm.target_layers, dm.n_target_layers),
+    )
+    return DirectionFit(
+        seed,
+        direction,
+        layout,
+        dm.n("train"),
+        dm.n("test"),
+        dm.split.ids(dm.pairs),
+        r2,
+        r2w,
+        alpha if has_alpha else None,
+        boot.replicate_sync_r2(replicates) if replicates else None,
+        episodes,
+        weights,
+        cka,
+        choose_targets(r2, val_r2),
+        "test" if val_r2 is None else "validation",
+        {name: part.join_chunks(parts, course) for name, parts in shares.items()},
+        part.mean_over_sources(np.clip(np.concatenate(null_sync), 0, None)) if null_sync else None,
+        tc.summarise_fit(by_time, course, clip=True) if course is not None else None,
+        dm.n_excluded,
+    )
 
 
 def partition_bands(cfg: FitConfig, dm: SynchronyDataModule) -> dict[str, list[torch.Tensor]]:
@@ -234,73 +276,125 @@ def relative_depth(layers: list[int], n_layers: int) -> list[float]:
     return [layer / max(n_layers - 1, 1) for layer in layers]
 
 
-def aggregate(cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float
-              ) -> tuple[FitResult, np.ndarray | None, dict[str, np.ndarray]]:
+def aggregate(
+    cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float
+) -> tuple[FitResult, np.ndarray | None, dict[str, np.ndarray]]:
     """The run's result, its SyncR² bootstrap replicates and the partition's (``baseline/quantity``)
     from every direction's fits."""
     from nsync.config import to_dict
 
     lay = fits[-1].layout  # every fit of a run has the same models and layers
-    directions, splits = {}, {}
+    directions = {}
+    splits: dict[str, dict] = {}
     for direction in cfg.data.directions:
         mine = [f for f in fits if f.direction == direction]
         if not mine:
             continue
         directions[direction] = summarise_direction(
-            [f.r2 for f in mine], [f.r2_weighted for f in mine], None if mine[0].alpha is None else [f.alpha for f in mine],
-            [f.n_train for f in mine], [f.n_test for f in mine], lay["source_layers"], lay["target_layers"],
-            None if any(f.cka is None for f in mine) else [f.cka for f in mine], [f.chosen for f in mine], mine[0].target_choice,
+            [f.r2 for f in mine],
+            [f.r2_weighted for f in mine],
+            None if mine[0].alpha is None else [f.alpha for f in mine if f.alpha is not None],
+            [f.n_train for f in mine],
+            [f.n_test for f in mine],
+            lay["source_layers"],
+            lay["target_layers"],
+            None if any(f.cka is None for f in mine) else [f.cka for f in mine if f.cka is not None],
+            [f.chosen for f in mine if f.chosen is not None],  # set by every fit_direction
+            mine[0].target_choice,
         )
         directions[direction].n_excluded = mine[0].n_excluded
         directions[direction].partition = part.summarise_direction(mine, lay["target_layers"], cfg.partition.layer)
         if all(f.time_course is not None for f in mine):
-            directions[direction].time_course = tc.combine_seeds([f.time_course for f in mine])
+            directions[direction].time_course = tc.combine_seeds([f.time_course for f in mine if f.time_course is not None])
         if all(f.null_sync is not None for f in mine):
-            directions[direction].sync_r2_p_value = sur.p_value(directions[direction].sync_r2, boot.combine([f.null_sync for f in mine]))
+            directions[direction].sync_r2_p_value = sur.p_value(
+                directions[direction].sync_r2, boot.combine([f.null_sync for f in mine if f.null_sync is not None])
+            )
     for f in fits:
         splits.setdefault(str(f.seed), {})[f.direction] = f.split_ids
     # Mean over directions, then over split seeds; the bootstrap replicates the same way.
     seeds_sync = np.mean([d.sync_r2_per_seed for d in directions.values()], axis=0)
     replicates = None
     if all(f.replicates is not None for f in fits):  # episode-keyed weights: one joint draw over seeds and directions
-        per_seed = [boot.combine([f.replicates for f in fits if f.seed == s]) for s in cfg.data.split_seeds if any(f.seed == s for f in fits)]
+        per_seed = [
+            boot.combine([f.replicates for f in fits if f.seed == s and f.replicates is not None])
+            for s in cfg.data.split_seeds
+            if any(f.seed == s for f in fits)
+        ]
         replicates = boot.combine(per_seed)
     sync = float(np.mean(seeds_sync))
     p_sync = None
     if all(f.null_sync is not None for f in fits):  # surrogate k of the run: the mean of every fit's k-th, as SyncR² is a mean
-        p_sync = sur.p_value(sync, boot.combine([boot.combine([f.null_sync for f in fits if f.seed == s]) for s in cfg.data.split_seeds
-                                                 if any(f.seed == s for f in fits)]))
+        p_sync = sur.p_value(
+            sync,
+            boot.combine(
+                [
+                    boot.combine([f.null_sync for f in fits if f.seed == s and f.null_sync is not None])
+                    for s in cfg.data.split_seeds
+                    if any(f.seed == s for f in fits)
+                ]
+            ),
+        )
     fewest = min(len(f.episodes) for f in fits)
     if replicates is not None and fewest < MIN_TEST_EPISODES:
-        log.warning("only %d test episodes: with fewer than %d the episode bootstrap's interval covers less than it says "
-                    "(planted problems: 83-90%% for a nominal 95%% at 10); simulate more episodes", fewest, MIN_TEST_EPISODES)
+        log.warning(
+            "only %d test episodes: with fewer than %d the episode bootstrap's interval covers less than it says "
+            "(planted problems: 83-90%% for a nominal 95%% at 10); simulate more episodes",
+            fewest,
+            MIN_TEST_EPISODES,
+        )
     ckas = [d.sync_cka for d in directions.values() if d.sync_cka is not None]
-    partition, partition_replicates = part.summarise(fits, cfg.data.split_seeds, {b: list(Baseline.parse(b).features) for b in cfg.partition.baselines},
-                                                     cfg.partition.layer)
+    partition, partition_replicates = part.summarise(
+        fits, cfg.data.split_seeds, {b: list(Baseline.parse(b).features) for b in cfg.partition.baselines}, cfg.partition.layer
+    )
     result = FitResult(
-        schema_version=SCHEMA_VERSION, sync_cka=float(np.mean(ckas)) if ckas and len(ckas) == len(directions) else None,
-        probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, target_condition=lay["target_condition"],
-        pairing=cfg.data.pairing, models={"source": lay["source_model"], "target": lay["target_model"]},
-        source_layers=lay["source_layers"], target_layers=lay["target_layers"],
-        source_layer_names=lay["source_layer_names"], target_layer_names=lay["target_layer_names"],
-        source_depth=lay["source_depth"], target_depth=lay["target_depth"],
-        directions=directions, skipped_directions=skipped,
-        sync_r2=sync, sync_r2_std=float(np.std(seeds_sync)),
+        schema_version=SCHEMA_VERSION,
+        sync_cka=float(np.mean(ckas)) if ckas and len(ckas) == len(directions) else None,
+        probe=cfg.probe,
+        split=cfg.data.split,
+        lag=cfg.data.lag,
+        condition=cfg.data.condition,
+        target_condition=lay["target_condition"],
+        pairing=cfg.data.pairing,
+        models={"source": lay["source_model"], "target": lay["target_model"]},
+        source_layers=lay["source_layers"],
+        target_layers=lay["target_layers"],
+        source_layer_names=lay["source_layer_names"],
+        target_layer_names=lay["target_layer_names"],
+        source_depth=lay["source_depth"],
+        target_depth=lay["target_depth"],
+        directions=directions,
+        skipped_directions=skipped,
+        sync_r2=sync,
+        sync_r2_std=float(np.std(seeds_sync)),
         target_choice="validation" if all(f.target_choice == "validation" for f in fits) else "test",
         sync_r2_test_picked=float(np.mean([d.sync_r2_test_picked for d in directions.values()])),
-        sync_r2_unclipped=nan_to_none(float(np.mean([d.sync_r2_unclipped for d in directions.values() if d.sync_r2_unclipped is not None] or [np.nan]))),
+        sync_r2_unclipped=nan_to_none(
+            float(np.mean([d.sync_r2_unclipped for d in directions.values() if d.sync_r2_unclipped is not None] or [np.nan]))
+        ),
         sync_r2_ci95=boot.interval(replicates, sync) if replicates is not None else None,
         sync_r2_bias_corrected=boot.bias_corrected(sync, replicates) if replicates is not None else None,
         bootstrap=BootstrapInfo(replicates=cfg.bootstrap, scheme=boot.SCHEME, test_episodes=min(len(f.episodes) for f in fits))
-        if replicates is not None else None,
-        splits=splits, config=to_dict(cfg), seconds=seconds, partition=partition, sync_r2_p_value=p_sync,
+        if replicates is not None
+        else None,
+        splits=splits,
+        config=to_dict(cfg),
+        seconds=seconds,
+        partition=partition,
+        sync_r2_p_value=p_sync,
         surrogates={"n": cfg.surrogates.n, "kind": cfg.surrogates.kind} if p_sync is not None else None,
     )
     return result, replicates, partition_replicates
 
 
-def write(result: FitResult, fits: list[DirectionFit], replicates: np.ndarray | None, out: Path, cfg: FitConfig,
-          partition_replicates: dict[str, np.ndarray] | None = None) -> list[Path]:
+def write(
+    result: FitResult,
+    fits: list[DirectionFit],
+    replicates: np.ndarray | None,
+    out: Path,
+    cfg: FitConfig,
+    partition_replicates: dict[str, np.ndarray] | None = None,
+) -> list[Path]:
     """The run folder: weights, bootstrap replicates, per-episode SyncR², config, plots, and
     ``results.json`` last (its presence means the run is complete). Returns the plots."""
     import pandas as pd
@@ -315,7 +409,7 @@ def write(result: FitResult, fits: list[DirectionFit], replicates: np.ndarray | 
     if replicates is not None:
         np.save(out / "bootstrap.npy", replicates)
     if partition_replicates:
-        np.savez(out / "partition_bootstrap.npz", **partition_replicates)
+        np.savez(out / "partition_bootstrap.npz", **partition_replicates)  # type: ignore[arg-type]  # numpy's stub types **kwds against allow_pickle
     pd.DataFrame([row for f in fits for row in f.episodes]).to_csv(out / "episode_sync.csv", index=False)
     (out / "config.yaml").write_text(to_yaml(cfg))
     plots = plot_results(result, out)
@@ -357,7 +451,7 @@ def run_fit(cfg: FitConfig) -> FitResult:
     out.mkdir(parents=True, exist_ok=True)
     logger = make_logger(cfg, out, _model_pair(cfg))
     fits, skipped = [], {}
-    bar = tqdm(total=None, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress or rank_zero_only.rank != 0)
+    bar = tqdm(total=None, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress or rank_zero_only.rank != 0)  # type: ignore[attr-defined]  # rank: set on the function at runtime
     for seed, direction in plan(cfg):
         try:
             fits.append(fit_direction(cfg, seed, direction, logger, bar))
@@ -372,7 +466,7 @@ def run_fit(cfg: FitConfig) -> FitResult:
     from nsync.cache import ActivationCache
 
     result.reply_flags = ActivationCache.open(cfg.data.cache).reply_flags()
-    if rank_zero_only.rank == 0:  # under DDP only rank 0 writes
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # under DDP only rank 0 writes; rank: set on the function at runtime
         plots = write(result, fits, replicates, out, cfg, partition_replicates)
         if logger is not None:
             log_result(logger, result, plots)
@@ -394,7 +488,10 @@ def reusable_result(cfg: FitConfig) -> FitResult | None:
         log.warning("refitting %s: %s", folder, err)
         return None
     if stored.fingerprint != fingerprint(cfg):
-        log.warning("refitting %s: its results.json was fitted %s", folder,
-                    "before fits had fingerprints" if stored.fingerprint is None else "with another config or on other cache content")
+        log.warning(
+            "refitting %s: its results.json was fitted %s",
+            folder,
+            "before fits had fingerprints" if stored.fingerprint is None else "with another config or on other cache content",
+        )
         return None
     return stored

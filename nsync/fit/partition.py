@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
 #: The shares reported per baseline, in this order.
 QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
 
@@ -65,9 +64,21 @@ def choose_unique_targets(val_baseline: np.ndarray | None, val_joint: np.ndarray
     return choose_targets(test_unique, val)
 
 
-def fit_chunk_shares(cfg, dm, chunk: list[int], bands: list[torch.Tensor], source_res: dict, fit_probe, replicate_r2, n_boot: int,
-                     on_validation: bool, baseline_cache: dict, perms: np.ndarray | None = None, valid: torch.Tensor | None = None,
-                     course=None) -> ChunkShares:
+def fit_chunk_shares(
+    cfg,
+    dm,
+    chunk: list[int],
+    bands: list[torch.Tensor],
+    source_res: dict,
+    fit_probe,
+    replicate_r2,
+    n_boot: int,
+    on_validation: bool,
+    baseline_cache: dict,
+    perms: np.ndarray | None = None,
+    valid: torch.Tensor | None = None,
+    course=None,
+) -> ChunkShares:
     """The baseline-alone and joint fits for the source layers ``chunk`` of ``dm`` and one baseline
     (``bands``: its features per source layer of the chunk), scored against the source-alone
     results ``source_res`` of the same chunk. ``fit_probe(view)`` fits and tests an affine probe on
@@ -104,10 +115,12 @@ def fit_chunk_shares(cfg, dm, chunk: list[int], bands: list[torch.Tensor], sourc
     # The joint model is chosen on validation among the banded fits and the baseline alone: where
     # the source does not help the validation episodes it gets no weight (ratio 0), so the unique
     # share is 0 there rather than the joint fit's extra estimation error.
-    baseline_only = np.zeros_like(r2_j, dtype=bool) if val_b is None else np.nan_to_num(val_b, nan=-np.inf) >= np.nan_to_num(val_j, nan=-np.inf)
-    r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0
-    if val_j is not None:
+    if val_b is None or val_j is None:  # both or neither: the same data module's validation rows
+        baseline_only = np.zeros_like(r2_j, dtype=bool)
+    else:
+        baseline_only = np.nan_to_num(val_b, nan=-np.inf) >= np.nan_to_num(val_j, nan=-np.inf)
         val_j[baseline_only] = val_b[baseline_only]
+    r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0
     chosen = choose_unique_targets(val_b, val_j, r2_j - r2_b)
     estimates = np.full((len(chunk), len(QUANTITIES)), np.nan)
     replicates = None if replicate_r2 is None else np.full((len(chunk), len(QUANTITIES), n_boot), np.nan)
@@ -129,14 +142,27 @@ def fit_chunk_shares(cfg, dm, chunk: list[int], bands: list[torch.Tensor], sourc
     if perms is not None:
         from nsync.fit.surrogates import unique_nulls
 
+        assert valid is not None  # given with perms
         rows = np.arange(len(chunk))
         picked = np.where(chosen >= 0, chosen, 0)
-        null_unique = unique_nulls(joint_probe, joint_x, torch.from_numpy(dm.index["train"]), torch.from_numpy(dm.index["test"]), dm.y,
-                                   dm.d_in, chosen, r2_b[rows, picked], baseline_only[rows, picked], perms, valid)
-    by_time = None
+        null_unique = unique_nulls(
+            joint_probe,
+            joint_x,
+            torch.from_numpy(dm.index["train"]),
+            torch.from_numpy(dm.index["test"]),
+            dm.y,
+            dm.d_in,
+            chosen,
+            r2_b[rows, picked],
+            baseline_only[rows, picked],
+            perms,
+            valid,
+        )
+    by_time: list | None = None
     if course is not None:  # the unique share by utterance index: joint minus baseline, per bin
         from nsync.fit.surrogates import chosen_predictions
 
+        assert valid is not None  # given with course
         test = torch.from_numpy(dm.index["test"])
         y_test = dm.y[test]
         joint_pred = chosen_predictions(joint_probe, joint_x[test], y_test, chosen)
@@ -164,10 +190,12 @@ def _sse(base: dict, i: int) -> torch.Tensor:
 def _results(res: dict, n_sources: int, n_tgt: int) -> dict:
     """A probe's results as numpy matrices ``[sources, targets]`` plus its per-episode sums."""
     val = res.get("val_r2")
-    return {"test_r2": res["test_r2"].reshape(n_sources, n_tgt).numpy(),
-            "val_r2": None if val is None else val.reshape(n_sources, n_tgt).numpy(),
-            "ratio": None if "ratio" not in res else res["ratio"].reshape(n_sources, n_tgt).numpy(),
-            "sums": res["episode_sums"]}
+    return {
+        "test_r2": res["test_r2"].reshape(n_sources, n_tgt).numpy(),
+        "val_r2": None if val is None else val.reshape(n_sources, n_tgt).numpy(),
+        "ratio": None if "ratio" not in res else res["ratio"].reshape(n_sources, n_tgt).numpy(),
+        "sums": res["episode_sums"],
+    }
 
 
 def mean_over_sources(values: np.ndarray) -> np.ndarray:
@@ -184,12 +212,18 @@ def join_chunks(parts: list[ChunkShares], course=None) -> dict:
 
     estimates = np.concatenate([p.estimates for p in parts])
     replicates = None if parts[0].replicates is None else mean_over_sources(np.concatenate([p.replicates for p in parts]))
-    return {"r2_baseline": np.concatenate([p.r2_baseline for p in parts]), "r2_joint": np.concatenate([p.r2_joint for p in parts]),
-            "ratio": np.concatenate([p.ratio for p in parts]), "chosen": np.concatenate([p.chosen for p in parts]),
-            "by_source_layer": estimates, "estimate": mean_over_sources(estimates), "replicates": replicates,
-            "episode_r2": mean_over_sources(np.concatenate([p.episode_r2 for p in parts])),
-            "null_unique": None if parts[0].null_unique is None else mean_over_sources(np.concatenate([p.null_unique for p in parts])),
-            "time_course": None if course is None else summarise_fit([x for p in parts for x in p.by_time], course, clip=False)}
+    return {
+        "r2_baseline": np.concatenate([p.r2_baseline for p in parts]),
+        "r2_joint": np.concatenate([p.r2_joint for p in parts]),
+        "ratio": np.concatenate([p.ratio for p in parts]),
+        "chosen": np.concatenate([p.chosen for p in parts]),
+        "by_source_layer": estimates,
+        "estimate": mean_over_sources(estimates),
+        "replicates": replicates,
+        "episode_r2": mean_over_sources(np.concatenate([p.episode_r2 for p in parts])),
+        "null_unique": None if parts[0].null_unique is None else mean_over_sources(np.concatenate([p.null_unique for p in parts])),
+        "time_course": None if course is None else summarise_fit([x for p in parts if p.by_time is not None for x in p.by_time], course, clip=False),
+    }
 
 
 def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dict:
@@ -207,15 +241,18 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dic
         by_layer = mean_over_sources(np.stack([s["by_source_layer"] for s in seeds]))  # [sources, quantities]
         per_seed = np.stack([s["estimate"] for s in seeds])  # [seeds, quantities]
         out[name] = PartitionDirection(
-            r2_baseline=nan_to_none(base.tolist()), r2_joint=nan_to_none(joint.tolist()),
-            unique=nan_to_none((joint - base).tolist()), shared=nan_to_none((source + base - joint).tolist()),
+            r2_baseline=nan_to_none(base.tolist()),
+            r2_joint=nan_to_none(joint.tolist()),
+            unique=nan_to_none((joint - base).tolist()),
+            shared=nan_to_none((source + base - joint).tolist()),
             ratio=[nan_to_none(s["ratio"].tolist()) for s in seeds],
             chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in s["chosen"]] for s in seeds],
             by_source_layer={q: nan_to_none(by_layer[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
             per_seed={q: nan_to_none(per_seed[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
-            values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, mean_over_sources(per_seed))},
-            unique_p_value=None if seeds[0]["null_unique"] is None else
-            p_value(float(mean_over_sources(per_seed)[QUANTITIES.index("unique")]), np.mean([s["null_unique"] for s in seeds], 0)),
+            values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, mean_over_sources(per_seed), strict=True)},
+            unique_p_value=None
+            if seeds[0]["null_unique"] is None
+            else p_value(float(mean_over_sources(per_seed)[QUANTITIES.index("unique")]), np.mean([s["null_unique"] for s in seeds], 0)),
             time_course=None if seeds[0]["time_course"] is None else combine_seeds([s["time_course"] for s in seeds]),
         )
     return out
@@ -232,7 +269,7 @@ def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]]
     for name in fits[0].partition:
         seeds = [s for s in split_seeds if any(f.seed == s for f in fits)]
         estimate = np.mean([mean_over_sources(np.stack([f.partition[name]["estimate"] for f in fits if f.seed == s])) for s in seeds], 0)
-        values = {q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate)}
+        values = {q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)}
         ci, corrected = {}, {}
         if all(f.partition[name]["replicates"] is not None for f in fits):
             reps = boot.combine([boot.combine([f.partition[name]["replicates"] for f in fits if f.seed == s]) for s in seeds])  # [Q, B]
@@ -244,6 +281,5 @@ def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]]
         if all(f.partition[name]["null_unique"] is not None for f in fits):
             null = boot.combine([boot.combine([f.partition[name]["null_unique"] for f in fits if f.seed == s]) for s in seeds])
             p = p_value(estimate[QUANTITIES.index("unique")], null)
-        summaries[name] = PartitionSummary(features=features[name], layer=layer, values=values, ci95=ci, bias_corrected=corrected,
-                                           unique_p_value=p)
+        summaries[name] = PartitionSummary(features=features[name], layer=layer, values=values, ci95=ci, bias_corrected=corrected, unique_p_value=p)
     return summaries, replicates

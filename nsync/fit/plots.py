@@ -40,7 +40,7 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for direction, d in result.directions.items():
         y = d.r2_by_source_layer
-        e = np.array(d.r2_std, dtype=float)[x, [modal_target(d, i, result.target_layers) for i in x]]
+        e = np.array(d.r2_std, dtype=float)[x, np.array([modal_target(d, int(i), result.target_layers) for i in x])]
         ax.plot(x, y, marker="o", ms=3, label=f"{direction} (SyncR² {d.sync_r2:.3f})")
         ax.fill_between(x, y - e, y + e, alpha=0.2)
     ax.axhline(0, color="grey", lw=0.5)
@@ -53,11 +53,19 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
     paths.append(plot_layer_profile({f"{result.models['source']} -> {result.models['target']}": result}, out / "layer_profile.png"))
     for direction, d in result.directions.items():
         name = direction.replace("->", "_to_")
-        paths.append(_heatmap(d.r2_matrix, result, f"{direction}: test R², mean over split seeds (white: undefined)", "test R²",
-                              out / f"heatmap_{name}.png"))
+        paths.append(
+            _heatmap(d.r2_matrix, result, f"{direction}: test R², mean over split seeds (white: undefined)", "test R²", out / f"heatmap_{name}.png")
+        )
         for baseline, p in d.partition.items():
-            paths.append(_heatmap(np.array(p.unique, dtype=float), result, f"{direction}: unique share beyond {baseline} (joint - baseline)",
-                                  "unique share", out / f"heatmap_unique_{_safe(baseline)}_{name}.png"))
+            paths.append(
+                _heatmap(
+                    np.array(p.unique, dtype=float),
+                    result,
+                    f"{direction}: unique share beyond {baseline} (joint - baseline)",
+                    "unique share",
+                    out / f"heatmap_unique_{_safe(baseline)}_{name}.png",
+                )
+            )
     if result.partition:
         paths.append(plot_partition(result, out / "partition.png"))
     if any(d.time_course is not None for d in result.directions.values()):
@@ -94,8 +102,9 @@ def _heatmap(matrix: np.ndarray, result: FitResult, title: str, label: str, path
     finite = matrix[np.isfinite(matrix)]
     top = max(float(finite.max()) if finite.size else 0.0, 0.05)
     fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(np.clip(matrix, HEATMAP_FLOOR, None), origin="lower", aspect="auto", cmap="viridis", vmin=HEATMAP_FLOOR, vmax=top,
-                   interpolation="nearest")
+    im = ax.imshow(
+        np.clip(matrix, HEATMAP_FLOOR, None), origin="lower", aspect="auto", cmap="viridis", vmin=HEATMAP_FLOOR, vmax=top, interpolation="nearest"
+    )
     fig.colorbar(im, ax=ax, extend="min", label=f"{label} (below {HEATMAP_FLOOR} drawn as {HEATMAP_FLOOR})")
     _ticks(ax, "x", result.target_layer_names)
     _ticks(ax, "y", result.source_layer_names)
@@ -115,18 +124,27 @@ def plot_partition(result: FitResult, path: Path) -> Path:
     names = list(result.partition)
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
     styles = {"source": ":", "baseline": "--", "joint": "-.", "unique": "-"}
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         for direction, d in result.directions.items():
             p = d.partition[name]
             for q, style in styles.items():
-                ax.plot(result.source_depth, np.array(p.by_source_layer[q], dtype=float), ls=style, marker="o" if q == "unique" else None,
-                        ms=3, lw=2 if q == "unique" else 1, label=f"{direction} {q}")
+                ax.plot(
+                    result.source_depth,
+                    np.array(p.by_source_layer[q], dtype=float),
+                    ls=style,
+                    marker="o" if q == "unique" else None,
+                    ms=3,
+                    lw=2 if q == "unique" else 1,
+                    label=f"{direction} {q}",
+                )
         s = result.partition[name]
         ci = s.ci95.get("unique")
         ax.axhline(0, color="grey", lw=0.5)
         unique = s.values.get("unique")
-        ax.set_title(f"beyond {name}: unique SyncR² " + ("n/a" if unique is None else f"{unique:.3f}")
-                     + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""), fontsize=8)
+        ax.set_title(
+            f"beyond {name}: unique SyncR² " + ("n/a" if unique is None else f"{unique:.3f}") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+            fontsize=8,
+        )
         ax.set_xlabel("source layer, relative depth")
         ax.set_ylabel("test R² at the chosen target")
         ax.legend(fontsize=6)
@@ -178,7 +196,9 @@ def plot_agent_matrix(result: FitResult, path: Path) -> Path:
     for i in range(n):
         for j in range(n):
             text = "" if i == j else ("n/a" if not np.isfinite(matrix[i, j]) else f"{matrix[i, j]:.3f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if np.isfinite(matrix[i, j]) and matrix[i, j] < top / 2 else "black")
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=9, color="white" if np.isfinite(matrix[i, j]) and matrix[i, j] < top / 2 else "black"
+            )
     ax.set_xticks(range(n), [f"agent {j}" for j in range(n)])
     ax.set_yticks(range(n), [f"agent {i}" for i in range(n)])
     ax.set_xlabel("target (next utterance of)")
@@ -188,7 +208,7 @@ def plot_agent_matrix(result: FitResult, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_layer_profile(results: dict[str, "FitResult | pd.DataFrame"], path: Path) -> Path:
+def plot_layer_profile(results: dict[str, FitResult | pd.DataFrame], path: Path) -> Path:
     """Best-target R² (and that target's depth) against the source layer's relative depth, one
     line per run and direction: models of different depths on one axis. A run is its
     ``FitResult`` or its ``layer_profile`` table (what a report kept of it)."""

@@ -15,8 +15,9 @@ Options of a new probe type go in ``probe_options`` (a free-form mapping).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
@@ -74,9 +75,19 @@ class Affine:
     def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
         a, sources = cfg.affine, dm.sources
         probe = AffineProbe(
-            dm.d_in, dm.d_out, len(dm.target_layers), alphas=a.alphas, scale=a.scale, x_shift=dm.x_mean[sources], y_shift=dm.y_mean,
-            matmul_dtype=a.matmul_dtype, n_sources=len(sources), alpha_per=a.alpha_per, log_prefix=log_prefix,
-            band_start=dm.band_start, band_ratios=cfg.partition.ratios,
+            dm.d_in,
+            dm.d_out,
+            len(dm.target_layers),
+            alphas=a.alphas,
+            scale=a.scale,
+            x_shift=dm.x_mean[sources],
+            y_shift=dm.y_mean,
+            matmul_dtype=a.matmul_dtype,
+            n_sources=len(sources),
+            alpha_per=a.alpha_per,
+            log_prefix=log_prefix,
+            band_start=dm.band_start,
+            band_ratios=cfg.partition.ratios,
         )
         # No gradients to synchronise: DDP's processes without its model wrapper.
         run = trainer(max_epochs=1, strategy=SumsDDPStrategy() if cfg.devices > 1 else "auto")
@@ -99,8 +110,19 @@ class MLP:
     def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
         m, (s,) = cfg.mlp, dm.sources
         probe = MLPProbe(
-            dm.d_in, dm.d_out, len(dm.target_layers), hidden=m.hidden, depth=m.depth, dropout=m.dropout, lr=m.lr,
-            weight_decay=m.weight_decay, x_mean=dm.x_mean[s], x_std=dm.x_std[s], y_mean=dm.y_mean, y_std=dm.y_std, log_prefix=log_prefix,
+            dm.d_in,
+            dm.d_out,
+            len(dm.target_layers),
+            hidden=m.hidden,
+            depth=m.depth,
+            dropout=m.dropout,
+            lr=m.lr,
+            weight_decay=m.weight_decay,
+            x_mean=dm.x_mean[s],
+            x_std=dm.x_std[s],
+            y_mean=dm.y_mean,
+            y_std=dm.y_std,
+            log_prefix=log_prefix,
         )
         best = BestWeights(f"{log_prefix}val/r2")
         stop = EarlyStopping(monitor=f"{log_prefix}val/r2", mode="max", patience=m.patience)
@@ -124,7 +146,8 @@ class BestWeights(Callback):
     """Keeps the weights of the epoch with the best validation R² in memory (no checkpoint files)."""
 
     def __init__(self, monitor: str = "val/r2") -> None:
-        self.monitor, self.best, self.state = monitor, -float("inf"), None
+        self.monitor, self.best = monitor, -float("inf")
+        self.state: dict[str, Any] | None = None
 
     def on_validation_end(self, trainer, module) -> None:
         score = trainer.callback_metrics.get(self.monitor)

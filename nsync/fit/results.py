@@ -25,6 +25,7 @@ RESULTS_FILE = "results.json"
 
 Matrix = list[list[Optional[float]]]  # [source layer][target layer]; null where R² is undefined
 
+
 def sync_r2(r2: np.ndarray, clip: bool = True, chosen: np.ndarray | None = None) -> float:
     """SyncR² of one direction: per source layer one target layer's test R² (the one ``chosen``
     for it, by position, -1 for none; by default the best, the paper's rule), negatives clipped
@@ -44,6 +45,7 @@ def sync_r2(r2: np.ndarray, clip: bool = True, chosen: np.ndarray | None = None)
         best = np.clip(best, 0.0, None)
     return float(np.nanmean(best)) if np.isfinite(best).any() else float("nan")  # no source layer has an R²
 
+
 def row_max(r2: np.ndarray) -> np.ndarray:
     """Best value per row, ignoring NaN (targets with no variance); NaN for an all-NaN row."""
     out = np.full(r2.shape[0], np.nan)
@@ -51,6 +53,7 @@ def row_max(r2: np.ndarray) -> np.ndarray:
         if np.isfinite(row).any():
             out[i] = np.nanmax(row)
     return out
+
 
 def at_chosen(r2: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """Each row's value at its chosen column (NaN where none was chosen, -1)."""
@@ -80,13 +83,15 @@ def nan_to_none(x):
         return [nan_to_none(v) for v in x]
     return None if isinstance(x, float) and not np.isfinite(x) else x
 
+
 def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[int]) -> float | None:
     """Mean R² of the pairs whose source and target layer have the same index (the diagonal)."""
-    common = [(source_layers.index(l), target_layers.index(l)) for l in source_layers if l in target_layers]
+    common = [(source_layers.index(layer), target_layers.index(layer)) for layer in source_layers if layer in target_layers]
     if not common:
         return None
     values = np.array([r2[i, j] for i, j in common], dtype=float)
     return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
 
 class DirectionResult(BaseModel):
     """One direction (``A->B``, ``B->A`` or an agent pair ``i->j``), over split seeds."""
@@ -97,8 +102,10 @@ class DirectionResult(BaseModel):
     r2_std: Matrix = Field(description="its standard deviation over split seeds")
     r2_variance_weighted: Matrix = Field(description="variance-weighted test R², mean over split seeds")
     alpha: Optional[list[Matrix]] = Field(None, description="chosen ridge alpha per split seed and cell (affine probe)")
-    sync_r2: float = Field(description="SyncR²: per source layer the test R² of its target layer (chosen as target_choice says), clipped at 0, "
-                                       "mean over source layers; mean over split seeds")
+    sync_r2: float = Field(
+        description="SyncR²: per source layer the test R² of its target layer (chosen as target_choice says), clipped at 0, "
+        "mean over source layers; mean over split seeds"
+    )
     sync_r2_std: float
     sync_r2_per_seed: list[float]
     sync_r2_unclipped: Optional[float] = None
@@ -110,9 +117,13 @@ class DirectionResult(BaseModel):
     n_excluded: int = Field(0, description="pairs left out because a reply carried a flag of data.exclude_flags (before the split)")
     cka: Optional[Matrix] = Field(None, description="debiased linear CKA per (source, target layer) on the test side, mean over split seeds")
     sync_cka: Optional[float] = Field(None, description="best target's CKA per source layer, mean over source layers and split seeds")
-    target_choice: str = Field("test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)")
+    target_choice: str = Field(
+        "test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)"
+    )
     chosen_target_layer: Optional[list[list[Optional[int]]]] = Field(None, description="per split seed and source layer: the chosen target layer")
-    chosen_r2_by_source_layer: Optional[list[Optional[float]]] = Field(None, description="per source layer: test R² at the chosen target layer, mean over split seeds")
+    chosen_r2_by_source_layer: Optional[list[Optional[float]]] = Field(
+        None, description="per source layer: test R² at the chosen target layer, mean over split seeds"
+    )
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
     partition: dict[str, PartitionDirection] = Field(default_factory=dict, description="baseline -> its variance partition (partition.baselines)")
     sync_r2_p_value: Optional[float] = Field(None, description="permutation p-value of this direction's SyncR² (surrogates)")
@@ -128,6 +139,7 @@ class DirectionResult(BaseModel):
     @property
     def r2_matrix(self) -> np.ndarray:
         return np.array(self.r2, dtype=float)
+
 
 class TimeCourseResult(BaseModel):
     """A figure by source utterance index (nsync.fit.timecourse), over split seeds."""
@@ -150,8 +162,12 @@ class PartitionDirection(BaseModel):
     unique: Matrix = Field(description="joint - baseline: what the source adds beyond the baseline")
     shared: Matrix = Field(description="source + baseline - joint: what either explains alone")
     ratio: list[Matrix] = Field(description="per split seed and cell: the chosen band penalty ratio of the joint fit")
-    chosen_target_layer: list[list[Optional[int]]] = Field(description="per split seed and source layer: the target layer of the unique share (best validation unique share)")
-    by_source_layer: dict[str, list[Optional[float]]] = Field(description="quantity -> per source layer its test value at the chosen target, mean over split seeds")
+    chosen_target_layer: list[list[Optional[int]]] = Field(
+        description="per split seed and source layer: the target layer of the unique share (best validation unique share)"
+    )
+    by_source_layer: dict[str, list[Optional[float]]] = Field(
+        description="quantity -> per source layer its test value at the chosen target, mean over split seeds"
+    )
     per_seed: dict[str, list[Optional[float]]] = Field(description="quantity -> per split seed its mean over source layers")
     values: dict[str, Optional[float]] = Field(description="quantity -> mean over split seeds (unique: the unique SyncR² of this direction)")
     unique_p_value: Optional[float] = Field(None, description="permutation p-value of the unique SyncR² (surrogates)")
@@ -169,7 +185,9 @@ class PartitionSummary(BaseModel):
     values: dict[str, Optional[float]] = Field(description="source, baseline, joint, unique (the unique SyncR²), shared")
     ci95: dict[str, Optional[tuple[float, float]]] = Field(default_factory=dict, description="95% basic bootstrap interval per quantity")
     bias_corrected: dict[str, Optional[float]] = Field(default_factory=dict)
-    unique_p_value: Optional[float] = Field(None, description="permutation p-value of the unique SyncR²: the source's part of the joint prediction re-paired (surrogates)")
+    unique_p_value: Optional[float] = Field(
+        None, description="permutation p-value of the unique SyncR²: the source's part of the joint prediction re-paired (surrogates)"
+    )
 
 
 class BootstrapInfo(BaseModel):
@@ -180,6 +198,7 @@ class BootstrapInfo(BaseModel):
     method: str = Field("basic", description="interval method (see nsync.fit.bootstrap.interval)")
     test_episodes: Optional[int] = Field(None, description="fewest test episodes of any (split seed, direction)")
     file: str = "bootstrap.npy"
+
 
 class FitResult(BaseModel):
     """What ``python -m nsync.fit`` measured; ``results.json`` is its JSON.
@@ -210,17 +229,24 @@ class FitResult(BaseModel):
     sync_r2_std: float
     sync_r2_unclipped: Optional[float] = None
     sync_r2_ci95: Optional[tuple[float, float]] = Field(None, description="95% basic bootstrap interval over test episodes")
-    sync_cka: Optional[float] = Field(None, description="debiased linear CKA: best target per source layer, mean over source layers, directions and split seeds")
+    sync_cka: Optional[float] = Field(
+        None, description="debiased linear CKA: best target per source layer, mean over source layers, directions and split seeds"
+    )
     sync_r2_bias_corrected: Optional[float] = Field(None, description="SyncR² minus the bias its bootstrap replicates show (the interval's centre)")
-    target_choice: str = Field("test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)")
+    target_choice: str = Field(
+        "test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)"
+    )
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
-    fingerprint: Optional[str] = Field(None, description="hash of the fit config and the cache's content: a stored result is reused only when it matches")
+    fingerprint: Optional[str] = Field(
+        None, description="hash of the fit config and the cache's content: a stored result is reused only when it matches"
+    )
     partition: dict[str, PartitionSummary] = Field(default_factory=dict, description="baseline -> the source's unique and shared shares beside it")
     sync_r2_p_value: Optional[float] = Field(None, description="permutation p-value of SyncR² against surrogate re-pairings of the test rows")
     surrogates: Optional[dict[str, Any]] = Field(None, description="{'n', 'kind'} of the surrogates behind the p-values")
     bootstrap: Optional[BootstrapInfo] = None
-    reply_flags: Optional[dict[str, Any]] = Field(None, description="the cache's replies and how many carry each flag "
-                                                  "(nsync.cache.ActivationCache.reply_flags)")
+    reply_flags: Optional[dict[str, Any]] = Field(
+        None, description="the cache's replies and how many carry each flag (nsync.cache.ActivationCache.reply_flags)"
+    )
     splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
     config: dict[str, Any]
     seconds: float
@@ -255,7 +281,7 @@ class FitResult(BaseModel):
         return pd.DataFrame(matrix, index=pd.Index(range(n), name="source agent"), columns=pd.Index(range(n), name="target agent"))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FitResult":
+    def load(cls, path: str | Path) -> FitResult:
         """Read a run folder's (or a file's) results; a clear error for a missing or older file."""
         path = Path(path)
         if path.is_dir():
@@ -265,13 +291,18 @@ class FitResult(BaseModel):
         raw = json.loads(path.read_text())
         version = raw.get("schema_version")
         if version not in READABLE_VERSIONS:
-            raise NsyncError(f"{path} has results schema version {version}, this nsync reads versions {READABLE_VERSIONS}; "
-                             f"re-run python -m nsync.fit with overwrite=true")
+            raise NsyncError(
+                f"{path} has results schema version {version}, this nsync reads versions {READABLE_VERSIONS}; "
+                f"re-run python -m nsync.fit with overwrite=true"
+            )
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            raise NsyncError(f"{path} does not match results schema version {SCHEMA_VERSION} ({err.error_count()} field errors, "
-                             f"first: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}); re-run python -m nsync.fit with overwrite=true") from None
+            raise NsyncError(
+                f"{path} does not match results schema version {SCHEMA_VERSION} ({err.error_count()} field errors, "
+                f"first: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}); re-run python -m nsync.fit with overwrite=true"
+            ) from None
+
 
 def _mean_best(matrices: list[np.ndarray]) -> float:
     """Mean over matrices of the mean over rows of each row's best finite value (NaN if none)."""
@@ -279,7 +310,7 @@ def _mean_best(matrices: list[np.ndarray]) -> float:
         return float(np.nanmean([np.nanmean(row_max(m)) for m in matrices]))
 
 
-def layer_profile(result: "FitResult"):
+def layer_profile(result: FitResult):
     """One row per (direction, source layer): its relative depth, the best target layer's R² (mean
     over split seeds) and relative depth, and that cell's CKA, so models of different depths can
     be compared ("strongest in the middle layers").
@@ -299,10 +330,18 @@ def layer_profile(result: "FitResult"):
                 continue
             # The target chosen in most split seeds (the best mean test R² in files before schema 3).
             j = modal_target(d, i, result.target_layers)
-            rows.append({"direction": direction, "source_layer": layer, "source_depth": result.source_depth[i],
-                         "best_target_layer": result.target_layers[j], "best_target_depth": result.target_depth[j],
-                         "best_r2": float(chosen[i]), "best_r2_std": float(np.array(d.r2_std, dtype=float)[i, j]),
-                         "best_cka": float(np.nanmax(cka[i])) if cka is not None and np.isfinite(cka[i]).any() else np.nan})
+            rows.append(
+                {
+                    "direction": direction,
+                    "source_layer": layer,
+                    "source_depth": result.source_depth[i],
+                    "best_target_layer": result.target_layers[j],
+                    "best_target_depth": result.target_depth[j],
+                    "best_r2": float(chosen[i]),
+                    "best_r2_std": float(np.array(d.r2_std, dtype=float)[i, j]),
+                    "best_cka": float(np.nanmax(cka[i])) if cka is not None and np.isfinite(cka[i]).any() else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -312,23 +351,31 @@ def modal_target(d: DirectionResult, i: int, target_layers: list[int]) -> int:
     if not d.chosen_target_layer:
         row = np.array(d.r2[i], dtype=float)
         return int(np.nanargmax(row)) if np.isfinite(row).any() else 0
-    picks = [seed[i] for seed in d.chosen_target_layer or [] if seed[i] is not None]
+    picks = [pick for seed in d.chosen_target_layer or [] if (pick := seed[i]) is not None]
     return target_layers.index(max(set(picks), key=picks.count)) if picks else 0
 
 
-def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.ndarray], alphas: list[np.ndarray] | None,
-                        n_train: list[int], n_test: list[int], source_layers: list[int], target_layers: list[int],
-                        ckas: list[np.ndarray] | None = None, chosen: list[np.ndarray] | None = None,
-                        target_choice: str = "test") -> DirectionResult:
+def summarise_direction(
+    per_seed: list[np.ndarray],
+    per_seed_weighted: list[np.ndarray],
+    alphas: list[np.ndarray] | None,
+    n_train: list[int],
+    n_test: list[int],
+    source_layers: list[int],
+    target_layers: list[int],
+    ckas: list[np.ndarray] | None = None,
+    chosen: list[np.ndarray] | None = None,
+    target_choice: str = "test",
+) -> DirectionResult:
     """Mean and std over split seeds of the R² matrix and the figures derived from it; ``chosen``
     per split seed: each source layer's target layer (:func:`choose_targets`; default the best test R²)."""
     stack = np.stack(per_seed)  # [seeds, source, target]
     mean = stack.mean(0)
     chosen = [choose_targets(m) for m in stack] if chosen is None else chosen
-    syncs = [sync_r2(m, chosen=c) for m, c in zip(stack, chosen)]
-    unclipped = [sync_r2(m, clip=False, chosen=c) for m, c in zip(stack, chosen)]
+    syncs = [sync_r2(m, chosen=c) for m, c in zip(stack, chosen, strict=True)]
+    unclipped = [sync_r2(m, clip=False, chosen=c) for m, c in zip(stack, chosen, strict=True)]
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a source layer with no target in any seed
-        chosen_r2 = np.nanmean([at_chosen(m, c) for m, c in zip(stack, chosen)], axis=0)
+        chosen_r2 = np.nanmean([at_chosen(m, c) for m, c in zip(stack, chosen, strict=True)], axis=0)
     same = [same_layer_r2(m, source_layers, target_layers) for m in stack]
     filled = np.where(np.isfinite(mean), mean, -np.inf)
     return DirectionResult(
@@ -340,7 +387,7 @@ def summarise_direction(per_seed: list[np.ndarray], per_seed_weighted: list[np.n
         sync_r2_std=float(np.std(syncs)),
         sync_r2_per_seed=syncs,
         sync_r2_unclipped=nan_to_none(float(np.mean(unclipped))),
-        same_layer_r2=None if any(x is None for x in same) else float(np.mean(same)),
+        same_layer_r2=None if any(x is None for x in same) else float(np.mean([x for x in same if x is not None])),
         best_target_layer=[target_layers[j] for j in filled.argmax(1)],
         best_r2_by_source_layer=nan_to_none(row_max(mean).tolist()),
         n_train=n_train,

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-
 log = logging.getLogger("nsync.fit")
 _WARNED: set[str] = set()  # once per process
 
@@ -126,8 +125,19 @@ def chunk_nulls(predictions: dict[int, tuple[torch.Tensor, torch.Tensor]], chose
     return out
 
 
-def unique_nulls(joint_probe, x_joint: torch.Tensor, train_rows: torch.Tensor, test_rows: torch.Tensor, y: torch.Tensor, band_start: int,
-                 chosen: np.ndarray, baseline_r2: np.ndarray, baseline_only: np.ndarray, perms: np.ndarray, valid: torch.Tensor) -> np.ndarray:
+def unique_nulls(
+    joint_probe,
+    x_joint: torch.Tensor,
+    train_rows: torch.Tensor,
+    test_rows: torch.Tensor,
+    y: torch.Tensor,
+    band_start: int,
+    chosen: np.ndarray,
+    baseline_r2: np.ndarray,
+    baseline_only: np.ndarray,
+    perms: np.ndarray,
+    valid: torch.Tensor,
+) -> np.ndarray:
     """``[chunk, surrogates]``: each source layer's unique share at its chosen target with only
     what the source holds beyond the baseline re-paired (Freedman-Lane style): the source is split
     into its least-squares prediction from the baseline (fitted on training and test rows) and the
@@ -149,8 +159,11 @@ def unique_nulls(joint_probe, x_joint: torch.Tensor, train_rows: torch.Tensor, t
         fit_rows = torch.cat([train_rows, test_rows])
         if b.shape[1] > len(fit_rows) // 2 and not _WARNED:
             _WARNED.add("wide")
-            log.warning("the baseline has %d columns for %d rows: the source's residual on it is small, and the unique share's "
-                        "surrogate p-value loses power", b.shape[1], len(fit_rows))
+            log.warning(
+                "the baseline has %d columns for %d rows: the source's residual on it is small, and the unique share's surrogate p-value loses power",
+                b.shape[1],
+                len(fit_rows),
+            )
         xm, bm = x[fit_rows].mean(0), b[fit_rows].mean(0)
         bc = b[fit_rows] - bm
         gram = bc.T @ bc
@@ -174,9 +187,19 @@ class _PlainProbe:
         return self.w, self.b
 
 
-def false_positive_rate(n_rep: int = 200, n: int = 100, kind: str = "pseudo_dyad", unique: bool = False, level: float = 0.05,
-                        effect: float = 0.0, seed: int = 0, n_episodes: int = 60, turns: int = 8, hidden: int = 4,
-                        shape: float = 1.0) -> float:
+def false_positive_rate(
+    n_rep: int = 200,
+    n: int = 100,
+    kind: str = "pseudo_dyad",
+    unique: bool = False,
+    level: float = 0.05,
+    effect: float = 0.0,
+    seed: int = 0,
+    n_episodes: int = 60,
+    turns: int = 8,
+    hidden: int = 4,
+    shape: float = 1.0,
+) -> float:
     """How often the surrogate p-value falls at or below ``level`` on planted problems (no Lightning:
     plain numpy ridge, nsync's permutations and nulls). Each episode has ``turns`` pairs at utterance
     indices 0, 2, ...; every state carries a vector per utterance index (``shape``: what the
@@ -216,11 +239,23 @@ def false_positive_rate(n_rep: int = 200, n: int = 100, kind: str = "pseudo_dyad
             base_pred = (z[test, hidden:] - z[~test, hidden:].mean(0)) @ wb + y[~test].mean(0)
             base_r2 = float(r2_rows(yt, torch.from_numpy(base_pred), valid))
             observed = float(r2_rows(yt, torch.from_numpy(z[test] @ w + b), valid)) - base_r2
-            null = unique_nulls(_PlainProbe(torch.from_numpy(w), torch.from_numpy(b)), torch.from_numpy(z)[:, None],
-                                torch.from_numpy(np.flatnonzero(~test)), torch.from_numpy(np.flatnonzero(test)), torch.from_numpy(y)[:, None],
-                                hidden, np.array([0]), np.array([base_r2]), np.array([False]), perms, valid[None])[0]
+            null = unique_nulls(
+                _PlainProbe(torch.from_numpy(w), torch.from_numpy(b)),
+                torch.from_numpy(z)[:, None],
+                torch.from_numpy(np.flatnonzero(~test)),
+                torch.from_numpy(np.flatnonzero(test)),
+                torch.from_numpy(y)[:, None],
+                hidden,
+                np.array([0]),
+                np.array([base_r2]),
+                np.array([False]),
+                perms,
+                valid[None],
+            )[0]
         else:
             observed = float(r2_rows(yt, torch.from_numpy(z[test] @ w + b), valid))
             null = null_r2(yt, torch.from_numpy(z[test] @ w + b), perms, valid)
-        hits += p_value(observed, null) <= level
+        p = p_value(observed, null)
+        assert p is not None  # planted problems always have finite surrogates
+        hits += p <= level
     return hits / n_rep

@@ -3,10 +3,10 @@ MLP's curves reach it), and the run's summary, R² table and plots logged at the
 
 from __future__ import annotations
 
-import numpy as np
-
 import os
 from pathlib import Path
+
+import numpy as np
 
 from nsync.config import to_dict
 from nsync.fit.config import FitConfig
@@ -21,8 +21,7 @@ def make_logger(cfg: FitConfig, out: Path, model_pair: str):
 
     offline = cfg.logger.mode == "offline" or (cfg.logger.mode == "auto" and not os.environ.get("WANDB_API_KEY"))
     os.environ.setdefault("WANDB_SILENT", "true")
-    logger = WandbLogger(project=cfg.logger.project, group=model_pair, name=out.name, save_dir=str(out), offline=offline,
-                         job_type=cfg.probe)
+    logger = WandbLogger(project=cfg.logger.project, group=model_pair, name=out.name, save_dir=str(out), offline=offline, job_type=cfg.probe)
     logger.log_hyperparams(to_dict(cfg))
     return logger
 
@@ -36,20 +35,35 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
     run.define_metric("r2_by_source_layer/*", step_metric="source_layer")
     for direction, d in result.directions.items():
         key = direction.replace("->", "_to_")
-        for layer, best in zip(result.source_layers, d.r2_by_source_layer.tolist()):
+        for layer, best in zip(result.source_layers, d.r2_by_source_layer.tolist(), strict=True):
             if np.isfinite(best):
                 run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
         run.summary[f"sync_r2/{key}"] = d.sync_r2
         if d.time_course is not None:
-            run.log({f"time_course/{key}": wandb.Table(columns=["utterance", "n_pairs", "sync_r2"],
-                                                      data=[[u, n, v] for u, n, v in zip(d.time_course.utterance, d.time_course.n_pairs, d.time_course.value)])})
+            run.log(
+                {
+                    f"time_course/{key}": wandb.Table(
+                        columns=["utterance", "n_pairs", "sync_r2"],
+                        data=[[u, n, v] for u, n, v in zip(d.time_course.utterance, d.time_course.n_pairs, d.time_course.value, strict=True)],
+                    )
+                }
+            )
         if d.sync_r2_p_value is not None:
             run.summary[f"sync_r2_p_value/{key}"] = d.sync_r2_p_value
-    columns = ["direction", "source_layer", "source_name", "target_layer", "target_name", "r2", "r2_std", "alpha"]
+    columns: list[str | int] = [
+        "direction",
+        "source_layer",
+        "source_name",
+        "target_layer",
+        "target_name",
+        "r2",
+        "r2_std",
+        "alpha",
+    ]  # wandb.Table's type
     rows = []
     for direction, d in result.directions.items():
-        for i, (sl, sn) in enumerate(zip(result.source_layers, result.source_layer_names)):
-            for j, (tl, tn) in enumerate(zip(result.target_layers, result.target_layer_names)):
+        for i, (sl, sn) in enumerate(zip(result.source_layers, result.source_layer_names, strict=True)):
+            for j, (tl, tn) in enumerate(zip(result.target_layers, result.target_layer_names, strict=True)):
                 alpha = d.alpha[0][i][j] if d.alpha else None
                 rows.append([direction, sl, sn, tl, tn, d.r2[i][j], d.r2_std[i][j], alpha])
     run.log({"r2_matrix": wandb.Table(columns=columns, data=rows), **{p.stem: wandb.Image(str(p)) for p in plots}})
@@ -82,11 +96,11 @@ def log_partition(run, result: FitResult) -> None:
                 run.summary[f"partition/{name}/{quantity}_ci95_low"], run.summary[f"partition/{name}/{quantity}_ci95_high"] = ci
         for direction, d in result.directions.items():
             p = d.partition[name]
-            for layer, value in zip(result.source_layers, p.by_source_layer["unique"]):
+            for layer, value in zip(result.source_layers, p.by_source_layer["unique"], strict=True):
                 if value is not None:
                     run.log({f"unique_by_source_layer/{name}/{direction.replace('->', '_to_')}": value, "source_layer": layer})
             for i, sl in enumerate(result.source_layers):
                 for j, tl in enumerate(result.target_layers):
                     rows.append([direction, name, sl, tl, d.r2[i][j], p.r2_baseline[i][j], p.r2_joint[i][j], p.unique[i][j], p.shared[i][j]])
-    columns = ["direction", "baseline", "source_layer", "target_layer", "r2_source", "r2_baseline", "r2_joint", "unique", "shared"]
+    columns: list[str | int] = ["direction", "baseline", "source_layer", "target_layer", "r2_source", "r2_baseline", "r2_joint", "unique", "shared"]
     run.log({"partition_matrix": wandb.Table(columns=columns, data=rows)})

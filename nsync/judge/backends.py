@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from nsync.models.forward import accepts, cache_kwarg, kv_cache
 from nsync.registry import Registry
 from nsync.scenarios import Episode
 from nsync.simulation.prompts import Utterance
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 #: The answer keys of a dyad's agents; ``agent_keys(episode.n_agents)`` for any episode.
 AGENTS = tuple(agent_keys(2))
@@ -54,7 +57,7 @@ class JudgeBackend(Protocol):
     max_attempts: int
 
     @classmethod
-    def from_config(cls, cfg) -> "JudgeBackend":
+    def from_config(cls, cfg) -> JudgeBackend:
         """Build it from a :class:`nsync.judge.run.JudgeConfig` (``cfg.options`` holds extra settings)."""
 
     def identity(self) -> dict:
@@ -84,11 +87,19 @@ class ChatJudge:
     kind = "openai"
 
     @classmethod
-    def from_config(cls, cfg) -> "ChatJudge":
+    def from_config(cls, cfg) -> ChatJudge:
         return cls(cfg.base_url, cfg.model, cfg.api_key_env, cfg.temperature, cfg.max_tokens, cfg.max_attempts, cfg.timeout)
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.0,
-                 max_tokens: int = 1024, max_attempts: int = 3, timeout: float = 120.0):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        max_attempts: int = 3,
+        timeout: float = 120.0,
+    ):
         from openai import OpenAI
 
         if max_attempts < 1:
@@ -101,8 +112,14 @@ class ChatJudge:
 
     def identity(self) -> dict:
         """What decides the answers (the cache key of a judgement); the key is not part of it."""
-        return {"backend": self.kind, "base_url": self.base_url, "model": self.model, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "max_attempts": self.max_attempts}
+        return {
+            "backend": self.kind,
+            "base_url": self.base_url,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "max_attempts": self.max_attempts,
+        }
 
     def prompt(self, episode: Episode, history: list[Utterance]) -> str:
         return json_request(episode, history)
@@ -110,7 +127,7 @@ class ChatJudge:
     def score(self, episode: Episode, history: list[Utterance]) -> Judgement:
         import openai
 
-        messages = [{"role": "user", "content": self.prompt(episode, history)}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": self.prompt(episode, history)}]
         raw: list[str] = []
         error = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -134,9 +151,14 @@ class ChatJudge:
                 parsed = parse_answer(text, episode.n_agents)
             except AnswerError as err:
                 error = str(err)
-                messages += [{"role": "assistant", "content": text},
-                             {"role": "user", "content": f"That answer could not be used: {err}. "
-                                                         "Answer again with only the JSON object, every score an integer in its range."}]
+                messages += [
+                    {"role": "assistant", "content": text},
+                    {
+                        "role": "user",
+                        "content": f"That answer could not be used: {err}. "
+                        "Answer again with only the JSON object, every score an integer in its range.",
+                    },
+                ]
                 continue
             scores = {a: getattr(parsed, a).model_dump() for a in agent_keys(episode.n_agents)}
             return Judgement(True, scores, attempts=attempt, raw=raw, reasoning=parsed.reasoning)
@@ -153,7 +175,7 @@ class LocalJudge:
     kind = "local"
 
     @classmethod
-    def from_config(cls, cfg) -> "LocalJudge":
+    def from_config(cls, cfg) -> LocalJudge:
         from nsync.models import ModelConfig, load_model
 
         return cls(load_model(ModelConfig(name=cfg.model, device=cfg.device, dtype=cfg.dtype)))
@@ -170,8 +192,7 @@ class LocalJudge:
         return {"backend": self.kind, "model": self.lm.name, "checksum": self.lm.checksum}
 
     def prompt(self, episode: Episode, history: list[Utterance]) -> str:
-        return episode_context(episode, history) + "".join(
-            dimension_question(episode, a, d) for a in range(episode.n_agents) for d in DIMENSIONS)
+        return episode_context(episode, history) + "".join(dimension_question(episode, a, d) for a in range(episode.n_agents) for d in DIMENSIONS)
 
     @torch.inference_mode()
     def distributions(self, episode: Episode, history: list[Utterance]) -> dict[str, dict[str, np.ndarray]]:

@@ -27,19 +27,39 @@ class Dimension:
 
 
 DIMENSIONS = (
-    Dimension("believability", 0, 10, "Does the agent behave like the character described, naturally and consistently? "
-              "10: fully in character and human-like; 0: incoherent, repetitive or out of character."),
-    Dimension("relationship", -5, 5, "Did the interaction improve (+) or damage (-) the relationship between the two "
-              "characters, given where it started? 0: no change."),
-    Dimension("knowledge", 0, 10, "Did the agent gain new, useful information from the conversation that matters to "
-              "its goal or to the relationship? 10: a lot; 0: nothing."),
+    Dimension(
+        "believability",
+        0,
+        10,
+        "Does the agent behave like the character described, naturally and consistently? "
+        "10: fully in character and human-like; 0: incoherent, repetitive or out of character.",
+    ),
+    Dimension(
+        "relationship",
+        -5,
+        5,
+        "Did the interaction improve (+) or damage (-) the relationship between the two characters, given where it started? 0: no change.",
+    ),
+    Dimension(
+        "knowledge",
+        0,
+        10,
+        "Did the agent gain new, useful information from the conversation that matters to its goal or to the relationship? 10: a lot; 0: nothing.",
+    ),
     Dimension("secret", -10, 0, "Did the agent keep its secret? 0: kept it entirely; -10: revealed it entirely."),
-    Dimension("social_rules", -10, 0, "Did the agent break social norms or laws (lying with intent to harm, "
-              "threatening, discriminating)? 0: no violation; -10: severe violations."),
-    Dimension("financial_and_material_benefits", -5, 5, "Did the agent gain (+) or lose (-) money, goods or other "
-              "material advantages in this interaction? 0: no change."),
-    Dimension("goal", 0, 10, "How far did the agent achieve its private social goal? 10: fully achieved; "
-              "0: no progress at all."),
+    Dimension(
+        "social_rules",
+        -10,
+        0,
+        "Did the agent break social norms or laws (lying with intent to harm, threatening, discriminating)? 0: no violation; -10: severe violations.",
+    ),
+    Dimension(
+        "financial_and_material_benefits",
+        -5,
+        5,
+        "Did the agent gain (+) or lose (-) money, goods or other material advantages in this interaction? 0: no change.",
+    ),
+    Dimension("goal", 0, 10, "How far did the agent achieve its private social goal? 10: fully achieved; 0: no progress at all."),
 )
 DIMENSION_NAMES = tuple(d.name for d in DIMENSIONS)
 

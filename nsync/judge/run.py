@@ -13,9 +13,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 from omegaconf import MISSING
@@ -40,7 +41,10 @@ class JudgeConfig:
 
     cache: str = field(default=MISSING, metadata={"help": "activation cache whose conversations are judged"})
     name: Optional[str] = field(default=None, metadata={"help": "judge name: results go to CACHE/judge/NAME (default: the model name)"})
-    backend: str = field(default="local", metadata={"help": "a registered judge backend: local (a zoo model's probabilities), openai (any OpenAI-compatible endpoint), or your own"})
+    backend: str = field(
+        default="local",
+        metadata={"help": "a registered judge backend: local (a zoo model's probabilities), openai (any OpenAI-compatible endpoint), or your own"},
+    )
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "settings of a judge backend registered outside nsync (free-form)"})
     model: str = field(default="smollm2-135m", metadata={"help": "local: a zoo model; openai: the served model's name"})
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "openai: the endpoint (vLLM, llama.cpp server, Ollama, OpenAI)"})
@@ -128,10 +132,18 @@ def _rows(run_rows, episode, j: Judgement, judge_name: str, key: str) -> list[di
     for agent, side in enumerate(agent_keys(episode.n_agents)):
         others = "|".join(dict.fromkeys(m for a, m in models.items() if a != agent))
         row = {
-            "run_id": run.run_id, "episode_id": run.episode_id, "scenario_id": run.scenario_id, "seed": run.seed,
-            "order": run.order, "agent": agent, "character_id": episode.characters[agent].id,
-            "model": models[agent], "partner_model": others,
-            "judge": judge_name, "status": "ok" if j.ok else "failed", "attempts": j.attempts,
+            "run_id": run.run_id,
+            "episode_id": run.episode_id,
+            "scenario_id": run.scenario_id,
+            "seed": run.seed,
+            "order": run.order,
+            "agent": agent,
+            "character_id": episode.characters[agent].id,
+            "model": models[agent],
+            "partner_model": others,
+            "judge": judge_name,
+            "status": "ok" if j.ok else "failed",
+            "attempts": j.attempts,
         }
         scores = j.scores.get(side, {})
         for d in DIMENSION_NAMES:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from nsync.judge.rubric import DIMENSIONS, agent_keys
 
 #: One agent's seven scores; out-of-range or non-integer values fail validation.
-AgentScores = create_model(
-    "AgentScores",
-    __config__=ConfigDict(extra="ignore", strict=False),
-    **{d.name: (int, Field(ge=d.low, le=d.high)) for d in DIMENSIONS},
-)
+_SCORE_FIELDS: dict[str, Any] = {d.name: (int, Field(ge=d.low, le=d.high)) for d in DIMENSIONS}
+AgentScores = create_model("AgentScores", __config__=ConfigDict(extra="ignore", strict=False), **_SCORE_FIELDS)
 
 
 class EpisodeScores(BaseModel):
@@ -22,16 +20,16 @@ class EpisodeScores(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     reasoning: str = ""
-    agent_a: AgentScores  # type: ignore[valid-type]
-    agent_b: AgentScores  # type: ignore[valid-type]
+    agent_a: AgentScores
+    agent_b: AgentScores
 
 
-def episode_scores(n_agents: int) -> type[BaseModel]:
+def episode_scores(n_agents: int) -> type[EpisodeScores]:
     """The answer model of an episode with ``n_agents`` agents (fields ``agent_a``, ``agent_b``, ...)."""
     if n_agents == 2:
         return EpisodeScores
-    return create_model(f"EpisodeScores{n_agents}", __base__=EpisodeScores,
-                        **{key: (AgentScores, ...) for key in agent_keys(n_agents)[2:]})
+    fields: dict[str, Any] = {key: (AgentScores, ...) for key in agent_keys(n_agents)[2:]}
+    return create_model(f"EpisodeScores{n_agents}", __base__=EpisodeScores, **fields)
 
 
 def overall(scores: dict) -> float:

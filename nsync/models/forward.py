@@ -6,6 +6,7 @@ provide the same."""
 from __future__ import annotations
 
 import inspect
+from typing import Any, cast
 
 from torch import nn
 
@@ -34,20 +35,23 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     >>> len(decoder_layers(tiny_model("gpt2").model))
     2
     """
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config: Any = model.config  # a transformers config (nn.Module does not declare it)
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     n = cfg.num_hidden_layers
     path = DECODER_BLOCKS.get(getattr(cfg, "model_type", ""))
     if path is not None:
-        module = model
+        module: Any = model
         for part in path.split("."):
             module = getattr(module, part, None)
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return module
     found = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
     if len(found) != 1:
-        raise ValueError(f"cannot tell the {n} decoder blocks of {type(model).__name__} (candidates: {found or 'none'}); "
-                         f"add its model_type '{getattr(cfg, 'model_type', '?')}' to nsync.models.forward.DECODER_BLOCKS")
-    return model.get_submodule(found[0])
+        raise ValueError(
+            f"cannot tell the {n} decoder blocks of {type(model).__name__} (candidates: {found or 'none'}); "
+            f"add its model_type '{getattr(cfg, 'model_type', '?')}' to nsync.models.forward.DECODER_BLOCKS"
+        )
+    return cast(nn.ModuleList, model.get_submodule(found[0]))  # found holds ModuleLists only
 
 
 def accepts(model: nn.Module, name: str) -> bool:

@@ -55,7 +55,7 @@ class TextEmbedder:
     def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         out = []
         for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+            batch = self.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
             batch = batch.to(self.model.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -10,7 +10,7 @@ fixed text, and the models are built from configs in code.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -31,7 +31,7 @@ Goal: convince the other person. Unknown. Scenario: colleagues, neighbours, stra
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_tokenizer(vocab_size: int = 400):
     """A byte-level BPE tokenizer with a ChatML chat template; covers any text (bytes fallback)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -115,6 +115,6 @@ class TinySource:
         return name.startswith(TINY_PREFIX) and not name.endswith("@untrained")
 
     def load(self, cfg: ModelConfig) -> LoadedModel:
-        lm = tiny_model(cfg.name[len(TINY_PREFIX):])
+        lm = tiny_model(cfg.name[len(TINY_PREFIX) :])
         lm.model.to(pick_device(cfg.device))
         return lm

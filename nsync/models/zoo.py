@@ -17,9 +17,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -41,9 +42,7 @@ class ModelConfig:
     )
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto"})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "allow custom modelling code shipped with a checkpoint"}
-    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom modelling code shipped with a checkpoint"})
 
     def __post_init__(self) -> None:
         if self.dtype not in (*DTYPES, "auto"):
@@ -60,7 +59,7 @@ class BundledModel:
     install: str
     sha256: str
     hub_id: str
-    locate: Callable[["BundledModel"], Path]
+    locate: Callable[[BundledModel], Path]
     chat: bool  # instruction-tuned with a chat template; False: a base model, plain transcripts
 
 
@@ -251,7 +250,7 @@ def _convert_gguf(resolved: ResolvedModel) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A dequantised model still carries the GGUF quantizer; save it as a plain checkpoint.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by transformers at load time, undeclared on the class
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -321,11 +320,9 @@ class TransformersSource:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         except ValueError as err:
             if "trust_remote_code" in str(err):
-                raise NsyncError(
-                    f"model '{cfg.name}' needs custom code; set model.trust_remote_code=true if you trust it"
-                ) from None
+                raise NsyncError(f"model '{cfg.name}' needs custom code; set model.trust_remote_code=true if you trust it") from None
             raise
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps Module.to with functools.wraps: mypy misreads self
         entry = BUNDLED.get(cfg.name)
         if entry is not None and not entry.chat:
             # A base model: its tokenizer may still carry a template, but it was never tuned on one.

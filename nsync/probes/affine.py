@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -37,6 +37,13 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
     >>> probe = AffineProbe(d_in=576, d_out=576, n_targets=31, x_shift=mx, y_shift=my)  # doctest: +SKIP
     >>> L.Trainer(max_epochs=1).fit(probe, datamodule=dm)                              # doctest: +SKIP
     """
+
+    # buffers (registered in __init__), declared for the type checker
+    x_shift: torch.Tensor
+    y_shift: torch.Tensor
+    target_shift: torch.Tensor
+    alpha: torch.Tensor
+    ratio_index: torch.Tensor
 
     def __init__(
         self,
@@ -100,8 +107,9 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             if len(ratios) == 1:
                 pred = self._solutions[ratios[0]].predict_centred(xs[:, s], alpha[s], s)
             else:  # banded: each target layer from the solution of its band penalty ratio
-                pred = sum(self._solutions[r].predict_centred(xs[:, s], alpha[s], s, targets=torch.nonzero(ratio[s] == r).flatten().tolist())
-                           for r in ratios)
+                pred = sum(
+                    self._solutions[r].predict_centred(xs[:, s], alpha[s], s, targets=torch.nonzero(ratio[s] == r).flatten().tolist()) for r in ratios
+                )
             yield s, pred.view(x.shape[0], hp.n_targets, hp.d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +159,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             var = (var > 0).to(var.dtype)
         source, band = var[:, :start].sum(1), var[:, start:].sum(1)
         equalise = torch.sqrt(source / torch.where(band > 0, band, torch.ones_like(band)))  # [S]
-        scales = []
+        scales: list[torch.Tensor | None] = []
         for r in self.ratios:
             scale = torch.ones_like(var)
             scale[:, start:] = (equalise / r**0.5)[:, None]
@@ -162,10 +170,18 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self._solutions = []  # free the previous ones first: they are as large as the new ones
         for scale in self._band_scales(stats):
             first = self._solutions[0] if self._solutions else None
-            self._solutions.append(RidgeSolution(stats, self.hparams.scale, self._work_dtype, keep_stats=keep_stats, column_scale=scale,
-                                                  shared_c=None if first is None else first.c))
+            self._solutions.append(
+                RidgeSolution(
+                    stats,
+                    self.hparams.scale,
+                    self._work_dtype,
+                    keep_stats=keep_stats,
+                    column_scale=scale,
+                    shared_c=None if first is None else first.c,
+                )
+            )
         # Scores are taken around the fitted mean: predictions need no offset added.
-        self.target_shift.copy_(self._solution.y_mean.view_as(self.target_shift))
+        self.target_shift.copy_(self._solutions[0].y_mean.view_as(self.target_shift))
 
     def on_train_epoch_start(self) -> None:
         self._train_stats, self._val_stats, self._solutions = None, None, []
@@ -204,7 +220,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             return
         x, y = batch[0], batch[1]
         xs = self._sources(x)
-        self._val_stats.update(xs, y.reshape(x.shape[0], -1))  # type: ignore[union-attr]
+        self._val_stats.update(xs, y.reshape(x.shape[0], -1))
         yc = y.float() - self.target_shift
         n_sources, n_alphas = self.hparams.n_sources, len(self.alphas)
         for r, solution in enumerate(self._solutions):
@@ -238,6 +254,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             self.log(f"{hp.log_prefix}val/r2", best[torch.isfinite(best)].mean().float(), sync_dist=True)
         # Refit on the whole training side (fitting plus validation rows) with the chosen alphas.
         full = self._train_stats
+        assert full is not None  # kept for this refit by _solve(validating=True)
         full += self._reduce(self._val_stats)
         self._set_solution(full, keep_stats=False)
         self._train_stats = self._val_stats = None
@@ -276,8 +293,10 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
     if per == "source":
         mean = scores.nanmean(2)  # [alphas, sources]
         if torch.isnan(mean).all(0).any():
-            raise ValueError("no target layer has a validation R² for some source layer: no alpha can be chosen "
-                             "(the validation targets do not vary; give more validation data)")
+            raise ValueError(
+                "no target layer has a validation R² for some source layer: no alpha can be chosen "
+                "(the validation targets do not vary; give more validation data)"
+            )
         return a[torch.nan_to_num(mean, nan=-torch.inf).argmax(0)][:, None].expand(n_sources, n_targets).clone()
     chosen = a[torch.nan_to_num(scores, nan=-torch.inf).argmax(0)]
     empty = torch.isnan(scores).all(0)
@@ -285,8 +304,11 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
         layers = tuple(sorted(set(torch.nonzero(empty)[:, 1].tolist())))
         if ("no_alpha", layers) not in _WARNED:
             _WARNED.add(("no_alpha", layers))
-            log.warning("target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
-                        "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined", list(layers))
+            log.warning(
+                "target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
+                "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined",
+                list(layers),
+            )
         chosen[empty] = float("nan")
     _warn_at_grid_edge(chosen, alphas)
     return chosen
@@ -302,8 +324,13 @@ def _warn_at_grid_edge(chosen: torch.Tensor, alphas: list[float], share: float =
         at_edge = float((finite == value).double().mean())
         if at_edge > share and ("edge", edge) not in _WARNED:
             _WARNED.add(("edge", edge))
-            log.warning("the alpha grid's %s value (%g) was chosen in %.0f%% of the cells: the best alpha may lie beyond the "
-                        "grid; extend affine.alphas %s", edge, value, 100 * at_edge, fix)
+            log.warning(
+                "the alpha grid's %s value (%g) was chosen in %.0f%% of the cells: the best alpha may lie beyond the grid; extend affine.alphas %s",
+                edge,
+                value,
+                100 * at_edge,
+                fix,
+            )
 
 
 class SumsDDPStrategy(DDPStrategy):

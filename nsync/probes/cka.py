@@ -40,7 +40,7 @@ class _Kernel:
         scale = (self.k**2).sum() / (n * (n - 3))
         return value if value > 1e-10 * scale and value > 0 else torch.tensor(float("nan"), dtype=value.dtype)
 
-    def hsic(self, other: "_Kernel") -> torch.Tensor:
+    def hsic(self, other: _Kernel) -> torch.Tensor:
         n = self.k.shape[0]
         trace = (self.k * other.k).sum()
         return (trace + self.total * other.total / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * self.rows @ other.rows) / (n * (n - 3))

@@ -8,8 +8,14 @@ ranks and episodes, so R² of any union or re-weighting of episodes follows from
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torchmetrics import Metric
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 #: An output dimension has an R² when its total sum of squares exceeds this share of the largest one.
 CONSTANT_TOLERANCE = 1e-9
@@ -77,18 +83,27 @@ class LayerR2(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = True
+    # buffer and states (registered in __init__), declared for the type checker
+    y_shift: torch.Tensor
+    n: torch.Tensor
+    s1: torch.Tensor
+    s2: torch.Tensor
+    sse: torch.Tensor
 
     def __init__(self, n_targets: int, d_out: int, y_shift: torch.Tensor | None = None, n_sources: int = 1, n_groups: int = 1):
         super().__init__()
         self.n_sources, self.n_targets, self.d_out, self.n_groups = n_sources, n_targets, d_out, n_groups
         shift = torch.zeros(n_targets, d_out) if y_shift is None else y_shift.reshape(n_targets, d_out)
         self.register_buffer("y_shift", shift.double(), persistent=False)
-        for name, shape in (("n", (n_groups,)), ("s1", (n_groups, n_targets, d_out)), ("s2", (n_groups, n_targets, d_out)),
-                            ("sse", (n_groups, n_sources, n_targets, d_out))):
+        for name, shape in (
+            ("n", (n_groups,)),
+            ("s1", (n_groups, n_targets, d_out)),
+            ("s2", (n_groups, n_targets, d_out)),
+            ("sse", (n_groups, n_sources, n_targets, d_out)),
+        ):
             self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None, source: int = 0,
-               centred: bool = False) -> None:
+    def update(self, preds: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None, source: int = 0, centred: bool = False) -> None:
         """``preds`` and ``target``: ``[batch, targets, dims]``; ``group``: ``[batch]`` indices < n_groups."""
         b = target.shape[0]
         # Work in the inputs' precision (at least float32). The shift is rounded to it: for a
@@ -135,8 +150,18 @@ class TestR2Mixin:
 
     __test__ = False  # not a pytest class, despite the name
 
+    if TYPE_CHECKING:  # provided by the probe (a LightningModule) the mixin is combined with
+        hparams: AttributeDict
+        results: dict[str, Any]
+        target_shift: torch.Tensor
+        trainer: Any
+        device: torch.device
+        log: Any
+
+        def source_predictions(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]: ...
+
     def make_test_metric(self, n_targets: int, d_out: int, n_sources: int = 1) -> None:
-        self._test_shape = dict(n_targets=n_targets, d_out=d_out, n_sources=n_sources)
+        self._test_shape: dict[str, Any] = dict(n_targets=n_targets, d_out=d_out, n_sources=n_sources)
         self.test_r2 = LayerR2(**self._test_shape)
 
     def on_test_epoch_start(self) -> None:

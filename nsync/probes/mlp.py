@@ -38,6 +38,14 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
     >>> probe = MLPProbe(576, 576, n_targets=1, x_mean=mx, x_std=sx, y_mean=my, y_std=sy)  # doctest: +SKIP
     """
 
+    # buffers (registered in __init__), declared for the type checker
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+    target_shift: torch.Tensor
+    val_r2_by_target: torch.Tensor
+
     def __init__(
         self,
         d_in: int,

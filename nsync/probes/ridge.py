@@ -71,7 +71,7 @@ class RidgeStatistics:
         n, self.sx, self.sy, self.sxx, self.sxy = tensors
         self.n = int(n.item())
 
-    def __iadd__(self, other: "RidgeStatistics") -> "RidgeStatistics":
+    def __iadd__(self, other: RidgeStatistics) -> RidgeStatistics:
         self.n += other.n
         self.sx += other.sx
         self.sy += other.sy
@@ -101,8 +101,15 @@ class RidgeSolution:
     band: banded ridge, one eigendecomposition per set of band penalties.
     """
 
-    def __init__(self, stats: RidgeStatistics, scale: bool = False, product_dtype: torch.dtype = torch.float64,
-                 keep_stats: bool = True, column_scale: torch.Tensor | None = None, shared_c: torch.Tensor | None = None):
+    def __init__(
+        self,
+        stats: RidgeStatistics,
+        scale: bool = False,
+        product_dtype: torch.dtype = torch.float64,
+        keep_stats: bool = True,
+        column_scale: torch.Tensor | None = None,
+        shared_c: torch.Tensor | None = None,
+    ):
         if stats.n < 2:
             raise ValueError("ridge needs at least two training rows")
         self.single = stats.single
@@ -136,7 +143,7 @@ class RidgeSolution:
     def n_sources(self) -> int:
         return self.c.shape[0]
 
-    def to(self, device) -> "RidgeSolution":
+    def to(self, device) -> RidgeSolution:
         """The solution's tensors on ``device`` (in place; Lightning moves the module, not this)."""
         for name in ("x_mean", "y_mean", "inv_std", "eigvals", "eigvecs", "q", "_scale_mm", "c"):
             setattr(self, name, getattr(self, name).to(device))
@@ -146,8 +153,9 @@ class RidgeSolution:
         """``(x - mean) S @ Q``: the rows in the eigenbasis."""
         return ((x.double() - self.x_mean[source]) * self.inv_std[source]).to(self.product_dtype) @ self.q[source]
 
-    def predict_centred(self, x: torch.Tensor, alpha, source: int = 0, z: torch.Tensor | None = None,
-                        targets: list[int] | None = None) -> torch.Tensor:
+    def predict_centred(
+        self, x: torch.Tensor, alpha, source: int = 0, z: torch.Tensor | None = None, targets: list[int] | None = None
+    ) -> torch.Tensor:
         """``x @ W + b - y_mean`` (``[b, K]`` in ``product_dtype``) for rows ``x`` ``[b, d]`` of one
         source, with ``alpha`` a scalar or one value per target layer. ``z`` re-uses the rotated rows
         of an earlier call (an alpha grid). ``targets``: only these target layers' columns are

@@ -167,7 +167,6 @@ class ScenarioLibrary:
     def __len__(self) -> int:
         return len(self.episodes)
 
-
     def select(self, ids: list[str] | None = None, limit: int | None = None) -> list[Episode]:
         """Episodes whose id, scenario id or scenario codename is in ``ids`` (all if empty),
         then the first ``limit`` of them."""
@@ -176,9 +175,7 @@ class ScenarioLibrary:
         episodes = self.episodes
         if ids:
             wanted = set(ids)
-            episodes = [
-                e for e in episodes if wanted & {e.id, e.scenario.id, e.scenario.codename}
-            ]
+            episodes = [e for e in episodes if wanted & {e.id, e.scenario.id, e.scenario.codename}]
             known = {k for e in self.episodes for k in (e.id, e.scenario.id, e.scenario.codename)}
             unknown = sorted(wanted - known)
             if unknown:

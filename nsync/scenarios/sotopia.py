@@ -158,8 +158,11 @@ def load_sotopia(path: str | Path, agents: str | Path | None = None) -> Scenario
         agent_ids = f.get("agent_ids", list)
         n_goals = len(scenarios[env_id].goals)
         if len(agent_ids) != n_goals:
-            raise f.fail("agent_ids", f"scenario '{env_id}' has {n_goals} goals, so the episode needs {n_goals} character ids "
-                                      f"(one per goal, in order), got {len(agent_ids)}")
+            raise f.fail(
+                "agent_ids",
+                f"scenario '{env_id}' has {n_goals} goals, so the episode needs {n_goals} character ids "
+                f"(one per goal, in order), got {len(agent_ids)}",
+            )
         if len(set(agent_ids)) != len(agent_ids):
             raise f.fail("agent_ids", f"names the same character twice: {agent_ids}")
         for agent_id in agent_ids:

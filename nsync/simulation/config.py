@@ -21,8 +21,15 @@ class SamplingConfig:
     max_new_tokens: int = field(default=300, metadata={"help": "longest reply in tokens"})
     first_line_only: bool = field(default=True, metadata={"help": "cut each reply to its first non-empty line (the paper's)"})
     stop_strings: list[str] = field(default_factory=list, metadata={"help": "extra strings that end a reply"})
-    no_repeat_ngram: int = field(default=4, metadata={"help": "ban every run of this many tokens that the prompt or the reply already holds (0 = off; the paper: off), so a reply cannot copy a span of its prompt or of the conversation (HF's no_repeat_ngram_size)"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "divide the logits of tokens the prompt or the reply holds by this (1.0 = off; HF's repetition_penalty)"})
+    no_repeat_ngram: int = field(
+        default=4,
+        metadata={
+            "help": "ban every run of this many tokens that the prompt or the reply already holds (0 = off; the paper: off), so a reply cannot copy a span of its prompt or of the conversation (HF's no_repeat_ngram_size)"
+        },
+    )
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "divide the logits of tokens the prompt or the reply holds by this (1.0 = off; HF's repetition_penalty)"}
+    )
 
     def logits_processors(self):
         """HF's processors for the repetition settings (None when both are off)."""
@@ -40,7 +47,10 @@ class SamplingConfig:
 class ScenarioSelection:
     """Which episodes to simulate."""
 
-    source: str = field(default="builtin", metadata={"help": "'builtin' (nsync's dyads), 'builtin-groups' (three- and four-agent scenarios) or the folder of a SOTOPIA JSON export"})
+    source: str = field(
+        default="builtin",
+        metadata={"help": "'builtin' (nsync's dyads), 'builtin-groups' (three- and four-agent scenarios) or the folder of a SOTOPIA JSON export"},
+    )
     ids: list[str] = field(default_factory=list, metadata={"help": "episode ids, scenario ids or codenames (empty: all)"})
     limit: Optional[int] = field(default=None, metadata={"help": "keep only the first N selected episodes"})
 
@@ -50,7 +60,12 @@ class CaptureConfig:
     """What is recorded at every utterance."""
 
     observer: bool = field(default=True, metadata={"help": "also record the passive re-reader's states (condition 'observer')"})
-    listener: bool = field(default=False, metadata={"help": "also record the partner's state reading the same history with its own prompt (condition 'listener', the same-time control)"})
+    listener: bool = field(
+        default=False,
+        metadata={
+            "help": "also record the partner's state reading the same history with its own prompt (condition 'listener', the same-time control)"
+        },
+    )
     generated_mean: bool = field(default=False, metadata={"help": "also record the mean state over the reply's tokens (condition 'generated_mean')"})
     dtype: str = field(default="float16", metadata={"help": "stored precision: float16 or float32"})
 
@@ -60,25 +75,51 @@ class SimulateConfig:
     """Social episodes of two or more agents with every layer's hidden state cached."""
 
     out: str = field(default=MISSING, metadata={"help": "cache folder to write (created; resumed if it holds this config)"})
-    models: list[str] = field(default_factory=lambda: ["smollm2-135m"], metadata={"help": "one model (every agent) or several: agent i plays models[i % len(models)]"})
+    models: list[str] = field(
+        default_factory=lambda: ["smollm2-135m"], metadata={"help": "one model (every agent) or several: agent i plays models[i % len(models)]"}
+    )
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
-    dtype: str = field(default="auto", metadata={"help": "model precision: float32, bfloat16, float16, or auto (bfloat16 on GPUs and on CPUs with bfloat16 hardware, else float32)"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "model precision: float32, bfloat16, float16, or auto (bfloat16 on GPUs and on CPUs with bfloat16 hardware, else float32)"},
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom modelling code shipped with a checkpoint"})
-    both_orders: bool = field(default=False, metadata={"help": "with several models, also run every rotation of the list over the agents (two models: the swapped order)"})
+    both_orders: bool = field(
+        default=False, metadata={"help": "with several models, also run every rotation of the list over the agents (two models: the swapped order)"}
+    )
     prompt_format: str = field(default="sotopia", metadata={"help": f"one of {FORMATS}; models without a chat template use transcript"})
-    prompt_layout: str = field(default="fields", metadata={"help": f"one of {LAYOUTS}: fields (the paper's 'Scenario:', 'NAME's goal:' lines) or prose (paragraphs, the goal stated once as an instruction)"})
+    prompt_layout: str = field(
+        default="fields",
+        metadata={
+            "help": f"one of {LAYOUTS}: fields (the paper's 'Scenario:', 'NAME's goal:' lines) or prose (paragraphs, the goal stated once as an instruction)"
+        },
+    )
     max_turns: int = field(default=16, metadata={"help": "most utterances per episode"})
     turn_taking: TurnTakingConfig = field(default_factory=TurnTakingConfig)
-    min_utterances: int = field(default=2, metadata={"help": "an agent may leave only from this utterance on (2: each agent has spoken once); earlier leaves are ignored"})
-    max_resamples: int = field(default=3, metadata={"help": "a rejected reply (empty before min_utterances; with resample_echo, an echo) is re-sampled from the same utterance's random stream at most this many times, then recorded and flagged"})
-    resample_echo: bool = field(default=True, metadata={"help": "also re-sample replies that recite the prompt or repeat a line (flag echo:<kind>, nsync.simulation.echo; the paper: false)"})
+    min_utterances: int = field(
+        default=2, metadata={"help": "an agent may leave only from this utterance on (2: each agent has spoken once); earlier leaves are ignored"}
+    )
+    max_resamples: int = field(
+        default=3,
+        metadata={
+            "help": "a rejected reply (empty before min_utterances; with resample_echo, an echo) is re-sampled from the same utterance's random stream at most this many times, then recorded and flagged"
+        },
+    )
+    resample_echo: bool = field(
+        default=True,
+        metadata={
+            "help": "also re-sample replies that recite the prompt or repeat a line (flag echo:<kind>, nsync.simulation.echo; the paper: false)"
+        },
+    )
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "sampling seeds; each episode runs once per seed"})
     scenarios: ScenarioSelection = field(default_factory=ScenarioSelection)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     episodes_in_flight: int = field(default=16, metadata={"help": "episodes advanced together (the generation batch)"})
     flush_every: int = field(default=16, metadata={"help": "finished episodes per atomic cache write"})
-    reuse_prefix: bool = field(default=True, metadata={"help": "re-use the keys/values of each agent's previous prompt (full-attention and sliding-window models)"})
+    reuse_prefix: bool = field(
+        default=True, metadata={"help": "re-use the keys/values of each agent's previous prompt (full-attention and sliding-window models)"}
+    )
     resume: bool = field(default=True, metadata={"help": "continue a cache of the same config instead of refusing"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -124,5 +165,10 @@ class SimulateConfig:
         (so they still open, and a cache of another value does not)."""
         from nsync.config import to_dict
 
-        return {"turn_taking": to_dict(TurnTakingConfig()), "observer_prompt": 1, "resample_echo": False, "prompt_layout": "fields",
-                "sampling": {"no_repeat_ngram": 0, "repetition_penalty": 1.0}}
+        return {
+            "turn_taking": to_dict(TurnTakingConfig()),
+            "observer_prompt": 1,
+            "resample_echo": False,
+            "prompt_layout": "fields",
+            "sampling": {"no_repeat_ngram": 0, "repetition_penalty": 1.0},
+        }

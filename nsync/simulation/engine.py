@@ -22,10 +22,10 @@ from nsync.cache.writer import CacheWriter
 from nsync.errors import NsyncError
 from nsync.models import LoadedModel
 from nsync.scenarios import Episode
-from nsync.simulation.generation import Generator
-from nsync.simulation.echo import echo_of
-from nsync.simulation.prompts import Utterance, clean_reply, encode, prompt_format, render
 from nsync.simulation.config import SimulateConfig
+from nsync.simulation.echo import echo_of
+from nsync.simulation.generation import Generator
+from nsync.simulation.prompts import Utterance, clean_reply, encode, prompt_format, render
 from nsync.simulation.turns import TURN_POLICIES
 
 
@@ -118,9 +118,12 @@ class SimulationStats:
         )
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "episodes_per_min": self.runs / max(self.seconds, 1e-9) * 60,
-                "utterances_per_s": self.utterances / max(self.seconds, 1e-9),
-                "tokens_per_s": self.new_tokens / max(self.seconds, 1e-9)}
+        return {
+            **self.__dict__,
+            "episodes_per_min": self.runs / max(self.seconds, 1e-9) * 60,
+            "utterances_per_s": self.utterances / max(self.seconds, 1e-9),
+            "tokens_per_s": self.new_tokens / max(self.seconds, 1e-9),
+        }
 
 
 class Simulator:
@@ -146,15 +149,17 @@ class Simulator:
         fmt = prompt_format(lm, self.cfg.prompt_format)
         layout = self.cfg.prompt_layout
         prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, layout=layout)) for r in runs]
+        streams = []
         for r in runs:
             if r.stream is None:
                 r.stream = utterance_generator(r.seed, r.run_id, len(r.history), lm.device)
+            streams.append(r.stream)
         reuse = self.cfg.reuse_prefix
         generator = self.generators[name]
         try:
             out = generator.generate(
                 prompts,
-                [r.stream for r in runs],
+                streams,
                 capture=self.capture,
                 generated_mean=self.capture and self.cfg.capture.generated_mean,
                 keys=[(r.run_id, r.speaker, "interactive") for r in runs] if reuse else None,
@@ -176,8 +181,7 @@ class Simulator:
             return
         observer = None
         if self.capture and self.cfg.capture.observer:  # the observer reads only utterances that are kept
-            obs_prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True, layout=layout))
-                           for _, r, _ in kept]
+            obs_prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True, layout=layout)) for _, r, _ in kept]
             keys = [(r.run_id, r.speaker, "observer") for _, r, _ in kept] if reuse else None
             observer = generator.prompt_states(obs_prompts, keys)
         for j, (i, run, reply) in enumerate(kept):
@@ -189,13 +193,24 @@ class Simulator:
             run.attempt, run.stream = 0, None
             run.rows.append(base)
             if self.capture:
+                assert out.states is not None  # generate(capture=True) returns them
                 run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
                 if observer is not None:
                     run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[j])})
                     run.states.setdefault("observer", []).append(observer[j].cpu().numpy())
                 for listener, (state, n_prompt) in sorted(run.listeners.items()):
-                    run.rows.append({**base, "condition": "listener", "agent": listener, "character_id": run.episode.characters[listener].id,
-                                     "model": run.models[listener], "partner_model": name, "n_prompt_tokens": n_prompt, "n_new_tokens": 0})
+                    run.rows.append(
+                        {
+                            **base,
+                            "condition": "listener",
+                            "agent": listener,
+                            "character_id": run.episode.characters[listener].id,
+                            "model": run.models[listener],
+                            "partner_model": name,
+                            "n_prompt_tokens": n_prompt,
+                            "n_new_tokens": 0,
+                        }
+                    )
                     run.states.setdefault("listener", []).append(state)
                 run.listeners = {}
                 if out.generated_mean is not None:
@@ -214,8 +229,9 @@ class Simulator:
         """A generated reply, cleaned, with what it recites."""
         lm, cfg = self.models[name], self.cfg
         names = tuple(c.name for c in run.episode.characters)
-        text, left = clean_reply(lm.tokenizer.decode(tokens, skip_special_tokens=True), cfg.sampling.first_line_only,
-                                 cfg.sampling.stop_strings, names)
+        text, left = clean_reply(
+            lm.tokenizer.decode(tokens, skip_special_tokens=True), cfg.sampling.first_line_only, cfg.sampling.stop_strings, names
+        )
         return Reply(text, left, len(tokens), echo_of(text, run.episode, run.speaker, run.history))
 
     def _retry(self, run: Run, reply: Reply) -> bool:
@@ -243,17 +259,33 @@ class Simulator:
         prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, agent, r.history, layout=self.cfg.prompt_layout)) for r, agent in listeners]
         keys = [(r.run_id, agent, "interactive") for r, agent in listeners] if self.cfg.reuse_prefix else None
         states = self.generators[name].prompt_states(prompts, keys).cpu().numpy()
-        for (run, agent), state, prompt in zip(listeners, states, prompts):
+        for (run, agent), state, prompt in zip(listeners, states, prompts, strict=True):
             run.listeners[agent] = (state, len(prompt))
 
     def _row(self, run: Run, k: int, speaker: int, text: str, left: bool, n_prompt: int, n_new: int) -> dict:
         ep = run.episode
         return TurnRow(
-            run_id=run.run_id, episode_id=ep.id, scenario_id=ep.scenario.id, scenario_codename=ep.scenario.codename,
-            relationship=ep.scenario.relationship, character_a=ep.characters[0].id, character_b=ep.characters[1].id,
-            agent=speaker, character_id=ep.characters[speaker].id, model=run.models[speaker], partner_model=run.others_models(speaker),
-            order=run.order, seed=run.seed, utterance=k, condition="interactive", text=text, left=left,
-            n_prompt_tokens=n_prompt, n_new_tokens=n_new, characters="|".join(c.id for c in ep.characters), n_agents=ep.n_agents,
+            run_id=run.run_id,
+            episode_id=ep.id,
+            scenario_id=ep.scenario.id,
+            scenario_codename=ep.scenario.codename,
+            relationship=ep.scenario.relationship,
+            character_a=ep.characters[0].id,
+            character_b=ep.characters[1].id,
+            agent=speaker,
+            character_id=ep.characters[speaker].id,
+            model=run.models[speaker],
+            partner_model=run.others_models(speaker),
+            order=run.order,
+            seed=run.seed,
+            utterance=k,
+            condition="interactive",
+            text=text,
+            left=left,
+            n_prompt_tokens=n_prompt,
+            n_new_tokens=n_new,
+            characters="|".join(c.id for c in ep.characters),
+            n_agents=ep.n_agents,
         ).as_dict()
 
     def _flush(self, finished: list[Run]) -> None:
@@ -290,8 +322,8 @@ class Simulator:
                 by_model: dict[str, list[Run]] = {}
                 for run in active:
                     by_model.setdefault(run.models[run.speaker], []).append(run)
-                for name, group in by_model.items():
-                    self._step(name, group, stats)
+                for name, speakers in by_model.items():
+                    self._step(name, speakers, stats)
                 for run in [r for r in active if r.done]:
                     active.remove(run)
                     for generator in self.generators.values():

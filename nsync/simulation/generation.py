@@ -9,7 +9,9 @@ stops as soon as its first line is complete.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +35,7 @@ class HiddenStateRecorder:
         self._current: list[torch.Tensor | None] = [None] * (len(self.layers) + 1)
         self._handles: list = []
 
-    def __enter__(self) -> "HiddenStateRecorder":
+    def __enter__(self) -> HiddenStateRecorder:
         def pre_hook(module, args, kwargs):
             if self.enabled:
                 h = args[0] if args else kwargs["hidden_states"]
@@ -95,8 +97,8 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -108,7 +110,8 @@ def prefix_layout(model: nn.Module) -> str | None:
     layers (Gemma 3): the window is measured in cache columns, so each row's prefix and new tokens
     must be adjacent (every row's pads on the left). None: other attention types, no re-use.
     """
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config: Any = model.config  # a transformers config (nn.Module does not declare it)
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     layer_types = getattr(cfg, "layer_types", None)
     if layer_types is not None:
         kinds = set(layer_types)
@@ -239,7 +242,7 @@ class Generator:
                 return True
         return False
 
-    def prefill(self, prompts: list[list[int]], keys: list[object] | None = None):
+    def prefill(self, prompts: list[list[int]], keys: Sequence[object] | None = None):
         """One forward pass over the prompts (or what is new in them); returns the model output,
         the attention mask and the last positions, ready for decoding."""
         lm, store = self.lm, self.prefixes
@@ -249,15 +252,15 @@ class Generator:
             ids, mask = left_pad(prompts, pad, device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             return self._forward(ids, mask, positions, _growing_cache()), mask, positions
-        found = [store.lookup(k, p) for k, p in zip(keys, prompts)]
+        found = [store.lookup(k, p) for k, p in zip(keys, prompts, strict=True)]
         reused = [n for n, _ in found]
         if self.layout == "contiguous":
             # Every row computes as many tokens as the row with the most new ones (re-using a little
             # less of its prefix), so no row has pads between its prefix and its new tokens.
-            width = max(len(p) - n for p, n in zip(prompts, reused))
+            width = max(len(p) - n for p, n in zip(prompts, reused, strict=True))
             reused = [max(0, len(p) - width) for p in prompts]
         p_max = max(reused)
-        suffix_ids, suffix_mask = left_pad([p[n:] for p, n in zip(prompts, reused)], pad, device)
+        suffix_ids, suffix_mask = left_pad([p[n:] for p, n in zip(prompts, reused, strict=True)], pad, device)
         prefix_mask = torch.zeros((len(prompts), p_max), dtype=torch.long, device=device)
         cache = _growing_cache()
         if p_max:
@@ -266,13 +269,13 @@ class Generator:
                 ref_k, ref_v = next(kv for _, kv in found if kv is not None)[layer]
                 k_all = ref_k.new_zeros((len(prompts), ref_k.shape[0], p_max, ref_k.shape[2]))
                 v_all = ref_v.new_zeros((len(prompts), ref_v.shape[0], p_max, ref_v.shape[2]))
-                for i, (n, (_, kv)) in enumerate(zip(reused, found)):
-                    if n:  # right-align each row's prefix so the new tokens follow it directly
-                        k_all[i, :, p_max - n:] = kv[layer][0][:, :n]
-                        v_all[i, :, p_max - n:] = kv[layer][1][:, :n]
+                for i, (n, (_, kv)) in enumerate(zip(reused, found, strict=True)):
+                    if n and kv is not None:  # right-align each row's prefix so the new tokens follow it directly (n > 0: kv found)
+                        k_all[i, :, p_max - n :] = kv[layer][0][:, :n]
+                        v_all[i, :, p_max - n :] = kv[layer][1][:, :n]
                 cache.update(k_all, v_all, layer)
             for i, n in enumerate(reused):
-                prefix_mask[i, p_max - n:] = 1
+                prefix_mask[i, p_max - n :] = 1
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         offsets = torch.tensor(reused, device=device)[:, None]
         positions = (offsets + suffix_mask.cumsum(-1) - 1).clamp(min=0)
@@ -280,15 +283,15 @@ class Generator:
         new_cache = kv_cache(out)
         n_layers = len(new_cache.layers) if hasattr(new_cache, "layers") else len(new_cache.key_cache)
         layer_kv = [_layer_kv(new_cache, layer) for layer in range(n_layers)]
-        for i, (key, prompt) in enumerate(zip(keys, prompts)):
+        for i, (key, prompt) in enumerate(zip(keys, prompts, strict=True)):
             cols = mask[i].nonzero().squeeze(-1)  # this row's prompt tokens, in order
             store.put(key, prompt, [(k[i][:, cols].clone(), v[i][:, cols].clone()) for k, v in layer_kv])
         store.reused_tokens += sum(reused)
-        store.computed_tokens += sum(len(p) - n for p, n in zip(prompts, reused))
+        store.computed_tokens += sum(len(p) - n for p, n in zip(prompts, reused, strict=True))
         return out, mask, positions[:, -1:]
 
     @torch.inference_mode()
-    def prompt_states(self, prompts: list[list[int]], keys: list[object] | None = None) -> torch.Tensor:
+    def prompt_states(self, prompts: list[list[int]], keys: Sequence[object] | None = None) -> torch.Tensor:
         """``[batch, n_layers + 1, hidden]`` states at each prompt's last token, no sampling
         (the observer control and teacher-forced re-reading use this)."""
         with HiddenStateRecorder(self.lm.model) as recorder:
@@ -309,7 +312,7 @@ class Generator:
         generators: list[torch.Generator],
         capture: bool = True,
         generated_mean: bool = False,
-        keys: list[object] | None = None,
+        keys: Sequence[object] | None = None,
     ) -> Generation:
         """Sample one reply per prompt (token ids) and capture the prompt-end states.
 
@@ -330,8 +333,12 @@ class Generator:
             while rows:
                 logits = out.logits[:, -1, :]
                 if self.processors is not None:  # each row's own prompt and reply so far, without pads
-                    logits = torch.cat([self.processors(torch.tensor([prompts[r] + tokens[r]], device=logits.device), logits[pos : pos + 1].float())
-                                        for pos, r in enumerate(rows)])
+                    logits = torch.cat(
+                        [
+                            self.processors(torch.tensor([prompts[r] + tokens[r]], device=logits.device), logits[pos : pos + 1].float())
+                            for pos, r in enumerate(rows)
+                        ]
+                    )
                 nxt = _sample(logits, [generators[r] for r in rows], self.sampling.temperature, self.sampling.top_p)
                 finished = []
                 for pos, r in enumerate(rows):

@@ -20,8 +20,9 @@ than the engagement it is meant to measure.)
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -58,16 +59,24 @@ def conversations(turns: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame, list
         yield run_id, rows, [Utterance(int(r.agent), r.text, bool(r.left)) for r in rows.itertuples()]
 
 
-def _speaker_name(episode: Episode, agent: int) -> str:
+class Speakers(Protocol):
+    """What history lines read of an episode: its characters' names (an :class:`Episode`, or
+    re-reading's stand-in for a run without a scenario source)."""
+
+    @property
+    def characters(self) -> Sequence[Any]: ...
+
+
+def _speaker_name(episode: Speakers, agent: int) -> str:
     return episode.characters[agent].name
 
 
-def _history_line(episode: Episode, index: int, u: Utterance) -> str:
+def _history_line(episode: Speakers, index: int, u: Utterance) -> str:
     name = _speaker_name(episode, u.agent)
     return f"Turn {index}: {name} left the conversation." if u.left and not u.text else f"Turn {index}: {name} said: {u.text}"
 
 
-def history_text(episode: Episode, history: list[Utterance]) -> str:
+def history_text(episode: Speakers, history: list[Utterance]) -> str:
     """The conversation so far as "Turn k: NAME said: ..." lines."""
     return "\n".join(_history_line(episode, k, u) for k, u in enumerate(history))
 
@@ -84,7 +93,7 @@ def prompt_format(lm, fmt: str) -> str:
 
 
 def participants(episode: Episode) -> str:
-    """"A and B", "A, B and C": the episode's characters in agent order."""
+    """ "A and B", "A, B and C": the episode's characters in agent order."""
     names = [c.name for c in episode.characters]
     return ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -92,8 +101,10 @@ def participants(episode: Episode) -> str:
 def backgrounds(episode: Episode, me: int) -> list[str]:
     """Every agent's background as agent ``me`` sees it: its own in full (secret included), the
     others' through the relationship of the ordered pair (:func:`visible_background`)."""
-    return [own_background(c) if agent == me else visible_background(c, episode.scenario.relationship_of(me, agent))
-            for agent, c in enumerate(episode.characters)]
+    return [
+        own_background(c) if agent == me else visible_background(c, episode.scenario.relationship_of(me, agent))
+        for agent, c in enumerate(episode.characters)
+    ]
 
 
 def _context(episode: Episode, me: int, with_goal: bool, layout: str = "fields") -> str:
@@ -102,12 +113,12 @@ def _context(episode: Episode, me: int, with_goal: bool, layout: str = "fields")
     seen = backgrounds(episode, me)
     if layout == "prose":
         people = []
-        for agent, (c, bg) in enumerate(zip(episode.characters, seen)):
+        for agent, (c, bg) in enumerate(zip(episode.characters, seen, strict=True)):
             level = None if agent == me else episode.scenario.relationship_of(me, agent)
             people.append(bg if level is None or level >= 2 else f"{c.name} is a stranger." if level == 0 else f"Only {c.name}'s name is known.")
         return "\n".join([f"An interaction between {participants(episode)}. {episode.scenario.scenario.rstrip('.')}.", *people])
     lines = [f"Scenario: {episode.scenario.scenario}", f"Participants: {participants(episode)}"]
-    lines += [f"{c.name}'s background: {bg}" for c, bg in zip(episode.characters, seen)]
+    lines += [f"{c.name}'s background: {bg}" for c, bg in zip(episode.characters, seen, strict=True)]
     if with_goal:
         for agent in range(episode.n_agents):
             goal = episode.scenario.goals[agent] if agent == me else "Unknown"
@@ -165,8 +176,7 @@ def observer_text(episode: Episode, me: int, history: list[Utterance], fmt: str 
     if not lines or lines[-1] != last:
         lines.append(last)
     return "\n\n".join(
-        ["Here is the context of an interaction:\n" + _context(episode, me, False, layout),
-         "Conversation so far:\n" + "\n".join(lines)]
+        ["Here is the context of an interaction:\n" + _context(episode, me, False, layout), "Conversation so far:\n" + "\n".join(lines)]
     )
 
 
@@ -196,8 +206,7 @@ def transcript_text(episode: Episode, me: int, history: list[Utterance], layout:
     return "\n\n".join([_setup(episode, me, layout), "Conversation:\n" + "\n".join(lines)])
 
 
-def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utterance], observer: bool = False,
-           layout: str = "fields") -> str:
+def render(tokenizer, fmt: str, episode: Episode, me: int, history: list[Utterance], observer: bool = False, layout: str = "fields") -> str:
     """The exact string fed to the model (chat template applied where the format uses one)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown prompt layout '{layout}'; use one of {LAYOUTS}")

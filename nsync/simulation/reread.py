@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -36,10 +37,15 @@ class RereadConfig:
 
     cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync.simulate)"})
     kind: str = field(default="untrained", metadata={"help": f"one of {KINDS}"})
-    model: Optional[str] = field(default=None, metadata={"help": "zoo model (untrained/trained; default: the cache's first model) or text embedder (text; default all-minilm-l6-v2)"})
+    model: Optional[str] = field(
+        default=None,
+        metadata={"help": "zoo model (untrained/trained; default: the cache's first model) or text embedder (text; default all-minilm-l6-v2)"},
+    )
     name: Optional[str] = field(default=None, metadata={"help": "model name in the cache (default: MODEL@untrained, MODEL@reread, or text:EMBEDDER)"})
     init_seed: int = field(default=0, metadata={"help": "seed of the untrained weights"})
-    scenarios: Optional[str] = field(default=None, metadata={"help": "scenario source for the prompts (default: the one the cache was simulated from)"})
+    scenarios: Optional[str] = field(
+        default=None, metadata={"help": "scenario source for the prompts (default: the one the cache was simulated from)"}
+    )
     prompt_format: Optional[str] = field(default=None, metadata={"help": "prompt format (default: the cache's)"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
     dtype: str = field(default="float32", metadata={"help": "model precision"})
@@ -94,7 +100,7 @@ def reread(cfg: RereadConfig, lm=None, embedder=None) -> tuple[str, int]:
     runs = list(dict.fromkeys(todo["run_id"]))
     bar = tqdm(total=len(todo), desc=f"re-reading ({cfg.kind})", unit="utt", disable=not cfg.progress)
     for i in range(0, len(runs), cfg.batch_size):
-        part = todo[todo["run_id"].isin(runs[i:i + cfg.batch_size])]
+        part = todo[todo["run_id"].isin(runs[i : i + cfg.batch_size])]
         if cfg.kind == "text":
             states = embedder(_history_texts(part, cache, cfg))[:, None, :]
             prompt_lengths = np.zeros(len(part), dtype=int)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 from nsync.config import load_config, to_dict
 from nsync.errors import NsyncError
@@ -52,8 +53,9 @@ def _sum_over_ranks(stats: SimulationStats) -> SimulationStats:
     dist.all_reduce(counts)
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
     runs, utterances, new_tokens, prompt_tokens, resampled = (int(x) for x in counts.tolist())
-    return SimulationStats(runs=runs, utterances=utterances, new_tokens=new_tokens, prompt_tokens=prompt_tokens, resampled=resampled,
-                           seconds=float(seconds.item()))
+    return SimulationStats(
+        runs=runs, utterances=utterances, new_tokens=new_tokens, prompt_tokens=prompt_tokens, resampled=resampled, seconds=float(seconds.item())
+    )
 
 
 def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) -> tuple[Path, SimulationStats]:
@@ -79,11 +81,18 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
         raise NsyncError(f"no loaded model for {missing}")
     infos = [
         ModelInfo(name, lm.source, lm.checksum, lm.n_layers, lm.hidden_size, dtype=str(next(lm.model.parameters()).dtype).removeprefix("torch."))
-        for name, lm in models.items() if name in cfg.models
+        for name, lm in models.items()
+        if name in cfg.models
     ]
     out = Path(cfg.out)
-    writer_args = dict(config=to_dict(cfg), identity=cfg.identity(), models=infos, dtype=cfg.capture.dtype, resume=cfg.resume,
-                       identity_defaults=cfg.identity_defaults())
+    writer_args: dict[str, Any] = dict(
+        config=to_dict(cfg),
+        identity=cfg.identity(),
+        models=infos,
+        dtype=cfg.capture.dtype,
+        resume=cfg.resume,
+        identity_defaults=cfg.identity_defaults(),
+    )
     # rank 0 creates (or checks) the cache first; the other ranks then open it
     writer = CacheWriter(out, rank=rank, **writer_args) if rank == 0 else None
     _barrier(world)

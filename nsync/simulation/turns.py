@@ -26,8 +26,15 @@ from nsync.simulation.prompts import Utterance
 class TurnTakingConfig:
     """The turn-taking policy of every episode."""
 
-    policy: str = field(default="round_robin", metadata={"help": "round_robin (agent order), fixed (turn_taking.order), or addressed (the agent named in the last utterance speaks next, else round robin)"})
-    order: list[int] = field(default_factory=list, metadata={"help": "fixed: the speaking order as agent indices (e.g. [0, 2, 1]); every agent of an episode once"})
+    policy: str = field(
+        default="round_robin",
+        metadata={
+            "help": "round_robin (agent order), fixed (turn_taking.order), or addressed (the agent named in the last utterance speaks next, else round robin)"
+        },
+    )
+    order: list[int] = field(
+        default_factory=list, metadata={"help": "fixed: the speaking order as agent indices (e.g. [0, 2, 1]); every agent of an episode once"}
+    )
 
     def __post_init__(self) -> None:
         if self.policy not in TURN_POLICIES:
