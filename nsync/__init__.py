@@ -1,11 +1,29 @@
 """nsync: neural synchrony between socially interacting language models.
 
-Stages, each in its own subpackage:
+Stages, each in its own subpackage, in pipeline order: ``nsync.scenarios`` (SOTOPIA-format
+characters, scenarios, episodes), ``nsync.models`` (the offline model zoo), ``nsync.simulation``
+(episodes that record every layer's state), ``nsync.cache`` (the activation cache), ``nsync.data``
+(pairs, splits, the DataModule), ``nsync.probes`` (affine and MLP probes), ``nsync.fit`` (the fit
+loop, intervals, partition, results), ``nsync.judge`` and ``nsync.analysis`` (controls, social
+performance, reports); ``nsync.cli`` puts them behind one command.
 
-- ``nsync.scenarios``: SOTOPIA-format characters, scenarios and episodes (plus a built-in pack).
-- ``nsync.models``: the offline model zoo (short names, hub ids, local folders, ``.gguf`` files).
-- ``nsync.simulation``: episodes of two or more agents that record every layer's hidden state.
-- ``nsync.cache``: the layer-major activation cache those states go into.
+The public API (stable within a minor version; changed only after a deprecation warning and a
+line in CHANGELOG.md; the documentation's Python API page renders it):
+
+- cache: ``nsync.cache.ActivationCache``, ``CacheWriter``, ``ModelInfo``
+- data: ``nsync.data.DataConfig``, ``SynchronyDataModule``, ``make_split``
+- probes: ``nsync.probes.AffineProbe``, ``MLPProbe``, ``fit_ridge``, ``r2_from_sums``
+- fit: ``nsync.fit.FitConfig``, ``run_fit``, ``FitResult``, ``reusable_result``
+- simulation: ``nsync.simulation.SimulateConfig``, ``nsync.simulation.run.simulate``,
+  ``nsync.models.load_model``, ``nsync.scenarios.load_scenarios``
+- controls and judge: ``nsync.analysis.controls.ControlsConfig``, ``run_controls``,
+  ``nsync.judge.run.JudgeConfig``, ``judge_cache``
+- extension points: ``nsync.registry.Registry`` and the registries ``PROBE_TYPES``
+  (``nsync.fit.probe_types``), ``PAIRINGS`` (``nsync.data.pairs``), ``JUDGE_BACKENDS``
+  (``nsync.judge.backends``), ``MODEL_SOURCES`` (``nsync.models.zoo``)
+- every command's config keys (``nsync <command> --help``) and the ``results.json`` schema
+
+Everything else may change without notice.
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """experiments/cpu_study/study.py end to end on a tiny model: every stage, the report, resuming."""
 
 import json
+import sys
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
                    "By depth (mean over directions)", "Variance partition", "| own_past |", "| observer |", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size", "covers less than it says"):
         assert needle in results, needle
+    # the tables carry the fits' numbers, not just their headings: the main row of the first view
+    # holds its bias-corrected SyncR² and interval as results.json has them
+    main_fit = json.loads((tmp_path / "runs" / "tiny" / "tiny-llama" / "controls_chosen_alpha" / "main" / "results.json").read_text())
+    lo, hi = main_fit["sync_r2_ci95"]
+    first_view = results.split("**tiny-llama -> tiny-gemma3**", 1)[1].split("**tiny-gemma3 -> tiny-llama**", 1)[0]
+    main_row = next(line for line in first_view.splitlines() if line.startswith("| main |"))
+    assert f"{main_fit['sync_r2_bias_corrected']:.3f} [{lo:.3f}, {hi:.3f}] ({main_fit['sync_r2']:.3f})" in main_row, main_row
     for view, direction in (("tiny-llama -> tiny-gemma3", "A->B"), ("tiny-gemma3 -> tiny-llama", "B->A")):
         assert f"**{view}** (training pairs per direction: {direction} " in results, view
     runs = tmp_path / "runs" / "tiny"
@@ -99,7 +107,7 @@ def test_a_running_stage_writes_its_time_before_it_ends(tmp_path, monkeypatch):
     import time
 
     study = _study()
-    monkeypatch.setattr(study, "TIMING_FLUSH_S", 0.05)
+    monkeypatch.setattr(sys.modules["study_stages"], "TIMING_FLUSH_S", 0.05)  # the stages module beside study.py
     s = study.Study(study.StudyConfig(out=str(tmp_path)))
     (tmp_path / "timings.json").write_text(json.dumps({"tiny/simulate": 100.0}))  # an earlier session's time
 
