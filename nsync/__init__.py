@@ -12,7 +12,7 @@ line in CHANGELOG.md; the documentation's Python API page renders it):
 
 - cache: ``nsync.cache.ActivationCache``, ``CacheWriter``, ``ModelInfo``
 - data: ``nsync.data.DataConfig``, ``SynchronyDataModule``, ``make_split``
-- probes: ``nsync.probes.AffineProbe``, ``MLPProbe``, ``fit_ridge``, ``r2_from_sums``
+- probes: ``nsync.probes.AffineProbe``, ``MLPProbe``, ``ProbeResults``, ``fit_ridge``, ``r2_from_sums``
 - fit: ``nsync.fit.FitConfig``, ``run_fit``, ``FitResult``, ``reusable_result``
 - simulation: ``nsync.simulation.SimulateConfig``, ``nsync.simulation.run.simulate``,
   ``nsync.models.load_model``, ``nsync.scenarios.load_scenarios``

@@ -1,6 +1,8 @@
 """Synchrony vs social performance across pairs and episodes, and the report page."""
 
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ from nsync.analysis.performance import AnalysisConfig, analyse, correlations, pa
 from nsync.analysis.report import main as report_main
 from nsync.config import load_config
 from nsync.data.synthetic import write_synthetic_cache
-from nsync.fit import FitConfig, run_fit
+from nsync.fit import FitConfig, FitResult, run_fit
 from nsync.judge.rubric import DIMENSION_NAMES
 
 
@@ -73,7 +75,17 @@ def test_analysis_across_pairs_and_episodes(pairs, tmp_path):
     assert list(table.sync_r2) == sorted(table.sync_r2)  # the planted order
     assert table.runs_failed.tolist() == [1, 1, 1, 1]
     assert result["across_pairs"]["spearman"] == pytest.approx(1.0)
-    assert result["partial"]["covariate"] == "ifeval" and result["partial"]["r"] is not None
+    # each pair's SyncR² is its fit's, its social score the judge's mean overall over the runs that did not fail
+    for fit, row in zip(fits, table.itertuples(), strict=True):
+        assert row.sync_r2 == pytest.approx(FitResult.load(fit).sync_r2)
+        scores = pd.read_csv(Path(fit).parent / f"cache{fits.index(fit)}" / "judge" / "j" / "scores.csv")
+        assert row.social == pytest.approx(scores.loc[scores.status == "ok", "overall"].mean())
+    # the partial correlation against the textbook formula on the same three columns (a pair's covariate: its model's)
+    z = np.array([1.0, 3.0, 2.0, 5.0])
+    r = lambda a, b: np.corrcoef(a, b)[0, 1]
+    x, y = table.sync_r2.to_numpy(), table.social.to_numpy()
+    expected = (r(x, y) - r(x, z) * r(y, z)) / np.sqrt((1 - r(x, z) ** 2) * (1 - r(y, z) ** 2))
+    assert result["partial"]["covariate"] == "ifeval" and result["partial"]["r"] == pytest.approx(expected)
     assert result["across_episodes"]["n"] > 10
     for f in ("analysis.json", "sync_vs_social.png", "r2_by_layer_pairs.png", "episodes_sync_vs_social.png", "episodes.csv"):
         assert (tmp_path / "a" / f).exists()

@@ -43,7 +43,14 @@ def test_every_command_has_a_main():
 def test_cache_info_and_print_config(tmp_path, capsys):
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=4, turns=4, hidden=4, n_layers=1)
     main(["cache", "info", str(cache)])
-    assert "pairs at lag 1 per direction" in capsys.readouterr().out
+    # the pairs it reports, counted independently from the turns table: every utterance but a run's last has a next one
+    from nsync.cache import ActivationCache
+
+    turns = ActivationCache.open(cache).turns
+    speakers = turns[turns.condition == "interactive"].sort_values(["run_id", "utterance"])
+    last = speakers.groupby("run_id")["utterance"].transform("max")
+    counts = speakers[speakers.utterance < last].groupby("agent").size()
+    assert f"pairs at lag 1 per direction: A->B {counts[0]}, B->A {counts[1]}" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--print_config", f"data.cache={cache}", "out=x", "data.lag=2"])
     assert exit_.value.code == 0 and "lag: 2" in capsys.readouterr().out
@@ -54,6 +61,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
         main(["fit", f"data.cache={tmp_path / 'missing'}", "out=x", "data.lagg=2"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error:") and "Traceback" not in err
+    assert "data.lagg" in err and "data.lag" in err.split("did you mean", 1)[1]  # names the key and the nearest valid one
 
 
 EXE = shutil.which("nsync", path=f"{sys.prefix}/bin") or shutil.which("nsync")
@@ -63,7 +71,9 @@ EXE = shutil.which("nsync", path=f"{sys.prefix}/bin") or shutil.which("nsync")
 def test_console_script_is_installed():
     exe = EXE
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    assert "simulate" in out and "fit" in out
+    assert all(f"  {name}" in out for name in COMMANDS)
+    fit_help = subprocess.run([exe, "fit", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "data.exclude_flags" in fit_help and "usage: python -m nsync.fit" in fit_help
 
 
 def test_cache_export_and_import_hf_commands(tmp_path, capsys):
@@ -71,7 +81,20 @@ def test_cache_export_and_import_hf_commands(tmp_path, capsys):
     main(["cache", "export", str(cache), str(tmp_path / "hf"), "--format", "hf"])
     main(["cache", "import-hf", str(tmp_path / "hf"), str(tmp_path / "back")])
     out = capsys.readouterr().out
-    assert "load_from_disk" in out and f"wrote {tmp_path / 'back'}" in out and "12 runs" not in out
+    assert "load_from_disk" in out and f"wrote {tmp_path / 'back'}" in out
+    # the round trip gives the same cache, row for row
+    import numpy as np
+
+    from nsync.cache import ActivationCache
+
+    a, b = ActivationCache.open(cache), ActivationCache.open(tmp_path / "back")
+    columns = ["run_id", "utterance", "agent", "condition", "text"]
+    assert a.turns[columns].sort_values(columns[:4]).reset_index(drop=True).equals(b.turns[columns].sort_values(columns[:4]).reset_index(drop=True))
+    for layer in range(2):
+        rows_a = a.turns.sort_values(columns[:4])["row"].to_numpy()
+        rows_b = b.turns.sort_values(columns[:4])["row"].to_numpy()
+        model = a.simulated_models[0]
+        np.testing.assert_array_equal(a.states(model, layer=layer)[rows_a], b.states(model, layer=layer)[rows_b])
 
 
 def test_citation_file_names_this_version_and_the_paper():

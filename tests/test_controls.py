@@ -142,13 +142,13 @@ def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_pat
     dm = SynchronyDataModule(str(linear), direction="A->B")
     dm.setup()
     probe = fit_chunk(cfg, dm.for_sources([1]))
-    sums = dict(probe.results["episode_sums"])
+    sums = dict(probe.results.episode_sums)
     sums["sse"] = sums["sse"][:, 0]  # the one source layer
     assert sums["n"].sum() == dm.n("test") and len(sums["n"]) == len(set(dm.pairs.episode_id.iloc[dm.index["test"]]))
     ones = np.ones((1, dm.n_test_episodes))
-    np.testing.assert_allclose(replicate_r2(sums, ones)[0], probe.results["test_r2"].numpy(), atol=1e-9)
+    np.testing.assert_allclose(replicate_r2(sums, ones)[0], probe.results.test_r2.numpy(), atol=1e-9)
     merged = {k: v.sum(0, keepdim=True) for k, v in sums.items()}  # all test episodes as one
-    np.testing.assert_allclose(episode_r2(merged)[0], probe.results["test_r2"].numpy(), atol=1e-9)
+    np.testing.assert_allclose(episode_r2(merged)[0], probe.results.test_r2.numpy(), atol=1e-9)
     boot = EpisodeBootstrap(n_boot=50)
     w = boot.weights(dm.test_episodes)
     assert w.shape == (50, dm.n_test_episodes) and (w >= 0).all() and (w == np.round(w)).all()  # Poisson counts

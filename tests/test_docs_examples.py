@@ -39,7 +39,7 @@ def test_page_examples_run(page, quickstart_like, monkeypatch):
         assert QUICKSTART_CACHE in block or namespace, "an example outside the quickstart's cache needs its own fixture"
         exec(compile(block, f"{page}:python-block", "exec"), namespace)
     if page == "how-to/fit.md":  # what the example says it gives
-        assert tuple(namespace["probe"].results["test_r2"].shape) == (2, len(namespace["dm"].target_layers))
+        assert tuple(namespace["probe"].results.test_r2.shape) == (2, len(namespace["dm"].target_layers))
         assert namespace["w"].shape == (namespace["dm"].d_in, namespace["dm"].d_out)
 
 

@@ -75,10 +75,12 @@ def test_persona_and_scenario_splits_run(tmp_path, linear):
 
 def test_wandb_offline_run_and_refusing_to_overwrite(tmp_path, linear, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = load_config(FitConfig, [f"out={tmp_path / 'w'}", f"data.cache={linear}", "data.split_seeds=[0]", "progress=false",
                                    "partition.baselines=[own_past]"], prog="t")
     run_fit(cfg)
+    assert "WANDB_SILENT" not in os.environ  # quiet through the run's settings, not the process environment
     runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
     logged = next(runs[0].glob("*.wandb")).read_bytes()  # the offline run's records

@@ -24,6 +24,12 @@ def test_pipeline_runs_every_step_and_resumes(tmp_path, capsys):
     assert [p["pair"] for p in analysis["pairs"]] == ["tiny-llama x tiny-llama", "tiny-llama x tiny-qwen2",
                                                       "tiny-llama@untrained x tiny-llama@untrained"]
     assert analysis["across_pairs"]["n"] == 3
+    # a pair's SyncR² is the mean of its fits (a two-model pair: both ordered fits), as results.json holds them
+    from nsync.fit import FitResult
+
+    fits = {"tiny-llama x tiny-qwen2": [out / "tiny-llama__tiny-qwen2" / f"fit_{m}" for m in ("tiny-llama", "tiny-qwen2")]}
+    pair = next(p for p in analysis["pairs"] if p["pair"] == "tiny-llama x tiny-qwen2")
+    assert pair["sync_r2"] == pytest.approx(sum(FitResult.load(f).sync_r2 for f in fits[pair["pair"]]) / 2)
     assert (out / "tiny-llama__tiny-qwen2" / "fit_tiny-qwen2" / "results.json").exists()  # both ordered fits of a two-model pair
     page = (out / "report.html").read_text()
     assert "Synchrony and social performance" in page and "Judge scores" in page

@@ -7,7 +7,9 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 from torch.utils.data import DataLoader, TensorDataset
 
+from nsync.errors import warnings_once_per_run
 from nsync.probes import AffineProbe, LayerR2, RidgeSolution, RidgeStatistics, fit_ridge
+from nsync.probes.ridge import band_scales, choose_on_validation
 
 
 def _massive_data(n=3000, d=12, k=4, seed=0):
@@ -93,10 +95,10 @@ def test_affine_probe_lightning_matches_sklearn_per_target_layer():
         # Validation rows are scored with the fit on the training rows (what the target layer is chosen
         # on), then the probe is refitted on training plus validation rows.
         first = Ridge(alpha=0.1).fit(x[tr].astype(np.float64), y[tr, i])
-        assert probe.results["val_r2"][0, i].item() == pytest.approx(r2_score(y[va, i], first.predict(x[va].astype(np.float64))), abs=1e-4)
+        assert probe.results.val_r2[0, i].item() == pytest.approx(r2_score(y[va, i], first.predict(x[va].astype(np.float64))), abs=1e-4)
         ref = Ridge(alpha=0.1).fit(x[:1200].astype(np.float64), y[:1200, i])
         want = r2_score(y[te, i], ref.predict(x[te].astype(np.float64)))
-        assert probe.results["test_r2"][i].item() == pytest.approx(want, abs=1e-4)
+        assert probe.results.test_r2[i].item() == pytest.approx(want, abs=1e-4)
 
 
 def test_affine_probe_alpha_grid_picks_on_validation():
@@ -105,7 +107,7 @@ def test_affine_probe_alpha_grid_picks_on_validation():
     y = (x[:, :2] @ rng.normal(size=(2, 3)) + rng.normal(size=(300, 3)) * 2).astype(np.float32)[:, None]
     probe = AffineProbe(60, 3, 1, alphas=[1e-3, 1.0, 100.0, 1e5], x_shift=torch.zeros(60), y_shift=torch.zeros(3))
     _fit_probe(probe, x, y, slice(0, 150), slice(150, 220), slice(220, None))
-    scores = probe.results["val_r2_by_alpha"]
+    scores = probe.results.val_r2_by_alpha
     assert probe.alpha.item() == [1e-3, 1.0, 100.0, 1e5][int(scores.argmax())]
     assert probe.alpha.item() > 1e-3  # 60 inputs, 150 rows: the least regularised is not best
 
@@ -149,30 +151,47 @@ def test_affine_probe_over_several_source_layers_matches_sklearn_per_cell():
             assert alpha in (0.1, 30.0)
             ref = Ridge(alpha=alpha).fit(x[train, s].astype(np.float64), y[train, t].astype(np.float64))
             want = r2_score(y[te, t], ref.predict(x[te, s].astype(np.float64)))
-            assert probe.results["test_r2"][s, t].item() == pytest.approx(want, abs=1e-4)
+            assert probe.results.test_r2[s, t].item() == pytest.approx(want, abs=1e-4)
             w, b = probe.weights(s, t)
             np.testing.assert_allclose(w.numpy(), ref.coef_.T, atol=1e-4)
             np.testing.assert_allclose(probe(torch.tensor(x[te]))[:, s, t].numpy(), ref.predict(x[te, s].astype(np.float64)), atol=1e-2)
 
 
-def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog, monkeypatch):
+def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog):
     """States on a large scale (Gemma 3's reach ~3e4) need far larger alphas: when the grid's
     largest value wins most cells, the grid is too short and the fit says so."""
-    from nsync.probes import affine
+    from nsync.probes import ridge
 
-    monkeypatch.setattr(affine, "_WARNED", set())
     rising = torch.arange(3.0)[:, None, None].expand(3, 2, 4)  # validation R² rises with alpha in every cell
-    with caplog.at_level("WARNING", logger=affine.log.name):
-        affine.choose_alpha(rising, [1.0, 10.0, 100.0])
-        affine.choose_alpha(-rising, [1.0, 10.0, 100.0])
-        affine.choose_alpha(rising, [1.0, 10.0, 100.0])  # once per process
+    with caplog.at_level("WARNING", logger=ridge.log.name):
+        with warnings_once_per_run():
+            ridge.choose_alpha(rising, [1.0, 10.0, 100.0])
+            ridge.choose_alpha(-rising, [1.0, 10.0, 100.0])
+            ridge.choose_alpha(rising, [1.0, 10.0, 100.0])  # once per run
+        with warnings_once_per_run():  # the next run says it again
+            ridge.choose_alpha(rising, [1.0, 10.0, 100.0])
     assert [r.getMessage().split(")")[0] for r in caplog.records] == [
-        "the alpha grid's largest value (100", "the alpha grid's smallest value (1"]
+        "the alpha grid's largest value (100", "the alpha grid's smallest value (1", "the alpha grid's largest value (100"]
     caplog.clear()
-    monkeypatch.setattr(affine, "_WARNED", set())
     interior = torch.tensor([0.0, 1.0, 0.5])[:, None, None].expand(3, 2, 4)
-    affine.choose_alpha(interior, [1.0, 10.0, 100.0])
+    ridge.choose_alpha(interior, [1.0, 10.0, 100.0])
     assert not caplog.records
+
+
+def test_alpha_and_band_ratio_are_chosen_on_validation_r2_without_a_trainer():
+    """The choice AffineProbe makes at the end of validation, as a plain function of validation R²."""
+    nan = float("nan")
+    # [ratios 2, alphas 3, sources 1, targets 3]; target 2 has no R² at all (constant on the validation side)
+    by_ratio = torch.tensor([[[0.1, 0.6, nan], [0.4, 0.2, nan], [0.3, 0.1, nan]],
+                             [[0.5, 0.1, nan], [0.2, 0.3, nan], [0.1, 0.7, nan]]], dtype=torch.float64)[:, :, None, :]
+    choice = choose_on_validation(by_ratio, [1.0, 10.0, 100.0])
+    # target 0: alpha 1 at its best ratio (0.5) beats 10 (0.4) and 100 (0.3); target 1: alpha 100 at ratio 2 (0.7)
+    torch.testing.assert_close(choice.val_r2_by_alpha[:, 0, :2], torch.tensor([[0.5, 0.6], [0.4, 0.3], [0.3, 0.7]], dtype=torch.float64))
+    assert choice.alpha[0, :2].tolist() == [1.0, 100.0] and torch.isnan(choice.alpha[0, 2])
+    assert choice.ratio_index[0, :2].tolist() == [1, 1]
+    assert choice.val_r2[0, :2].tolist() == [0.5, 0.7] and torch.isnan(choice.val_r2[0, 2])
+    # one alpha per source layer: the best mean over target layers (0.55 for alpha 1, 0.5 for 100)
+    assert choose_on_validation(by_ratio, [1.0, 10.0, 100.0], per="source").alpha[0].tolist() == [1.0, 1.0, 1.0]
 
 
 def _banded_reference(x, b, y, alpha, band_penalty):
@@ -208,11 +227,11 @@ def test_banded_affine_probe_matches_a_float64_solve_and_himalaya():
         val = {(r, a): r2_score(y[va, t], np.concatenate([x[va], b[va]], 1) @ w + c)
                for r in ratios for a in alphas for w, c in [_banded_reference(x[tr], b[tr], y[tr, t], a, a * r / g2)]}
         best_r, best_a = max(val, key=val.get)
-        assert probe.results["ratio"][0, t].item() == best_r and probe.alpha[0, t].item() == best_a
+        assert probe.results.ratio[0, t].item() == best_r and probe.alpha[0, t].item() == best_a
         # refitted on fitting plus validation rows with those penalties
         g2_all = _equalise(x[:700].astype(np.float64), b[:700].astype(np.float64))
         w, c = _banded_reference(x[:700], b[:700], y[:700, t], best_a, best_a * best_r / g2_all)
-        assert probe.results["test_r2"][t].item() == pytest.approx(r2_score(y[te, t], z[te] @ w + c), abs=1e-6)  # float32 targets
+        assert probe.results.test_r2[t].item() == pytest.approx(r2_score(y[te, t], z[te] @ w + c), abs=1e-6)  # float32 targets
         pw, pb = probe.weights(0, t)
         np.testing.assert_allclose(pw.numpy(), w, rtol=1e-6, atol=1e-8)
         # himalaya's banded ridge (feature spaces scaled by gamma, unit penalty: penalty alpha / gamma) agrees
@@ -235,9 +254,19 @@ def test_banded_probe_with_one_target_layer_and_standardised_inputs(scale):
     probe = AffineProbe(8, 2, 1, alphas=[1.0, 10.0], scale=scale, x_shift=torch.tensor(z[:250]).double().mean(0),
                         y_shift=torch.tensor(y[:250]).double().mean(0), band_start=5, band_ratios=[0.1, 10.0])
     _fit_probe(probe, z, y, slice(0, 250), slice(250, 320), slice(320, None))
-    assert probe.results["test_r2"].item() > 0.5 and probe.results["ratio"].shape == (1, 1)
+    assert probe.results.test_r2.item() > 0.5 and probe.results.ratio.shape == (1, 1)
     if scale:  # standardised columns: the band's total variance is its width, 3 against the source's 5
         stats = RidgeStatistics(torch.tensor(z[:250]).double().mean(0), torch.zeros(2, dtype=torch.float64))
         stats.update(torch.tensor(z[:250]), torch.tensor(y[:250, 0]))
-        scales = probe._band_scales(stats)
+        scales = band_scales(stats, 5, probe.ratios, standardised=True)
         assert scales[0][0, 5].item() == pytest.approx((5 / 3) ** 0.5 / 0.1**0.5)
+
+
+def test_probe_results_read_like_the_old_dict_with_a_deprecation_warning():
+    from nsync.probes import ProbeResults
+
+    results = ProbeResults(test_r2=torch.ones(2))
+    with pytest.warns(DeprecationWarning, match=r"use probe\.results\.test_r2"):
+        assert results["test_r2"] is results.test_r2
+    with pytest.warns(DeprecationWarning), pytest.raises(KeyError):  # not set: as a missing key was
+        results["alpha"]

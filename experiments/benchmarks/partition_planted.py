@@ -1,4 +1,4 @@
-"""Variance partitioning on planted caches with a known answer (the README's recovery table).
+"""Variance partitioning on planted caches with a known answer (the table on docs/concepts/partition.md).
 
     python experiments/benchmarks/partition_planted.py [--out runs/partition_planted]
 

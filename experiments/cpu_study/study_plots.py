@@ -12,10 +12,9 @@ import pandas as pd
 
 def draw(docs: Path, record: dict, found: dict) -> tuple[list[Path], list[str]]:
     """The PNGs from each view's plot numbers (live or recorded), and lines that say what they show."""
-    import matplotlib
+    from nsync.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from nsync.fit.plots import plot_layer_profile
 
@@ -63,7 +62,9 @@ def draw(docs: Path, record: dict, found: dict) -> tuple[list[Path], list[str]]:
 def _partition_plots(docs: Path, found: dict) -> list[Path]:
     """unique_profile.png (one panel per baseline: the unique share by source layer depth, a line
     per view and direction) and time_course.png (one panel per view), from the views' numbers."""
-    import matplotlib.pyplot as plt
+    from nsync.plotting import pyplot
+
+    plt = pyplot()
 
     from nsync.fit.plots import save_figure
 

@@ -29,7 +29,7 @@ def _ci(lo, hi) -> str:
 
 
 class Report:
-    """results.md, the PNGs under docs, and README's block, from whatever stages are finished."""
+    """results.md and the PNGs under docs, from whatever stages are finished."""
 
     def __init__(self, cfg: StudyConfig, timings: dict[str, float]):
         self.cfg, self.timings = cfg, timings

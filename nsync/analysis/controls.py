@@ -24,6 +24,7 @@ from nsync.data.pairs import DIRECTIONS
 from nsync.errors import NsyncError
 from nsync.fit.config import FitConfig
 from nsync.fit.results import FitResult
+from nsync.plotting import pyplot
 
 log = logging.getLogger("nsync.controls")
 
@@ -350,10 +351,7 @@ def read_controls(table: pd.DataFrame) -> str:
 def plot_controls(table: pd.DataFrame, path: Path) -> Path:
     """Grouped bars: per run, SyncR² of each dyad direction and of both (with its 95% CI); with agent-pair
     directions, the mean over pairs only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     done = table[table["sync_r2"].notna()].reset_index(drop=True)
     directions = [d for d in DIRECTIONS if f"sync_r2_{d}" in done.columns]
@@ -384,10 +382,7 @@ def plot_controls(table: pd.DataFrame, path: Path) -> Path:
 
 def plot_lag_curve(table: pd.DataFrame, lag_runs: dict[int, tuple[str, FitResult]], path: Path) -> Path:
     """SyncR² against the lag k (partner's utterance t+k), with 95% intervals over episodes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     by_name = table.set_index("control")
     ks = sorted(lag_runs)

@@ -23,6 +23,7 @@ from omegaconf import MISSING
 
 from nsync.errors import NsyncError
 from nsync.fit.results import FitResult
+from nsync.plotting import pyplot
 
 log = logging.getLogger("nsync.analysis")
 
@@ -158,10 +159,7 @@ def partial_correlation(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict:
 
 def scatter(df: pd.DataFrame, x: str, y: str, label: str | None, path: Path, title: str) -> Path:
     """Scatter with the least-squares line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     d = df.dropna(subset=[x, y])
@@ -188,10 +186,7 @@ def scatter(df: pd.DataFrame, x: str, y: str, label: str | None, path: Path, tit
 def plot_layers_by_pair(pairs: pd.DataFrame, path: Path) -> Path:
     """Best-target test R² by source layer for every model pair (mean over its fits and
     directions), against relative depth so models with different layer counts line up."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in pairs.itertuples():

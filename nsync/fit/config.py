@@ -137,8 +137,10 @@ class FitConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        from nsync.fit.probe_types import PROBE_TYPES  # here: the probe types import this module's users
-        from nsync.probes.affine import ALPHA_CHOICES
+        # Here, not at the top: the registry brings Lightning, and --help must not. One way only:
+        # the probe types never import this module.
+        from nsync.fit.probe_types import PROBE_TYPES
+        from nsync.probes.ridge import ALPHA_CHOICES
 
         if self.probe not in PROBE_TYPES:
             raise NsyncError(f"probe must be one of {PROBE_TYPES.names()}, got '{self.probe}'")

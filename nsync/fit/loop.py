@@ -4,6 +4,7 @@ directions into a :class:`~nsync.fit.results.FitResult`, and write the run folde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -11,6 +12,7 @@ import hashlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from nsync.data import SynchronyDataModule
 from nsync.data.bands import Baseline
 from nsync.data.datamodule import TooFewForValidation
 from nsync.data.pairs import NoPairsError
-from nsync.errors import NsyncError
+from nsync.errors import NsyncError, warnings_once_per_run
 from nsync.fit import bootstrap as boot
 from nsync.fit import partition as part
 from nsync.fit import surrogates as sur
@@ -32,17 +34,35 @@ from nsync.fit.config import FitConfig, fingerprint, resolve_out
 from nsync.fit.probe_types import PROBE_TYPES
 from nsync.fit.results import SCHEMA_VERSION, BootstrapInfo, FitResult, choose_targets, nan_to_none, summarise_direction
 from nsync.probes.cka import debiased_cka
+from nsync.probes.metrics import ProbeResults
 
 log = logging.getLogger("nsync.fit")
 #: Below this many test episodes the episode bootstrap under-covers (see nsync.fit.bootstrap).
 MIN_TEST_EPISODES = 20
-# One Trainer per chunk of source layers: keep Lightning's per-Trainer banners and the
-# closed-form probe's "no optimizer" notice out of the output.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=".*Total length of .DataLoader. across ranks is zero.*")  # no validation part
+#: Lightning warnings that every chunk's Trainer would repeat and that say nothing about the fit.
+LIGHTNING_NOISE = (
+    ".*configure_optimizers. returned .None.",  # the closed-form probe has no optimiser
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*does not have many workers.*",
+    ".*Total length of .DataLoader. across ranks is zero.*",  # no validation part
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Around the Trainers of a fit (one per chunk of source layers): Lightning's per-Trainer
+    banners and :data:`LIGHTNING_NOISE` stay out of the output. Scoped, so importing nsync
+    changes no warning filter or logger level of the user's process."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            for message in LIGHTNING_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        lightning_log.setLevel(level)
 
 
 @dataclass
@@ -100,7 +120,8 @@ def _trainer(cfg: FitConfig, logger, max_epochs: int = 1, callbacks: list | None
 def fit_chunk(cfg: FitConfig, dm: SynchronyDataModule, logger=None, log_prefix: str = ""):
     """Fit and test one probe of type ``cfg.probe`` from the source layers ``dm`` serves to every
     target layer; returns the tested probe."""
-    return PROBE_TYPES.get(cfg.probe)().fit(cfg, dm, functools.partial(_trainer, cfg, logger), log_prefix)
+    with quiet_lightning():
+        return PROBE_TYPES.get(cfg.probe)().fit(cfg, dm, functools.partial(_trainer, cfg, logger), log_prefix)
 
 
 def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None) -> DirectionFit:
@@ -145,21 +166,23 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     for chunk in source_chunks(cfg, dm):
         prefix = f"{key}/seed_{seed}/" + (f"{dm.source_layer_names[chunk[0]]}/" if len(chunk) == 1 and len(dm.source_layers) > 1 else "")
         probe = fit_chunk(cfg, dm.for_sources(chunk), logger, prefix)
-        res = probe.results
-        r2[chunk] = res["test_r2"].reshape(len(chunk), n_tgt).numpy()
-        r2w[chunk] = res["test_r2_weighted"].reshape(len(chunk), n_tgt).numpy()
-        if "alpha" in res:
-            alpha[chunk], has_alpha = res["alpha"].numpy(), True
-        if val_r2 is not None and "val_r2" not in res:  # a probe type without one (docs/extending.md's baseline)
+        res: ProbeResults = probe.results
+        if res.test_r2 is None or res.test_r2_weighted is None or res.episode_sums is None:
+            raise NsyncError(f"probe type '{cfg.probe}' returned a probe without test results: its fit must run trainer.test")
+        r2[chunk] = res.test_r2.reshape(len(chunk), n_tgt).numpy()
+        r2w[chunk] = res.test_r2_weighted.reshape(len(chunk), n_tgt).numpy()
+        if res.alpha is not None:
+            alpha[chunk], has_alpha = res.alpha.numpy(), True
+        if val_r2 is not None and res.val_r2 is None:  # a probe type without one (docs/extending.md's baseline)
             log.warning(
-                "probe type '%s' reports no validation R² (results['val_r2']): target layers are chosen on the test R² (target_choice=test)",
+                "probe type '%s' reports no validation R² (results.val_r2): target layers are chosen on the test R² (target_choice=test)",
                 cfg.probe,
             )
             val_r2, perms, null_sync = None, None, []  # no surrogates for targets picked on the test side
-        if val_r2 is not None:
-            val_r2[chunk] = res["val_r2"].reshape(len(chunk), n_tgt).numpy()
+        if val_r2 is not None and res.val_r2 is not None:
+            val_r2[chunk] = res.val_r2.reshape(len(chunk), n_tgt).numpy()
         chosen = choose_targets(r2[chunk], None if val_r2 is None else val_r2[chunk])
-        sums = res["episode_sums"]
+        sums = res.episode_sums
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
         valid = boot.valid_dims(sums)
@@ -452,12 +475,13 @@ def run_fit(cfg: FitConfig) -> FitResult:
     logger = make_logger(cfg, out, _model_pair(cfg))
     fits, skipped = [], {}
     bar = tqdm(total=None, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress or rank_zero_only.rank != 0)  # type: ignore[attr-defined]  # rank: set on the function at runtime
-    for seed, direction in plan(cfg):
-        try:
-            fits.append(fit_direction(cfg, seed, direction, logger, bar))
-        except NoPairsError as err:  # e.g. B->A at lag 5 in 6-utterance runs: the other direction still counts
-            skipped[direction] = str(err)
-            log.warning("skipping %s: %s", direction, err)
+    with warnings_once_per_run():  # every chunk, seed and direction meets the same conditions: say each once
+        for seed, direction in plan(cfg):
+            try:
+                fits.append(fit_direction(cfg, seed, direction, logger, bar))
+            except NoPairsError as err:  # e.g. B->A at lag 5 in 6-utterance runs: the other direction still counts
+                skipped[direction] = str(err)
+                log.warning("skipping %s: %s", direction, err)
     bar.close()
     if not fits:
         raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from nsync.probes.metrics import ProbeResults
 
 #: The shares reported per baseline, in this order.
 QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
@@ -69,7 +73,7 @@ def fit_chunk_shares(
     dm,
     chunk: list[int],
     bands: list[torch.Tensor],
-    source_res: dict,
+    source_res: ProbeResults,
     fit_probe,
     replicate_r2,
     n_boot: int,
@@ -187,14 +191,14 @@ def _sse(base: dict, i: int) -> torch.Tensor:
     return sse[:, 0] if sse.shape[1] == 1 else sse[:, i]
 
 
-def _results(res: dict, n_sources: int, n_tgt: int) -> dict:
-    """A probe's results as numpy matrices ``[sources, targets]`` plus its per-episode sums."""
-    val = res.get("val_r2")
+def _results(res: ProbeResults, n_sources: int, n_tgt: int) -> dict:
+    """A tested probe's results as numpy matrices ``[sources, targets]`` plus its per-episode sums."""
+    assert res.test_r2 is not None and res.episode_sums is not None  # set by the test stage of every (affine) probe
     return {
-        "test_r2": res["test_r2"].reshape(n_sources, n_tgt).numpy(),
-        "val_r2": None if val is None else val.reshape(n_sources, n_tgt).numpy(),
-        "ratio": None if "ratio" not in res else res["ratio"].reshape(n_sources, n_tgt).numpy(),
-        "sums": res["episode_sums"],
+        "test_r2": res.test_r2.reshape(n_sources, n_tgt).numpy(),
+        "val_r2": None if res.val_r2 is None else res.val_r2.reshape(n_sources, n_tgt).numpy(),
+        "ratio": None if res.ratio is None else res.ratio.reshape(n_sources, n_tgt).numpy(),
+        "sums": res.episode_sums,
     }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from nsync.fit.results import FitResult, layer_profile, modal_target
+from nsync.plotting import pyplot
 
 #: Heatmaps clip R² below this floor (stated on the colour bar): one cell at -7 would otherwise
 #: set the scale and hide everything between 0 and 0.5.
@@ -29,10 +30,7 @@ def _ticks(ax, axis: str, names: list[str], max_ticks: int = 16) -> None:
 
 def plot_results(result: FitResult, out: Path) -> list[Path]:
     """``r2_by_layer.png`` and ``heatmap_<direction>.png``; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
     src_names = result.source_layer_names
@@ -78,7 +76,7 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
 
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write (120 dpi) and close a figure; returns its path."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -97,7 +95,7 @@ def _safe(name: str) -> str:
 
 def _heatmap(matrix: np.ndarray, result: FitResult, title: str, label: str, path: Path) -> Path:
     """A source x target layer heatmap, values below :data:`HEATMAP_FLOOR` drawn at the floor."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     finite = matrix[np.isfinite(matrix)]
     top = max(float(finite.max()) if finite.size else 0.0, 0.05)
@@ -119,7 +117,7 @@ def plot_partition(result: FitResult, path: Path) -> Path:
     alone, the baseline alone and both, and the source's unique share, at each source layer's
     chosen target (mean over split seeds), per direction; the unique SyncR² and its interval in
     the panel's title."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(result.partition)
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
@@ -154,7 +152,7 @@ def plot_partition(result: FitResult, path: Path) -> Path:
 def plot_time_course(result: FitResult, path: Path) -> Path:
     """SyncR² (solid) and each baseline's unique share (dashed) by source utterance index, per
     direction, with 95% intervals over episodes: does synchrony grow as a conversation goes on?"""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
 
@@ -183,10 +181,7 @@ def plot_time_course(result: FitResult, path: Path) -> Path:
 def plot_agent_matrix(result: FitResult, path: Path) -> Path:
     """SyncR² of every ordered agent pair (source agent -> target agent) as an N x N heatmap,
     each cell labelled; the average over pairs in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     matrix = result.agent_matrix().to_numpy()
     n = len(matrix)
@@ -212,10 +207,7 @@ def plot_layer_profile(results: dict[str, FitResult | pd.DataFrame], path: Path)
     """Best-target R² (and that target's depth) against the source layer's relative depth, one
     line per run and direction: models of different depths on one axis. A run is its
     ``FitResult`` or its ``layer_profile`` table (what a report kept of it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_r2, ax_depth) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, result in results.items():

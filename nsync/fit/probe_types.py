@@ -3,13 +3,17 @@
 ``probe=NAME`` in the fit config picks a registered :class:`ProbeType`; the fit loop only calls
 its three methods, so a new probe is one class plus ``@PROBE_TYPES.register("name")``
 (``docs/extending.md``). The module it returns must meet the test contract of
-:class:`nsync.probes.metrics.TestR2Mixin`: after ``trainer.test`` its ``results`` holds
-``test_r2`` and ``test_r2_weighted`` (``[sources * targets]``, source-major) and ``episode_sums``
-(per test episode ``n``, ``s1``, ``s2`` and ``sse`` ``[episodes, sources, targets, dims]``); optional:
-``alpha`` (``[sources, targets]``, reported), ``val_r2`` (``[sources, targets]``, validation R²:
-with ``target_choice=validation`` each source layer's target layer is chosen on it) and
-``weights(source, target) -> (W, b)`` (saved).
+:class:`nsync.probes.metrics.TestR2Mixin`: after ``trainer.test`` its ``results``
+(:class:`nsync.probes.metrics.ProbeResults`) hold ``test_r2`` and ``test_r2_weighted``
+(``[sources * targets]``, source-major) and ``episode_sums`` (per test episode ``n``, ``s1``, ``s2``
+and ``sse`` ``[episodes, sources, targets, dims]``); optional: ``alpha`` (``[sources, targets]``,
+reported), ``val_r2`` (``[sources, targets]``, validation R²: with ``target_choice=validation``
+each source layer's target layer is chosen on it) and ``weights(source, target) -> (W, b)`` (saved).
 Options of a new probe type go in ``probe_options`` (a free-form mapping).
+
+Each method gets the run's :class:`nsync.fit.config.FitConfig` as ``cfg``. This module does not
+import it, not even for type checking: the config checks ``probe=`` against :data:`PROBE_TYPES`
+when it is loaded, so the import goes from the config to here only.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
@@ -29,7 +33,9 @@ if TYPE_CHECKING:
     import lightning as L
 
     from nsync.data import SynchronyDataModule
-    from nsync.fit.config import FitConfig
+
+#: Stands for ``nsync.fit.config.FitConfig`` in the annotations below (see the module's docstring).
+FitConfig: TypeAlias = Any
 
 
 class ProbeType(Protocol):
@@ -130,7 +136,7 @@ class MLP:
         dm = with_batch_size(dm, m.batch_size)
         run.fit(probe, datamodule=dm)
         best.restore(probe)
-        probe.results["val_r2"] = probe.val_r2_by_target.detach().cpu().clone()  # the best epoch's, on the CPU
+        probe.results.val_r2 = probe.val_r2_by_target.detach().cpu().clone()  # the best epoch's, on the CPU
         run.test(probe, datamodule=dm, verbose=False)
         return probe
 

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nsync.errors import warn_once
+
 log = logging.getLogger("nsync.fit")
-_WARNED: set[str] = set()  # once per process
 
 
 def permutations(test_pairs: pd.DataFrame, n: int, kind: str = "pseudo_dyad", seed: int = 0) -> np.ndarray:
@@ -157,9 +158,10 @@ def unique_nulls(
         # Fitted on training and test rows together: on training rows alone (or test rows alone) the
         # split kept some of the baseline in the residual, and planted nulls came out at 9-10% for 5%.
         fit_rows = torch.cat([train_rows, test_rows])
-        if b.shape[1] > len(fit_rows) // 2 and not _WARNED:
-            _WARNED.add("wide")
-            log.warning(
+        if b.shape[1] > len(fit_rows) // 2:
+            warn_once(
+                log,
+                "wide_baseline",
                 "the baseline has %d columns for %d rows: the source's residual on it is small, and the unique share's surrogate p-value loses power",
                 b.shape[1],
                 len(fit_rows),

@@ -17,11 +17,16 @@ def make_logger(cfg: FitConfig, out: Path, model_pair: str):
     """A ``WandbLogger`` grouped by model pair, offline unless a key is set; None with ``logger.kind=none``."""
     if cfg.logger.kind == "none":
         return None
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     offline = cfg.logger.mode == "offline" or (cfg.logger.mode == "auto" and not os.environ.get("WANDB_API_KEY"))
-    os.environ.setdefault("WANDB_SILENT", "true")
-    logger = WandbLogger(project=cfg.logger.project, group=model_pair, name=out.name, save_dir=str(out), offline=offline, job_type=cfg.probe)
+    # Quiet by default, through this run's settings (not the process environment); a WANDB_SILENT
+    # the user set is theirs to keep.
+    settings = wandb.Settings() if "WANDB_SILENT" in os.environ else wandb.Settings(silent=True)
+    logger = WandbLogger(
+        project=cfg.logger.project, group=model_pair, name=out.name, save_dir=str(out), offline=offline, job_type=cfg.probe, settings=settings
+    )
     logger.log_hyperparams(to_dict(cfg))
     return logger
 

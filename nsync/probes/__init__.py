@@ -7,9 +7,9 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "affine": ["AffineProbe", "choose_alpha"],
-        "metrics": ["LayerR2", "TestR2Mixin", "r2_from_sums"],
+        "affine": ["AffineProbe"],
+        "metrics": ["LayerR2", "ProbeResults", "TestR2Mixin", "r2_from_sums"],
         "mlp": ["MLP", "MLPProbe"],
-        "ridge": ["RidgeSolution", "RidgeStatistics", "fit_ridge"],
+        "ridge": ["RidgeSolution", "RidgeStatistics", "choose_alpha", "choose_on_validation", "fit_ridge"],
     },
 )

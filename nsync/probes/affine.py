@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import lightning as L
@@ -10,10 +9,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from nsync.probes.metrics import LayerR2, TestR2Mixin
-from nsync.probes.ridge import RidgeSolution, RidgeStatistics
-
-log = logging.getLogger("nsync.probes")
-ALPHA_CHOICES = ("cell", "source")
+from nsync.probes.ridge import ALPHA_CHOICES, RidgeSolution, RidgeStatistics, band_scales, choose_on_validation
 
 
 class AffineProbe(TestR2Mixin, L.LightningModule):
@@ -30,7 +26,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
     (``alpha_per="cell"``; ``"source"``: one per source layer from the mean over target layers),
     all from one eigendecomposition per source. With validation data (an alpha grid, or a target
     layer chosen on validation episodes) the validation R² at the chosen alpha is in
-    ``results["val_r2"]`` ``[n_sources, n_targets]`` and the final solution is refitted on training
+    ``results.val_r2`` ``[n_sources, n_targets]`` and the final solution is refitted on training
     plus validation data. Chosen alphas are in :attr:`alpha` ``[n_sources, n_targets]`` (NaN where a
     target layer has no variance on the validation side: nothing to choose from).
 
@@ -78,11 +74,10 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self.ratios = [float(r) for r in band_ratios] if band_start is not None else [1.0]
         # Position in self.ratios of each cell's band penalty ratio (banded ridge; 0 otherwise).
         self.register_buffer("ratio_index", torch.zeros((n_sources, n_targets), dtype=torch.int64))
-        self.make_test_metric(n_targets, d_out, n_sources)
+        self.make_test_metric(n_targets, d_out, n_sources)  # and self.results
         self._train_stats: RidgeStatistics | None = None
         self._val_stats: RidgeStatistics | None = None
         self._solutions: list[RidgeSolution] = []  # one per band penalty ratio
-        self.results: dict[str, torch.Tensor] = {}
 
     @property
     def _solution(self) -> RidgeSolution | None:
@@ -146,29 +141,9 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             stats.load([self.trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
         return stats
 
-    def _band_scales(self, stats: RidgeStatistics) -> list[torch.Tensor | None]:
-        """Column scales of each band penalty ratio ``r``: the baseline band's columns (from
-        ``band_start`` on) first brought to the source band's total variance on the training rows
-        (bands differ in size and scale by orders of magnitude), then divided by ``sqrt(r)``."""
-        start = self.hparams.band_start
-        if start is None:
-            return [None]
-        mx = stats.sx / stats.n
-        var = torch.diagonal(stats.sxx, dim1=1, dim2=2) - stats.n * mx**2  # [S, d] centred sums of squares
-        if self.hparams.scale:  # columns are standardised first: each band's total variance is its width
-            var = (var > 0).to(var.dtype)
-        source, band = var[:, :start].sum(1), var[:, start:].sum(1)
-        equalise = torch.sqrt(source / torch.where(band > 0, band, torch.ones_like(band)))  # [S]
-        scales: list[torch.Tensor | None] = []
-        for r in self.ratios:
-            scale = torch.ones_like(var)
-            scale[:, start:] = (equalise / r**0.5)[:, None]
-            scales.append(scale)
-        return scales
-
     def _set_solution(self, stats: RidgeStatistics, keep_stats: bool) -> None:
         self._solutions = []  # free the previous ones first: they are as large as the new ones
-        for scale in self._band_scales(stats):
+        for scale in band_scales(stats, self.hparams.band_start, self.ratios, self.hparams.scale):
             first = self._solutions[0] if self._solutions else None
             self._solutions.append(
                 RidgeSolution(
@@ -236,22 +211,18 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         hp = self.hparams
         uniform, _ = self.val_r2.compute()
         by_ratio = uniform.reshape(len(self.ratios), len(self.alphas), hp.n_sources, hp.n_targets)  # [ratios, alphas, sources, targets]
-        scores = torch.nan_to_num(by_ratio, nan=-torch.inf).amax(0)  # each alpha at its best band ratio
-        scores = torch.where(torch.isinf(scores), torch.nan, scores)
-        self.results["val_r2_by_alpha"] = scores.cpu()
-        self.alpha.copy_(choose_alpha(scores, self.alphas, hp.alpha_per))
-        grid = torch.tensor(self.alphas, dtype=torch.float64, device=self.alpha.device)
-        chosen = (torch.nan_to_num(self.alpha, nan=self.alphas[0])[None] == grid[:, None, None]).to(torch.int64).argmax(0)  # [S, T]
-        if len(self.ratios) > 1:  # the band penalty ratio that gave each cell's chosen alpha its score
-            at_alpha = by_ratio.gather(1, chosen[None, None].expand(len(self.ratios), 1, -1, -1)).squeeze(1)  # [ratios, S, T]
-            self.ratio_index.copy_(torch.nan_to_num(at_alpha, nan=-torch.inf).argmax(0))
+        choice = choose_on_validation(by_ratio, self.alphas, hp.alpha_per)
+        self.alpha.copy_(choice.alpha)
+        self.ratio_index.copy_(choice.ratio_index)
+        scores = self.results.val_r2_by_alpha = choice.val_r2_by_alpha
         if hp.band_start is not None:
-            self.results["ratio"] = torch.tensor(self.ratios, dtype=torch.float64)[self.ratio_index.cpu()]
+            self.results.ratio = torch.tensor(self.ratios, dtype=torch.float64)[choice.ratio_index]
         # Validation R² at each cell's chosen alpha: what the fit chooses each source's target layer on.
-        self.results["val_r2"] = torch.where(torch.isnan(self.alpha), torch.nan, scores.gather(0, chosen[None])[0]).cpu()
+        self.results.val_r2 = choice.val_r2
         best = torch.nan_to_num(scores, nan=-torch.inf).amax(0)
         if torch.isfinite(best).any():
-            self.log(f"{hp.log_prefix}val/r2", best[torch.isfinite(best)].mean().float(), sync_dist=True)
+            # On the module's device: sync_dist reduces it with the process group's backend (NCCL on GPUs).
+            self.log(f"{hp.log_prefix}val/r2", best[torch.isfinite(best)].mean().float().to(self.device), sync_dist=True)
         # Refit on the whole training side (fitting plus validation rows) with the chosen alphas.
         full = self._train_stats
         assert full is not None  # kept for this refit by _solve(validating=True)
@@ -268,69 +239,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             raise ValueError(f"an alpha grid {self.alphas} is chosen on validation data, and there was none; set a validation share")
         self._solve(validating=False)  # when there was no validation data
         self._train_stats = None
-        self.results["alpha"] = self.alpha.cpu().clone()
-
-
-#: Warnings already given, once per process (choose_alpha runs once per chunk of source layers,
-#: and each chunk would repeat them): ("no_alpha", target layer positions), ("edge", "largest"/"smallest").
-_WARNED: set[tuple] = set()
-
-
-def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -> torch.Tensor:
-    """``[sources, targets]`` alphas from validation R² ``[alphas, sources, targets]``.
-
-    ``per="cell"``: the best alpha of every (source, target layer) cell; a cell whose target
-    layer has no R² for any alpha (no variance on the validation side) gets NaN and a warning,
-    never the first alpha by default. ``per="source"``: the best mean over target layers (NaN
-    layers left out) for each source layer.
-
-    >>> s = torch.tensor([[[0.1, float("nan")]], [[0.3, float("nan")]]])   # 2 alphas, 1 source, 2 targets
-    >>> choose_alpha(s, [1.0, 10.0]).tolist()
-    [[10.0, nan]]
-    """
-    a = torch.tensor(alphas, dtype=torch.float64)
-    n_alphas, n_sources, n_targets = scores.shape
-    if per == "source":
-        mean = scores.nanmean(2)  # [alphas, sources]
-        if torch.isnan(mean).all(0).any():
-            raise ValueError(
-                "no target layer has a validation R² for some source layer: no alpha can be chosen "
-                "(the validation targets do not vary; give more validation data)"
-            )
-        return a[torch.nan_to_num(mean, nan=-torch.inf).argmax(0)][:, None].expand(n_sources, n_targets).clone()
-    chosen = a[torch.nan_to_num(scores, nan=-torch.inf).argmax(0)]
-    empty = torch.isnan(scores).all(0)
-    if empty.any():
-        layers = tuple(sorted(set(torch.nonzero(empty)[:, 1].tolist())))
-        if ("no_alpha", layers) not in _WARNED:
-            _WARNED.add(("no_alpha", layers))
-            log.warning(
-                "target layer positions %s have no validation R² for any alpha (constant on the validation side, e.g. "
-                "the embedding at the last prompt token): no alpha chosen there, and their test R² is undefined",
-                list(layers),
-            )
-        chosen[empty] = float("nan")
-    _warn_at_grid_edge(chosen, alphas)
-    return chosen
-
-
-def _warn_at_grid_edge(chosen: torch.Tensor, alphas: list[float], share: float = 0.25) -> None:
-    """Warn when the grid's largest (or smallest) alpha wins in more than ``share`` of the cells:
-    the best alpha probably lies beyond the grid (ridge alpha scales with the states' variance)."""
-    finite = chosen[torch.isfinite(chosen)]
-    if len(alphas) < 2 or finite.numel() == 0:
-        return
-    for edge, value, fix in (("largest", max(alphas), "upward (or set affine.scale=true)"), ("smallest", min(alphas), "downward")):
-        at_edge = float((finite == value).double().mean())
-        if at_edge > share and ("edge", edge) not in _WARNED:
-            _WARNED.add(("edge", edge))
-            log.warning(
-                "the alpha grid's %s value (%g) was chosen in %.0f%% of the cells: the best alpha may lie beyond the grid; extend affine.alphas %s",
-                edge,
-                value,
-                100 * at_edge,
-                fix,
-            )
+        self.results.alpha = self.alpha.cpu().clone()
 
 
 class SumsDDPStrategy(DDPStrategy):

@@ -8,7 +8,9 @@ ranks and episodes, so R² of any union or re-weighting of episodes follows from
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -136,23 +138,57 @@ class LayerR2(Metric):
             return {k: getattr(self, k).clone() for k in ("n", "s1", "s2", "sse")}
 
 
+@dataclass
+class ProbeResults:
+    """What a probe reports (CPU tensors), filled as it is fitted and tested.
+
+    The test stage (:class:`TestR2Mixin`, after ``trainer.test``) sets ``test_r2``,
+    ``test_r2_weighted`` and ``episode_sums`` for every probe; the other fields are set by the
+    probes that have them and stay None otherwise. Shapes are ``[sources, targets]`` (a probe of
+    one source layer: ``test_r2`` and ``test_r2_weighted`` are ``[targets]``).
+    """
+
+    test_r2: torch.Tensor | None = None
+    """Test R² of every (source, target layer) pair: the mean over output dimensions."""
+    test_r2_weighted: torch.Tensor | None = None
+    """Test R², variance-weighted over output dimensions (``1 - ΣSSE / ΣTSS``)."""
+    episode_sums: dict[str, torch.Tensor] | None = None
+    """The test sums per episode (:meth:`LayerR2.sums`: ``n`` ``[E]``, ``s1``/``s2`` ``[E, targets,
+    dims]``, ``sse`` ``[E, sources, targets, dims]``), for the bootstrap; one group when the loader
+    yields no episode indices."""
+    val_r2: torch.Tensor | None = None
+    """Validation R² (at the chosen alpha; the MLP's at its best epoch): with
+    ``target_choice=validation`` each source layer's target layer is chosen on it."""
+    val_r2_by_alpha: torch.Tensor | None = None
+    """``[alphas, sources, targets]`` validation R² of every alpha of the grid (affine)."""
+    alpha: torch.Tensor | None = None
+    """The ridge alpha of every cell (affine; NaN where none could be chosen)."""
+    ratio: torch.Tensor | None = None
+    """The band penalty ratio of every cell (affine with a baseline band, the variance partition)."""
+
+    def __getitem__(self, key: str) -> Any:
+        # Results were a plain dict: ``results["test_r2"]`` keeps working, with a warning first (the public API policy).
+        warnings.warn(f'probe.results["{key}"] is deprecated: use probe.results.{key}', DeprecationWarning, stacklevel=2)
+        value = getattr(self, key, None)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+
 class TestR2Mixin:
     """The test stage shared by every probe.
 
     A probe has ``target_shift`` (float32 ``[targets, dims]``, e.g. the training mean) and
     ``source_predictions(x)``, yielding ``(source position, predictions - target_shift)`` of shape
     ``[batch, targets, dims]`` for each source layer it maps; it calls :meth:`make_test_metric`
-    in its constructor. After ``trainer.test`` the results are in ``self.results``: ``test_r2``
-    and ``test_r2_weighted`` (``[sources, targets]``) and ``episode_sums`` (``n``, ``s1``,
-    ``s2``, ``sse`` per test episode, for the bootstrap; one group when the loader yields no
-    episode indices).
+    in its constructor, which also makes its :class:`ProbeResults` (``self.results``). After
+    ``trainer.test`` they hold ``test_r2``, ``test_r2_weighted`` and ``episode_sums``.
     """
 
     __test__ = False  # not a pytest class, despite the name
 
     if TYPE_CHECKING:  # provided by the probe (a LightningModule) the mixin is combined with
         hparams: AttributeDict
-        results: dict[str, Any]
         target_shift: torch.Tensor
         trainer: Any
         device: torch.device
@@ -163,6 +199,7 @@ class TestR2Mixin:
     def make_test_metric(self, n_targets: int, d_out: int, n_sources: int = 1) -> None:
         self._test_shape: dict[str, Any] = dict(n_targets=n_targets, d_out=d_out, n_sources=n_sources)
         self.test_r2 = LayerR2(**self._test_shape)
+        self.results = ProbeResults()
 
     def on_test_epoch_start(self) -> None:
         # Test loaders that also yield each row's episode index (SynchronyDataModule's) get
@@ -182,7 +219,7 @@ class TestR2Mixin:
         uniform, weighted = r2_from_sums(sums["n"].sum(), sums["s1"].sum(0), sums["s2"].sum(0), sums["sse"].sum(0))
         if self._test_shape["n_sources"] == 1:  # a single-source probe reports [targets]
             uniform, weighted = uniform[0], weighted[0]
-        self.results.update(test_r2=uniform, test_r2_weighted=weighted, episode_sums=sums)
+        self.results.test_r2, self.results.test_r2_weighted, self.results.episode_sums = uniform, weighted, sums
         finite = uniform[torch.isfinite(uniform)]
         if finite.numel():
             self.log(f"{self.hparams.get('log_prefix', '')}test/r2", finite.max().float(), sync_dist=True)  # best layer pair (already global)

@@ -78,8 +78,7 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
         self.val_r2 = LayerR2(n_targets, d_out, self.y_mean)
         # A buffer, so restoring the best epoch's state (BestWeights) restores its validation R² too.
         self.register_buffer("val_r2_by_target", torch.full((n_targets,), float("nan")))
-        self.make_test_metric(n_targets, d_out)
-        self.results: dict[str, torch.Tensor] = {}
+        self.make_test_metric(n_targets, d_out)  # and self.results
 
     def _z(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised predictions ``[batch, n_targets * d_out]`` (``x``: ``[batch, d_in]`` or ``[batch, 1, d_in]``)."""
