@@ -38,6 +38,29 @@ def planted_r2(scale: float, noise: float) -> float:
     return scale**2 / (scale**2 + noise**2)
 
 
+def _synthetic_row(episode: int, scenario: int, cast: list[str], t: int, seed: int, model: str, n_agents: int) -> dict:
+    """The turns-table row of utterance ``t`` of a synthetic episode (agents take turns in order)."""
+    return TurnRow(
+        run_id=f"ep{episode:04d}|o0|s{seed}",
+        episode_id=f"ep{episode:04d}",
+        scenario_id=f"sc{scenario:02d}",
+        scenario_codename=f"scenario_{scenario}",
+        relationship="",
+        character_a=cast[0],
+        character_b=cast[1],
+        agent=t % n_agents,
+        character_id=cast[t % n_agents],
+        model=model,
+        partner_model=model,
+        order=0,
+        seed=seed,
+        utterance=t,
+        condition="interactive",
+        characters="|".join(cast),
+        n_agents=n_agents,
+    ).as_dict()
+
+
 def write_synthetic_cache(
     path: str | Path,
     relation: str = "linear",
@@ -103,26 +126,9 @@ def write_synthetic_cache(
                 else:
                     raise ValueError(f"unknown relation '{relation}'")
                 latent.append(z)
-                row = TurnRow(
-                    run_id=f"ep{e:04d}|o0|s{s}",
-                    episode_id=f"ep{e:04d}",
-                    scenario_id=f"sc{scenario:02d}",
-                    scenario_codename=f"scenario_{scenario}",
-                    relationship="",
-                    character_a=cast[0],
-                    character_b=cast[1],
-                    agent=t % n_agents,
-                    character_id=cast[t % n_agents],
-                    model=model,
-                    partner_model=model,
-                    order=0,
-                    seed=s,
-                    utterance=t,
-                    condition="interactive",
-                    characters="|".join(cast),
-                    n_agents=n_agents,
-                    extra={"flag": "echo:goal" if flags[t] else ""} if flag_share else {},
-                ).as_dict()
+                row = _synthetic_row(e, scenario, cast, t, s, model, n_agents)
+                if flag_share:
+                    row["flag"] = "echo:goal" if flags[t] else ""
                 rows.append(row)
                 states["interactive"].append(z + profile[t])
                 if observer_share is not None:
@@ -309,25 +315,7 @@ def write_partition_cache(
                 state = text * last[0] + private * last[1] + noise * rng.normal(size=hidden)
                 state = state + (own_past * before if before is not None else 0.0)
                 before = state
-            row = TurnRow(
-                run_id=f"ep{e:04d}|o0|s0",
-                episode_id=f"ep{e:04d}",
-                scenario_id=f"sc{e % 10:02d}",
-                scenario_codename=f"scenario_{e % 10}",
-                relationship="",
-                character_a=cast[0],
-                character_b=cast[1],
-                agent=t % 2,
-                character_id=cast[t % 2],
-                model=model,
-                partner_model=model,
-                order=0,
-                seed=0,
-                utterance=t,
-                condition="interactive",
-                characters="|".join(cast),
-                n_agents=2,
-            ).as_dict()
+            row = _synthetic_row(e, e % 10, cast, t, 0, model, 2)
             rows.append(row)
             interactive.append(state)
             tf_rows.append(row | dict(model=PLANTED_TEXT, partner_model=PLANTED_TEXT, condition="teacher_forced"))
