@@ -88,3 +88,15 @@ def test_settings_tables_name_real_keys(page):
         assert named, f"no settings table headed '{header}' in {page}"
         unknown = [k for k in named if k not in valid]
         assert not unknown, f"{page} describes keys that {name} does not have: {unknown}"
+
+
+def test_results_page_names_every_field_of_fit_result():
+    """docs/reference/results.md's top-level table and FitResult's fields agree both ways."""
+    from nsync.fit.results import FitResult
+
+    text = (DOCS / "reference" / "results.md").read_text()
+    table = text.split("| field | meaning |", 1)[1].split("\n\n", 1)[0]
+    named = {name for line in table.splitlines()[2:] for name in re.findall(r"`([a-z_0-9]+)`", line.split("|")[1])}
+    fields = set(FitResult.model_fields)
+    assert not fields - named, f"results.md does not describe {sorted(fields - named)}"
+    assert not named - fields, f"results.md describes fields FitResult does not have: {sorted(named - fields)}"
