@@ -7,8 +7,8 @@
 2. fits the main condition and the shuffled-partner control (targets from another episode at the
    same utterance index) with ``configs/fit/quickstart.yaml``,
 3. prints a short table: SyncR² with its 95% interval for both, the training pairs, the best
-   layer pair, and where the plots are; the same table and the controls' bar plot go to
-   ``--docs`` (the documentation site's quickstart page includes them).
+   layer pair, and where the plots are; with ``--docs docs/quickstart`` the same table and the
+   controls' bar plot go to the documentation site's quickstart page.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def main(argv) -> None:
     parser.add_argument("--simulate", default="configs/simulate/quickstart.yaml")
     parser.add_argument("--fit", default="configs/fit/quickstart.yaml")
     parser.add_argument("--out", default="runs/quickstart/controls")
-    parser.add_argument("--docs", default="docs/quickstart", help="folder for the table and figures the documentation shows ('' for none)")
+    # Maintainers pass --docs docs/quickstart to refresh the documentation's quickstart page; by default a
+    # user's run leaves the repository's files alone.
+    parser.add_argument("--docs", default="", help="also write the table and figures for the documentation here (e.g. docs/quickstart)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync.simulate"))

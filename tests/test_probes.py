@@ -270,3 +270,15 @@ def test_probe_results_read_like_the_old_dict_with_a_deprecation_warning():
         assert results["test_r2"] is results.test_r2
     with pytest.warns(DeprecationWarning), pytest.raises(KeyError):  # not set: as a missing key was
         results["alpha"]
+    # what plug-ins written against the dict did: set, test membership, get, update; each warns
+    with pytest.warns(DeprecationWarning):
+        results["val_r2"] = torch.zeros(2)
+    with pytest.warns(DeprecationWarning):
+        assert "val_r2" in results and "alpha" not in results
+    with pytest.warns(DeprecationWarning):
+        assert results.get("alpha", "none") == "none"
+    with pytest.warns(DeprecationWarning):
+        results.update({"alpha": torch.ones(1)})
+    assert results.val_r2 is not None and results.alpha is not None
+    with pytest.warns(DeprecationWarning), pytest.raises(KeyError):  # a name that was never a result
+        results["nonsense"] = 1

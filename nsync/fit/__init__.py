@@ -11,6 +11,8 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
+    # submodules too: nsync.fit.<module> works after `import nsync.fit`, as it did with eager imports
+    submodules=["bootstrap", "config", "loop", "partition", "plots", "probe_types", "results", "surrogates", "timecourse", "tracking"],
     submod_attrs={
         "config": ["FitConfig", "resolve_out"],
         "loop": ["reusable_result", "run_fit"],

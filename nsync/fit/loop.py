@@ -50,7 +50,7 @@ LIGHTNING_NOISE = (
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Around the Trainers of a fit (one per chunk of source layers): Lightning's per-Trainer
+    """Around a fit's Trainers (one per chunk of source layers; entered once per run): Lightning's per-Trainer
     banners and :data:`LIGHTNING_NOISE` stay out of the output. Scoped, so importing nsync
     changes no warning filter or logger level of the user's process."""
     lightning_log = logging.getLogger("lightning.pytorch")
@@ -120,8 +120,7 @@ def _trainer(cfg: FitConfig, logger, max_epochs: int = 1, callbacks: list | None
 def fit_chunk(cfg: FitConfig, dm: SynchronyDataModule, logger=None, log_prefix: str = ""):
     """Fit and test one probe of type ``cfg.probe`` from the source layers ``dm`` serves to every
     target layer; returns the tested probe."""
-    with quiet_lightning():
-        return PROBE_TYPES.get(cfg.probe)().fit(cfg, dm, functools.partial(_trainer, cfg, logger), log_prefix)
+    return PROBE_TYPES.get(cfg.probe)().fit(cfg, dm, functools.partial(_trainer, cfg, logger), log_prefix)
 
 
 def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None) -> DirectionFit:
@@ -475,7 +474,10 @@ def run_fit(cfg: FitConfig) -> FitResult:
     logger = make_logger(cfg, out, _model_pair(cfg))
     fits, skipped = [], {}
     bar = tqdm(total=None, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress or rank_zero_only.rank != 0)  # type: ignore[attr-defined]  # rank: set on the function at runtime
-    with warnings_once_per_run():  # every chunk, seed and direction meets the same conditions: say each once
+    # Every chunk, seed and direction meets the same conditions: say each once. Lightning's noise is
+    # silenced for the whole run (one catch_warnings: entered per chunk, it would reset Python's
+    # show-once memory and repeat every other Lightning warning once per chunk).
+    with warnings_once_per_run(), quiet_lightning():
         for seed, direction in plan(cfg):
             try:
                 fits.append(fit_direction(cfg, seed, direction, logger, bar))

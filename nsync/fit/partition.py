@@ -29,6 +29,8 @@ import torch
 if TYPE_CHECKING:
     from nsync.probes.metrics import ProbeResults
 
+from nsync.fit.config import PartitionConfig  # noqa: E402,F401  (its home until 2026-12; imported from here by older code)
+
 #: The shares reported per baseline, in this order.
 QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
 

@@ -29,6 +29,8 @@ import pandas as pd
 import torch
 
 from nsync.errors import warn_once
+from nsync.fit.config import SURROGATE_KINDS as KINDS  # noqa: E402,F401  (the old names, for older code)
+from nsync.fit.config import SurrogateConfig  # noqa: E402,F401
 
 log = logging.getLogger("nsync.fit")
 

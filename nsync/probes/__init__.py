@@ -6,6 +6,8 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
+    # submodules too: nsync.probes.<module> works after `import nsync.probes`, as it did with eager imports
+    submodules=["affine", "cka", "metrics", "mlp", "ridge"],
     submod_attrs={
         "affine": ["AffineProbe"],
         "metrics": ["LayerR2", "ProbeResults", "TestR2Mixin", "r2_from_sums"],

@@ -10,6 +10,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from nsync.probes.metrics import LayerR2, TestR2Mixin
 from nsync.probes.ridge import ALPHA_CHOICES, RidgeSolution, RidgeStatistics, band_scales, choose_on_validation
+from nsync.probes.ridge import choose_alpha as choose_alpha  # its home until 2026-12: older code imports it from here
 
 
 class AffineProbe(TestR2Mixin, L.LightningModule):

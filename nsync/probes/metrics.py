@@ -8,6 +8,7 @@ ranks and episodes, so R² of any union or re-weighting of episodes follows from
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,13 +167,41 @@ class ProbeResults:
     ratio: torch.Tensor | None = None
     """The band penalty ratio of every cell (affine with a baseline band, the variance partition)."""
 
+    # Results were a plain dict: the dict operations keep working for a release, each with a
+    # warning first (the public API policy in nsync/__init__.py).
+    @staticmethod
+    def _deprecated(how: str, key: object = "val_r2") -> None:
+        warnings.warn(f"probe.results used as a dict ({how}) is deprecated: use probe.results.{key}", DeprecationWarning, stacklevel=3)
+
+    def _known(self, key: str) -> str:
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return key
+
     def __getitem__(self, key: str) -> Any:
-        # Results were a plain dict: ``results["test_r2"]`` keeps working, with a warning first (the public API policy).
-        warnings.warn(f'probe.results["{key}"] is deprecated: use probe.results.{key}', DeprecationWarning, stacklevel=2)
-        value = getattr(self, key, None)
+        self._deprecated(f'results["{key}"]', key)
+        value = getattr(self, self._known(key))
         if value is None:
             raise KeyError(key)
         return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._deprecated(f'results["{key}"] = ...', key)
+        setattr(self, self._known(key), value)
+
+    def __contains__(self, key: object) -> bool:
+        self._deprecated(f"{key!r} in results", key)
+        return isinstance(key, str) and getattr(self, key, None) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._deprecated(f'results.get("{key}")', key)
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+    def update(self, values: dict[str, Any]) -> None:
+        self._deprecated("results.update(...)")
+        for key, value in values.items():
+            setattr(self, self._known(key), value)
 
 
 class TestR2Mixin:

@@ -6,10 +6,12 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
+    # submodules too: nsync.simulation.<module> works after `import nsync.simulation`, as it did with eager imports
+    submodules=["config", "echo", "engine", "generation", "prompts", "reread", "run", "turns"],
     submod_attrs={
-        "config": ["CaptureConfig", "ScenarioSelection", "SimulateConfig"],
+        "config": ["CaptureConfig", "SamplingConfig", "ScenarioSelection", "SimulateConfig"],
         "engine": ["Run", "SimulationStats", "Simulator", "plan_runs"],
-        "generation": ["Generator", "HiddenStateRecorder", "SamplingConfig", "prompt_states"],
+        "generation": ["Generator", "HiddenStateRecorder", "prompt_states"],
         "turns": ["TURN_POLICIES", "TurnTakingConfig"],
     },
 )
