@@ -282,3 +282,43 @@ def test_probe_results_read_like_the_old_dict_with_a_deprecation_warning():
     assert results.val_r2 is not None and results.alpha is not None
     with pytest.warns(DeprecationWarning), pytest.raises(KeyError):  # a name that was never a result
         results["nonsense"] = 1
+
+
+@pytest.mark.parametrize("banded", [False, True])
+def test_dual_solver_gives_the_primal_numbers(banded):
+    """The dual form (predictions through the training rows) against the primal one on a shape where
+    the hidden size exceeds the training rows, over an alpha grid with validation, several source
+    and target layers, a massive dimension, and (banded) a second band with its penalty ratios."""
+    rng = np.random.default_rng(7)
+    n, d, k, targets, sources = 260, 90, 5, 3, 2
+    x = rng.normal(size=(n, sources, d)).astype(np.float32)
+    x[:, :, 0] += 3000.0
+    y = np.stack([x[:, 0, :4] @ rng.normal(size=(4, k)) + rng.normal(size=(n, k)) for _ in range(targets)], 1).astype(np.float32)
+    tr, va, te = slice(0, 160), slice(160, 200), slice(200, None)
+    kwargs = dict(n_targets=targets, n_sources=sources, alphas=[0.1, 10.0, 1000.0], x_shift=torch.tensor(x[tr]).double().mean(0),
+                  y_shift=torch.tensor(y[tr]).double().mean(0))
+    if banded:
+        kwargs |= dict(band_start=60, band_ratios=[0.1, 1.0, 10.0])
+    primal = _fit_probe(AffineProbe(d, k, solver="primal", **kwargs), x, y, tr, va, te).results
+    dual_probe = _fit_probe(AffineProbe(d, k, solver="dual", **kwargs), x, y, tr, va, te)
+    dual = dual_probe.results
+    for name in ("test_r2", "test_r2_weighted", "val_r2", "alpha"):
+        torch.testing.assert_close(getattr(dual, name), getattr(primal, name), atol=1e-6, rtol=0, msg=name)
+    torch.testing.assert_close(dual.episode_sums["sse"], primal.episode_sums["sse"], rtol=1e-6, atol=1e-6)
+    if banded:
+        torch.testing.assert_close(dual.ratio, primal.ratio)
+    w_dual, b_dual = dual_probe.weights(source=1, target=2)
+    primal_probe = _fit_probe(AffineProbe(d, k, solver="primal", **kwargs), x, y, tr, va, te)
+    w_primal, b_primal = primal_probe.weights(source=1, target=2)
+    torch.testing.assert_close(w_dual, w_primal, rtol=1e-5, atol=1e-6)  # float32 products in another order
+    torch.testing.assert_close(b_dual, b_primal, rtol=1e-6, atol=1e-6)
+
+
+def test_the_solver_is_chosen_by_shape():
+    from nsync.probes.ridge import choose_solver
+
+    # more hidden dimensions than rows to fit and to predict: the dual does less arithmetic
+    assert choose_solver(n_train=5200, d=4096, n_outputs=33 * 4096, n_predicted=1300, n_products=1) == "dual"
+    assert choose_solver(n_train=1140, d=2112, n_outputs=31 * 576, n_predicted=460, n_products=35) == "dual"  # a partition's joint fit, SmolLM2
+    assert choose_solver(n_train=5200, d=576, n_outputs=31 * 576, n_predicted=1300, n_products=1) == "primal"
+    assert choose_solver(n_train=300, d=8, n_outputs=16, n_predicted=100, n_products=7) == "primal"  # the tests' tiny shapes

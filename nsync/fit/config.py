@@ -73,6 +73,12 @@ class AffineConfig:
     alpha_per: str = field(default="cell", metadata={"help": "with several alphas: one per (source, target layer) cell, or one per source layer"})
     scale: bool = field(default=False, metadata={"help": "standardise inputs by their training std before the ridge"})
     matmul_dtype: str = field(default="float32", metadata={"help": "batch products of centred data in float32 (sums always float64) or float64"})
+    solver: str = field(
+        default="auto",
+        metadata={
+            "help": "primal (form X^T Y), dual (predict through the training rows: the same numbers, less arithmetic where the rows are fewer than the hidden size; one process only) or auto (the cheaper by shape, per chunk of source layers; primal under DDP)"
+        },
+    )
 
 
 @dataclass
@@ -148,6 +154,10 @@ class FitConfig:
             raise NsyncError(f"affine.alpha_per must be one of {ALPHA_CHOICES}, got '{self.affine.alpha_per}'")
         if not self.affine.alphas or any(a < 0 for a in self.affine.alphas):
             raise NsyncError(f"affine.alphas must list non-negative values, got {self.affine.alphas}")
+        if self.affine.solver not in ("auto", "primal", "dual"):
+            raise NsyncError(f"affine.solver must be auto, primal or dual, got '{self.affine.solver}'")
+        if self.affine.solver == "dual" and self.devices > 1:
+            raise NsyncError("affine.solver=dual keeps the training rows and runs in one process; use primal or auto with devices > 1")
         if self.affine.matmul_dtype not in ("float32", "float64"):
             raise NsyncError(f"affine.matmul_dtype must be float32 or float64, got '{self.affine.matmul_dtype}'")
         if self.partition.baselines and self.probe != "affine":
@@ -192,5 +202,7 @@ def fingerprint(cfg: FitConfig) -> str:
 
     d = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
     d["data"] = {k: v for k, v in d["data"].items() if k != "cache"}  # the cache counts by content, not by path
+    # The solver changes how the same numbers are computed (equal to 1e-6: tests/test_partition.py), not what a fit measures.
+    d["affine"] = {k: v for k, v in d["affine"].items() if k != "solver"}
     payload = json.dumps({"config": d, "schema": SCHEMA_VERSION, "cache": ActivationCache.open(cfg.data.cache).content_id()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -19,6 +19,7 @@ when it is loaded, so the import goes from the config to here only.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -54,6 +55,8 @@ class ProbeType(Protocol):
 
 
 #: Registered probe types, by name.
+log = logging.getLogger("nsync.fit")
+
 PROBE_TYPES: Registry[type[ProbeType]] = Registry("probe type")
 
 
@@ -78,8 +81,23 @@ class Affine:
         size = max(1, min(n, int(cfg.memory_gb * 2**30 // per_source)))
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
+    @staticmethod
+    def solver(cfg: FitConfig, dm: SynchronyDataModule) -> str:
+        """``affine.solver``, with ``auto`` resolved by the shape of this chunk's fit."""
+        from nsync.probes.ridge import choose_solver
+
+        if cfg.affine.solver != "auto":
+            return cfg.affine.solver
+        if cfg.devices > 1:
+            return "primal"  # the dual keeps rows, which do not all-reduce as sums do
+        ratios = len(cfg.partition.ratios) if dm.band_start is not None else 1
+        predicted = dm.n("val") + dm.n("test")
+        return choose_solver(dm.n("fit") + dm.n("val"), dm.d_in, len(dm.target_layers) * dm.d_out, predicted, len(cfg.affine.alphas) * ratios)
+
     def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
         a, sources = cfg.affine, dm.sources
+        solver = self.solver(cfg, dm)
+        log.debug("%saffine solver: %s (d %d, %d training rows)", log_prefix, solver, dm.d_in, dm.n("fit") + dm.n("val"))
         probe = AffineProbe(
             dm.d_in,
             dm.d_out,
@@ -94,6 +112,7 @@ class Affine:
             log_prefix=log_prefix,
             band_start=dm.band_start,
             band_ratios=cfg.partition.ratios,
+            solver=solver,
         )
         # No gradients to synchronise: DDP's processes without its model wrapper.
         run = trainer(max_epochs=1, strategy=SumsDDPStrategy() if cfg.devices > 1 else "auto")

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from nsync.probes.metrics import LayerR2, TestR2Mixin
-from nsync.probes.ridge import ALPHA_CHOICES, RidgeSolution, RidgeStatistics, band_scales, choose_on_validation
+from nsync.probes.ridge import ALPHA_CHOICES, SOLVERS, RidgeSolution, RidgeStatistics, band_scales, choose_on_validation
 from nsync.probes.ridge import choose_alpha as choose_alpha  # its home until 2026-12: older code imports it from here
 
 
@@ -25,7 +25,9 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
 
     With several ``alphas`` the validation data choose one per (source, target layer) cell
     (``alpha_per="cell"``; ``"source"``: one per source layer from the mean over target layers),
-    all from one eigendecomposition per source. With validation data (an alpha grid, or a target
+    all from one eigendecomposition per source. ``solver="dual"`` predicts through the training rows
+    instead of forming ``X^T Y`` (the same numbers; cheaper where the rows are fewer than the hidden
+    size: :func:`nsync.probes.ridge.choose_solver`); it keeps the rows, so it runs in one process. With validation data (an alpha grid, or a target
     layer chosen on validation episodes) the validation R² at the chosen alpha is in
     ``results.val_r2`` ``[n_sources, n_targets]`` and the final solution is refitted on training
     plus validation data. Chosen alphas are in :attr:`alpha` ``[n_sources, n_targets]`` (NaN where a
@@ -57,10 +59,13 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         log_prefix: str = "",
         band_start: int | None = None,
         band_ratios: tuple[float, ...] | list[float] = (1.0,),
+        solver: str = "primal",
     ):
         super().__init__()
         if alpha_per not in ALPHA_CHOICES:
             raise ValueError(f"alpha_per must be one of {ALPHA_CHOICES}, got '{alpha_per}'")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got '{solver}'")
         self.save_hyperparameters(ignore=["x_shift", "y_shift"])
         self.automatic_optimization = False
         self.alphas = [float(a) for a in alphas]
@@ -135,7 +140,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         return getattr(torch, self.hparams.matmul_dtype)
 
     def _new_stats(self) -> RidgeStatistics:
-        return RidgeStatistics(self.x_shift, self.y_shift.reshape(-1), self._work_dtype)
+        # The dual solver keeps the training rows instead of X^T Y (RidgeStatistics, CrossProducts).
+        return RidgeStatistics(self.x_shift, self.y_shift.reshape(-1), self._work_dtype, keep_rows=self.hparams.solver == "dual")
 
     def _reduce(self, stats: RidgeStatistics) -> RidgeStatistics:
         if self.trainer is not None and self.trainer.world_size > 1:

@@ -37,7 +37,7 @@ class RidgeStatistics:
     10
     """
 
-    def __init__(self, x_shift: torch.Tensor, y_shift: torch.Tensor, matmul_dtype: torch.dtype = torch.float64):
+    def __init__(self, x_shift: torch.Tensor, y_shift: torch.Tensor, matmul_dtype: torch.dtype = torch.float64, keep_rows: bool = False):
         self.single = x_shift.dim() == 1
         x_shift = x_shift.reshape(-1, x_shift.shape[-1])
         # The shift is rounded to the working dtype so that centring a float32 batch needs no
@@ -53,7 +53,12 @@ class RidgeStatistics:
         self.sx = torch.zeros(s, d, dtype=torch.float64, device=device)
         self.sy = torch.zeros(k, dtype=torch.float64, device=device)
         self.sxx = torch.zeros(s, d, d, dtype=torch.float64, device=device)
-        self.sxy = torch.zeros(s, d, k, dtype=matmul_dtype, device=device)
+        # keep_rows (the dual solver): the centred rows instead of X^T Y, whose n*d*K product the
+        # dual form never needs; rows cannot be all-reduced, so this is for one process.
+        self.sxy: torch.Tensor | None = None if keep_rows else torch.zeros(s, d, k, dtype=matmul_dtype, device=device)
+        self.x_rows: list[torch.Tensor] = []
+        self.y_rows: list[torch.Tensor] = []
+        self.keep_rows = keep_rows
         self.matmul_dtype = matmul_dtype
 
     @property
@@ -71,11 +76,17 @@ class RidgeStatistics:
         self.sy += yc.sum(0)
         xs = xc.transpose(0, 1)  # [S, b, d]
         self.sxx += torch.bmm(xs.transpose(1, 2), xs)
+        if self.sxy is None:
+            self.x_rows.append(xc)
+            self.y_rows.append(yc)
+            return
         # Every source against every target layer: one GEMM [S*d, b] @ [b, K], added in place.
         self.sxy.view(-1, yc.shape[1]).addmm_(xc.reshape(b, -1).T, yc)
 
     def tensors(self) -> list[torch.Tensor]:
         """The sums, for an all-reduce (``n`` travels as a tensor too)."""
+        if self.sxy is None:
+            raise ValueError("statistics that keep rows (the dual solver) cannot be all-reduced: use the primal solver under DDP")
         return [torch.tensor([float(self.n)], dtype=torch.float64, device=self.sx.device), self.sx, self.sy, self.sxx, self.sxy]
 
     def load(self, tensors: list[torch.Tensor]) -> None:
@@ -87,12 +98,86 @@ class RidgeStatistics:
         self.sx += other.sx
         self.sy += other.sy
         self.sxx += other.sxx
-        self.sxy += other.sxy
+        if self.sxy is None or other.sxy is None:
+            if self.sxy is not None or other.sxy is not None:
+                raise ValueError("cannot add statistics that keep rows to ones that keep X^T Y")
+            self.x_rows += other.x_rows
+            self.y_rows += other.y_rows
+        else:
+            self.sxy += other.sxy
         return self
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``[S, d]`` and ``[K]``: the data's means."""
         return self.x_shift + self.sx / self.n, self.y_shift + self.sy / self.n
+
+
+class CrossProducts:
+    """``C = Xc^T Yc`` of every source (centred at the data's means), as the predictions use it:
+    ``left @ C``. Primal: ``C`` itself ``[S, d, K]``. Dual: the centred rows ``Xc`` ``[n, S, d]`` and
+    ``Yc`` ``[n, K]``, and ``left @ C = (left @ Xc^T) @ Yc``: ``b*n*(d + K)`` per product instead of
+    ``n*d*K`` once plus ``b*d*K`` per product, the cheaper form when the rows to predict and the
+    training rows are fewer than the hidden size (:func:`choose_solver`)."""
+
+    def __init__(self, c: torch.Tensor | None = None, rows: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if (c is None) == (rows is None):
+            raise ValueError("CrossProducts takes C or the rows, one of them")
+        self.c, self.rows = c, rows
+
+    @property
+    def dual(self) -> bool:
+        return self.rows is not None
+
+    @property
+    def n_sources(self) -> int:
+        return self.c.shape[0] if self.c is not None else self.rows[0].shape[1]  # type: ignore[index]
+
+    @property
+    def width(self) -> int:
+        return self.c.shape[2] if self.c is not None else self.rows[1].shape[1]  # type: ignore[index]
+
+    def times(self, left: torch.Tensor, source: int, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """``left @ C[source]`` (only the columns ``cols`` if given)."""
+        if self.c is not None:
+            c = self.c[source]
+            return left @ (c if cols is None else c[:, cols])
+        xc, yc = self.rows  # type: ignore[misc]
+        return (left @ xc[:, source].T) @ (yc if cols is None else yc[:, cols])
+
+    def columns(self, source: int, columns: slice) -> torch.Tensor:
+        """``C[source][:, columns]`` (the dual forms only these)."""
+        if self.c is not None:
+            return self.c[source][:, columns]
+        xc, yc = self.rows  # type: ignore[misc]
+        return xc[:, source].T @ yc[:, columns]
+
+    def to(self, device) -> CrossProducts:
+        if self.c is not None:
+            self.c = self.c.to(device)
+        else:
+            self.rows = (self.rows[0].to(device), self.rows[1].to(device))  # type: ignore[index]
+        return self
+
+
+#: How predictions use X^T Y: formed (primal) or through the training rows (dual).
+SOLVERS = ("primal", "dual")
+
+
+def choose_solver(n_train: int, d: int, n_outputs: int, n_predicted: int, n_products: int) -> str:
+    """``"dual"`` where predicting through the training rows costs less arithmetic than forming
+    ``X^T Y``. ``n_products`` predictions (alphas x band ratios) of ``n_predicted`` rows each, for
+    ``n_outputs`` output columns (every target layer): the dual costs ``n_predicted * n_train *
+    (d + n_outputs)`` per prediction; the primal ``n_train * d * n_outputs`` once (``C``) plus
+    ``n_predicted * d * n_outputs`` per prediction. The eigendecomposition is the same in both.
+
+    >>> choose_solver(n_train=5200, d=4096, n_outputs=33 * 4096, n_predicted=1300, n_products=1)   # the paper's 7B shape
+    'dual'
+    >>> choose_solver(n_train=5200, d=576, n_outputs=31 * 576, n_predicted=1300, n_products=7)     # SmolLM2's, an alpha grid
+    'primal'
+    """
+    dual = n_products * n_predicted * n_train * (d + n_outputs)
+    primal = n_train * d * n_outputs + n_products * n_predicted * d * n_outputs
+    return "dual" if dual < primal else "primal"
 
 
 class RidgeSolution:
@@ -119,7 +204,7 @@ class RidgeSolution:
         product_dtype: torch.dtype = torch.float64,
         keep_stats: bool = True,
         column_scale: torch.Tensor | None = None,
-        shared_c: torch.Tensor | None = None,
+        shared_c: CrossProducts | None = None,
     ):
         if stats.n < 2:
             raise ValueError("ridge needs at least two training rows")
@@ -144,15 +229,21 @@ class RidgeSolution:
         if shared_c is not None:
             self.c = shared_c
             return
+        if stats.sxy is None:  # the dual form: the rows around the data's own means
+            my = stats.sy / n
+            xc = torch.cat(stats.x_rows).to(product_dtype) - mx.to(product_dtype)
+            yc = torch.cat(stats.y_rows).to(product_dtype) - my.to(product_dtype)
+            self.c = CrossProducts(rows=(xc, yc))
+            return
         c = stats.sxy.clone() if keep_stats else stats.sxy
         c = c.to(product_dtype)  # no copy when the dtypes agree
         for s in range(stats.n_sources):  # around the data's own means: a rank-one update in place
             c[s].addr_(mx[s].to(product_dtype), stats.sy.to(product_dtype), alpha=-1.0)  # n mx my^T = mx sy^T
-        self.c = c
+        self.c = CrossProducts(c=c)
 
     @property
     def n_sources(self) -> int:
-        return self.c.shape[0]
+        return self.c.n_sources
 
     def to(self, device) -> RidgeSolution:
         """The solution's tensors on ``device`` (in place; Lightning moves the module, not this)."""
@@ -175,19 +266,19 @@ class RidgeSolution:
         a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
         shrunk = lambda value: ((z / (self.eigvals[source] + value).to(self.product_dtype)) @ self.q[source].T) * self._scale_mm[source]  # noqa: E731
         if targets is None and (a.numel() == 1 or bool((a == a[0]).all())):
-            return shrunk(a[0]) @ self.c[source]
+            return self.c.times(shrunk(a[0]), source)
         # One alpha per target layer: one product per distinct alpha, over its target layers' columns.
-        n_targets = a.numel() if a.numel() > 1 else (self.c.shape[2] if targets is None else max(targets) + 1)
-        k = self.c.shape[2] // n_targets if a.numel() > 1 else None
+        n_targets = a.numel() if a.numel() > 1 else (self.c.width if targets is None else max(targets) + 1)
+        k = self.c.width // n_targets if a.numel() > 1 else None
         if k is None:  # a scalar alpha on some target layers: the caller says how wide a layer is
             raise ValueError("targets= needs one alpha per target layer")
         a = a.expand(n_targets) if a.numel() == 1 else a
         wanted = torch.zeros(n_targets, dtype=torch.bool)
         wanted[list(range(n_targets)) if targets is None else targets] = True
-        out = torch.zeros(x.shape[0], self.c.shape[2], dtype=self.product_dtype, device=x.device)
+        out = torch.zeros(x.shape[0], self.c.width, dtype=self.product_dtype, device=x.device)
         for value in torch.unique(a[wanted]):
             cols = torch.cat([torch.arange(t * k, (t + 1) * k) for t in torch.nonzero((a == value) & wanted).flatten().tolist()]).to(x.device)
-            out[:, cols] = shrunk(value) @ self.c[source][:, cols]
+            out[:, cols] = self.c.times(shrunk(value), source, cols)
         return out
 
     def predict(self, x: torch.Tensor, alpha, source: int = 0) -> torch.Tensor:
@@ -198,7 +289,7 @@ class RidgeSolution:
         """``(W, b)`` with ``y ~ x @ W + b`` for the output ``columns``; the bias is not regularised."""
         q = self.eigvecs[source]
         shrink = 1.0 / (self.eigvals[source] + float(alpha))
-        scaled_c = self.inv_std[source][:, None] * self.c[source][:, columns].double()
+        scaled_c = self.inv_std[source][:, None] * self.c.columns(source, columns).double()
         w = (q * shrink) @ (q.T @ scaled_c) * self.inv_std[source][:, None]
         b = self.y_mean[columns] - self.x_mean[source] @ w
         return w, b
