@@ -103,6 +103,7 @@ def main() -> None:
     p.add_argument("--paper-sources", type=int, default=None, help="time the paper's algorithm on this many source layers and "
                    "extrapolate (default: all)")
     p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--compare-solvers", action="store_true", help="also time the fit with affine.solver=primal and =dual (same run)")
     args = p.parse_args()
     cache = Path(args.cache or f"runs/benchmarks/fit_{args.layers}x{args.hidden}_{args.episodes}")
     if not (cache / "manifest.json").exists():
@@ -121,6 +122,16 @@ def main() -> None:
     t_noboot, _ = run_nsync(cache, cache.parent / f"{cache.name}_fit_noboot", f"affine.alphas=[{args.alpha}]", "bootstrap=0")
     print(f"nsync (whole process): {t_nsync:.1f} s, of which {t_import:.1f} s start-up (importing torch, torchmetrics, lightning); "
           f"peak RSS {rss:.2f} GB; without the bootstrap {t_noboot:.1f} s (bootstrap share {(t_nsync - t_noboot) / t_nsync:.0%})", flush=True)
+
+    if args.compare_solvers:
+        times, fits = {}, {}
+        for solver in ("primal", "dual"):
+            times[solver], fits[solver] = run_nsync(cache, cache.parent / f"{cache.name}_fit_{solver}", f"affine.alphas=[{args.alpha}]",
+                                                    f"affine.solver={solver}", "bootstrap=0")
+        diff = max(float(np.nanmax(np.abs(fits["dual"].directions[d].r2_matrix - fits["primal"].directions[d].r2_matrix)))
+                   for d in fits["primal"].directions)
+        print(f"solvers (whole process, no bootstrap): primal {times['primal']:.1f} s, dual {times['dual']:.1f} s "
+              f"(primal / dual {times['primal'] / times['dual']:.2f}x); max |R² difference| {diff:.1e}", flush=True)
 
     t_paper = t_floor = 0.0
     max_diff = max_ref_diff = 0.0
