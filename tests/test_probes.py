@@ -284,34 +284,95 @@ def test_probe_results_read_like_the_old_dict_with_a_deprecation_warning():
         results["nonsense"] = 1
 
 
-@pytest.mark.parametrize("banded", [False, True])
-def test_dual_solver_gives_the_primal_numbers(banded):
-    """The dual form (predictions through the training rows) against the primal one on a shape where
-    the hidden size exceeds the training rows, over an alpha grid with validation, several source
-    and target layers, a massive dimension, and (banded) a second band with its penalty ratios."""
-    rng = np.random.default_rng(7)
-    n, d, k, targets, sources = 260, 90, 5, 3, 2
+def _solver_data(d: int, seed: int = 7):
+    """260 rows (160 to fit, 40 to validate, 60 to test), 2 source layers of ``d`` dimensions (a
+    massive one among them), 3 target layers of 5 that the first source's first 4 dimensions drive."""
+    rng = np.random.default_rng(seed)
+    n, k, targets, sources = 260, 5, 3, 2
     x = rng.normal(size=(n, sources, d)).astype(np.float32)
     x[:, :, 0] += 3000.0
-    y = np.stack([x[:, 0, :4] @ rng.normal(size=(4, k)) + rng.normal(size=(n, k)) for _ in range(targets)], 1).astype(np.float32)
-    tr, va, te = slice(0, 160), slice(160, 200), slice(200, None)
-    kwargs = dict(n_targets=targets, n_sources=sources, alphas=[0.1, 10.0, 1000.0], x_shift=torch.tensor(x[tr]).double().mean(0),
-                  y_shift=torch.tensor(y[tr]).double().mean(0))
+    y = np.stack([x[:, 0, 1:5] @ rng.normal(size=(4, k)) + rng.normal(size=(n, k)) for _ in range(targets)], 1).astype(np.float32)
+    return x, y, (slice(0, 160), slice(160, 200), slice(200, None))
+
+
+def _solver_probe(x, y, tr, solver, matmul_dtype="float64", banded=False, alphas=(0.1, 10.0, 1000.0)):
+    d, k = x.shape[2], y.shape[2]
+    kwargs = dict(n_targets=y.shape[1], n_sources=x.shape[1], alphas=list(alphas), matmul_dtype=matmul_dtype,
+                  x_shift=torch.tensor(x[tr]).double().mean(0), y_shift=torch.tensor(y[tr]).double().mean(0))
     if banded:
-        kwargs |= dict(band_start=60, band_ratios=[0.1, 1.0, 10.0])
-    primal = _fit_probe(AffineProbe(d, k, solver="primal", **kwargs), x, y, tr, va, te).results
-    dual_probe = _fit_probe(AffineProbe(d, k, solver="dual", **kwargs), x, y, tr, va, te)
-    dual = dual_probe.results
+        kwargs |= dict(band_start=2 * d // 3, band_ratios=[0.1, 1.0, 10.0])
+    return AffineProbe(d, k, solver=solver, **kwargs)
+
+
+@pytest.mark.parametrize("alphas", [(0.1, 10.0, 1000.0), (0.1, 1.0, 10.0, 100.0, 1000.0)], ids=["inverse", "eigh"])
+@pytest.mark.parametrize("d", [90, 300], ids=["rows>dims", "dims>rows"])
+@pytest.mark.parametrize("banded", [False, True])
+def test_dual_solver_gives_the_primal_numbers(banded, d, alphas):
+    """The dual form (predictions through the training rows; in the kernel form where the rows to fit
+    are fewer than the dimensions) against the primal one, both with float64 products, over an
+    alpha grid with validation (3 alphas: a Cholesky inverse per alpha; 5: one eigendecomposition), several source and target layers, a massive dimension, and (banded)
+    a second band with its penalty ratios: R², validation R², alphas, per-episode sums and weights
+    agree to 1e-6; the weights also against scikit-learn's float64 ridge."""
+    x, y, (tr, va, te) = _solver_data(d)
+    primal_probe = _fit_probe(_solver_probe(x, y, tr, "primal", banded=banded, alphas=alphas), x, y, tr, va, te)
+    dual_probe = _fit_probe(_solver_probe(x, y, tr, "dual", banded=banded, alphas=alphas), x, y, tr, va, te)
+    assert dual_probe._solution.kernel == (d > 200)  # the refit fits 200 rows
+    primal, dual = primal_probe.results, dual_probe.results
     for name in ("test_r2", "test_r2_weighted", "val_r2", "alpha"):
         torch.testing.assert_close(getattr(dual, name), getattr(primal, name), atol=1e-6, rtol=0, msg=name)
     torch.testing.assert_close(dual.episode_sums["sse"], primal.episode_sums["sse"], rtol=1e-6, atol=1e-6)
     if banded:
         torch.testing.assert_close(dual.ratio, primal.ratio)
     w_dual, b_dual = dual_probe.weights(source=1, target=2)
-    primal_probe = _fit_probe(AffineProbe(d, k, solver="primal", **kwargs), x, y, tr, va, te)
     w_primal, b_primal = primal_probe.weights(source=1, target=2)
-    torch.testing.assert_close(w_dual, w_primal, rtol=1e-5, atol=1e-6)  # float32 products in another order
+    torch.testing.assert_close(w_dual, w_primal, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(b_dual, b_primal, rtol=1e-6, atol=1e-6)
+    if not banded:  # the refit on training plus validation rows is plain ridge at the chosen alpha
+        rows = slice(0, 200)
+        alpha = dual_probe.alpha[1, 2].item()
+        reference = Ridge(alpha=alpha).fit(x[rows, 1].astype(np.float64), y[rows, 2].astype(np.float64))
+        np.testing.assert_allclose(w_dual.numpy(), reference.coef_.T, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("d", [90, 300], ids=["rows>dims", "dims>rows"])
+def test_float32_products_are_enough_for_the_dual_solver(d, caplog):
+    """Float32 products against float64 ones at the paper's alpha (0.1): the dual solver stays
+    within 1e-5 in every target layer's R² at both shapes. The primal one does too where the rows
+    outnumber the dimensions; with fewer rows it warns (its d x d form amplifies float32 rounding
+    in X^T X's null space by 1 / alpha) and is indeed off by more than 1e-4 here."""
+    x, y, (tr, va, te) = _solver_data(d)
+    exact = _fit_probe(_solver_probe(x, y, tr, "dual", alphas=[0.1]), x, y, tr, va, te).results.test_r2
+    dual = _fit_probe(_solver_probe(x, y, tr, "dual", "float32", alphas=[0.1]), x, y, tr, va, te).results.test_r2
+    torch.testing.assert_close(dual, exact, atol=1e-5, rtol=0)
+    with warnings_once_per_run(), caplog.at_level("WARNING", logger="nsync.probes"):
+        primal = _fit_probe(_solver_probe(x, y, tr, "primal", "float32", alphas=[0.1]), x, y, tr, va, te).results.test_r2
+    warned = any("float32 products in the d x d form" in r.getMessage() for r in caplog.records)
+    assert warned == (d > 200)
+    if d > 200:
+        assert float((primal - exact).abs().max()) > 1e-4
+    else:
+        torch.testing.assert_close(primal, exact, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("keep_rows", [False, True], ids=["primal", "dual"])
+@pytest.mark.parametrize("n", [300, 40], ids=["rows>dims", "dims>rows"])
+def test_one_eigendecomposition_and_an_inverse_per_alpha_agree(n, keep_rows):
+    """``decomposition="inverse"`` (a Cholesky inverse per alpha, for one or a few alphas) gives the
+    eigendecomposition's predictions and weights, in the d x d and the kernel form (alpha 0, plain
+    least squares, where the rows outnumber the dimensions)."""
+    rng = np.random.default_rng(2)
+    d = 60
+    x = torch.tensor(rng.normal(size=(n + 20, d)))
+    x[:, 0] += 3000.0
+    y = x[:, 1:4] @ torch.tensor(rng.normal(size=(3, 4))) + torch.tensor(rng.normal(size=(n + 20, 4)))
+    stats = RidgeStatistics(x[:n].mean(0), y[:n].mean(0), torch.float64, keep_rows=keep_rows)
+    stats.update(x[:n], y[:n])
+    eigh, inverse = (RidgeSolution(stats, scale=True, decomposition=kind) for kind in ("eigh", "inverse"))
+    assert eigh.kernel == inverse.kernel == (keep_rows and n < d)
+    for alpha in ([0.0, 0.1, 10.0] if n > d else [0.1, 10.0]):
+        torch.testing.assert_close(inverse.predict(x[n:], alpha), eigh.predict(x[n:], alpha), rtol=1e-9, atol=1e-8)
+        for a, b in zip(inverse.weights(alpha), eigh.weights(alpha)):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
 def test_the_solver_is_chosen_by_shape():
@@ -322,3 +383,5 @@ def test_the_solver_is_chosen_by_shape():
     assert choose_solver(n_train=1140, d=2112, n_outputs=31 * 576, n_predicted=460, n_products=35) == "dual"  # a partition's joint fit, SmolLM2
     assert choose_solver(n_train=5200, d=576, n_outputs=31 * 576, n_predicted=1300, n_products=1) == "primal"
     assert choose_solver(n_train=300, d=8, n_outputs=16, n_predicted=100, n_products=7) == "primal"  # the tests' tiny shapes
+    # fewer rows than dimensions: the dual's kernel form, whatever the number of predictions (accuracy, and n^3 < d^3)
+    assert choose_solver(n_train=800, d=4096, n_outputs=33 * 4096, n_predicted=5000, n_products=35) == "dual"

@@ -32,7 +32,9 @@ class SynchronyDataModule(L.LightningDataModule):
     part of the training side; otherwise the whole training side is fitted), and reads the paired
     rows of every source layer and every target layer into memory, layer by layer:
     :attr:`x` is ``[pairs, source layers, hidden_src]`` and :attr:`y` ``[pairs, target layers,
-    hidden_tgt]`` (float32). Means and standard deviations of the fitted rows are float64.
+    hidden_tgt]``, in the cache's dtype (float16 takes half the memory of float32; with
+    ``remove_context`` float32). Batches are float32. Means and standard deviations of the fitted
+    rows are float64.
 
     Loaders yield ``(x, y)`` with ``x`` ``[batch, sources, hidden_src]`` for the sources this
     module serves (all, or those chosen with :meth:`for_sources`) and ``y`` ``[batch, targets,
@@ -113,6 +115,7 @@ class SynchronyDataModule(L.LightningDataModule):
         self.x = _read(cache, self.source_model, self.source_layers, cfg.condition, pairs["source_row"].to_numpy())
         self.y = _read(cache, self.target_model, self.target_layers, self.target_condition, pairs["target_row"].to_numpy())
         if cfg.remove_context:
+            self.x, self.y = self.x.float(), self.y.float()  # residualised in place
             fit_rows = self.index["fit"]
             for data, model, condition, rows in (
                 (self.x, self.source_model, cfg.condition, "source_row"),
@@ -212,18 +215,23 @@ class _Rows(Dataset):
     def __getitem__(self, positions: list[int]):
         rows = self.rows[positions]
         x = self.dm.x[rows] if self.sources is None else self.dm.x[rows[:, None], self.sources]
-        batch = (x, self.dm.y[rows])
+        batch = (_float32(x), _float32(self.dm.y[rows]))
         return (*batch, self.dm.group[rows]) if self.with_group else batch
 
 
 def _read(cache: ActivationCache, model: str, layers: list[int], condition: str, rows: np.ndarray) -> torch.Tensor:
-    """``[len(rows), len(layers), hidden]`` float32: each layer's array is read once (layer-major
-    files), only the paired rows are kept."""
+    """``[len(rows), len(layers), hidden]`` in the cache's dtype: each layer's array is read once
+    (layer-major files), only the paired rows are kept."""
     first = cache.states(model, layers[0], condition)
-    out = torch.empty((len(rows), len(layers), first.shape[1]), dtype=torch.float32)
+    out = torch.empty((len(rows), len(layers), first.shape[1]), dtype=torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype)
     for i, layer in enumerate(layers):
-        out[:, i] = torch.from_numpy(np.asarray(cache.states(model, layer, condition)[rows], dtype=np.float32))
+        out[:, i] = torch.from_numpy(np.asarray(cache.states(model, layer, condition)[rows]))
     return out
+
+
+def _float32(batch: torch.Tensor) -> torch.Tensor:
+    """Half-precision states (as stored) in float32; wider ones as they are."""
+    return batch.float() if batch.element_size() < 4 else batch
 
 
 def _mean(data: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

@@ -70,16 +70,25 @@ class Affine:
         return len(cfg.affine.alphas) > 1 or cfg.target_choice == "validation" or bool(cfg.partition.baselines)
 
     def source_chunks(self, cfg: FitConfig, dm: SynchronyDataModule) -> list[list[int]]:
-        # Per source: float32 X^T Y (with an alpha grid also the solution's copy and the validation
-        # part's sums), and float64 squared errors per test episode (the metric's state and its
-        # synchronised copy) and per alpha on validation.
         n = len(dm.source_layers)
-        outputs = len(dm.target_layers) * dm.d_out
-        per_source = dm.d_in * outputs * (12 if self.needs_validation(cfg) else 4) + 8 * outputs * (2 * dm.n_test_episodes + len(cfg.affine.alphas))
-        if cfg.partition.baselines:  # the joint fit's design is the source joined with a baseline of up to about twice its width
-            per_source *= 3
-        size = max(1, min(n, int(cfg.memory_gb * 2**30 // per_source)))
+        size = max(1, min(n, int(cfg.memory_gb * 2**30 // self.bytes_per_source(cfg, dm))))
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+    def bytes_per_source(self, cfg: FitConfig, dm: SynchronyDataModule) -> int:
+        """What one more source layer in a chunk costs. Primal: float32 ``X^T Y`` (with validation
+        also the solution's copy and the validation part's sums). Dual: the kept float32 rows and
+        a float64 decomposition (``d x d``, or ``n x n`` with fewer rows; matrix, eigenvectors and
+        their product copy). Both: float64 squared errors per test episode (the metric's state and
+        its synchronised copy) and per alpha on validation. The dual's target rows (``rows x
+        outputs``, float32) are the same for every chunk size and are not counted here."""
+        outputs = len(dm.target_layers) * dm.d_out
+        rows = dm.n("fit") + dm.n("val")
+        scores = 8 * outputs * (2 * dm.n_test_episodes + len(cfg.affine.alphas))
+        if self.solver(cfg, dm) == "dual":
+            d = dm.d_in * (3 if cfg.partition.baselines else 1)  # the joint fit's design: the source and a baseline of up to twice its width
+            return 4 * rows * d + 3 * 8 * min(rows, d) ** 2 + scores
+        per_source = dm.d_in * outputs * (12 if self.needs_validation(cfg) else 4) + scores
+        return per_source * (3 if cfg.partition.baselines else 1)
 
     @staticmethod
     def solver(cfg: FitConfig, dm: SynchronyDataModule) -> str:

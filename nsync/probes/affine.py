@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from nsync.probes.metrics import LayerR2, TestR2Mixin
-from nsync.probes.ridge import ALPHA_CHOICES, SOLVERS, RidgeSolution, RidgeStatistics, band_scales, choose_on_validation
+from nsync.probes.ridge import ALPHA_CHOICES, INVERSE_UP_TO, SOLVERS, RidgeSolution, RidgeStatistics, band_scales, choose_on_validation
 from nsync.probes.ridge import choose_alpha as choose_alpha  # its home until 2026-12: older code imports it from here
 
 
@@ -140,7 +140,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         return getattr(torch, self.hparams.matmul_dtype)
 
     def _new_stats(self) -> RidgeStatistics:
-        # The dual solver keeps the training rows instead of X^T Y (RidgeStatistics, CrossProducts).
+        # The dual solver keeps the training rows instead of X^T X and X^T Y (RidgeStatistics, TrainingRows).
         return RidgeStatistics(self.x_shift, self.y_shift.reshape(-1), self._work_dtype, keep_rows=self.hparams.solver == "dual")
 
     def _reduce(self, stats: RidgeStatistics) -> RidgeStatistics:
@@ -148,8 +148,9 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             stats.load([self.trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
         return stats
 
-    def _set_solution(self, stats: RidgeStatistics, keep_stats: bool) -> None:
+    def _set_solution(self, stats: RidgeStatistics, keep_stats: bool, alphas_per_source: int) -> None:
         self._solutions = []  # free the previous ones first: they are as large as the new ones
+        decomposition = "inverse" if alphas_per_source <= INVERSE_UP_TO else "eigh"
         for scale in band_scales(stats, self.hparams.band_start, self.ratios, self.hparams.scale):
             first = self._solutions[0] if self._solutions else None
             self._solutions.append(
@@ -160,6 +161,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
                     keep_stats=keep_stats,
                     column_scale=scale,
                     shared_c=None if first is None else first.c,
+                    decomposition=decomposition,
                 )
             )
         # Scores are taken around the fitted mean: predictions need no offset added.
@@ -187,7 +189,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         before validation the sums are kept for the refit on training plus validation data."""
         if self._solution is not None or self._train_stats is None or self._train_stats.n == 0:
             return
-        self._set_solution(self._reduce(self._train_stats), keep_stats=validating)
+        self._set_solution(self._reduce(self._train_stats), keep_stats=validating, alphas_per_source=len(self.alphas))
         if not validating:
             self._train_stats = None
 
@@ -234,7 +236,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         full = self._train_stats
         assert full is not None  # kept for this refit by _solve(validating=True)
         full += self._reduce(self._val_stats)
-        self._set_solution(full, keep_stats=False)
+        chosen = torch.nan_to_num(self.alpha, nan=self.alphas[0]).cpu()
+        self._set_solution(full, keep_stats=False, alphas_per_source=max(len(torch.unique(row)) for row in chosen))
         self._train_stats = self._val_stats = None
 
     def on_test_end(self) -> None:

@@ -3,10 +3,19 @@
 Sums are taken around a fixed shift (the training mean), so hidden states with huge-mean
 dimensions ("massive activations") lose no precision: the paper's float32 ``X^T X`` on raw
 states does. The batch products of centred data run in float32 (or float64) and are added up in
-float64. One eigendecomposition of ``X^T X`` per source layer serves every target and every
-``alpha``; the products with all target layers are one GEMM per batch. The choice of alpha (and
-of the band penalty ratio of banded ridge) on validation R² is here too: plain tensor functions,
-which :class:`nsync.probes.AffineProbe` only calls.
+float64. One eigendecomposition per source layer serves every target and every ``alpha``: of
+``X^T X`` (``d x d``), or, where the training rows are fewer than the hidden size, of the Gram
+matrix ``X X^T`` (``n x n``: the kernel form, cheaper and, in float32, far more accurate there).
+The products with all target layers are one GEMM per batch. The choice of alpha (and of the band
+penalty ratio of banded ridge) on validation R² is here too: plain tensor functions, which
+:class:`nsync.probes.AffineProbe` only calls.
+
+Two solvers give the same numbers (to float rounding; :func:`choose_solver` picks by arithmetic):
+
+- ``primal`` streams ``X^T Y`` (``[d, K]`` per source, ``K`` = every target layer's columns) and
+  predicts with it; its sums add up across batches and DDP processes;
+- ``dual`` keeps the centred training rows instead and predicts through them (the "hat" form
+  ``x (X^T X + alpha I)^-1 X^T Y``), never forming ``X^T Y``; one process.
 """
 
 from __future__ import annotations
@@ -21,6 +30,15 @@ from nsync.errors import warn_once
 log = logging.getLogger("nsync.probes")
 #: How an alpha grid is chosen on validation data: per (source, target layer) cell, or per source layer.
 ALPHA_CHOICES = ("cell", "source")
+#: How predictions use X^T Y: formed (primal) or through the training rows (dual).
+SOLVERS = ("primal", "dual")
+#: How a solution inverts A + alpha I: one eigendecomposition for any alpha, or a Cholesky inverse per alpha.
+DECOMPOSITIONS = ("eigh", "inverse")
+#: Up to this many alphas per source a Cholesky inverse per alpha costs less than one eigendecomposition
+#: (float64 at d = 2048 on a CPU: eigh 1.9 s, Cholesky 0.13 s, a Cholesky inverse about 0.4 s).
+INVERSE_UP_TO = 3
+#: Rows per block of the dual solver's kept rows (products over them are summed block by block).
+ROW_BLOCK = 1024
 
 
 class RidgeStatistics:
@@ -30,6 +48,9 @@ class RidgeStatistics:
     (``[S, d, K]``), is accumulated in ``matmul_dtype`` in place, one GEMM per batch: float32 is
     exact enough because the shifts are close to the data's means (pass the training means).
     Sums add up, so under DDP an all-reduce makes them exact.
+
+    ``keep_rows=True`` (the dual solver) keeps the centred rows instead of ``X^T X`` and ``X^T Y``
+    (:class:`TrainingRows`): the solution forms what its shape needs from them.
 
     >>> stats = RidgeStatistics(x_shift=torch.zeros(3), y_shift=torch.zeros(2))
     >>> stats.update(torch.randn(10, 3), torch.randn(10, 2))
@@ -52,18 +73,21 @@ class RidgeStatistics:
         self.n = 0
         self.sx = torch.zeros(s, d, dtype=torch.float64, device=device)
         self.sy = torch.zeros(k, dtype=torch.float64, device=device)
-        self.sxx = torch.zeros(s, d, d, dtype=torch.float64, device=device)
-        # keep_rows (the dual solver): the centred rows instead of X^T Y, whose n*d*K product the
-        # dual form never needs; rows cannot be all-reduced, so this is for one process.
-        self.sxy: torch.Tensor | None = None if keep_rows else torch.zeros(s, d, k, dtype=matmul_dtype, device=device)
-        self.x_rows: list[torch.Tensor] = []
-        self.y_rows: list[torch.Tensor] = []
         self.keep_rows = keep_rows
         self.matmul_dtype = matmul_dtype
+        # keep_rows: neither X^T X nor X^T Y (whose n*d*K product the dual form never needs).
+        self.sxx: torch.Tensor | None = None if keep_rows else torch.zeros(s, d, d, dtype=torch.float64, device=device)
+        self.sxy: torch.Tensor | None = None if keep_rows else torch.zeros(s, d, k, dtype=matmul_dtype, device=device)
+        self.x_rows: list[torch.Tensor] = []  # keep_rows: [b, S, d] blocks, centred at the shift
+        self.y_rows: list[torch.Tensor] = []  # keep_rows: [b, K] blocks
 
     @property
     def n_sources(self) -> int:
         return self.sx.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.sx.shape[1]
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """``x`` ``[b, d]`` or ``[b, S, d]``, ``y`` ``[b, K]`` (all target layers flattened)."""
@@ -74,19 +98,21 @@ class RidgeStatistics:
         self.n += b
         self.sx += xc.sum(0)  # in-place adds promote to float64 element by element, without a copy
         self.sy += yc.sum(0)
+        if self.keep_rows:
+            _append_rows(self.x_rows, xc)
+            _append_rows(self.y_rows, yc)
+            return
+        assert self.sxx is not None and self.sxy is not None
         xs = xc.transpose(0, 1)  # [S, b, d]
         self.sxx += torch.bmm(xs.transpose(1, 2), xs)
-        if self.sxy is None:
-            self.x_rows.append(xc)
-            self.y_rows.append(yc)
-            return
         # Every source against every target layer: one GEMM [S*d, b] @ [b, K], added in place.
         self.sxy.view(-1, yc.shape[1]).addmm_(xc.reshape(b, -1).T, yc)
 
     def tensors(self) -> list[torch.Tensor]:
         """The sums, for an all-reduce (``n`` travels as a tensor too)."""
-        if self.sxy is None:
+        if self.keep_rows:
             raise ValueError("statistics that keep rows (the dual solver) cannot be all-reduced: use the primal solver under DDP")
+        assert self.sxx is not None and self.sxy is not None
         return [torch.tensor([float(self.n)], dtype=torch.float64, device=self.sx.device), self.sx, self.sy, self.sxx, self.sxy]
 
     def load(self, tensors: list[torch.Tensor]) -> None:
@@ -94,16 +120,17 @@ class RidgeStatistics:
         self.n = int(n.item())
 
     def __iadd__(self, other: RidgeStatistics) -> RidgeStatistics:
+        if self.keep_rows != other.keep_rows:
+            raise ValueError("cannot add statistics that keep rows to ones that keep X^T Y")
         self.n += other.n
         self.sx += other.sx
         self.sy += other.sy
-        self.sxx += other.sxx
-        if self.sxy is None or other.sxy is None:
-            if self.sxy is not None or other.sxy is not None:
-                raise ValueError("cannot add statistics that keep rows to ones that keep X^T Y")
+        if self.keep_rows:
             self.x_rows += other.x_rows
             self.y_rows += other.y_rows
         else:
+            assert self.sxx is not None and self.sxy is not None and other.sxx is not None and other.sxy is not None
+            self.sxx += other.sxx
             self.sxy += other.sxy
         return self
 
@@ -111,90 +138,131 @@ class RidgeStatistics:
         """``[S, d]`` and ``[K]``: the data's means."""
         return self.x_shift + self.sx / self.n, self.y_shift + self.sy / self.n
 
+    def column_ss(self) -> torch.Tensor:
+        """``[S, d]`` float64: each column's sum of squares around the data's mean."""
+        mx = self.sx / self.n
+        if self.sxx is not None:
+            return torch.diagonal(self.sxx, dim1=1, dim2=2) - self.n * mx**2
+        return sum(((block.double() - mx) ** 2).sum(0) for block in self.x_rows)  # type: ignore[return-value]
 
-class CrossProducts:
-    """``C = Xc^T Yc`` of every source (centred at the data's means), as the predictions use it:
-    ``left @ C``. Primal: ``C`` itself ``[S, d, K]``. Dual: the centred rows ``Xc`` ``[n, S, d]`` and
-    ``Yc`` ``[n, K]``, and ``left @ C = (left @ Xc^T) @ Yc``: ``b*n*(d + K)`` per product instead of
-    ``n*d*K`` once plus ``b*d*K`` per product, the cheaper form when the rows to predict and the
-    training rows are fewer than the hidden size (:func:`choose_solver`)."""
+    def covariance(self) -> torch.Tensor:
+        """``[S, d, d]`` float64: ``X^T X`` around the data's means (from the kept rows, in the
+        same float64-summed batch products as the streamed sums)."""
+        mx = self.sx / self.n
+        sxx = self.sxx
+        if sxx is None:
+            sxx = torch.zeros(self.n_sources, self.d, self.d, dtype=torch.float64, device=self.sx.device)
+            for block in self.x_rows:
+                xs = block.transpose(0, 1)
+                sxx += torch.bmm(xs.transpose(1, 2), xs)
+        return sxx - self.n * mx[:, :, None] * mx[:, None, :]
 
-    def __init__(self, c: torch.Tensor | None = None, rows: tuple[torch.Tensor, torch.Tensor] | None = None):
-        if (c is None) == (rows is None):
-            raise ValueError("CrossProducts takes C or the rows, one of them")
-        self.c, self.rows = c, rows
 
-    @property
-    def dual(self) -> bool:
-        return self.rows is not None
+def _append_rows(blocks: list[torch.Tensor], rows: torch.Tensor) -> None:
+    """Kept rows grow in blocks of about :data:`ROW_BLOCK` (few large products later, not many small ones)."""
+    if blocks and blocks[-1].shape[0] < ROW_BLOCK:
+        blocks[-1] = torch.cat([blocks[-1], rows])
+    else:
+        blocks.append(rows)
+
+
+class TrainingRows:
+    """The dual solver's training rows as :class:`RidgeStatistics` kept them (blocks centred at the
+    shifts), read around the data's own means without a centred copy of the targets: ``Yc`` is
+    ``Y_shifted - 1 my^T``, so ``h @ Yc = h @ Y_shifted - (h 1) my^T`` (a rank-one correction).
+
+    ``x(source)`` ``[n, d]`` is one source layer's centred rows (a copy, one layer at a time);
+    ``times(h)`` is ``h @ Yc`` for ``h`` ``[m, n]`` (``cols``: only those output columns)."""
+
+    def __init__(self, stats: RidgeStatistics, dtype: torch.dtype):
+        self.dtype = dtype
+        self.n = stats.n
+        self._x, self._y = list(stats.x_rows), list(stats.y_rows)  # copies of the lists: the statistics may grow later
+        self.mx = (stats.sx / stats.n).to(dtype)  # offsets of the data's means from the shifts
+        self.my = (stats.sy / stats.n).to(dtype)
 
     @property
     def n_sources(self) -> int:
-        return self.c.shape[0] if self.c is not None else self.rows[0].shape[1]  # type: ignore[index]
+        return self._x[0].shape[1]
 
     @property
     def width(self) -> int:
-        return self.c.shape[2] if self.c is not None else self.rows[1].shape[1]  # type: ignore[index]
+        return self._y[0].shape[1]
 
-    def times(self, left: torch.Tensor, source: int, cols: torch.Tensor | None = None) -> torch.Tensor:
-        """``left @ C[source]`` (only the columns ``cols`` if given)."""
-        if self.c is not None:
-            c = self.c[source]
-            return left @ (c if cols is None else c[:, cols])
-        xc, yc = self.rows  # type: ignore[misc]
-        return (left @ xc[:, source].T) @ (yc if cols is None else yc[:, cols])
+    def x(self, source: int) -> torch.Tensor:
+        return torch.cat([block[:, source] for block in self._x]).to(self.dtype) - self.mx[source]
 
-    def columns(self, source: int, columns: slice) -> torch.Tensor:
-        """``C[source][:, columns]`` (the dual forms only these)."""
-        if self.c is not None:
-            return self.c[source][:, columns]
-        xc, yc = self.rows  # type: ignore[misc]
-        return xc[:, source].T @ yc[:, columns]
+    def times(self, h: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        my = self.my if cols is None else self.my[cols]
+        out = -h.sum(1, keepdim=True) * my  # the rank-one correction, then the blocks added in place
+        start = 0
+        for block in self._y:
+            b = block.shape[0]
+            out.addmm_(h[:, start : start + b], (block if cols is None else block[:, cols]).to(self.dtype))
+            start += b
+        return out
 
-    def to(self, device) -> CrossProducts:
-        if self.c is not None:
-            self.c = self.c.to(device)
-        else:
-            self.rows = (self.rows[0].to(device), self.rows[1].to(device))  # type: ignore[index]
+    def to(self, device) -> TrainingRows:
+        self._x = [block.to(device) for block in self._x]
+        self._y = [block.to(device) for block in self._y]
+        self.mx, self.my = self.mx.to(device), self.my.to(device)
         return self
 
-
-#: How predictions use X^T Y: formed (primal) or through the training rows (dual).
-SOLVERS = ("primal", "dual")
+    def y_columns(self, columns: slice) -> torch.Tensor:
+        """``Yc[:, columns]`` ``[n, k]``: a few target columns of the centred rows."""
+        return torch.cat([block[:, columns] for block in self._y]).to(self.dtype) - self.my[columns]
 
 
 def choose_solver(n_train: int, d: int, n_outputs: int, n_predicted: int, n_products: int) -> str:
     """``"dual"`` where predicting through the training rows costs less arithmetic than forming
     ``X^T Y``. ``n_products`` predictions (alphas x band ratios) of ``n_predicted`` rows each, for
-    ``n_outputs`` output columns (every target layer): the dual costs ``n_predicted * n_train *
-    (d + n_outputs)`` per prediction; the primal ``n_train * d * n_outputs`` once (``C``) plus
-    ``n_predicted * d * n_outputs`` per prediction. The eigendecomposition is the same in both.
+    ``n_outputs`` output columns (every target layer): the primal forms ``C = X^T Y``
+    (``n_train * d * n_outputs``) and multiplies each prediction by it (``n_predicted * d *
+    n_outputs``); the dual multiplies each prediction by the training rows (``n_predicted *
+    n_train * (d + n_outputs)``). Both decompose ``X^T X`` (``d^3``), unless the rows are fewer
+    than the hidden size: then the dual decomposes the Gram matrix ``X X^T`` (``n_train^3``) and
+    the primal, in float32, loses accuracy (:class:`RidgeSolution`), so the dual is chosen.
 
     >>> choose_solver(n_train=5200, d=4096, n_outputs=33 * 4096, n_predicted=1300, n_products=1)   # the paper's 7B shape
     'dual'
     >>> choose_solver(n_train=5200, d=576, n_outputs=31 * 576, n_predicted=1300, n_products=7)     # SmolLM2's, an alpha grid
     'primal'
     """
+    if n_train < d:
+        return "dual"
     dual = n_products * n_predicted * n_train * (d + n_outputs)
     primal = n_train * d * n_outputs + n_products * n_predicted * d * n_outputs
     return "dual" if dual < primal else "primal"
 
 
 class RidgeSolution:
-    """``eigh(X^T X)`` of every source, ready to predict or give weights for any ``alpha`` (one per
-    target layer if wanted), from one eigendecomposition per source.
+    """Ridge solutions of every source, ready to predict or give weights for any ``alpha`` (one per
+    target layer if wanted).
 
-    Predictions never form the weights: ``(x Q) D Q^T S C`` with ``C = Xc^T Yc`` costs one
-    ``[b, d] @ [d, K]`` product per source and alpha, the same as applying ``W``, without the
-    ``d^2 K`` cost of forming it. ``C`` takes over the statistics' ``X^T Y`` buffer unless
+    The matrix inverted is ``A + alpha I`` with ``A = S Xc^T Xc S`` (``d x d``), or, for the dual
+    solver with fewer training rows than dimensions, the Gram matrix ``A = Xc S^2 Xc^T`` (``n x n``,
+    the kernel form: ``x S^2 Xc^T (A + alpha I)^-1 Yc``, the same predictions). ``decomposition``:
+    ``"eigh"`` decomposes ``A`` once per source and serves any alpha from it (an alpha grid);
+    ``"inverse"`` inverts ``A + alpha I`` per alpha by Cholesky, several times cheaper for one alpha.
+
+    Predictions never form the weights: ``((x - m) S (A + alpha I)^-1 S) C`` with ``C = Xc^T Yc``
+    costs one ``[b, d] @ [d, K]`` product per source and alpha, the same as applying ``W``, without
+    the ``d^2 K`` cost of forming it; the dual multiplies through the rows instead of ``C``
+    (:class:`TrainingRows`). ``C`` takes over the statistics' ``X^T Y`` buffer unless
     ``keep_stats=True`` (then it is copied; needed to add more sums later); ``shared_c`` re-uses
-    the centred ``C`` of another solution of the same statistics instead (it does not depend on
+    the ``C`` (or rows) of another solution of the same statistics instead (they do not depend on
     the column scales).
 
     Columns are scaled before the ridge (``S``; the weights apply to unscaled inputs): by their
     inverse training standard deviation with ``scale=True``, and by ``column_scale`` ``[S, d]``.
     Scaling a band of columns by ``1 / sqrt(r)`` is ridge with ``r`` times the penalty on that
-    band: banded ridge, one eigendecomposition per set of band penalties.
+    band: banded ridge, one solution per set of band penalties.
+
+    Precision: decompositions and inverses are float64; the large products run in
+    ``product_dtype``. Float32 products agree with float64 to about 1e-6 in R² where the rows
+    outnumber the dimensions, and in the kernel form; the ``d x d`` form with fewer rows than
+    dimensions amplifies float32 rounding in ``X^T X``'s null space by ``1 / alpha`` (R² off by
+    1e-2 at alpha 0.1), hence a warning there.
     """
 
     def __init__(
@@ -204,56 +272,137 @@ class RidgeSolution:
         product_dtype: torch.dtype = torch.float64,
         keep_stats: bool = True,
         column_scale: torch.Tensor | None = None,
-        shared_c: CrossProducts | None = None,
+        shared_c: torch.Tensor | TrainingRows | None = None,
+        decomposition: str = "eigh",
     ):
         if stats.n < 2:
             raise ValueError("ridge needs at least two training rows")
+        if decomposition not in DECOMPOSITIONS:
+            raise ValueError(f"decomposition must be one of {DECOMPOSITIONS}, got '{decomposition}'")
         self.single = stats.single
-        n = stats.n
-        mx = stats.sx / n  # offsets of the data's means from the shifts
+        n, d = stats.n, stats.d
         self.x_mean, self.y_mean = stats.means()
-        cxx = stats.sxx - n * mx[:, :, None] * mx[:, None, :]
         if scale:
-            std = torch.sqrt(torch.clamp(torch.diagonal(cxx, dim1=1, dim2=2) / n, min=1e-12))  # as StandardScaler
+            std = torch.sqrt(torch.clamp(stats.column_ss() / n, min=1e-12))  # as StandardScaler
         else:
             std = torch.ones_like(self.x_mean)
         self.inv_std = 1.0 / std  # [S, d]: the column scale S
         if column_scale is not None:
             self.inv_std = self.inv_std * column_scale.to(self.inv_std).reshape(self.inv_std.shape)
-        cxx = cxx * self.inv_std[:, :, None] * self.inv_std[:, None, :]
-        self.eigvals, self.eigvecs = torch.linalg.eigh(cxx)
-        self.eigvals = torch.clamp(self.eigvals, min=0.0)
         self.product_dtype = product_dtype
-        self.q = self.eigvecs.to(product_dtype)
         self._scale_mm = self.inv_std.to(product_dtype)
+        # What predictions multiply: C = Xc^T Yc (primal) or the training rows (dual).
+        self.c: torch.Tensor | TrainingRows
         if shared_c is not None:
             self.c = shared_c
-            return
-        if stats.sxy is None:  # the dual form: the rows around the data's own means
-            my = stats.sy / n
-            xc = torch.cat(stats.x_rows).to(product_dtype) - mx.to(product_dtype)
-            yc = torch.cat(stats.y_rows).to(product_dtype) - my.to(product_dtype)
-            self.c = CrossProducts(rows=(xc, yc))
-            return
-        c = stats.sxy.clone() if keep_stats else stats.sxy
-        c = c.to(product_dtype)  # no copy when the dtypes agree
-        for s in range(stats.n_sources):  # around the data's own means: a rank-one update in place
-            c[s].addr_(mx[s].to(product_dtype), stats.sy.to(product_dtype), alpha=-1.0)  # n mx my^T = mx sy^T
-        self.c = CrossProducts(c=c)
+        elif stats.keep_rows:
+            self.c = TrainingRows(stats, product_dtype)
+        else:
+            assert stats.sxy is not None
+            mx = stats.sx / n
+            c = stats.sxy.clone() if keep_stats else stats.sxy
+            c = c.to(product_dtype)  # no copy when the dtypes agree
+            for s in range(stats.n_sources):  # around the data's own means: a rank-one update in place
+                c[s].addr_(mx[s].to(product_dtype), stats.sy.to(product_dtype), alpha=-1.0)  # n mx my^T = mx sy^T
+            self.c = c
+        self.kernel = isinstance(self.c, TrainingRows) and n < d
+        if self.kernel:  # the scaled Gram matrix Xs Xs^T, Xs = Xc S, one source at a time
+            assert isinstance(self.c, TrainingRows)
+            grams = []
+            for s in range(stats.n_sources):
+                xs = self.c.x(s).double() * self.inv_std[s]
+                grams.append(xs @ xs.T)
+            a = torch.stack(grams)
+        else:
+            a = stats.covariance() * self.inv_std[:, :, None] * self.inv_std[:, None, :]
+            if n <= d and product_dtype == torch.float32:
+                warn_once(
+                    log,
+                    ("primal_float32_rank", n, d),
+                    "ridge with %d training rows for %d dimensions and float32 products in the d x d form: R² may be off by "
+                    "up to 1e-2 at small alpha; use affine.solver=dual (or auto) or affine.matmul_dtype=float64",
+                    n,
+                    d,
+                )
+        self.decomposition = decomposition
+        self._inverses: dict[tuple[int, float], torch.Tensor] = {}  # (source, alpha) -> (A + alpha I)^-1, float64
+        if decomposition == "eigh":
+            self.a = None
+            eigvals, self.eigvecs = torch.linalg.eigh(a)
+            self.eigvals = torch.clamp(eigvals, min=0.0)
+            self.q = self.eigvecs.to(product_dtype)
+        else:
+            self.a = a
 
     @property
     def n_sources(self) -> int:
-        return self.c.n_sources
+        return self.x_mean.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Output columns (every target layer's)."""
+        return self.c.width if isinstance(self.c, TrainingRows) else self.c.shape[2]
 
     def to(self, device) -> RidgeSolution:
         """The solution's tensors on ``device`` (in place; Lightning moves the module, not this)."""
-        for name in ("x_mean", "y_mean", "inv_std", "eigvals", "eigvecs", "q", "_scale_mm", "c"):
+        names = ["x_mean", "y_mean", "inv_std", "_scale_mm", "c"] + (["eigvals", "eigvecs", "q"] if self.a is None else ["a"])
+        for name in names:
             setattr(self, name, getattr(self, name).to(device))
+        self._inverses = {key: value.to(device) for key, value in self._inverses.items()}
         return self
 
+    def _shifted(self, source: int, alpha: float) -> torch.Tensor:
+        assert self.a is not None
+        return self.a[source] + alpha * torch.eye(self.a.shape[1], dtype=self.a.dtype, device=self.a.device)
+
+    def inverse(self, source: int, alpha: float) -> torch.Tensor:
+        """``(A + alpha I)^-1`` (float64) of one source."""
+        if self.a is None:
+            return (self.eigvecs[source] / (self.eigvals[source] + alpha)) @ self.eigvecs[source].T
+        factor, info = torch.linalg.cholesky_ex(self._shifted(source, alpha))
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+        return torch.linalg.pinv(self._shifted(source, alpha), hermitian=True)  # alpha 0 on rank-deficient data: minimum norm
+
+    def solve(self, source: int, alpha: float, v: torch.Tensor) -> torch.Tensor:
+        """``(A + alpha I)^-1 v`` (float64) for ``v`` ``[m, k]``, without forming the inverse."""
+        if self.a is None:
+            q = self.eigvecs[source]
+            return q @ ((q.T @ v) / (self.eigvals[source] + alpha)[:, None])
+        factor, info = torch.linalg.cholesky_ex(self._shifted(source, alpha))
+        if int(info) == 0:
+            return torch.cholesky_solve(v, factor)
+        return torch.linalg.pinv(self._shifted(source, alpha), hermitian=True) @ v
+
     def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
-        """``(x - mean) S @ Q``: the rows in the eigenbasis."""
-        return ((x.double() - self.x_mean[source]) * self.inv_std[source]).to(self.product_dtype) @ self.q[source]
+        """What every alpha starts from: ``(x - mean) S``, in the kernel form ``(x - mean) S^2 Xc^T``
+        (the rows' products with the training rows); with ``decomposition="eigh"``, in ``A``'s eigenbasis."""
+        centred = (x.double() - self.x_mean[source]) * self.inv_std[source]
+        if self.kernel:
+            assert isinstance(self.c, TrainingRows)
+            u = (centred * self.inv_std[source]).to(self.product_dtype) @ self.c.x(source).T
+        else:
+            u = centred if self.a is not None else centred.to(self.product_dtype)  # the inverse is applied in float64
+        return u if self.a is not None else u @ self.q[source]
+
+    def _times(self, z: torch.Tensor, value: float, source: int, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """The centred predictions (``cols`` only) of rotated rows ``z`` at one ``alpha``."""
+        if self.a is None:
+            shrunk = (z / (self.eigvals[source] + value).to(self.product_dtype)) @ self.q[source].T
+        else:
+            key = (source, value)
+            if key not in self._inverses:
+                self._inverses[key] = self.inverse(source, value)
+            # in float64: an explicit inverse rounded to float32 loses more than the eigenbasis does
+            shrunk = (z.double() @ self._inverses[key]).to(self.product_dtype)
+        if self.kernel:  # shrunk is the hat matrix's rows [b, n]
+            assert isinstance(self.c, TrainingRows)
+            return self.c.times(shrunk, cols)
+        left = shrunk * self._scale_mm[source]  # [b, d]
+        if isinstance(self.c, TrainingRows):
+            return self.c.times(left @ self.c.x(source).T, cols)
+        c = self.c[source]
+        return left @ (c if cols is None else c[:, cols])
 
     def predict_centred(
         self, x: torch.Tensor, alpha, source: int = 0, z: torch.Tensor | None = None, targets: list[int] | None = None
@@ -264,21 +413,20 @@ class RidgeSolution:
         computed (the others are left 0)."""
         z = self.rotated(x, source) if z is None else z
         a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
-        shrunk = lambda value: ((z / (self.eigvals[source] + value).to(self.product_dtype)) @ self.q[source].T) * self._scale_mm[source]  # noqa: E731
         if targets is None and (a.numel() == 1 or bool((a == a[0]).all())):
-            return self.c.times(shrunk(a[0]), source)
+            return self._times(z, float(a[0]), source)
         # One alpha per target layer: one product per distinct alpha, over its target layers' columns.
-        n_targets = a.numel() if a.numel() > 1 else (self.c.width if targets is None else max(targets) + 1)
-        k = self.c.width // n_targets if a.numel() > 1 else None
+        n_targets = a.numel() if a.numel() > 1 else (self.width if targets is None else max(targets) + 1)
+        k = self.width // n_targets if a.numel() > 1 else None
         if k is None:  # a scalar alpha on some target layers: the caller says how wide a layer is
             raise ValueError("targets= needs one alpha per target layer")
         a = a.expand(n_targets) if a.numel() == 1 else a
         wanted = torch.zeros(n_targets, dtype=torch.bool)
         wanted[list(range(n_targets)) if targets is None else targets] = True
-        out = torch.zeros(x.shape[0], self.c.width, dtype=self.product_dtype, device=x.device)
+        out = torch.zeros(x.shape[0], self.width, dtype=self.product_dtype, device=x.device)
         for value in torch.unique(a[wanted]):
             cols = torch.cat([torch.arange(t * k, (t + 1) * k) for t in torch.nonzero((a == value) & wanted).flatten().tolist()]).to(x.device)
-            out[:, cols] = self.c.times(shrunk(value), source, cols)
+            out[:, cols] = self._times(z, float(value), source, cols)
         return out
 
     def predict(self, x: torch.Tensor, alpha, source: int = 0) -> torch.Tensor:
@@ -287,13 +435,19 @@ class RidgeSolution:
 
     def weights(self, alpha, source: int = 0, columns: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W, b)`` with ``y ~ x @ W + b`` for the output ``columns``; the bias is not regularised."""
-        q = self.eigvecs[source]
-        shrink = 1.0 / (self.eigvals[source] + float(alpha))
-        scaled_c = self.inv_std[source][:, None] * self.c.columns(source, columns).double()
-        w = (q * shrink) @ (q.T @ scaled_c) * self.inv_std[source][:, None]
+        alpha = float(alpha)
+        inv_std = self.inv_std[source][:, None]
+        if isinstance(self.c, TrainingRows):
+            xc, yc = self.c.x(source).double(), self.c.y_columns(columns).double()
+            if self.kernel:  # W = S^2 Xc^T (A + alpha I)^-1 Yc
+                w = inv_std**2 * (xc.T @ self.solve(source, alpha, yc))
+                return w, self.y_mean[columns] - self.x_mean[source] @ w
+            scaled_c = inv_std * (xc.T @ yc)
+        else:
+            scaled_c = inv_std * self.c[source][:, columns].double()
+        w = self.solve(source, alpha, scaled_c) * inv_std
         b = self.y_mean[columns] - self.x_mean[source] @ w
         return w, b
-
 
 def fit_ridge(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.1, scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge on in-memory data (float64 statistics around the mean).
@@ -322,8 +476,7 @@ def band_scales(stats: RidgeStatistics, band_start: int | None, ratios: list[flo
     """
     if band_start is None:
         return [None]
-    mx = stats.sx / stats.n
-    var = torch.diagonal(stats.sxx, dim1=1, dim2=2) - stats.n * mx**2  # [S, d] centred sums of squares
+    var = stats.column_ss()  # [S, d] centred sums of squares
     if standardised:
         var = (var > 0).to(var.dtype)
     source, band = var[:, :band_start].sum(1), var[:, band_start:].sum(1)
