@@ -62,16 +62,26 @@ def run_nsync(cache: Path, out: Path, *extra: str) -> tuple[float, float, FitRes
     return seconds, usage.ru_maxrss / 2**20, FitResult.load(out)
 
 
+DEVICE = torch.device("cpu")  # --accelerator gpu: the paper's algorithm, the reference and the floors run on the GPU too
+
+
 def _float32(dm: SynchronyDataModule, part: str, sources: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.from_numpy(dm.index[part])
-    return dm.x[rows, sources].float(), dm.y[rows].float()
+    return dm.x[rows, sources].to(DEVICE).float(), dm.y[rows].to(DEVICE).float()
+
+
+def _sync() -> float:
+    """``time.perf_counter()`` once the device has finished its queued work."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def paper_direction(dm: SynchronyDataModule, alpha: float, sources: int) -> np.ndarray:
     """The paper's algorithm for the first ``sources`` source layers of one direction."""
     (x_tr, y_tr), (x_te, y_te) = _float32(dm, "train", slice(0, sources)), _float32(dm, "test", slice(0, sources))
-    ones_tr, ones_te = torch.ones(len(x_tr), 1), torch.ones(len(x_te), 1)
-    penalty = alpha * torch.eye(dm.d_in + 1)
+    ones_tr, ones_te = torch.ones(len(x_tr), 1, device=DEVICE), torch.ones(len(x_te), 1, device=DEVICE)
+    penalty = alpha * torch.eye(dm.d_in + 1, device=DEVICE)
     penalty[-1, -1] = 0.0  # unpenalised bias
     r2 = np.zeros((sources, len(dm.target_layers)))
     for s in range(sources):
@@ -79,7 +89,7 @@ def paper_direction(dm: SynchronyDataModule, alpha: float, sources: int) -> np.n
         xa_te = torch.cat([x_te[:, s], ones_te], 1)
         for t in range(len(dm.target_layers)):  # every pair on its own, as the paper's scripts fit them
             w = torch.linalg.solve(xa.T @ xa + penalty, xa.T @ y_tr[:, t])
-            r2[s, t] = r2_score(y_te[:, t].numpy(), (xa_te @ w).numpy())
+            r2[s, t] = r2_score(y_te[:, t].cpu().numpy(), (xa_te @ w).cpu().numpy())
     return r2
 
 
@@ -89,12 +99,12 @@ def reference_source(dm: SynchronyDataModule, alpha: float, source: int = 0) -> 
     x, xt = x[:, 0].double(), xt[:, 0].double()
     mx = x.mean(0)
     xc = x - mx
-    factor = torch.linalg.cholesky(xc.T @ xc + alpha * torch.eye(dm.d_in, dtype=torch.float64))
+    factor = torch.linalg.cholesky(xc.T @ xc + alpha * torch.eye(dm.d_in, dtype=torch.float64, device=DEVICE))
     out = np.zeros(len(dm.target_layers))
     for t in range(len(dm.target_layers)):
-        yt_t, y_t = y[:, t].double(), yt[:, t].numpy()
-        w = torch.cholesky_solve(xc.T @ (yt_t - yt_t.mean(0)), factor)
-        out[t] = r2_score(y_t, ((xt - mx) @ w + yt_t.mean(0)).numpy())
+        y_tr, y_te = y[:, t].double(), yt[:, t].cpu().numpy()
+        w = torch.cholesky_solve(xc.T @ (y_tr - y_tr.mean(0)), factor)
+        out[t] = r2_score(y_te, ((xt - mx) @ w + y_tr.mean(0)).cpu().numpy())
     return out
 
 
@@ -106,17 +116,18 @@ def floors(dm: SynchronyDataModule, sources: int) -> dict[str, float]:
     out = {"primal": 0.0, "dual": 0.0}
     for s in range(sources):
         x, xt = x_tr[:, s].contiguous(), x_te[:, s].contiguous()
-        t = time.perf_counter()
-        gram = (x.T @ x).double() + 0.1 * torch.eye(d, dtype=torch.float64)
+        t = _sync()
+        gram = (x.T @ x).double() + 0.1 * torch.eye(d, dtype=torch.float64, device=DEVICE)
         torch.linalg.cholesky(gram)
-        shared = time.perf_counter() - t
-        t = time.perf_counter()
+        shared = _sync() - t
+        t = _sync()
         c = x.T @ y_tr
         xt @ c
-        out["primal"] += shared + time.perf_counter() - t
-        t = time.perf_counter()
+        out["primal"] += shared + _sync() - t
+        del c
+        t = _sync()
         (xt @ x.T) @ y_tr
-        out["dual"] += shared + time.perf_counter() - t
+        out["dual"] += shared + _sync() - t
     return {k: v * len(dm.source_layers) / sources for k, v in out.items()}
 
 
@@ -134,21 +145,25 @@ def main() -> None:
                    "extrapolate (default: all)")
     p.add_argument("--floor-sources", type=int, default=None, help="time the floors on this many source layers and extrapolate (default: all)")
     p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where nsync.fit (accelerator=...), the paper's "
+                   "algorithm and the floors run")
     p.add_argument("--compare-solvers", action="store_true", help="also time the fit with affine.solver=primal and =dual (same run)")
     args = p.parse_args()
     if args.shape:
         args.layers, args.hidden, args.episodes = SHAPES[args.shape]
+    global DEVICE
+    DEVICE = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     directions = args.directions.split(",")
     cache = Path(args.cache or f"runs/benchmarks/fit_{args.layers}x{args.hidden}_{args.episodes}")
     if not (cache / "manifest.json").exists():
         t = time.perf_counter()
         write_synthetic_cache(cache, "linear", n_episodes=args.episodes, turns=16, n_layers=args.layers - 1, hidden=args.hidden,
-                              massive=3000.0, n_characters=40, n_scenarios=90)
+                              massive=3000.0, n_characters=40, n_scenarios=90, dtype="float16", shard_rows=2000)
         print(f"wrote the synthetic cache {cache} in {time.perf_counter() - t:.1f} s", flush=True)
     out = cache.parent / f"{cache.name}_fit"
     print(f"shape: {args.layers} layers x hidden {args.hidden}, {args.episodes} episodes, directions {directions}; "
           f"torch threads {torch.get_num_threads()}", flush=True)
-    common = [f"affine.alphas=[{args.alpha}]", f"data.directions=[{','.join(directions)}]"]
+    common = [f"affine.alphas=[{args.alpha}]", f"data.directions=[{','.join(directions)}]", f"accelerator={args.accelerator}"]
 
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import nsync.fit.loop"], check=True)
@@ -181,9 +196,9 @@ def main() -> None:
         for form, seconds in floors(dm, min(args.floor_sources or n_src, n_src)).items():
             t_floor[form] += seconds
         k = min(args.paper_sources or n_src, n_src)
-        t = time.perf_counter()
+        t = _sync()
         paper = paper_direction(dm, args.alpha, k)
-        t_paper += (time.perf_counter() - t) * n_src / k
+        t_paper += (_sync() - t) * n_src / k
         mine = first.directions[direction].r2_matrix
         max_diff = max(max_diff, float(np.nanmax(np.abs(mine[:k] - paper))))
         max_ref_diff = max(max_ref_diff, float(np.nanmax(np.abs(mine[0] - reference_source(dm, args.alpha)))))

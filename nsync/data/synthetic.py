@@ -84,8 +84,14 @@ def write_synthetic_cache(
     n_agents: int = 2,
     plant: tuple[int, int] | None = None,
     flag_share: float = 0.0,
+    dtype: str = "float32",
+    shard_rows: int | None = None,
 ) -> Path:
     """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path.
+
+    ``dtype``: the stored precision (``float16`` as ``nsync.simulate`` stores). ``shard_rows``:
+    commit a shard whenever this many state rows have accumulated (at an episode's end), so a
+    large cache (the 7B shape's benchmark) never holds all its states in memory at once.
 
     ``flag_share``: that share of replies is flagged ``echo:goal`` (the ``flag`` column), and a pair
     whose source or target reply is flagged carries no synchrony (the target state is noise).
@@ -104,8 +110,47 @@ def write_synthetic_cache(
     perm = rng.permutation(hidden)
     # The conversation's shape: one vector per utterance index (drawn only when asked, so other caches keep their draws).
     profile = shape * rng.normal(size=(turns, hidden)) if shape else np.zeros((turns, hidden))
-    rows = []
+    rows: list[dict] = []
     states: dict[str, list[np.ndarray]] = {"interactive": [], "observer": [], "listener": []}
+    info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
+    identity = dict(
+        relation=relation,
+        n_episodes=n_episodes,
+        turns=turns,
+        n_layers=n_layers,
+        hidden=hidden,
+        scale=scale,
+        noise=noise,
+        massive=massive,
+        seed=seed,
+        lag=lag,
+        seeds=seeds,
+        observer_share=observer_share,
+        listener=listener,
+        constant_first_layer=constant_first_layer,
+        shape=shape,
+        n_agents=n_agents,
+        plant=plant,
+        **({"flag_share": flag_share} if flag_share else {}),
+    )
+    writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype=dtype)
+
+    # Every layer is a rotation of the latent states (one matrix product per layer, not per row).
+    def to_layers(z: np.ndarray) -> np.ndarray:
+        out = np.empty((len(z), n_layers + 1, hidden), dtype=np.float32)
+        for i, r in enumerate(rotations):
+            out[:, i] = z @ r.T
+        out += np.float32(massive) * np.eye(1, hidden, dtype=np.float32)[0]
+        if constant_first_layer:
+            out[:, 0] = rotations[0][0]
+        return out
+
+    def commit() -> None:
+        writer.write_shard(rows, {(model, c): to_layers(np.stack(v)) for c, v in states.items() if v})
+        rows.clear()
+        for v in states.values():
+            v.clear()
+
     for e in range(n_episodes):
         cast = [f"ch{c:02d}" for c in rng.choice(n_characters, size=n_agents, replace=False)]
         scenario = e % n_scenarios
@@ -139,37 +184,10 @@ def write_synthetic_cache(
                     for other in [k for k in range(n_agents) if k != t % n_agents]:
                         rows.append(row | dict(condition="listener", agent=other, character_id=cast[other]))
                         states["listener"].append(rng.normal(size=hidden))
-    info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
-    identity = dict(
-        relation=relation,
-        n_episodes=n_episodes,
-        turns=turns,
-        n_layers=n_layers,
-        hidden=hidden,
-        scale=scale,
-        noise=noise,
-        massive=massive,
-        seed=seed,
-        lag=lag,
-        seeds=seeds,
-        observer_share=observer_share,
-        listener=listener,
-        constant_first_layer=constant_first_layer,
-        shape=shape,
-        n_agents=n_agents,
-        plant=plant,
-        **({"flag_share": flag_share} if flag_share else {}),
-    )
-    writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
-
-    # Every layer is a rotation of the latent states (one matrix product per layer, not per row).
-    def to_layers(z: np.ndarray) -> np.ndarray:
-        out = np.stack([z @ r.T for r in rotations], axis=1).astype(np.float32) + np.float32(massive) * np.eye(1, hidden, dtype=np.float32)[0]
-        if constant_first_layer:
-            out[:, 0] = rotations[0][0]
-        return out
-
-    writer.write_shard(rows, {(model, c): to_layers(np.stack(v)) for c, v in states.items() if v})
+        if shard_rows and len(rows) >= shard_rows:
+            commit()
+    if rows:
+        commit()
     writer.finalize()
     return Path(path)
 
