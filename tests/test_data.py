@@ -76,3 +76,22 @@ def test_datamodule_shapes_stats_and_no_leakage(cache):
     every_other = SynchronyDataModule(DataConfig(cache=str(cache), source_layer_step=2))
     every_other.setup()
     assert every_other.source_layers == [0, 2] and every_other.target_layers == [0, 1, 2]
+
+
+def test_states_stay_as_stored_and_batches_are_float32(tmp_path):
+    """A float16 cache (as nsync.simulate writes, here in several shards) is held in float16 (half
+    the memory of a float32 copy) and served in float32 batches equal to the stored values."""
+    path = write_synthetic_cache(tmp_path / "c16", n_episodes=12, hidden=8, n_layers=2, massive=300.0, dtype="float16", shard_rows=40)
+    cache = ActivationCache.open(path)
+    assert cache.manifest["dtype"] == "float16"
+    dm = SynchronyDataModule(DataConfig(cache=str(path), batch_size=7), "A->B", 0)
+    dm.setup()
+    assert dm.x.dtype == dm.y.dtype == torch.float16
+    x, y = next(iter(dm.for_sources([1]).train_dataloader()))
+    assert x.dtype == y.dtype == torch.float32
+    rows = dm.pairs.iloc[dm.index["fit"]]
+    stored = np.asarray(cache.states("synthetic", 1, "interactive"))[rows["source_row"].to_numpy()]
+    batch = {tuple(r) for r in x[:, 0].numpy()}
+    assert batch <= {tuple(r) for r in stored.astype(np.float32)}
+    # the means are float64 over the stored values
+    np.testing.assert_allclose(dm.x_mean[1].numpy(), stored.astype(np.float64).mean(0), rtol=1e-12, atol=1e-9)

@@ -33,8 +33,8 @@ class SynchronyDataModule(L.LightningDataModule):
     rows of every source layer and every target layer into memory, layer by layer:
     :attr:`x` is ``[pairs, source layers, hidden_src]`` and :attr:`y` ``[pairs, target layers,
     hidden_tgt]``, in the cache's dtype (float16 takes half the memory of float32; with
-    ``remove_context`` float32). Batches are float32. Means and standard deviations of the fitted
-    rows are float64.
+    ``remove_context`` float32). Batches are float32 (in the cache's dtype from :meth:`as_stored`).
+    Means and standard deviations of the fitted rows are float64.
 
     Loaders yield ``(x, y)`` with ``x`` ``[batch, sources, hidden_src]`` for the sources this
     module serves (all, or those chosen with :meth:`for_sources`) and ``y`` ``[batch, targets,
@@ -52,6 +52,7 @@ class SynchronyDataModule(L.LightningDataModule):
         self.direction, self.split_seed, self.validation = direction, split_seed, validation
         self.source_index: list[int] | None = None  # positions in the source axis served (None: all)
         self.band_start: int | None = None  # banded ridge: where the baseline's columns begin (with_source_data)
+        self.stored_batches = False  # batches in the cache's dtype instead of float32 (as_stored)
         self._ready = False
 
     def setup(self, stage: str | None = None) -> None:
@@ -150,6 +151,14 @@ class SynchronyDataModule(L.LightningDataModule):
         view.source_index = list(positions)
         return view
 
+    def as_stored(self) -> SynchronyDataModule:
+        """A module sharing this one's data whose batches keep the cache's dtype (float16 as stored),
+        for a probe that converts them itself: the affine probe's dual solver keeps its training
+        rows that way, at half the memory of float32."""
+        view = copy.copy(self)
+        view.stored_batches = True
+        return view
+
     def with_source_data(self, x: torch.Tensor, band_start: int | None = None) -> SynchronyDataModule:
         """A module sharing this one's pairs, split and targets whose sources are ``x`` ``[pairs,
         sources, hidden]`` instead (a baseline's features, or the source joined with them for banded
@@ -215,7 +224,8 @@ class _Rows(Dataset):
     def __getitem__(self, positions: list[int]):
         rows = self.rows[positions]
         x = self.dm.x[rows] if self.sources is None else self.dm.x[rows[:, None], self.sources]
-        batch = (_float32(x), _float32(self.dm.y[rows]))
+        y = self.dm.y[rows]
+        batch = (x, y) if self.dm.stored_batches else (_float32(x), _float32(y))
         return (*batch, self.dm.group[rows]) if self.with_group else batch
 
 

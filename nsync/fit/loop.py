@@ -185,7 +185,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         if draws is not None and replicate_r2 is None:  # the target-side sums are the same for every chunk
             replicate_r2 = boot.ReplicateR2(sums, draws)
         valid = boot.valid_dims(sums)
-        predictions = sur.chosen_predictions(probe, x_test[:, chunk], y_test, chosen) if x_test is not None and y_test is not None else {}
+        predictions = sur.chosen_predictions(probe, x_test[:, chunk].float(), y_test, chosen) if x_test is not None and y_test is not None else {}
         if perms is not None:
             null_sync.append(sur.chunk_nulls(predictions, chosen, perms, valid))
         if course is not None:

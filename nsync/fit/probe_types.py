@@ -76,19 +76,26 @@ class Affine:
 
     def bytes_per_source(self, cfg: FitConfig, dm: SynchronyDataModule) -> int:
         """What one more source layer in a chunk costs. Primal: float32 ``X^T Y`` (with validation
-        also the solution's copy and the validation part's sums). Dual: the kept float32 rows and
-        a float64 decomposition (``d x d``, or ``n x n`` with fewer rows; matrix, eigenvectors and
-        their product copy). Both: float64 squared errors per test episode (the metric's state and
-        its synchronised copy) and per alpha on validation. The dual's target rows (``rows x
-        outputs``, float32) are the same for every chunk size and are not counted here."""
+        also the solution's copy and the validation part's sums). Dual: the source's training rows
+        as stored. Both: float64 ``d x d`` (dual with fewer rows: ``n x n``) matrices per band
+        penalty ratio (three for an eigendecomposition, one plus an inverse per alpha otherwise),
+        and float64 squared errors per test episode (the metric's state and its default) and per
+        alpha on validation. The dual's target rows (the same for every chunk size) are not counted."""
+        from nsync.probes.ridge import INVERSE_UP_TO
+
         outputs = len(dm.target_layers) * dm.d_out
         rows = dm.n("fit") + dm.n("val")
-        scores = 8 * outputs * (2 * dm.n_test_episodes + len(cfg.affine.alphas))
-        if self.solver(cfg, dm) == "dual":
-            d = dm.d_in * (3 if cfg.partition.baselines else 1)  # the joint fit's design: the source and a baseline of up to twice its width
-            return 4 * rows * d + 3 * 8 * min(rows, d) ** 2 + scores
-        per_source = dm.d_in * outputs * (12 if self.needs_validation(cfg) else 4) + scores
-        return per_source * (3 if cfg.partition.baselines else 1)
+        n_alphas = len(cfg.affine.alphas)
+        scores = 8 * outputs * (2 * dm.n_test_episodes + n_alphas)
+        wide = 3 if cfg.partition.baselines else 1  # the joint fit's design: the source and a baseline of up to twice its width
+        ratios = len(cfg.partition.ratios) if cfg.partition.baselines else 1
+        d = dm.d_in * wide
+        dual = self.solver(cfg, dm) == "dual"
+        matrices = 3 if n_alphas > INVERSE_UP_TO else 1 + n_alphas
+        decomposition = ratios * matrices * 8 * (min(rows, d) if dual else d) ** 2
+        if dual:
+            return dm.x.element_size() * rows * d + decomposition + scores
+        return (dm.d_in * outputs * (12 if self.needs_validation(cfg) else 4) + scores) * wide + decomposition
 
     @staticmethod
     def solver(cfg: FitConfig, dm: SynchronyDataModule) -> str:
@@ -125,6 +132,7 @@ class Affine:
         )
         # No gradients to synchronise: DDP's processes without its model wrapper.
         run = trainer(max_epochs=1, strategy=SumsDDPStrategy() if cfg.devices > 1 else "auto")
+        dm = dm.as_stored()  # the probe converts batches itself; the dual keeps its rows as stored
         run.fit(probe, datamodule=dm)
         run.test(probe, datamodule=dm, verbose=False)
         return probe

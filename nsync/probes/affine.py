@@ -241,8 +241,15 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self._train_stats = self._val_stats = None
 
     def on_test_end(self) -> None:
-        # Lightning moves the module back to the CPU after testing, not the solutions: keep them together.
-        self._solutions = [solution.to(self.device) for solution in self._solutions]
+        # Lightning moves the module back to the CPU after testing, not the solutions: keep them
+        # together, moving what the band ratios' solutions share (C or the rows) once.
+        if self._solutions:
+            shared = self._solutions[0].c
+            moved = self._solutions[0].to(self.device).c
+            for solution in self._solutions[1:]:
+                if solution.c is shared:
+                    solution.c = moved
+                solution.to(self.device)
 
     def on_train_end(self) -> None:
         if self._solution is None and len(self.alphas) > 1:

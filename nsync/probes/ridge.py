@@ -49,8 +49,9 @@ class RidgeStatistics:
     exact enough because the shifts are close to the data's means (pass the training means).
     Sums add up, so under DDP an all-reduce makes them exact.
 
-    ``keep_rows=True`` (the dual solver) keeps the centred rows instead of ``X^T X`` and ``X^T Y``
-    (:class:`TrainingRows`): the solution forms what its shape needs from them.
+    ``keep_rows=True`` (the dual solver) keeps the rows as given (float16 states stay float16, no
+    centred float32 copy) instead of ``X^T X`` and ``X^T Y`` (:class:`TrainingRows`): the solution
+    forms what its shape needs from them, centring block by block.
 
     >>> stats = RidgeStatistics(x_shift=torch.zeros(3), y_shift=torch.zeros(2))
     >>> stats.update(torch.randn(10, 3), torch.randn(10, 2))
@@ -78,8 +79,8 @@ class RidgeStatistics:
         # keep_rows: neither X^T X nor X^T Y (whose n*d*K product the dual form never needs).
         self.sxx: torch.Tensor | None = None if keep_rows else torch.zeros(s, d, d, dtype=torch.float64, device=device)
         self.sxy: torch.Tensor | None = None if keep_rows else torch.zeros(s, d, k, dtype=matmul_dtype, device=device)
-        self.x_rows: list[torch.Tensor] = []  # keep_rows: [b, S, d] blocks, centred at the shift
-        self.y_rows: list[torch.Tensor] = []  # keep_rows: [b, K] blocks
+        self.x_rows: list[torch.Tensor] = []  # keep_rows: [b, S, d] blocks as given
+        self.y_rows: list[torch.Tensor] = []  # keep_rows: [b, K] blocks as given
 
     @property
     def n_sources(self) -> int:
@@ -92,16 +93,20 @@ class RidgeStatistics:
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """``x`` ``[b, d]`` or ``[b, S, d]``, ``y`` ``[b, K]`` (all target layers flattened)."""
         b = x.shape[0]
-        # Centred first, so the products may run in float32 without cancellation.
-        xc = x.reshape(b, self.n_sources, -1).to(self.matmul_dtype) - self._x_shift_mm
-        yc = y.reshape(b, -1).to(self.matmul_dtype) - self._y_shift_mm
+        x, y = x.reshape(b, self.n_sources, -1), y.reshape(b, -1)
         self.n += b
+        if self.keep_rows:
+            # float64 sums of the rows as given (exact for float16 and float32 states), shifted after
+            self.sx += x.sum(0, dtype=torch.float64) - b * self.x_shift
+            self.sy += y.sum(0, dtype=torch.float64) - b * self.y_shift
+            _append_rows(self.x_rows, x)
+            _append_rows(self.y_rows, y)
+            return
+        # Centred first, so the products may run in float32 without cancellation.
+        xc = x.to(self.matmul_dtype) - self._x_shift_mm
+        yc = y.to(self.matmul_dtype) - self._y_shift_mm
         self.sx += xc.sum(0)  # in-place adds promote to float64 element by element, without a copy
         self.sy += yc.sum(0)
-        if self.keep_rows:
-            _append_rows(self.x_rows, xc)
-            _append_rows(self.y_rows, yc)
-            return
         assert self.sxx is not None and self.sxy is not None
         xs = xc.transpose(0, 1)  # [S, b, d]
         self.sxx += torch.bmm(xs.transpose(1, 2), xs)
@@ -143,7 +148,7 @@ class RidgeStatistics:
         mx = self.sx / self.n
         if self.sxx is not None:
             return torch.diagonal(self.sxx, dim1=1, dim2=2) - self.n * mx**2
-        return sum(((block.double() - mx) ** 2).sum(0) for block in self.x_rows)  # type: ignore[return-value]
+        return sum(((block.double() - self.x_shift - mx) ** 2).sum(0) for block in self.x_rows)  # type: ignore[return-value]
 
     def covariance(self) -> torch.Tensor:
         """``[S, d, d]`` float64: ``X^T X`` around the data's means (from the kept rows, in the
@@ -153,7 +158,7 @@ class RidgeStatistics:
         if sxx is None:
             sxx = torch.zeros(self.n_sources, self.d, self.d, dtype=torch.float64, device=self.sx.device)
             for block in self.x_rows:
-                xs = block.transpose(0, 1)
+                xs = (block.to(self.matmul_dtype) - self._x_shift_mm).transpose(0, 1)
                 sxx += torch.bmm(xs.transpose(1, 2), xs)
         return sxx - self.n * mx[:, :, None] * mx[:, None, :]
 
@@ -167,19 +172,24 @@ def _append_rows(blocks: list[torch.Tensor], rows: torch.Tensor) -> None:
 
 
 class TrainingRows:
-    """The dual solver's training rows as :class:`RidgeStatistics` kept them (blocks centred at the
-    shifts), read around the data's own means without a centred copy of the targets: ``Yc`` is
-    ``Y_shifted - 1 my^T``, so ``h @ Yc = h @ Y_shifted - (h 1) my^T`` (a rank-one correction).
+    """The dual solver's training rows as :class:`RidgeStatistics` kept them (blocks as given, e.g.
+    float16), read around the data's own means block by block, never as a centred copy: each block
+    is converted and centred at the statistics' shift when used (exact for nearby float32 numbers),
+    and the small remaining offset of the mean is a rank-one correction: ``h @ Yc = h @ (Y - shift)
+    - (h 1) my^T``.
 
-    ``x(source)`` ``[n, d]`` is one source layer's centred rows (a copy, one layer at a time);
-    ``times(h)`` is ``h @ Yc`` for ``h`` ``[m, n]`` (``cols``: only those output columns)."""
+    ``x(source)`` ``[n, d]`` is one source layer's centred rows (formed once and kept while the
+    same source is asked for); ``times(h)`` is ``h @ Yc`` for ``h`` ``[m, n]`` (``cols``: only
+    those output columns)."""
 
     def __init__(self, stats: RidgeStatistics, dtype: torch.dtype):
         self.dtype = dtype
         self.n = stats.n
         self._x, self._y = list(stats.x_rows), list(stats.y_rows)  # copies of the lists: the statistics may grow later
+        self.x_shift, self.y_shift = stats.x_shift.to(dtype), stats.y_shift.to(dtype)
         self.mx = (stats.sx / stats.n).to(dtype)  # offsets of the data's means from the shifts
         self.my = (stats.sy / stats.n).to(dtype)
+        self._source: tuple[int, torch.Tensor] | None = None
 
     @property
     def n_sources(self) -> int:
@@ -190,7 +200,16 @@ class TrainingRows:
         return self._y[0].shape[1]
 
     def x(self, source: int) -> torch.Tensor:
-        return torch.cat([block[:, source] for block in self._x]).to(self.dtype) - self.mx[source]
+        if self._source is None or self._source[0] != source:
+            self._source = None  # free the previous source's rows first
+            rows = torch.cat([block[:, source] for block in self._x]).to(self.dtype)
+            self._source = (source, rows.sub_(self.x_shift[source]).sub_(self.mx[source]))
+        return self._source[1]
+
+    def _y_block(self, block: torch.Tensor, cols: torch.Tensor | slice | None) -> torch.Tensor:
+        if cols is None:
+            return block.to(self.dtype) - self.y_shift
+        return block[:, cols].to(self.dtype) - self.y_shift[cols]
 
     def times(self, h: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         my = self.my if cols is None else self.my[cols]
@@ -198,19 +217,20 @@ class TrainingRows:
         start = 0
         for block in self._y:
             b = block.shape[0]
-            out.addmm_(h[:, start : start + b], (block if cols is None else block[:, cols]).to(self.dtype))
+            out.addmm_(h[:, start : start + b], self._y_block(block, cols))
             start += b
         return out
+
+    def y_columns(self, columns: slice) -> torch.Tensor:
+        """``Yc[:, columns]`` ``[n, k]``: a few target columns of the centred rows."""
+        return torch.cat([self._y_block(block, columns) for block in self._y]) - self.my[columns]
 
     def to(self, device) -> TrainingRows:
         self._x = [block.to(device) for block in self._x]
         self._y = [block.to(device) for block in self._y]
-        self.mx, self.my = self.mx.to(device), self.my.to(device)
+        self.x_shift, self.y_shift, self.mx, self.my = (t.to(device) for t in (self.x_shift, self.y_shift, self.mx, self.my))
+        self._source = None
         return self
-
-    def y_columns(self, columns: slice) -> torch.Tensor:
-        """``Yc[:, columns]`` ``[n, k]``: a few target columns of the centred rows."""
-        return torch.cat([block[:, columns] for block in self._y]).to(self.dtype) - self.my[columns]
 
 
 def choose_solver(n_train: int, d: int, n_outputs: int, n_predicted: int, n_products: int) -> str:
@@ -315,12 +335,12 @@ class RidgeSolution:
             a = torch.stack(grams)
         else:
             a = stats.covariance() * self.inv_std[:, :, None] * self.inv_std[:, None, :]
-            if n <= d and product_dtype == torch.float32:
+            if not stats.keep_rows and n <= d and product_dtype == torch.float32:
                 warn_once(
                     log,
                     ("primal_float32_rank", n, d),
-                    "ridge with %d training rows for %d dimensions and float32 products in the d x d form: R² may be off by "
-                    "up to 1e-2 at small alpha; use affine.solver=dual (or auto) or affine.matmul_dtype=float64",
+                    "primal ridge with %d training rows for %d dimensions and float32 products: R² may be off by up to 1e-2 at "
+                    "small alpha; use affine.solver=dual or auto (one process), or affine.matmul_dtype=float64",
                     n,
                     d,
                 )
@@ -351,28 +371,38 @@ class RidgeSolution:
         self._inverses = {key: value.to(device) for key, value in self._inverses.items()}
         return self
 
-    def _shifted(self, source: int, alpha: float) -> torch.Tensor:
-        assert self.a is not None
-        return self.a[source] + alpha * torch.eye(self.a.shape[1], dtype=self.a.dtype, device=self.a.device)
+    def _shrink(self, source: int, alpha: float) -> torch.Tensor:
+        """``1 / (eigenvalue + alpha)``, 0 where that is numerically 0 (alpha 0 on rank-deficient
+        data, e.g. the kernel form, whose centred Gram matrix always has the ones vector in its null
+        space: the minimum-norm solution)."""
+        shifted = self.eigvals[source] + alpha
+        tol = float(self.eigvals[source].max()) * shifted.shape[0] * torch.finfo(torch.float64).eps
+        return torch.where(shifted > tol, 1.0 / shifted, torch.zeros_like(shifted))
 
     def inverse(self, source: int, alpha: float) -> torch.Tensor:
-        """``(A + alpha I)^-1`` (float64) of one source."""
+        """``(A + alpha I)^-1`` (float64) of one source (the pseudo-inverse at alpha 0)."""
         if self.a is None:
-            return (self.eigvecs[source] / (self.eigvals[source] + alpha)) @ self.eigvecs[source].T
-        factor, info = torch.linalg.cholesky_ex(self._shifted(source, alpha))
-        if int(info) == 0:
-            return torch.cholesky_inverse(factor)
-        return torch.linalg.pinv(self._shifted(source, alpha), hermitian=True)  # alpha 0 on rank-deficient data: minimum norm
+            return (self.eigvecs[source] * self._shrink(source, alpha)) @ self.eigvecs[source].T
+        a = self.a[source] + alpha * torch.eye(self.a.shape[1], dtype=self.a.dtype, device=self.a.device)
+        if alpha > 0:
+            factor, info = torch.linalg.cholesky_ex(a)
+            if int(info) == 0:
+                return torch.cholesky_inverse(factor)
+        return torch.linalg.pinv(a, hermitian=True)
 
     def solve(self, source: int, alpha: float, v: torch.Tensor) -> torch.Tensor:
-        """``(A + alpha I)^-1 v`` (float64) for ``v`` ``[m, k]``, without forming the inverse."""
+        """``(A + alpha I)^-1 v`` (float64) for ``v`` ``[m, k]``."""
         if self.a is None:
             q = self.eigvecs[source]
-            return q @ ((q.T @ v) / (self.eigvals[source] + alpha)[:, None])
-        factor, info = torch.linalg.cholesky_ex(self._shifted(source, alpha))
-        if int(info) == 0:
-            return torch.cholesky_solve(v, factor)
-        return torch.linalg.pinv(self._shifted(source, alpha), hermitian=True) @ v
+            return q @ ((q.T @ v) * self._shrink(source, alpha)[:, None])
+        return self._inverse(source, alpha) @ v
+
+    def _inverse(self, source: int, alpha: float) -> torch.Tensor:
+        """:meth:`inverse`, kept for the next call with the same source and alpha."""
+        key = (source, alpha)
+        if key not in self._inverses:
+            self._inverses[key] = self.inverse(source, alpha)
+        return self._inverses[key]
 
     def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
         """What every alpha starts from: ``(x - mean) S``, in the kernel form ``(x - mean) S^2 Xc^T``
@@ -388,13 +418,9 @@ class RidgeSolution:
     def _times(self, z: torch.Tensor, value: float, source: int, cols: torch.Tensor | None = None) -> torch.Tensor:
         """The centred predictions (``cols`` only) of rotated rows ``z`` at one ``alpha``."""
         if self.a is None:
-            shrunk = (z / (self.eigvals[source] + value).to(self.product_dtype)) @ self.q[source].T
-        else:
-            key = (source, value)
-            if key not in self._inverses:
-                self._inverses[key] = self.inverse(source, value)
-            # in float64: an explicit inverse rounded to float32 loses more than the eigenbasis does
-            shrunk = (z.double() @ self._inverses[key]).to(self.product_dtype)
+            shrunk = (z * self._shrink(source, value).to(self.product_dtype)) @ self.q[source].T
+        else:  # in float64: an explicit inverse rounded to float32 loses more than the eigenbasis does
+            shrunk = (z.double() @ self._inverse(source, value)).to(self.product_dtype)
         if self.kernel:  # shrunk is the hat matrix's rows [b, n]
             assert isinstance(self.c, TrainingRows)
             return self.c.times(shrunk, cols)
@@ -448,6 +474,7 @@ class RidgeSolution:
         w = self.solve(source, alpha, scaled_c) * inv_std
         b = self.y_mean[columns] - self.x_mean[source] @ w
         return w, b
+
 
 def fit_ridge(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.1, scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge on in-memory data (float64 statistics around the mean).
