@@ -152,15 +152,20 @@ class RidgeStatistics:
 
     def covariance(self) -> torch.Tensor:
         """``[S, d, d]`` float64: ``X^T X`` around the data's means (from the kept rows, in the
-        same float64-summed batch products as the streamed sums)."""
+        same float64-summed batch products as the streamed sums). A new tensor, built in place:
+        no temporaries of its size."""
         mx = self.sx / self.n
-        sxx = self.sxx
-        if sxx is None:
-            sxx = torch.zeros(self.n_sources, self.d, self.d, dtype=torch.float64, device=self.sx.device)
+        if self.sxx is not None:
+            cxx = self.sxx.clone()  # the sums stay as they are: a refit may add to them
+        else:
+            cxx = torch.zeros(self.n_sources, self.d, self.d, dtype=torch.float64, device=self.sx.device)
             for block in self.x_rows:
-                xs = (block.to(self.matmul_dtype) - self._x_shift_mm).transpose(0, 1)
-                sxx += torch.bmm(xs.transpose(1, 2), xs)
-        return sxx - self.n * mx[:, :, None] * mx[:, None, :]
+                for s in range(self.n_sources):
+                    xs = block[:, s].to(self.matmul_dtype) - self._x_shift_mm[s]
+                    cxx[s] += xs.T @ xs
+        for s in range(self.n_sources):
+            cxx[s].addr_(mx[s], mx[s], alpha=-self.n)
+        return cxx
 
 
 def _append_rows(blocks: list[torch.Tensor], rows: torch.Tensor) -> None:
@@ -334,7 +339,7 @@ class RidgeSolution:
                 grams.append(xs @ xs.T)
             a = torch.stack(grams)
         else:
-            a = stats.covariance() * self.inv_std[:, :, None] * self.inv_std[:, None, :]
+            a = stats.covariance().mul_(self.inv_std[:, :, None]).mul_(self.inv_std[:, None, :])
             if not stats.keep_rows and n <= d and product_dtype == torch.float32:
                 warn_once(
                     log,
