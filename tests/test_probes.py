@@ -407,3 +407,19 @@ def test_the_solver_is_chosen_by_shape():
     assert choose_solver(n_train=300, d=8, n_outputs=16, n_predicted=100, n_products=7) == "primal"  # the tests' tiny shapes
     # fewer rows than dimensions: the dual's kernel form, whatever the number of predictions (accuracy, and n^3 < d^3)
     assert choose_solver(n_train=800, d=4096, n_outputs=33 * 4096, n_predicted=5000, n_products=35) == "dual"
+
+
+def test_layer_r2_keeps_no_full_default_copies_and_resets_to_zeros():
+    """The per-episode states' defaults are broadcast zeros (no memory); reset() still gives full
+    zero states, and sums() hands out the states themselves (no copies)."""
+    metric = LayerR2(n_targets=3, d_out=4, n_sources=2, n_groups=5)
+    assert all(d.stride() == (0,) * d.dim() for d in metric._defaults.values())
+    y = torch.randn(20, 3, 4)
+    metric.update(y + 0.1, y, torch.arange(20) % 5, source=1)
+    assert metric.sums()["sse"] is metric.sse and float(metric.sse[:, 1].sum()) > 0
+    before = metric.sse
+    metric.reset()
+    assert metric.sse.shape == (5, 2, 3, 4) and metric.sse.is_contiguous() and float(metric.sse.abs().sum()) == 0
+    assert float(before[:, 1].sum()) > 0  # what sums() handed out is not zeroed by reset()
+    metric.update(y + 0.1, y, torch.arange(20) % 5)
+    torch.testing.assert_close(metric.sse[:, 0], before[:, 1])

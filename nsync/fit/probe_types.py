@@ -79,14 +79,13 @@ class Affine:
         also the solution's copy and the validation part's sums). Dual: the source's training rows
         as stored. Both: float64 ``d x d`` (dual with fewer rows: ``n x n``) matrices per band
         penalty ratio (three for an eigendecomposition, one plus an inverse per alpha otherwise),
-        and float64 squared errors per test episode (the metric's state and its default) and per
-        alpha on validation. The dual's target rows (the same for every chunk size) are not counted."""
+        and float64 squared errors per test episode and per alpha on validation. The dual's target rows (the same for every chunk size) are not counted."""
         from nsync.probes.ridge import INVERSE_UP_TO
 
         outputs = len(dm.target_layers) * dm.d_out
         rows = dm.n("fit") + dm.n("val")
         n_alphas = len(cfg.affine.alphas)
-        scores = 8 * outputs * (2 * dm.n_test_episodes + n_alphas)
+        scores = 8 * outputs * (dm.n_test_episodes + n_alphas)
         wide = 3 if cfg.partition.baselines else 1  # the joint fit's design: the source and a baseline of up to twice its width
         ratios = len(cfg.partition.ratios) if cfg.partition.baselines else 1
         d = dm.d_in * wide

@@ -105,6 +105,10 @@ class LayerR2(Metric):
             ("sse", (n_groups, n_sources, n_targets, d_out)),
         ):
             self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+            # torchmetrics keeps a copy of each state's default for reset(); a broadcast zero says
+            # the same without the memory (reset() clones it into a full tensor): at the 7B shape
+            # the per-episode squared errors are GBs.
+            self._defaults[name] = torch.zeros((), dtype=torch.float64).expand(shape)
 
     def update(self, preds: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None, source: int = 0, centred: bool = False) -> None:
         """``preds`` and ``target``: ``[batch, targets, dims]``; ``group``: ``[batch]`` indices < n_groups."""
@@ -113,17 +117,24 @@ class LayerR2(Metric):
         # dimension with a huge mean, y - shift of two nearby float32 numbers is exact, so
         # centring float32 states needs no float64 copy of the batch.
         dtype = torch.promote_types(torch.promote_types(preds.dtype, target.dtype), torch.float32)
-        preds, target = preds.reshape(b, self.n_targets, self.d_out).to(dtype), target.reshape(b, self.n_targets, self.d_out).to(dtype)
-        y = target if centred else target - self.y_shift.to(dtype)
-        err = (preds - target).square_()  # the shift cancels
-        group = torch.zeros(b, dtype=torch.int64, device=y.device) if group is None else group
-        sse = torch.zeros(self.n_groups, self.n_targets, self.d_out, dtype=dtype, device=y.device).index_add_(0, group, err)
-        self.sse[:, source] += sse.double()
+        preds, target = preds.reshape(b, self.n_targets, self.d_out), target.reshape(b, self.n_targets, self.d_out)
+        group = torch.zeros(b, dtype=torch.int64, device=target.device) if group is None else group
         if source == 0:
-            yd = y.double()
             self.n += torch.bincount(group, minlength=self.n_groups).double()
-            self.s1.index_add_(0, group, yd)
-            self.s2.index_add_(0, group, yd * yd)
+        # A few target layers at a time: the batch's temporaries stay small next to the states.
+        step = max(1, 2**24 // max(1, b * self.d_out))
+        for t in range(0, self.n_targets, step):
+            layers = slice(t, t + step)
+            y = target[:, layers].to(dtype)
+            err = (preds[:, layers].to(dtype) - y).square_()  # the shift cancels
+            if not centred:
+                y = y - self.y_shift[layers].to(dtype)
+            sse = torch.zeros(self.n_groups, err.shape[1], self.d_out, dtype=dtype, device=y.device).index_add_(0, group, err)
+            self.sse[:, source, layers] += sse.double()
+            if source == 0:
+                yd = y.double()
+                self.s1[:, layers].index_add_(0, group, yd)
+                self.s2[:, layers].index_add_(0, group, yd * yd)
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(uniform, variance-weighted) R² over all groups: ``[targets]`` for one source, else
@@ -135,8 +146,10 @@ class LayerR2(Metric):
 
     def sums(self) -> dict[str, torch.Tensor]:
         """The states summed over DDP ranks: ``n``, ``s1``, ``s2``, ``sse`` per group."""
+        # No copies: in one process these are the states themselves (reset() replaces them rather
+        # than zeroing them in place); under DDP the reduced tensors.
         with self.sync_context():
-            return {k: getattr(self, k).clone() for k in ("n", "s1", "s2", "sse")}
+            return {k: getattr(self, k) for k in ("n", "s1", "s2", "sse")}
 
 
 @dataclass

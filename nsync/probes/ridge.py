@@ -96,9 +96,13 @@ class RidgeStatistics:
         x, y = x.reshape(b, self.n_sources, -1), y.reshape(b, -1)
         self.n += b
         if self.keep_rows:
-            # float64 sums of the rows as given (exact for float16 and float32 states), shifted after
-            self.sx += x.sum(0, dtype=torch.float64) - b * self.x_shift
-            self.sy += y.sum(0, dtype=torch.float64) - b * self.y_shift
+            # float64 sums of the rows as given (exact for float16 and float32 states), shifted
+            # after; a few rows at a time (a sum to float64 converts its whole input first)
+            for xs, ys in zip(x.split(256), y.split(256)):
+                self.sx += xs.sum(0, dtype=torch.float64)
+                self.sy += ys.sum(0, dtype=torch.float64)
+            self.sx -= b * self.x_shift
+            self.sy -= b * self.y_shift
             _append_rows(self.x_rows, x)
             _append_rows(self.y_rows, y)
             return
