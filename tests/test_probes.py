@@ -367,9 +367,13 @@ def test_one_eigendecomposition_and_an_inverse_per_alpha_agree(n, keep_rows):
     y = x[:, 1:4] @ torch.tensor(rng.normal(size=(3, 4))) + torch.tensor(rng.normal(size=(n + 20, 4)))
     stats = RidgeStatistics(x[:n].mean(0), y[:n].mean(0), torch.float64, keep_rows=keep_rows)
     stats.update(x[:n], y[:n])
-    eigh, inverse = (RidgeSolution(stats, scale=True, decomposition=kind) for kind in ("eigh", "inverse"))
+    alphas = [0.0, 0.1, 10.0] if n > d else [0.1, 10.0]
+    eigh = RidgeSolution(stats, scale=True, decomposition="eigh")
+    inverse = RidgeSolution(stats, scale=True, decomposition="inverse", alphas=alphas)
     assert eigh.kernel == inverse.kernel == (keep_rows and n < d)
-    for alpha in ([0.0, 0.1, 10.0] if n > d else [0.1, 10.0]):
+    with pytest.raises(ValueError, match="inverses for alphas"):
+        inverse.predict(x[n:], 1.0)
+    for alpha in alphas:
         torch.testing.assert_close(inverse.predict(x[n:], alpha), eigh.predict(x[n:], alpha), rtol=1e-9, atol=1e-8)
         for a, b in zip(inverse.weights(alpha), eigh.weights(alpha)):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)

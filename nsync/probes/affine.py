@@ -148,9 +148,10 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             stats.load([self.trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
         return stats
 
-    def _set_solution(self, stats: RidgeStatistics, keep_stats: bool, alphas_per_source: int) -> None:
+    def _set_solution(self, stats: RidgeStatistics, keep_stats: bool, alphas: list[list[float]]) -> None:
+        """Solutions (one per band penalty ratio) that serve ``alphas[s]`` for each source ``s``."""
         self._solutions = []  # free the previous ones first: they are as large as the new ones
-        decomposition = "inverse" if alphas_per_source <= INVERSE_UP_TO else "eigh"
+        decomposition = "inverse" if max(len(set(a)) for a in alphas) <= INVERSE_UP_TO else "eigh"
         for scale in band_scales(stats, self.hparams.band_start, self.ratios, self.hparams.scale):
             first = self._solutions[0] if self._solutions else None
             self._solutions.append(
@@ -162,6 +163,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
                     column_scale=scale,
                     shared_c=None if first is None else first.c,
                     decomposition=decomposition,
+                    alphas=alphas,
                 )
             )
         # Scores are taken around the fitted mean: predictions need no offset added.
@@ -189,7 +191,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         before validation the sums are kept for the refit on training plus validation data."""
         if self._solution is not None or self._train_stats is None or self._train_stats.n == 0:
             return
-        self._set_solution(self._reduce(self._train_stats), keep_stats=validating, alphas_per_source=len(self.alphas))
+        self._set_solution(self._reduce(self._train_stats), keep_stats=validating, alphas=[self.alphas] * self.hparams.n_sources)
         if not validating:
             self._train_stats = None
 
@@ -236,8 +238,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         full = self._train_stats
         assert full is not None  # kept for this refit by _solve(validating=True)
         full += self._reduce(self._val_stats)
-        chosen = torch.nan_to_num(self.alpha, nan=self.alphas[0]).cpu()
-        self._set_solution(full, keep_stats=False, alphas_per_source=max(len(torch.unique(row)) for row in chosen))
+        chosen = torch.nan_to_num(self.alpha, nan=self.alphas[0]).cpu()  # what predictions and weights will ask for
+        self._set_solution(full, keep_stats=False, alphas=[row.tolist() for row in chosen])
         self._train_stats = self._val_stats = None
 
     def on_test_end(self) -> None:

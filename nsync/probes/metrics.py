@@ -110,8 +110,18 @@ class LayerR2(Metric):
             # the per-episode squared errors are GBs.
             self._defaults[name] = torch.zeros((), dtype=torch.float64).expand(shape)
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None, source: int = 0, centred: bool = False) -> None:
-        """``preds`` and ``target``: ``[batch, targets, dims]``; ``group``: ``[batch]`` indices < n_groups."""
+    def update(
+        self,
+        preds: torch.Tensor,
+        target: torch.Tensor,
+        group: torch.Tensor | None = None,
+        source: int = 0,
+        centred: bool = False,
+        target_shift: torch.Tensor | None = None,
+    ) -> None:
+        """``preds`` and ``target``: ``[batch, targets, dims]``; ``group``: ``[batch]`` indices < n_groups.
+        ``target_shift`` (with ``centred=True``): the predictions are centred at it and the targets
+        not yet (they are shifted a few layers at a time, without a full float32 copy)."""
         b = target.shape[0]
         # Work in the inputs' precision (at least float32). The shift is rounded to it: for a
         # dimension with a huge mean, y - shift of two nearby float32 numbers is exact, so
@@ -126,7 +136,9 @@ class LayerR2(Metric):
         for t in range(0, self.n_targets, step):
             layers = slice(t, t + step)
             y = target[:, layers].to(dtype)
-            err = (preds[:, layers].to(dtype) - y).square_()  # the shift cancels
+            if target_shift is not None:
+                y = y - target_shift[layers].to(dtype)
+            err = (preds[:, layers].to(dtype) - y).square_()  # uncentred: the shift cancels
             if not centred:
                 y = y - self.y_shift[layers].to(dtype)
             sse = torch.zeros(self.n_groups, err.shape[1], self.d_out, dtype=dtype, device=y.device).index_add_(0, group, err)
@@ -252,9 +264,8 @@ class TestR2Mixin:
 
     def test_step(self, batch, batch_idx):
         x, y, *group = batch
-        y = y.float() - self.target_shift  # centred once for every source
-        for s, preds in self.source_predictions(x):
-            self.test_r2.update(preds, y, group[0] if group else None, source=s, centred=True)
+        for s, preds in self.source_predictions(x):  # predictions are centred at target_shift
+            self.test_r2.update(preds, y, group[0] if group else None, source=s, centred=True, target_shift=self.target_shift)
 
     def on_test_epoch_end(self) -> None:
         sums = {k: v.cpu() for k, v in self.test_r2.sums().items()}

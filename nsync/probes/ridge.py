@@ -21,6 +21,7 @@ Two solvers give the same numbers (to float rounding; :func:`choose_solver` pick
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -172,6 +173,17 @@ class RidgeStatistics:
         return cxx
 
 
+def _invert(a: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(a + alpha I)^-1`` of a symmetric positive semi-definite float64 matrix: by Cholesky, or the
+    pseudo-inverse where that fails (alpha 0 on rank-deficient data: the minimum-norm solution)."""
+    shifted = a + alpha * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    if alpha > 0:
+        factor, info = torch.linalg.cholesky_ex(shifted)
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+    return torch.linalg.pinv(shifted, hermitian=True)
+
+
 def _append_rows(blocks: list[torch.Tensor], rows: torch.Tensor) -> None:
     """Kept rows grow in blocks of about :data:`ROW_BLOCK` (few large products later, not many small ones)."""
     if blocks and blocks[-1].shape[0] < ROW_BLOCK:
@@ -225,9 +237,10 @@ class TrainingRows:
         out = -h.sum(1, keepdim=True) * my  # the rank-one correction, then the blocks added in place
         start = 0
         for block in self._y:
-            b = block.shape[0]
-            out.addmm_(h[:, start : start + b], self._y_block(block, cols))
-            start += b
+            for piece in block.split(256):  # converted and centred a few rows at a time
+                b = piece.shape[0]
+                out.addmm_(h[:, start : start + b], self._y_block(piece, cols))
+                start += b
         return out
 
     def y_columns(self, columns: slice) -> torch.Tensor:
@@ -303,6 +316,7 @@ class RidgeSolution:
         column_scale: torch.Tensor | None = None,
         shared_c: torch.Tensor | TrainingRows | None = None,
         decomposition: str = "eigh",
+        alphas: Sequence[float] | Sequence[Sequence[float]] | None = None,
     ):
         if stats.n < 2:
             raise ValueError("ridge needs at least two training rows")
@@ -356,12 +370,20 @@ class RidgeSolution:
         self.decomposition = decomposition
         self._inverses: dict[tuple[int, float], torch.Tensor] = {}  # (source, alpha) -> (A + alpha I)^-1, float64
         if decomposition == "eigh":
-            self.a = None
             eigvals, self.eigvecs = torch.linalg.eigh(a)
             self.eigvals = torch.clamp(eigvals, min=0.0)
             self.q = self.eigvecs.to(product_dtype)
-        else:
-            self.a = a
+            return
+        # The inverse for each alpha asked for, made now; A's own storage takes the first one's.
+        if alphas is None:
+            raise ValueError("decomposition='inverse' needs the alphas the solution will serve")
+        for s in range(stats.n_sources):
+            wanted = alphas[s] if isinstance(alphas[0], Sequence) else alphas
+            values = sorted({float(value) for value in wanted})  # type: ignore[union-attr]
+            for value in values[1:]:
+                self._inverses[(s, value)] = _invert(a[s], value)
+            a[s] = _invert(a[s], values[0])
+            self._inverses[(s, values[0])] = a[s]
 
     @property
     def n_sources(self) -> int:
@@ -374,7 +396,7 @@ class RidgeSolution:
 
     def to(self, device) -> RidgeSolution:
         """The solution's tensors on ``device`` (in place; Lightning moves the module, not this)."""
-        names = ["x_mean", "y_mean", "inv_std", "_scale_mm", "c"] + (["eigvals", "eigvecs", "q"] if self.a is None else ["a"])
+        names = ["x_mean", "y_mean", "inv_std", "_scale_mm", "c"] + (["eigvals", "eigvecs", "q"] if self.decomposition == "eigh" else [])
         for name in names:
             setattr(self, name, getattr(self, name).to(device))
         self._inverses = {key: value.to(device) for key, value in self._inverses.items()}
@@ -390,28 +412,20 @@ class RidgeSolution:
 
     def inverse(self, source: int, alpha: float) -> torch.Tensor:
         """``(A + alpha I)^-1`` (float64) of one source (the pseudo-inverse at alpha 0)."""
-        if self.a is None:
+        if self.decomposition == "eigh":
             return (self.eigvecs[source] * self._shrink(source, alpha)) @ self.eigvecs[source].T
-        a = self.a[source] + alpha * torch.eye(self.a.shape[1], dtype=self.a.dtype, device=self.a.device)
-        if alpha > 0:
-            factor, info = torch.linalg.cholesky_ex(a)
-            if int(info) == 0:
-                return torch.cholesky_inverse(factor)
-        return torch.linalg.pinv(a, hermitian=True)
+        key = (source, float(alpha))
+        if key not in self._inverses:
+            served = sorted(a for s, a in self._inverses if s == source)
+            raise ValueError(f"this solution holds source {source}'s inverses for alphas {served}, not {alpha}")
+        return self._inverses[key]
 
     def solve(self, source: int, alpha: float, v: torch.Tensor) -> torch.Tensor:
         """``(A + alpha I)^-1 v`` (float64) for ``v`` ``[m, k]``."""
-        if self.a is None:
+        if self.decomposition == "eigh":
             q = self.eigvecs[source]
             return q @ ((q.T @ v) * self._shrink(source, alpha)[:, None])
-        return self._inverse(source, alpha) @ v
-
-    def _inverse(self, source: int, alpha: float) -> torch.Tensor:
-        """:meth:`inverse`, kept for the next call with the same source and alpha."""
-        key = (source, alpha)
-        if key not in self._inverses:
-            self._inverses[key] = self.inverse(source, alpha)
-        return self._inverses[key]
+        return self.inverse(source, alpha) @ v
 
     def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
         """What every alpha starts from: ``(x - mean) S``, in the kernel form ``(x - mean) S^2 Xc^T``
@@ -421,15 +435,15 @@ class RidgeSolution:
             assert isinstance(self.c, TrainingRows)
             u = (centred * self.inv_std[source]).to(self.product_dtype) @ self.c.x(source).T
         else:
-            u = centred if self.a is not None else centred.to(self.product_dtype)  # the inverse is applied in float64
-        return u if self.a is not None else u @ self.q[source]
+            u = centred if self.decomposition == "inverse" else centred.to(self.product_dtype)  # the inverse is applied in float64
+        return u if self.decomposition == "inverse" else u @ self.q[source]
 
     def _times(self, z: torch.Tensor, value: float, source: int, cols: torch.Tensor | None = None) -> torch.Tensor:
         """The centred predictions (``cols`` only) of rotated rows ``z`` at one ``alpha``."""
-        if self.a is None:
+        if self.decomposition == "eigh":
             shrunk = (z * self._shrink(source, value).to(self.product_dtype)) @ self.q[source].T
         else:  # in float64: an explicit inverse rounded to float32 loses more than the eigenbasis does
-            shrunk = (z.double() @ self._inverse(source, value)).to(self.product_dtype)
+            shrunk = (z.double() @ self.inverse(source, value)).to(self.product_dtype)
         if self.kernel:  # shrunk is the hat matrix's rows [b, n]
             assert isinstance(self.c, TrainingRows)
             return self.c.times(shrunk, cols)
