@@ -99,7 +99,7 @@ class RidgeStatistics:
         if self.keep_rows:
             # float64 sums of the rows as given (exact for float16 and float32 states), shifted
             # after; a few rows at a time (a sum to float64 converts its whole input first)
-            for xs, ys in zip(x.split(256), y.split(256)):
+            for xs, ys in zip(x.split(256), y.split(256), strict=True):
                 self.sx += xs.sum(0, dtype=torch.float64)
                 self.sy += ys.sum(0, dtype=torch.float64)
             self.sx -= b * self.x_shift
@@ -379,7 +379,7 @@ class RidgeSolution:
             raise ValueError("decomposition='inverse' needs the alphas the solution will serve")
         for s in range(stats.n_sources):
             wanted = alphas[s] if isinstance(alphas[0], Sequence) else alphas
-            values = sorted({float(value) for value in wanted})  # type: ignore[union-attr]
+            values = sorted({float(value) for value in wanted})  # type: ignore[union-attr,arg-type]
             for value in values[1:]:
                 self._inverses[(s, value)] = _invert(a[s], value)
             a[s] = _invert(a[s], values[0])
