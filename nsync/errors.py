@@ -46,12 +46,13 @@ def warnings_once_per_run() -> Iterator[None]:
         _WARNED.reset(token)
 
 
-def warn_once(logger: logging.Logger, key: Hashable, message: str, *args: object) -> None:
-    """``logger.warning(message, *args)``, unless a warning with the same ``key`` (the condition,
-    e.g. ``("alpha_edge", "largest")``) was given in the current :func:`warnings_once_per_run`."""
+def warn_once(logger: logging.Logger, key: Hashable, message: str, *args: object, level: int = logging.WARNING) -> None:
+    """``logger.warning(message, *args)`` (or at ``level``), unless a message with the same ``key``
+    (the condition, e.g. ``("alpha_edge", "largest")``) was given in the current
+    :func:`warnings_once_per_run`."""
     seen = _WARNED.get()
     if seen is not None:
         if key in seen:
             return
         seen.add(key)
-    logger.warning(message, *args)
+    logger.log(level, message, *args)

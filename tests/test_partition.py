@@ -126,11 +126,14 @@ def test_time_course_holds_the_analytic_value_of_every_utterance_index(tmp_path)
     assert d.time_course.value[0] > d.time_course.value[3] + 0.1  # it falls as the partner's own past grows
 
 
-def test_the_dual_solver_gives_the_same_fit_and_partition(tmp_path):
+def test_the_dual_solver_gives_the_same_fit_and_partition(tmp_path, caplog):
     """A whole fit with a partition (banded joint fits, alpha grid, validation, bootstrap, surrogates)
-    through the dual solver equals the primal one."""
+    through the dual solver equals the primal one; the fit says which solver it used."""
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=40, turns=8, hidden=6, n_layers=2, observer_share=0.5)
-    fits = {s: _fit(cache, tmp_path / s, "partition.baselines=[observer]", f"affine.solver={s}", "surrogates.n=20") for s in ("primal", "dual")}
+    with caplog.at_level("INFO", logger="nsync.fit"):
+        fits = {s: _fit(cache, tmp_path / s, "partition.baselines=[observer]", f"affine.solver={s}", "surrogates.n=20") for s in ("primal", "dual")}
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("affine solver")]
+    assert any(m.startswith("affine solver: primal, set") for m in said) and any(m.startswith("affine solver: dual, set") for m in said)
     primal, dual = fits["primal"], fits["dual"]
     np.testing.assert_allclose(dual.directions["A->B"].r2_matrix, primal.directions["A->B"].r2_matrix, atol=1e-6)
     assert dual.sync_r2 == pytest.approx(primal.sync_r2, abs=1e-6)

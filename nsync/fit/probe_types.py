@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
+from nsync.errors import warn_once
 from nsync.probes import AffineProbe, MLPProbe
 from nsync.probes.affine import SumsDDPStrategy
 from nsync.registry import Registry
@@ -112,7 +113,20 @@ class Affine:
     def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
         a, sources = cfg.affine, dm.sources
         solver = self.solver(cfg, dm)
-        log.debug("%saffine solver: %s (d %d, %d training rows)", log_prefix, solver, dm.d_in, dm.n("fit") + dm.n("val"))
+        rows = dm.n("fit") + dm.n("val")
+        form = " (kernel form)" if solver == "dual" and rows < dm.d_in else ""
+        how = "set" if cfg.affine.solver != "auto" else "chosen by shape"
+        warn_once(
+            log,
+            ("solver", solver, dm.d_in, rows),
+            "affine solver: %s%s, %s (%d training rows of %d dimensions)",
+            solver,
+            form,
+            how,
+            rows,
+            dm.d_in,
+            level=logging.INFO,
+        )
         probe = AffineProbe(
             dm.d_in,
             dm.d_out,
