@@ -93,8 +93,8 @@ class Affine:
         dual = self.solver(cfg, dm) == "dual"
         matrices = 3 if n_alphas > INVERSE_UP_TO else 1 + n_alphas
         decomposition = ratios * matrices * 8 * (min(rows, d) if dual else d) ** 2
-        if dual:
-            return dm.x.element_size() * rows * d + decomposition + scores
+        if dual:  # rows as stored; a partition's joint design is float32 (the baselines' features)
+            return (4 if cfg.partition.baselines else dm.x.element_size()) * rows * d + decomposition + scores
         return (dm.d_in * outputs * (12 if self.needs_validation(cfg) else 4) + scores) * wide + decomposition
 
     @staticmethod
