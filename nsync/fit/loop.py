@@ -69,9 +69,8 @@ def quiet_lightning() -> Iterator[None]:
 
 def release_memory() -> None:
     """Free what is unreachable and hand freed heap memory back to the system: glibc keeps freed
-    blocks below its mmap threshold (a moving one, up to 32 MB) for re-use, so without the trim
-    the next chunk of source layers starts with the last one's peak still counted in the RSS
-    (1.7 GB at the 7B shape)."""
+    blocks below its mmap threshold (a moving one, up to 32 MB) for re-use, and they would count
+    in the next chunk's RSS."""
     gc.collect()
     if sys.platform.startswith("linux"):
         try:
@@ -242,7 +241,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
             bar.update(len(chunk))
         # Trainer and probe reference each other: free this chunk's sums and solution now instead of
         # whenever the cyclic GC gets to them (big tensors do not count towards its thresholds).
-        del probe, res, sums
+        del probe, res, sums, one, predictions  # one: views of this chunk's sums (GBs at the 7B shape)
         release_memory()
     cka = None
     if cfg.cka and dm.n("test") >= 4:
