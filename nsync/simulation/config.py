@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
@@ -68,6 +68,57 @@ class CaptureConfig:
     )
     generated_mean: bool = field(default=False, metadata={"help": "also record the mean state over the reply's tokens (condition 'generated_mean')"})
     dtype: str = field(default="float16", metadata={"help": "stored precision: float16 or float32"})
+    mode: str = field(
+        default="auto",
+        metadata={
+            "help": "generation: states from the generation's own passes (hf backend only); reread: text first, then states from prefill-only passes of each finished run, one pass per chain of prompts that extend each other (nsync.simulation.capture); auto: generation with the hf backend, reread with openai"
+        },
+    )
+    max_batch_tokens: int = field(default=16384, metadata={"help": "reread: most padded tokens per prefill batch (memory)"})
+    single_pass: bool = field(
+        default=True,
+        metadata={
+            "help": "reread: read every prompt that a longer one of the same agent starts with inside that one's pass (false: a pass per prompt, re-using the previous one's prefix)"
+        },
+    )
+
+    def resolved_mode(self, backend: str) -> str:
+        """The capture mode a backend gets: a server's replies carry no states, so ``openai`` re-reads."""
+        return self.mode if self.mode != "auto" else ("generation" if backend == "hf" else "reread")
+
+
+#: Generation backends: nsync's own batched loop, or any OpenAI-compatible completions server.
+BACKENDS = ("hf", "openai")
+
+
+@dataclass
+class GenerationConfig:
+    """Where replies are generated: ``hf`` (nsync's batched transformers loop) or ``openai`` (any
+    OpenAI-compatible ``/v1/completions`` server: vLLM, llama.cpp's server, ...), which gets the
+    prompt nsync rendered as token ids, so the re-read prompt is token-identical."""
+
+    backend: str = field(default="hf", metadata={"help": f"one of {BACKENDS}"})
+    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "openai: the server's address (ending in /v1)"})
+    urls: dict[str, str] = field(default_factory=dict, metadata={"help": "openai: per nsync model, another server's address (one server per model)"})
+    served_models: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "openai: per nsync model, the name the server serves it under (default: the server's only model, else the nsync name)"},
+    )
+    prompt_as: str = field(
+        default="tokens",
+        metadata={
+            "help": "openai: send the rendered prompt as token ids (vLLM, llama.cpp's own server) or as text (servers that take only strings, e.g. llama-cpp-python's); text is checked once per model: the server must count as many prompt tokens as nsync's tokenizer"
+        },
+    )
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: environment variable holding the API key (never logged)"})
+    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once (the server batches them)"})
+    timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request"})
+    max_retries: int = field(
+        default=4, metadata={"help": "openai: retries of a failed request (connection errors, 429, 5xx), with exponential backoff"}
+    )
+    extra_body: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "openai: server-specific sampling parameters added to every request (e.g. vLLM's min_p)"}
+    )
 
 
 @dataclass
@@ -115,6 +166,7 @@ class SimulateConfig:
     scenarios: ScenarioSelection = field(default_factory=ScenarioSelection)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     episodes_in_flight: int = field(default=16, metadata={"help": "episodes advanced together (the generation batch)"})
     flush_every: int = field(default=16, metadata={"help": "finished episodes per atomic cache write"})
     reuse_prefix: bool = field(
@@ -142,6 +194,33 @@ class SimulateConfig:
             raise NsyncError(f"capture.dtype must be float16 or float32, got '{self.capture.dtype}'")
         if self.sampling.max_new_tokens < 1 or not 0 < self.sampling.top_p <= 1 or self.sampling.temperature < 0:
             raise NsyncError("sampling needs max_new_tokens >= 1, 0 < top_p <= 1 and temperature >= 0")
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        gen, capture = self.generation, self.capture
+        if gen.backend not in BACKENDS:
+            raise NsyncError(f"generation.backend must be one of {BACKENDS}, got '{gen.backend}'")
+        if capture.mode not in ("auto", "generation", "reread"):
+            raise NsyncError(f"capture.mode must be auto, generation or reread, got '{capture.mode}'")
+        mode = capture.resolved_mode(gen.backend)
+        if mode == "generation" and gen.backend != "hf":
+            raise NsyncError(
+                "capture.mode=generation needs generation.backend=hf: a server's replies carry no states; use capture.mode=reread (or auto)"
+            )
+        if mode == "reread" and capture.generated_mean:
+            raise NsyncError(
+                "capture.generated_mean needs the reply's tokens inside the generation: use generation.backend=hf with capture.mode=generation"
+            )
+        if gen.backend == "openai":
+            if self.sampling.no_repeat_ngram > 0:
+                raise NsyncError(
+                    f"sampling.no_repeat_ngram={self.sampling.no_repeat_ngram} has no equivalent in the completions protocol: set "
+                    "sampling.no_repeat_ngram=0 (the paper's setting), and pass the server's own setting, if it has one, in generation.extra_body"
+                )
+            if gen.prompt_as not in ("tokens", "text"):
+                raise NsyncError(f"generation.prompt_as must be tokens or text, got '{gen.prompt_as}'")
+            if gen.concurrency < 1 or gen.max_retries < 0 or gen.timeout <= 0:
+                raise NsyncError("generation needs concurrency >= 1, max_retries >= 0 and timeout > 0")
 
     def identity(self) -> dict:
         """The fields that decide what each conversation in a cache holds. Runtime knobs (batch
@@ -153,6 +232,14 @@ class SimulateConfig:
         d = to_dict(self)
         for key in ("out", "resume", "episodes_in_flight", "flush_every", "progress", "device", "reuse_prefix", "seeds"):
             d.pop(key)
+        # how states are captured does not change them (tests/test_capture.py); where the text comes from does
+        for key in ("mode", "max_batch_tokens", "single_pass"):
+            d["capture"].pop(key)
+        d["generation"] = {"backend": self.generation.backend} | (
+            {"served_models": dict(self.generation.served_models), "extra_body": dict(self.generation.extra_body)}
+            if self.generation.backend != "hf"
+            else {}
+        )
         for key in ("ids", "limit"):
             d["scenarios"].pop(key)
         if self.capture.observer:  # observer states of earlier versions were read at other tokens
@@ -171,4 +258,5 @@ class SimulateConfig:
             "resample_echo": False,
             "prompt_layout": "fields",
             "sampling": {"no_repeat_ngram": 0, "repetition_penalty": 1.0},
+            "generation": {"backend": "hf"},
         }

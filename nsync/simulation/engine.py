@@ -22,9 +22,10 @@ from nsync.cache.writer import CacheWriter
 from nsync.errors import NsyncError
 from nsync.models import LoadedModel
 from nsync.scenarios import Episode
+from nsync.simulation.capture import read_states
 from nsync.simulation.config import SimulateConfig
 from nsync.simulation.echo import echo_of
-from nsync.simulation.generation import Generator
+from nsync.simulation.generation import Generation, Generator
 from nsync.simulation.prompts import Utterance, clean_reply, encode, prompt_format, render
 from nsync.simulation.turns import TURN_POLICIES
 
@@ -108,6 +109,7 @@ class SimulationStats:
     prompt_tokens: int = 0
     resampled: int = 0  # replies sampled again (empty too early, or with resample_echo an echo)
     seconds: float = 0.0
+    capture_seconds: float = 0.0  # of which re-reading finished runs (capture.mode=reread)
 
     def line(self) -> str:
         minutes = max(self.seconds, 1e-9) / 60
@@ -115,6 +117,7 @@ class SimulationStats:
             f"{self.runs} episodes, {self.utterances} utterances in {self.seconds:.1f} s: "
             f"{self.runs / minutes:.2f} episodes/min, {self.utterances / max(self.seconds, 1e-9):.2f} utterances/s, "
             f"{self.new_tokens / max(self.seconds, 1e-9):.1f} generated tokens/s, {self.resampled} replies re-sampled"
+            + (f", {self.capture_seconds:.1f} s of it re-reading" if self.capture_seconds else "")
         )
 
     def as_dict(self) -> dict:
@@ -127,15 +130,62 @@ class SimulationStats:
 
 
 class Simulator:
-    """Advance runs in batches and hand finished ones to a :class:`CacheWriter`."""
+    """Advance runs in batches and hand finished ones to a :class:`CacheWriter`.
+
+    Replies come from nsync's own loop (``generation.backend=hf``) or a completions server
+    (``openai``, :mod:`nsync.simulation.remote`). States come from the generation's own passes
+    (``capture.mode=generation``) or, once a run is finished, from re-reading its prompts
+    (``reread``, :mod:`nsync.simulation.capture`): the same rows and states either way.
+    """
 
     def __init__(self, cfg: SimulateConfig, models: dict[str, LoadedModel], writer: CacheWriter | None, capture: bool = True):
         self.cfg = cfg
         self.models = models
         self.writer = writer
         self.capture = capture
+        self.reread = capture and cfg.capture.resolved_mode(cfg.generation.backend) == "reread"
+        self.inline = capture and not self.reread  # states from the generation's passes
         self.generators = {name: Generator(lm, cfg.sampling) for name, lm in models.items()}
         self.policy = TURN_POLICIES.get(cfg.turn_taking.policy)(cfg.turn_taking)
+        self.remote = None
+        if cfg.generation.backend == "openai":
+            from nsync.simulation.remote import CompletionsBackend
+
+            self.remote = CompletionsBackend(cfg.generation, cfg.sampling, list(dict.fromkeys(cfg.models)))
+
+    def text(self, name: str, run: Run, agent: int, history: list[Utterance], observer: bool = False) -> str:
+        """The text ``agent`` (played by model ``name``) reads before the next utterance: its
+        speaking prompt, or with ``observer`` the passive reader's view of it."""
+        lm = self.models[name]
+        fmt = prompt_format(lm, self.cfg.prompt_format)
+        return render(lm.tokenizer, fmt, run.episode, agent, history, observer=observer, layout=self.cfg.prompt_layout)
+
+    def prompt(self, name: str, run: Run, agent: int, history: list[Utterance], observer: bool = False) -> list[int]:
+        """:meth:`text`'s token ids, what the model reads."""
+        return encode(self.models[name], self.text(name, run, agent, history, observer))
+
+    def _generate(self, name: str, runs: list[Run], prompts: list[list[int]]) -> tuple[list[tuple[str, int]], Generation | None]:
+        """Each run's raw reply (text, tokens generated) and, capturing inline, the generation."""
+        if self.remote is not None:
+            from nsync.simulation.remote import request_seed
+
+            seeds = [request_seed(r.seed, r.run_id, len(r.history), r.attempt) for r in runs]
+            texts = [self.text(name, r, r.speaker, r.history) for r in runs] if self.cfg.generation.prompt_as == "text" else [""] * len(runs)
+            return [(c.text, c.n_tokens) for c in self.remote.complete(name, prompts, texts, seeds)], None
+        lm = self.models[name]
+        streams = []
+        for r in runs:
+            if r.stream is None:
+                r.stream = utterance_generator(r.seed, r.run_id, len(r.history), lm.device)
+            streams.append(r.stream)
+        out = self.generators[name].generate(
+            prompts,
+            streams,
+            capture=self.inline,
+            generated_mean=self.inline and self.cfg.capture.generated_mean,
+            keys=[(r.run_id, r.speaker, "interactive") for r in runs] if self.cfg.reuse_prefix else None,
+        )
+        return [(lm.tokenizer.decode(t, skip_special_tokens=True), len(t)) for t in out.tokens], out
 
     def _step(self, name: str, runs: list[Run], stats: SimulationStats) -> None:
         """One reply for each of ``runs`` (their speakers all play ``name``), in one batch.
@@ -145,25 +195,9 @@ class Simulator:
         the result does not depend on the batch and a re-sample costs one row of a batch, not a
         batch of its own. After ``max_resamples`` the last reply is kept and flagged.
         """
-        lm = self.models[name]
-        fmt = prompt_format(lm, self.cfg.prompt_format)
-        layout = self.cfg.prompt_layout
-        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, layout=layout)) for r in runs]
-        streams = []
-        for r in runs:
-            if r.stream is None:
-                r.stream = utterance_generator(r.seed, r.run_id, len(r.history), lm.device)
-            streams.append(r.stream)
-        reuse = self.cfg.reuse_prefix
-        generator = self.generators[name]
+        prompts = [self.prompt(name, r, r.speaker, r.history) for r in runs]
         try:
-            out = generator.generate(
-                prompts,
-                streams,
-                capture=self.capture,
-                generated_mean=self.capture and self.cfg.capture.generated_mean,
-                keys=[(r.run_id, r.speaker, "interactive") for r in runs] if reuse else None,
-            )
+            replies, out = self._generate(name, runs, prompts)
         except NsyncError:
             raise
         except Exception as err:
@@ -171,7 +205,7 @@ class Simulator:
             raise NsyncError(f"generation with {name} failed for runs [{ids}]: {type(err).__name__}: {err}") from err
         kept = []
         for i, run in enumerate(runs):
-            reply = self._reply(name, run, out.tokens[i])
+            reply = self._reply(run, *replies[i])
             if self._retry(run, reply) and run.attempt < self.cfg.max_resamples:
                 run.attempt += 1
                 stats.resampled += 1
@@ -179,26 +213,29 @@ class Simulator:
             kept.append((i, run, reply))
         if not kept:
             return
-        observer = None
-        if self.capture and self.cfg.capture.observer:  # the observer reads only utterances that are kept
-            obs_prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, r.speaker, r.history, observer=True, layout=layout)) for _, r, _ in kept]
-            keys = [(r.run_id, r.speaker, "observer") for _, r, _ in kept] if reuse else None
-            observer = generator.prompt_states(obs_prompts, keys)
+        observer = obs_prompts = None
+        if self.inline and self.cfg.capture.observer:  # the observer reads only utterances that are kept
+            obs_prompts = [self.prompt(name, r, r.speaker, r.history, observer=True) for _, r, _ in kept]
+            keys = [(r.run_id, r.speaker, "observer") for _, r, _ in kept] if self.cfg.reuse_prefix else None
+            observer = self.generators[name].prompt_states(obs_prompts, keys)
         for j, (i, run, reply) in enumerate(kept):
             self._flag(run, reply)
             text, left, n_new = reply.text, reply.left, reply.n_new
             k, speaker = len(run.history), run.speaker
+            base = self._row(run, k, speaker, text, left, len(prompts[i]), n_new) | {"resampled": run.attempt, "flag": ",".join(reply.flags)}
             run.history.append(Utterance(speaker, text, left))
-            base = self._row(run, k, speaker, text, left, out.prompt_lengths[i], n_new) | {"resampled": run.attempt, "flag": ",".join(reply.flags)}
             run.attempt, run.stream = 0, None
             run.rows.append(base)
             if self.capture:
-                assert out.states is not None  # generate(capture=True) returns them
-                run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
-                if observer is not None:
-                    run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[j])})
-                    run.states.setdefault("observer", []).append(observer[j].cpu().numpy())
-                for listener, (state, n_prompt) in sorted(run.listeners.items()):
+                # re-reading fills the states and the other prompts' lengths of these rows when the run is finished
+                if out is not None and out.states is not None:
+                    run.states.setdefault("interactive", []).append(out.states[i].cpu().numpy())
+                if self.cfg.capture.observer:
+                    run.rows.append({**base, "condition": "observer", "n_prompt_tokens": len(obs_prompts[j]) if obs_prompts else 0})
+                    if observer is not None:
+                        run.states.setdefault("observer", []).append(observer[j].cpu().numpy())
+                listeners = run.listeners if self.inline else {a: (None, 0) for a in run.listening} if self.cfg.capture.listener else {}
+                for listener, (state, n_prompt) in sorted(listeners.items()):
                     run.rows.append(
                         {
                             **base,
@@ -211,28 +248,43 @@ class Simulator:
                             "n_new_tokens": 0,
                         }
                     )
-                    run.states.setdefault("listener", []).append(state)
+                    if state is not None:
+                        run.states.setdefault("listener", []).append(state)
                 run.listeners = {}
-                if out.generated_mean is not None:
+                if out is not None and out.generated_mean is not None:
                     run.rows.append({**base, "condition": "generated_mean"})
                     run.states.setdefault("generated_mean", []).append(out.generated_mean[i].cpu().numpy())
             stats.utterances += 1
             stats.new_tokens += n_new
-            stats.prompt_tokens += out.prompt_lengths[i]
+            stats.prompt_tokens += len(prompts[i])
             if left:
                 run.present.remove(speaker)
             run.done = len(run.present) < 2 or len(run.history) >= self.cfg.max_turns
             if not run.done:
                 run.speaker = self.policy.next(run.episode, run.history, run.present)
 
-    def _reply(self, name: str, run: Run, tokens: list[int]) -> Reply:
-        """A generated reply, cleaned, with what it recites."""
-        lm, cfg = self.models[name], self.cfg
+    def _capture_finished(self, finished: list[Run]) -> None:
+        """Re-reading: every row's prompt, rendered from the finished history, read by the row's
+        model; one pass per chain of prompts that extend each other within a run."""
+        by_model: dict[str, list[tuple[Run, dict]]] = {}
+        for run in finished:
+            for row in run.rows:
+                by_model.setdefault(row["model"], []).append((run, row))
+        for name, rows in by_model.items():
+            prompts = [self.prompt(name, run, row["agent"], run.history[: row["utterance"]], row["condition"] == "observer") for run, row in rows]
+            # an agent's speaking and listening prompts grow together (as in generation); the observer's apart
+            groups = [(run.run_id, row["agent"], "observer" if row["condition"] == "observer" else "interactive") for run, row in rows]
+            capture = self.cfg.capture
+            states = read_states(self.generators[name], prompts, groups, capture.max_batch_tokens, capture.single_pass).numpy()
+            for (run, row), state, prompt in zip(rows, states, prompts, strict=True):
+                row["n_prompt_tokens"] = len(prompt)
+                run.states.setdefault(row["condition"], []).append(state)
+
+    def _reply(self, run: Run, raw: str, n_new: int) -> Reply:
+        """A generated reply (its raw text and token count), cleaned, with what it recites."""
         names = tuple(c.name for c in run.episode.characters)
-        text, left = clean_reply(
-            lm.tokenizer.decode(tokens, skip_special_tokens=True), cfg.sampling.first_line_only, cfg.sampling.stop_strings, names
-        )
-        return Reply(text, left, len(tokens), echo_of(text, run.episode, run.speaker, run.history))
+        text, left = clean_reply(raw, self.cfg.sampling.first_line_only, self.cfg.sampling.stop_strings, names)
+        return Reply(text, left, n_new, echo_of(text, run.episode, run.speaker, run.history))
 
     def _retry(self, run: Run, reply: Reply) -> bool:
         """Whether a reply is sampled again: empty before ``min_utterances``, or (with
@@ -254,9 +306,7 @@ class Simulator:
     def _listen(self, name: str, listeners: list[tuple[Run, int]]) -> None:
         """Every agent who does not speak next reads the same history with its own prompt. It
         shares that agent's prefix slot: its next own prompt extends this one."""
-        lm = self.models[name]
-        fmt = prompt_format(lm, self.cfg.prompt_format)
-        prompts = [encode(lm, render(lm.tokenizer, fmt, r.episode, agent, r.history, layout=self.cfg.prompt_layout)) for r, agent in listeners]
+        prompts = [self.prompt(name, r, agent, r.history) for r, agent in listeners]
         keys = [(r.run_id, agent, "interactive") for r, agent in listeners] if self.cfg.reuse_prefix else None
         states = self.generators[name].prompt_states(prompts, keys).cpu().numpy()
         for (run, agent), state, prompt in zip(listeners, states, prompts, strict=True):
@@ -288,9 +338,13 @@ class Simulator:
             n_agents=ep.n_agents,
         ).as_dict()
 
-    def _flush(self, finished: list[Run]) -> None:
+    def _flush(self, finished: list[Run], stats: SimulationStats) -> None:
         if self.writer is None or not finished:
             return
+        if self.reread:
+            start = time.perf_counter()
+            self._capture_finished(finished)
+            stats.capture_seconds += time.perf_counter() - start
         rows = [row for run in finished for row in run.rows]
         states: dict[tuple[str, str], list[np.ndarray]] = {}
         for run in finished:
@@ -312,7 +366,7 @@ class Simulator:
             while pending or active:
                 while pending and len(active) < self.cfg.episodes_in_flight:
                     active.append(pending.popleft())
-                if self.capture and self.cfg.capture.listener:
+                if self.inline and self.cfg.capture.listener:
                     by_listener: dict[str, list[tuple[Run, int]]] = {}
                     for run in active:
                         for agent in run.listening:
@@ -333,9 +387,11 @@ class Simulator:
                     stats.runs += 1
                     bar.update(1)
                 if len(finished) >= self.cfg.flush_every or (finished and not pending and not active):
-                    self._flush(finished)
+                    self._flush(finished, stats)
                     finished = []
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(tok_s=f"{stats.new_tokens / max(elapsed, 1e-9):.0f}", utt=stats.utterances)
         stats.seconds = time.perf_counter() - start
+        if self.remote is not None:
+            self.remote.close()
         return stats

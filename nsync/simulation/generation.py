@@ -22,30 +22,37 @@ from nsync.simulation.config import SamplingConfig
 
 
 class HiddenStateRecorder:
-    """Forward hooks that keep the residual stream at the last position of each forward call.
+    """Forward hooks that keep the residual stream at chosen positions of each forward call.
 
     Row ``0`` of the result is the embedding output (the input of the first block), row
     ``i`` the output of block ``i - 1``: the raw residual stream, before any final norm.
-    Only the last position is copied, so a long prompt's activations are never held.
+    By default only the last position is copied, so a long prompt's activations are never held;
+    with ``positions`` (``[batch, k]`` indices) the states at those positions of each row are
+    (re-reading: many prompt ends from one pass, :mod:`nsync.simulation.capture`).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, positions: torch.Tensor | None = None):
         self.layers = decoder_layers(model)
         self.enabled = True
+        self.positions = positions
         self._current: list[torch.Tensor | None] = [None] * (len(self.layers) + 1)
         self._handles: list = []
+
+    def _take(self, h: torch.Tensor) -> torch.Tensor:
+        if self.positions is None:
+            return h[:, -1, :].detach().clone()
+        rows = torch.arange(h.shape[0], device=h.device)[:, None]
+        return h[rows, self.positions.to(h.device)].detach()  # advanced indexing copies
 
     def __enter__(self) -> HiddenStateRecorder:
         def pre_hook(module, args, kwargs):
             if self.enabled:
-                h = args[0] if args else kwargs["hidden_states"]
-                self._current[0] = h[:, -1, :].detach().clone()
+                self._current[0] = self._take(args[0] if args else kwargs["hidden_states"])
 
         def make_hook(i: int):
             def hook(module, args, output):
                 if self.enabled:
-                    h = output[0] if isinstance(output, tuple) else output
-                    self._current[i + 1] = h[:, -1, :].detach().clone()
+                    self._current[i + 1] = self._take(output[0] if isinstance(output, tuple) else output)
 
             return hook
 
@@ -60,12 +67,22 @@ class HiddenStateRecorder:
         self._handles.clear()
 
     def pop(self) -> torch.Tensor:
-        """States of the last forward call, ``[batch, n_layers + 1, hidden]`` in float32."""
+        """States of the last forward call in float32: ``[batch, n_layers + 1, hidden]``, or with
+        ``positions`` ``[batch, k, n_layers + 1, hidden]``."""
         if any(t is None for t in self._current):
             raise RuntimeError("no forward pass was recorded")
-        out = torch.stack([t.float() for t in self._current], dim=1)  # type: ignore[union-attr]
+        out = torch.stack([t.float() for t in self._current], dim=-2)  # type: ignore[union-attr]
         self._current = [None] * len(self._current)
         return out
+
+
+def reply_complete(text: str, sampling: SamplingConfig) -> bool:
+    """Whether a reply generated so far (its text) needs no more tokens: its first non-empty line
+    is complete (``first_line_only``) or it holds a stop string. Every generation backend stops by
+    this rule, so their replies end at the same token."""
+    if sampling.first_line_only and "\n" in text.lstrip():
+        return True
+    return any(stop in text for stop in sampling.stop_strings if stop)
 
 
 @dataclass
@@ -186,14 +203,14 @@ class PrefixStore:
         self.reused_tokens = 0
         self.computed_tokens = 0
 
-    def lookup(self, key: object, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
-        """Length of the re-usable prefix (at least one token is always left to compute)."""
+    def lookup(self, key: object, prompt: list[int], up_to: int | None = None) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """Length of the re-usable prefix (at most ``up_to``; at least one token is always left to compute)."""
         entry = self._entries.get(key)
         if entry is None:
             return 0, None
         ids, kv = entry
         n = 0
-        limit = min(len(ids), len(prompt) - 1)
+        limit = min(len(ids), len(prompt) - 1, len(prompt) if up_to is None else up_to)
         while n < limit and ids[n] == prompt[n]:
             n += 1
         return n, kv
@@ -233,26 +250,30 @@ class Generator:
             return True
         s = self.sampling
         if s.first_line_only and token in self.newline_ids:
-            text = self.lm.tokenizer.decode(row_tokens, skip_special_tokens=True)
-            if "\n" in text.lstrip():
-                return True
-        if s.stop_strings:
-            tail = self.lm.tokenizer.decode(row_tokens[-16:], skip_special_tokens=True)
-            if any(stop in tail for stop in s.stop_strings):
-                return True
-        return False
+            return reply_complete(self.lm.tokenizer.decode(row_tokens, skip_special_tokens=True), s)
+        # stop strings are looked for in the last tokens only: decoding the whole reply every step would cost more
+        return bool(s.stop_strings) and reply_complete(self.lm.tokenizer.decode(row_tokens[-16:], skip_special_tokens=True), s)
 
-    def prefill(self, prompts: list[list[int]], keys: Sequence[object] | None = None):
+    def prefill(
+        self,
+        prompts: list[list[int]],
+        keys: Sequence[object] | None = None,
+        store: PrefixStore | None = None,
+        reuse_up_to: Sequence[int] | None = None,
+    ):
         """One forward pass over the prompts (or what is new in them); returns the model output,
-        the attention mask and the last positions, ready for decoding."""
-        lm, store = self.lm, self.prefixes
+        the attention mask and the last positions, ready for decoding. ``store`` replaces the
+        generator's own prefix store; ``reuse_up_to`` caps each row's re-used prefix (re-reading
+        needs states at earlier positions than the last)."""
+        lm, store = self.lm, store if store is not None else self.prefixes
         device = lm.device
         pad = lm.tokenizer.pad_token_id
         if store is None or keys is None:
             ids, mask = left_pad(prompts, pad, device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             return self._forward(ids, mask, positions, _growing_cache()), mask, positions
-        found = [store.lookup(k, p) for k, p in zip(keys, prompts, strict=True)]
+        caps = reuse_up_to if reuse_up_to is not None else [None] * len(prompts)
+        found = [store.lookup(k, p, cap) for k, p, cap in zip(keys, prompts, caps, strict=True)]
         reused = [n for n, _ in found]
         if self.layout == "contiguous":
             # Every row computes as many tokens as the row with the most new ones (re-using a little

@@ -156,7 +156,9 @@ class _NamedEpisode:
 
 
 def _prompt_states(lm, part: pd.DataFrame, cache: ActivationCache, cfg: RereadConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's prompt as its speaker saw it, read by ``lm``; utterance k of every run in one batch."""
+    """Each row's prompt as its speaker saw it, read by ``lm`` (:func:`nsync.simulation.capture.read_states`:
+    an agent's prompts that extend each other in one pass, the others re-using its previous prompt)."""
+    from nsync.simulation.capture import read_states
     from nsync.simulation.generation import Generator, SamplingConfig
     from nsync.simulation.prompts import encode, prompt_format, render
 
@@ -164,22 +166,19 @@ def _prompt_states(lm, part: pd.DataFrame, cache: ActivationCache, cfg: RereadCo
     written = cache.manifest.get("config", {})
     fmt = prompt_format(lm, cfg.prompt_format or written.get("prompt_format", "sotopia"))
     layout = written.get("prompt_layout", "fields")
-    generator = Generator(lm, SamplingConfig())
     per_run = list(_histories(part))
     missing = sorted({rows.iloc[0].episode_id for _, rows, _ in per_run} - set(episodes))
     if missing:
         raise NsyncError(f"episodes {missing[:3]} of the cache are not in the scenario source; set scenarios=...")
-    out: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
-    for k in range(max(len(h) for _, _, h in per_run)):
-        batch = [(run_id, rows.iloc[0].episode_id, h) for run_id, rows, h in per_run if len(h) > k]
-        # the prompt of utterance k's speaker, before it
-        prompts = [encode(lm, render(lm.tokenizer, fmt, episodes[ep], h[k].agent, h[:k], layout=layout)) for _, ep, h in batch]
-        keys = [(run_id, h[k].agent) for run_id, _, h in batch]
-        states = generator.prompt_states(prompts, keys).float().cpu().numpy()
-        for j, (run_id, _, _) in enumerate(batch):
-            out[(run_id, k)] = (states[j], len(prompts[j]))
-    order = [out[(r.run_id, r.utterance)] for r in part.itertuples()]
-    return np.stack([s for s, _ in order]), np.array([n for _, n in order])
+    prompts: dict[tuple[str, int], list[int]] = {}
+    for run_id, rows, h in per_run:
+        episode = episodes[rows.iloc[0].episode_id]
+        for k in range(len(h)):  # the prompt of utterance k's speaker, before it
+            prompts[(run_id, k)] = encode(lm, render(lm.tokenizer, fmt, episode, h[k].agent, h[:k], layout=layout))
+    rows = list(part.itertuples())
+    order = [(r.run_id, r.utterance) for r in rows]
+    states = read_states(Generator(lm, SamplingConfig()), [prompts[key] for key in order], [(r.run_id, int(r.agent)) for r in rows])
+    return states.numpy(), np.array([len(prompts[key]) for key in order])
 
 
 def main(argv: Sequence[str]) -> None:

@@ -49,12 +49,18 @@ def _sum_over_ranks(stats: SimulationStats) -> SimulationStats:
     from nsync.simulation.engine import SimulationStats
 
     counts = torch.tensor([stats.runs, stats.utterances, stats.new_tokens, stats.prompt_tokens, stats.resampled], dtype=torch.float64)
-    seconds = torch.tensor([stats.seconds], dtype=torch.float64)
+    seconds = torch.tensor([stats.seconds, stats.capture_seconds], dtype=torch.float64)
     dist.all_reduce(counts)
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
     runs, utterances, new_tokens, prompt_tokens, resampled = (int(x) for x in counts.tolist())
     return SimulationStats(
-        runs=runs, utterances=utterances, new_tokens=new_tokens, prompt_tokens=prompt_tokens, resampled=resampled, seconds=float(seconds.item())
+        runs=runs,
+        utterances=utterances,
+        new_tokens=new_tokens,
+        prompt_tokens=prompt_tokens,
+        resampled=resampled,
+        seconds=float(seconds[0]),
+        capture_seconds=float(seconds[1]),
     )
 
 
