@@ -305,7 +305,7 @@ def _solver_probe(x, y, tr, solver, matmul_dtype="float64", banded=False, alphas
 
 
 @pytest.mark.parametrize("alphas", [(0.1, 10.0, 1000.0), (0.1, 1.0, 10.0, 100.0, 1000.0)], ids=["inverse", "eigh"])
-@pytest.mark.parametrize("d", [90, 300], ids=["rows>dims", "dims>rows"])
+@pytest.mark.parametrize("d", [90, 180, 300], ids=["rows>dims", "fit<dims<refit", "dims>rows"])
 @pytest.mark.parametrize("banded", [False, True])
 def test_dual_solver_gives_the_primal_numbers(banded, d, alphas):
     """The dual form (predictions through the training rows; in the kernel form where the rows to fit
@@ -411,6 +411,9 @@ def test_the_solver_is_chosen_by_shape():
     assert choose_solver(n_train=300, d=8, n_outputs=16, n_predicted=100, n_products=7) == "primal"  # the tests' tiny shapes
     # fewer rows than dimensions: the dual's kernel form, whatever the number of predictions (accuracy, and n^3 < d^3)
     assert choose_solver(n_train=800, d=4096, n_outputs=33 * 4096, n_predicted=5000, n_products=35) == "dual"
+    # ... also where only the fit before validation has fewer rows than dimensions (SmolLM2's partition with the observer)
+    assert choose_solver(n_train=1760, d=1152, n_outputs=31 * 576, n_predicted=1100, n_products=49) == "primal"
+    assert choose_solver(n_train=1760, d=1152, n_outputs=31 * 576, n_predicted=1100, n_products=49, n_fewest=1106) == "dual"
 
 
 def test_layer_r2_keeps_no_full_default_copies_and_resets_to_zeros():

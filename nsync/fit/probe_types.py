@@ -108,7 +108,8 @@ class Affine:
             return "primal"  # the dual keeps rows, which do not all-reduce as sums do
         ratios = len(cfg.partition.ratios) if dm.band_start is not None else 1
         predicted = dm.n("val") + dm.n("test")
-        return choose_solver(dm.n("fit") + dm.n("val"), dm.d_in, len(dm.target_layers) * dm.d_out, predicted, len(cfg.affine.alphas) * ratios)
+        outputs = len(dm.target_layers) * dm.d_out
+        return choose_solver(dm.n("fit") + dm.n("val"), dm.d_in, outputs, predicted, len(cfg.affine.alphas) * ratios, n_fewest=dm.n("fit"))
 
     def fit(self, cfg: FitConfig, dm: SynchronyDataModule, trainer: Callable[..., L.Trainer], log_prefix: str):
         a, sources = cfg.affine, dm.sources

@@ -255,7 +255,7 @@ class TrainingRows:
         return self
 
 
-def choose_solver(n_train: int, d: int, n_outputs: int, n_predicted: int, n_products: int) -> str:
+def choose_solver(n_train: int, d: int, n_outputs: int, n_predicted: int, n_products: int, n_fewest: int | None = None) -> str:
     """``"dual"`` where predicting through the training rows costs less arithmetic than forming
     ``X^T Y``. ``n_products`` predictions (alphas x band ratios) of ``n_predicted`` rows each, for
     ``n_outputs`` output columns (every target layer): the primal forms ``C = X^T Y``
@@ -263,14 +263,16 @@ def choose_solver(n_train: int, d: int, n_outputs: int, n_predicted: int, n_prod
     n_outputs``); the dual multiplies each prediction by the training rows (``n_predicted *
     n_train * (d + n_outputs)``). Both decompose ``X^T X`` (``d^3``), unless the rows are fewer
     than the hidden size: then the dual decomposes the Gram matrix ``X X^T`` (``n_train^3``) and
-    the primal, in float32, loses accuracy (:class:`RidgeSolution`), so the dual is chosen.
+    the primal, in float32, loses accuracy (:class:`RidgeSolution`), so the dual is chosen; also
+    where an earlier stage fits on fewer rows (``n_fewest``: the fit before validation, which
+    leaves the validation rows out).
 
     >>> choose_solver(n_train=5200, d=4096, n_outputs=33 * 4096, n_predicted=1300, n_products=1)   # the paper's 7B shape
     'dual'
     >>> choose_solver(n_train=5200, d=576, n_outputs=31 * 576, n_predicted=1300, n_products=7)     # SmolLM2's, an alpha grid
     'primal'
     """
-    if n_train < d:
+    if min(n_train, n_train if n_fewest is None else n_fewest) < d:
         return "dual"
     dual = n_products * n_predicted * n_train * (d + n_outputs)
     primal = n_train * d * n_outputs + n_products * n_predicted * d * n_outputs
