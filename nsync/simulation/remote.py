@@ -67,10 +67,10 @@ class CompletionsBackend:
 
         url = self.urls[model]
         try:
-            served = [m.id for m in self.clients[model].models.list()]
+            served = [m.id for m in self.clients[model].with_options(max_retries=1).models.list()]  # an absent server fails fast
         except openai.APIConnectionError as err:
             raise NsyncError(
-                f"cannot reach the completions server at {url} ({err}); start it (docs: 'Generating on a serving engine') or set generation.base_url"
+                f"cannot reach the completions server at {url} ({err}); start it (docs: 'Generate on a serving engine') or set generation.base_url"
             ) from None
         except openai.AuthenticationError:
             raise NsyncError(f"the server at {url} refused the API key; set it in the variable named by generation.api_key_env") from None
