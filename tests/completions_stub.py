@@ -3,7 +3,9 @@ backend tests see real model output: ``GET /v1/models`` and ``POST /v1/completio
 token ids or text, streamed or not, per-request seed, stop strings). Like vLLM and llama.cpp it
 generates until EOS, ``max_tokens`` or a stop string; the client decides when a line is complete.
 ``fail_next`` answers that many requests with HTTP 503 first (the client must retry);
-``bos_on_text`` adds a BOS token to text prompts, as some servers do."""
+``bos_on_text`` adds a BOS token to text prompts, as some servers do; ``interrupt`` ends every
+stream after its first chunk without a finish reason, as llama-cpp-python's server does by default
+when other requests wait."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class CompletionsStub:
         self.requests: list[dict] = []
         self.fail_next = 0
         self.bos_on_text = False
+        self.interrupt = False
         self._lock = threading.Lock()
         stub = self
 
@@ -54,18 +57,19 @@ class CompletionsStub:
                 if body.get("model") != stub.served:
                     return self._json(404, {"error": {"message": f"model '{body.get('model')}' not found", "type": "not_found"}})
                 ids = stub.prompt_ids(body["prompt"])
-                pieces = stub.complete(ids, body)
+                pieces, reason = stub.complete(ids, body)
                 if not body.get("stream"):
                     usage = {"prompt_tokens": len(ids), "completion_tokens": len(pieces), "total_tokens": len(ids) + len(pieces)}
-                    choice = {"index": 0, "text": "".join(pieces), "finish_reason": "stop"}
+                    choice = {"index": 0, "text": "".join(pieces), "finish_reason": reason}
                     return self._json(200, {"id": "c", "object": "text_completion", "choices": [choice], "usage": usage})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
                 try:
-                    for piece in pieces:
-                        chunk = {"id": "c", "object": "text_completion", "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+                    for i, piece in enumerate(pieces[:1] if stub.interrupt else pieces):
+                        last = i == len(pieces) - 1 and not stub.interrupt
+                        chunk = {"id": "c", "object": "text_completion", "choices": [{"index": 0, "text": piece, "finish_reason": reason if last else None}]}
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
                     self.wfile.write(b"data: [DONE]\n\n")
@@ -87,8 +91,8 @@ class CompletionsStub:
         tok = self.lm.tokenizer
         return [tok.bos_token_id] * self.bos_on_text + tok(prompt, add_special_tokens=False)["input_ids"]
 
-    def complete(self, ids: list[int], body: dict) -> list[str]:
-        """The reply's text, one piece per generated token (each the text the token adds)."""
+    def complete(self, ids: list[int], body: dict) -> tuple[list[str], str]:
+        """The reply's text, one piece per generated token (each the text the token adds), and why it ended."""
         sampling = SamplingConfig(
             temperature=float(body.get("temperature", 1.0)),
             top_p=float(body.get("top_p", 1.0)),
@@ -115,10 +119,10 @@ class CompletionsStub:
             if any(s in so_far + piece for s in stops):
                 cut = min((so_far + piece).index(s) for s in stops if s in so_far + piece)
                 out.append((so_far + piece)[len(so_far) : cut])
-                break
+                return out, "stop"
             out.append(piece)
             so_far += piece
-        return out
+        return out, "length" if len(tokens) >= sampling.max_new_tokens else "stop"
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -167,6 +167,12 @@ def test_server_errors_say_what_to_fix(tmp_path, stub, tiny_llama, extra, messag
     assert not (tmp_path / "c" / "shards").exists() or not any((tmp_path / "c" / "shards").iterdir())
 
 
+def test_a_reply_the_server_cut_short_is_not_taken_for_a_reply(tmp_path, stub, tiny_llama):
+    stub.interrupt = True
+    with pytest.raises(NsyncError, match="without a finish reason .* --interrupt_requests False"):
+        _simulate(tmp_path / "c", "tiny-llama", *_served(stub), lm=tiny_llama)
+
+
 def test_a_server_that_keeps_failing_stops_the_run_with_its_status(tmp_path, stub, tiny_llama):
     stub.fail_next = 100
     with pytest.raises(NsyncError, match="HTTP 503"):

@@ -59,7 +59,7 @@ class LlamaServer:
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/v1"
         cmd = [python, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--model_alias", MODEL, "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+               "--port", str(port), "--n_ctx", str(n_ctx), "--interrupt_requests", "False", "--n_threads", str(threads), "--n_threads_batch", str(threads)]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120

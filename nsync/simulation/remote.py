@@ -145,7 +145,7 @@ class CompletionsBackend:
         import openai
 
         stream = self._call(model, self._prompt(ids, text), self.sampling.max_new_tokens, True, seed)
-        reply, n = "", 0
+        reply, n, finished = "", 0, None
         try:
             with stream:  # leaving the block closes the response: the server stops generating
                 for chunk in stream:
@@ -153,10 +153,17 @@ class CompletionsBackend:
                         continue
                     n += 1
                     reply += chunk.choices[0].text or ""
+                    finished = chunk.choices[0].finish_reason
                     if reply_complete(reply, self.sampling):
+                        finished = "complete"
                         break
         except openai.APIError as err:  # the stream broke off
             raise NsyncError(f"the server at {self.urls[model]} broke off a reply for {model}: {err}") from None
+        if finished is None:  # [DONE] without a finish reason: the server cut the reply short
+            raise NsyncError(
+                f"the server at {self.urls[model]} ended a reply for {model} without a finish reason (after {n} tokens): it interrupts "
+                "a reply when the next request arrives (llama-cpp-python does by default: start it with --interrupt_requests False)"
+            )
         return Completion(reply, n)
 
     def close(self) -> None:
