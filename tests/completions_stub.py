@@ -26,6 +26,7 @@ class CompletionsStub:
         self.fail_next = 0
         self.bos_on_text = False
         self.interrupt = False
+        self.owned_by = "stub"  # vLLM says "vllm", llama.cpp's servers "llamacpp" or "me"
         self._lock = threading.Lock()
         stub = self
 
@@ -42,7 +43,7 @@ class CompletionsStub:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    self._json(200, {"object": "list", "data": [{"id": stub.served, "object": "model", "owned_by": "stub"}]})
+                    self._json(200, {"object": "list", "data": [{"id": stub.served, "object": "model", "owned_by": stub.owned_by}]})
                 else:
                     self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 

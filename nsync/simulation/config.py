@@ -110,6 +110,12 @@ class GenerationConfig:
             "help": "openai: send the rendered prompt as token ids (vLLM, llama.cpp's own server) or as text (servers that take only strings, e.g. llama-cpp-python's); text is checked once per model: the server must count as many prompt tokens as nsync's tokenizer"
         },
     )
+    server: str = field(
+        default="auto",
+        metadata={
+            "help": "openai: the server's family, whose own samplers (top_k, min_p, repetition penalties) nsync turns off: vllm, llama.cpp, other (send nothing more), or auto (told by the server's model list)"
+        },
+    )
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: environment variable holding the API key (never logged)"})
     concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once (the server batches them)"})
     timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request"})
@@ -217,6 +223,13 @@ class SimulateConfig:
                     f"sampling.no_repeat_ngram={self.sampling.no_repeat_ngram} has no equivalent in the completions protocol: set "
                     "sampling.no_repeat_ngram=0 (the paper's setting), and pass the server's own setting, if it has one, in generation.extra_body"
                 )
+            if self.sampling.repetition_penalty != 1.0:
+                raise NsyncError(
+                    "sampling.repetition_penalty is transformers' penalty, which servers implement differently (llama.cpp over the last 64 tokens): "
+                    "leave it at 1.0 and pass the server's own setting in generation.extra_body"
+                )
+            if gen.server not in ("auto", "vllm", "llama.cpp", "other"):
+                raise NsyncError(f"generation.server must be auto, vllm, llama.cpp or other, got '{gen.server}'")
             if gen.prompt_as not in ("tokens", "text"):
                 raise NsyncError(f"generation.prompt_as must be tokens or text, got '{gen.prompt_as}'")
             if gen.concurrency < 1 or gen.max_retries < 0 or gen.timeout <= 0:

@@ -16,6 +16,7 @@ vLLM: ``vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --port 8000``; llama.cpp:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from nsync.errors import NsyncError
 from nsync.simulation.config import GenerationConfig, SamplingConfig
 from nsync.simulation.generation import reply_complete
 
+log = logging.getLogger("nsync.simulate")
+
 
 @dataclass
 class Completion:
@@ -33,6 +36,18 @@ class Completion:
 
     text: str
     n_tokens: int
+
+
+#: What turns off each server family's own samplers: nsync samples with temperature and top_p only,
+#: but llama.cpp's servers default to top_k 40 and min_p 0.05 (llama-cpp-python also to a
+#: repetition penalty of 1.1), and vLLM may take defaults from the model's generation config. No
+#: one value serves both: vLLM refuses top_k 0, llama-cpp-python top_k -1.
+NEUTRAL_SAMPLERS = {
+    "vllm": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
+    "llama.cpp": {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0},
+}
+#: A server's family from the ``owned_by`` of its model list (llama.cpp's llama-server, llama-cpp-python, vLLM).
+OWNERS = {"vllm": "vllm", "llamacpp": "llama.cpp", "me": "llama.cpp"}
 
 
 def request_seed(base_seed: int, run_id: str, utterance: int, attempt: int) -> int:
@@ -56,30 +71,41 @@ class CompletionsBackend:
         self.urls = {m: cfg.urls.get(m, cfg.base_url) for m in models}
         clients = {url: OpenAI(base_url=url, api_key=key, max_retries=cfg.max_retries, timeout=cfg.timeout) for url in set(self.urls.values())}
         self.clients = {m: clients[url] for m, url in self.urls.items()}
-        self.served = {m: self._served_name(m) for m in models}
+        self.served, self.family = {}, {}
+        for m in models:
+            self.served[m], self.family[m] = self._served_name(m)
         self._checked: set[str] = set()  # models whose text prompts the server was seen to tokenise as nsync does
         self._check_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="nsync-completions")
 
-    def _served_name(self, model: str) -> str:
-        """The name the server serves ``model`` under, checked against its model list."""
+    def _served_name(self, model: str) -> tuple[str, str | None]:
+        """The name the server serves ``model`` under, checked against its model list, and the
+        server's family (``generation.server``, or told by the list's ``owned_by``)."""
         import openai
 
         url = self.urls[model]
         try:
-            served = [m.id for m in self.clients[model].with_options(max_retries=1).models.list()]  # an absent server fails fast
+            listed = self.clients[model].with_options(max_retries=1).models.list().data  # an absent server fails fast
         except openai.APIConnectionError as err:
             raise NsyncError(
                 f"cannot reach the completions server at {url} ({err}); start it (docs: 'Generate on a serving engine') or set generation.base_url"
             ) from None
         except openai.AuthenticationError:
             raise NsyncError(f"the server at {url} refused the API key; set it in the variable named by generation.api_key_env") from None
+        served = [m.id for m in listed]
         name = self.cfg.served_models.get(model) or (served[0] if len(served) == 1 else model)
         if name not in served:
             raise NsyncError(
                 f"the server at {url} does not serve '{name}' (for {model}); it serves {served}: set generation.served_models.{model}=<one of them>"
             )
-        return name
+        family = self.cfg.server if self.cfg.server != "auto" else OWNERS.get(next(m.owned_by for m in listed if m.id == name))
+        if family is None:
+            log.warning(
+                "the server at %s is neither vLLM nor llama.cpp (set generation.server if it is): nsync sends only temperature and top_p; "
+                "if the server samples with more (top_k, min_p, a repetition penalty), turn them off in generation.extra_body",
+                url,
+            )
+        return name, family
 
     def complete(self, model: str, prompts: list[list[int]], texts: list[str], seeds: list[int]) -> list[Completion]:
         """One reply per prompt (its token ids and, for ``prompt_as=text``, its rendered text), in order."""
@@ -115,9 +141,8 @@ class CompletionsBackend:
         import openai
 
         s = self.sampling
-        extra = dict(self.cfg.extra_body)
-        if s.repetition_penalty != 1.0:
-            extra.setdefault("repetition_penalty", s.repetition_penalty)  # vLLM's name, HF's meaning
+        family = self.family[model]
+        extra = (NEUTRAL_SAMPLERS[family] if family in NEUTRAL_SAMPLERS else {}) | dict(self.cfg.extra_body)
         try:
             return self.clients[model].completions.create(
                 model=self.served[model],
