@@ -51,13 +51,15 @@ def gguf_path() -> Path:
 class LlamaServer:
     """``python -m llama_cpp.server`` on a free local port, serving the bundled SmolLM2 GGUF."""
 
-    def __init__(self, python: str, threads: int, n_ctx: int = 8192):
+    def __init__(self, python: str, threads: int, n_ctx: int = 8192, cache: bool = False):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/v1"
         cmd = [python, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--model_alias", MODEL, "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(n_ctx), "--interrupt_requests", "False", "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+        if cache:  # keep past prompts' states in RAM: a run's next prompt re-uses the longest stored prefix
+            cmd += ["--cache", "True", "--cache_type", "ram"]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
@@ -139,14 +141,15 @@ def main() -> None:
     parser.add_argument("--greedy-episodes", type=int, default=4, help="episodes decoded greedily by both engines (0: none)")
     parser.add_argument("--server-python", default=sys.executable, help="a Python with llama-cpp-python[server]")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the cores this process may use)")
+    parser.add_argument("--llama-cache", action="store_true", help="start the server with its RAM prompt cache (--cache True)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     import os
 
     threads = args.threads or len(os.sched_getaffinity(0))
-    server = LlamaServer(args.server_python, threads)
+    server = LlamaServer(args.server_python, threads, cache=args.llama_cache)
     served = ["generation.backend=openai", f"generation.base_url={server.url}", "generation.prompt_as=text"]
-    figures: dict = {"threads": threads}
+    figures: dict = {"threads": threads, "llama_cache": args.llama_cache}
     work = Path(tempfile.mkdtemp(prefix="nsync-serving-"))
     try:
         for fmt in args.formats.split(","):
