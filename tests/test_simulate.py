@@ -119,6 +119,21 @@ def test_a_manifest_written_before_the_selection_left_the_identity_still_opens(t
     assert stats.runs == 0
 
 
+def test_resuming_a_complete_cache_leaves_its_content_id_and_so_its_fits(tmp_path):
+    """A cache written before keys were added to the identity (here the generation backend), resumed
+    with other runtime settings, keeps its manifest as written: its content id, which every fit's
+    fingerprint holds, does not change."""
+    import json
+
+    out, _ = _run(tmp_path / "c")
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["identity"]["generation"], manifest["config"]["generation"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = ActivationCache.open(out).content_id()
+    _, stats = _run(tmp_path / "c", "episodes_in_flight=2", "capture.max_batch_tokens=4096")
+    assert stats.runs == 0 and ActivationCache.open(out).content_id() == before
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "nsync.simulate", *args], capture_output=True, text=True, **kw)
 

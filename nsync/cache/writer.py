@@ -119,10 +119,10 @@ class CacheWriter:
                 )
             if not resume:
                 raise NsyncError(f"{self.root} already holds a cache of this config; set resume=true to continue it")
+            # The manifest stays as written: the same identity (keys added since at their old values) and
+            # runtime settings do not change what the cache holds, and rewriting them would change its
+            # content id, so every fit of it would be refitted.
             self.manifest = manifest
-            self.manifest.update(config_hash=self.identity_hash, identity=identity)
-            if config:
-                self.manifest["config"] = config
             # Models added later (nsync.reread) stay known, so a merge keeps their states.
             for name, info in manifest.get("models", {}).items():
                 self.models.setdefault(name, ModelInfo(**info))
