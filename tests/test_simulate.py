@@ -242,12 +242,14 @@ def _scripted(monkeypatch, first: str, again: str):
 
     real = Generator.generate
     seen: set[tuple] = set()
+    alive: list = []  # the streams seen, kept so that a new stream never gets a finished one's id()
 
     def generate(self, prompts, generators, capture=True, generated_mean=False, keys=None):
         out = real(self, prompts, generators, capture, generated_mean, keys)
         # a re-sample reads the same prompt again (its random stream goes on)
         texts = [again if (id(g), tuple(p)) in seen else first for g, p in zip(generators, prompts)]
         seen.update((id(g), tuple(p)) for g, p in zip(generators, prompts))
+        alive.extend(generators)
         out.tokens = [self.lm.tokenizer.encode(text, add_special_tokens=False) for text in texts]
         return out
 
