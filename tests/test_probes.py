@@ -307,12 +307,17 @@ def _solver_probe(x, y, tr, solver, matmul_dtype="float64", banded=False, alphas
 @pytest.mark.parametrize("alphas", [(0.1, 10.0, 1000.0), (0.1, 1.0, 10.0, 100.0, 1000.0)], ids=["inverse", "eigh"])
 @pytest.mark.parametrize("d", [90, 180, 300], ids=["rows>dims", "fit<dims<refit", "dims>rows"])
 @pytest.mark.parametrize("banded", [False, True])
-def test_dual_solver_gives_the_primal_numbers(banded, d, alphas):
+def test_dual_solver_gives_the_primal_numbers(banded, d, alphas, monkeypatch):
     """The dual form (predictions through the training rows; in the kernel form where the rows to fit
     are fewer than the dimensions) against the primal one, both with float64 products, over an
-    alpha grid with validation (3 alphas: a Cholesky inverse per alpha; 5: one eigendecomposition), several source and target layers, a massive dimension, and (banded)
+    alpha grid with validation (3 alphas: a Cholesky factor per alpha; 5: one eigendecomposition), several source and target layers, a massive dimension, and (banded)
     a second band with its penalty ratios: R², validation R², alphas, per-episode sums and weights
-    agree to 1e-6; the weights also against scikit-learn's float64 ridge."""
+    agree to 1e-6; the weights also against scikit-learn's float64 ridge. The dual's predictions
+    run in blocks of 7 output columns here (4,096 by default), so blocks end inside target layers
+    and the columns of one alpha's target layers span several blocks."""
+    import nsync.probes.ridge as ridge
+
+    monkeypatch.setattr(ridge, "COLUMN_BLOCK", 7)
     x, y, (tr, va, te) = _solver_data(d)
     primal_probe = _fit_probe(_solver_probe(x, y, tr, "primal", banded=banded, alphas=alphas), x, y, tr, va, te)
     dual_probe = _fit_probe(_solver_probe(x, y, tr, "dual", banded=banded, alphas=alphas), x, y, tr, va, te)

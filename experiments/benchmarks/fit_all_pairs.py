@@ -23,9 +23,11 @@ with like on a shared machine:
   column, predictions and scikit-learn's ``r2_score`` (``--paper-sources``: on that many source
   layers, extrapolated);
 - floors: the arithmetic an exact fit of one alpha cannot avoid, as plain float32 products and a
-  float64 Cholesky factor of the same sizes, per source layer: primal ``X^T X``, ``X^T Y`` and
-  the test predictions through ``C = X^T Y``; dual ``X^T X`` and the test predictions through the
-  training rows (``--floor-sources``: on that many source layers, extrapolated).
+  float64 Cholesky factor of the same sizes, per source layer: ``X^T X``, its factor and the test
+  rows solved through it (``xt (X^T X + alpha I)^-1``, float64 as the factor; before 2026-12-05 the
+  floors left this solve out), then primal ``X^T Y`` and the predictions through ``C = X^T Y``,
+  dual the predictions through the training rows (``--floor-sources``: on that many source layers,
+  extrapolated).
 """
 
 from __future__ import annotations
@@ -118,15 +120,16 @@ def floors(dm: SynchronyDataModule, sources: int) -> dict[str, float]:
         x, xt = x_tr[:, s].contiguous(), x_te[:, s].contiguous()
         t = _sync()
         gram = (x.T @ x).double() + 0.1 * torch.eye(d, dtype=torch.float64, device=DEVICE)
-        torch.linalg.cholesky(gram)
+        factor = torch.linalg.cholesky(gram)
+        solved = torch.cholesky_solve(xt.T.double(), factor).T.float()  # the test rows through the factor: xt (X^T X + alpha I)^-1
         shared = _sync() - t
         t = _sync()
         c = x.T @ y_tr
-        xt @ c
+        solved @ c
         out["primal"] += shared + _sync() - t
         del c
         t = _sync()
-        (xt @ x.T) @ y_tr
+        (solved @ x.T) @ y_tr
         out["dual"] += shared + _sync() - t
     return {k: v * len(dm.source_layers) / sources for k, v in out.items()}
 

@@ -76,7 +76,7 @@ class AffineConfig:
     solver: str = field(
         default="auto",
         metadata={
-            "help": "primal (form X^T Y), dual (predict through the training rows: the same numbers, less arithmetic where the rows are fewer than the hidden size; one process only) or auto (the cheaper by shape, per chunk of source layers; primal under DDP)"
+            "help": "primal (form X^T Y), dual (predict through the training rows: the same numbers, less arithmetic where the rows are fewer than the hidden size; under DDP each process gathers every training row) or auto (the cheaper by shape, per chunk of source layers)"
         },
     )
 
@@ -156,8 +156,6 @@ class FitConfig:
             raise NsyncError(f"affine.alphas must list non-negative values, got {self.affine.alphas}")
         if self.affine.solver not in ("auto", "primal", "dual"):
             raise NsyncError(f"affine.solver must be auto, primal or dual, got '{self.affine.solver}'")
-        if self.affine.solver == "dual" and self.devices > 1:
-            raise NsyncError("affine.solver=dual keeps the training rows and runs in one process; use primal or auto with devices > 1")
         if self.affine.matmul_dtype not in ("float32", "float64"):
             raise NsyncError(f"affine.matmul_dtype must be float32 or float64, got '{self.affine.matmul_dtype}'")
         if self.partition.baselines and self.probe != "affine":

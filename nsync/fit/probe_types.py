@@ -104,8 +104,6 @@ class Affine:
 
         if cfg.affine.solver != "auto":
             return cfg.affine.solver
-        if cfg.devices > 1:
-            return "primal"  # the dual keeps rows, which do not all-reduce as sums do
         ratios = len(cfg.partition.ratios) if dm.band_start is not None else 1
         predicted = dm.n("val") + dm.n("test")
         outputs = len(dm.target_layers) * dm.d_out

@@ -27,7 +27,8 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
     (``alpha_per="cell"``; ``"source"``: one per source layer from the mean over target layers),
     all from one eigendecomposition per source. ``solver="dual"`` predicts through the training rows
     instead of forming ``X^T Y`` (the same numbers; cheaper where the rows are fewer than the hidden
-    size: :func:`nsync.probes.ridge.choose_solver`); it keeps the rows, so it runs in one process. With validation data (an alpha grid, or a target
+    size: :func:`nsync.probes.ridge.choose_solver`); it keeps the rows, and under DDP every process
+    gathers all of them and predicts its own share of the rows it scores. With validation data (an alpha grid, or a target
     layer chosen on validation episodes) the validation R² at the chosen alpha is in
     ``results.val_r2`` ``[n_sources, n_targets]`` and the final solution is refitted on training
     plus validation data. Chosen alphas are in :attr:`alpha` ``[n_sources, n_targets]`` (NaN where a
@@ -144,8 +145,13 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         return RidgeStatistics(self.x_shift, self.y_shift.reshape(-1), self._work_dtype, keep_rows=self.hparams.solver == "dual")
 
     def _reduce(self, stats: RidgeStatistics) -> RidgeStatistics:
+        """Under DDP, every process's statistics: sums all-reduced (primal), rows gathered (dual)."""
         if self.trainer is not None and self.trainer.world_size > 1:
-            stats.load([self.trainer.strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
+            strategy = self.trainer.strategy
+            if stats.keep_rows:
+                stats.gather_rows(strategy.all_gather, lambda t: strategy.reduce(t, reduce_op="sum"))
+            else:
+                stats.load([strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
         return stats
 
     def _set_solution(self, stats: RidgeStatistics, keep_stats: bool, alphas: list[list[float]]) -> None:

@@ -104,10 +104,12 @@ class LayerR2(Metric):
             ("s2", (n_groups, n_targets, d_out)),
             ("sse", (n_groups, n_sources, n_targets, d_out)),
         ):
-            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-            # torchmetrics keeps a copy of each state's default for reset(); a broadcast zero says
-            # the same without the memory (reset() clones it into a full tensor): at the 7B shape
-            # the per-episode squared errors are GBs.
+            # torchmetrics keeps a deep copy of each state's default for reset(); registered as a
+            # scalar and then given a broadcast zero, which says the same without the memory or the
+            # copy (reset() clones it into a full tensor): at the 7B shape the per-episode squared
+            # errors are GBs.
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            setattr(self, name, torch.zeros(shape, dtype=torch.float64))
             self._defaults[name] = torch.zeros((), dtype=torch.float64).expand(shape)
 
     def update(
@@ -264,8 +266,14 @@ class TestR2Mixin:
 
     def test_step(self, batch, batch_idx):
         x, y, *group = batch
+        targets, shift = y, self.target_shift
         for s, preds in self.source_predictions(x):  # predictions are centred at target_shift
-            self.test_r2.update(preds, y, group[0] if group else None, source=s, centred=True, target_shift=self.target_shift)
+            if s == 0 and self._test_shape["n_sources"] > 1:  # the targets centred once for every source, not per source
+                dtype = torch.promote_types(torch.promote_types(preds.dtype, y.dtype), torch.float32)
+                shape = (y.shape[0], *shift.shape)
+                targets = torch.empty(shape, dtype=dtype, device=y.device).copy_(y.reshape(shape)).sub_(shift.to(dtype))
+                shift = None
+            self.test_r2.update(preds, targets, group[0] if group else None, source=s, centred=True, target_shift=shift)
 
     def on_test_epoch_end(self) -> None:
         sums = {k: v.cpu() for k, v in self.test_r2.sums().items()}

@@ -21,7 +21,7 @@ Two solvers give the same numbers (to float rounding; :func:`choose_solver` pick
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +33,15 @@ log = logging.getLogger("nsync.probes")
 ALPHA_CHOICES = ("cell", "source")
 #: How predictions use X^T Y: formed (primal) or through the training rows (dual).
 SOLVERS = ("primal", "dual")
-#: How a solution inverts A + alpha I: one eigendecomposition for any alpha, or a Cholesky inverse per alpha.
+#: How a solution solves with A + alpha I: one eigendecomposition for any alpha, or a Cholesky factor per alpha.
 DECOMPOSITIONS = ("eigh", "inverse")
-#: Up to this many alphas per source a Cholesky inverse per alpha costs less than one eigendecomposition
+#: Up to this many alphas per source a Cholesky factor per alpha costs less than one eigendecomposition
 #: (float64 at d = 2048 on a CPU: eigh 1.9 s, Cholesky 0.13 s, a Cholesky inverse about 0.4 s).
 INVERSE_UP_TO = 3
 #: Rows per block of the dual solver's kept rows (products over them are summed block by block).
 ROW_BLOCK = 1024
+#: Output columns per product of the dual solver's predictions (its converted rows: n x this, re-used).
+COLUMN_BLOCK = 4096
 
 
 class RidgeStatistics:
@@ -121,13 +123,36 @@ class RidgeStatistics:
     def tensors(self) -> list[torch.Tensor]:
         """The sums, for an all-reduce (``n`` travels as a tensor too)."""
         if self.keep_rows:
-            raise ValueError("statistics that keep rows (the dual solver) cannot be all-reduced: use the primal solver under DDP")
+            raise ValueError("statistics that keep rows (the dual solver) are gathered, not all-reduced: use gather_rows()")
         assert self.sxx is not None and self.sxy is not None
         return [torch.tensor([float(self.n)], dtype=torch.float64, device=self.sx.device), self.sx, self.sy, self.sxx, self.sxy]
 
     def load(self, tensors: list[torch.Tensor]) -> None:
         n, self.sx, self.sy, self.sxx, self.sxy = tensors
         self.n = int(n.item())
+
+    def gather_rows(self, all_gather: Callable[[torch.Tensor], torch.Tensor], all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Every process's kept rows and sums, in place (the dual solver under DDP: each process
+        then solves with all the training rows and predicts its own share of the rows to score).
+        ``all_gather`` stacks a same-shaped tensor from every process (``[world, ...]``),
+        ``all_reduce`` sums one. Rows travel as bytes, padded to the longest share: any dtype, any
+        backend (gloo has no float16)."""
+        if not self.keep_rows:
+            raise ValueError("gather_rows() is for statistics that keep rows; all-reduce tensors() instead")
+        counts = all_gather(torch.tensor([self.n], device=self.sx.device)).reshape(-1).tolist()
+        parts = []
+        for rows, empty in ((self.x_rows, (0, self.n_sources, self.sx.shape[1])), (self.y_rows, (0, self.sy.shape[0]))):
+            dtype = rows[0].dtype if rows else self.matmul_dtype
+            local = torch.cat(rows) if rows else torch.empty(empty, dtype=dtype, device=self.sx.device)
+            padded = torch.zeros((max(counts), *local.shape[1:]), dtype=dtype, device=local.device)
+            padded[: local.shape[0]] = local
+            del local
+            rows.clear()  # this process's copy goes before every process's arrives
+            gathered = all_gather(padded.view(torch.uint8)).view(dtype)  # [world, longest, ...]
+            parts.append([gathered[rank, :count] for rank, count in enumerate(counts) if count])
+        self.x_rows, self.y_rows = parts
+        self.n = int(sum(counts))
+        self.sx, self.sy = all_reduce(self.sx), all_reduce(self.sy)
 
     def __iadd__(self, other: RidgeStatistics) -> RidgeStatistics:
         if self.keep_rows != other.keep_rows:
@@ -173,15 +198,17 @@ class RidgeStatistics:
         return cxx
 
 
-def _invert(a: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``(a + alpha I)^-1`` of a symmetric positive semi-definite float64 matrix: by Cholesky, or the
-    pseudo-inverse where that fails (alpha 0 on rank-deficient data: the minimum-norm solution)."""
+def _factor(a: torch.Tensor, alpha: float) -> tuple[torch.Tensor, bool]:
+    """What solves with ``a + alpha I`` (``a`` symmetric positive semi-definite, float64): its
+    Cholesky factor ``(L, True)``, or ``(pinv, False)``, the pseudo-inverse, where that fails
+    (alpha 0 on rank-deficient data: the minimum-norm solution). A solve through the factor costs
+    what a product with the inverse does, without the inverse's ``2/3 n^3``."""
     shifted = a + alpha * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
     if alpha > 0:
         factor, info = torch.linalg.cholesky_ex(shifted)
         if int(info) == 0:
-            return torch.cholesky_inverse(factor)
-    return torch.linalg.pinv(shifted, hermitian=True)
+            return factor, True
+    return torch.linalg.pinv(shifted, hermitian=True), False
 
 
 def _append_rows(blocks: list[torch.Tensor], rows: torch.Tensor) -> None:
@@ -233,14 +260,24 @@ class TrainingRows:
         return block[:, cols].to(self.dtype) - self.y_shift[cols]
 
     def times(self, h: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
-        my = self.my if cols is None else self.my[cols]
-        out = -h.sum(1, keepdim=True) * my  # the rank-one correction, then the blocks added in place
-        start = 0
-        for block in self._y:
-            for piece in block.split(256):  # converted and centred a few rows at a time
-                b = piece.shape[0]
-                out.addmm_(h[:, start : start + b], self._y_block(piece, cols))
-                start += b
+        """``h @ Yc`` ``[m, k]``, a block of output columns at a time: each block's rows are converted
+        and shifted into one re-used buffer (no fresh temporaries of the rows' size) and multiplied
+        over all training rows at once, so each output column is written once."""
+        columns = torch.arange(self.width, device=h.device) if cols is None else cols
+        out = torch.empty(h.shape[0], len(columns), dtype=self.dtype, device=h.device)
+        width = max(1, min(len(columns), COLUMN_BLOCK))
+        buffer = torch.empty(self.n, width, dtype=self.dtype, device=h.device)
+        h_sum = h.sum(1)
+        for start in range(0, len(columns), width):
+            part = slice(start, min(start + width, len(columns)))
+            block_cols = slice(start, part.stop) if cols is None else columns[part]
+            rows = buffer[:, : part.stop - start]
+            first = 0
+            for block in self._y:  # a converting copy, then the shift: each vectorised (a mixed-dtype sub is not; 3x slower)
+                rows[first : first + block.shape[0]].copy_(block[:, block_cols]).sub_(self.y_shift[block_cols])
+                first += block.shape[0]
+            torch.mm(h, rows, out=out[:, part])
+            out[:, part].addr_(h_sum, self.my[block_cols], alpha=-1.0)  # the mean's offset from the shift: rank one
         return out
 
     def y_columns(self, columns: slice) -> torch.Tensor:
@@ -287,7 +324,8 @@ class RidgeSolution:
     solver with fewer training rows than dimensions, the Gram matrix ``A = Xc S^2 Xc^T`` (``n x n``,
     the kernel form: ``x S^2 Xc^T (A + alpha I)^-1 Yc``, the same predictions). ``decomposition``:
     ``"eigh"`` decomposes ``A`` once per source and serves any alpha from it (an alpha grid);
-    ``"inverse"`` inverts ``A + alpha I`` per alpha by Cholesky, several times cheaper for one alpha.
+    ``"inverse"`` factors ``A + alpha I`` per alpha by Cholesky and solves through it, several
+    times cheaper for one alpha.
 
     Predictions never form the weights: ``((x - m) S (A + alpha I)^-1 S) C`` with ``C = Xc^T Yc``
     costs one ``[b, d] @ [d, K]`` product per source and alpha, the same as applying ``W``, without
@@ -365,27 +403,28 @@ class RidgeSolution:
                     log,
                     ("primal_float32_rank", n, d),
                     "primal ridge with %d training rows for %d dimensions and float32 products: R² may be off by up to 1e-2 at "
-                    "small alpha; use affine.solver=dual or auto (one process), or affine.matmul_dtype=float64",
+                    "small alpha; use affine.solver=dual or auto, or affine.matmul_dtype=float64",
                     n,
                     d,
                 )
         self.decomposition = decomposition
-        self._inverses: dict[tuple[int, float], torch.Tensor] = {}  # (source, alpha) -> (A + alpha I)^-1, float64
+        # (source, alpha) -> A + alpha I's Cholesky factor (True) or pseudo-inverse (False), float64
+        self._factors: dict[tuple[int, float], tuple[torch.Tensor, bool]] = {}
         if decomposition == "eigh":
             eigvals, self.eigvecs = torch.linalg.eigh(a)
             self.eigvals = torch.clamp(eigvals, min=0.0)
             self.q = self.eigvecs.to(product_dtype)
             return
-        # The inverse for each alpha asked for, made now; A's own storage takes the first one's.
+        # The factor for each alpha asked for, made now; A's own storage takes the first one's.
         if alphas is None:
             raise ValueError("decomposition='inverse' needs the alphas the solution will serve")
         for s in range(stats.n_sources):
             wanted = alphas[s] if isinstance(alphas[0], Sequence) else alphas
             values = sorted({float(value) for value in wanted})  # type: ignore[union-attr,arg-type]
             for value in values[1:]:
-                self._inverses[(s, value)] = _invert(a[s], value)
-            a[s] = _invert(a[s], values[0])
-            self._inverses[(s, values[0])] = a[s]
+                self._factors[(s, value)] = _factor(a[s], value)
+            factor, is_cholesky = _factor(a[s], values[0])
+            self._factors[(s, values[0])] = (a[s].copy_(factor), is_cholesky)
 
     @property
     def n_sources(self) -> int:
@@ -401,7 +440,7 @@ class RidgeSolution:
         names = ["x_mean", "y_mean", "inv_std", "_scale_mm", "c"] + (["eigvals", "eigvecs", "q"] if self.decomposition == "eigh" else [])
         for name in names:
             setattr(self, name, getattr(self, name).to(device))
-        self._inverses = {key: value.to(device) for key, value in self._inverses.items()}
+        self._factors = {key: (value.to(device), is_cholesky) for key, (value, is_cholesky) in self._factors.items()}
         return self
 
     def _shrink(self, source: int, alpha: float) -> torch.Tensor:
@@ -416,18 +455,23 @@ class RidgeSolution:
         """``(A + alpha I)^-1`` (float64) of one source (the pseudo-inverse at alpha 0)."""
         if self.decomposition == "eigh":
             return (self.eigvecs[source] * self._shrink(source, alpha)) @ self.eigvecs[source].T
+        factor, is_cholesky = self._factor(source, alpha)
+        return torch.cholesky_inverse(factor) if is_cholesky else factor
+
+    def _factor(self, source: int, alpha: float) -> tuple[torch.Tensor, bool]:
         key = (source, float(alpha))
-        if key not in self._inverses:
-            served = sorted(a for s, a in self._inverses if s == source)
+        if key not in self._factors:
+            served = sorted(a for s, a in self._factors if s == source)
             raise ValueError(f"this solution holds source {source}'s inverses for alphas {served}, not {alpha}")
-        return self._inverses[key]
+        return self._factors[key]
 
     def solve(self, source: int, alpha: float, v: torch.Tensor) -> torch.Tensor:
         """``(A + alpha I)^-1 v`` (float64) for ``v`` ``[m, k]``."""
         if self.decomposition == "eigh":
             q = self.eigvecs[source]
             return q @ ((q.T @ v) * self._shrink(source, alpha)[:, None])
-        return self.inverse(source, alpha) @ v
+        factor, is_cholesky = self._factor(source, alpha)
+        return torch.cholesky_solve(v, factor) if is_cholesky else factor @ v
 
     def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
         """What every alpha starts from: ``(x - mean) S``, in the kernel form ``(x - mean) S^2 Xc^T``
@@ -437,15 +481,15 @@ class RidgeSolution:
             assert isinstance(self.c, TrainingRows)
             u = (centred * self.inv_std[source]).to(self.product_dtype) @ self.c.x(source).T
         else:
-            u = centred if self.decomposition == "inverse" else centred.to(self.product_dtype)  # the inverse is applied in float64
+            u = centred if self.decomposition == "inverse" else centred.to(self.product_dtype)  # the factor is applied in float64
         return u if self.decomposition == "inverse" else u @ self.q[source]
 
     def _times(self, z: torch.Tensor, value: float, source: int, cols: torch.Tensor | None = None) -> torch.Tensor:
         """The centred predictions (``cols`` only) of rotated rows ``z`` at one ``alpha``."""
         if self.decomposition == "eigh":
             shrunk = (z * self._shrink(source, value).to(self.product_dtype)) @ self.q[source].T
-        else:  # in float64: an explicit inverse rounded to float32 loses more than the eigenbasis does
-            shrunk = (z.double() @ self.inverse(source, value)).to(self.product_dtype)
+        else:  # in float64: a solve in float32 would lose more than the eigenbasis does
+            shrunk = self.solve(source, value, z.double().T).T.to(self.product_dtype)  # z (A + alpha I)^-1, A symmetric
         if self.kernel:  # shrunk is the hat matrix's rows [b, n]
             assert isinstance(self.c, TrainingRows)
             return self.c.times(shrunk, cols)
