@@ -3,11 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from nsync.config import load_config
 from nsync.data.synthetic import PLANTED_TEXT, write_partition_cache
 from nsync.fit import FitConfig, run_fit
-from nsync.fit.surrogates import false_positive_rate, permutations
+from nsync.fit.surrogates import _PlainProbe, baseline_split, false_positive_rate, p_value, permutations, unique_nulls
 
 
 @pytest.mark.parametrize("unique", [False, True])
@@ -42,3 +43,59 @@ def test_fit_reports_p_values(tmp_path):
     assert res.sync_r2_p_value < 0.02 and res.surrogates == {"n": 100, "kind": "pseudo_dyad"}  # the shared text couples the pair
     assert res.directions["A->B"].sync_r2_p_value < 0.02
     assert res.partition[f"{PLANTED_TEXT}+own_past"].unique_p_value > 0.05  # but nothing beyond it
+
+
+@pytest.mark.parametrize(
+    "width, decay",
+    [(50, 0.0), (200, 0.0), (700, 1.0)],  # 480 rows: up to wider than the rows, as the study's joint baselines
+)
+def test_unique_share_null_holds_with_a_wide_baseline(width, decay):
+    # Before the split kept the permutation strata and a capped number of baseline components, these
+    # planted nulls came out at 10-85% for 5% (and p was 1 for every problem once width >= rows).
+    kwargs = dict(unique=True, baseline_width=width, decay=decay, alpha=100.0)
+    assert false_positive_rate(n_rep=60, n=60, seed=3, **kwargs) <= 0.10
+    assert false_positive_rate(n_rep=20, n=60, seed=4, effect=0.5, **kwargs) > 0.8  # and it still finds a private part
+
+
+def test_baseline_split_is_least_squares_on_baseline_and_strata():
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    strata = np.repeat(np.arange(6), 10)
+    b = rng.normal(size=(60, 5))
+    x = b @ rng.normal(size=(5, 3)) + np.eye(6)[strata] @ rng.normal(size=(6, 3)) + rng.normal(size=(60, 3))
+    design = np.concatenate([b, np.eye(6)[strata]], 1)
+    reference = LinearRegression().fit(design, x).predict(design)
+    shared, kept, rank = baseline_split(torch.from_numpy(x), torch.from_numpy(b), strata)
+    assert kept == rank == 5 and np.allclose(shared.numpy(), reference, atol=1e-10)
+
+
+def test_baseline_split_keeps_at_most_half_the_rows_of_a_wide_baseline():
+    rng = np.random.default_rng(1)
+    b, x = torch.from_numpy(rng.normal(size=(40, 100))), torch.from_numpy(rng.normal(size=(40, 2)))
+    shared, kept, rank = baseline_split(x, b, np.repeat([0, 2], 20))
+    assert kept == 20 - 2 and rank == 40 - 2  # half the rows, less one per stratum, of the within-stratum rank
+    assert float((x - shared).norm()) > 0.5 * float((x - x.mean(0)).norm())  # a residual is left to re-pair
+
+
+def test_unique_null_is_undefined_where_the_baseline_holds_the_source():
+    rng = np.random.default_rng(2)
+    b = rng.normal(size=(30, 3))
+    x = b[:, :2] * 2.0  # the source is a part of the baseline: nothing beyond it to re-pair
+    y = rng.normal(size=(30, 2))
+    pairs = pd.DataFrame({"episode_id": np.arange(10).repeat(1), "run_id": np.arange(10), "t": np.zeros(10)})
+    null = unique_nulls(
+        _PlainProbe(torch.ones(5, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)),
+        torch.from_numpy(np.concatenate([x, b], 1))[:, None],
+        torch.arange(20),
+        torch.arange(20, 30),
+        torch.from_numpy(y)[:, None],
+        2,
+        np.array([0]),
+        np.array([0.0]),
+        np.array([False]),
+        permutations(pairs, 5),
+        torch.ones(1, 2, dtype=torch.bool),
+        np.zeros(30),
+    )
+    assert np.isnan(null).all() and p_value(0.1, null[0]) is None

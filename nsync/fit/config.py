@@ -190,6 +190,11 @@ def resolve_out(cfg: FitConfig) -> str:
 #: Keys that change where and how a fit runs, not what it measures: left out of its fingerprint.
 RUN_ONLY_KEYS = ("out", "overwrite", "progress", "logger", "memory_gb", "save_weights")
 
+#: The method of the unique share's surrogate null, part of the fingerprint of fits that compute it,
+#: so a change of method refits those (and only those). 2: the source split on the baseline and the
+#: permutation strata, on at most half the rows' worth of the baseline's principal components.
+UNIQUE_NULL_METHOD = 2
+
 
 def fingerprint(cfg: FitConfig) -> str:
     """A hash of what a fit measures: its config (less :data:`RUN_ONLY_KEYS`), the results schema
@@ -202,5 +207,7 @@ def fingerprint(cfg: FitConfig) -> str:
     d["data"] = {k: v for k, v in d["data"].items() if k != "cache"}  # the cache counts by content, not by path
     # The solver changes how the same numbers are computed (equal to 1e-6: tests/test_partition.py), not what a fit measures.
     d["affine"] = {k: v for k, v in d["affine"].items() if k != "solver"}
-    payload = json.dumps({"config": d, "schema": SCHEMA_VERSION, "cache": ActivationCache.open(cfg.data.cache).content_id()}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    measured = {"config": d, "schema": SCHEMA_VERSION, "cache": ActivationCache.open(cfg.data.cache).content_id()}
+    if cfg.partition.baselines and cfg.surrogates.n:
+        measured["unique_null"] = UNIQUE_NULL_METHOD
+    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]

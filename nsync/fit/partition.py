@@ -146,7 +146,7 @@ def fit_chunk_shares(
         per_episode[i] = shares_at(*eps).T
     null_unique = None
     if perms is not None:
-        from nsync.fit.surrogates import unique_nulls
+        from nsync.fit.surrogates import strata, unique_nulls
 
         assert valid is not None  # given with perms
         rows = np.arange(len(chunk))
@@ -163,6 +163,7 @@ def fit_chunk_shares(
             baseline_only[rows, picked],
             perms,
             valid,
+            strata(dm.pairs.iloc[np.concatenate([dm.index["train"], dm.index["test"]])], cfg.surrogates.kind),
         )
     by_time: list | None = None
     if course is not None:  # the unique share by utterance index: joint minus baseline, per bin

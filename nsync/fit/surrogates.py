@@ -47,7 +47,7 @@ def permutations(test_pairs: pd.DataFrame, n: int, kind: str = "pseudo_dyad", se
     rows = np.arange(len(test_pairs))
     out = np.tile(rows, (n, 1))
     episode = test_pairs["episode_id"].to_numpy()
-    key = test_pairs["t"].to_numpy() if kind == "pseudo_dyad" else test_pairs["run_id"].to_numpy()
+    key = strata(test_pairs, kind)
     groups = [rows[key == k] for k in pd.unique(key)]
     for k in range(n):
         for group in groups:
@@ -56,6 +56,12 @@ def permutations(test_pairs: pd.DataFrame, n: int, kind: str = "pseudo_dyad", se
             elif len(group) >= 3:  # rows of one run, in utterance order
                 out[k, group] = np.roll(group, int(rng.integers(0, len(group))))
     return out
+
+
+def strata(pairs: pd.DataFrame, kind: str = "pseudo_dyad") -> np.ndarray:
+    """What a surrogate of ``kind`` keeps for each row of ``pairs``: its utterance index
+    (pseudo-dyads re-pair within it) or its run (circular shifts move within it)."""
+    return pairs["t"].to_numpy() if kind == "pseudo_dyad" else pairs["run_id"].to_numpy()
 
 
 def _other_episode(group: np.ndarray, episode: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -140,6 +146,7 @@ def unique_nulls(
     baseline_only: np.ndarray,
     perms: np.ndarray,
     valid: torch.Tensor,
+    row_strata: np.ndarray,
 ) -> np.ndarray:
     """``[chunk, surrogates]``: each source layer's unique share at its chosen target with only
     what the source holds beyond the baseline re-paired (Freedman-Lane style): the source is split
@@ -148,8 +155,15 @@ def unique_nulls(
     baseline and what the source shares with it stay with their row. ``x_joint`` ``[rows, chunk,
     d + k]`` holds source and baseline of every pair, ``y`` ``[rows, targets, d]`` the targets;
     ``baseline_r2`` ``[chunk]`` is the baseline alone's test R² at the chosen target. Where the
-    baseline alone validated better (``baseline_only``) the unique share is 0 in every surrogate."""
+    baseline alone validated better (``baseline_only``) the unique share is 0 in every surrogate.
+    ``row_strata`` (:func:`strata` of the training rows, then the test rows) is what the
+    permutations keep: it joins the baseline in the split, so the residual holds no part of the
+    conversation's shape the baseline lacks (a part the surrogates keep, so re-pairing it in some
+    rows only put planted nulls at 10-85% for 5% with baselines of 50-700 columns)."""
     out = np.full((len(chosen), len(perms)), np.nan)
+    # Fitted on training and test rows together: on training rows alone (or test rows alone) the
+    # split kept some of the baseline in the residual, and planted nulls came out at 9-10% for 5%.
+    fit_rows = torch.cat([train_rows, test_rows])
     for i, t in enumerate(chosen):
         if t < 0:
             continue
@@ -157,28 +171,67 @@ def unique_nulls(
             out[i] = 0.0
             continue
         x, b = x_joint[:, i, :band_start].double(), x_joint[:, i, band_start:].double()
-        # Fitted on training and test rows together: on training rows alone (or test rows alone) the
-        # split kept some of the baseline in the residual, and planted nulls came out at 9-10% for 5%.
-        fit_rows = torch.cat([train_rows, test_rows])
-        if b.shape[1] > len(fit_rows) // 2:
+        shared, kept, rank = baseline_split(x[fit_rows], b[fit_rows], row_strata)
+        shared = shared[len(train_rows) :]  # the test rows' part
+        if kept < rank:
             warn_once(
                 log,
-                "wide_baseline",
-                "the baseline has %d columns for %d rows: the source's residual on it is small, and the unique share's surrogate p-value loses power",
+                f"wide_baseline_{b.shape[1]}_{len(fit_rows)}",
+                "the baseline has %d columns for %d rows: the unique share's surrogates split the source on its %d leading "
+                "principal components (at most half the rows, %.1f%% of its variance)",
                 b.shape[1],
                 len(fit_rows),
+                kept,
+                100 * baseline_variance_kept(b[fit_rows], kept, row_strata),
             )
-        xm, bm = x[fit_rows].mean(0), b[fit_rows].mean(0)
-        bc = b[fit_rows] - bm
-        gram = bc.T @ bc
-        ridge = 1e-8 * torch.diagonal(gram).mean().clamp(min=1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)  # numerical only
-        coef = torch.linalg.solve(gram + ridge, bc.T @ (x[fit_rows] - xm))
-        shared = (b[test_rows] - bm) @ coef + xm  # the source as the baseline predicts it
         residual = x[test_rows] - shared
         w, bias = joint_probe.weights(i, int(t))
         fixed = shared @ w[:band_start] + b[test_rows] @ w[band_start:] + bias
+        if not bool((residual.abs() > 1e-9 * x[test_rows].abs().max().clamp(min=1e-300)).any()):
+            continue  # the baseline explains the source exactly: nothing to re-pair, no p-value (NaN)
         out[i] = null_r2(y[test_rows, int(t)].double(), residual @ w[:band_start], perms, valid[int(t)], fixed) - baseline_r2[i]
     return out
+
+
+def baseline_split(x: torch.Tensor, b: torch.Tensor, row_strata: np.ndarray | None = None, max_share: float = 0.5) -> tuple[torch.Tensor, int, int]:
+    """The source rows ``x`` ``[n, d]`` as the baseline rows ``b`` ``[n, k]`` and the rows' strata
+    predict them (least squares on the baseline and one intercept per stratum: by Frisch-Waugh, on
+    the baseline centred within strata), how many of the baseline's principal components it used,
+    and how many it has (its rank).
+
+    A baseline with more columns than about half the rows predicts any source in-sample (at ``k >=
+    n - 1`` exactly), which would leave nothing to re-pair; so it is reduced to its leading
+    principal components, at most ``max_share`` of the rows (the residual keeps at least half its
+    degrees of freedom). Components below float64 noise are dropped at any width.
+
+    >>> b = torch.randn(40, 3, dtype=torch.float64)
+    >>> shared, kept, rank = baseline_split(b @ torch.ones(3, 2, dtype=torch.float64) + 1, b)
+    >>> kept, rank, bool(torch.allclose(shared, b @ torch.ones(3, 2, dtype=torch.float64) + 1))
+    (3, 3, True)
+    """
+    xc, bc = _centre_within(x, row_strata), _centre_within(b, row_strata)
+    u, s, _ = torch.linalg.svd(bc, full_matrices=False)
+    rank = int((s > s.max().clamp(min=1e-300) * 1e-10 * max(b.shape)).sum())
+    n_strata = 1 if row_strata is None else len(pd.unique(row_strata))
+    kept = min(rank, max(1, int(max_share * len(x)) - n_strata))
+    u = u[:, :kept]
+    return x - (xc - u @ (u.T @ xc)), kept, rank
+
+
+def _centre_within(a: torch.Tensor, row_strata: np.ndarray | None) -> torch.Tensor:
+    """``a`` ``[n, d]`` less each row's stratum mean (the overall mean without strata)."""
+    if row_strata is None:
+        return a - a.mean(0)
+    codes = torch.from_numpy(pd.factorize(row_strata)[0])
+    sums = torch.zeros(int(codes.max()) + 1, a.shape[1], dtype=a.dtype).index_add_(0, codes, a)
+    counts = torch.bincount(codes).to(a.dtype)[:, None]
+    return a - (sums / counts)[codes]
+
+
+def baseline_variance_kept(b: torch.Tensor, kept: int, row_strata: np.ndarray | None = None) -> float:
+    """The share of the baseline rows' variance (within strata) in their ``kept`` leading principal components."""
+    s2 = torch.linalg.svdvals(_centre_within(b, row_strata)) ** 2
+    return float(s2[:kept].sum() / s2.sum().clamp(min=1e-300))
 
 
 class _PlainProbe:
@@ -203,6 +256,9 @@ def false_positive_rate(
     turns: int = 8,
     hidden: int = 4,
     shape: float = 1.0,
+    baseline_width: int | None = None,
+    decay: float = 0.0,
+    alpha: float = 1.0,
 ) -> float:
     """How often the surrogate p-value falls at or below ``level`` on planted problems (no Lightning:
     plain numpy ridge, nsync's permutations and nulls). Each episode has ``turns`` pairs at utterance
@@ -210,6 +266,8 @@ def false_positive_rate(
     pseudo-dyads keep). For SyncR² the target is independent of the source given the index; with
     ``unique`` the source is the baseline mixed plus a private part and the target depends on the
     baseline only. ``effect`` > 0 plants a real (resp. private) coupling: the rate is then the power.
+    ``baseline_width`` (default ``hidden``) columns of baseline, their scales falling as ``j ** -decay``
+    (0: a flat spectrum, the hardest case for a baseline wider than half the rows).
 
     >>> false_positive_rate(n_rep=3, n=20) <= 1.0
     True
@@ -220,11 +278,13 @@ def false_positive_rate(
         t = np.tile(np.arange(0, 2 * turns, 2), n_episodes)
         episode = np.repeat(np.arange(n_episodes), turns)
         profile = shape * rng.normal(size=(2 * turns, hidden))
-        base = rng.normal(size=(len(t), hidden))
+        k = baseline_width or hidden
+        scale = np.arange(1, k + 1) ** -decay
+        base = rng.normal(size=(len(t), k)) * scale / np.sqrt(np.mean(scale**2))
         private = rng.normal(size=(len(t), hidden))
         if unique:
-            x = base @ rng.normal(size=(hidden, hidden)) / np.sqrt(hidden) + private + profile[t]
-            y = base @ rng.normal(size=(hidden, hidden)) + effect * private + rng.normal(size=base.shape) + profile[t]
+            x = base @ rng.normal(size=(k, hidden)) / np.sqrt(k) + private + profile[t]
+            y = base @ rng.normal(size=(k, hidden)) * np.sqrt(hidden / k) + effect * private + rng.normal(size=private.shape) + profile[t]
             z = np.concatenate([x, base], 1)
         else:
             x = private + profile[t]
@@ -232,14 +292,14 @@ def false_positive_rate(
             z = x
         test = np.isin(episode, rng.permutation(n_episodes)[: n_episodes // 3])
         zc, yc = z[~test] - z[~test].mean(0), y[~test] - y[~test].mean(0)
-        w = np.linalg.solve(zc.T @ zc + np.eye(z.shape[1]), zc.T @ yc)
+        w = np.linalg.solve(zc.T @ zc + alpha * np.eye(z.shape[1]), zc.T @ yc)
         b = y[~test].mean(0) - z[~test].mean(0) @ w
         pairs = pd.DataFrame({"episode_id": episode[test], "run_id": episode[test], "t": t[test]})
         perms = permutations(pairs, n, kind, seed=r)
         valid = torch.ones(hidden, dtype=torch.bool)
         yt = torch.from_numpy(y[test])
         if unique:
-            wb = np.linalg.solve(zc[:, hidden:].T @ zc[:, hidden:] + np.eye(hidden), zc[:, hidden:].T @ yc)
+            wb = np.linalg.solve(zc[:, hidden:].T @ zc[:, hidden:] + alpha * np.eye(k), zc[:, hidden:].T @ yc)
             base_pred = (z[test, hidden:] - z[~test, hidden:].mean(0)) @ wb + y[~test].mean(0)
             base_r2 = float(r2_rows(yt, torch.from_numpy(base_pred), valid))
             observed = float(r2_rows(yt, torch.from_numpy(z[test] @ w + b), valid)) - base_r2
@@ -255,6 +315,7 @@ def false_positive_rate(
                 np.array([False]),
                 perms,
                 valid[None],
+                strata(pd.DataFrame({"t": t, "run_id": episode}).iloc[np.r_[np.flatnonzero(~test), np.flatnonzero(test)]], kind),
             )[0]
         else:
             observed = float(r2_rows(yt, torch.from_numpy(z[test] @ w + b), valid))

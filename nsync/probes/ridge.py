@@ -455,10 +455,10 @@ class RidgeSolution:
         """``(A + alpha I)^-1`` (float64) of one source (the pseudo-inverse at alpha 0)."""
         if self.decomposition == "eigh":
             return (self.eigvecs[source] * self._shrink(source, alpha)) @ self.eigvecs[source].T
-        factor, is_cholesky = self._factor(source, alpha)
+        factor, is_cholesky = self._stored_factor(source, alpha)
         return torch.cholesky_inverse(factor) if is_cholesky else factor
 
-    def _factor(self, source: int, alpha: float) -> tuple[torch.Tensor, bool]:
+    def _stored_factor(self, source: int, alpha: float) -> tuple[torch.Tensor, bool]:
         key = (source, float(alpha))
         if key not in self._factors:
             served = sorted(a for s, a in self._factors if s == source)
@@ -470,7 +470,7 @@ class RidgeSolution:
         if self.decomposition == "eigh":
             q = self.eigvecs[source]
             return q @ ((q.T @ v) * self._shrink(source, alpha)[:, None])
-        factor, is_cholesky = self._factor(source, alpha)
+        factor, is_cholesky = self._stored_factor(source, alpha)
         return torch.cholesky_solve(v, factor) if is_cholesky else factor @ v
 
     def rotated(self, x: torch.Tensor, source: int) -> torch.Tensor:
