@@ -174,7 +174,7 @@ class Report:
         if result is None or not result.partition:
             return []
         step = result.config["data"]["source_layer_step"]
-        layers = "every source layer" if step == 1 else f"every {step}th source layer from the embeddings"
+        layers = "every source layer" if step == 1 else f"every {step}{ {2: 'nd', 3: 'rd'}.get(step, 'th')} source layer from the embeddings"
         lines = ["", f"Variance partition (chosen alpha, {layers}; p: surrogate pseudo-dyads; SyncR² of this fit "
                  f"{_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}):", "",
                  "| beyond | unique SyncR² [95% CI] | p | shared | baseline alone | source and baseline |", "|---|---|---|---|---|---|"]

@@ -191,9 +191,10 @@ def resolve_out(cfg: FitConfig) -> str:
 RUN_ONLY_KEYS = ("out", "overwrite", "progress", "logger", "memory_gb", "save_weights")
 
 #: The method of the unique share's surrogate null, part of the fingerprint of fits that compute it,
-#: so a change of method refits those (and only those). 2: the source split on the baseline and the
-#: permutation strata, on at most half the rows' worth of the baseline's principal components.
-UNIQUE_NULL_METHOD = 2
+#: so a change of method refits those (and only those). 3: the source split on the baseline and the
+#: permutation strata, on at most half the rows' worth of the principal components of the
+#: baseline's standardised columns.
+UNIQUE_NULL_METHOD = 3
 
 
 def fingerprint(cfg: FitConfig) -> str:

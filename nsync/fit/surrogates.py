@@ -178,7 +178,7 @@ def unique_nulls(
                 log,
                 f"wide_baseline_{b.shape[1]}_{len(fit_rows)}",
                 "the baseline has %d columns for %d rows: the unique share's surrogates split the source on its %d leading "
-                "principal components (at most half the rows, %.1f%% of its variance)",
+                "principal components (at most half the rows, %.1f%% of its variance with every column at unit variance)",
                 b.shape[1],
                 len(fit_rows),
                 kept,
@@ -201,8 +201,9 @@ def baseline_split(x: torch.Tensor, b: torch.Tensor, row_strata: np.ndarray | No
 
     A baseline with more columns than about half the rows predicts any source in-sample (at ``k >=
     n - 1`` exactly), which would leave nothing to re-pair; so it is reduced to its leading
-    principal components, at most ``max_share`` of the rows (the residual keeps at least half its
-    degrees of freedom). Components below float64 noise are dropped at any width.
+    principal components (of its columns at unit variance), at most ``max_share`` of the rows (the
+    residual keeps at least half its degrees of freedom). Components below float64 noise are
+    dropped at any width.
 
     >>> b = torch.randn(40, 3, dtype=torch.float64)
     >>> shared, kept, rank = baseline_split(b @ torch.ones(3, 2, dtype=torch.float64) + 1, b)
@@ -210,12 +211,20 @@ def baseline_split(x: torch.Tensor, b: torch.Tensor, row_strata: np.ndarray | No
     (3, 3, True)
     """
     xc, bc = _centre_within(x, row_strata), _centre_within(b, row_strata)
-    u, s, _ = torch.linalg.svd(bc, full_matrices=False)
+    u, s, _ = torch.linalg.svd(_standardised(bc), full_matrices=False)
     rank = int((s > s.max().clamp(min=1e-300) * 1e-10 * max(b.shape)).sum())
     n_strata = 1 if row_strata is None else len(pd.unique(row_strata))
     kept = min(rank, max(1, int(max_share * len(x)) - n_strata))
     u = u[:, :kept]
     return x - (xc - u @ (u.T @ xc)), kept, rank
+
+
+def _standardised(bc: torch.Tensor) -> torch.Tensor:
+    """Centred columns at unit variance (constant ones stay 0): the components are chosen on the
+    baseline's correlations, so a band at a small scale (a text embedding beside a residual stream
+    with massive dimensions) is not dropped for its scale. Least squares on all of them is the same."""
+    scale = bc.norm(dim=0)
+    return bc / torch.where(scale > 0, scale, 1.0)
 
 
 def _centre_within(a: torch.Tensor, row_strata: np.ndarray | None) -> torch.Tensor:
@@ -229,8 +238,8 @@ def _centre_within(a: torch.Tensor, row_strata: np.ndarray | None) -> torch.Tens
 
 
 def baseline_variance_kept(b: torch.Tensor, kept: int, row_strata: np.ndarray | None = None) -> float:
-    """The share of the baseline rows' variance (within strata) in their ``kept`` leading principal components."""
-    s2 = torch.linalg.svdvals(_centre_within(b, row_strata)) ** 2
+    """The share of the baseline rows' standardised variance (within strata) in their ``kept`` leading principal components."""
+    s2 = torch.linalg.svdvals(_standardised(_centre_within(b, row_strata))) ** 2
     return float(s2[:kept].sum() / s2.sum().clamp(min=1e-300))
 
 
@@ -259,6 +268,7 @@ def false_positive_rate(
     baseline_width: int | None = None,
     decay: float = 0.0,
     alpha: float = 1.0,
+    massive: float = 1.0,
 ) -> float:
     """How often the surrogate p-value falls at or below ``level`` on planted problems (no Lightning:
     plain numpy ridge, nsync's permutations and nulls). Each episode has ``turns`` pairs at utterance
@@ -266,8 +276,10 @@ def false_positive_rate(
     pseudo-dyads keep). For SyncR² the target is independent of the source given the index; with
     ``unique`` the source is the baseline mixed plus a private part and the target depends on the
     baseline only. ``effect`` > 0 plants a real (resp. private) coupling: the rate is then the power.
-    ``baseline_width`` (default ``hidden``) columns of baseline, their scales falling as ``j ** -decay``
-    (0: a flat spectrum, the hardest case for a baseline wider than half the rows).
+    ``baseline_width`` (default ``hidden``) columns of baseline, its principal components' scales
+    falling as ``j ** -decay`` (0: a flat spectrum, the hardest case for a baseline wider than half
+    the rows); ``massive``
+    scales the second half of the baseline's columns as the probes see them (a band at another scale).
 
     >>> false_positive_rate(n_rep=3, n=20) <= 1.0
     True
@@ -281,11 +293,13 @@ def false_positive_rate(
         k = baseline_width or hidden
         scale = np.arange(1, k + 1) ** -decay
         base = rng.normal(size=(len(t), k)) * scale / np.sqrt(np.mean(scale**2))
+        if decay:  # the spectrum falls through correlations between columns, as a model's states do, not their scales
+            base = base @ np.linalg.qr(rng.normal(size=(k, k)))[0]
         private = rng.normal(size=(len(t), hidden))
         if unique:
             x = base @ rng.normal(size=(k, hidden)) / np.sqrt(k) + private + profile[t]
             y = base @ rng.normal(size=(k, hidden)) * np.sqrt(hidden / k) + effect * private + rng.normal(size=private.shape) + profile[t]
-            z = np.concatenate([x, base], 1)
+            z = np.concatenate([x, base * np.where(np.arange(k) < k // 2, 1.0, massive)], 1)
         else:
             x = private + profile[t]
             y = effect * private + rng.normal(size=x.shape) + profile[t]
