@@ -32,6 +32,7 @@ SETTINGS = {
     "unique share, pseudo-dyads, baseline of 200 columns, flat spectrum": dict(unique=True, baseline_width=200, alpha=100.0),
     "unique share, pseudo-dyads, baseline of 700 columns for 480 rows, falling spectrum": dict(unique=True, baseline_width=700, decay=1.0, alpha=100.0),
     "unique share, pseudo-dyads, baseline of 700 columns, flat spectrum": dict(unique=True, baseline_width=700, alpha=100.0),
+    "unique share, 700 columns, falling spectrum, half at 1/1000 the scale": dict(unique=True, baseline_width=700, decay=1.0, alpha=100.0, massive=1e-3),
     "unique share, baseline of 700 columns, falling spectrum, private part 0.3 (power)": dict(unique=True, baseline_width=700, decay=1.0, alpha=100.0, effect=0.3),
     "unique share, baseline of 700 columns, flat spectrum, private part 0.3 (power)": dict(unique=True, baseline_width=700, alpha=100.0, effect=0.3),
 }
