@@ -75,6 +75,10 @@ class Report:
             entry = {"written": time.strftime("%Y-%m-%d"), "section": lines[2:],
                      "views": {label: {k: v for k, v in view.items() if k != "heatmap"} for label, view in found.items()},
                      "timings": {k: v for k, v in self.timings.items() if k.startswith(f"{name}/")}}
+        elif name in self.record["pairs"]:  # running again: its last complete run stays readable until this one is done
+            kept = self.record["pairs"][name]
+            lines += [f"The last complete run of this pair (from `{RECORD}`, written {kept['written']}; not in the plots "
+                      "above, and read with the caveats on the study's page):", "", *kept["section"]]
         return lines, found, entry
 
     def _simulation_line(self, name: str, pair: PairConfig) -> tuple[str, bool, bool]:
