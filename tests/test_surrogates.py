@@ -66,16 +66,17 @@ def test_baseline_split_is_least_squares_on_baseline_and_strata():
     x = b @ rng.normal(size=(5, 3)) + np.eye(6)[strata] @ rng.normal(size=(6, 3)) + rng.normal(size=(60, 3))
     design = np.concatenate([b, np.eye(6)[strata]], 1)
     reference = LinearRegression().fit(design, x).predict(design)
-    shared, kept, rank = baseline_split(torch.from_numpy(x), torch.from_numpy(b), strata)
-    assert kept == rank == 5 and np.allclose(shared.numpy(), reference, atol=1e-10)
+    split = baseline_split(torch.from_numpy(x), torch.from_numpy(b), strata)
+    assert split.kept == split.rank == 5 and np.allclose(split.shared.numpy(), reference, atol=1e-10)
 
 
 def test_baseline_split_keeps_at_most_half_the_rows_of_a_wide_baseline():
     rng = np.random.default_rng(1)
     b, x = torch.from_numpy(rng.normal(size=(40, 100))), torch.from_numpy(rng.normal(size=(40, 2)))
-    shared, kept, rank = baseline_split(x, b, np.repeat([0, 2], 20))
-    assert kept == 20 - 2 and rank == 40 - 2  # half the rows, less one per stratum, of the within-stratum rank
-    assert float((x - shared).norm()) > 0.5 * float((x - x.mean(0)).norm())  # a residual is left to re-pair
+    split = baseline_split(x, b, np.repeat([0, 2], 20))
+    assert split.kept == 20 - 2 and split.rank == 40 - 2  # half the rows, less one per stratum, of the within-stratum rank
+    assert float((x - split.shared).norm()) > 0.5 * float((x - x.mean(0)).norm())  # a residual is left to re-pair
+    assert 0.4 < split.variance_kept < 0.8  # ~18 of 38 equal components of a random baseline
 
 
 def test_unique_null_is_undefined_where_the_baseline_holds_the_source():

@@ -23,6 +23,7 @@ source shares with it, stay with their row.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -171,9 +172,9 @@ def unique_nulls(
             out[i] = 0.0
             continue
         x, b = x_joint[:, i, :band_start].double(), x_joint[:, i, band_start:].double()
-        shared, kept, rank = baseline_split(x[fit_rows], b[fit_rows], row_strata)
-        shared = shared[len(train_rows) :]  # the test rows' part
-        if kept < rank:
+        split = baseline_split(x[fit_rows], b[fit_rows], row_strata)
+        shared = split.shared[len(train_rows) :]  # the test rows' part
+        if split.kept < split.rank:
             warn_once(
                 log,
                 f"wide_baseline_{b.shape[1]}_{len(fit_rows)}",
@@ -181,8 +182,8 @@ def unique_nulls(
                 "principal components (at most half the rows, %.1f%% of its variance with every column at unit variance)",
                 b.shape[1],
                 len(fit_rows),
-                kept,
-                100 * baseline_variance_kept(b[fit_rows], kept, row_strata),
+                split.kept,
+                100 * split.variance_kept,
             )
         residual = x[test_rows] - shared
         w, bias = joint_probe.weights(i, int(t))
@@ -193,11 +194,17 @@ def unique_nulls(
     return out
 
 
-def baseline_split(x: torch.Tensor, b: torch.Tensor, row_strata: np.ndarray | None = None, max_share: float = 0.5) -> tuple[torch.Tensor, int, int]:
+class BaselineSplit(NamedTuple):
+    shared: torch.Tensor  # [n, d] the source rows as the baseline and the strata predict them
+    kept: int  # principal components of the baseline used
+    rank: int  # principal components it has
+    variance_kept: float  # their share of its variance, every column at unit variance
+
+
+def baseline_split(x: torch.Tensor, b: torch.Tensor, row_strata: np.ndarray | None = None, max_share: float = 0.5) -> BaselineSplit:
     """The source rows ``x`` ``[n, d]`` as the baseline rows ``b`` ``[n, k]`` and the rows' strata
     predict them (least squares on the baseline and one intercept per stratum: by Frisch-Waugh, on
-    the baseline centred within strata), how many of the baseline's principal components it used,
-    and how many it has (its rank).
+    the baseline centred within strata), and how many of the baseline's principal components that used.
 
     A baseline with more columns than about half the rows predicts any source in-sample (at ``k >=
     n - 1`` exactly), which would leave nothing to re-pair; so it is reduced to its leading
@@ -206,8 +213,8 @@ def baseline_split(x: torch.Tensor, b: torch.Tensor, row_strata: np.ndarray | No
     dropped at any width.
 
     >>> b = torch.randn(40, 3, dtype=torch.float64)
-    >>> shared, kept, rank = baseline_split(b @ torch.ones(3, 2, dtype=torch.float64) + 1, b)
-    >>> kept, rank, bool(torch.allclose(shared, b @ torch.ones(3, 2, dtype=torch.float64) + 1))
+    >>> split = baseline_split(b @ torch.ones(3, 2, dtype=torch.float64) + 1, b)
+    >>> split.kept, split.rank, bool(torch.allclose(split.shared, b @ torch.ones(3, 2, dtype=torch.float64) + 1))
     (3, 3, True)
     """
     xc, bc = _centre_within(x, row_strata), _centre_within(b, row_strata)
@@ -216,7 +223,7 @@ def baseline_split(x: torch.Tensor, b: torch.Tensor, row_strata: np.ndarray | No
     n_strata = 1 if row_strata is None else len(pd.unique(row_strata))
     kept = min(rank, max(1, int(max_share * len(x)) - n_strata))
     u = u[:, :kept]
-    return x - (xc - u @ (u.T @ xc)), kept, rank
+    return BaselineSplit(x - (xc - u @ (u.T @ xc)), kept, rank, float((s[:kept] ** 2).sum() / (s**2).sum().clamp(min=1e-300)))
 
 
 def _standardised(bc: torch.Tensor) -> torch.Tensor:
@@ -235,12 +242,6 @@ def _centre_within(a: torch.Tensor, row_strata: np.ndarray | None) -> torch.Tens
     sums = torch.zeros(int(codes.max()) + 1, a.shape[1], dtype=a.dtype).index_add_(0, codes, a)
     counts = torch.bincount(codes).to(a.dtype)[:, None]
     return a - (sums / counts)[codes]
-
-
-def baseline_variance_kept(b: torch.Tensor, kept: int, row_strata: np.ndarray | None = None) -> float:
-    """The share of the baseline rows' standardised variance (within strata) in their ``kept`` leading principal components."""
-    s2 = torch.linalg.svdvals(_standardised(_centre_within(b, row_strata))) ** 2
-    return float(s2[:kept].sum() / s2.sum().clamp(min=1e-300))
 
 
 class _PlainProbe:
@@ -278,8 +279,8 @@ def false_positive_rate(
     baseline only. ``effect`` > 0 plants a real (resp. private) coupling: the rate is then the power.
     ``baseline_width`` (default ``hidden``) columns of baseline, its principal components' scales
     falling as ``j ** -decay`` (0: a flat spectrum, the hardest case for a baseline wider than half
-    the rows); ``massive``
-    scales the second half of the baseline's columns as the probes see them (a band at another scale).
+    the rows); ``massive`` scales the second half of the baseline's columns as the probes see them
+    (a band at another scale).
 
     >>> false_positive_rate(n_rep=3, n=20) <= 1.0
     True
