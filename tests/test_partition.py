@@ -81,6 +81,18 @@ def test_band_reader_aligns_observer_rows_and_the_partners_own_past(tmp_path):
         assert past[1][i, -1].item() == float(before.empty)  # the indicator column
         if not before.empty:
             np.testing.assert_array_equal(past[1][i, :-1].numpy(), cache.states("synthetic", 1, "interactive")[before["row"].iloc[-1]])
+    # joined features keep their columns, each brought to the largest one's total variance on the
+    # training rows (one penalty would otherwise shrink a small-scale feature to nothing)
+    fit = dm.index["fit"]
+    small = [o * 1e-3 for o in observer]
+    reader._feature = lambda f, layers: small if f == "observer" else BandReader._feature(reader, f, layers)
+    joined = reader.read(Baseline.parse("observer+own_past"), dm.source_layers)
+    for i in range(len(dm.source_layers)):
+        left, right = joined[i][:, : small[i].shape[1]], joined[i][:, small[i].shape[1] :]
+        np.testing.assert_allclose(right.numpy(), past[i].numpy())  # the larger one as read
+        factor = left[:, 0] / small[i][:, 0]
+        np.testing.assert_allclose(left.numpy(), (small[i] * factor[0]).numpy(), rtol=1e-5)
+        assert left[fit].double().var(0).sum().item() == pytest.approx(past[i][fit].double().var(0).sum().item(), rel=1e-5)
     # a band that does not depend on the source layer is one tensor for all of them
     context = reader.read(Baseline.parse("context"), dm.source_layers)
     assert all(c is context[0] for c in context) and not reader.depends_on_source_layer(Baseline.parse("context"))

@@ -376,7 +376,7 @@ def test_one_eigendecomposition_and_an_inverse_per_alpha_agree(n, keep_rows):
     eigh = RidgeSolution(stats, scale=True, decomposition="eigh")
     inverse = RidgeSolution(stats, scale=True, decomposition="inverse", alphas=alphas)
     assert eigh.kernel == inverse.kernel == (keep_rows and n < d)
-    with pytest.raises(ValueError, match="inverses for alphas"):
+    with pytest.raises(ValueError, match="factors for alphas"):
         inverse.predict(x[n:], 1.0)
     for alpha in alphas:
         torch.testing.assert_close(inverse.predict(x[n:], alpha), eigh.predict(x[n:], alpha), rtol=1e-9, atol=1e-8)

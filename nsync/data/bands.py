@@ -15,7 +15,8 @@ speaker's state; the fit compares the source alone, the baseline alone and both 
 - ``text:EMBEDDER`` or any re-read model name (``smollm2-135m@untrained``): the states that
   ``nsync.reread`` added for the source utterance (condition ``teacher_forced``).
 
-``a+b`` joins features into one baseline ("all together"). Layered features are read at the
+``a+b`` joins features into one baseline ("all together"), each feature brought to the total
+variance of the largest on the training rows, so that one penalty treats them alike. Layered features are read at the
 source layer's relative depth (``layer=same``) or at one fixed layer.
 """
 
@@ -102,10 +103,23 @@ class BandReader:
 
     def read(self, baseline: Baseline, source_layers: list[int]) -> list[torch.Tensor]:
         if not self.depends_on_source_layer(baseline):  # one tensor serves every source layer
-            one = torch.cat([self._feature(f, source_layers[:1])[0] for f in baseline.features], 1)
+            one = self._joined([self._feature(f, source_layers[:1])[0] for f in baseline.features])
             return [one] * len(source_layers)
         parts = [self._feature(f, source_layers) for f in baseline.features]
-        return [torch.cat([p[i] for p in parts], 1) for i in range(len(source_layers))]
+        return [self._joined([p[i] for p in parts]) for i in range(len(source_layers))]
+
+    def _joined(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Features side by side, each brought to the total variance (on the training rows) of the
+        largest: one ridge penalty for all of them would otherwise shrink a small-scale feature to
+        nothing (a 384-d text embedding of norm 1 beside Gemma's residual stream, whose states
+        reach norms of 3e4), and the joined baseline would predict less than its best feature alone."""
+        if len(features) == 1:
+            return features[0]
+        fit = torch.from_numpy(self.fit_rows)
+        total = torch.stack([f[fit].double().var(0).sum() for f in features])
+        largest = total.max()
+        scales = torch.where(total > 0, torch.sqrt(largest / torch.where(total > 0, total, torch.ones_like(total))), torch.ones_like(total))
+        return torch.cat([f * float(s) for f, s in zip(features, scales, strict=True)], 1)
 
     def depends_on_source_layer(self, baseline: Baseline) -> bool:
         return self.layer == "same" and any(

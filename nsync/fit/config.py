@@ -27,7 +27,7 @@ class PartitionConfig:
     baselines: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "baselines to partition against, each one feature or several joined by +: observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"
+            "help": "baselines to partition against, each one feature or several joined by + (each brought to the largest one's total variance on the training rows): observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"
         },
     )
     layer: str = field(
@@ -196,6 +196,11 @@ RUN_ONLY_KEYS = ("out", "overwrite", "progress", "logger", "memory_gb", "save_we
 #: baseline's standardised columns.
 UNIQUE_NULL_METHOD = 3
 
+#: How a baseline that joins features (``a+b``) scales them, part of the fingerprint of fits with
+#: one. 2: each feature brought to the total variance of the largest on the training rows (1: as
+#: read, where a small-scale feature beside a large one was shrunk to nothing).
+JOINED_BASELINE_METHOD = 2
+
 
 def fingerprint(cfg: FitConfig) -> str:
     """A hash of what a fit measures: its config (less :data:`RUN_ONLY_KEYS`), the results schema
@@ -211,4 +216,6 @@ def fingerprint(cfg: FitConfig) -> str:
     measured = {"config": d, "schema": SCHEMA_VERSION, "cache": ActivationCache.open(cfg.data.cache).content_id()}
     if cfg.partition.baselines and cfg.surrogates.n:
         measured["unique_null"] = UNIQUE_NULL_METHOD
+    if any("+" in name for name in cfg.partition.baselines):
+        measured["joined_baseline"] = JOINED_BASELINE_METHOD
     return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]

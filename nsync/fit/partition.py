@@ -19,6 +19,7 @@ from the same replicates as SyncR², so the shares are paired.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from nsync.probes.metrics import ProbeResults
 
 from nsync.fit.config import PartitionConfig  # noqa: E402,F401  (its home until 2026-12; imported from here by older code)
+
+log = logging.getLogger("nsync.fit")
 
 #: The shares reported per baseline, in this order.
 QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
@@ -262,6 +265,38 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dic
             else p_value(float(mean_over_sources(per_seed)[QUANTITIES.index("unique")]), np.mean([s["null_unique"] for s in seeds], 0)),
             time_course=None if seeds[0]["time_course"] is None else combine_seeds([s["time_course"] for s in seeds]),
         )
+    for name, share in joined_shortfall({n: np.asarray(d.r2_baseline, dtype=float) for n, d in out.items()}).items():
+        if share > 0.1:
+            log.warning(
+                "the joined baseline %s alone predicts less than its best feature alone in %.0f%% of the cells (by more than 0.005): "
+                "its features share one ridge penalty, so the source's unique share beyond it may be overstated; read it beside "
+                "each feature's own and its p-value",
+                name,
+                100 * share,
+            )
+    return out
+
+
+def joined_shortfall(r2_baseline: dict[str, np.ndarray], margin: float = 0.005) -> dict[str, float]:
+    """For each joined baseline (``a+b``) whose features are also fitted alone: the share of
+    (source, target layer) cells where it predicts less than its best feature alone by more than
+    ``margin`` (test R² of the baselines alone). A joined baseline holds all its features, so in
+    the population it predicts at least as well; a shortfall is its one penalty failing them.
+
+    >>> joined_shortfall({"a": np.array([[0.3, 0.2]]), "b": np.array([[0.1, 0.4]]), "a+b": np.array([[0.35, 0.3]])})
+    {'a+b': 0.5}
+    """
+    from nsync.data.bands import Baseline
+
+    out = {}
+    for name, joined in r2_baseline.items():
+        parts = Baseline.parse(name).features
+        if len(parts) < 2 or not all(p in r2_baseline for p in parts):
+            continue
+        best = np.fmax.reduce([r2_baseline[p] for p in parts])
+        cells = np.isfinite(joined) & np.isfinite(best)
+        if cells.any():
+            out[name] = float((joined[cells] < best[cells] - margin).mean())
     return out
 
 

@@ -462,7 +462,10 @@ class RidgeSolution:
         key = (source, float(alpha))
         if key not in self._factors:
             served = sorted(a for s, a in self._factors if s == source)
-            raise ValueError(f"this solution holds source {source}'s inverses for alphas {served}, not {alpha}")
+            raise ValueError(
+                f"this solution holds source {source}'s factors for alphas {served} only, not {alpha}: "
+                "solve with one of them, or build the solution with this alpha in its grid"
+            )
         return self._factors[key]
 
     def solve(self, source: int, alpha: float, v: torch.Tensor) -> torch.Tensor:
