@@ -117,8 +117,7 @@ class BandReader:
             return features[0]
         fit = torch.from_numpy(self.fit_rows)
         total = torch.stack([f[fit].double().var(0).sum() for f in features])
-        largest = total.max()
-        scales = torch.where(total > 0, torch.sqrt(largest / torch.where(total > 0, total, torch.ones_like(total))), torch.ones_like(total))
+        scales = torch.where(total > 0, (total.max() / total).sqrt(), 1.0)  # a constant feature stays as read
         return torch.cat([f * float(s) for f, s in zip(features, scales, strict=True)], 1)
 
     def depends_on_source_layer(self, baseline: Baseline) -> bool:
