@@ -246,6 +246,72 @@ def test_banded_affine_probe_matches_a_float64_solve_and_himalaya():
         np.testing.assert_allclose(np.asarray(hw), w, rtol=1e-5, atol=1e-7)
 
 
+def test_every_band_gets_its_own_penalty_as_in_a_float64_solve_and_himalaya():
+    """Three bands (the source and a baseline of two features at scales 1e-3 and 1e2), penalty
+    ratio combinations one per band: the probe chooses the combination and alpha a float64 solve
+    validates best, refits with them, and its weights match that solve's and himalaya's banded
+    ridge. The first feature carries signal in all its columns and the second is noise of the same
+    width, so no penalty shared by the two serves both: the chosen combination tells them apart."""
+    rng = np.random.default_rng(11)
+    n, d, k1, k2 = 900, 5, 40, 40
+    x = rng.normal(size=(n, d))
+    f1 = 1e-3 * rng.normal(size=(n, k1))  # small-scale and informative (a text embedding beside residual states)
+    f2 = 1e2 * rng.normal(size=(n, k2)) + 7000.0  # large-scale noise with a huge mean
+    y = np.stack([x @ rng.normal(size=(d, 2)) + f1 @ rng.normal(size=(k1, 2)) * 1e3 * s / k1**0.5 + rng.normal(size=(n, 2))
+                  for s in (1.0, 2.0)], 1)
+    z = np.concatenate([x, f1, f2], 1)
+    tr, va, te = slice(0, 150), slice(150, 450), slice(450, None)
+    combos, alphas = [(1.0, 1.0), (0.1, 0.1), (10.0, 10.0), (1.0, 100.0), (0.1, 10.0), (100.0, 1.0)], [1.0, 10.0, 100.0]
+    starts = [d, d + k1]
+    probe = AffineProbe(z.shape[1], 2, 2, alphas=alphas, x_shift=torch.tensor(z[tr]).mean(0), y_shift=torch.tensor(y[tr]).mean(0),
+                        matmul_dtype="float64", band_start=starts, band_ratios=combos)
+    _fit_probe(probe, z.astype(np.float32), y.astype(np.float32), tr, va, te)
+
+    def ss(a):
+        return ((a - a.mean(0)) ** 2).sum()
+
+    def penalties(rows, alpha, combo):  # each band brought to the source's total variance, then its ratio
+        zr = z[rows].astype(np.float32).astype(np.float64)
+        source = ss(zr[:, :d])
+        return np.r_[np.full(d, alpha), np.full(k1, alpha * combo[0] * ss(zr[:, d:d + k1]) / source),
+                     np.full(k2, alpha * combo[1] * ss(zr[:, d + k1:]) / source)]
+
+    def solve(rows, t, pen):
+        zr, yr = z[rows].astype(np.float32).astype(np.float64), y[rows, t].astype(np.float32).astype(np.float64)
+        zc, yc = zr - zr.mean(0), yr - yr.mean(0)
+        w = np.linalg.solve(zc.T @ zc + np.diag(pen), zc.T @ yc)
+        return w, yr.mean(0) - zr.mean(0) @ w
+
+    zf = z.astype(np.float32).astype(np.float64)
+    chosen = set()
+    for t in range(2):
+        val = {(c, a): r2_score(y[va, t], zf[va] @ w + b) for c in range(len(combos)) for a in alphas
+               for w, b in [solve(tr, t, penalties(tr, a, combos[c]))]}
+        best_c, best_a = max(val, key=val.get)
+        chosen.add(best_c)
+        assert tuple(probe.results.ratio[0, t].tolist()) == combos[best_c] and probe.alpha[0, t].item() == best_a
+        w, b = solve(slice(0, 450), t, penalties(slice(0, 450), best_a, combos[best_c]))
+        pw, pb = probe.weights(0, t)
+        np.testing.assert_allclose(pw.numpy(), w, rtol=1e-5, atol=1e-9)
+        assert probe.results.test_r2[t].item() == pytest.approx(r2_score(y[te, t].astype(np.float32), zf[te] @ w + b), abs=1e-5)
+        # himalaya: feature spaces scaled by gamma under one penalty alpha (a band's penalty alpha / gamma)
+        from himalaya.backend import set_backend
+        from himalaya.ridge import solve_banded_ridge_random_search
+
+        set_backend("numpy", on_error="raise")
+        pen = penalties(slice(0, 450), best_a, combos[best_c])
+        gammas = np.array([[best_a / pen[0], best_a / pen[d], best_a / pen[-1]]])
+        spaces = [zf[:450, :d], zf[:450, d:d + k1], zf[:450, d + k1:]]
+        _, hw, _, _ = solve_banded_ridge_random_search(spaces, y[:450, t].astype(np.float32).astype(np.float64), n_iter=gammas,
+                                                       alphas=np.array([best_a]), fit_intercept=True, return_weights=True, progress_bar=False, cv=2)
+        np.testing.assert_allclose(np.asarray(hw), w, rtol=1e-4, atol=1e-9)
+        # one penalty for the baseline (the same ratio for both features) validates worse here
+        one = max(v for (c, _), v in val.items() if combos[c][0] == combos[c][1])
+        assert combos[best_c][0] < combos[best_c][1] and val[(best_c, best_a)] > one + 0.01, (val, combos[best_c])
+    # the refit keeps only the chosen combinations' solutions
+    assert set(probe._solutions) == chosen and len(chosen) < len(combos)
+
+
 @pytest.mark.parametrize("scale", [False, True])
 def test_banded_probe_with_one_target_layer_and_standardised_inputs(scale):
     rng = np.random.default_rng(8)

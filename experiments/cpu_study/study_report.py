@@ -181,11 +181,12 @@ class Report:
         layers = "every source layer" if step == 1 else f"every {step}{ {2: 'nd', 3: 'rd'}.get(step, 'th')} source layer from the embeddings"
         lines = ["", f"Variance partition (chosen alpha, {layers}; p: surrogate pseudo-dyads; SyncR² of this fit "
                  f"{_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}):", "",
-                 "| beyond | unique SyncR² [95% CI] | p | shared | baseline alone | source and baseline |", "|---|---|---|---|---|---|"]
+                 "| beyond | unique SyncR² [95% CI] | p | null median / 95th pct | shared | baseline alone | source and baseline |",
+                 "|---|---|---|---|---|---|---|"]
         for name, p in result.partition.items():
-            v = p.values
+            v, null = p.values, p.unique_null or {}
             lines.append(f"| {name} | {_f(v['unique'])} {_ci(*(p.ci95.get('unique') or (None, None)))} | {_f(p.unique_p_value)} | "
-                         f"{_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
+                         f"{_f(null.get('median'))} / {_f(null.get('p95'))} | {_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
         return lines
 
     def _partition_numbers(self, folder: Path) -> dict:

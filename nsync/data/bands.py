@@ -15,9 +15,10 @@ speaker's state; the fit compares the source alone, the baseline alone and both 
 - ``text:EMBEDDER`` or any re-read model name (``smollm2-135m@untrained``): the states that
   ``nsync.reread`` added for the source utterance (condition ``teacher_forced``).
 
-``a+b`` joins features into one baseline ("all together"), each feature brought to the total
-variance of the largest on the training rows, so that one penalty treats them alike. Layered features are read at the
-source layer's relative depth (``layer=same``) or at one fixed layer.
+``a+b`` joins features into one baseline ("all together"); each feature is a band of its own in
+the ridge fits (its own penalty, chosen on validation: :func:`nsync.fit.partition.band_combinations`),
+so a small-scale feature is not shrunk to nothing beside a large one. Layered features are read at
+the source layer's relative depth (``layer=same``) or at one fixed layer.
 """
 
 from __future__ import annotations
@@ -80,12 +81,18 @@ def layer_at_depth(source_layer: int, n_source_layers: int, n_layers: int) -> in
     return int(round(source_layer / max(n_source_layers - 1, 1) * (n_layers - 1)))
 
 
-class BandReader:
-    """Reads a baseline's features for every pair of a data module's pairs table.
+@dataclass
+class BaselineFeatures:
+    """A baseline's features for every pair: one ``[pairs, k]`` float32 tensor per source layer
+    (the same tensor object for every source layer when no feature depends on it), its features
+    side by side; ``starts`` are the columns where each feature after the first begins."""
 
-    :meth:`read` returns one ``[pairs, k]`` float32 tensor per source layer (the same tensor for
-    every source layer when no feature depends on it).
-    """
+    per_source: list[torch.Tensor]
+    starts: list[int]
+
+
+class BandReader:
+    """Reads a baseline's features for every pair of a data module's pairs table (:meth:`read`)."""
 
     def __init__(
         self,
@@ -101,24 +108,14 @@ class BandReader:
         self.source_model, self.target_model, self.target_condition = source_model, target_model, target_condition
         self.n_source_layers = len(cache.layer_names(source_model))
 
-    def read(self, baseline: Baseline, source_layers: list[int]) -> list[torch.Tensor]:
+    def read(self, baseline: Baseline, source_layers: list[int]) -> BaselineFeatures:
         if not self.depends_on_source_layer(baseline):  # one tensor serves every source layer
-            one = self._joined([self._feature(f, source_layers[:1])[0] for f in baseline.features])
-            return [one] * len(source_layers)
-        parts = [self._feature(f, source_layers) for f in baseline.features]
-        return [self._joined([p[i] for p in parts]) for i in range(len(source_layers))]
-
-    def _joined(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Features side by side, each brought to the total variance (on the training rows) of the
-        largest: one ridge penalty for all of them would otherwise shrink a small-scale feature to
-        nothing (a 384-d text embedding of norm 1 beside Gemma's residual stream, whose states
-        reach norms of 3e4), and the joined baseline would predict less than its best feature alone."""
-        if len(features) == 1:
-            return features[0]
-        fit = torch.from_numpy(self.fit_rows)
-        total = torch.stack([f[fit].double().var(0).sum() for f in features])
-        scales = torch.where(total > 0, (total.max() / total).sqrt(), 1.0)  # a constant feature stays as read
-        return torch.cat([f * float(s) for f, s in zip(features, scales, strict=True)], 1)
+            parts = [self._feature(f, source_layers[:1])[0] for f in baseline.features]
+            one = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+            return BaselineFeatures([one] * len(source_layers), _starts(parts))
+        layered = [self._feature(f, source_layers) for f in baseline.features]
+        per_source = [torch.cat([p[i] for p in layered], 1) if len(layered) > 1 else layered[0][i] for i in range(len(source_layers))]
+        return BaselineFeatures(per_source, _starts([p[0] for p in layered]))
 
     def depends_on_source_layer(self, baseline: Baseline) -> bool:
         return self.layer == "same" and any(
@@ -181,3 +178,8 @@ class BandReader:
         rows = np.where(missing, -1, spoken["row"].to_numpy()[np.where(missing, 0, found)])
         indicator = torch.from_numpy(missing.astype(np.float32))[:, None]
         return [torch.cat([x, indicator], 1) for x in self._states(self.target_model, "interactive", rows, source_layers, missing)]
+
+
+def _starts(parts: list[torch.Tensor]) -> list[int]:
+    """Columns where each feature after the first begins, the features side by side."""
+    return np.cumsum([p.shape[1] for p in parts])[:-1].tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -13,6 +14,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from nsync.cache import ActivationCache
 from nsync.data.config import DataConfig
+
+if TYPE_CHECKING:
+    from nsync.probes.ridge import Bands
 from nsync.data.context import context_features, design, residualize
 from nsync.data.pairs import PAIRINGS, build_pairs, drop_flagged
 from nsync.data.splits import make_split, validation_part
@@ -51,7 +55,7 @@ class SynchronyDataModule(L.LightningDataModule):
         self.config = DataConfig(cache=data) if isinstance(data, str) else data
         self.direction, self.split_seed, self.validation = direction, split_seed, validation
         self.source_index: list[int] | None = None  # positions in the source axis served (None: all)
-        self.band_start: int | None = None  # banded ridge: where the baseline's columns begin (with_source_data)
+        self.bands: Bands | None = None  # banded ridge's design of the sources (with_source_data)
         self.stored_batches = False  # batches in the cache's dtype instead of float32 (as_stored)
         self._ready = False
 
@@ -159,15 +163,15 @@ class SynchronyDataModule(L.LightningDataModule):
         view.stored_batches = True
         return view
 
-    def with_source_data(self, x: torch.Tensor, band_start: int | None = None) -> SynchronyDataModule:
+    def with_source_data(self, x: torch.Tensor, bands: Bands | None = None) -> SynchronyDataModule:
         """A module sharing this one's pairs, split and targets whose sources are ``x`` ``[pairs,
-        sources, hidden]`` instead (a baseline's features, or the source joined with them for banded
-        ridge: ``band_start`` is where the baseline's columns begin)."""
+        sources, hidden]`` instead (a baseline's features, or the source joined with them), with
+        banded ridge's design ``bands`` (:class:`nsync.probes.ridge.Bands`) where it has bands."""
         if not self._ready:
             raise RuntimeError("call setup() before with_source_data()")
         view = copy.copy(self)
         view.__dict__.pop("x_std", None)  # cached for the original sources
-        view.x, view.source_index, view.band_start = x, None, band_start
+        view.x, view.source_index, view.bands = x, None, bands
         view.x_mean = _mean(x, self.index["fit"])
         return view
 

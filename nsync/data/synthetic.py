@@ -305,6 +305,7 @@ def write_partition_cache(
     hidden: int = 6,
     seed: int = 0,
     model: str = "synthetic",
+    text_scale: float = 1.0,
 ) -> tuple[Path, float]:
     """A two-agent cache for variance partitioning with a known answer, written through the
     public cache writer; returns its path and the population unique share of ``A->B`` beyond
@@ -316,7 +317,9 @@ def write_partition_cache(
     ``text τ_u + private π_u + own_past h + noise ε``, with ``h`` its own previous state (none
     before its first utterance). All latents are standard normal per dimension; every layer is a
     rotation of the state. Beyond ``[text, own_past]`` only the private part is the source's own:
-    its population share is ``private² / mean Var(target)`` (0 with ``private=0``).
+    its population share is ``private² / mean Var(target)`` (0 with ``private=0``). The text states
+    are written times ``text_scale`` (a sentence embedding of norm 1 beside a model's residual
+    stream: the same information at another scale).
     """
     rng = np.random.default_rng(seed)
     rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(2)]
@@ -342,13 +345,15 @@ def write_partition_cache(
     identity = dict(
         kind="partition", text=text, private=private, own_past=own_past, noise=noise, n_episodes=n_episodes, turns=turns, hidden=hidden, seed=seed
     )
+    if text_scale != 1.0:  # older caches keep their identity
+        identity["text_scale"] = text_scale
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
     layers = np.stack([np.stack(interactive) @ r.T for r in rotations], 1).astype(np.float32)
     writer.write_shard(rows, {(model, "interactive"): layers})
     writer.finalize()
     text_info = ModelInfo(PLANTED_TEXT, "synthetic:text", None, 0, hidden, ["mean_pool"], derived={"kind": "text"})
     extend = CacheWriter.extend(path, [text_info])
-    extend.write_shard(tf_rows, {(PLANTED_TEXT, "teacher_forced"): np.stack(texts)[:, None].astype(np.float32)})
+    extend.write_shard(tf_rows, {(PLANTED_TEXT, "teacher_forced"): (text_scale * np.stack(texts))[:, None].astype(np.float32)})
     # Var of agent 1's state at its k-th utterance: text² + private² + noise² + own_past² Var at the (k-1)-th.
     variances, v = [], 0.0
     for k in range(turns // 2):

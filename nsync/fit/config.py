@@ -27,7 +27,7 @@ class PartitionConfig:
     baselines: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "baselines to partition against, each one feature or several joined by + (each brought to the largest one's total variance on the training rows): observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"
+            "help": "baselines to partition against, each one feature or several joined by + (each feature its own ridge penalty, partition.feature_ratios): observer, own_past (the target agent's own previous state), context, text:EMBEDDER or a re-read model (e.g. smollm2-135m@untrained); e.g. [observer, text:all-minilm-l6-v2, own_past, observer+text:all-minilm-l6-v2+own_past]"
         },
     )
     layer: str = field(
@@ -39,6 +39,12 @@ class PartitionConfig:
             "help": "band penalty ratios (baseline's penalty over the source's, after bringing the baseline to the source's total variance), chosen per cell on validation together with affine.alphas"
         },
     )
+    feature_ratios: list[float] = field(
+        default_factory=lambda: [0.1, 1.0, 10.0],
+        metadata={
+            "help": "in a joined baseline (a+b), each feature's penalty over the first feature's (after bringing each to the same total variance): every combination is tried per cell on validation, beside each of partition.ratios"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.baselines:
@@ -48,8 +54,10 @@ class PartitionConfig:
                 Baseline.parse(name)
         if self.layer != "same" and not str(self.layer).lstrip("-").isdigit():
             raise NsyncError(f"partition.layer must be 'same' or a layer index, got '{self.layer}'")
-        if not self.ratios or any(r <= 0 for r in self.ratios):
-            raise NsyncError(f"partition.ratios must list positive values, got {self.ratios}")
+        for key in ("ratios", "feature_ratios"):
+            values = getattr(self, key)
+            if not values or any(r <= 0 for r in values):
+                raise NsyncError(f"partition.{key} must list positive values, got {values}")
 
 
 @dataclass
@@ -196,10 +204,11 @@ RUN_ONLY_KEYS = ("out", "overwrite", "progress", "logger", "memory_gb", "save_we
 #: baseline's standardised columns.
 UNIQUE_NULL_METHOD = 3
 
-#: How a baseline that joins features (``a+b``) scales them, part of the fingerprint of fits with
-#: one. 2: each feature brought to the total variance of the largest on the training rows (1: as
-#: read, where a small-scale feature beside a large one was shrunk to nothing).
-JOINED_BASELINE_METHOD = 2
+#: How a baseline that joins features (``a+b``) weighs them, part of the fingerprint of fits with
+#: one. 3: each feature a ridge band with its own penalty (``partition.feature_ratios``), chosen per
+#: cell on validation; 2: each brought to the total variance of the largest, one penalty for all;
+#: 1: as read, where a small-scale feature beside a large one was shrunk to nothing.
+JOINED_BASELINE_METHOD = 3
 
 
 def fingerprint(cfg: FitConfig) -> str:
@@ -213,9 +222,12 @@ def fingerprint(cfg: FitConfig) -> str:
     d["data"] = {k: v for k, v in d["data"].items() if k != "cache"}  # the cache counts by content, not by path
     # The solver changes how the same numbers are computed (equal to 1e-6: tests/test_partition.py), not what a fit measures.
     d["affine"] = {k: v for k, v in d["affine"].items() if k != "solver"}
+    joined = any("+" in name for name in cfg.partition.baselines)
+    if not joined:  # feature_ratios serve joined baselines only: other fits keep their fingerprint
+        d["partition"] = {k: v for k, v in d["partition"].items() if k != "feature_ratios"}
     measured = {"config": d, "schema": SCHEMA_VERSION, "cache": ActivationCache.open(cfg.data.cache).content_id()}
     if cfg.partition.baselines and cfg.surrogates.n:
         measured["unique_null"] = UNIQUE_NULL_METHOD
-    if any("+" in name for name in cfg.partition.baselines):
+    if joined:
         measured["joined_baseline"] = JOINED_BASELINE_METHOD
     return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from nsync.data import SynchronyDataModule
-from nsync.data.bands import Baseline
+from nsync.data.bands import Baseline, BaselineFeatures
 from nsync.data.datamodule import TooFewForValidation
 from nsync.data.pairs import NoPairsError
 from nsync.errors import NsyncError, warnings_once_per_run
@@ -211,7 +211,8 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                     cfg,
                     dm,
                     chunk,
-                    [features[s] for s in chunk],
+                    [features.per_source[s] for s in chunk],
+                    features.starts,
                     res,
                     fit,
                     replicate_r2,
@@ -289,7 +290,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     )
 
 
-def partition_bands(cfg: FitConfig, dm: SynchronyDataModule) -> dict[str, list[torch.Tensor]]:
+def partition_bands(cfg: FitConfig, dm: SynchronyDataModule) -> dict[str, BaselineFeatures]:
     """Each baseline's features per source layer of ``dm`` (none without ``partition.baselines``)."""
     if not cfg.partition.baselines:
         return {}
@@ -359,18 +360,16 @@ def aggregate(
         ]
         replicates = boot.combine(per_seed)
     sync = float(np.mean(seeds_sync))
-    p_sync = None
+    p_sync, null_sync = None, None
     if all(f.null_sync is not None for f in fits):  # surrogate k of the run: the mean of every fit's k-th, as SyncR² is a mean
-        p_sync = sur.p_value(
-            sync,
-            boot.combine(
-                [
-                    boot.combine([f.null_sync for f in fits if f.seed == s and f.null_sync is not None])
-                    for s in cfg.data.split_seeds
-                    if any(f.seed == s for f in fits)
-                ]
-            ),
+        null_sync = boot.combine(
+            [
+                boot.combine([f.null_sync for f in fits if f.seed == s and f.null_sync is not None])
+                for s in cfg.data.split_seeds
+                if any(f.seed == s for f in fits)
+            ]
         )
+        p_sync = sur.p_value(sync, null_sync)
     fewest = min(len(f.episodes) for f in fits)
     if replicates is not None and fewest < MIN_TEST_EPISODES:
         log.warning(
@@ -418,6 +417,7 @@ def aggregate(
         seconds=seconds,
         partition=partition,
         sync_r2_p_value=p_sync,
+        sync_r2_null=sur.null_summary(null_sync),
         surrogates={"n": cfg.surrogates.n, "kind": cfg.surrogates.kind} if p_sync is not None else None,
     )
     return result, replicates, partition_replicates

@@ -3,8 +3,10 @@ baseline does not.
 
 For every (source layer, target layer) cell the fit compares three probes on the same pairs,
 split and test episodes: the source alone (the main fit), the baseline alone (its features read by
-:class:`nsync.data.bands.BandReader`) and both together (banded ridge: each band its own penalty,
-:class:`nsync.probes.AffineProbe` with ``band_start``). With test R² ``S``, ``B`` and ``J``:
+:class:`nsync.data.bands.BandReader`) and both together (banded ridge: the source and each of the
+baseline's features a band with its own penalty, :class:`nsync.probes.AffineProbe` with
+``band_start``, the penalties chosen per cell on validation: :func:`joint_bands`). With test
+R² ``S``, ``B`` and ``J``:
 
 - unique share of the source: ``J - B`` (what the source adds beyond the baseline),
 - shared share: ``S + B - J`` (what either explains alone).
@@ -19,6 +21,7 @@ from the same replicates as SyncR², so the shares are paired.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ import torch
 
 if TYPE_CHECKING:
     from nsync.probes.metrics import ProbeResults
+    from nsync.probes.ridge import Bands
 
 from nsync.fit.config import PartitionConfig  # noqa: E402,F401  (its home until 2026-12; imported from here by older code)
 
@@ -45,13 +49,69 @@ class ChunkShares:
 
     r2_baseline: np.ndarray  # [chunk, targets]
     r2_joint: np.ndarray
-    ratio: np.ndarray  # [chunk, targets] chosen band penalty ratio of the joint fit (0: the baseline alone validated better)
+    ratio: (
+        np.ndarray
+    )  # [chunk, targets, features] chosen penalty ratio of each feature over the source's in the joint fit (0: the baseline alone validated better)
     chosen: np.ndarray  # [chunk] target position (-1: none)
     estimates: np.ndarray  # [chunk, quantities]
     replicates: np.ndarray | None  # [chunk, quantities, n_boot]
     episode_r2: np.ndarray  # [chunk, quantities, test episodes] at the chosen cell
     null_unique: np.ndarray | None = None  # [chunk, surrogates] the unique share with the test rows re-paired
     by_time: list | None = None  # per source layer: (unique share per bin, its replicates) or None
+    baseline_ratio: np.ndarray | None = None  # [chunk, targets, features - 1] the baseline alone's penalty of each later feature over the first's
+
+
+def baseline_bands(cfg: PartitionConfig, feature_starts: list[int]) -> Bands | None:
+    """Banded ridge for a baseline alone (``None`` for one feature: plain ridge): every feature
+    brought to the largest one's total variance, each later feature at each of
+    ``cfg.feature_ratios`` of the first one's penalty (whose own is the alpha).
+
+    >>> baseline_bands(PartitionConfig(feature_ratios=[0.1, 1.0]), [4, 7]).ratios
+    [(0.1, 0.1), (0.1, 1.0), (1.0, 0.1), (1.0, 1.0)]
+    """
+    if not feature_starts:
+        return None
+    from nsync.probes.ridge import Bands
+
+    later = list(itertools.product([float(q) for q in cfg.feature_ratios], repeat=len(feature_starts)))
+    return Bands(list(feature_starts), later, reference="largest")
+
+
+def joint_bands(cfg: PartitionConfig, d_in: int, feature_starts: list[int], baseline_ratio: np.ndarray | None) -> Bands:
+    """Banded ridge for the source (``d_in`` columns) beside a baseline: every band brought to the
+    source's total variance (its alpha grid keeps its meaning), the baseline's first feature at
+    each of ``cfg.ratios`` of the source's penalty. Later features keep, in each cell, the ratios
+    to the first that the baseline alone chose there (``baseline_ratio`` ``[S or 1, T, features -
+    1]``): the joint fit nests the baseline-alone one, and chooses among as many combinations per
+    cell as beside a one-feature baseline (more choices would let the joint fit win on validation
+    episodes by chance, and bias the unique share down on the test ones).
+
+    >>> joint_bands(PartitionConfig(ratios=[1.0, 10.0]), 5, [], None).ratios
+    [1.0, 10.0]
+    >>> b = joint_bands(PartitionConfig(ratios=[1.0, 10.0]), 5, [3], np.array([[[0.1], [1.0]]]))  # 1 source, 2 targets
+    >>> b.start, b.ratios, b.allowed[:, 0].tolist()
+    ([5, 8], [(1.0, 0.1), (1.0, 1.0), (10.0, 1.0), (10.0, 10.0)], [[True, False], [False, True], [True, False], [False, True]])
+    """
+    from nsync.probes.ridge import Bands
+
+    ratios = [float(r) for r in cfg.ratios]
+    if not feature_starts:
+        return Bands([d_in], ratios)
+    assert baseline_ratio is not None  # the baseline alone is banded where it has several features
+    later = np.unique(baseline_ratio.reshape(-1, baseline_ratio.shape[-1]), axis=0)  # [distinct, features - 1]
+    combinations = [(r, *(r * float(q) for q in qs)) for r in ratios for qs in later]
+    matches = (baseline_ratio[None] == later[:, None, None]).all(-1)  # [distinct, S or 1, T]
+    allowed = torch.from_numpy(np.tile(matches, (len(ratios), 1, 1)))  # [combinations, S or 1, T], in the order of combinations
+    return Bands([d_in] + [d_in + s for s in feature_starts], combinations, allowed=allowed)
+
+
+def max_band_combinations(cfg: PartitionConfig) -> int:
+    """The most band penalty ratio combinations any fit of the partition may validate (1 without
+    baselines): a joint fit's where the baseline alone chose every one of its combinations somewhere."""
+    from nsync.data.bands import Baseline
+
+    features = [len(Baseline.parse(b).features) for b in cfg.baselines]
+    return max((len(cfg.ratios) * len(cfg.feature_ratios) ** (k - 1) for k in features), default=1)
 
 
 def shares_at(source, baseline, joint) -> np.ndarray:
@@ -78,6 +138,7 @@ def fit_chunk_shares(
     dm,
     chunk: list[int],
     bands: list[torch.Tensor],
+    feature_starts: list[int],
     source_res: ProbeResults,
     fit_probe,
     replicate_r2,
@@ -89,7 +150,8 @@ def fit_chunk_shares(
     course=None,
 ) -> ChunkShares:
     """The baseline-alone and joint fits for the source layers ``chunk`` of ``dm`` and one baseline
-    (``bands``: its features per source layer of the chunk), scored against the source-alone
+    (``bands``: its features per source layer of the chunk, each feature after the first beginning
+    at a column of ``feature_starts``), scored against the source-alone
     results ``source_res`` of the same chunk. ``fit_probe(view)`` fits and tests an affine probe on
     a data module view; ``baseline_cache`` keeps a baseline-alone fit that does not depend on the
     source layer, so it is fitted once per direction. With surrogate re-pairings ``perms`` of the
@@ -98,17 +160,21 @@ def fit_chunk_shares(
     from nsync.fit.bootstrap import episode_r2
 
     n_tgt = len(dm.target_layers)
+    n_features = len(feature_starts) + 1
     key = id(bands[0])
     shared_band = all(b is bands[0] for b in bands)
     if shared_band and key in baseline_cache:
         base_probe = baseline_cache[key]
     else:
-        base_probe = fit_probe(dm.with_source_data(bands[0][:, None] if shared_band else torch.stack(bands, 1)))
+        base_x = bands[0][:, None] if shared_band else torch.stack(bands, 1)
+        base_probe = fit_probe(dm.with_source_data(base_x, baseline_bands(cfg.partition, feature_starts)))
         if shared_band:
             baseline_cache[key] = base_probe
     base = _results(base_probe.results, 1 if shared_band else len(chunk), n_tgt)
+    # the baseline alone's feature ratios per cell (one fit serving every source layer: the same for each)
+    base_ratio = None if base["ratio"] is None else np.broadcast_to(base["ratio"], (len(chunk), *base["ratio"].shape[1:])).copy()
     joint_x = torch.cat([dm.x[:, chunk], torch.stack(bands, 1)], -1)
-    joint_probe = fit_probe(dm.with_source_data(joint_x, band_start=dm.d_in))
+    joint_probe = fit_probe(dm.with_source_data(joint_x, joint_bands(cfg.partition, dm.d_in, feature_starts, base_ratio)))
     joint = _results(joint_probe.results, len(chunk), n_tgt)
     source = _results(source_res, len(chunk), n_tgt)
 
@@ -120,7 +186,7 @@ def fit_chunk_shares(
     r2_j = joint["test_r2"].copy()
     val_b = None if base["val_r2"] is None or not on_validation else np.stack([row(base, i, "val_r2") for i in range(len(chunk))])
     val_j = None if joint["val_r2"] is None or not on_validation else joint["val_r2"].copy()
-    ratio = np.full((len(chunk), n_tgt), np.nan) if joint["ratio"] is None else joint["ratio"].copy()
+    ratio = np.full((len(chunk), n_tgt, n_features), np.nan) if joint["ratio"] is None else joint["ratio"].reshape(len(chunk), n_tgt, -1).copy()
     # The joint model is chosen on validation among the banded fits and the baseline alone: where
     # the source does not help the validation episodes it gets no weight (ratio 0), so the unique
     # share is 0 there rather than the joint fit's extra estimation error.
@@ -129,7 +195,7 @@ def fit_chunk_shares(
     else:
         baseline_only = np.nan_to_num(val_b, nan=-np.inf) >= np.nan_to_num(val_j, nan=-np.inf)
         val_j[baseline_only] = val_b[baseline_only]
-    r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0
+    r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0  # every feature's ratio
     chosen = choose_unique_targets(val_b, val_j, r2_j - r2_b)
     estimates = np.full((len(chunk), len(QUANTITIES)), np.nan)
     replicates = None if replicate_r2 is None else np.full((len(chunk), len(QUANTITIES), n_boot), np.nan)
@@ -188,7 +254,7 @@ def fit_chunk_shares(
             j_est, j_reps = (b_est, b_reps) if baseline_only[i, t] else course.r2(*joint_pred[i], valid[t])
             by_time.append((j_est - b_est, None if b_reps is None else j_reps - b_reps))
     del joint_probe
-    return ChunkShares(r2_b, r2_j, ratio, chosen, estimates, replicates, per_episode, null_unique, by_time)
+    return ChunkShares(r2_b, r2_j, ratio, chosen, estimates, replicates, per_episode, null_unique, by_time, base_ratio)
 
 
 def _sse(base: dict, i: int) -> torch.Tensor:
@@ -198,12 +264,13 @@ def _sse(base: dict, i: int) -> torch.Tensor:
 
 
 def _results(res: ProbeResults, n_sources: int, n_tgt: int) -> dict:
-    """A tested probe's results as numpy matrices ``[sources, targets]`` plus its per-episode sums."""
+    """A tested probe's results as numpy matrices ``[sources, targets]`` (band ratios ``[sources,
+    targets, bands after the first]``) plus its per-episode sums."""
     assert res.test_r2 is not None and res.episode_sums is not None  # set by the test stage of every (affine) probe
     return {
         "test_r2": res.test_r2.reshape(n_sources, n_tgt).numpy(),
         "val_r2": None if res.val_r2 is None else res.val_r2.reshape(n_sources, n_tgt).numpy(),
-        "ratio": None if res.ratio is None else res.ratio.reshape(n_sources, n_tgt).numpy(),
+        "ratio": None if res.ratio is None else res.ratio.reshape(n_sources, n_tgt, -1).numpy(),
         "sums": res.episode_sums,
     }
 
@@ -226,6 +293,7 @@ def join_chunks(parts: list[ChunkShares], course=None) -> dict:
         "r2_baseline": np.concatenate([p.r2_baseline for p in parts]),
         "r2_joint": np.concatenate([p.r2_joint for p in parts]),
         "ratio": np.concatenate([p.ratio for p in parts]),
+        "baseline_ratio": None if parts[0].baseline_ratio is None else np.concatenate([p.baseline_ratio for p in parts]),
         "chosen": np.concatenate([p.chosen for p in parts]),
         "by_source_layer": estimates,
         "estimate": mean_over_sources(estimates),
@@ -238,13 +306,16 @@ def join_chunks(parts: list[ChunkShares], course=None) -> dict:
 
 def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dict:
     """``PartitionDirection`` per baseline from one direction's fits (one per split seed)."""
+    from nsync.data.bands import Baseline
     from nsync.fit.results import PartitionDirection, nan_to_none
-    from nsync.fit.surrogates import p_value
+    from nsync.fit.surrogates import null_summary, p_value
     from nsync.fit.timecourse import combine_seeds
 
     out = {}
     for name in fits[0].partition:
         seeds = [f.partition[name] for f in fits]
+        features = Baseline.parse(name).features
+        null = None if seeds[0]["null_unique"] is None else np.mean([s["null_unique"] for s in seeds], 0)
         base = np.mean([s["r2_baseline"] for s in seeds], 0)
         joint = np.mean([s["r2_joint"] for s in seeds], 0)
         source = np.mean([f.r2 for f in fits], 0)
@@ -255,22 +326,27 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dic
             r2_joint=nan_to_none(joint.tolist()),
             unique=nan_to_none((joint - base).tolist()),
             shared=nan_to_none((source + base - joint).tolist()),
-            ratio=[nan_to_none(s["ratio"].tolist()) for s in seeds],
+            ratio=[nan_to_none(s["ratio"][..., 0].tolist()) for s in seeds],
+            feature_ratio=None
+            if len(features) == 1
+            else {f: [nan_to_none(s["ratio"][..., k].tolist()) for s in seeds] for k, f in enumerate(features)},
+            baseline_feature_ratio=None
+            if seeds[0]["baseline_ratio"] is None
+            else {f: [nan_to_none(s["baseline_ratio"][..., k].tolist()) for s in seeds] for k, f in enumerate(features[1:])},
             chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in s["chosen"]] for s in seeds],
             by_source_layer={q: nan_to_none(by_layer[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
             per_seed={q: nan_to_none(per_seed[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
             values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, mean_over_sources(per_seed), strict=True)},
-            unique_p_value=None
-            if seeds[0]["null_unique"] is None
-            else p_value(float(mean_over_sources(per_seed)[QUANTITIES.index("unique")]), np.mean([s["null_unique"] for s in seeds], 0)),
+            unique_p_value=None if null is None else p_value(float(mean_over_sources(per_seed)[QUANTITIES.index("unique")]), null),
+            unique_null=null_summary(null),
             time_course=None if seeds[0]["time_course"] is None else combine_seeds([s["time_course"] for s in seeds]),
         )
     for name, share in joined_shortfall({n: np.asarray(d.r2_baseline, dtype=float) for n, d in out.items()}).items():
         if share > 0.1:
             log.warning(
                 "the joined baseline %s alone predicts less than its best feature alone in %.0f%% of the cells (by more than 0.005): "
-                "its features share one ridge penalty, so the source's unique share beyond it may be overstated; read it beside "
-                "each feature's own and its p-value",
+                "its features' penalties (partition.feature_ratios) did not find their best on validation, so the source's unique "
+                "share beyond it may be overstated; widen partition.feature_ratios, and read it beside each feature's own",
                 name,
                 100 * share,
             )
@@ -305,7 +381,7 @@ def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]]
     the replicates behind its intervals: ``{"<baseline>/<quantity>": [n_boot]}``."""
     from nsync.fit import bootstrap as boot
     from nsync.fit.results import PartitionSummary, nan_to_none
-    from nsync.fit.surrogates import p_value
+    from nsync.fit.surrogates import null_summary, p_value
 
     summaries, replicates = {}, {}
     for name in fits[0].partition:
@@ -319,9 +395,17 @@ def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]]
                 replicates[f"{name}/{q}"] = reps[i]
                 ci[q] = boot.interval(reps[i], estimate[i])
                 corrected[q] = boot.bias_corrected(estimate[i], reps[i])
-        p = None
+        p, null = None, None
         if all(f.partition[name]["null_unique"] is not None for f in fits):
             null = boot.combine([boot.combine([f.partition[name]["null_unique"] for f in fits if f.seed == s]) for s in seeds])
             p = p_value(estimate[QUANTITIES.index("unique")], null)
-        summaries[name] = PartitionSummary(features=features[name], layer=layer, values=values, ci95=ci, bias_corrected=corrected, unique_p_value=p)
+        summaries[name] = PartitionSummary(
+            features=features[name],
+            layer=layer,
+            values=values,
+            ci95=ci,
+            bias_corrected=corrected,
+            unique_p_value=p,
+            unique_null=null_summary(null),
+        )
     return summaries, replicates

@@ -79,8 +79,9 @@ class Affine:
         """What one more source layer in a chunk costs. Primal: float32 ``X^T Y`` (with validation
         also the solution's copy and the validation part's sums). Dual: the source's training rows
         as stored. Both: float64 ``d x d`` (dual with fewer rows: ``n x n``) matrices per band
-        penalty ratio (three for an eigendecomposition, one plus an inverse per alpha otherwise),
+        penalty ratio combination (three for an eigendecomposition, one plus an inverse per alpha otherwise),
         and float64 squared errors per test episode and per alpha on validation. The dual's target rows (the same for every chunk size) are not counted."""
+        from nsync.fit.partition import max_band_combinations
         from nsync.probes.ridge import INVERSE_UP_TO
 
         outputs = len(dm.target_layers) * dm.d_out
@@ -88,7 +89,7 @@ class Affine:
         n_alphas = len(cfg.affine.alphas)
         scores = 8 * outputs * (dm.n_test_episodes + n_alphas)
         wide = 3 if cfg.partition.baselines else 1  # the joint fit's design: the source and a baseline of up to twice its width
-        ratios = len(cfg.partition.ratios) if cfg.partition.baselines else 1
+        ratios = max_band_combinations(cfg.partition)
         d = dm.d_in * wide
         dual = self.solver(cfg, dm) == "dual"
         matrices = 3 if n_alphas > INVERSE_UP_TO else 1 + n_alphas
@@ -104,7 +105,7 @@ class Affine:
 
         if cfg.affine.solver != "auto":
             return cfg.affine.solver
-        ratios = len(cfg.partition.ratios) if dm.band_start is not None else 1
+        ratios = len(dm.bands.ratios) if dm.bands is not None else 1
         predicted = dm.n("val") + dm.n("test")
         outputs = len(dm.target_layers) * dm.d_out
         return choose_solver(dm.n("fit") + dm.n("val"), dm.d_in, outputs, predicted, len(cfg.affine.alphas) * ratios, n_fewest=dm.n("fit"))
@@ -138,8 +139,10 @@ class Affine:
             n_sources=len(sources),
             alpha_per=a.alpha_per,
             log_prefix=log_prefix,
-            band_start=dm.band_start,
-            band_ratios=cfg.partition.ratios,
+            band_start=None if dm.bands is None else dm.bands.start,
+            band_ratios=(1.0,) if dm.bands is None else dm.bands.ratios,
+            band_reference="first" if dm.bands is None else dm.bands.reference,
+            band_allowed=None if dm.bands is None else dm.bands.allowed,
             solver=solver,
         )
         # No gradients to synchronise: DDP's processes without its model wrapper.

@@ -111,6 +111,22 @@ def p_value(observed: float, null: np.ndarray) -> float | None:
     return float((1 + (null >= observed).sum()) / (1 + len(null)))
 
 
+def null_summary(null: np.ndarray | None) -> dict[str, float] | None:
+    """What a p-value was read against: the surrogate null's median, 95th percentile and size (finite
+    surrogates; None without any), so a reader sees how far above chance the observed value lies.
+
+    >>> null_summary(np.arange(101.0))
+    {'median': 50.0, 'p95': 95.0, 'n': 101}
+    """
+    if null is None:
+        return None
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    if not len(null):
+        return None
+    return {"median": float(np.median(null)), "p95": float(np.quantile(null, 0.95)), "n": int(len(null))}
+
+
 def chosen_predictions(probe, x_test: torch.Tensor, y_test: torch.Tensor, chosen: np.ndarray) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per source position with a chosen target: ``(y, prediction)`` ``[rows, d]`` float64 of the
     test rows at that target, both around the probe's ``target_shift`` (any probe type).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
@@ -25,7 +25,12 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
 
     With several ``alphas`` the validation data choose one per (source, target layer) cell
     (``alpha_per="cell"``; ``"source"``: one per source layer from the mean over target layers),
-    all from one eigendecomposition per source. ``solver="dual"`` predicts through the training rows
+    all from one eigendecomposition per source. Banded ridge (``band_start``: where each band after
+    the first begins): each band is brought to the first band's total variance (``band_reference=
+    "largest"``: all to the largest's), then penalised at a ratio of the first band's penalty; one
+    combination of ratios per entry of ``band_ratios`` (a number per band after the first, or one
+    number for all), chosen per cell on validation with the alpha (among those ``band_allowed``
+    ``[combinations, n_sources, n_targets]`` allows, default all). ``solver="dual"`` predicts through the training rows
     instead of forming ``X^T Y`` (the same numbers; cheaper where the rows are fewer than the hidden
     size: :func:`nsync.probes.ridge.choose_solver`); it keeps the rows, and under DDP every process
     gathers all of them and predicts its own share of the rows it scores. With validation data (an alpha grid, or a target
@@ -58,16 +63,19 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         n_sources: int = 1,
         alpha_per: str = "cell",
         log_prefix: str = "",
-        band_start: int | None = None,
-        band_ratios: tuple[float, ...] | list[float] = (1.0,),
+        band_start: int | Sequence[int] | None = None,
+        band_ratios: Sequence[float | Sequence[float]] = (1.0,),
         solver: str = "primal",
+        band_reference: str = "first",
+        band_allowed: torch.Tensor | None = None,
     ):
         super().__init__()
         if alpha_per not in ALPHA_CHOICES:
             raise ValueError(f"alpha_per must be one of {ALPHA_CHOICES}, got '{alpha_per}'")
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got '{solver}'")
-        self.save_hyperparameters(ignore=["x_shift", "y_shift"])
+        self.save_hyperparameters(ignore=["x_shift", "y_shift", "band_allowed"])
+        self._band_allowed = band_allowed  # [combinations, S, T]: which band ratio combinations each cell may choose
         self.automatic_optimization = False
         self.alphas = [float(a) for a in alphas]
         # Without shifts, the first training batch's means are used (sums are taken around them).
@@ -78,17 +86,25 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self.register_buffer("y_shift", y_shift.double().reshape(n_targets, d_out))
         self.register_buffer("target_shift", self.y_shift.float())
         self.register_buffer("alpha", torch.full((n_sources, n_targets), self.alphas[0], dtype=torch.float64))
-        self.ratios = [float(r) for r in band_ratios] if band_start is not None else [1.0]
-        # Position in self.ratios of each cell's band penalty ratio (banded ridge; 0 otherwise).
+        # Band penalty ratio combinations to choose from: a number (one band after the first, or the
+        # same ratio for every band) or one ratio per band after the first.
+        self.ratios: list[float | tuple[float, ...]] = [1.0]
+        if band_start is not None and all(isinstance(r, int | float) for r in band_ratios):
+            self.ratios = [float(r) for r in band_ratios]  # type: ignore[arg-type]  # numbers, checked above
+        elif band_start is not None:
+            n_bands = len(band_start) if isinstance(band_start, Sequence) else 1
+            self.ratios = [(float(r),) * n_bands if isinstance(r, int | float) else tuple(float(v) for v in r) for r in band_ratios]
+        # Position in self.ratios of each cell's band penalty ratios (banded ridge; 0 otherwise).
         self.register_buffer("ratio_index", torch.zeros((n_sources, n_targets), dtype=torch.int64))
         self.make_test_metric(n_targets, d_out, n_sources)  # and self.results
         self._train_stats: RidgeStatistics | None = None
         self._val_stats: RidgeStatistics | None = None
-        self._solutions: list[RidgeSolution] = []  # one per band penalty ratio
+        # Solutions by position in self.ratios: every combination to validate, then those some cell chose.
+        self._solutions: dict[int, RidgeSolution] = {}
 
     @property
     def _solution(self) -> RidgeSolution | None:
-        return self._solutions[0] if self._solutions else None
+        return next(iter(self._solutions.values())) if self._solutions else None
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -109,9 +125,10 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
             if len(ratios) == 1:
                 pred = self._solutions[ratios[0]].predict_centred(xs[:, s], alpha[s], s)
             else:  # banded: each target layer from the solution of its band penalty ratio
-                pred = sum(
+                parts = [
                     self._solutions[r].predict_centred(xs[:, s], alpha[s], s, targets=torch.nonzero(ratio[s] == r).flatten().tolist()) for r in ratios
-                )
+                ]
+                pred = torch.stack(parts).sum(0)
             yield s, pred.view(x.shape[0], hp.n_targets, hp.d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,29 +171,31 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
                 stats.load([strategy.reduce(t, reduce_op="sum") for t in stats.tensors()])
         return stats
 
-    def _set_solution(self, stats: RidgeStatistics, keep_stats: bool, alphas: list[list[float]]) -> None:
-        """Solutions (one per band penalty ratio) that serve ``alphas[s]`` for each source ``s``."""
-        self._solutions = []  # free the previous ones first: they are as large as the new ones
+    def _set_solution(self, stats: RidgeStatistics, keep_stats: bool, alphas: list[list[float]], combinations: list[int] | None = None) -> None:
+        """Solutions that serve ``alphas[s]`` for each source ``s``, one per band penalty ratio
+        combination (those at the positions ``combinations`` of ``self.ratios``; default all)."""
+        self._solutions = {}  # free the previous ones first: they are as large as the new ones
         decomposition = "inverse" if max(len(set(a)) for a in alphas) <= INVERSE_UP_TO else "eigh"
-        for scale in band_scales(stats, self.hparams.band_start, self.ratios, self.hparams.scale):
-            first = self._solutions[0] if self._solutions else None
-            self._solutions.append(
-                RidgeSolution(
-                    stats,
-                    self.hparams.scale,
-                    self._work_dtype,
-                    keep_stats=keep_stats,
-                    column_scale=scale,
-                    shared_c=None if first is None else first.c,
-                    decomposition=decomposition,
-                    alphas=alphas,
-                )
+        wanted = range(len(self.ratios)) if combinations is None else combinations
+        scales = band_scales(stats, self.hparams.band_start, [self.ratios[i] for i in wanted], self.hparams.scale, self.hparams.band_reference)
+        for index, scale in zip(wanted, scales, strict=True):
+            first = self._solution
+            self._solutions[index] = RidgeSolution(
+                stats,
+                self.hparams.scale,
+                self._work_dtype,
+                keep_stats=keep_stats,
+                column_scale=scale,
+                shared_c=None if first is None else first.c,
+                decomposition=decomposition,
+                alphas=alphas,
             )
         # Scores are taken around the fitted mean: predictions need no offset added.
-        self.target_shift.copy_(self._solutions[0].y_mean.view_as(self.target_shift))
+        assert self._solution is not None
+        self.target_shift.copy_(self._solution.y_mean.view_as(self.target_shift))
 
     def on_train_epoch_start(self) -> None:
-        self._train_stats, self._val_stats, self._solutions = None, None, []
+        self._train_stats, self._val_stats, self._solutions = None, None, {}
 
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
@@ -215,7 +234,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self._val_stats.update(xs, y.reshape(x.shape[0], -1))
         yc = y.float() - self.target_shift
         n_sources, n_alphas = self.hparams.n_sources, len(self.alphas)
-        for r, solution in enumerate(self._solutions):
+        for r, solution in self._solutions.items():
             for s in range(n_sources):
                 z = solution.rotated(xs[:, s], s)  # shared by every alpha
                 for a, alpha in enumerate(self.alphas):
@@ -228,11 +247,11 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         hp = self.hparams
         uniform, _ = self.val_r2.compute()
         by_ratio = uniform.reshape(len(self.ratios), len(self.alphas), hp.n_sources, hp.n_targets)  # [ratios, alphas, sources, targets]
-        choice = choose_on_validation(by_ratio, self.alphas, hp.alpha_per)
+        choice = choose_on_validation(by_ratio, self.alphas, hp.alpha_per, self._band_allowed)
         self.alpha.copy_(choice.alpha)
         self.ratio_index.copy_(choice.ratio_index)
         scores = self.results.val_r2_by_alpha = choice.val_r2_by_alpha
-        if hp.band_start is not None:
+        if hp.band_start is not None:  # [S, T], or [S, T, bands after the first] where bands have their own ratios
             self.results.ratio = torch.tensor(self.ratios, dtype=torch.float64)[choice.ratio_index]
         # Validation R² at each cell's chosen alpha: what the fit chooses each source's target layer on.
         self.results.val_r2 = choice.val_r2
@@ -245,16 +264,18 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         assert full is not None  # kept for this refit by _solve(validating=True)
         full += self._reduce(self._val_stats)
         chosen = torch.nan_to_num(self.alpha, nan=self.alphas[0]).cpu()  # what predictions and weights will ask for
-        self._set_solution(full, keep_stats=False, alphas=[row.tolist() for row in chosen])
+        combinations = torch.unique(self.ratio_index).tolist()  # only those some cell chose
+        self._set_solution(full, keep_stats=False, alphas=[row.tolist() for row in chosen], combinations=combinations)
         self._train_stats = self._val_stats = None
 
     def on_test_end(self) -> None:
         # Lightning moves the module back to the CPU after testing, not the solutions: keep them
         # together, moving what the band ratios' solutions share (C or the rows) once.
         if self._solutions:
-            shared = self._solutions[0].c
-            moved = self._solutions[0].to(self.device).c
-            for solution in self._solutions[1:]:
+            first, *rest = self._solutions.values()
+            shared = first.c
+            moved = first.to(self.device).c
+            for solution in rest:
                 if solution.c is shared:
                     solution.c = moved
                 solution.to(self.device)

@@ -561,31 +561,90 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, alpha: float = 0.1, scale: bool 
     return RidgeSolution(stats, scale).weights(alpha)
 
 
-def band_scales(stats: RidgeStatistics, band_start: int | None, ratios: list[float], standardised: bool = False) -> list[torch.Tensor | None]:
-    """Column scales ``[S, d]`` of banded ridge, one per band penalty ratio ``r`` (``[None]`` without
-    a band): the baseline band's columns (from ``band_start`` on) first brought to the source band's
-    total variance on the rows of ``stats`` (bands differ in size and scale by orders of magnitude),
-    then divided by ``sqrt(r)``. ``standardised``: columns are scaled to unit variance first (the
-    solution's ``scale=True``), so each band's total variance is its width.
+@dataclass
+class Bands:
+    """Banded ridge's design (:class:`nsync.probes.AffineProbe`): where each band after the first
+    begins, the penalty ratio combinations to choose from per cell on validation (:func:`band_scales`),
+    the band whose total variance the others are brought to, and optionally which combinations each
+    (source, target layer) cell may choose (``[combinations, S, T]`` bool; default all)."""
+
+    start: list[int]
+    ratios: list
+    reference: str = "first"
+    allowed: torch.Tensor | None = None
+
+
+#: Which band's total variance the others are brought to (``band_scales``): the first's (the source
+#: beside a baseline: the alpha grid keeps its meaning) or the largest's (features side by side).
+BAND_REFERENCES = ("first", "largest")
+
+
+def band_scales(
+    stats: RidgeStatistics,
+    band_start: int | Sequence[int] | None,
+    ratios: Sequence[float | Sequence[float]],
+    standardised: bool = False,
+    reference: str = "first",
+) -> list[torch.Tensor | None]:
+    """Column scales ``[S, d]`` of banded ridge, one per combination of band penalty ratios
+    (``[None]`` without bands). ``band_start``: where each band after the first begins (one column
+    or several, ascending). Each of those bands is first brought to the first band's total variance
+    on the rows of ``stats`` (bands differ in size and scale by orders of magnitude), then divided
+    by ``sqrt(r)``, ``r`` its penalty over the first band's: each entry of ``ratios`` gives one
+    ``r`` per band (a number: the same for every band). ``reference="largest"``: every band, the
+    first too, is brought to the largest band's total variance instead. ``standardised``: columns
+    are scaled to unit variance first (the solution's ``scale=True``), so each band's total
+    variance is its width.
 
     >>> stats = RidgeStatistics(torch.zeros(3), torch.zeros(1))
     >>> stats.update(torch.tensor([[1.0, 10.0, 0.0], [-1.0, -10.0, 0.0]]), torch.zeros(2, 1))
     >>> [s.tolist() for s in band_scales(stats, 1, [1.0, 4.0])]   # the band [10, 0] brought to the source's variance
     [[[1.0, 0.1, 0.1]], [[1.0, 0.05, 0.05]]]
+    >>> stats = RidgeStatistics(torch.zeros(3), torch.zeros(1))
+    >>> stats.update(torch.tensor([[1.0, 10.0, 2.0], [-1.0, -10.0, -2.0]]), torch.zeros(2, 1))
+    >>> [s.tolist() for s in band_scales(stats, [1, 2], [(1.0, 4.0)])]   # two bands, each its own ratio
+    [[[1.0, 0.1, 0.25]]]
     """
     if band_start is None:
         return [None]
+    starts = band_bounds(band_start, stats.column_ss().shape[1])
     var = stats.column_ss()  # [S, d] centred sums of squares
     if standardised:
         var = (var > 0).to(var.dtype)
-    source, band = var[:, :band_start].sum(1), var[:, band_start:].sum(1)
-    equalise = torch.sqrt(source / torch.where(band > 0, band, torch.ones_like(band)))  # [S]
+    if reference not in BAND_REFERENCES:
+        raise ValueError(f"reference must be one of {BAND_REFERENCES}, got '{reference}'")
+    bounds = [0, *starts]
+    totals = [var[:, lo:hi].sum(1) for lo, hi in zip(bounds, bounds[1:], strict=False)]  # [S] per band
+    target = totals[0] if reference == "first" else torch.stack(totals).amax(0)
+
+    def to_target(total: torch.Tensor) -> torch.Tensor:  # a constant band (or reference) stays as it is
+        both = (total > 0) & (target > 0)
+        return torch.sqrt(torch.where(both, target, 1.0) / torch.where(both, total, 1.0))
+
+    equalise = [to_target(t) for t in totals[1:]]
     scales: list[torch.Tensor | None] = []
-    for r in ratios:
+    for combination in ratios:
+        per_band = [float(combination)] * len(equalise) if isinstance(combination, int | float) else [float(r) for r in combination]
+        if len(per_band) != len(equalise):
+            raise ValueError(f"band penalty ratios {combination} name {len(per_band)} bands; the design has {len(equalise)} after the first")
         scale = torch.ones_like(var)
-        scale[:, band_start:] = (equalise / r**0.5)[:, None]
+        scale[:, : starts[0]] = to_target(totals[0])[:, None]
+        for (lo, hi), eq, r in zip(zip(starts, starts[1:], strict=False), equalise, per_band, strict=True):
+            scale[:, lo:hi] = (eq / r**0.5)[:, None]
         scales.append(scale)
     return scales
+
+
+def band_bounds(band_start: int | Sequence[int], d: int) -> list[int]:
+    """Where each band after the first begins, then ``d``: checked to ascend inside ``(0, d)``.
+
+    >>> band_bounds(3, 8), band_bounds([3, 5], 8)
+    ([3, 8], [3, 5, 8])
+    """
+    starts = [int(band_start)] if isinstance(band_start, int) else [int(s) for s in band_start]
+    if not starts or any(b <= a for a, b in zip([0, *starts], [*starts, d], strict=True)):
+        raise ValueError(f"band starts {starts} must ascend inside (0, {d})")
+    return [*starts, d]
 
 
 def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -> torch.Tensor:
@@ -657,10 +716,11 @@ class ValidationChoice:
     val_r2_by_alpha: torch.Tensor  # [alphas, S, T]: each alpha at its best ratio
 
 
-def choose_on_validation(by_ratio: torch.Tensor, alphas: list[float], per: str = "cell") -> ValidationChoice:
+def choose_on_validation(by_ratio: torch.Tensor, alphas: list[float], per: str = "cell", allowed: torch.Tensor | None = None) -> ValidationChoice:
     """The alpha (:func:`choose_alpha`) and band penalty ratio of every cell from validation R²
     ``[ratios, alphas, S, T]``: each alpha is scored at its best ratio, and a cell's ratio is the
-    one that gave its chosen alpha that score.
+    one that gave its chosen alpha that score. ``allowed`` ``[ratios, S, T]``: the ratios each cell
+    may choose from (default all).
 
     >>> by_ratio = torch.tensor([[0.1, 0.2, 0.1], [0.3, 0.5, 0.2]], dtype=torch.float64)[:, :, None, None]  # 2 ratios, 3 alphas, 1 cell
     >>> c = choose_on_validation(by_ratio, [1.0, 10.0, 100.0])
@@ -668,6 +728,8 @@ def choose_on_validation(by_ratio: torch.Tensor, alphas: list[float], per: str =
     (10.0, 1, 0.5)
     """
     by_ratio = by_ratio.cpu()
+    if allowed is not None:
+        by_ratio = torch.where(allowed.cpu()[:, None], by_ratio, torch.nan)
     scores = torch.nan_to_num(by_ratio, nan=-torch.inf).amax(0)
     scores = torch.where(torch.isinf(scores), torch.nan, scores)
     alpha = choose_alpha(scores, alphas, per)
