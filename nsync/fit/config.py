@@ -36,7 +36,7 @@ class PartitionConfig:
     ratios: list[float] = field(
         default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
         metadata={
-            "help": "band penalty ratios (baseline's penalty over the source's, after bringing the baseline to the source's total variance), chosen per cell on validation together with affine.alphas"
+            "help": "band penalty ratios (the baseline's penalty over the source's, after bringing each of its features to the source's total variance; a joined baseline's first feature, the others at partition.feature_ratios of it), chosen per cell on validation together with affine.alphas"
         },
     )
     feature_ratios: list[float] = field(

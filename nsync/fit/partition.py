@@ -174,7 +174,9 @@ def fit_chunk_shares(
     # the baseline alone's feature ratios per cell (one fit serving every source layer: the same for each)
     base_ratio = None if base["ratio"] is None else np.broadcast_to(base["ratio"], (len(chunk), *base["ratio"].shape[1:])).copy()
     joint_x = torch.cat([dm.x[:, chunk], torch.stack(bands, 1)], -1)
-    joint_probe = fit_probe(dm.with_source_data(joint_x, joint_bands(cfg.partition, dm.d_in, feature_starts, base_ratio)))
+    # cells the baseline alone chose nothing for (no variance on the validation side) may take any
+    design_ratio = None if base_ratio is None else np.where(np.isnan(base_ratio), float(cfg.partition.feature_ratios[0]), base_ratio)
+    joint_probe = fit_probe(dm.with_source_data(joint_x, joint_bands(cfg.partition, dm.d_in, feature_starts, design_ratio)))
     joint = _results(joint_probe.results, len(chunk), n_tgt)
     source = _results(source_res, len(chunk), n_tgt)
 

@@ -80,16 +80,18 @@ class Affine:
         also the solution's copy and the validation part's sums). Dual: the source's training rows
         as stored. Both: float64 ``d x d`` (dual with fewer rows: ``n x n``) matrices per band
         penalty ratio combination (three for an eigendecomposition, one plus an inverse per alpha otherwise),
-        and float64 squared errors per test episode and per alpha on validation. The dual's target rows (the same for every chunk size) are not counted."""
+        and float64 squared errors per test episode and per (alpha, combination) on validation. The dual's target rows (the same for every chunk size) are not counted."""
+        from nsync.data.bands import Baseline
         from nsync.fit.partition import max_band_combinations
         from nsync.probes.ridge import INVERSE_UP_TO
 
         outputs = len(dm.target_layers) * dm.d_out
         rows = dm.n("fit") + dm.n("val")
         n_alphas = len(cfg.affine.alphas)
-        scores = 8 * outputs * (dm.n_test_episodes + n_alphas)
-        wide = 3 if cfg.partition.baselines else 1  # the joint fit's design: the source and a baseline of up to twice its width
         ratios = max_band_combinations(cfg.partition)
+        scores = 8 * outputs * (dm.n_test_episodes + n_alphas * ratios)
+        # the joint fit's design: the source and each baseline feature, each up to about the source's width
+        wide = 1 + max((len(Baseline.parse(b).features) for b in cfg.partition.baselines), default=0)
         d = dm.d_in * wide
         dual = self.solver(cfg, dm) == "dual"
         matrices = 3 if n_alphas > INVERSE_UP_TO else 1 + n_alphas

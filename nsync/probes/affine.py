@@ -89,11 +89,11 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         # Band penalty ratio combinations to choose from: a number (one band after the first, or the
         # same ratio for every band) or one ratio per band after the first.
         self.ratios: list[float | tuple[float, ...]] = [1.0]
-        if band_start is not None and all(isinstance(r, int | float) for r in band_ratios):
+        if band_start is not None and not any(isinstance(r, Sequence) for r in band_ratios):
             self.ratios = [float(r) for r in band_ratios]  # type: ignore[arg-type]  # numbers, checked above
         elif band_start is not None:
             n_bands = len(band_start) if isinstance(band_start, Sequence) else 1
-            self.ratios = [(float(r),) * n_bands if isinstance(r, int | float) else tuple(float(v) for v in r) for r in band_ratios]
+            self.ratios = [tuple(float(v) for v in r) if isinstance(r, Sequence) else (float(r),) * n_bands for r in band_ratios]
         # Position in self.ratios of each cell's band penalty ratios (banded ridge; 0 otherwise).
         self.register_buffer("ratio_index", torch.zeros((n_sources, n_targets), dtype=torch.int64))
         self.make_test_metric(n_targets, d_out, n_sources)  # and self.results
@@ -252,7 +252,9 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         self.ratio_index.copy_(choice.ratio_index)
         scores = self.results.val_r2_by_alpha = choice.val_r2_by_alpha
         if hp.band_start is not None:  # [S, T], or [S, T, bands after the first] where bands have their own ratios
-            self.results.ratio = torch.tensor(self.ratios, dtype=torch.float64)[choice.ratio_index]
+            ratio = torch.tensor(self.ratios, dtype=torch.float64)[choice.ratio_index]
+            unchosen = torch.isnan(choice.alpha)  # no R² to choose by: no ratio either
+            self.results.ratio = torch.where(unchosen.view(*unchosen.shape, *([1] * (ratio.dim() - 2))), torch.nan, ratio)
         # Validation R² at each cell's chosen alpha: what the fit chooses each source's target layer on.
         self.results.val_r2 = choice.val_r2
         best = torch.nan_to_num(scores, nan=-torch.inf).amax(0)

@@ -192,7 +192,8 @@ class ProbeResults:
     alpha: torch.Tensor | None = None
     """The ridge alpha of every cell (affine; NaN where none could be chosen)."""
     ratio: torch.Tensor | None = None
-    """The band penalty ratio of every cell (affine with a baseline band, the variance partition)."""
+    """The band penalty ratio of every cell ``[S, T]`` (affine with bands, the variance partition),
+    ``[S, T, bands after the first]`` where each band has its own; NaN where no alpha was chosen."""
 
     # Results were a plain dict: the dict operations keep working for a release, each with a
     # warning first (the public API policy in nsync/__init__.py).

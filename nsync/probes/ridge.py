@@ -624,7 +624,7 @@ def band_scales(
     equalise = [to_target(t) for t in totals[1:]]
     scales: list[torch.Tensor | None] = []
     for combination in ratios:
-        per_band = [float(combination)] * len(equalise) if isinstance(combination, int | float) else [float(r) for r in combination]
+        per_band = [float(r) for r in combination] if isinstance(combination, Sequence) else [float(combination)] * len(equalise)
         if len(per_band) != len(equalise):
             raise ValueError(f"band penalty ratios {combination} name {len(per_band)} bands; the design has {len(equalise)} after the first")
         scale = torch.ones_like(var)
@@ -641,7 +641,7 @@ def band_bounds(band_start: int | Sequence[int], d: int) -> list[int]:
     >>> band_bounds(3, 8), band_bounds([3, 5], 8)
     ([3, 8], [3, 5, 8])
     """
-    starts = [int(band_start)] if isinstance(band_start, int) else [int(s) for s in band_start]
+    starts = [int(s) for s in band_start] if isinstance(band_start, Sequence) else [int(band_start)]
     if not starts or any(b <= a for a, b in zip([0, *starts], [*starts, d], strict=True)):
         raise ValueError(f"band starts {starts} must ascend inside (0, {d})")
     return [*starts, d]
