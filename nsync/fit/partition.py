@@ -49,9 +49,8 @@ class ChunkShares:
 
     r2_baseline: np.ndarray  # [chunk, targets]
     r2_joint: np.ndarray
-    ratio: (
-        np.ndarray
-    )  # [chunk, targets, features] chosen penalty ratio of each feature over the source's in the joint fit (0: the baseline alone validated better)
+    # [chunk, targets, features] each feature's chosen penalty over the source's in the joint fit (0: the baseline alone validated better)
+    ratio: np.ndarray
     chosen: np.ndarray  # [chunk] target position (-1: none)
     estimates: np.ndarray  # [chunk, quantities]
     replicates: np.ndarray | None  # [chunk, quantities, n_boot]
