@@ -312,6 +312,30 @@ def test_every_band_gets_its_own_penalty_as_in_a_float64_solve_and_himalaya():
     assert set(probe._solutions) == chosen and len(chosen) < len(combos)
 
 
+def test_band_allowed_limits_each_cell_to_its_combinations():
+    """Cells limited to one combination each (``band_allowed``) get what a probe with only that
+    combination gives them: validation R², alpha and test R² (their predictions are computed for
+    the allowed target layers only)."""
+    rng = np.random.default_rng(5)
+    n, d = 400, 12
+    z = rng.normal(size=(n, d)).astype(np.float32)
+    z[:, 8:] *= 30.0
+    y = np.stack([z[:, :4] @ rng.normal(size=(4, 3)) + z[:, 8:] @ rng.normal(size=(4, 3)) * s + rng.normal(size=(n, 3)) for s in (0.01, 0.1, 0.03)], 1)
+    y = y.astype(np.float32)
+    tr, va, te = slice(0, 250), slice(250, 320), slice(320, None)
+    combos = [(0.1, 10.0), (10.0, 0.1)]
+    common = dict(alphas=[0.1, 10.0, 1000.0], x_shift=torch.tensor(z[tr]).double().mean(0), y_shift=torch.tensor(y[tr]).double().mean(0),
+                  matmul_dtype="float64", band_start=[4, 8])
+    allowed = torch.tensor([[False, True, False], [True, False, True]])[:, None, :]  # [combinations, 1 source, 3 targets]
+    masked = _fit_probe(AffineProbe(d, 3, 3, band_ratios=combos, band_allowed=allowed, **common), z, y, tr, va, te)
+    for c, combo in enumerate(combos):
+        alone = _fit_probe(AffineProbe(d, 3, 3, band_ratios=[combo], **common), z, y, tr, va, te)
+        for t in torch.nonzero(allowed[c, 0]).flatten().tolist():
+            assert masked.ratio_index[0, t].item() == c and masked.alpha[0, t] == alone.alpha[0, t]
+            assert masked.results.val_r2[0, t].item() == pytest.approx(alone.results.val_r2[0, t].item(), abs=1e-9)
+            assert masked.results.test_r2[t].item() == pytest.approx(alone.results.test_r2[t].item(), abs=1e-9)
+
+
 @pytest.mark.parametrize("scale", [False, True])
 def test_banded_probe_with_one_target_layer_and_standardised_inputs(scale):
     rng = np.random.default_rng(8)

@@ -40,7 +40,7 @@ class PartitionConfig:
         },
     )
     feature_ratios: list[float] = field(
-        default_factory=lambda: [0.1, 1.0, 10.0],
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
         metadata={
             "help": "in a joined baseline (a+b), each feature's penalty over the first feature's (after bringing each to the same total variance): every combination is tried per cell on validation, beside each of partition.ratios"
         },

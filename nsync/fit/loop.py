@@ -340,7 +340,7 @@ def aggregate(
             mine[0].target_choice,
         )
         directions[direction].n_excluded = mine[0].n_excluded
-        directions[direction].partition = part.summarise_direction(mine, lay["target_layers"], cfg.partition.layer)
+        directions[direction].partition = part.summarise_direction(mine, lay["target_layers"], cfg.partition.layer, cfg.partition.feature_ratios)
         if all(f.time_course is not None for f in mine):
             directions[direction].time_course = tc.combine_seeds([f.time_course for f in mine if f.time_course is not None])
         if all(f.null_sync is not None for f in mine):

@@ -305,8 +305,9 @@ def join_chunks(parts: list[ChunkShares], course=None) -> dict:
     }
 
 
-def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dict:
-    """``PartitionDirection`` per baseline from one direction's fits (one per split seed)."""
+def summarise_direction(fits: list, target_layers: list[int], layer: str, feature_ratios: list[float] | None = None) -> dict:
+    """``PartitionDirection`` per baseline from one direction's fits (one per split seed); with the
+    ``feature_ratios`` grid, a warning where a joined baseline's features chose its edge in most cells."""
     from nsync.data.bands import Baseline
     from nsync.fit.results import PartitionDirection, nan_to_none
     from nsync.fit.surrogates import null_summary, p_value
@@ -342,6 +343,22 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str) -> dic
             unique_null=null_summary(null),
             time_course=None if seeds[0]["time_course"] is None else combine_seeds([s["time_course"] for s in seeds]),
         )
+    for name, d in out.items():
+        for feature, chosen in (d.baseline_feature_ratio or {}).items():
+            at = np.asarray(chosen, dtype=float)
+            at = at[np.isfinite(at)]
+            if feature_ratios and len(at):
+                for edge, word in ((min(feature_ratios), "smallest"), (max(feature_ratios), "largest")):
+                    if (at == edge).mean() > 0.5:
+                        log.warning(
+                            "in the joined baseline %s alone, %s chose the %s of partition.feature_ratios (%g) in %.0f%% of the cells: "
+                            "its best penalty may lie beyond the grid; extend partition.feature_ratios",
+                            name,
+                            feature,
+                            word,
+                            edge,
+                            100 * (at == edge).mean(),
+                        )
     for name, share in joined_shortfall({n: np.asarray(d.r2_baseline, dtype=float) for n, d in out.items()}).items():
         if share > 0.1:
             log.warning(

@@ -233,12 +233,20 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
         xs = self._sources(x)
         self._val_stats.update(xs, y.reshape(x.shape[0], -1))
         yc = y.float() - self.target_shift
-        n_sources, n_alphas = self.hparams.n_sources, len(self.alphas)
+        n_sources, n_alphas, n_targets = self.hparams.n_sources, len(self.alphas), self.hparams.n_targets
         for r, solution in self._solutions.items():
             for s in range(n_sources):
-                z = solution.rotated(xs[:, s], s)  # shared by every alpha
+                # Only the target layers that may choose this combination are predicted (the others'
+                # scores are masked when choosing); all of them without band_allowed.
+                targets = None if self._band_allowed is None else torch.nonzero(self._band_allowed[r, s]).flatten().tolist()
+                z = solution.rotated(xs[:, s], s) if targets != [] else None  # shared by every alpha
                 for a, alpha in enumerate(self.alphas):
-                    pred = solution.predict_centred(xs[:, s], alpha, s, z=z)
+                    if targets == []:
+                        pred = torch.zeros_like(yc)
+                    elif targets is None or len(targets) == n_targets:
+                        pred = solution.predict_centred(xs[:, s], alpha, s, z=z)
+                    else:
+                        pred = solution.predict_centred(xs[:, s], [alpha] * n_targets, s, z=z, targets=targets)
                     self.val_r2.update(pred.view_as(yc), yc, source=(r * n_alphas + a) * n_sources + s, centred=True)
 
     def on_validation_epoch_end(self) -> None:
