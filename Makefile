@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml
 	# llama.cpp's server for the serving-engine tests: it compiles llama.cpp (without its multimodal
 	# library, which nsync does not use); where it cannot, those tests skip and say why. Built for
 	# AVX2, not for the host's own instructions: the native build segfaulted at its first completion
-	# on a 2-core machine with AVX-512 and AMX (llama-cpp-python 0.3.36, 2026-12-05).
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e ".[llamacpp]" \
+	# on a 2-core machine with AVX-512 and AMX (llama-cpp-python 0.3.36, 2026-12-05). No pip cache:
+	# a wheel built earlier with other CMAKE_ARGS would be reused as it is.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q --no-cache-dir -e ".[llamacpp]" \
 		|| echo "llama-cpp-python not installed: the llama.cpp server tests will skip"
 	touch $@
 
