@@ -607,8 +607,8 @@ def band_scales(
     """
     if band_start is None:
         return [None]
-    starts = band_bounds(band_start, stats.column_ss().shape[1])
     var = stats.column_ss()  # [S, d] centred sums of squares
+    starts = band_bounds(band_start, var.shape[1])
     if standardised:
         var = (var > 0).to(var.dtype)
     if reference not in BAND_REFERENCES:
