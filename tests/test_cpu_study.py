@@ -61,14 +61,24 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     record = json.loads((tmp_path / "docs" / "record.json").read_text())
     assert set(record["pairs"]) == {"tiny"} and set(record["pairs"]["tiny"]["timings"]) == {"tiny/simulate", "tiny/fit"}
     drawn = {png: (tmp_path / "docs" / png).read_bytes() for png in ("controls.png", "layer_profile.png", "heatmap.png", "unique_profile.png", "time_course.png")}
+    manifest = json.loads((runs / "cache" / "manifest.json").read_text())
     shutil.rmtree(tmp_path / "runs")
-    study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args, "report_only=true"])
-    kept = (tmp_path / "docs" / "results.md").read_text()
-    assert "From `record.json`" in kept and "`only=[tiny]` runs it again" in kept
-    assert kept.split("### tiny\n\n", 1)[1].split("\n\n", 1)[1] == done.split("### tiny\n\n", 1)[1]  # the section as it was
-    assert kept.split("\n\n")[1] == done.split("\n\n")[1] and "Wall time of the study so far" in kept  # and its stage times
-    assert kept.split("### tiny")[0] == done.split("### tiny")[0]  # the same figures, drawn from the record
-    assert {png: (tmp_path / "docs" / png).read_bytes() for png in drawn} == drawn
+
+    def report_kept_the_record(says: str) -> None:
+        study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args, "report_only=true"])
+        kept = (tmp_path / "docs" / "results.md").read_text()
+        assert "From `record.json`" in kept and says in kept
+        assert kept.split("### tiny\n\n", 1)[1].split("\n\n", 1)[1] == done.split("### tiny\n\n", 1)[1]  # the section as it was
+        assert kept.split("\n\n")[1] == done.split("\n\n")[1] and "Wall time of the study so far" in kept  # and its stage times
+        assert kept.split("### tiny")[0] == done.split("### tiny")[0]  # the same figures, drawn from the record
+        assert {png: (tmp_path / "docs" / png).read_bytes() for png in drawn} == drawn
+        assert json.loads((tmp_path / "docs" / "record.json").read_text())["pairs"] == record["pairs"]
+
+    report_kept_the_record("`only=[tiny]` runs it again")
+    # a new run of the pair has begun (a cache without shards yet): the last complete run stays shown
+    (runs / "cache").mkdir(parents=True)
+    (runs / "cache" / "manifest.json").write_text(json.dumps({**manifest, "rows": {}, "complete": False}))
+    report_kept_the_record("shown until the new run under way on this machine is fitted. The new run: Simulation in progress")
 
 
 def test_unknown_pair_is_a_clear_error(tmp_path):

@@ -72,9 +72,27 @@ def test_a_joined_baseline_gives_each_feature_its_own_penalty(tmp_path):
     both, text, past = (np.array(res.directions["A->B"].partition[b].r2_baseline, dtype=float) for b in (joined, PLANTED_TEXT, "own_past"))
     assert (both >= np.fmax(text, past) - 0.005).all()
     d = res.directions["A->B"].partition[joined]
-    assert set(d.feature_ratio) == {PLANTED_TEXT, "own_past"} and set(d.baseline_feature_ratio) == {"own_past"}
+    assert set(d.feature_ratio) == {PLANTED_TEXT, "own_past", "own_past:none"}
+    assert set(d.baseline_feature_ratio) == {"own_past", "own_past:none"}
+    indicator = np.array(d.baseline_feature_ratio["own_past:none"], dtype=float)
+    assert (indicator[np.isfinite(indicator)] == 1.0).all()  # the indicator's ratio is fixed, not chosen
     assert d.ratio == d.feature_ratio[PLANTED_TEXT]
 
+
+def test_the_partners_first_utterance_is_fitted_by_its_own_past_indicator(tmp_path):
+    """Both agents' first states lie apart (a conversation's start), the text does not say so and
+    the states have a residual stream's scale and width: the own past's indicator, a band of its
+    own, fits the partner's first utterance, so nothing is left to the source beyond the text and
+    the own past. (In the state's band the large penalty shrank it away, and the source's opening
+    offset made up a unique share of 0.007 [0.002, 0.011]; on the Gemma self pair's cache, beyond
+    the own past alone, 1.83 at the opening utterance and 0.124 pooled, against 0.107 and 0.038.)"""
+    cache, truth = write_partition_cache(tmp_path / "c", private=0.0, opening=3.0, state_scale=300.0, hidden=48, own_past=0.3, noise=2.0)
+    assert truth == 0.0
+    joined = f"{PLANTED_TEXT}+own_past"
+    res = _fit(cache, tmp_path / "fit", f"partition.baselines=[{joined}]", "surrogates.n=0", "bootstrap=100", "affine.alphas=[1,100,1e4,1e6,1e8,1e10]")
+    p = res.partition[joined]
+    lo, hi = p.ci95["unique"]
+    assert lo <= 0.001 and abs(p.values["unique"]) < 0.003, (p.values, p.ci95["unique"])
 
 def test_observer_partition_matches_the_analytic_shares(tmp_path):
     """Observer rows are sqrt(w) x + noise: of the planted R² 0.5 the observer shares w * 0.5 and the
@@ -106,7 +124,8 @@ def test_band_reader_aligns_observer_rows_and_the_partners_own_past(tmp_path):
     # joined features keep their columns as read, side by side; where the second begins is given
     # (each is a band of its own in the ridge fits)
     joined = reader.read(Baseline.parse("observer+own_past"), dm.source_layers)
-    assert joined.starts == [observer[0].shape[1]]
+    width = observer[0].shape[1]
+    assert joined.starts == [width, width + past[0].shape[1] - 1] and joined.fixed == (False, True)  # the indicator: a band of its own
     for i in range(len(dm.source_layers)):
         np.testing.assert_array_equal(joined.per_source[i].numpy(), np.concatenate([observer[i], past[i]], 1))
     # a band that does not depend on the source layer is one tensor for all of them

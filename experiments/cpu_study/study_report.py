@@ -49,9 +49,10 @@ class Report:
     def pair_section(self, name: str, pair: PairConfig) -> tuple[list[str], dict, dict | None]:
         """The pair's markdown (cache, then one block per view), per view with fits the numbers its
         plots need, and the pair's record entry (None unless its cache is complete and every view
-        fitted). A pair with no cache here comes from the record when it has one."""
-        if not (self.out / name / "cache" / "manifest.json").is_file() and name in self.record["pairs"]:
-            kept = self.record["pairs"][name]
+        fitted). A pair not complete here (no cache, or a run under way) shows its record when it has
+        one: tables and plots keep its last complete run until a new one is done."""
+        kept = self.record["pairs"].get(name)
+        if not (self.out / name / "cache" / "manifest.json").is_file() and kept is not None:
             note = (f"From `{RECORD}` (written {kept['written']}): this machine holds neither the pair's cache nor its fits; "
                     f"`only=[{name}]` runs it again.")
             return [f"### {name}", "", note, "", *kept["section"]], kept["views"], kept
@@ -59,27 +60,26 @@ class Report:
         found: dict = {}
         simulated, has_data, simulation_done = self._simulation_line(name, pair)
         lines.append(simulated)
-        if not has_data:
-            return lines + [""], found, None
-        unfitted = False
-        for source, target, _ in views(pair.models):
-            view_lines, view = self.view_section(name, pair, source, target)
-            lines += view_lines
-            if view is None:
-                unfitted = True
-            else:
-                found[f"{source} -> {target}"] = view
+        unfitted = not has_data
+        if has_data:
+            for source, target, _ in views(pair.models):
+                view_lines, view = self.view_section(name, pair, source, target)
+                lines += view_lines
+                if view is None:
+                    unfitted = True
+                else:
+                    found[f"{source} -> {target}"] = view
         lines.append("")
-        entry = None
         if simulation_done and not unfitted:
             entry = {"written": time.strftime("%Y-%m-%d"), "section": lines[2:],
                      "views": {label: {k: v for k, v in view.items() if k != "heatmap"} for label, view in found.items()},
                      "timings": {k: v for k, v in self.timings.items() if k.startswith(f"{name}/")}}
-        elif name in self.record["pairs"]:  # running again: its last complete run stays readable until this one is done
-            kept = self.record["pairs"][name]
-            lines += [f"The last complete run of this pair (from `{RECORD}`, written {kept['written']}; not in the plots "
-                      "above, and read with the caveats on the study's page):", "", *kept["section"]]
-        return lines, found, entry
+            return lines, found, entry
+        if kept is not None:
+            note = (f"From `{RECORD}` (written {kept['written']}): the pair's last complete run, shown until the new run under "
+                    f"way on this machine is fitted. The new run: {simulated}")
+            return [f"### {name}", "", note, "", *kept["section"]], kept["views"], kept
+        return lines, found, None
 
     def _simulation_line(self, name: str, pair: PairConfig) -> tuple[str, bool, bool]:
         """What the pair's cache holds, whether it holds anything to fit and whether it is complete."""
@@ -179,14 +179,17 @@ class Report:
             return []
         step = result.config["data"]["source_layer_step"]
         layers = "every source layer" if step == 1 else f"every {step}{ {2: 'nd', 3: 'rd'}.get(step, 'th')} source layer from the embeddings"
-        lines = ["", f"Variance partition (chosen alpha, {layers}; p: surrogate pseudo-dyads; SyncR² of this fit "
-                 f"{_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}):", "",
-                 "| beyond | unique SyncR² [95% CI] | p | null median / 95th pct | shared | baseline alone | source and baseline |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["", f"Variance partition (chosen alpha, {layers}; SyncR² of this fit {_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}). "
+                 "p and the null: the unique share of speakers re-paired from other episodes at the same utterance index "
+                 "(surrogate pseudo-dyads); above the null: the unique share less the null's median, what this speaker "
+                 "adds beyond what any speaker at that point of a conversation adds:", "",
+                 "| beyond | unique SyncR² [95% CI] | p | null median / 95th pct | above the null | shared | baseline alone | source and baseline |",
+                 "|---|---|---|---|---|---|---|---|"]
         for name, p in result.partition.items():
             v, null = p.values, p.unique_null or {}
+            above = v["unique"] - null["median"] if v.get("unique") is not None and null.get("median") is not None else None
             lines.append(f"| {name} | {_f(v['unique'])} {_ci(*(p.ci95.get('unique') or (None, None)))} | {_f(p.unique_p_value)} | "
-                         f"{_f(null.get('median'))} / {_f(null.get('p95'))} | {_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
+                         f"{_f(null.get('median'))} / {_f(null.get('p95'))} | {_f(above)} | {_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
         return lines
 
     def _partition_numbers(self, folder: Path) -> dict:
@@ -289,8 +292,6 @@ class Report:
             timings.update(entry["timings"] if recorded else {k: v for k, v in self.timings.items() if k.startswith(f"{pair.name}/")})
             if entry is not None:
                 pairs[pair.name] = entry
-            elif pair.name in self.record["pairs"]:  # a pair running again keeps its last complete record until it is done
-                pairs[pair.name] = self.record["pairs"][pair.name]
         wall = sum(timings.values())
         stages = ", ".join(f"{k} {v / 60:.0f} min" for k, v in timings.items())
         head = ["<!-- written by experiments/cpu_study/study.py; do not edit by hand -->", "",

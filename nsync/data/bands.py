@@ -9,7 +9,10 @@ speaker's state; the fit compares the source alone, the baseline alone and both 
 - ``own_past``: the target agent's own previous state, before its utterance preceding the
   target (the Granger question: does the speaker's state add to what the partner's own past
   predicts?). Where the target agent has not spoken before, the row gets the training mean and
-  an indicator column says so.
+  an indicator column says so, a band of its own (``own_past:none``) at a fixed penalty ratio:
+  brought to the baseline's total variance, one column is in effect unpenalised (a mean of its
+  own for those rows, like the intercept). In the state's band, the large penalties a residual
+  stream chooses shrank it away, and the baseline missed where opening utterances lie.
 - ``context``: the conversation's shape at the target (utterance index one-hot, prompt length,
   the last two replies' lengths), as ``data.remove_context`` uses it.
 - ``text:EMBEDDER`` or any re-read model name (``smollm2-135m@untrained``): the states that
@@ -38,6 +41,9 @@ from nsync.errors import NsyncError
 #: Features with fixed meaning; any other name is a re-read model of the cache (``text:...``, ``M@untrained``).
 NAMED_FEATURES = ("observer", "own_past", "context")
 
+#: Bands a feature adds beside its states, each at a fixed penalty ratio (not chosen on validation).
+INDICATOR_BANDS = {"own_past": "own_past:none"}
+
 
 @dataclass(frozen=True)
 class Baseline:
@@ -45,10 +51,22 @@ class Baseline:
 
     >>> Baseline.parse("observer+text:all-minilm-l6-v2").features
     ('observer', 'text:all-minilm-l6-v2')
+    >>> Baseline.parse("own_past+observer").bands
+    ('own_past', 'own_past:none', 'observer')
     """
 
     name: str
     features: tuple[str, ...]
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """The ridge bands of its features side by side: each feature's states, an indicator band beside them where it has one."""
+        return tuple(b for f in self.features for b in (f, *([INDICATOR_BANDS[f]] if f in INDICATOR_BANDS else [])))
+
+    @property
+    def fixed(self) -> tuple[bool, ...]:
+        """Per band after the first: whether its penalty ratio is fixed (an indicator band)."""
+        return tuple(b in INDICATOR_BANDS.values() for b in self.bands[1:])
 
     @classmethod
     def parse(cls, name: str) -> Baseline:
@@ -85,11 +103,13 @@ def layer_at_depth(source_layer: int, n_source_layers: int, n_layers: int) -> in
 @dataclass
 class BaselineFeatures:
     """A baseline's features for every pair: one ``[pairs, k]`` float32 tensor per source layer
-    (the same tensor object for every source layer when no feature depends on it), its features
-    side by side; ``starts`` are the columns where each feature after the first begins."""
+    (the same tensor object for every source layer when no feature depends on it), its bands
+    (:attr:`Baseline.bands`) side by side; ``starts`` are the columns where each band after the
+    first begins, ``fixed`` whether its penalty ratio is fixed (:attr:`Baseline.fixed`)."""
 
     per_source: list[torch.Tensor]
     starts: list[int]
+    fixed: tuple[bool, ...] = ()
 
 
 class BandReader:
@@ -111,12 +131,11 @@ class BandReader:
 
     def read(self, baseline: Baseline, source_layers: list[int]) -> BaselineFeatures:
         if not self.depends_on_source_layer(baseline):  # one tensor serves every source layer
-            parts = [self._feature(f, source_layers[:1])[0] for f in baseline.features]
-            one = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-            return BaselineFeatures([one] * len(source_layers), _starts(parts))
-        layered = [self._feature(f, source_layers) for f in baseline.features]
-        per_source = [torch.cat([p[i] for p in layered], 1) if len(layered) > 1 else layered[0][i] for i in range(len(source_layers))]
-        return BaselineFeatures(per_source, _starts([p[0] for p in layered]))
+            parts = [band for f in baseline.features for band in self._feature(f, source_layers[:1])[0]]
+            return BaselineFeatures([_side_by_side(parts)] * len(source_layers), _starts(parts), baseline.fixed)
+        layered = [self._feature(f, source_layers) for f in baseline.features]  # [feature][source layer][band]
+        per_source = [_side_by_side([band for f in layered for band in f[i]]) for i in range(len(source_layers))]
+        return BaselineFeatures(per_source, _starts([band for f in layered for band in f[0]]), baseline.fixed)
 
     def depends_on_source_layer(self, baseline: Baseline) -> bool:
         return self.layer == "same" and any(
@@ -159,18 +178,22 @@ class BandReader:
             )
         return rows["row"].to_numpy()[found]
 
-    def _feature(self, feature: str, source_layers: list[int]) -> list[torch.Tensor]:
-        if feature == "observer":
-            return self._states(self.source_model, "observer", self._aligned_rows(self.source_model, "observer"), source_layers)
+    def _feature(self, feature: str, source_layers: list[int]) -> list[list[torch.Tensor]]:
+        """Per source layer the feature's bands (``[pairs, k]`` each; own_past: its state and its indicator)."""
         if feature == "own_past":
             return self._own_past(source_layers)
-        if feature == "context":
+        if feature == "observer":
+            states = self._states(self.source_model, "observer", self._aligned_rows(self.source_model, "observer"), source_layers)
+        elif feature == "context":
             features = context_features(self.cache.turns, self.target_model, self.target_condition, self.pairs["target_row"].to_numpy())
-            x = torch.from_numpy(design(features, self.fit_rows)[:, 1:].astype(np.float32))  # the probe has its own intercept
-            return [x] * len(source_layers)
-        return self._states(feature, "teacher_forced", self._aligned_rows(feature, "teacher_forced"), source_layers)
+            states = [torch.from_numpy(design(features, self.fit_rows)[:, 1:].astype(np.float32))] * len(
+                source_layers
+            )  # the probe has its own intercept
+        else:
+            states = self._states(feature, "teacher_forced", self._aligned_rows(feature, "teacher_forced"), source_layers)
+        return [[x] for x in states]
 
-    def _own_past(self, source_layers: list[int]) -> list[torch.Tensor]:
+    def _own_past(self, source_layers: list[int]) -> list[list[torch.Tensor]]:
         turns = self.cache.turns
         spoken = turns[(turns["model"] == self.target_model) & (turns["condition"] == "interactive")]
         p = self.pairs
@@ -178,9 +201,13 @@ class BandReader:
         missing = found < 0
         rows = np.where(missing, -1, spoken["row"].to_numpy()[np.where(missing, 0, found)])
         indicator = torch.from_numpy(missing.astype(np.float32))[:, None]
-        return [torch.cat([x, indicator], 1) for x in self._states(self.target_model, "interactive", rows, source_layers, missing)]
+        return [[x, indicator] for x in self._states(self.target_model, "interactive", rows, source_layers, missing)]
+
+
+def _side_by_side(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
 def _starts(parts: list[torch.Tensor]) -> list[int]:
-    """Columns where each feature after the first begins, the features side by side."""
+    """Columns where each band after the first begins, the bands side by side."""
     return np.cumsum([p.shape[1] for p in parts])[:-1].tolist()

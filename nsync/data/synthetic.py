@@ -306,6 +306,8 @@ def write_partition_cache(
     seed: int = 0,
     model: str = "synthetic",
     text_scale: float = 1.0,
+    opening: float = 0.0,
+    state_scale: float = 1.0,
 ) -> tuple[Path, float]:
     """A two-agent cache for variance partitioning with a known answer, written through the
     public cache writer; returns its path and the population unique share of ``A->B`` beyond
@@ -319,7 +321,10 @@ def write_partition_cache(
     rotation of the state. Beyond ``[text, own_past]`` only the private part is the source's own:
     its population share is ``private² / mean Var(target)`` (0 with ``private=0``). The text states
     are written times ``text_scale`` (a sentence embedding of norm 1 beside a model's residual
-    stream: the same information at another scale).
+    stream: the same information at another scale). ``opening`` adds that much to every dimension
+    of the speaker's first state and of the partner's first (the one without an own past): both
+    agents know a conversation's start, the text does not; only the partner's own past says it
+    (its indicator). ``state_scale`` multiplies every agent state (a residual stream's norms).
     """
     rng = np.random.default_rng(seed)
     rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(2)]
@@ -331,22 +336,23 @@ def write_partition_cache(
             tau = rng.normal(size=hidden)
             if t % 2 == 0:
                 pi = rng.normal(size=hidden)
-                state, last = tau + pi, (tau, pi)
+                state, last = tau + pi + (opening if t == 0 else 0.0), (tau, pi)
             else:
                 state = text * last[0] + private * last[1] + noise * rng.normal(size=hidden)
-                state = state + (own_past * before if before is not None else 0.0)
+                state = state + (own_past * before if before is not None else opening)
                 before = state
             row = _synthetic_row(e, e % 10, cast, t, 0, model, 2)
             rows.append(row)
-            interactive.append(state)
+            interactive.append(state_scale * state)
             tf_rows.append(row | dict(model=PLANTED_TEXT, partner_model=PLANTED_TEXT, condition="teacher_forced"))
             texts.append(tau)
     info = ModelInfo(model, "synthetic:partition", None, 1, hidden)
     identity = dict(
         kind="partition", text=text, private=private, own_past=own_past, noise=noise, n_episodes=n_episodes, turns=turns, hidden=hidden, seed=seed
     )
-    if text_scale != 1.0:  # older caches keep their identity
-        identity["text_scale"] = text_scale
+    for key, value, default in (("text_scale", text_scale, 1.0), ("opening", opening, 0.0), ("state_scale", state_scale, 1.0)):
+        if value != default:  # older caches keep their identity
+            identity[key] = value
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
     layers = np.stack([np.stack(interactive) @ r.T for r in rotations], 1).astype(np.float32)
     writer.write_shard(rows, {(model, "interactive"): layers})
@@ -354,9 +360,13 @@ def write_partition_cache(
     text_info = ModelInfo(PLANTED_TEXT, "synthetic:text", None, 0, hidden, ["mean_pool"], derived={"kind": "text"})
     extend = CacheWriter.extend(path, [text_info])
     extend.write_shard(tf_rows, {(PLANTED_TEXT, "teacher_forced"): (text_scale * np.stack(texts))[:, None].astype(np.float32)})
-    # Var of agent 1's state at its k-th utterance: text² + private² + noise² + own_past² Var at the (k-1)-th.
-    variances, v = [], 0.0
+    # Var of agent 1's state at its k-th utterance: text² + private² + noise² + own_past² Var at the
+    # (k-1)-th; its mean: the opening, carried on by the own past. The pooled variance adds how far
+    # the utterances' means lie apart.
+    variances, means, v, m = [], [], 0.0, 0.0
     for k in range(turns // 2):
         v = text**2 + private**2 + noise**2 + (own_past**2 * v if k else 0.0)
+        m = own_past * m if k else opening
         variances.append(v)
-    return Path(path), private**2 / float(np.mean(variances))
+        means.append(m)
+    return Path(path), private**2 / float(np.mean(variances) + np.var(means))

@@ -210,6 +210,11 @@ UNIQUE_NULL_METHOD = 3
 #: 1: as read, where a small-scale feature beside a large one was shrunk to nothing.
 JOINED_BASELINE_METHOD = 3
 
+#: How the own-past baseline holds its indicator of rows whose partner has not spoken before, part
+#: of the fingerprint of fits with own_past. 2: a band of its own at a fixed penalty ratio; 1: in
+#: the state's band, where the penalties of a residual stream shrank it away.
+OWN_PAST_METHOD = 2
+
 
 def fingerprint(cfg: FitConfig) -> str:
     """A hash of what a fit measures: its config (less :data:`RUN_ONLY_KEYS`), the results schema
@@ -230,4 +235,6 @@ def fingerprint(cfg: FitConfig) -> str:
         measured["unique_null"] = UNIQUE_NULL_METHOD
     if joined:
         measured["joined_baseline"] = JOINED_BASELINE_METHOD
+    if any("own_past" in (f.strip() for f in name.split("+")) for name in cfg.partition.baselines):
+        measured["own_past"] = OWN_PAST_METHOD
     return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]

@@ -213,6 +213,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
                     chunk,
                     [features.per_source[s] for s in chunk],
                     features.starts,
+                    features.fixed,
                     res,
                     fit,
                     replicate_r2,

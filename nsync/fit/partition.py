@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,20 +61,29 @@ class ChunkShares:
     baseline_ratio: np.ndarray | None = None  # [chunk, targets, features - 1] the baseline alone's penalty of each later feature over the first's
 
 
-def baseline_bands(cfg: PartitionConfig, feature_starts: list[int]) -> Bands | None:
-    """Banded ridge for a baseline alone (``None`` for one feature: plain ridge): every feature
-    brought to the largest one's total variance, each later feature at each of
-    ``cfg.feature_ratios`` of the first one's penalty (whose own is the alpha).
+#: The penalty ratio of a band whose ratio is fixed (an indicator, ``nsync.data.bands.INDICATOR_BANDS``):
+#: brought to the largest band's total variance, one column is then in effect unpenalised.
+FIXED_BAND_RATIO = 1.0
+
+
+def baseline_bands(cfg: PartitionConfig, feature_starts: list[int], fixed: Sequence[bool] = ()) -> Bands | None:
+    """Banded ridge for a baseline alone (``None`` for one band: plain ridge): every band
+    brought to the largest one's total variance, each later band at each of
+    ``cfg.feature_ratios`` of the first one's penalty (whose own is the alpha), or at
+    :data:`FIXED_BAND_RATIO` where ``fixed`` says so.
 
     >>> baseline_bands(PartitionConfig(feature_ratios=[0.1, 1.0]), [4, 7]).ratios
     [(0.1, 0.1), (0.1, 1.0), (1.0, 0.1), (1.0, 1.0)]
+    >>> baseline_bands(PartitionConfig(feature_ratios=[0.1, 10.0]), [4, 5], fixed=(False, True)).ratios
+    [(0.1, 1.0), (10.0, 1.0)]
     """
     if not feature_starts:
         return None
     from nsync.probes.ridge import Bands
 
-    later = list(itertools.product([float(q) for q in cfg.feature_ratios], repeat=len(feature_starts)))
-    return Bands(list(feature_starts), later, reference="largest")
+    grid = tuple(float(q) for q in cfg.feature_ratios)
+    options = [(FIXED_BAND_RATIO,) if f else grid for f in (tuple(fixed) or (False,) * len(feature_starts))]
+    return Bands(list(feature_starts), list(itertools.product(*options)), reference="largest")
 
 
 def joint_bands(cfg: PartitionConfig, d_in: int, feature_starts: list[int], baseline_ratio: np.ndarray | None) -> Bands:
@@ -138,6 +148,7 @@ def fit_chunk_shares(
     chunk: list[int],
     bands: list[torch.Tensor],
     feature_starts: list[int],
+    fixed: Sequence[bool],
     source_res: ProbeResults,
     fit_probe,
     replicate_r2,
@@ -149,8 +160,8 @@ def fit_chunk_shares(
     course=None,
 ) -> ChunkShares:
     """The baseline-alone and joint fits for the source layers ``chunk`` of ``dm`` and one baseline
-    (``bands``: its features per source layer of the chunk, each feature after the first beginning
-    at a column of ``feature_starts``), scored against the source-alone
+    (``bands``: its features per source layer of the chunk, each band after the first beginning
+    at a column of ``feature_starts``, ``fixed`` where its penalty ratio is fixed), scored against the source-alone
     results ``source_res`` of the same chunk. ``fit_probe(view)`` fits and tests an affine probe on
     a data module view; ``baseline_cache`` keeps a baseline-alone fit that does not depend on the
     source layer, so it is fitted once per direction. With surrogate re-pairings ``perms`` of the
@@ -166,7 +177,7 @@ def fit_chunk_shares(
         base_probe = baseline_cache[key]
     else:
         base_x = bands[0][:, None] if shared_band else torch.stack(bands, 1)
-        base_probe = fit_probe(dm.with_source_data(base_x, baseline_bands(cfg.partition, feature_starts)))
+        base_probe = fit_probe(dm.with_source_data(base_x, baseline_bands(cfg.partition, feature_starts, fixed)))
         if shared_band:
             baseline_cache[key] = base_probe
     base = _results(base_probe.results, 1 if shared_band else len(chunk), n_tgt)
@@ -308,7 +319,7 @@ def join_chunks(parts: list[ChunkShares], course=None) -> dict:
 def summarise_direction(fits: list, target_layers: list[int], layer: str, feature_ratios: list[float] | None = None) -> dict:
     """``PartitionDirection`` per baseline from one direction's fits (one per split seed); with the
     ``feature_ratios`` grid, a warning where a joined baseline's features chose its edge in most cells."""
-    from nsync.data.bands import Baseline
+    from nsync.data.bands import INDICATOR_BANDS, Baseline
     from nsync.fit.results import PartitionDirection, nan_to_none
     from nsync.fit.surrogates import null_summary, p_value
     from nsync.fit.timecourse import combine_seeds
@@ -316,7 +327,8 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str, featur
     out = {}
     for name in fits[0].partition:
         seeds = [f.partition[name] for f in fits]
-        features = Baseline.parse(name).features
+        baseline = Baseline.parse(name)
+        features = baseline.bands
         null = None if seeds[0]["null_unique"] is None else np.mean([s["null_unique"] for s in seeds], 0)
         base = np.mean([s["r2_baseline"] for s in seeds], 0)
         joint = np.mean([s["r2_joint"] for s in seeds], 0)
@@ -345,6 +357,8 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str, featur
         )
     for name, d in out.items():
         for feature, chosen in (d.baseline_feature_ratio or {}).items():
+            if feature in INDICATOR_BANDS.values():  # a fixed ratio, not chosen
+                continue
             at = np.asarray(chosen, dtype=float)
             at = at[np.isfinite(at)]
             if feature_ratios and len(at):

@@ -165,11 +165,12 @@ class PartitionDirection(BaseModel):
         description="per split seed and cell: the chosen penalty ratio of the joint fit's baseline over the source's (a joined baseline's first feature; 0: the baseline alone validated better)"
     )
     feature_ratio: Optional[dict[str, list[Matrix]]] = Field(
-        None, description="joined baselines: feature -> per split seed and cell its chosen penalty ratio over the source's in the joint fit"
+        None,
+        description="baselines of several bands (joined features; own_past with its indicator band own_past:none): band -> per split seed and cell its chosen penalty ratio over the source's in the joint fit",
     )
     baseline_feature_ratio: Optional[dict[str, list[Matrix]]] = Field(
         None,
-        description="joined baselines: each feature after the first -> per split seed and cell its penalty over the first's in the baseline-alone fit",
+        description="baselines of several bands: each band after the first -> per split seed and cell its penalty over the first's in the baseline-alone fit",
     )
     chosen_target_layer: list[list[Optional[int]]] = Field(
         description="per split seed and source layer: the target layer of the unique share (best validation unique share)"
@@ -180,7 +181,7 @@ class PartitionDirection(BaseModel):
     per_seed: dict[str, list[Optional[float]]] = Field(description="quantity -> per split seed its mean over source layers")
     values: dict[str, Optional[float]] = Field(description="quantity -> mean over split seeds (unique: the unique SyncR² of this direction)")
     unique_p_value: Optional[float] = Field(None, description="permutation p-value of the unique SyncR² (surrogates)")
-    unique_null: Optional[dict[str, float]] = Field(None, description="the unique SyncR²'s surrogate null: median, p95 (95th percentile), n")
+    unique_null: Optional[dict[str, float | int]] = Field(None, description="the unique SyncR²'s surrogate null: median, p95 (95th percentile), n")
     time_course: Optional[TimeCourseResult] = Field(None, description="the unique share by source utterance index")
 
 
@@ -198,7 +199,7 @@ class PartitionSummary(BaseModel):
     unique_p_value: Optional[float] = Field(
         None, description="permutation p-value of the unique SyncR²: the source's part of the joint prediction re-paired (surrogates)"
     )
-    unique_null: Optional[dict[str, float]] = Field(None, description="the unique SyncR²'s surrogate null: median, p95 (95th percentile), n")
+    unique_null: Optional[dict[str, float | int]] = Field(None, description="the unique SyncR²'s surrogate null: median, p95 (95th percentile), n")
 
 
 class BootstrapInfo(BaseModel):
@@ -253,7 +254,7 @@ class FitResult(BaseModel):
     )
     partition: dict[str, PartitionSummary] = Field(default_factory=dict, description="baseline -> the source's unique and shared shares beside it")
     sync_r2_p_value: Optional[float] = Field(None, description="permutation p-value of SyncR² against surrogate re-pairings of the test rows")
-    sync_r2_null: Optional[dict[str, float]] = Field(None, description="SyncR²'s surrogate null: median, p95 (95th percentile), n")
+    sync_r2_null: Optional[dict[str, float | int]] = Field(None, description="SyncR²'s surrogate null: median, p95 (95th percentile), n")
     surrogates: Optional[dict[str, Any]] = Field(None, description="{'n', 'kind'} of the surrogates behind the p-values")
     bootstrap: Optional[BootstrapInfo] = None
     reply_flags: Optional[dict[str, Any]] = Field(
