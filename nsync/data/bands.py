@@ -186,9 +186,8 @@ class BandReader:
             states = self._states(self.source_model, "observer", self._aligned_rows(self.source_model, "observer"), source_layers)
         elif feature == "context":
             features = context_features(self.cache.turns, self.target_model, self.target_condition, self.pairs["target_row"].to_numpy())
-            states = [torch.from_numpy(design(features, self.fit_rows)[:, 1:].astype(np.float32))] * len(
-                source_layers
-            )  # the probe has its own intercept
+            x = torch.from_numpy(design(features, self.fit_rows)[:, 1:].astype(np.float32))  # the probe has its own intercept
+            states = [x] * len(source_layers)
         else:
             states = self._states(feature, "teacher_forced", self._aligned_rows(feature, "teacher_forced"), source_layers)
         return [[x] for x in states]

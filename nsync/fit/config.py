@@ -221,6 +221,7 @@ def fingerprint(cfg: FitConfig) -> str:
     and the content of its cache (manifest and shards), so a stored ``results.json`` is reused
     only for the same fit of the same data."""
     from nsync.cache import ActivationCache
+    from nsync.data.bands import Baseline
     from nsync.fit.results import SCHEMA_VERSION
 
     d = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
@@ -235,6 +236,6 @@ def fingerprint(cfg: FitConfig) -> str:
         measured["unique_null"] = UNIQUE_NULL_METHOD
     if joined:
         measured["joined_baseline"] = JOINED_BASELINE_METHOD
-    if any("own_past" in (f.strip() for f in name.split("+")) for name in cfg.partition.baselines):
+    if any("own_past" in Baseline.parse(name).features for name in cfg.partition.baselines):
         measured["own_past"] = OWN_PAST_METHOD
     return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
