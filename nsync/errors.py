@@ -32,18 +32,40 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
 
 #: The conditions already warned about in the current run (None outside one: warn every time).
 _WARNED: ContextVar[set[Hashable] | None] = ContextVar("nsync_warned", default=None)
+#: Per condition of :func:`warn_share` in the current run: [logger, hits, total, share, message, fields].
+_TALLIES: ContextVar[dict[Hashable, list] | None] = ContextVar("nsync_tallies", default=None)
 
 
 @contextlib.contextmanager
 def warnings_once_per_run() -> Iterator[None]:
     """Within the block (a fit run), :func:`warn_once` gives each distinct condition once: a fit
-    meets the same condition in every chunk of source layers, split seed and direction. The state
-    lives only as long as the block, so nothing carries over from one run to the next."""
-    token = _WARNED.set(set())
+    meets the same condition in every chunk of source layers, split seed and direction; and
+    :func:`warn_share` counts over all of them, warning at the block's end. The state lives only
+    as long as the block, so nothing carries over from one run to the next."""
+    token, tally_token = _WARNED.set(set()), _TALLIES.set({})
     try:
         yield
+        for logger, hits, total, share, message, fields in (_TALLIES.get() or {}).values():
+            if total and hits / total > share:
+                logger.warning(message, fields | {"percent": 100 * hits / total})
     finally:
         _WARNED.reset(token)
+        _TALLIES.reset(tally_token)
+
+
+def warn_share(logger: logging.Logger, key: Hashable, hits: int, total: int, share: float, message: str, fields: dict) -> None:
+    """Warn with ``message % (fields | {"percent": ...})`` when a condition holds in more than
+    ``share`` of ``total`` cells: in a :func:`warnings_once_per_run` block once, at its end, over
+    every call in it (a fit's chunks of source layers, seeds and directions: one chunk alone may be
+    a single layer); outside one, at once for this call's cells."""
+    tallies = _TALLIES.get()
+    if tallies is None:
+        if total and hits / total > share:
+            logger.warning(message, fields | {"percent": 100 * hits / total})
+        return
+    entry = tallies.setdefault(key, [logger, 0, 0, share, message, fields])
+    entry[1] += hits
+    entry[2] += total
 
 
 def warn_once(logger: logging.Logger, key: Hashable, message: str, *args: object, level: int = logging.WARNING) -> None:

@@ -76,6 +76,55 @@ def test_resume_knows_done_runs_and_drops_temp_leftovers(tmp_path):
     assert not (tmp_path / "c" / "shards" / ".tmp-0-crashed").exists()
 
 
+def test_a_run_is_written_once_and_a_doubled_cache_is_refused_on_reading(tmp_path):
+    w = _writer(tmp_path / "c", dtype="float32")
+    w.write_shard(_rows("e1|o0|s0", 2), {("m", "interactive"): np.zeros((2, 4, 8))})
+    w.write_shard(_rows("e1|o0|s0", 2, "observer"), {("m", "observer"): np.zeros((2, 4, 8))})  # another condition: fine
+    for writer in (w, _writer(tmp_path / "c")):  # the same writer, and one reopened on the folder
+        with pytest.raises(NsyncError, match=r"already holds 1 of these runs' rows \(e.g. run e1\|o0\|s0, m/interactive\)"):
+            writer.write_shard(_rows("e1|o0|s0", 2) + _rows("e2|o0|s0", 2), {("m", "interactive"): np.zeros((4, 4, 8))})
+    assert _writer(tmp_path / "c").done_runs("m", "observer") == {"e1|o0|s0"}
+    assert len(ActivationCache.open(tmp_path / "c").turns) == 4
+    # A cache doubled by a writer that did not yet refuse: its second shard copied by hand.
+    shards = tmp_path / "c" / "shards"
+    first = sorted(shards.iterdir())[0]
+    (shards / "r0-00009").mkdir()
+    (shards / "r0-00009" / "turns.parquet").write_bytes((first / "turns.parquet").read_bytes())
+    with pytest.raises(NsyncError, match=r"holds 2 rows twice \(e.g. run e1\|o0\|s0, utterance 0, m/interactive\); write it again"):
+        ActivationCache.open(tmp_path / "c").turns
+
+
+def test_planted_cache_writers_run_twice_into_one_folder_write_nothing_twice(tmp_path):
+    from nsync.data.synthetic import write_partition_cache, write_synthetic_cache
+
+    for write in (
+        lambda: write_synthetic_cache(tmp_path / "s", n_episodes=6, turns=4, observer_share=0.5, shard_rows=10),
+        lambda: write_partition_cache(tmp_path / "p", n_episodes=6)[0],
+    ):
+        first = ActivationCache.open(write()).turns
+        again = ActivationCache.open(write()).turns
+        pd.testing.assert_frame_equal(first, again)
+    # A crash after the first of several shards: the rest is written, nothing twice.
+    shards = sorted((tmp_path / "s" / "shards").iterdir())
+    cut = tmp_path / "cut"
+    (cut / "shards").mkdir(parents=True)
+    (cut / "manifest.json").write_text((tmp_path / "s" / "manifest.json").read_text())
+    merged = ActivationCache.open(tmp_path / "s")
+    keep = merged.turns[merged.turns["run_id"] == merged.turns["run_id"].iloc[0]]
+    w = CacheWriter(cut, config={}, identity=merged.manifest["identity"], models=[ModelInfo(**merged.manifest["models"]["synthetic"])], dtype="float32")
+    w.write_shard(keep.drop(columns="row").to_dict("records"), {
+        ("synthetic", c): np.stack([merged.states("synthetic", layer, c)[keep[keep["condition"] == c]["row"]] for layer in range(3)], 1)
+        for c in ("interactive", "observer")
+    })
+    resumed = ActivationCache.open(write_synthetic_cache(cut, n_episodes=6, turns=4, observer_share=0.5, shard_rows=10))
+    key = ["run_id", "utterance", "condition"]
+    a, b = merged.turns.sort_values(key).reset_index(drop=True), resumed.turns.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns="row"), b.drop(columns="row"))
+    for c in ("interactive", "observer"):
+        np.testing.assert_array_equal(merged.states("synthetic", 2, c)[a[a.condition == c]["row"]], resumed.states("synthetic", 2, c)[b[b.condition == c]["row"]])
+    assert len(shards) == 1  # the first folder's shards were merged
+
+
 def test_nan_names_run_utterance_and_layer(tmp_path):
     w = _writer(tmp_path / "c", dtype="float32")
     states = np.zeros((2, 4, 8))

@@ -159,23 +159,36 @@ def test_affine_probe_over_several_source_layers_matches_sklearn_per_cell():
 
 def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog):
     """States on a large scale (Gemma 3's reach ~3e4) need far larger alphas: when the grid's
-    largest value wins most cells, the grid is too short and the fit says so."""
+    largest value wins most cells, the grid is too short and the fit says so, counting over the
+    whole run (one chunk may be a single layer: the embedding layer alone at the edge is no sign)."""
     from nsync.probes import ridge
 
+    grid = [1.0, 10.0, 100.0]
     rising = torch.arange(3.0)[:, None, None].expand(3, 2, 4)  # validation R² rises with alpha in every cell
+    interior = torch.tensor([0.0, 1.0, 0.5])[:, None, None].expand(3, 2, 4)
     with caplog.at_level("WARNING", logger=ridge.log.name):
         with warnings_once_per_run():
-            ridge.choose_alpha(rising, [1.0, 10.0, 100.0])
-            ridge.choose_alpha(-rising, [1.0, 10.0, 100.0])
-            ridge.choose_alpha(rising, [1.0, 10.0, 100.0])  # once per run
-        with warnings_once_per_run():  # the next run says it again
-            ridge.choose_alpha(rising, [1.0, 10.0, 100.0])
-    assert [r.getMessage().split(")")[0] for r in caplog.records] == [
-        "the alpha grid's largest value (100", "the alpha grid's smallest value (1", "the alpha grid's largest value (100"]
-    caplog.clear()
-    interior = torch.tensor([0.0, 1.0, 0.5])[:, None, None].expand(3, 2, 4)
-    ridge.choose_alpha(interior, [1.0, 10.0, 100.0])
-    assert not caplog.records
+            ridge.choose_alpha(rising, grid)
+            ridge.choose_alpha(-rising, grid)
+            ridge.choose_alpha(rising, grid)
+            assert not caplog.records  # said at the run's end, over all its cells
+        assert [r.getMessage() for r in caplog.records] == [
+            "the alpha grid's largest value (100) was chosen in 67% of the cells: the best alpha may lie beyond the grid; "
+            "extend affine.alphas upward (or set affine.scale=true)",
+            "the alpha grid's smallest value (1) was chosen in 33% of the cells: the best alpha may lie beyond the grid; "
+            "extend affine.alphas downward",
+        ]
+        caplog.clear()
+        with warnings_once_per_run():  # a one-layer chunk at the edge among interior chunks: 8 of 40 cells
+            ridge.choose_alpha(-rising[:, :1], grid)
+            for _ in range(4):
+                ridge.choose_alpha(interior, grid)
+        assert not caplog.records
+        ridge.choose_alpha(-rising[:, :1], grid)  # outside a run: this call's cells, at once
+        assert [r.getMessage().split(")")[0] for r in caplog.records] == ["the alpha grid's smallest value (1"]
+        caplog.clear()
+        ridge.choose_alpha(interior, grid)
+        assert not caplog.records
 
 
 def test_alpha_and_band_ratio_are_chosen_on_validation_r2_without_a_trainer():

@@ -145,6 +145,9 @@ class CacheWriter:
             write_json_atomic(manifest_path, self.manifest)
         (self.root / SHARDS).mkdir(exist_ok=True)
         self._clean_leftovers()
+        # (run, model, condition) already committed: a run's rows are written once (a second write of
+        # the same rows, e.g. a writer re-run into its own folder, would double every utterance).
+        self._written = self._committed()
         numbers = [int(p.name.rsplit("-", 1)[-1].lstrip("m")) for p in live_shards(self.root)]
         self._seq = max(numbers, default=-1) + 1  # shard names sort in the order they were written
 
@@ -171,12 +174,17 @@ class CacheWriter:
             if p.name.startswith(f".tmp-{self.rank}-") or (p.is_dir() and not p.name.startswith(".") and p.name not in live):
                 shutil.rmtree(p, ignore_errors=True)
 
-    def done_runs(self) -> set[str]:
-        """Ids of the conversations already committed (to skip when resuming)."""
-        done: set[str] = set()
+    def _committed(self) -> set[tuple[str, str, str]]:
+        keys: set[tuple[str, str, str]] = set()
         for shard in live_shards(self.root):
-            done.update(pd.read_parquet(shard / "turns.parquet", columns=["run_id"])["run_id"].unique())
-        return done
+            turns = pd.read_parquet(shard / "turns.parquet", columns=["run_id", "model", "condition"]).drop_duplicates()
+            keys.update(turns.itertuples(index=False, name=None))
+        return keys
+
+    def done_runs(self, model: str | None = None, condition: str | None = None) -> set[str]:
+        """Ids of the conversations already committed (to skip when resuming); with ``model`` or
+        ``condition``, those that hold rows of that model or condition."""
+        return {r for r, m, c in self._written if model in (None, m) and condition in (None, c)}
 
     def write_shard(self, rows: list[dict], states: dict[tuple[str, str], np.ndarray]) -> Path | None:
         """Commit turns and their states as one shard.
@@ -191,6 +199,13 @@ class CacheWriter:
         if missing:
             raise ValueError(f"turn rows lack columns {missing}")
         turns = turns[TURN_COLUMNS + [c for c in turns.columns if c not in TURN_COLUMNS]]
+        keys = set(turns[["run_id", "model", "condition"]].drop_duplicates().itertuples(index=False, name=None))
+        if again := sorted(keys & self._written):
+            run, model, condition = again[0]
+            raise NsyncError(
+                f"{self.root} already holds {len(again)} of these runs' rows (e.g. run {run}, {model}/{condition}); "
+                "a run is written once: skip the runs in done_runs(), or write to a new folder"
+            )
         tmp = Path(tempfile.mkdtemp(dir=self.root / SHARDS, prefix=f".tmp-{self.rank}-"))
         try:
             for (model, condition), array in states.items():
@@ -206,6 +221,7 @@ class CacheWriter:
             self._seq += 1
             final = self.root / SHARDS / name
             os.replace(tmp, final)  # the commit point
+            self._written |= keys
             return final
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -145,8 +145,12 @@ def write_synthetic_cache(
             out[:, 0] = rotations[0][0]
         return out
 
+    done = writer.done_runs()  # written into its own folder again, it adds only what a crash left out
+
     def commit() -> None:
-        writer.write_shard(rows, {(model, c): to_layers(np.stack(v)) for c, v in states.items() if v})
+        keep = {c: [r["run_id"] not in done for r in rows if r["condition"] == c] for c in states}
+        kept = {c: [z for z, k in zip(v, keep[c], strict=True) if k] for c, v in states.items()}
+        writer.write_shard([r for r in rows if r["run_id"] not in done], {(model, c): to_layers(np.stack(v)) for c, v in kept.items() if v})
         rows.clear()
         for v in states.values():
             v.clear()
@@ -353,13 +357,17 @@ def write_partition_cache(
     for key, value, default in (("text_scale", text_scale, 1.0), ("opening", opening, 0.0), ("state_scale", state_scale, 1.0)):
         if value != default:  # older caches keep their identity
             identity[key] = value
+    # Written into its own folder again, it writes nothing twice (each part is one atomic shard).
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype="float32")
-    layers = np.stack([np.stack(interactive) @ r.T for r in rotations], 1).astype(np.float32)
-    writer.write_shard(rows, {(model, "interactive"): layers})
+    if not writer.done_runs(model):
+        layers = np.stack([np.stack(interactive) @ r.T for r in rotations], 1).astype(np.float32)
+        writer.write_shard(rows, {(model, "interactive"): layers})
     writer.finalize()
     text_info = ModelInfo(PLANTED_TEXT, "synthetic:text", None, 0, hidden, ["mean_pool"], derived={"kind": "text"})
     extend = CacheWriter.extend(path, [text_info])
-    extend.write_shard(tf_rows, {(PLANTED_TEXT, "teacher_forced"): (text_scale * np.stack(texts))[:, None].astype(np.float32)})
+    if not extend.done_runs(PLANTED_TEXT):
+        extend.write_shard(tf_rows, {(PLANTED_TEXT, "teacher_forced"): (text_scale * np.stack(texts))[:, None].astype(np.float32)})
+    extend.finalize()
     # Var of agent 1's state at its k-th utterance: text² + private² + noise² + own_past² Var at the
     # (k-1)-th; its mean: the opening, carried on by the own past. The pooled variance adds how far
     # the utterances' means lie apart.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nsync.errors import warn_once
+from nsync.errors import warn_once, warn_share
 
 log = logging.getLogger("nsync.probes")
 #: How an alpha grid is chosen on validation data: per (source, target layer) cell, or per source layer.
@@ -687,23 +687,23 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
 
 
 def _warn_at_grid_edge(chosen: torch.Tensor, alphas: list[float], share: float = 0.25) -> None:
-    """Warn when the grid's largest (or smallest) alpha wins in more than ``share`` of the cells:
-    the best alpha probably lies beyond the grid (ridge alpha scales with the states' variance)."""
+    """Warn when the grid's largest (or smallest) alpha wins in more than ``share`` of the cells
+    (of the whole fit run): the best alpha probably lies beyond the grid (ridge alpha scales with
+    the states' variance)."""
     finite = chosen[torch.isfinite(chosen)]
     if len(alphas) < 2 or finite.numel() == 0:
         return
     for edge, value, fix in (("largest", max(alphas), "upward (or set affine.scale=true)"), ("smallest", min(alphas), "downward")):
-        at_edge = float((finite == value).double().mean())
-        if at_edge > share:
-            warn_once(
-                log,
-                ("alpha_edge", edge),
-                "the alpha grid's %s value (%g) was chosen in %.0f%% of the cells: the best alpha may lie beyond the grid; extend affine.alphas %s",
-                edge,
-                value,
-                100 * at_edge,
-                fix,
-            )
+        warn_share(
+            log,
+            ("alpha_edge", edge, value),
+            int((finite == value).sum()),
+            finite.numel(),
+            share,
+            "the alpha grid's %(edge)s value (%(value)g) was chosen in %(percent).0f%% of the cells: the best alpha may lie "
+            "beyond the grid; extend affine.alphas %(fix)s",
+            {"edge": edge, "value": value, "fix": fix},
+        )
 
 
 @dataclass
