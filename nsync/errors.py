@@ -45,10 +45,10 @@ def warnings_once_per_run() -> Iterator[None]:
     token, tally_token = _WARNED.set(set()), _TALLIES.set({})
     try:
         yield
+    finally:  # a run that fails still says what it counted until then
         for logger, hits, total, share, message, fields in (_TALLIES.get() or {}).values():
             if total and hits / total > share:
                 logger.warning(message, fields | {"percent": 100 * hits / total})
-    finally:
         _WARNED.reset(token)
         _TALLIES.reset(tally_token)
 

@@ -84,6 +84,8 @@ def test_a_run_is_written_once_and_a_doubled_cache_is_refused_on_reading(tmp_pat
         with pytest.raises(NsyncError, match=r"already holds 1 of these runs' rows \(e.g. run e1\|o0\|s0, m/interactive\)"):
             writer.write_shard(_rows("e1|o0|s0", 2) + _rows("e2|o0|s0", 2), {("m", "interactive"): np.zeros((4, 4, 8))})
     assert _writer(tmp_path / "c").done_runs("m", "observer") == {"e1|o0|s0"}
+    with pytest.raises(NsyncError, match=r"the rows to write hold 2 rows twice \(e.g. run e3\|o0\|s0, utterance 0, m/interactive\)"):
+        w.write_shard(_rows("e3|o0|s0", 2) * 2, {("m", "interactive"): np.zeros((4, 4, 8))})  # one run id for two runs
     assert len(ActivationCache.open(tmp_path / "c").turns) == 4
     # A cache doubled by a writer that did not yet refuse: its second shard copied by hand.
     shards = tmp_path / "c" / "shards"

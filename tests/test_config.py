@@ -61,6 +61,8 @@ def test_bad_argument_and_missing_file():
 def test_post_init_validation_reaches_user():
     with pytest.raises(NsyncError, match="prompt_format"):
         load_config(SimulateConfig, ["out=x", "prompt_format=nope"], prog="t")
+    with pytest.raises(NsyncError, match=r"seeds lists a seed twice \(\[0, 1, 0\]\)"):  # two runs of one run id
+        load_config(SimulateConfig, ["out=x", "seeds=[0,1,0]"], prog="t")
 
 
 def test_data_control_is_the_deprecated_name_of_data_pairing():

@@ -189,6 +189,10 @@ def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog):
         caplog.clear()
         ridge.choose_alpha(interior, grid)
         assert not caplog.records
+        with pytest.raises(RuntimeError), warnings_once_per_run():  # a run that fails still says it
+            ridge.choose_alpha(rising, grid, per="source")  # one choice per source layer
+            raise RuntimeError
+        assert [r.getMessage().split(" of the")[0] for r in caplog.records] == ["the alpha grid's largest value (100) was chosen in 100%"]
 
 
 def test_alpha_and_band_ratio_are_chosen_on_validation_r2_without_a_trainer():

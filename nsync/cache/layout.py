@@ -112,6 +112,19 @@ class TurnRow:
 TURN_COLUMNS = [f.name for f in fields(TurnRow) if f.name != "extra"]
 
 
+#: What identifies one row of the turns table: one state of one speaker (or listener) at one utterance.
+ROW_KEY = ["run_id", "utterance", "agent", "model", "condition"]
+
+
+def rows_twice(turns: pd.DataFrame) -> str | None:
+    """How many rows of ``turns`` repeat another's :data:`ROW_KEY`, with the first (None if none)."""
+    twice = turns.duplicated(ROW_KEY)
+    if not twice.any():
+        return None
+    first = turns[twice].iloc[0]
+    return f"{int(twice.sum())} rows twice (e.g. run {first['run_id']}, utterance {first['utterance']}, {first['model']}/{first['condition']})"
+
+
 def participant_ids(characters: str) -> list[str]:
     """The character ids of a row's ``characters`` column, in agent order."""
     return characters.split("|")

@@ -10,7 +10,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsync.cache.layout import ECHO_KINDS, FORMAT_VERSION, MANIFEST, REPLY_FLAGS, flagged, layer_file, live_shards, model_dir, participant_ids
+from nsync.cache.layout import (
+    ECHO_KINDS,
+    FORMAT_VERSION,
+    MANIFEST,
+    REPLY_FLAGS,
+    flagged,
+    layer_file,
+    live_shards,
+    model_dir,
+    participant_ids,
+    rows_twice,
+)
 from nsync.errors import NsyncError
 
 
@@ -137,13 +148,8 @@ class ActivationCache:
         if "characters" not in turns:  # caches written before groups: two agents
             turns["characters"] = turns["character_a"] + "|" + turns["character_b"]
             turns["n_agents"] = 2
-        twice = turns.duplicated(["run_id", "utterance", "agent", "model", "condition"])
-        if twice.any():  # a writer run twice into one folder before CacheWriter refused it
-            first = turns[twice].iloc[0]
-            raise NsyncError(
-                f"cache {self.root} holds {int(twice.sum())} rows twice (e.g. run {first['run_id']}, utterance "
-                f"{first['utterance']}, {first['model']}/{first['condition']}); write it again into a new folder"
-            )
+        if twice := rows_twice(turns):  # a writer run twice into one folder before CacheWriter refused it
+            raise NsyncError(f"cache {self.root} holds {twice}; write it again into a new folder")
         turns["row"] = turns.groupby(["model", "condition"]).cumcount()
         return turns
 

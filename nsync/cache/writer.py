@@ -23,6 +23,7 @@ from nsync.cache.layout import (
     layer_file,
     live_shards,
     model_dir,
+    rows_twice,
     write_json_atomic,
 )
 from nsync.errors import NsyncError
@@ -199,6 +200,8 @@ class CacheWriter:
         if missing:
             raise ValueError(f"turn rows lack columns {missing}")
         turns = turns[TURN_COLUMNS + [c for c in turns.columns if c not in TURN_COLUMNS]]
+        if twice := rows_twice(turns):
+            raise NsyncError(f"the rows to write hold {twice}: a run id names one run")
         keys = set(turns[["run_id", "model", "condition"]].drop_duplicates().itertuples(index=False, name=None))
         if again := sorted(keys & self._written):
             run, model, condition = again[0]

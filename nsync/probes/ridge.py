@@ -669,7 +669,9 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
                 "no target layer has a validation R² for some source layer: no alpha can be chosen "
                 "(the validation targets do not vary; give more validation data)"
             )
-        return a[torch.nan_to_num(mean, nan=-torch.inf).argmax(0)][:, None].expand(n_sources, n_targets).clone()
+        by_source = a[torch.nan_to_num(mean, nan=-torch.inf).argmax(0)]
+        _warn_at_grid_edge(by_source, alphas)  # one choice per source layer: counted once each
+        return by_source[:, None].expand(n_sources, n_targets).clone()
     chosen = a[torch.nan_to_num(scores, nan=-torch.inf).argmax(0)]
     empty = torch.isnan(scores).all(0)
     if empty.any():

@@ -194,6 +194,8 @@ class SimulateConfig:
             raise NsyncError("min_utterances and max_resamples must be at least 0")
         if not self.seeds:
             raise NsyncError("seeds must list at least one sampling seed")
+        if len(set(self.seeds)) < len(self.seeds):
+            raise NsyncError(f"seeds lists a seed twice ({list(self.seeds)}): each seed names one run per episode and model order")
         if self.episodes_in_flight < 1 or self.flush_every < 1:
             raise NsyncError("episodes_in_flight and flush_every must be at least 1")
         if self.capture.dtype not in ("float16", "float32"):
