@@ -128,3 +128,28 @@ def test_a_running_stage_writes_its_time_before_it_ends(tmp_path, monkeypatch):
     during = s._timed("tiny/simulate", long_stage)
     after = json.loads((tmp_path / "timings.json").read_text())["tiny/simulate"]
     assert 100.0 < during < after < 101.0
+
+
+def test_the_partition_table_gives_each_direction_its_own_interval(tmp_path):
+    """A self pair's view fits both directions at once: its partition table has the pooled row
+    and one row per direction with that direction's own interval, and the header each direction's
+    SyncR² with its interval, as results.json holds them."""
+    from nsync.config import load_config
+    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.fit import FitConfig, run_fit
+
+    study = _study()
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=40, turns=6, hidden=4, n_layers=1, observer_share=0.5)
+    res = run_fit(load_config(FitConfig, [f"out={tmp_path / 'view' / 'partition'}", f"data.cache={cache}", "logger.kind=none", "progress=false",
+                                          "save_weights=false", "data.directions=[A->B,B->A]", "bootstrap=100", "data.test_size=0.3",
+                                          "partition.baselines=[observer]", "surrogates.n=0", "affine.alphas=[1,100]"], prog="test"))
+    table = "\n".join(study.Report(study.StudyConfig(out=str(tmp_path)), {})._partition_table(tmp_path / "view"))
+    for direction, d in res.directions.items():
+        p = d.partition["observer"]
+        lo, hi = p.ci95["unique"]
+        assert f"| observer, {direction} | {p.values['unique']:.3f} [{lo:.3f}, {hi:.3f}] |" in table, (direction, table)
+        lo, hi = d.sync_r2_ci95
+        assert f"{direction} {d.sync_r2_bias_corrected:.3f} [{lo:.3f}, {hi:.3f}] ({d.sync_r2:.3f})" in table, (direction, table)
+    lo, hi = res.partition["observer"].ci95["unique"]
+    assert f"| observer | {res.partition['observer'].values['unique']:.3f} [{lo:.3f}, {hi:.3f}] |" in table
+    assert res.directions["A->B"].partition["observer"].ci95 != res.directions["B->A"].partition["observer"].ci95

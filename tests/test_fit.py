@@ -85,6 +85,7 @@ def test_wandb_offline_run_and_refusing_to_overwrite(tmp_path, linear, monkeypat
     assert runs and list(runs[0].glob("*.wandb"))
     logged = next(runs[0].glob("*.wandb")).read_bytes()  # the offline run's records
     assert b"partition/own_past/unique" in logged and b"partition_matrix" in logged and b"sync_r2" in logged
+    assert b"sync_r2_ci95_low/A_to_B" in logged and b"partition/own_past/B_to_A/unique_ci95_high" in logged  # each direction's own
     from nsync.errors import NsyncError
 
     with pytest.raises(NsyncError, match="overwrite=true"):

@@ -187,3 +187,23 @@ def test_the_dual_solver_gives_the_same_fit_and_partition(tmp_path, caplog):
     for q, v in primal.partition["observer"].values.items():
         assert dual.partition["observer"].values[q] == pytest.approx(v, abs=1e-6), q
     assert dual.partition["observer"].unique_p_value == primal.partition["observer"].unique_p_value
+
+
+def test_each_directions_intervals_are_its_own_fits_intervals(tmp_path):
+    """A two-direction fit gives each direction its SyncR² and partition intervals from that
+    direction's replicates alone (joint episode draws over split seeds): A->B's are those of a fit
+    of A->B alone, whose run-level intervals are its only direction's."""
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=60, turns=8, hidden=6, n_layers=1, observer_share=0.5)
+    extra = ["partition.baselines=[observer]", "surrogates.n=0", "bootstrap=200", "data.split_seeds=[0,1]"]
+    both = _fit(cache, tmp_path / "both", *extra, "data.directions=[A->B,B->A]")
+    alone = _fit(cache, tmp_path / "alone", *extra)
+    d, only = both.directions["A->B"], alone.directions["A->B"]
+    assert d.sync_r2 == pytest.approx(only.sync_r2) and d.sync_r2_ci95 == pytest.approx(only.sync_r2_ci95)
+    assert only.sync_r2_ci95 == pytest.approx(alone.sync_r2_ci95) and only.sync_r2_bias_corrected == pytest.approx(alone.sync_r2_bias_corrected)
+    mine, pooled = only.partition["observer"], alone.partition["observer"]
+    for q in ("unique", "shared", "baseline", "joint"):
+        assert d.partition["observer"].ci95[q] == pytest.approx(mine.ci95[q]) and mine.ci95[q] == pytest.approx(pooled.ci95[q]), q
+        assert mine.bias_corrected[q] == pytest.approx(pooled.bias_corrected[q]), q
+    other = both.directions["B->A"]
+    assert other.sync_r2_ci95 != d.sync_r2_ci95 and other.sync_r2_ci95[0] <= other.sync_r2_bias_corrected <= other.sync_r2_ci95[1]
+    assert both.sync_r2_ci95 != d.sync_r2_ci95  # the run's pools both directions

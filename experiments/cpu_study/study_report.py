@@ -28,6 +28,16 @@ def _ci(lo, hi) -> str:
     return "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"[{lo:.3f}, {hi:.3f}]"
 
 
+def _per_direction(result) -> str:
+    """``; SyncR² per direction, ...``: each direction's bias-corrected SyncR², interval (from its
+    own replicates) and raw value, for a fit of several directions whose file holds them."""
+    ds = result.directions
+    if len(ds) < 2 or any(d.sync_r2_ci95 is None for d in ds.values()):
+        return ""
+    return "; SyncR² per direction, bias-corrected [95% CI] (raw): " + ", ".join(
+        f"{name} {_f(d.sync_r2_bias_corrected)} {_ci(*d.sync_r2_ci95)} ({_f(d.sync_r2)})" for name, d in ds.items())
+
+
 class Report:
     """results.md and the PNGs under docs, from whatever stages are finished."""
 
@@ -108,11 +118,11 @@ class Report:
 
         folder = self.out / name / _name(source)
         paper, chosen = (self._controls(folder / f"controls_{a}") for a in ("paper_alpha", "chosen_alpha"))
-        if chosen is None:
-            return ["", f"{source} -> {target}: fits not run yet.", ""], None
         main = self._result(folder / "controls_chosen_alpha" / "main")
+        if chosen is None or main is None:  # main is refitted first: its folder may be gone while a study re-runs it
+            return ["", f"{source} -> {target}: fits not run yet.", ""], None
         # what the plots need, in a form the record can keep (JSON)
-        profile = layer_profile(main) if main is not None else pd.DataFrame()
+        profile = layer_profile(main)
         heatmap = folder / "controls_chosen_alpha" / "main" / "heatmap_A_to_B.png"
         view = {"controls": chosen.loc[chosen["sync_r2"].notna(), ["control", "sync_r2_bias_corrected", "ci95_low", "ci95_high"]]
                 .astype({"sync_r2_bias_corrected": float, "ci95_low": float, "ci95_high": float}).to_dict("records"),
@@ -123,7 +133,7 @@ class Report:
         short = any(n < pair.min_train_pairs for n in n_train.values())
         lines = ["", f"**{source} -> {target}** (training pairs per direction: "
                  + ", ".join(f"{d} {n}" for d, n in n_train.items())
-                 + (f"; fewer than the {pair.min_train_pairs} planned" if short else "") + ")", ""]
+                 + (f"; fewer than the {pair.min_train_pairs} planned" if short else "") + f"{_per_direction(main)})", ""]
         lines += self._controls_table(folder, chosen, paper)
         if "skipped" in chosen:
             lines += [f"\nskipped {r['control']}: {r['skipped']}" for r in chosen[chosen["skipped"].notna()].to_dict("records")]
@@ -179,17 +189,22 @@ class Report:
             return []
         step = result.config["data"]["source_layer_step"]
         layers = "every source layer" if step == 1 else f"every {step}{ {2: 'nd', 3: 'rd'}.get(step, 'th')} source layer from the embeddings"
-        lines = ["", f"Variance partition (chosen alpha, {layers}; SyncR² of this fit {_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}). "
+        lines = ["", f"Variance partition (chosen alpha, {layers}; SyncR² of this fit {_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}"
+                 f"{_per_direction(result)}). "
                  "p and the null: the unique share of speakers re-paired from other episodes at the same utterance index "
                  "(surrogate pseudo-dyads); above the null: the unique share less the null's median, what this speaker "
                  "adds beyond what any speaker at that point of a conversation adds:", "",
                  "| beyond | unique SyncR² [95% CI] | p | null median / 95th pct | above the null | shared | baseline alone | source and baseline |",
                  "|---|---|---|---|---|---|---|---|"]
+        several = len(result.directions) > 1
         for name, p in result.partition.items():
-            v, null = p.values, p.unique_null or {}
-            above = v["unique"] - null["median"] if v.get("unique") is not None and null.get("median") is not None else None
-            lines.append(f"| {name} | {_f(v['unique'])} {_ci(*(p.ci95.get('unique') or (None, None)))} | {_f(p.unique_p_value)} | "
-                         f"{_f(null.get('median'))} / {_f(null.get('p95'))} | {_f(above)} | {_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
+            # a view of several directions: the pooled row, then each direction's with its own interval
+            rows = [(name, p)] + ([(f"{name}, {d}", r.partition[name]) for d, r in result.directions.items()] if several else [])
+            for label, q in rows:
+                v, null = q.values, q.unique_null or {}
+                above = v["unique"] - null["median"] if v.get("unique") is not None and null.get("median") is not None else None
+                lines.append(f"| {label} | {_f(v['unique'])} {_ci(*(q.ci95.get('unique') or (None, None)))} | {_f(q.unique_p_value)} | "
+                             f"{_f(null.get('median'))} / {_f(null.get('p95'))} | {_f(above)} | {_f(v['shared'])} | {_f(v['baseline'])} | {_f(v['joint'])} |")
         return lines
 
     def _partition_numbers(self, folder: Path) -> dict:

@@ -344,6 +344,10 @@ def aggregate(
         directions[direction].partition = part.summarise_direction(mine, lay["target_layers"], cfg.partition.layer, cfg.partition.feature_ratios)
         if all(f.time_course is not None for f in mine):
             directions[direction].time_course = tc.combine_seeds([f.time_course for f in mine if f.time_course is not None])
+        if all(f.replicates is not None for f in mine):  # this direction's split seeds, one joint draw as the run's
+            reps = boot.combine([f.replicates for f in mine if f.replicates is not None])
+            directions[direction].sync_r2_ci95 = boot.interval(reps, directions[direction].sync_r2)
+            directions[direction].sync_r2_bias_corrected = boot.bias_corrected(directions[direction].sync_r2, reps)
         if all(f.null_sync is not None for f in mine):
             directions[direction].sync_r2_p_value = sur.p_value(
                 directions[direction].sync_r2, boot.combine([f.null_sync for f in mine if f.null_sync is not None])

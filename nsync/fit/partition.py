@@ -316,10 +316,21 @@ def join_chunks(parts: list[ChunkShares], course=None) -> dict:
     }
 
 
+def intervals(estimate: np.ndarray, replicates: np.ndarray) -> tuple[dict[str, tuple[float, float] | None], dict[str, float | None]]:
+    """Per quantity the basic bootstrap interval and the bias-corrected value of ``estimate``
+    ``[quantities]`` from its ``replicates`` ``[quantities, n_boot]``."""
+    from nsync.fit import bootstrap as boot
+
+    ci = {q: boot.interval(replicates[i], estimate[i]) for i, q in enumerate(QUANTITIES)}
+    corrected = {q: boot.bias_corrected(estimate[i], replicates[i]) for i, q in enumerate(QUANTITIES)}
+    return ci, corrected
+
+
 def summarise_direction(fits: list, target_layers: list[int], layer: str, feature_ratios: list[float] | None = None) -> dict:
     """``PartitionDirection`` per baseline from one direction's fits (one per split seed); with the
     ``feature_ratios`` grid, a warning where a joined baseline's features chose its edge in most cells."""
     from nsync.data.bands import INDICATOR_BANDS, Baseline
+    from nsync.fit import bootstrap as boot
     from nsync.fit.results import PartitionDirection, nan_to_none
     from nsync.fit.surrogates import null_summary, p_value
     from nsync.fit.timecourse import combine_seeds
@@ -335,6 +346,11 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str, featur
         source = np.mean([f.r2 for f in fits], 0)
         by_layer = mean_over_sources(np.stack([s["by_source_layer"] for s in seeds]))  # [sources, quantities]
         per_seed = np.stack([s["estimate"] for s in seeds])  # [seeds, quantities]
+        estimate = mean_over_sources(per_seed)
+        # one joint draw over split seeds (episode-keyed weights), as the run's pooled interval
+        ci, corrected = (
+            ({}, {}) if any(s["replicates"] is None for s in seeds) else intervals(estimate, boot.combine([s["replicates"] for s in seeds]))
+        )
         out[name] = PartitionDirection(
             r2_baseline=nan_to_none(base.tolist()),
             r2_joint=nan_to_none(joint.tolist()),
@@ -350,8 +366,10 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str, featur
             chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in s["chosen"]] for s in seeds],
             by_source_layer={q: nan_to_none(by_layer[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
             per_seed={q: nan_to_none(per_seed[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
-            values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, mean_over_sources(per_seed), strict=True)},
-            unique_p_value=None if null is None else p_value(float(mean_over_sources(per_seed)[QUANTITIES.index("unique")]), null),
+            values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)},
+            ci95=ci,
+            bias_corrected=corrected,
+            unique_p_value=None if null is None else p_value(float(estimate[QUANTITIES.index("unique")]), null),
             unique_null=null_summary(null),
             time_course=None if seeds[0]["time_course"] is None else combine_seeds([s["time_course"] for s in seeds]),
         )
@@ -420,13 +438,12 @@ def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]]
         seeds = [s for s in split_seeds if any(f.seed == s for f in fits)]
         estimate = np.mean([mean_over_sources(np.stack([f.partition[name]["estimate"] for f in fits if f.seed == s])) for s in seeds], 0)
         values = {q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)}
-        ci, corrected = {}, {}
+        ci: dict[str, tuple[float, float] | None] = {}
+        corrected: dict[str, float | None] = {}
         if all(f.partition[name]["replicates"] is not None for f in fits):
             reps = boot.combine([boot.combine([f.partition[name]["replicates"] for f in fits if f.seed == s]) for s in seeds])  # [Q, B]
-            for i, q in enumerate(QUANTITIES):
-                replicates[f"{name}/{q}"] = reps[i]
-                ci[q] = boot.interval(reps[i], estimate[i])
-                corrected[q] = boot.bias_corrected(estimate[i], reps[i])
+            replicates.update({f"{name}/{q}": reps[i] for i, q in enumerate(QUANTITIES)})
+            ci, corrected = intervals(estimate, reps)
         p, null = None, None
         if all(f.partition[name]["null_unique"] is not None for f in fits):
             null = boot.combine([boot.combine([f.partition[name]["null_unique"] for f in fits if f.seed == s]) for s in seeds])

@@ -127,6 +127,10 @@ class DirectionResult(BaseModel):
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
     partition: dict[str, PartitionDirection] = Field(default_factory=dict, description="baseline -> its variance partition (partition.baselines)")
     sync_r2_p_value: Optional[float] = Field(None, description="permutation p-value of this direction's SyncR² (surrogates)")
+    sync_r2_ci95: Optional[tuple[float, float]] = Field(
+        None, description="95% basic bootstrap interval of this direction's SyncR² over test episodes (joint draws over split seeds)"
+    )
+    sync_r2_bias_corrected: Optional[float] = Field(None, description="this direction's SyncR² minus the bias its bootstrap replicates show")
     time_course: Optional[TimeCourseResult] = Field(None, description="SyncR² by source utterance index (time_bins)")
 
     @property
@@ -180,6 +184,10 @@ class PartitionDirection(BaseModel):
     )
     per_seed: dict[str, list[Optional[float]]] = Field(description="quantity -> per split seed its mean over source layers")
     values: dict[str, Optional[float]] = Field(description="quantity -> mean over split seeds (unique: the unique SyncR² of this direction)")
+    ci95: dict[str, Optional[tuple[float, float]]] = Field(
+        default_factory=dict, description="quantity -> 95% basic bootstrap interval of this direction's value over test episodes"
+    )
+    bias_corrected: dict[str, Optional[float]] = Field(default_factory=dict, description="quantity -> value minus the bias its replicates show")
     unique_p_value: Optional[float] = Field(None, description="permutation p-value of the unique SyncR² (surrogates)")
     unique_null: Optional[dict[str, float | int]] = Field(None, description="the unique SyncR²'s surrogate null: median, p95 (95th percentile), n")
     time_course: Optional[TimeCourseResult] = Field(None, description="the unique share by source utterance index")

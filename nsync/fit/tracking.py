@@ -44,6 +44,8 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
             if np.isfinite(best):
                 run.log({f"r2_by_source_layer/{key}": best, "source_layer": layer})
         run.summary[f"sync_r2/{key}"] = d.sync_r2
+        if d.sync_r2_ci95:
+            run.summary[f"sync_r2_ci95_low/{key}"], run.summary[f"sync_r2_ci95_high/{key}"] = d.sync_r2_ci95
         if d.time_course is not None:
             run.log(
                 {
@@ -101,6 +103,12 @@ def log_partition(run, result: FitResult) -> None:
                 run.summary[f"partition/{name}/{quantity}_ci95_low"], run.summary[f"partition/{name}/{quantity}_ci95_high"] = ci
         for direction, d in result.directions.items():
             p = d.partition[name]
+            key = f"partition/{name}/{direction.replace('->', '_to_')}"
+            run.summary[f"{key}/unique"] = p.values["unique"]
+            if (ci := p.ci95.get("unique")) is not None:
+                run.summary[f"{key}/unique_ci95_low"], run.summary[f"{key}/unique_ci95_high"] = ci
+            if p.unique_p_value is not None:
+                run.summary[f"{key}/unique_p_value"] = p.unique_p_value
             for layer, value in zip(result.source_layers, p.by_source_layer["unique"], strict=True):
                 if value is not None:
                     run.log({f"unique_by_source_layer/{name}/{direction.replace('->', '_to_')}": value, "source_layer": layer})
