@@ -103,7 +103,8 @@ def log_partition(run, result: FitResult) -> None:
                 run.summary[f"partition/{name}/{quantity}_ci95_low"], run.summary[f"partition/{name}/{quantity}_ci95_high"] = ci
         for direction, d in result.directions.items():
             p = d.partition[name]
-            key = f"partition/{name}/{direction.replace('->', '_to_')}"
+            dkey = direction.replace("->", "_to_")
+            key = f"partition/{name}/{dkey}"
             run.summary[f"{key}/unique"] = p.values["unique"]
             if (ci := p.ci95.get("unique")) is not None:
                 run.summary[f"{key}/unique_ci95_low"], run.summary[f"{key}/unique_ci95_high"] = ci
@@ -111,7 +112,7 @@ def log_partition(run, result: FitResult) -> None:
                 run.summary[f"{key}/unique_p_value"] = p.unique_p_value
             for layer, value in zip(result.source_layers, p.by_source_layer["unique"], strict=True):
                 if value is not None:
-                    run.log({f"unique_by_source_layer/{name}/{direction.replace('->', '_to_')}": value, "source_layer": layer})
+                    run.log({f"unique_by_source_layer/{name}/{dkey}": value, "source_layer": layer})
             for i, sl in enumerate(result.source_layers):
                 for j, tl in enumerate(result.target_layers):
                     rows.append([direction, name, sl, tl, d.r2[i][j], p.r2_baseline[i][j], p.r2_joint[i][j], p.unique[i][j], p.shared[i][j]])
