@@ -171,6 +171,26 @@ def load_config(schema: type[T], argv: Sequence[str], prog: str) -> T:
     return obj  # type: ignore[return-value]
 
 
+def from_dict(schema: type[T], values: dict) -> T:
+    """A validated ``schema`` instance from a plain dict (e.g. the config stored with a result);
+    an unknown key is an error.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Cfg:
+    ...     alpha: float = 0.1
+    >>> from_dict(Cfg, {"alpha": 0.5}).alpha
+    0.5
+    """
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    _open_mappings(cfg)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(cfg, values))  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, "stored config") from None
+
+
 def to_dict(obj: Any) -> dict:
     """A plain dict of a config dataclass (for manifests and results)."""
     return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)  # type: ignore[return-value]

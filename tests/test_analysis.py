@@ -10,7 +10,7 @@ import pytest
 from nsync.analysis.performance import AnalysisConfig, analyse, correlations, partial_correlation
 from nsync.analysis.report import main as report_main
 from nsync.config import load_config
-from nsync.data.synthetic import write_synthetic_cache
+from nsync.testing.synthetic import write_synthetic_cache
 from nsync.fit import FitConfig, FitResult, run_fit
 from nsync.judge.rubric import DIMENSION_NAMES
 

@@ -4,9 +4,9 @@ for a run's mean over several split seeds whose test sides overlap, as ``nsync.f
 import numpy as np
 import pytest
 
-from nsync.data.synthetic import planted_fits
-from nsync.fit import bootstrap as boot
-from nsync.fit.bootstrap import interval_coverage
+from nsync.testing.synthetic import planted_fits
+from nsync.stats import bootstrap as boot
+from nsync.testing.coverage import interval_coverage
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def test_a_run_is_written_once_and_a_doubled_cache_is_refused_on_reading(tmp_pat
 
 
 def test_planted_cache_writers_run_twice_into_one_folder_write_nothing_twice(tmp_path):
-    from nsync.data.synthetic import write_partition_cache, write_synthetic_cache
+    from nsync.testing.synthetic import write_partition_cache, write_synthetic_cache
 
     for write in (
         lambda: write_synthetic_cache(tmp_path / "s", n_episodes=6, turns=4, observer_share=0.5, shard_rows=10),
@@ -205,7 +205,7 @@ def test_a_cache_round_trips_through_a_hugging_face_dataset(tmp_path):
     from datasets import load_from_disk
 
     from nsync.cache.hf import export_hf, import_hf
-    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.testing.synthetic import write_synthetic_cache
 
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=5, turns=4, hidden=6, n_layers=2, observer_share=0.5)
     exported = export_hf(cache, tmp_path / "hf")

@@ -53,7 +53,7 @@ def test_a_constant_layer_has_no_cka():
 
 def test_a_fit_reports_cka_and_the_layer_profile(tmp_path):
     from nsync.config import load_config
-    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.testing.synthetic import write_synthetic_cache
     from nsync.fit import FitConfig, run_fit
     from nsync.fit.results import layer_profile
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from nsync.cli import COMMANDS, main
-from nsync.data.synthetic import write_synthetic_cache
+from nsync.testing.synthetic import write_synthetic_cache
 
 
 def test_usage_lists_every_command(capsys):

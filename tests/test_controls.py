@@ -13,10 +13,10 @@ import torch
 from nsync.cache import ActivationCache
 from nsync.config import load_config
 from nsync.data import build_pairs
-from nsync.data.synthetic import planted_r2, write_synthetic_cache
+from nsync.testing.synthetic import planted_r2, write_synthetic_cache
 from nsync.errors import NsyncError
 from nsync.fit import FitConfig, FitResult, run_fit
-from nsync.fit.bootstrap import EpisodeBootstrap, episode_r2, replicate_r2
+from nsync.stats.bootstrap import EpisodeBootstrap, episode_r2, replicate_r2
 from nsync.simulation.config import SimulateConfig
 from nsync.simulation.prompts import encode, prompt_format, render, Utterance
 from nsync.simulation.reread import RereadConfig, reread
@@ -136,12 +136,12 @@ def test_bootstrap_with_unit_weights_is_the_test_r2(main_result, linear, tmp_pat
     """The per-episode sums reproduce the probe's test R² (an independent path: numpy sums vs
     torchmetrics), and replicates resample whole episodes."""
     from nsync.data import SynchronyDataModule
-    from nsync.fit.loop import fit_chunk
+    from nsync.fit.loop import fit_probe
 
     cfg = load_config(FitConfig, [f"out={tmp_path}", f"data.cache={linear}", "logger.kind=none"], prog="test")
     dm = SynchronyDataModule(str(linear), direction="A->B")
     dm.setup()
-    probe = fit_chunk(cfg, dm.for_sources([1]))
+    probe = fit_probe(cfg, None, dm.for_sources([1]))
     sums = dict(probe.results.episode_sums)
     sums["sse"] = sums["sse"][:, 0]  # the one source layer
     assert sums["n"].sum() == dm.n("test") and len(sums["n"]) == len(set(dm.pairs.episode_id.iloc[dm.index["test"]]))

@@ -135,7 +135,7 @@ def test_the_partition_table_gives_each_direction_its_own_interval(tmp_path):
     and one row per direction with that direction's own interval, and the header each direction's
     SyncR² with its interval, as results.json holds them."""
     from nsync.config import load_config
-    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.testing.synthetic import write_synthetic_cache
     from nsync.fit import FitConfig, run_fit
 
     study = _study()

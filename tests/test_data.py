@@ -5,7 +5,7 @@ import torch
 
 from nsync.cache import ActivationCache
 from nsync.data import DataConfig, SynchronyDataModule, build_pairs, make_split
-from nsync.data.synthetic import write_synthetic_cache
+from nsync.testing.synthetic import write_synthetic_cache
 from nsync.errors import NsyncError
 from nsync.scenarios import load_sotopia
 

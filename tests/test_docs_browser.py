@@ -78,7 +78,7 @@ def site(tmp_path_factory) -> str:
 def report_page(tmp_path_factory) -> Path:
     from nsync.analysis.report import main as report_main
     from nsync.config import load_config
-    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.testing.synthetic import write_synthetic_cache
     from nsync.fit import FitConfig, run_fit
 
     root = tmp_path_factory.mktemp("report")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nsync.data.synthetic import write_synthetic_cache
+from nsync.testing.synthetic import write_synthetic_cache
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 #: Pages whose Python blocks are runnable, and the cache path they use.

@@ -66,7 +66,7 @@ def test_flag_names_match_exactly_or_by_kind():
 
 def _flag_cache(tmp_path):
     """A planted cache in which the flagged replies carry no synchrony: their states are noise."""
-    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.testing.synthetic import write_synthetic_cache
 
     return write_synthetic_cache(tmp_path / "c", n_episodes=60, turns=8, hidden=6, n_layers=1, scale=1.0, noise=0.5, flag_share=0.3)
 

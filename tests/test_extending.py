@@ -8,7 +8,7 @@ import pytest
 
 from nsync.config import load_config
 from nsync.data.pairs import PAIRINGS
-from nsync.data.synthetic import planted_r2, write_synthetic_cache
+from nsync.testing.synthetic import planted_r2, write_synthetic_cache
 from nsync.fit import FitConfig, run_fit
 from nsync.fit.probe_types import PROBE_TYPES
 from nsync.judge.backends import JUDGE_BACKENDS

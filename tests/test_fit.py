@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nsync.config import load_config
-from nsync.data.synthetic import planted_r2, write_synthetic_cache
+from nsync.testing.synthetic import planted_r2, write_synthetic_cache
 from nsync.fit import FitConfig, FitResult, run_fit
 
 

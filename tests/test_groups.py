@@ -10,7 +10,7 @@ from nsync.cache import ActivationCache
 from nsync.config import load_config
 from nsync.data.pairs import Direction, build_pairs, resolve_directions
 from nsync.data.splits import make_split
-from nsync.data.synthetic import planted_r2, write_synthetic_cache
+from nsync.testing.synthetic import planted_r2, write_synthetic_cache
 from nsync.errors import NsyncError
 from nsync.fit import FitConfig, FitResult, run_fit
 from nsync.scenarios import load_builtin_groups, load_sotopia

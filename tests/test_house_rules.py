@@ -33,7 +33,7 @@ import lightning  # its own import changes some of these: compare from after it
 def state():
     return [repr(warnings.filters), dict(os.environ), logging.getLogger("lightning.pytorch").level]
 before = state()
-import nsync.fit.loop, nsync.fit.tracking, nsync.fit.plots, nsync.fit.surrogates, nsync.analysis.controls, nsync.analysis.performance
+import nsync.fit.loop, nsync.fit.tracking, nsync.fit.plots, nsync.stats.surrogates, nsync.analysis.controls, nsync.analysis.performance
 import matplotlib
 print(json.dumps([before == state(), matplotlib.rcParams._get_backend_or_none()]))
 """

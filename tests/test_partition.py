@@ -7,7 +7,7 @@ from nsync.cache import ActivationCache
 from nsync.config import load_config
 from nsync.data import SynchronyDataModule
 from nsync.data.bands import Baseline, BandReader
-from nsync.data.synthetic import PLANTED_TEXT, write_partition_cache, write_synthetic_cache
+from nsync.testing.synthetic import PLANTED_TEXT, write_partition_cache, write_synthetic_cache
 from nsync.errors import NsyncError
 from nsync.fit import FitConfig, FitResult, run_fit
 

@@ -126,7 +126,7 @@ def test_constant_target_dimensions_have_no_r2():
     uniform, weighted = metric.compute()
     assert torch.isnan(uniform[0]) and torch.isnan(weighted[0])
     assert uniform[1].item() == pytest.approx(1.0)  # only the varying dimensions count
-    from nsync.fit.results import sync_r2
+    from nsync.stats.r2 import sync_r2
 
     assert sync_r2(np.array([[np.nan, 0.3], [np.nan, -0.2]])) == pytest.approx(0.15)
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from nsync.config import load_config
-from nsync.data.synthetic import PLANTED_TEXT, write_partition_cache
+from nsync.testing.synthetic import PLANTED_TEXT, write_partition_cache
 from nsync.fit import FitConfig, run_fit
-from nsync.fit.surrogates import _PlainProbe, baseline_split, false_positive_rate, p_value, permutations, unique_nulls
+from nsync.stats.surrogates import baseline_split, p_value, permutations, unique_null
+from nsync.testing.surrogates import false_positive_rate
 
 
 @pytest.mark.parametrize("unique", [False, True])
@@ -85,18 +86,17 @@ def test_unique_null_is_undefined_where_the_baseline_holds_the_source():
     x = b[:, :2] * 2.0  # the source is a part of the baseline: nothing beyond it to re-pair
     y = rng.normal(size=(30, 2))
     pairs = pd.DataFrame({"episode_id": np.arange(10).repeat(1), "run_id": np.arange(10), "t": np.zeros(10)})
-    null = unique_nulls(
-        _PlainProbe(torch.ones(5, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)),
-        torch.from_numpy(np.concatenate([x, b], 1))[:, None],
+    null = unique_null(
+        torch.from_numpy(x),
+        torch.from_numpy(b),
+        torch.from_numpy(y[20:]),
+        torch.ones(5, 2, dtype=torch.float64),
+        torch.zeros(2, dtype=torch.float64),
         torch.arange(20),
         torch.arange(20, 30),
-        torch.from_numpy(y)[:, None],
-        2,
-        np.array([0]),
-        np.array([0.0]),
-        np.array([False]),
         permutations(pairs, 5),
-        torch.ones(1, 2, dtype=torch.bool),
+        torch.ones(2, dtype=torch.bool),
         np.zeros(30),
+        0.0,
     )
-    assert np.isnan(null).all() and p_value(0.1, null[0]) is None
+    assert null is None  # no p-value: nothing beyond the baseline to re-pair

@@ -2,7 +2,7 @@
 
     python experiments/benchmarks/bootstrap_coverage.py [--reps 400]
 
-Each problem (:func:`nsync.data.synthetic.planted_fits`) splits planted episodes as ``nsync.fit``
+Each problem (:func:`nsync.testing.synthetic.planted_fits`) splits planted episodes as ``nsync.fit``
 does, over several split seeds whose test sides overlap: per seed it chooses each source layer's
 target layer on validation episodes, fits ridge probes on the training side and scores them on the
 test side; targets carry an episode-level offset (what a conversation's shape explains). The
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from nsync.fit.bootstrap import interval_coverage
+from nsync.testing.coverage import interval_coverage
 
 SETTINGS = {
     "3 split seeds x 20 test episodes, targets chosen on validation": {},

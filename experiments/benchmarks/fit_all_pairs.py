@@ -45,7 +45,7 @@ import torch
 from sklearn.metrics import r2_score
 
 from nsync.data import DataConfig, SynchronyDataModule
-from nsync.data.synthetic import write_synthetic_cache
+from nsync.testing.synthetic import write_synthetic_cache
 from nsync.fit import FitResult
 
 SHAPES = {"smollm2": (31, 576, 813), "7b": (33, 4096, 813)}  # layers (embeddings included), hidden, episodes

@@ -2,7 +2,7 @@
 
     python experiments/benchmarks/partition_planted.py [--out runs/partition_planted] [--null-seeds 8]
 
-Three caches written with the public cache writer (nsync.data.synthetic): a shared text plus the
+Three caches written with the public cache writer (nsync.testing.synthetic): a shared text plus the
 partner's own past and nothing private to the speaker (unique share 0), the same plus a private
 part of the speaker (unique share known in closed form), and a passive observer that sees half
 of the speaker's state (unique and shared shares 0.25 each). Each is fitted with
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nsync.config import load_config
-from nsync.data.synthetic import PLANTED_TEXT, write_partition_cache, write_synthetic_cache
+from nsync.testing.synthetic import PLANTED_TEXT, write_partition_cache, write_synthetic_cache
 from nsync.fit import FitConfig, run_fit
 
 

@@ -2,7 +2,7 @@
 
     python experiments/benchmarks/surrogate_fpr.py [--reps 400]
 
-Each problem (:func:`nsync.fit.surrogates.false_positive_rate`) plants 60 episodes of 8 pairs,
+Each problem (:func:`nsync.testing.surrogates.false_positive_rate`) plants 60 episodes of 8 pairs,
 fits a ridge probe on 40 and scores 20, and takes the permutation p-value over 100 surrogate
 re-pairings of the test rows, for SyncR² (target independent of the source given the utterance
 index) and for the unique share beyond a baseline (target depends on the baseline only, the
@@ -16,7 +16,7 @@ import argparse
 import logging
 import time
 
-from nsync.fit.surrogates import false_positive_rate
+from nsync.testing.surrogates import false_positive_rate
 
 SETTINGS = {
     "SyncR², pseudo-dyads, with a conversation shape": dict(),

@@ -113,7 +113,7 @@ class Report:
     def view_section(self, name: str, pair: PairConfig, source: str, target: str) -> tuple[list[str], dict | None]:
         """One view (source -> target): the controls table, splits and probes, the reading, the
         coverage check and the smallest detectable difference."""
-        from nsync.fit.loop import MIN_TEST_EPISODES
+        from nsync.fit.analyses import MIN_TEST_EPISODES
         from nsync.fit.results import layer_profile
 
         folder = self.out / name / _name(source)

@@ -3,7 +3,7 @@
 Each control is the main fit with a few config switches (:data:`CONTROLS`); its run folder
 holds the same ``results.json``, plots and W&B run as any fit. The summary puts each control's
 SyncR² beside the main condition's, with the difference and its 95% paired bootstrap interval
-over episodes (both runs share the cache's replicate weights, see :mod:`nsync.fit.bootstrap`).
+over episodes (both runs share the cache's replicate weights, see :mod:`nsync.stats.bootstrap`).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def check_paired(main: FitResult, other: FitResult, name: str = "the control") -
     """Raise a clear error unless ``other``'s bootstrap replicates pair with ``main``'s episode by
     episode: the same replicate scheme, count and seed, and for every (split seed, direction) both
     fitted, the same test episodes (a control that lost episodes, or another split, cannot pair)."""
-    from nsync.fit import bootstrap as boot
+    from nsync.stats import bootstrap as boot
 
     if main.bootstrap is None or other.bootstrap is None:
         raise NsyncError(f"{name} or main has no bootstrap replicates (fit with bootstrap > 0)")
@@ -223,7 +223,7 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
     """One row per run: SyncR² (± std over split seeds, 95% CI over episodes), per direction, and
     the difference from the main condition with its 95% bootstrap interval paired by test episode
     (``unpaired`` says why a run has none: see :func:`check_paired`)."""
-    from nsync.fit.bootstrap import bias_corrected, interval
+    from nsync.stats.bootstrap import bias_corrected, interval
 
     main = results["main"]
     main_reps = _replicates("main", main, out)

@@ -23,6 +23,7 @@ from omegaconf import MISSING
 
 from nsync.errors import NsyncError
 from nsync.fit.results import FitResult
+from nsync.fit.run_folder import RunFolder
 from nsync.plotting import pyplot
 
 log = logging.getLogger("nsync.analysis")
@@ -50,12 +51,12 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
     two-model cache) are averaged into the pair's SyncR², as the paper averages directions and
     orders; their bootstrap replicates are averaged too (one cache: the same replicate weights).
     """
-    from nsync.fit.bootstrap import interval  # here: --help imports no torch
+    from nsync.stats.bootstrap import interval  # here: --help imports no torch
 
-    by_cache: dict[Path, list[tuple[Path, FitResult]]] = {}
-    for fit in map(Path, fits):
-        r = FitResult.load(fit)
-        by_cache.setdefault(Path(r.config["data"]["cache"]), []).append((fit, r))
+    by_cache: dict[Path, list[tuple[RunFolder, FitResult]]] = {}
+    for fit in map(RunFolder, fits):
+        r = FitResult.load(fit.path)
+        by_cache.setdefault(Path(r.fit_config().data.cache), []).append((fit, r))
     pairs, episodes = [], []
     for cache, runs in by_cache.items():
         scores_path = cache / "judge" / judge / "scores.csv"
@@ -68,7 +69,7 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
         per_episode = per_run.groupby("episode_id")["overall"].mean()
         models = sorted({m for _, r in runs for m in (r.models["source"], r.models["target"])})
         label = " x ".join(models) if len(models) > 1 else f"{models[0]} x {models[0]}"
-        reps = [np.load(fit / "bootstrap.npy") for fit, r in runs if (fit / "bootstrap.npy").is_file()]
+        reps = [x for fit, _ in runs if (x := fit.read_bootstrap()) is not None]
         syncs = [r.sync_r2 for _, r in runs]
         ci = interval(np.mean(reps, axis=0), float(np.mean(syncs))) if len(reps) == len(runs) and len({len(x) for x in reps}) == 1 else None
         pairs.append(
@@ -76,7 +77,7 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
                 "pair": label,
                 "models": ",".join(models),
                 "cache": str(cache),
-                "fits": ",".join(str(f) for f, _ in runs),
+                "fits": ",".join(str(f.path) for f, _ in runs),
                 "sync_r2": float(np.mean(syncs)),
                 "sync_r2_std": float(np.mean([r.sync_r2_std for _, r in runs])),
                 "sync_r2_ci_low": ci[0] if ci else None,
@@ -87,8 +88,7 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
                 "runs_failed": int(scores.loc[scores["status"] == "failed", "run_id"].nunique()),
             }
         )
-        frames = [pd.read_csv(fit / "episode_sync.csv") for fit, _ in runs if (fit / "episode_sync.csv").is_file()]
-        frames = [f for f in frames if len(f)]
+        frames = [f for fit, _ in runs if (f := fit.read_episodes()) is not None and len(f)]
         if frames:
             ep = pd.concat(frames).groupby("episode_id")["sync_r2"].mean().reset_index()
             ep["social"] = ep["episode_id"].map(per_episode)
@@ -106,7 +106,7 @@ def correlations(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0
     """
     from scipy import stats
 
-    from nsync.fit.bootstrap import interval
+    from nsync.stats.bootstrap import interval
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)

@@ -80,7 +80,7 @@ class ActivationCache:
     """A cache folder opened for reading.
 
     >>> import tempfile
-    >>> from nsync.data.synthetic import write_synthetic_cache
+    >>> from nsync.testing.synthetic import write_synthetic_cache
     >>> cache = ActivationCache.open(write_synthetic_cache(tempfile.mkdtemp() + "/c", n_episodes=3, turns=4, hidden=8))
     >>> cache.turns[["episode_id", "agent", "utterance"]].shape
     (12, 3)

@@ -1,8 +1,10 @@
 """The fit stage: synchrony probes for every (source, target) layer pair of a cache.
 
 ``python -m nsync.fit --config configs/fit/paper.yaml`` runs :func:`run_fit`; its result is a
-:class:`FitResult` (``results.json``). Later stages (controls, analysis, report) import
-:class:`FitResult` and, to fit, :class:`FitConfig`, :func:`run_fit` and :func:`reusable_result`, nothing else.
+:class:`FitResult` (``results.json`` in a :class:`RunFolder`). Later stages (controls, analysis,
+report) import :class:`FitResult`, :class:`RunFolder` and, to fit, :class:`FitConfig`,
+:func:`run_fit` and :func:`reusable_result`, nothing else. The map of the stage:
+``docs/development.md``.
 """
 
 # Names load on first use (SPEC 1 lazy loading), so ``nsync fit --help`` imports no torch
@@ -11,11 +13,10 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    # submodules too: nsync.fit.<module> works after `import nsync.fit`, as it did with eager imports
-    submodules=["bootstrap", "config", "loop", "partition", "plots", "probe_types", "results", "surrogates", "timecourse", "tracking"],
     submod_attrs={
         "config": ["FitConfig", "resolve_out"],
         "loop": ["reusable_result", "run_fit"],
-        "results": ["FitResult", "sync_r2"],
+        "results": ["FitResult"],
+        "run_folder": ["RunFolder"],
     },
 )

@@ -15,11 +15,12 @@ from nsync.errors import NsyncError
 
 #: How a source layer's target layer is chosen (``target_choice``).
 TARGET_CHOICES = ("validation", "test")
-#: Surrogate kinds of the permutation p-values (:mod:`nsync.fit.surrogates`).
+#: Surrogate kinds of the permutation p-values (:mod:`nsync.stats.surrogates`).
 SURROGATE_KINDS = ("pseudo_dyad", "circular_shift")
 
-# The config classes import nothing heavy (no torch, no pandas), so ``nsync fit --help`` is quick:
-# what validating a value needs is imported where it is checked.
+# A leaf: the config validates its own values and imports nothing from the fit stage (which
+# checks ``probe=`` against its registry when a fit starts) and nothing heavy (no torch), so
+# ``nsync fit --help`` is quick.
 
 
 @dataclass
@@ -151,13 +152,8 @@ class FitConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        # Here, not at the top: the registry brings Lightning, and --help must not. One way only:
-        # the probe types never import this module.
-        from nsync.fit.probe_types import PROBE_TYPES
-        from nsync.probes.ridge import ALPHA_CHOICES
+        from nsync.probes.ridge import ALPHA_CHOICES  # here: it brings torch, and --help must not
 
-        if self.probe not in PROBE_TYPES:
-            raise NsyncError(f"probe must be one of {PROBE_TYPES.names()}, got '{self.probe}'")
         if self.affine.alpha_per not in ALPHA_CHOICES:
             raise NsyncError(f"affine.alpha_per must be one of {ALPHA_CHOICES}, got '{self.affine.alpha_per}'")
         if not self.affine.alphas or any(a < 0 for a in self.affine.alphas):
@@ -172,17 +168,14 @@ class FitConfig:
             raise NsyncError("partition.baselines chooses band penalties and target layers on validation episodes; set target_choice=validation")
         if self.target_choice not in TARGET_CHOICES:
             raise NsyncError(f"target_choice must be one of {TARGET_CHOICES}, got '{self.target_choice}'")
+        if self.bootstrap < 0:
+            raise NsyncError(f"bootstrap must be at least 0 (0: no interval), got {self.bootstrap}")
+        if self.time_bins < -1:
+            raise NsyncError(f"time_bins must be -1 (no time course), 0 (each utterance index its own bin) or a number of bins, got {self.time_bins}")
         if self.memory_gb <= 0:
             raise NsyncError(f"memory_gb must be positive, got {self.memory_gb}")
         if self.logger.kind not in ("wandb", "none") or self.logger.mode not in ("auto", "offline", "online"):
             raise NsyncError("logger.kind must be wandb or none, logger.mode auto, offline or online")
-
-    @property
-    def needs_validation(self) -> bool:
-        """Something is chosen on validation data (an alpha grid, the MLP's early stopping)."""
-        from nsync.fit.probe_types import PROBE_TYPES
-
-        return PROBE_TYPES.get(self.probe)().needs_validation(self)
 
 
 def resolve_out(cfg: FitConfig) -> str:
@@ -193,49 +186,3 @@ def resolve_out(cfg: FitConfig) -> str:
     d = to_dict(cfg)
     d.pop("out")
     return cfg.out.replace("{hash}", hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10])
-
-
-#: Keys that change where and how a fit runs, not what it measures: left out of its fingerprint.
-RUN_ONLY_KEYS = ("out", "overwrite", "progress", "logger", "memory_gb", "save_weights")
-
-#: The method of the unique share's surrogate null, part of the fingerprint of fits that compute it,
-#: so a change of method refits those (and only those). 3: the source split on the baseline and the
-#: permutation strata, on at most half the rows' worth of the principal components of the
-#: baseline's standardised columns.
-UNIQUE_NULL_METHOD = 3
-
-#: How a baseline that joins features (``a+b``) weighs them, part of the fingerprint of fits with
-#: one. 3: each feature a ridge band with its own penalty (``partition.feature_ratios``), chosen per
-#: cell on validation; 2: each brought to the total variance of the largest, one penalty for all;
-#: 1: as read, where a small-scale feature beside a large one was shrunk to nothing.
-JOINED_BASELINE_METHOD = 3
-
-#: How the own-past baseline holds its indicator of rows whose partner has not spoken before, part
-#: of the fingerprint of fits with own_past. 2: a band of its own at a fixed penalty ratio; 1: in
-#: the state's band, where the penalties of a residual stream shrank it away.
-OWN_PAST_METHOD = 2
-
-
-def fingerprint(cfg: FitConfig) -> str:
-    """A hash of what a fit measures: its config (less :data:`RUN_ONLY_KEYS`), the results schema
-    and the content of its cache (manifest and shards), so a stored ``results.json`` is reused
-    only for the same fit of the same data."""
-    from nsync.cache import ActivationCache
-    from nsync.data.bands import Baseline
-    from nsync.fit.results import SCHEMA_VERSION
-
-    d = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
-    d["data"] = {k: v for k, v in d["data"].items() if k != "cache"}  # the cache counts by content, not by path
-    # The solver changes how the same numbers are computed (equal to 1e-6: tests/test_partition.py), not what a fit measures.
-    d["affine"] = {k: v for k, v in d["affine"].items() if k != "solver"}
-    joined = any("+" in name for name in cfg.partition.baselines)
-    if not joined:  # feature_ratios serve joined baselines only: other fits keep their fingerprint
-        d["partition"] = {k: v for k, v in d["partition"].items() if k != "feature_ratios"}
-    measured = {"config": d, "schema": SCHEMA_VERSION, "cache": ActivationCache.open(cfg.data.cache).content_id()}
-    if cfg.partition.baselines and cfg.surrogates.n:
-        measured["unique_null"] = UNIQUE_NULL_METHOD
-    if joined:
-        measured["joined_baseline"] = JOINED_BASELINE_METHOD
-    if any("own_past" in Baseline.parse(name).features for name in cfg.partition.baselines):
-        measured["own_past"] = OWN_PAST_METHOD
-    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]

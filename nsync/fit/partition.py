@@ -1,397 +1,338 @@
-"""Variance partitioning: how much of the partner's next state the speaker's state explains that a
-baseline does not.
+"""The variance partition as an analysis of the fit: for every chunk of source layers and every
+baseline, the baseline alone and the source beside it are fitted on the same pairs and split, and
+the source's unique and shared shares (:mod:`nsync.stats.partition`) are scored at each source
+layer's chosen target, with the episode bootstrap's replicates (paired with SyncR²'s), the
+surrogates' null of the unique share and its time course.
 
-For every (source layer, target layer) cell the fit compares three probes on the same pairs,
-split and test episodes: the source alone (the main fit), the baseline alone (its features read by
-:class:`nsync.data.bands.BandReader`) and both together (banded ridge: the source and each of the
-baseline's features a band with its own penalty, :class:`nsync.probes.AffineProbe` with
-``band_start``, the penalties chosen per cell on validation: :func:`joint_bands`). With test
-R² ``S``, ``B`` and ``J``:
-
-- unique share of the source: ``J - B`` (what the source adds beyond the baseline),
-- shared share: ``S + B - J`` (what either explains alone).
-
-A difference of separately fitted conditions (the controls) cannot give these: the two fits
-predict different parts of the target. The unique SyncR² follows SyncR²'s rule: per source layer
-one target layer, chosen on validation episodes (the best validation unique share), its test value
-averaged over source layers; it is not clipped at 0 (a share beyond a baseline can be estimated
-below zero, and clipping would bias it upward). Every figure gets the episode bootstrap's interval
-from the same replicates as SyncR², so the shares are paired.
+The baseline's features are read by :class:`nsync.data.bands.BandReader`; both extra fits are
+banded ridge (:class:`nsync.probes.AffineProbe` with ``band_start``), their penalties chosen per
+cell on validation (:mod:`nsync.fit.penalties`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from nsync.probes.metrics import ProbeResults
-    from nsync.probes.ridge import Bands
-
-from nsync.fit.config import PartitionConfig  # noqa: E402,F401  (its home until 2026-12; imported from here by older code)
+from nsync.cache import ActivationCache
+from nsync.data.bands import INDICATOR_BANDS, BandReader, Baseline, BaselineFeatures, check_baselines
+from nsync.fit.analyses import Analysis, register
+from nsync.fit.run_folder import Artefacts
+from nsync.fit.config import FitConfig
+from nsync.fit.direction import ChunkFit, DirectionContext, chosen_predictions
+from nsync.fit.penalties import baseline_bands, joint_bands
+from nsync.fit.results import DirectionResult, FitResult, PartitionDirection, PartitionSummary, TimeCourseResult, nan_to_none
+from nsync.stats import bootstrap as boot
+from nsync.stats.partition import QUANTITIES, baseline_only_cells, choose_unique_targets, joined_shortfall, shares_at
+from nsync.stats.r2 import mean_over_sources
+from nsync.stats.surrogates import null_summary, p_value, strata, unique_null
+from nsync.stats.timecourse import Course, pool_seeds
 
 log = logging.getLogger("nsync.fit")
 
-#: The shares reported per baseline, in this order.
-QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
+
+@dataclass
+class Fitted:
+    """A tested probe's results as matrices ``[sources, targets]`` (band ratios ``[sources,
+    targets, bands after the first]``), its per-episode sums, and the probe."""
+
+    probe: object
+    test_r2: np.ndarray
+    val_r2: np.ndarray | None
+    ratio: np.ndarray | None
+    sse: torch.Tensor  # [E, sources, targets, dims]
+
+    @classmethod
+    def of(cls, probe, n_sources: int, n_tgt: int, on_validation: bool) -> Fitted:
+        res = probe.results
+        as_cells = lambda t, *rest: None if t is None else t.reshape(n_sources, n_tgt, *rest).numpy()  # noqa: E731
+        val = as_cells(res.val_r2) if on_validation else None
+        return cls(probe, as_cells(res.test_r2), val, as_cells(res.ratio, -1), res.episode_sums["sse"])
+
+    def row(self, values: np.ndarray, i: int) -> np.ndarray:
+        """Chunk position ``i``'s row (a fit of one row serves every source layer)."""
+        return values[0] if values.shape[0] == 1 else values[i]
+
+    def sse_of(self, i: int) -> torch.Tensor:
+        return self.sse[:, 0] if self.sse.shape[1] == 1 else self.sse[:, i]
+
+
+@dataclass
+class PartitionFit:
+    """One baseline's partition of one (split seed, direction): matrices ``[sources, targets]``,
+    the chosen targets, per source layer each quantity's estimate, their mean over source layers
+    and its replicates ``[quantities, n_boot]``, the unique share's null and time course."""
+
+    r2_baseline: np.ndarray
+    r2_joint: np.ndarray
+    ratio: np.ndarray  # [sources, targets, bands] each band's penalty over the source's in the joint fit (0: the baseline alone validated better)
+    baseline_ratio: np.ndarray | None  # [sources, targets, bands - 1] the baseline alone's penalty of each later band over the first's
+    chosen: np.ndarray
+    by_source_layer: np.ndarray  # [sources, quantities]
+    estimate: np.ndarray  # [quantities]
+    replicates: np.ndarray | None
+    null_unique: np.ndarray | None
+    time_course: Course | None
 
 
 @dataclass
 class ChunkShares:
-    """One baseline's fits for a chunk of source layers: test R² matrices, the target chosen per
-    source layer, and per source layer each quantity's estimate and bootstrap replicates."""
+    """One baseline's figures for one chunk (the rows of :class:`PartitionFit`)."""
 
-    r2_baseline: np.ndarray  # [chunk, targets]
+    r2_baseline: np.ndarray
     r2_joint: np.ndarray
-    # [chunk, targets, features] each feature's chosen penalty over the source's in the joint fit (0: the baseline alone validated better)
     ratio: np.ndarray
-    chosen: np.ndarray  # [chunk] target position (-1: none)
+    baseline_ratio: np.ndarray | None
+    chosen: np.ndarray
     estimates: np.ndarray  # [chunk, quantities]
     replicates: np.ndarray | None  # [chunk, quantities, n_boot]
-    episode_r2: np.ndarray  # [chunk, quantities, test episodes] at the chosen cell
-    null_unique: np.ndarray | None = None  # [chunk, surrogates] the unique share with the test rows re-paired
-    by_time: list | None = None  # per source layer: (unique share per bin, its replicates) or None
-    baseline_ratio: np.ndarray | None = None  # [chunk, targets, features - 1] the baseline alone's penalty of each later feature over the first's
+    null_unique: np.ndarray | None  # [chunk, surrogates]
+    by_time: list | None
 
 
-#: The penalty ratio of a band whose ratio is fixed (an indicator, ``nsync.data.bands.INDICATOR_BANDS``):
-#: brought to the largest band's total variance, one column is then in effect unpenalised.
-FIXED_BAND_RATIO = 1.0
+class BaselinePartition:
+    """One baseline's fits beside every chunk of one direction."""
 
+    def __init__(self, ctx: DirectionContext, name: str, features: BaselineFeatures):
+        self.ctx, self.name, self.features = ctx, name, features
+        self.fitted_alone: Fitted | None = None  # a baseline-alone fit that serves every source layer, fitted once
+        self.parts: list[ChunkShares] = []
 
-def baseline_bands(cfg: PartitionConfig, feature_starts: list[int], fixed: Sequence[bool] = ()) -> Bands | None:
-    """Banded ridge for a baseline alone (``None`` for one band: plain ridge): every band
-    brought to the largest one's total variance, each later band at each of
-    ``cfg.feature_ratios`` of the first one's penalty (whose own is the alpha), or at
-    :data:`FIXED_BAND_RATIO` where ``fixed`` says so.
+    def shared_band(self, chunk: ChunkFit) -> bool:
+        bands = [self.features.per_source[s] for s in chunk.sources]
+        return all(b is bands[0] for b in bands)
 
-    >>> baseline_bands(PartitionConfig(feature_ratios=[0.1, 1.0]), [4, 7]).ratios
-    [(0.1, 0.1), (0.1, 1.0), (1.0, 0.1), (1.0, 1.0)]
-    >>> baseline_bands(PartitionConfig(feature_ratios=[0.1, 10.0]), [4, 5], fixed=(False, True)).ratios
-    [(0.1, 1.0), (10.0, 1.0)]
-    """
-    if not feature_starts:
-        return None
-    from nsync.probes.ridge import Bands
+    def baseline_x(self, chunk: ChunkFit) -> torch.Tensor:
+        bands = [self.features.per_source[s] for s in chunk.sources]
+        return bands[0][:, None] if self.shared_band(chunk) else torch.stack(bands, 1)
 
-    grid = tuple(float(q) for q in cfg.feature_ratios)
-    options = [(FIXED_BAND_RATIO,) if f else grid for f in (tuple(fixed) or (False,) * len(feature_starts))]
-    return Bands(list(feature_starts), list(itertools.product(*options)), reference="largest")
+    def fit_alone(self, chunk: ChunkFit) -> Fitted:
+        if self.shared_band(chunk) and self.fitted_alone is not None:
+            return self.fitted_alone
+        ctx, shared = self.ctx, self.shared_band(chunk)
+        design = baseline_bands(ctx.cfg.partition, self.features.starts, self.features.fixed)
+        probe = ctx.fit_probe(ctx.dm.with_source_data(self.baseline_x(chunk), design), f"{chunk.prefix}partition/{self.name}/")
+        fitted = Fitted.of(probe, 1 if shared else len(chunk.sources), ctx.n_targets, ctx.on_validation)
+        if shared:
+            self.fitted_alone = fitted
+        return fitted
 
+    def fit_joint(self, chunk: ChunkFit, base: Fitted) -> tuple[Fitted, torch.Tensor, np.ndarray | None]:
+        """The joint fit, its design rows and the baseline alone's band ratios per cell."""
+        ctx, n = self.ctx, len(chunk.sources)
+        base_ratio = None if base.ratio is None else np.broadcast_to(base.ratio, (n, *base.ratio.shape[1:])).copy()
+        joint_x = torch.cat([ctx.dm.x[:, chunk.sources], torch.stack([self.features.per_source[s] for s in chunk.sources], 1)], -1)
+        # cells the baseline alone chose nothing for (no variance on the validation side) may take any
+        design_ratio = None if base_ratio is None else np.where(np.isnan(base_ratio), float(ctx.cfg.partition.feature_ratios[0]), base_ratio)
+        design = joint_bands(ctx.cfg.partition, ctx.dm.d_in, self.features.starts, design_ratio)
+        probe = ctx.fit_probe(ctx.dm.with_source_data(joint_x, design), f"{chunk.prefix}partition/{self.name}/")
+        return Fitted.of(probe, n, ctx.n_targets, ctx.on_validation), joint_x, base_ratio
 
-def joint_bands(cfg: PartitionConfig, d_in: int, feature_starts: list[int], baseline_ratio: np.ndarray | None) -> Bands:
-    """Banded ridge for the source (``d_in`` columns) beside a baseline: every band brought to the
-    source's total variance (its alpha grid keeps its meaning), the baseline's first feature at
-    each of ``cfg.ratios`` of the source's penalty. Later features keep, in each cell, the ratios
-    to the first that the baseline alone chose there (``baseline_ratio`` ``[S or 1, T, features -
-    1]``): the joint fit nests the baseline-alone one, and chooses among as many combinations per
-    cell as beside a one-feature baseline (more choices would let the joint fit win on validation
-    episodes by chance, and bias the unique share down on the test ones).
+    def add(self, chunk: ChunkFit) -> None:
+        n, n_tgt = len(chunk.sources), self.ctx.n_targets
+        base = self.fit_alone(chunk)
+        joint, joint_x, base_ratio = self.fit_joint(chunk, base)
+        r2_b = np.stack([base.row(base.test_r2, i) for i in range(n)])
+        val_b = None if base.val_r2 is None else np.stack([base.row(base.val_r2, i) for i in range(n)])
+        r2_j, val_j = joint.test_r2.copy(), None if joint.val_r2 is None else joint.val_r2.copy()
+        ratio = np.full((n, n_tgt, len(self.features.starts) + 1), np.nan) if joint.ratio is None else joint.ratio.copy()
+        baseline_only = baseline_only_cells(val_b, val_j)
+        if baseline_only is None:  # both or neither: the same data module's validation rows
+            baseline_only = np.zeros_like(r2_j, dtype=bool)
+        elif val_j is not None and val_b is not None:
+            val_j[baseline_only] = val_b[baseline_only]
+        r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0  # every feature's ratio
+        chosen = choose_unique_targets(val_b, val_j, r2_j - r2_b)
+        estimates, replicates = self.scores(chunk, base, joint, r2_b, r2_j, baseline_only, chosen)
+        nulls = self.nulls(chunk, joint, joint_x, r2_b, baseline_only, chosen) if self.ctx.perms is not None else None
+        by_time = self.by_time(chunk, base, joint, joint_x, baseline_only, chosen) if self.ctx.course is not None else None
+        self.parts.append(ChunkShares(r2_b, r2_j, ratio, base_ratio, chosen, estimates, replicates, nulls, by_time))
 
-    >>> joint_bands(PartitionConfig(ratios=[1.0, 10.0]), 5, [], None).ratios
-    [1.0, 10.0]
-    >>> b = joint_bands(PartitionConfig(ratios=[1.0, 10.0]), 5, [3], np.array([[[0.1], [1.0]]]))  # 1 source, 2 targets
-    >>> b.start, b.ratios, b.allowed[:, 0].tolist()
-    ([5, 8], [(1.0, 0.1), (1.0, 1.0), (10.0, 1.0), (10.0, 10.0)], [[True, False], [False, True], [True, False], [False, True]])
-    """
-    from nsync.probes.ridge import Bands
+    def scores(self, chunk: ChunkFit, base: Fitted, joint: Fitted, r2_b, r2_j, baseline_only, chosen) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per source layer each quantity's test estimate ``[chunk, quantities]`` and its replicates ``[chunk, quantities, n_boot]``."""
+        n, replicate_r2 = len(chunk.sources), self.ctx.replicate_r2
+        estimates = np.full((n, len(QUANTITIES)), np.nan)
+        replicates = None if replicate_r2 is None else np.full((n, len(QUANTITIES), self.ctx.cfg.bootstrap), np.nan)
+        for i in range(n):
+            t = int(chosen[i])
+            if t < 0:
+                continue
+            estimates[i] = shares_at(chunk.r2[i, t], r2_b[i, t], r2_j[i, t])
+            if replicate_r2 is not None and replicates is not None:
+                sse = [chunk.sums["sse"][:, i], base.sse_of(i), base.sse_of(i) if baseline_only[i, t] else joint.sse[:, i]]
+                replicates[i] = shares_at(*[replicate_r2(s, [t])[:, 0] for s in sse]).T
+        return estimates, replicates
 
-    ratios = [float(r) for r in cfg.ratios]
-    if not feature_starts:
-        return Bands([d_in], ratios)
-    assert baseline_ratio is not None  # the baseline alone is banded where it has several features
-    later = np.unique(baseline_ratio.reshape(-1, baseline_ratio.shape[-1]), axis=0)  # [distinct, features - 1]
-    combinations = [(r, *(r * float(q) for q in qs)) for r in ratios for qs in later]
-    matches = (baseline_ratio[None] == later[:, None, None]).all(-1)  # [distinct, S or 1, T]
-    allowed = torch.from_numpy(np.tile(matches, (len(ratios), 1, 1)))  # [combinations, S or 1, T], in the order of combinations
-    return Bands([d_in] + [d_in + s for s in feature_starts], combinations, allowed=allowed)
-
-
-def max_band_combinations(cfg: PartitionConfig) -> int:
-    """The most band penalty ratio combinations any fit of the partition may validate (1 without
-    baselines): a joint fit's where the baseline alone chose every one of its combinations somewhere."""
-    from nsync.data.bands import Baseline
-
-    features = [len(Baseline.parse(b).features) for b in cfg.baselines]
-    return max((len(cfg.ratios) * len(cfg.feature_ratios) ** (k - 1) for k in features), default=1)
-
-
-def shares_at(source, baseline, joint) -> np.ndarray:
-    """``[..., quantities]`` from test R² of the three fits (any matching shapes).
-
-    >>> shares_at(np.array(0.5), np.array(0.4), np.array(0.6)).round(3).tolist()
-    [0.5, 0.4, 0.6, 0.2, 0.3]
-    """
-    source, baseline, joint = (np.asarray(v, dtype=float) for v in (source, baseline, joint))
-    return np.stack([source, baseline, joint, joint - baseline, source + baseline - joint], -1)
-
-
-def choose_unique_targets(val_baseline: np.ndarray | None, val_joint: np.ndarray | None, test_unique: np.ndarray) -> np.ndarray:
-    """Per source layer the target layer with the best validation unique share (``J - B``), or
-    without validation R² the best test one; -1 where none has a value."""
-    from nsync.fit.results import choose_targets
-
-    val = None if val_baseline is None or val_joint is None else val_joint - val_baseline
-    return choose_targets(test_unique, val)
-
-
-def fit_chunk_shares(
-    cfg,
-    dm,
-    chunk: list[int],
-    bands: list[torch.Tensor],
-    feature_starts: list[int],
-    fixed: Sequence[bool],
-    source_res: ProbeResults,
-    fit_probe,
-    replicate_r2,
-    n_boot: int,
-    on_validation: bool,
-    baseline_cache: dict,
-    perms: np.ndarray | None = None,
-    valid: torch.Tensor | None = None,
-    course=None,
-) -> ChunkShares:
-    """The baseline-alone and joint fits for the source layers ``chunk`` of ``dm`` and one baseline
-    (``bands``: its features per source layer of the chunk, each band after the first beginning
-    at a column of ``feature_starts``, ``fixed`` where its penalty ratio is fixed), scored against the source-alone
-    results ``source_res`` of the same chunk. ``fit_probe(view)`` fits and tests an affine probe on
-    a data module view; ``baseline_cache`` keeps a baseline-alone fit that does not depend on the
-    source layer, so it is fitted once per direction. With surrogate re-pairings ``perms`` of the
-    test rows (and the test side's ``valid`` dimensions) the unique share's null is computed too,
-    and with a :class:`nsync.fit.timecourse.TimeCourse` its course by utterance index."""
-    from nsync.fit.bootstrap import episode_r2
-
-    n_tgt = len(dm.target_layers)
-    n_features = len(feature_starts) + 1
-    key = id(bands[0])
-    shared_band = all(b is bands[0] for b in bands)
-    if shared_band and key in baseline_cache:
-        base_probe = baseline_cache[key]
-    else:
-        base_x = bands[0][:, None] if shared_band else torch.stack(bands, 1)
-        base_probe = fit_probe(dm.with_source_data(base_x, baseline_bands(cfg.partition, feature_starts, fixed)))
-        if shared_band:
-            baseline_cache[key] = base_probe
-    base = _results(base_probe.results, 1 if shared_band else len(chunk), n_tgt)
-    # the baseline alone's feature ratios per cell (one fit serving every source layer: the same for each)
-    base_ratio = None if base["ratio"] is None else np.broadcast_to(base["ratio"], (len(chunk), *base["ratio"].shape[1:])).copy()
-    joint_x = torch.cat([dm.x[:, chunk], torch.stack(bands, 1)], -1)
-    # cells the baseline alone chose nothing for (no variance on the validation side) may take any
-    design_ratio = None if base_ratio is None else np.where(np.isnan(base_ratio), float(cfg.partition.feature_ratios[0]), base_ratio)
-    joint_probe = fit_probe(dm.with_source_data(joint_x, joint_bands(cfg.partition, dm.d_in, feature_starts, design_ratio)))
-    joint = _results(joint_probe.results, len(chunk), n_tgt)
-    source = _results(source_res, len(chunk), n_tgt)
-
-    def row(part: dict, i: int, name: str):
-        value = part[name]
-        return value[0] if value.shape[0] == 1 else value[i]
-
-    r2_b = np.stack([row(base, i, "test_r2") for i in range(len(chunk))])
-    r2_j = joint["test_r2"].copy()
-    val_b = None if base["val_r2"] is None or not on_validation else np.stack([row(base, i, "val_r2") for i in range(len(chunk))])
-    val_j = None if joint["val_r2"] is None or not on_validation else joint["val_r2"].copy()
-    ratio = np.full((len(chunk), n_tgt, n_features), np.nan) if joint["ratio"] is None else joint["ratio"].reshape(len(chunk), n_tgt, -1).copy()
-    # The joint model is chosen on validation among the banded fits and the baseline alone: where
-    # the source does not help the validation episodes it gets no weight (ratio 0), so the unique
-    # share is 0 there rather than the joint fit's extra estimation error.
-    if val_b is None or val_j is None:  # both or neither: the same data module's validation rows
-        baseline_only = np.zeros_like(r2_j, dtype=bool)
-    else:
-        baseline_only = np.nan_to_num(val_b, nan=-np.inf) >= np.nan_to_num(val_j, nan=-np.inf)
-        val_j[baseline_only] = val_b[baseline_only]
-    r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0  # every feature's ratio
-    chosen = choose_unique_targets(val_b, val_j, r2_j - r2_b)
-    estimates = np.full((len(chunk), len(QUANTITIES)), np.nan)
-    replicates = None if replicate_r2 is None else np.full((len(chunk), len(QUANTITIES), n_boot), np.nan)
-    n_episodes = source["sums"]["sse"].shape[0]
-    per_episode = np.full((len(chunk), len(QUANTITIES), n_episodes), np.nan)
-    for i in range(len(chunk)):
-        t = int(chosen[i])
-        if t < 0:
-            continue
-        estimates[i] = shares_at(source["test_r2"][i, t], r2_b[i, t], r2_j[i, t])
-        sse = [source["sums"]["sse"][:, i], _sse(base, i), _sse(base, i) if baseline_only[i, t] else joint["sums"]["sse"][:, i]]
-        if replicates is not None:
-            reps = [replicate_r2(s, [t])[:, 0] for s in sse]
-            replicates[i] = shares_at(*reps).T
-        sums = source["sums"]
-        eps = [episode_r2({"n": sums["n"], "s1": sums["s1"], "s2": sums["s2"], "sse": s}, [t])[:, 0] for s in sse]
-        per_episode[i] = shares_at(*eps).T
-    null_unique = None
-    if perms is not None:
-        from nsync.fit.surrogates import strata, unique_nulls
-
-        assert valid is not None  # given with perms
-        rows = np.arange(len(chunk))
-        picked = np.where(chosen >= 0, chosen, 0)
-        null_unique = unique_nulls(
-            joint_probe,
-            joint_x,
-            torch.from_numpy(dm.index["train"]),
-            torch.from_numpy(dm.index["test"]),
-            dm.y,
-            dm.d_in,
-            chosen,
-            r2_b[rows, picked],
-            baseline_only[rows, picked],
-            perms,
-            valid,
-            strata(dm.pairs.iloc[np.concatenate([dm.index["train"], dm.index["test"]])], cfg.surrogates.kind),
-        )
-    by_time: list | None = None
-    if course is not None:  # the unique share by utterance index: joint minus baseline, per bin
-        from nsync.fit.surrogates import chosen_predictions
-
-        assert valid is not None  # given with course
-        test = torch.from_numpy(dm.index["test"])
-        y_test = dm.y[test]
-        joint_pred = chosen_predictions(joint_probe, joint_x[test], y_test, chosen)
-        with torch.no_grad():
-            base_pred = dict(base_probe.source_predictions((bands[0][:, None] if shared_band else torch.stack(bands, 1))[test]))
-        y_base = (y_test.float() - base_probe.target_shift.cpu()).double()
-        by_time = []
+    def nulls(self, chunk: ChunkFit, joint: Fitted, joint_x: torch.Tensor, r2_b, baseline_only, chosen) -> np.ndarray:
+        """``[chunk, surrogates]`` the unique share with only the source's own part re-paired (0
+        where the baseline alone validated better; NaN where the baseline explains the source)."""
+        ctx, dm, d = self.ctx, self.ctx.dm, self.ctx.dm.d_in
+        assert ctx.perms is not None
+        train, test = torch.from_numpy(dm.index["train"]), torch.from_numpy(dm.index["test"])
+        row_strata = strata(dm.pairs.iloc[np.concatenate([dm.index["train"], dm.index["test"]])], ctx.cfg.surrogates.kind)
+        out = np.full((len(chosen), len(ctx.perms)), np.nan)
         for i, t in enumerate(int(c) for c in chosen):
             if t < 0:
-                by_time.append(None)
                 continue
-            b_est, b_reps = course.r2(y_base[:, t], base_pred[0 if shared_band else i][:, t].double(), valid[t])
-            j_est, j_reps = (b_est, b_reps) if baseline_only[i, t] else course.r2(*joint_pred[i], valid[t])
-            by_time.append((j_est - b_est, None if b_reps is None else j_reps - b_reps))
-    del joint_probe
-    return ChunkShares(r2_b, r2_j, ratio, chosen, estimates, replicates, per_episode, null_unique, by_time, base_ratio)
+            if baseline_only[i, t]:
+                out[i] = 0.0
+                continue
+            w, bias = joint.probe.weights(i, t)  # type: ignore[attr-defined]
+            x = joint_x[:, i]
+            null = unique_null(x[:, :d], x[:, d:], dm.y[test, t], w, bias, train, test, ctx.perms, chunk.valid[t], row_strata, float(r2_b[i, t]))
+            if null is not None:
+                out[i] = null
+        return out
 
+    def by_time(self, chunk: ChunkFit, base: Fitted, joint: Fitted, joint_x: torch.Tensor, baseline_only, chosen) -> list:
+        """Per source layer the unique share by utterance bin (joint minus baseline) and its replicates."""
+        ctx, course = self.ctx, self.ctx.course
+        assert course is not None and ctx.y_test is not None
+        test = torch.from_numpy(ctx.dm.index["test"])
+        joint_pred = chosen_predictions(joint.probe, joint_x[test], ctx.y_test, chosen)
+        shared = self.shared_band(chunk)
+        with torch.no_grad():
+            base_pred = dict(base.probe.source_predictions(self.baseline_x(chunk)[test]))  # type: ignore[attr-defined]
+        y_base = (ctx.y_test.float() - base.probe.target_shift.cpu()).double()  # type: ignore[attr-defined]
+        out: list = []
+        for i, t in enumerate(int(c) for c in chosen):
+            if t < 0:
+                out.append(None)
+                continue
+            b_est, b_reps = course.r2(y_base[:, t], base_pred[0 if shared else i][:, t].double(), chunk.valid[t])
+            j_est, j_reps = (b_est, b_reps) if baseline_only[i, t] else course.r2(*joint_pred[i], chunk.valid[t])
+            out.append((j_est - b_est, None if b_reps is None or j_reps is None else j_reps - b_reps))
+        return out
 
-def _sse(base: dict, i: int) -> torch.Tensor:
-    """The baseline fit's per-episode squared errors for chunk position ``i`` (one fit serves all)."""
-    sse = base["sums"]["sse"]  # [E, sources, targets, dims]
-    return sse[:, 0] if sse.shape[1] == 1 else sse[:, i]
-
-
-def _results(res: ProbeResults, n_sources: int, n_tgt: int) -> dict:
-    """A tested probe's results as numpy matrices ``[sources, targets]`` (band ratios ``[sources,
-    targets, bands after the first]``) plus its per-episode sums."""
-    assert res.test_r2 is not None and res.episode_sums is not None  # set by the test stage of every (affine) probe
-    return {
-        "test_r2": res.test_r2.reshape(n_sources, n_tgt).numpy(),
-        "val_r2": None if res.val_r2 is None else res.val_r2.reshape(n_sources, n_tgt).numpy(),
-        "ratio": None if res.ratio is None else res.ratio.reshape(n_sources, n_tgt, -1).numpy(),
-        "sums": res.episode_sums,
-    }
-
-
-def mean_over_sources(values: np.ndarray) -> np.ndarray:
-    """NaN-aware mean over the first axis (source layers without a chosen target are left out)."""
-    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
-        return np.nanmean(values, axis=0)
-
-
-def join_chunks(parts: list[ChunkShares], course=None) -> dict:
-    """One direction's shares from its chunks: matrices ``[sources, targets]``, the chosen targets,
-    per-source-layer estimates, their mean over source layers and its replicates ``[quantities,
-    n_boot]``, the surrogates' null and (with a time course) the unique share by utterance index."""
-    from nsync.fit.timecourse import summarise_fit
-
-    estimates = np.concatenate([p.estimates for p in parts])
-    replicates = None if parts[0].replicates is None else mean_over_sources(np.concatenate([p.replicates for p in parts]))
-    return {
-        "r2_baseline": np.concatenate([p.r2_baseline for p in parts]),
-        "r2_joint": np.concatenate([p.r2_joint for p in parts]),
-        "ratio": np.concatenate([p.ratio for p in parts]),
-        "baseline_ratio": None if parts[0].baseline_ratio is None else np.concatenate([p.baseline_ratio for p in parts]),
-        "chosen": np.concatenate([p.chosen for p in parts]),
-        "by_source_layer": estimates,
-        "estimate": mean_over_sources(estimates),
-        "replicates": replicates,
-        "episode_r2": mean_over_sources(np.concatenate([p.episode_r2 for p in parts])),
-        "null_unique": None if parts[0].null_unique is None else mean_over_sources(np.concatenate([p.null_unique for p in parts])),
-        "time_course": None if course is None else summarise_fit([x for p in parts if p.by_time is not None for x in p.by_time], course, clip=False),
-    }
-
-
-def intervals(estimate: np.ndarray, replicates: np.ndarray) -> tuple[dict[str, tuple[float, float] | None], dict[str, float | None]]:
-    """Per quantity the basic bootstrap interval and the bias-corrected value of ``estimate``
-    ``[quantities]`` from its ``replicates`` ``[quantities, n_boot]``."""
-    from nsync.fit import bootstrap as boot
-
-    ci = {q: boot.interval(replicates[i], estimate[i]) for i, q in enumerate(QUANTITIES)}
-    corrected = {q: boot.bias_corrected(estimate[i], replicates[i]) for i, q in enumerate(QUANTITIES)}
-    return ci, corrected
-
-
-def summarise_direction(fits: list, target_layers: list[int], layer: str, feature_ratios: list[float] | None = None) -> dict:
-    """``PartitionDirection`` per baseline from one direction's fits (one per split seed); with the
-    ``feature_ratios`` grid, a warning where a joined baseline's features chose its edge in most cells."""
-    from nsync.data.bands import INDICATOR_BANDS, Baseline
-    from nsync.fit import bootstrap as boot
-    from nsync.fit.results import PartitionDirection, nan_to_none
-    from nsync.fit.surrogates import null_summary, p_value
-    from nsync.fit.timecourse import combine_seeds
-
-    out = {}
-    for name in fits[0].partition:
-        seeds = [f.partition[name] for f in fits]
-        baseline = Baseline.parse(name)
-        features = baseline.bands
-        null = None if seeds[0]["null_unique"] is None else np.mean([s["null_unique"] for s in seeds], 0)
-        base = np.mean([s["r2_baseline"] for s in seeds], 0)
-        joint = np.mean([s["r2_joint"] for s in seeds], 0)
-        source = np.mean([f.r2 for f in fits], 0)
-        by_layer = mean_over_sources(np.stack([s["by_source_layer"] for s in seeds]))  # [sources, quantities]
-        per_seed = np.stack([s["estimate"] for s in seeds])  # [seeds, quantities]
-        estimate = mean_over_sources(per_seed)
-        # one joint draw over split seeds (episode-keyed weights), as the run's pooled interval
-        ci, corrected = (
-            ({}, {}) if any(s["replicates"] is None for s in seeds) else intervals(estimate, boot.combine([s["replicates"] for s in seeds]))
+    def finish(self) -> PartitionFit:
+        parts, course = self.parts, self.ctx.course
+        estimates = np.concatenate([p.estimates for p in parts])
+        cat = lambda name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        replicates, nulls = cat("replicates"), cat("null_unique")
+        return PartitionFit(
+            r2_baseline=np.concatenate([p.r2_baseline for p in parts]),
+            r2_joint=np.concatenate([p.r2_joint for p in parts]),
+            ratio=np.concatenate([p.ratio for p in parts]),
+            baseline_ratio=cat("baseline_ratio"),
+            chosen=np.concatenate([p.chosen for p in parts]),
+            by_source_layer=estimates,
+            estimate=mean_over_sources(estimates),
+            replicates=None if replicates is None else mean_over_sources(replicates),
+            null_unique=None if nulls is None else mean_over_sources(nulls),
+            time_course=None if course is None else course.mean_over_sources([x for p in parts if p.by_time is not None for x in p.by_time], clip=False),
         )
-        out[name] = PartitionDirection(
-            r2_baseline=nan_to_none(base.tolist()),
-            r2_joint=nan_to_none(joint.tolist()),
-            unique=nan_to_none((joint - base).tolist()),
-            shared=nan_to_none((source + base - joint).tolist()),
-            ratio=[nan_to_none(s["ratio"][..., 0].tolist()) for s in seeds],
-            feature_ratio=None
-            if len(features) == 1
-            else {f: [nan_to_none(s["ratio"][..., k].tolist()) for s in seeds] for k, f in enumerate(features)},
-            baseline_feature_ratio=None
-            if seeds[0]["baseline_ratio"] is None
-            else {f: [nan_to_none(s["baseline_ratio"][..., k].tolist()) for s in seeds] for k, f in enumerate(features[1:])},
-            chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in s["chosen"]] for s in seeds],
-            by_source_layer={q: nan_to_none(by_layer[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
-            per_seed={q: nan_to_none(per_seed[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
-            values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)},
-            ci95=ci,
-            bias_corrected=corrected,
-            unique_p_value=None if null is None else p_value(float(estimate[QUANTITIES.index("unique")]), null),
-            unique_null=null_summary(null),
-            time_course=None if seeds[0]["time_course"] is None else combine_seeds([s["time_course"] for s in seeds]),
-        )
-    for name, d in out.items():
+
+
+@register("partition")
+class Partition(Analysis):
+    """Every baseline of ``partition.baselines`` beside every chunk (one :class:`BaselinePartition` each)."""
+
+    def __init__(self, ctx: DirectionContext):
+        super().__init__(ctx)
+        cfg, dm = ctx.cfg, ctx.dm
+        cache = ActivationCache.open(cfg.data.cache)
+        check_baselines(cfg.partition.baselines, cache)
+        layer = cfg.partition.layer if cfg.partition.layer == "same" else int(cfg.partition.layer)
+        reader = BandReader(cache, dm.pairs, dm.source_model, dm.target_model, dm.target_condition, dm.index["fit"], layer)
+        self.baselines = {name: BaselinePartition(ctx, name, reader.read(Baseline.parse(name), dm.source_layers)) for name in cfg.partition.baselines}
+
+    @classmethod
+    def wanted(cls, ctx: DirectionContext) -> bool:
+        return bool(ctx.cfg.partition.baselines)
+
+    def add(self, chunk: ChunkFit) -> None:
+        for baseline in self.baselines.values():  # the same chunk beside each baseline
+            baseline.add(chunk)
+
+    def finish(self) -> dict[str, PartitionFit]:
+        return {name: baseline.finish() for name, baseline in self.baselines.items()}
+
+    @classmethod
+    def summarise(cls, direction: DirectionResult, outputs: list[dict[str, PartitionFit]], result: FitResult, cfg: FitConfig) -> None:
+        source = direction.r2_matrix  # the source alone, mean over split seeds
+        direction.partition = {name: summarise_baseline(name, [o[name] for o in outputs], source, result.target_layers) for name in outputs[0]}
+        warn_edges(direction.partition, cfg.partition.feature_ratios)
+
+    @classmethod
+    def pool(cls, result: FitResult, per_fit: list[tuple[int, dict[str, PartitionFit]]], artefacts: Artefacts, cfg: FitConfig) -> None:
+        for name in per_fit[0][1]:
+            fits = [(seed, o[name]) for seed, o in per_fit]
+            estimate = boot.pool([(seed, f.estimate) for seed, f in fits], skip_nan=True)
+            ci, corrected, p, null = {}, {}, None, None
+            if all(f.replicates is not None for _, f in fits):
+                reps = boot.pool([(seed, f.replicates) for seed, f in fits])  # [Q, B]
+                artefacts.partition_bootstrap.update({f"{name}/{q}": reps[i] for i, q in enumerate(QUANTITIES)})
+                ci, corrected = boot.intervals(QUANTITIES, estimate, reps)
+            if all(f.null_unique is not None for _, f in fits):
+                null = boot.pool([(seed, f.null_unique) for seed, f in fits])
+                p = p_value(estimate[QUANTITIES.index("unique")], null)
+            result.partition[name] = PartitionSummary(
+                features=list(Baseline.parse(name).features),
+                layer=cfg.partition.layer,
+                values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)},
+                ci95=ci,
+                bias_corrected=corrected,
+                unique_p_value=p,
+                unique_null=null_summary(null),
+            )
+
+
+def summarise_baseline(name: str, seeds: list[PartitionFit], source: np.ndarray, target_layers: list[int]) -> PartitionDirection:
+    """One baseline's :class:`PartitionDirection` from one direction's split seeds (``source``:
+    the source alone's test R², mean over split seeds)."""
+    bands = Baseline.parse(name).bands
+    base, joint = np.mean([s.r2_baseline for s in seeds], 0), np.mean([s.r2_joint for s in seeds], 0)
+    by_layer = mean_over_sources(np.stack([s.by_source_layer for s in seeds]))  # [sources, quantities]
+    per_seed = np.stack([s.estimate for s in seeds])  # [seeds, quantities]
+    estimate = mean_over_sources(per_seed)
+    replicates = [s.replicates for s in seeds]  # one joint draw over split seeds (episode-keyed weights), as the run's pooled interval
+    ci, corrected = ({}, {}) if any(r is None for r in replicates) else boot.intervals(QUANTITIES, estimate, boot.pool([(0, r) for r in replicates]))
+    nulls = [s.null_unique for s in seeds]
+    null = None if nulls[0] is None else np.mean(nulls, 0)
+    courses = [s.time_course for s in seeds]
+    return PartitionDirection(
+        r2_baseline=nan_to_none(base.tolist()),
+        r2_joint=nan_to_none(joint.tolist()),
+        unique=nan_to_none((joint - base).tolist()),
+        shared=nan_to_none((source + base - joint).tolist()),
+        ratio=[nan_to_none(s.ratio[..., 0].tolist()) for s in seeds],
+        feature_ratio=None if len(bands) == 1 else {f: [nan_to_none(s.ratio[..., k].tolist()) for s in seeds] for k, f in enumerate(bands)},
+        baseline_feature_ratio=None
+        if seeds[0].baseline_ratio is None
+        else {f: [nan_to_none(s.baseline_ratio[..., k].tolist()) for s in seeds] for k, f in enumerate(bands[1:])},  # type: ignore[index]
+        chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in s.chosen] for s in seeds],
+        by_source_layer={q: nan_to_none(by_layer[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
+        per_seed={q: nan_to_none(per_seed[:, i].tolist()) for i, q in enumerate(QUANTITIES)},
+        values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)},
+        ci95=ci,
+        bias_corrected=corrected,
+        unique_p_value=None if null is None else p_value(float(estimate[QUANTITIES.index("unique")]), null),
+        unique_null=null_summary(null),
+        time_course=None if courses[0] is None else TimeCourseResult.of(pool_seeds([c for c in courses if c is not None])),
+    )
+
+
+def warn_edges(partition: dict[str, PartitionDirection], feature_ratios: list[float]) -> None:
+    """Warnings where a joined baseline's features chose the edge of ``partition.feature_ratios``
+    in most cells, or where it predicts less than its best feature alone."""
+    for name, d in partition.items():
         for feature, chosen in (d.baseline_feature_ratio or {}).items():
-            if feature in INDICATOR_BANDS.values():  # a fixed ratio, not chosen
-                continue
             at = np.asarray(chosen, dtype=float)
             at = at[np.isfinite(at)]
-            if feature_ratios and len(at):
-                for edge, word in ((min(feature_ratios), "smallest"), (max(feature_ratios), "largest")):
-                    if (at == edge).mean() > 0.5:
-                        log.warning(
-                            "in the joined baseline %s alone, %s chose the %s of partition.feature_ratios (%g) in %.0f%% of the cells: "
-                            "its best penalty may lie beyond the grid; extend partition.feature_ratios",
-                            name,
-                            feature,
-                            word,
-                            edge,
-                            100 * (at == edge).mean(),
-                        )
-    for name, share in joined_shortfall({n: np.asarray(d.r2_baseline, dtype=float) for n, d in out.items()}).items():
+            if feature in INDICATOR_BANDS.values() or not len(at):  # an indicator's ratio is fixed, not chosen
+                continue
+            for edge, word in ((min(feature_ratios), "smallest"), (max(feature_ratios), "largest")):
+                if (at == edge).mean() > 0.5:
+                    log.warning(
+                        "in the joined baseline %s alone, %s chose the %s of partition.feature_ratios (%g) in %.0f%% of the cells: "
+                        "its best penalty may lie beyond the grid; extend partition.feature_ratios",
+                        *(name, feature, word, edge, 100 * (at == edge).mean()),
+                    )
+    r2 = {n: np.asarray(d.r2_baseline, dtype=float) for n, d in partition.items()}
+    for name, share in joined_shortfall(r2, {n: list(Baseline.parse(n).features) for n in partition}).items():
         if share > 0.1:
             log.warning(
                 "the joined baseline %s alone predicts less than its best feature alone in %.0f%% of the cells (by more than 0.005): "
@@ -400,61 +341,3 @@ def summarise_direction(fits: list, target_layers: list[int], layer: str, featur
                 name,
                 100 * share,
             )
-    return out
-
-
-def joined_shortfall(r2_baseline: dict[str, np.ndarray], margin: float = 0.005) -> dict[str, float]:
-    """For each joined baseline (``a+b``) whose features are also fitted alone: the share of
-    (source, target layer) cells where it predicts less than its best feature alone by more than
-    ``margin`` (test R² of the baselines alone). A joined baseline holds all its features, so in
-    the population it predicts at least as well; a shortfall is its one penalty failing them.
-
-    >>> joined_shortfall({"a": np.array([[0.3, 0.2]]), "b": np.array([[0.1, 0.4]]), "a+b": np.array([[0.35, 0.3]])})
-    {'a+b': 0.5}
-    """
-    from nsync.data.bands import Baseline
-
-    out = {}
-    for name, joined in r2_baseline.items():
-        parts = Baseline.parse(name).features
-        if len(parts) < 2 or not all(p in r2_baseline for p in parts):
-            continue
-        best = np.fmax.reduce([r2_baseline[p] for p in parts])
-        cells = np.isfinite(joined) & np.isfinite(best)
-        if cells.any():
-            out[name] = float((joined[cells] < best[cells] - margin).mean())
-    return out
-
-
-def summarise(fits: list, split_seeds: list[int], features: dict[str, list[str]], layer: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """``PartitionSummary`` per baseline (mean over directions, then split seeds, as SyncR²) and
-    the replicates behind its intervals: ``{"<baseline>/<quantity>": [n_boot]}``."""
-    from nsync.fit import bootstrap as boot
-    from nsync.fit.results import PartitionSummary, nan_to_none
-    from nsync.fit.surrogates import null_summary, p_value
-
-    summaries, replicates = {}, {}
-    for name in fits[0].partition:
-        seeds = [s for s in split_seeds if any(f.seed == s for f in fits)]
-        estimate = np.mean([mean_over_sources(np.stack([f.partition[name]["estimate"] for f in fits if f.seed == s])) for s in seeds], 0)
-        values = {q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)}
-        ci: dict[str, tuple[float, float] | None] = {}
-        corrected: dict[str, float | None] = {}
-        if all(f.partition[name]["replicates"] is not None for f in fits):
-            reps = boot.combine([boot.combine([f.partition[name]["replicates"] for f in fits if f.seed == s]) for s in seeds])  # [Q, B]
-            replicates.update({f"{name}/{q}": reps[i] for i, q in enumerate(QUANTITIES)})
-            ci, corrected = intervals(estimate, reps)
-        p, null = None, None
-        if all(f.partition[name]["null_unique"] is not None for f in fits):
-            null = boot.combine([boot.combine([f.partition[name]["null_unique"] for f in fits if f.seed == s]) for s in seeds])
-            p = p_value(estimate[QUANTITIES.index("unique")], null)
-        summaries[name] = PartitionSummary(
-            features=features[name],
-            layer=layer,
-            values=values,
-            ci95=ci,
-            bias_corrected=corrected,
-            unique_p_value=p,
-            unique_null=null_summary(null),
-        )
-    return summaries, replicates

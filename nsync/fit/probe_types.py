@@ -11,9 +11,8 @@ reported), ``val_r2`` (``[sources, targets]``, validation R²: with ``target_cho
 each source layer's target layer is chosen on it) and ``weights(source, target) -> (W, b)`` (saved).
 Options of a new probe type go in ``probe_options`` (a free-form mapping).
 
-Each method gets the run's :class:`nsync.fit.config.FitConfig` as ``cfg``. This module does not
-import it, not even for type checking: the config checks ``probe=`` against :data:`PROBE_TYPES`
-when it is loaded, so the import goes from the config to here only.
+Each method gets the run's :class:`nsync.fit.config.FitConfig` as ``cfg`` (a leaf: the fit
+checks ``probe=`` against :data:`PROBE_TYPES` with :func:`check_probe` before it reads any data).
 """
 
 from __future__ import annotations
@@ -22,11 +21,14 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
-from nsync.errors import warn_once
+from nsync.data.bands import Baseline
+from nsync.errors import NsyncError, warn_once
+from nsync.fit.config import FitConfig
+from nsync.fit.penalties import max_band_combinations
 from nsync.probes import AffineProbe, MLPProbe
 from nsync.probes.affine import SumsDDPStrategy
 from nsync.registry import Registry
@@ -35,10 +37,6 @@ if TYPE_CHECKING:
     import lightning as L
 
     from nsync.data import SynchronyDataModule
-
-#: Stands for ``nsync.fit.config.FitConfig`` in the annotations below (see the module's docstring).
-FitConfig: TypeAlias = Any
-
 
 class ProbeType(Protocol):
     """A kind of synchrony probe, as the fit loop sees it."""
@@ -55,10 +53,22 @@ class ProbeType(Protocol):
         logger (kwargs: ``max_epochs``, ``callbacks``, ``strategy``)."""
 
 
-#: Registered probe types, by name.
 log = logging.getLogger("nsync.fit")
 
+#: Registered probe types, by name.
 PROBE_TYPES: Registry[type[ProbeType]] = Registry("probe type")
+
+
+def check_probe(name: str) -> None:
+    """A clear error for ``probe=`` naming no registered probe type."""
+    if name not in PROBE_TYPES:
+        raise NsyncError(f"probe must be one of {PROBE_TYPES.names()}, got '{name}'")
+
+
+def probe_type(name: str) -> ProbeType:
+    """The registered probe type ``name``, ready to use."""
+    check_probe(name)
+    return PROBE_TYPES.get(name)()
 
 
 @PROBE_TYPES.register("affine")
@@ -81,8 +91,6 @@ class Affine:
         as stored. Both: float64 ``d x d`` (dual with fewer rows: ``n x n``) matrices per band
         penalty ratio combination (three for an eigendecomposition, one plus an inverse per alpha otherwise),
         and float64 squared errors per test episode and per (alpha, combination) on validation. The dual's target rows (the same for every chunk size) are not counted."""
-        from nsync.data.bands import Baseline
-        from nsync.fit.partition import max_band_combinations
         from nsync.probes.ridge import INVERSE_UP_TO
 
         outputs = len(dm.target_layers) * dm.d_out

@@ -1,96 +1,48 @@
-"""SyncR² and ``FitResult``: the typed, versioned content of a fit run's ``results.json``.
+"""``FitResult``: the typed, versioned content of a fit run's ``results.json``, and how the fits
+of a run pool into it (:meth:`FitResult.from_fits`).
 
 :class:`FitResult` is the only code that writes and reads ``results.json``; the controls,
-analysis and report stages read a run with :meth:`FitResult.load`.
+analysis and report stages read a run through :class:`nsync.fit.run_folder.RunFolder`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import warnings
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nsync.errors import NsyncError
+from nsync.fit.run_folder import Artefacts, RunFolder
+from nsync.stats.r2 import at_chosen, mean_over_sources, row_max, same_layer_r2, sync_r2
+from nsync.stats.timecourse import PooledCourse
 
-#: Bumped whenever a field changes meaning or disappears; :meth:`FitResult.load` reads these and refuses others.
+if TYPE_CHECKING:
+    from nsync.fit.config import FitConfig
+    from nsync.fit.direction import DirectionFit
+
+log = logging.getLogger("nsync.fit")
+
+#: Bumped whenever a field changes meaning or disappears; :meth:`FitResult.load` reads this one and refuses others.
 #: 3: SyncR² at target layers chosen on validation episodes (``target_choice``), episode-keyed bootstrap.
 SCHEMA_VERSION = 3
-READABLE_VERSIONS = (2, 3)
-RESULTS_FILE = "results.json"
 
 Matrix = list[list[Optional[float]]]  # [source layer][target layer]; null where R² is undefined
 
 
-def sync_r2(r2: np.ndarray, clip: bool = True, chosen: np.ndarray | None = None) -> float:
-    """SyncR² of one direction: per source layer one target layer's test R² (the one ``chosen``
-    for it, by position, -1 for none; by default the best, the paper's rule), negatives clipped
-    to 0 (unless ``clip=False``), averaged over source layers.
-
-    >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]))
-    0.25
-    >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]), clip=False)
-    0.2
-    >>> sync_r2(np.array([[0.2, 0.5], [-0.3, -0.1]]), chosen=np.array([0, 1]))
-    0.1
-    >>> sync_r2(np.array([[np.nan, np.nan]]))  # no source layer has an R²: undefined, without a warning
-    nan
-    """
-    best = row_max(r2) if chosen is None else at_chosen(r2, chosen)
-    if clip:
-        best = np.clip(best, 0.0, None)
-    return float(np.nanmean(best)) if np.isfinite(best).any() else float("nan")  # no source layer has an R²
-
-
-def row_max(r2: np.ndarray) -> np.ndarray:
-    """Best value per row, ignoring NaN (targets with no variance); NaN for an all-NaN row."""
-    out = np.full(r2.shape[0], np.nan)
-    for i, row in enumerate(r2):
-        if np.isfinite(row).any():
-            out[i] = np.nanmax(row)
-    return out
-
-
-def at_chosen(r2: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """Each row's value at its chosen column (NaN where none was chosen, -1)."""
-    chosen = np.asarray(chosen, dtype=int)
-    out = np.full(r2.shape[0], np.nan)
-    ok = chosen >= 0
-    out[ok] = r2[np.flatnonzero(ok), chosen[ok]]
-    return out
-
-
-def choose_targets(test_r2: np.ndarray, val_r2: np.ndarray | None = None) -> np.ndarray:
-    """``[source layers]``: each source layer's target layer (position; -1 where nothing can be
-    chosen): the best validation R² when ``val_r2`` is given (the test R² is then an honest
-    estimate of the chosen cell), else the best test R² (the paper's rule, optimistic).
-
-    >>> choose_targets(np.array([[0.1, 0.3]]), np.array([[0.4, 0.2]])).tolist(), choose_targets(np.array([[0.1, 0.3]])).tolist()
-    ([0], [1])
-    """
-    scores = test_r2 if val_r2 is None else val_r2
-    finite = np.isfinite(scores)
-    return np.where(finite.any(1), np.argmax(np.where(finite, scores, -np.inf), axis=1), -1)
-
-
 def nan_to_none(x):
-    """Lists of floats with NaN as None (JSON has no NaN)."""
+    """Lists of floats with NaN as None (JSON has no NaN).
+
+    >>> nan_to_none([1.0, float("nan")])
+    [1.0, None]
+    """
     if isinstance(x, list):
         return [nan_to_none(v) for v in x]
     return None if isinstance(x, float) and not np.isfinite(x) else x
-
-
-def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[int]) -> float | None:
-    """Mean R² of the pairs whose source and target layer have the same index (the diagonal)."""
-    common = [(source_layers.index(layer), target_layers.index(layer)) for layer in source_layers if layer in target_layers]
-    if not common:
-        return None
-    values = np.array([r2[i, j] for i, j in common], dtype=float)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else None
 
 
 class DirectionResult(BaseModel):
@@ -118,7 +70,7 @@ class DirectionResult(BaseModel):
     cka: Optional[Matrix] = Field(None, description="debiased linear CKA per (source, target layer) on the test side, mean over split seeds")
     sync_cka: Optional[float] = Field(None, description="best target's CKA per source layer, mean over source layers and split seeds")
     target_choice: str = Field(
-        "test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)"
+        "test", description="how each source layer's target layer was chosen: validation or test"
     )
     chosen_target_layer: Optional[list[list[Optional[int]]]] = Field(None, description="per split seed and source layer: the chosen target layer")
     chosen_r2_by_source_layer: Optional[list[Optional[float]]] = Field(
@@ -135,18 +87,48 @@ class DirectionResult(BaseModel):
 
     @property
     def r2_by_source_layer(self) -> np.ndarray:
-        """Per source layer the R² that enters SyncR² (before clipping): at the chosen target layer
-        (the best one in files before schema 3)."""
-        values = self.best_r2_by_source_layer if self.chosen_r2_by_source_layer is None else self.chosen_r2_by_source_layer
-        return np.array(values, dtype=float)
+        """Per source layer the R² that enters SyncR² (before clipping): at the chosen target layer."""
+        return np.array(self.chosen_r2_by_source_layer, dtype=float)
 
     @property
     def r2_matrix(self) -> np.ndarray:
         return np.array(self.r2, dtype=float)
 
+    @classmethod
+    def of_seeds(cls, fits: list[DirectionFit], source_layers: list[int], target_layers: list[int]) -> DirectionResult:
+        """Mean and std over one direction's split seeds of the R² matrix and the figures derived
+        from it (each seed's SyncR² at the target layers it chose)."""
+        stack, chosen = np.stack([f.r2 for f in fits]), [f.chosen for f in fits]  # [seeds, source, target]
+        mean = stack.mean(0)
+        syncs = [sync_r2(m, chosen=c) for m, c in zip(stack, chosen, strict=True)]
+        unclipped = [sync_r2(m, clip=False, chosen=c) for m, c in zip(stack, chosen, strict=True)]
+        chosen_r2 = mean_over_sources(np.stack([at_chosen(m, c) for m, c in zip(stack, chosen, strict=True)]))
+        same = [same_layer_r2(m, source_layers, target_layers) for m in stack]
+        filled = np.where(np.isfinite(mean), mean, -np.inf)
+        return cls(
+            r2=nan_to_none(mean.tolist()),
+            r2_std=nan_to_none(stack.std(0).tolist()),
+            r2_variance_weighted=nan_to_none(np.mean([f.r2_weighted for f in fits], 0).tolist()),
+            alpha=None if fits[0].alpha is None else [nan_to_none(f.alpha.tolist()) for f in fits if f.alpha is not None],
+            sync_r2=float(np.mean(syncs)),
+            sync_r2_std=float(np.std(syncs)),
+            sync_r2_per_seed=syncs,
+            sync_r2_unclipped=nan_to_none(float(np.mean(unclipped))),
+            same_layer_r2=None if any(x is None for x in same) else float(np.mean([x for x in same if x is not None])),
+            best_target_layer=[target_layers[j] for j in filled.argmax(1)],
+            best_r2_by_source_layer=nan_to_none(row_max(mean).tolist()),
+            n_train=[f.n_train for f in fits],
+            n_test=[f.n_test for f in fits],
+            n_excluded=fits[0].n_excluded,
+            target_choice=fits[0].target_choice,
+            chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in c] for c in chosen],
+            chosen_r2_by_source_layer=nan_to_none(chosen_r2.tolist()),
+            sync_r2_test_picked=float(np.mean([sync_r2(m) for m in stack])),
+        )
+
 
 class TimeCourseResult(BaseModel):
-    """A figure by source utterance index (nsync.fit.timecourse), over split seeds."""
+    """A figure by source utterance index (nsync.stats.timecourse), over split seeds."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -154,6 +136,10 @@ class TimeCourseResult(BaseModel):
     n_pairs: list[int] = Field(description="test pairs per bin (first split seed that has it)")
     value: list[Optional[float]]
     ci95: list[Optional[tuple[float, float]]] = Field(description="95% basic bootstrap interval per bin (episodes)")
+
+    @classmethod
+    def of(cls, course: PooledCourse) -> TimeCourseResult:
+        return cls(utterance=course.utterance, n_pairs=course.n_pairs, value=course.value, ci95=course.ci95)
 
 
 class PartitionDirection(BaseModel):
@@ -213,9 +199,9 @@ class PartitionSummary(BaseModel):
 class BootstrapInfo(BaseModel):
     replicates: int
     unit: str = "episode"
-    scheme: str = Field("multinomial", description="how replicates weight episodes (nsync.fit.bootstrap.SCHEME); runs pair only within a scheme")
+    scheme: str = Field("multinomial", description="how replicates weight episodes (nsync.stats.bootstrap.SCHEME); runs pair only within a scheme")
     seed: int = 0
-    method: str = Field("basic", description="interval method (see nsync.fit.bootstrap.interval)")
+    method: str = Field("basic", description="interval method (see nsync.stats.bootstrap.interval)")
     test_episodes: Optional[int] = Field(None, description="fewest test episodes of any (split seed, direction)")
     file: str = "bootstrap.npy"
 
@@ -223,8 +209,10 @@ class BootstrapInfo(BaseModel):
 class FitResult(BaseModel):
     """What ``python -m nsync.fit`` measured; ``results.json`` is its JSON.
 
-    >>> result = FitResult.load("runs/quickstart/fit")      # doctest: +SKIP
-    >>> result.sync_r2, result.directions["A->B"].best_target_layer[:3]   # doctest: +SKIP
+    >>> from nsync.testing import golden_fit
+    >>> result = FitResult.load(golden_fit())            # a small fit on a planted cache
+    >>> round(result.directions["A->B"].sync_r2, 2), result.directions["B->A"].sync_r2
+    (0.5, 0.0)
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -254,7 +242,7 @@ class FitResult(BaseModel):
     )
     sync_r2_bias_corrected: Optional[float] = Field(None, description="SyncR² minus the bias its bootstrap replicates show (the interval's centre)")
     target_choice: str = Field(
-        "test", description="how each source layer's target layer was chosen: validation or test (files before schema 3: test)"
+        "test", description="how each source layer's target layer was chosen: validation or test"
     )
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
     fingerprint: Optional[str] = Field(
@@ -274,11 +262,7 @@ class FitResult(BaseModel):
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/results.json`` atomically (a reader never sees half a file)."""
-        path = Path(folder) / RESULTS_FILE
-        tmp = path.with_name(f".{RESULTS_FILE}.tmp")
-        tmp.write_text(self.model_dump_json(indent=1))
-        os.replace(tmp, path)
-        return path
+        return RunFolder(folder).write_results(self.model_dump_json(indent=1))
 
     def agent_matrix(self, value: str = "sync_r2"):
         """``value`` of every agent-pair direction (``i->j``) as an N x N table: rows are source
@@ -303,17 +287,16 @@ class FitResult(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:
-        """Read a run folder's (or a file's) results; a clear error for a missing or older file."""
+        """Read a run folder's (or a file's) results; a clear error for a missing or other file."""
         path = Path(path)
         if path.is_dir():
-            path = path / RESULTS_FILE
+            path = RunFolder(path).results
         if not path.is_file():
-            raise NsyncError(f"{path.parent} holds no {RESULTS_FILE}; run python -m nsync.fit first")
+            raise NsyncError(f"{path.parent} holds no {RunFolder.RESULTS}; run python -m nsync.fit first")
         raw = json.loads(path.read_text())
-        version = raw.get("schema_version")
-        if version not in READABLE_VERSIONS:
+        if raw.get("schema_version") != SCHEMA_VERSION:
             raise NsyncError(
-                f"{path} has results schema version {version}, this nsync reads versions {READABLE_VERSIONS}; "
+                f"{path} has results schema version {raw.get('schema_version')}, this nsync reads version {SCHEMA_VERSION}; "
                 f"re-run python -m nsync.fit with overwrite=true"
             )
         try:
@@ -324,11 +307,54 @@ class FitResult(BaseModel):
                 f"first: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}); re-run python -m nsync.fit with overwrite=true"
             ) from None
 
+    def fit_config(self) -> FitConfig:
+        """The config this result was fitted with, as the typed :class:`~nsync.fit.config.FitConfig`."""
+        from nsync.config import from_dict
+        from nsync.fit.config import FitConfig
 
-def _mean_best(matrices: list[np.ndarray]) -> float:
-    """Mean over matrices of the mean over rows of each row's best finite value (NaN if none)."""
-    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN rows and matrices
-        return float(np.nanmean([np.nanmean(row_max(m)) for m in matrices]))
+        return from_dict(FitConfig, self.config)
+
+    @classmethod
+    def from_fits(
+        cls, cfg: FitConfig, fits: list[DirectionFit], skipped: dict[str, str], seconds: float, analyses: Sequence[Pooling]
+    ) -> tuple[FitResult, Artefacts]:
+        """The run's result and artefacts from every (split seed, direction) fit: each direction
+        over its split seeds, the run as the mean over directions then split seeds; then each
+        analysis pools its outputs into both (:mod:`nsync.fit.analyses`)."""
+        from nsync.config import to_dict
+
+        lay = fits[-1].layout  # every fit of a run has the same models and layers
+        mine = {d: [f for f in fits if f.direction == d] for d in cfg.data.directions if any(f.direction == d for f in fits)}
+        directions = {d: DirectionResult.of_seeds(fs, lay["source_layers"], lay["target_layers"]) for d, fs in mine.items()}
+        seeds_sync = np.mean([d.sync_r2_per_seed for d in directions.values()], axis=0)
+        unclipped = [d.sync_r2_unclipped for d in directions.values() if d.sync_r2_unclipped is not None]
+        result = cls(
+            **lay, probe=cfg.probe, split=cfg.data.split, lag=cfg.data.lag, condition=cfg.data.condition, pairing=cfg.data.pairing,
+            directions=directions, skipped_directions=skipped, sync_r2=float(np.mean(seeds_sync)), sync_r2_std=float(np.std(seeds_sync)),
+            target_choice="validation" if all(f.target_choice == "validation" for f in fits) else "test",
+            sync_r2_test_picked=float(np.mean([d.sync_r2_test_picked for d in directions.values()])),
+            sync_r2_unclipped=nan_to_none(float(np.mean(unclipped or [np.nan]))),
+            splits={str(s): {f.direction: f.split_ids for f in fits if f.seed == s} for s in dict.fromkeys(f.seed for f in fits)},
+            config=to_dict(cfg), seconds=seconds,
+        )  # fmt: skip
+        artefacts = Artefacts()
+        for analysis in analyses:
+            for d, fs in mine.items():
+                if all(f.outputs.get(analysis.name) is not None for f in fs):
+                    analysis.summarise(directions[d], [f.outputs[analysis.name] for f in fs], result, cfg)
+            if all(f.outputs.get(analysis.name) is not None for f in fits):
+                analysis.pool(result, [(f.seed, f.outputs[analysis.name]) for f in fits], artefacts, cfg)
+        return result, artefacts
+
+
+class Pooling(Protocol):
+    """How an analysis of :mod:`nsync.fit.analyses` pools its outputs (as :meth:`FitResult.from_fits` sees it)."""
+
+    name: str
+
+    def summarise(self, direction: DirectionResult, outputs: list[Any], result: FitResult, cfg: FitConfig) -> None: ...
+
+    def pool(self, result: FitResult, per_fit: list[tuple[int, Any]], artefacts: Artefacts, cfg: FitConfig) -> None: ...
 
 
 def layer_profile(result: FitResult):
@@ -349,7 +375,7 @@ def layer_profile(result: FitResult):
         for i, layer in enumerate(result.source_layers):
             if not np.isfinite(r2[i]).any():
                 continue
-            # The target chosen in most split seeds (the best mean test R² in files before schema 3).
+            # The target chosen in most split seeds.
             j = modal_target(d, i, result.target_layers)
             rows.append(
                 {
@@ -367,56 +393,6 @@ def layer_profile(result: FitResult):
 
 
 def modal_target(d: DirectionResult, i: int, target_layers: list[int]) -> int:
-    """Position of the target layer chosen for source position ``i`` in most split seeds (the best
-    mean test R² in files before schema 3)."""
-    if not d.chosen_target_layer:
-        row = np.array(d.r2[i], dtype=float)
-        return int(np.nanargmax(row)) if np.isfinite(row).any() else 0
+    """Position of the target layer chosen for source position ``i`` in most split seeds."""
     picks = [pick for seed in d.chosen_target_layer or [] if (pick := seed[i]) is not None]
     return target_layers.index(max(set(picks), key=picks.count)) if picks else 0
-
-
-def summarise_direction(
-    per_seed: list[np.ndarray],
-    per_seed_weighted: list[np.ndarray],
-    alphas: list[np.ndarray] | None,
-    n_train: list[int],
-    n_test: list[int],
-    source_layers: list[int],
-    target_layers: list[int],
-    ckas: list[np.ndarray] | None = None,
-    chosen: list[np.ndarray] | None = None,
-    target_choice: str = "test",
-) -> DirectionResult:
-    """Mean and std over split seeds of the R² matrix and the figures derived from it; ``chosen``
-    per split seed: each source layer's target layer (:func:`choose_targets`; default the best test R²)."""
-    stack = np.stack(per_seed)  # [seeds, source, target]
-    mean = stack.mean(0)
-    chosen = [choose_targets(m) for m in stack] if chosen is None else chosen
-    syncs = [sync_r2(m, chosen=c) for m, c in zip(stack, chosen, strict=True)]
-    unclipped = [sync_r2(m, clip=False, chosen=c) for m, c in zip(stack, chosen, strict=True)]
-    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a source layer with no target in any seed
-        chosen_r2 = np.nanmean([at_chosen(m, c) for m, c in zip(stack, chosen, strict=True)], axis=0)
-    same = [same_layer_r2(m, source_layers, target_layers) for m in stack]
-    filled = np.where(np.isfinite(mean), mean, -np.inf)
-    return DirectionResult(
-        r2=nan_to_none(mean.tolist()),
-        r2_std=nan_to_none(stack.std(0).tolist()),
-        r2_variance_weighted=nan_to_none(np.mean(per_seed_weighted, 0).tolist()),
-        alpha=None if alphas is None else [nan_to_none(a.tolist()) for a in alphas],
-        sync_r2=float(np.mean(syncs)),
-        sync_r2_std=float(np.std(syncs)),
-        sync_r2_per_seed=syncs,
-        sync_r2_unclipped=nan_to_none(float(np.mean(unclipped))),
-        same_layer_r2=None if any(x is None for x in same) else float(np.mean([x for x in same if x is not None])),
-        best_target_layer=[target_layers[j] for j in filled.argmax(1)],
-        best_r2_by_source_layer=nan_to_none(row_max(mean).tolist()),
-        n_train=n_train,
-        n_test=n_test,
-        cka=None if ckas is None else nan_to_none(np.mean(ckas, 0).tolist()),
-        sync_cka=None if ckas is None else nan_to_none(_mean_best(ckas)),
-        target_choice=target_choice,
-        chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in c] for c in chosen],
-        chosen_r2_by_source_layer=nan_to_none(chosen_r2.tolist()),
-        sync_r2_test_picked=float(np.mean([sync_r2(m) for m in stack])),
-    )

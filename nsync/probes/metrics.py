@@ -8,8 +8,6 @@ ranks and episodes, so R² of any union or re-weighting of episodes follows from
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,56 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torchmetrics import Metric
 
+from nsync.stats.r2 import r2_from_sums
+
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
-
-#: An output dimension has an R² when its total sum of squares exceeds this share of the largest one.
-CONSTANT_TOLERANCE = 1e-9
-
-
-def r2_from_sums(
-    n: torch.Tensor,
-    s1: torch.Tensor,
-    s2: torch.Tensor,
-    sse: torch.Tensor,
-    valid: torch.Tensor | None = None,
-    center: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uniform, variance-weighted) R² of each target layer from sums over rows.
-
-    ``s1``, ``s2`` and ``sse`` are ``[..., targets, dims]`` (broadcast against each other), ``n``
-    is ``[...]``. Uniform is the mean of the per-dimension R² (scikit-learn's default, the paper's),
-    variance-weighted is ``1 - ΣSSE / ΣTSS``; both ``[..., targets]``.
-
-    Output dimensions that are constant have no R² and are left out (scikit-learn would score a
-    constant predicted exactly as 1.0): at the last prompt token the embedding output is the
-    same for every row, and counting it as perfectly predicted would make SyncR² 1. ``valid``
-    (``[targets, dims]``) says which dimensions count; by default those whose total sum of squares
-    exceeds :data:`CONSTANT_TOLERANCE` times the largest. A target layer with no valid dimension
-    gets NaN. ``center`` replaces the rows' own mean in the total sum of squares (an episode scored
-    against the whole test side's mean).
-
-    >>> y = torch.tensor([[1.0], [2.0], [3.0], [4.0]]); p = y + torch.tensor([[0.5], [-0.5], [0.5], [-0.5]])
-    >>> u, w = r2_from_sums(torch.tensor(4.0), y.sum(0)[None], (y**2).sum(0)[None], ((y - p)**2).sum(0)[None])
-    >>> round(u.item(), 6), round(w.item(), 6)   # sklearn.metrics.r2_score gives 0.8
-    (0.8, 0.8)
-    """
-    n = torch.as_tensor(n, dtype=s1.dtype, device=s1.device)[..., None, None]
-    if center is None:
-        tss = s2 - s1**2 / n.clamp(min=1)
-        enough = n > 1  # one row has no variance around its own mean
-    else:
-        tss = s2 - 2 * center * s1 + n * center**2
-        enough = n > 0
-    if valid is None:
-        largest = tss.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-300)
-        valid = tss > CONSTANT_TOLERANCE * largest
-    ok = valid & (tss > 0) & enough
-    raw = torch.where(ok, 1 - sse / torch.where(ok, tss, torch.ones_like(tss)), torch.full_like(tss, float("nan")))
-    uniform = raw.nanmean(-1)
-    weighted = 1 - (sse * ok).sum(-1) / (tss * ok).sum(-1)  # 0 / 0 = NaN when no dimension varies
-    return uniform, weighted
-
 
 class LayerR2(Metric):
     """Test R² of every target layer (for each source layer), and the per-episode sums behind it.
@@ -194,42 +146,6 @@ class ProbeResults:
     ratio: torch.Tensor | None = None
     """The band penalty ratio of every cell ``[S, T]`` (affine with bands, the variance partition),
     ``[S, T, bands after the first]`` where each band has its own; NaN where no alpha was chosen."""
-
-    # Results were a plain dict: the dict operations keep working for a release, each with a
-    # warning first (the public API policy in nsync/__init__.py).
-    @staticmethod
-    def _deprecated(how: str, key: object = "val_r2") -> None:
-        warnings.warn(f"probe.results used as a dict ({how}) is deprecated: use probe.results.{key}", DeprecationWarning, stacklevel=3)
-
-    def _known(self, key: str) -> str:
-        if key not in {f.name for f in dataclasses.fields(self)}:
-            raise KeyError(key)
-        return key
-
-    def __getitem__(self, key: str) -> Any:
-        self._deprecated(f'results["{key}"]', key)
-        value = getattr(self, self._known(key))
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._deprecated(f'results["{key}"] = ...', key)
-        setattr(self, self._known(key), value)
-
-    def __contains__(self, key: object) -> bool:
-        self._deprecated(f"{key!r} in results", key)
-        return isinstance(key, str) and getattr(self, key, None) is not None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self._deprecated(f'results.get("{key}")', key)
-        value = getattr(self, key, None)
-        return default if value is None else value
-
-    def update(self, values: dict[str, Any]) -> None:
-        self._deprecated("results.update(...)")
-        for key, value in values.items():
-            setattr(self, self._known(key), value)
 
 
 class TestR2Mixin:

@@ -28,19 +28,19 @@ COMMON = ["logger.kind=none", "progress=false", "affine.matmul_dtype=float64"]
 
 
 def _linear(path: Path) -> Path:
-    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.testing.synthetic import write_synthetic_cache
 
     return write_synthetic_cache(path, "linear", n_episodes=40, turns=6, n_layers=2, hidden=6, massive=300.0, shape=0.5, observer_share=0.3)
 
 
 def _partition(path: Path) -> Path:
-    from nsync.data.synthetic import write_partition_cache
+    from nsync.testing.synthetic import write_partition_cache
 
     return write_partition_cache(path, private=0.5, n_episodes=60, turns=6, hidden=4, opening=0.5)[0]
 
 
 def _groups(path: Path) -> Path:
-    from nsync.data.synthetic import write_synthetic_cache
+    from nsync.testing.synthetic import write_synthetic_cache
 
     return write_synthetic_cache(path, "linear", n_episodes=30, turns=6, n_layers=1, hidden=4, n_agents=3)
 

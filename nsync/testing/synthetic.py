@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nsync.cache import CacheWriter, ModelInfo
 from nsync.cache.layout import TurnRow
+from nsync.stats.r2 import r2_from_rows
 
 
 def planted_r2(scale: float, noise: float) -> float:
@@ -230,8 +232,6 @@ def planted_fits(
     ``[E, targets, hidden]`` float64 tensors, the ``targets`` the replicates pick among per source
     layer, ``truth_per_source``), ``truth`` and ``truth_per_source`` (mean over seeds).
     """
-    import torch
-
     n_t, n_s = len(couplings), len(source_noise)
     rotations = [np.linalg.qr(rng.normal(size=(hidden, hidden)))[0] for _ in range(n_t)]
 
@@ -257,8 +257,7 @@ def planted_fits(
     def r2(weights, xs, ys, s: int, t: int) -> float:
         w, b = weights[s, t]
         y = ys[:, :, t].reshape(-1, hidden)
-        err = ((y - xs[:, :, s].reshape(-1, hidden) @ w - b) ** 2).sum(0)
-        return float((1 - err / ((y - y.mean(0)) ** 2).sum(0)).mean())
+        return float(r2_from_rows(torch.from_numpy(y), torch.from_numpy(xs[:, :, s].reshape(-1, hidden) @ w + b)))
 
     xs, ys = draw(n_episodes)
     pop_x, pop_y = draw(population)

@@ -1,4 +1,4 @@
-"""Bootstrap over episodes for SyncR².
+"""The episode bootstrap: replicate weights, replicate R², pooling over fits, intervals.
 
 Episodes, not pairs, are the unit that is resampled (the utterances of one conversation are not
 independent). Replicate ``b`` gives every episode a weight drawn from Poisson(1), the number of
@@ -10,22 +10,22 @@ without fixing n). An episode's weights depend only on its id and the seed, so
   difference paired by episode id;
 - the split seeds of one run, whose test sides overlap, are resampled jointly: an episode drawn
   twice counts twice in every split seed that tests it, so averaging the seeds' replicates
-  resamples the run's episodes once (independent draws per seed would treat overlapping test
-  sides as independent samples, and the interval would be too narrow).
+  (:func:`pool`) resamples the run's episodes once (independent draws per seed would treat
+  overlapping test sides as independent samples, and the interval would be too narrow).
 
-Every R² here comes from per-episode sums through :func:`nsync.probes.metrics.r2_from_sums`.
+Every R² here comes from per-episode sums through :func:`nsync.stats.r2.r2_from_sums`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from nsync.data.synthetic import planted_fits
-from nsync.probes.metrics import CONSTANT_TOLERANCE, r2_from_sums
+from nsync.stats.r2 import r2_from_sums, valid_dims
 
 #: How replicates weight episodes (recorded in results.json; runs pair only with the same scheme).
 SCHEME = "poisson-by-episode"
@@ -63,16 +63,20 @@ def replicate_targets(chosen: int | None, n_targets: int) -> list[int]:
     return [int(chosen)] if chosen is not None else list(range(n_targets))
 
 
-def combine(replicates: list[np.ndarray]) -> np.ndarray:
-    """``[n_boot]`` replicates of a mean over fits (split seeds, directions) from each fit's
-    replicates; paired by replicate index, which the episode-keyed weights make one joint draw."""
-    return np.mean(np.stack(replicates), axis=0)
+def pool(per_fit: Sequence[tuple[int, np.ndarray]], skip_nan: bool = False) -> np.ndarray:
+    """A run's figure (or its replicates, its surrogates) from each fit's, as SyncR² is pooled:
+    the mean over the fits of a split seed (its directions), then over split seeds, in the order
+    they first appear. Replicates pair by index, which the episode-keyed weights make one joint
+    draw over seeds and directions. ``skip_nan``: a direction without a value (NaN) leaves its
+    split seed's mean to the others.
 
-
-def valid_dims(sums: dict) -> torch.Tensor:
-    """``[targets, dims]``: output dimensions that vary on the full test side (as the test metric)."""
-    tss = sums["s2"].sum(0) - sums["s1"].sum(0) ** 2 / sums["n"].sum()
-    return tss > CONSTANT_TOLERANCE * tss.max().clamp(min=1e-300)
+    >>> pool([(0, np.array([1.0, 2.0])), (0, np.array([3.0, 4.0])), (1, np.array([0.0, 0.0]))]).tolist()
+    [1.0, 1.5]
+    """
+    seeds = list(dict.fromkeys(seed for seed, _ in per_fit))
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN with skip_nan
+        within = [(np.nanmean if skip_nan else np.mean)(np.stack([v for s, v in per_fit if s == seed]), axis=0) for seed in seeds]
+    return np.mean(np.stack(within), axis=0)
 
 
 class ReplicateR2:
@@ -124,7 +128,7 @@ def episode_r2(sums: dict, targets: list[int] | None = None) -> np.ndarray:
 
 def replicate_sync_r2(per_source_layer: list[np.ndarray], clip: bool = True) -> np.ndarray:
     """``[n_boot]`` SyncR² replicates from each source layer's ``[n_boot, n_targets]`` R²: best
-    target per replicate, negatives clipped to 0, mean over source layers (as :func:`nsync.fit.results.sync_r2`)."""
+    target per replicate, negatives clipped to 0, mean over source layers (as :func:`nsync.stats.r2.sync_r2`)."""
     stack = np.stack(per_source_layer)  # [S, B, T]
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN rows
         best = np.nanmax(stack, axis=2)
@@ -142,7 +146,7 @@ def replicate_sync_r2(per_source_layer: list[np.ndarray], clip: bool = True) -> 
 INTERVAL_METHODS = ("basic", "percentile")
 
 
-def interval(replicates: np.ndarray, estimate: float, level: float = 0.95, method: str = "basic") -> tuple[float, float] | None:
+def interval(replicates: np.ndarray, estimate: float | None, level: float = 0.95, method: str = "basic") -> tuple[float, float] | None:
     """Bootstrap interval for ``estimate`` from its finite ``replicates`` (None without any).
 
     ``basic``: ``[2 θ̂ - q_hi, 2 θ̂ - q_lo]``, which corrects for the estimator's bias as the
@@ -165,7 +169,7 @@ def interval(replicates: np.ndarray, estimate: float, level: float = 0.95, metho
     return float(2 * estimate - hi), float(2 * estimate - lo)
 
 
-def bias_corrected(estimate: float, replicates: np.ndarray) -> float | None:
+def bias_corrected(estimate: float | None, replicates: np.ndarray) -> float | None:
     """``2 θ̂ - mean(replicates)``: the estimate minus the bias its replicates show.
 
     >>> round(bias_corrected(0.3, np.array([0.2, 0.22, 0.24])), 6)
@@ -178,51 +182,16 @@ def bias_corrected(estimate: float, replicates: np.ndarray) -> float | None:
     return float(2 * estimate - r.mean())
 
 
-def interval_coverage(
-    n_rep: int = 200,
-    n_boot: int = 400,
-    seed: int = 0,
-    difference: bool = False,
-    methods: tuple[str, ...] = ("basic", "percentile"),
-    joint: bool = True,
-    **problem,
-) -> dict[str, dict[str, float]]:
-    """How often nsync's episode-bootstrap intervals hold the population SyncR² (or, with
-    ``difference``, the population difference source 1 minus source 0, a paired comparison of two
-    conditions on the same test episodes), the raw estimate and the bias-corrected one, over
-    ``n_rep`` :func:`nsync.data.synthetic.planted_fits` problems, each a mean over split seeds as
-    ``nsync.fit`` reports it. ``joint=False`` draws every split seed's weights independently (the
-    scheme this module replaced), to show what that costs. Returns method -> {"truth",
-    "estimate", "bias_corrected", "width"} (shares, and the mean width).
+def intervals(
+    names: Sequence[str], estimate: np.ndarray, replicates: np.ndarray
+) -> tuple[dict[str, tuple[float, float] | None], dict[str, float | None]]:
+    """Per named quantity the basic interval and the bias-corrected value of ``estimate``
+    ``[quantities]`` from its ``replicates`` ``[quantities, n_boot]``.
 
-    >>> interval_coverage(n_rep=2, n_boot=50, population=200)["basic"]["estimate"]
-    1.0
+    >>> ci, corrected = intervals(["a"], np.array([0.3]), np.array([[0.2, 0.22, 0.24]]))
+    >>> round(corrected["a"], 6)
+    0.38
     """
-    rng = np.random.default_rng(seed)
-    hits = {m: np.zeros(4) for m in methods}
-    for r in range(n_rep):
-        p = planted_fits(rng, **problem)
-
-        # p and r bound as defaults: the closure is called only in this iteration, but explicit is safer
-        def sync_and_replicates(sources: list[int], p: dict = p, r: int = r) -> tuple[float, np.ndarray]:
-            estimates, replicates = [], []
-            for k, fit in enumerate(p["seeds"]):
-                draws = EpisodeBootstrap(n_boot, seed=r if joint else r * 1000 + k).weights(fit["episodes"])
-                ones = np.ones((1, len(fit["episodes"])))
-                estimates.append(replicate_sync_r2([replicate_r2(fit["sums"][s], ones, fit["targets"][s]) for s in sources])[0])
-                replicates.append(replicate_sync_r2([replicate_r2(fit["sums"][s], draws, fit["targets"][s]) for s in sources]))
-            return float(np.mean(estimates)), combine(replicates)
-
-        if difference:
-            (e0, r0), (e1, r1) = sync_and_replicates([0]), sync_and_replicates([1])
-            estimate, replicates, truth = e1 - e0, r1 - r0, p["truth_per_source"][1] - p["truth_per_source"][0]
-        else:
-            (estimate, replicates), truth = sync_and_replicates(list(range(len(p["truth_per_source"])))), p["truth"]
-        centre = bias_corrected(estimate, replicates)
-        assert centre is not None  # planted problems always have finite replicates
-        for m in methods:
-            bounds = interval(replicates, estimate, method=m)
-            assert bounds is not None
-            lo, hi = bounds
-            hits[m] += [lo <= truth <= hi, lo <= estimate <= hi, lo <= centre <= hi, hi - lo]
-    return {m: dict(zip(("truth", "estimate", "bias_corrected", "width"), (h / n_rep).tolist(), strict=True)) for m, h in hits.items()}
+    ci = {q: interval(replicates[i], estimate[i]) for i, q in enumerate(names)}
+    corrected = {q: bias_corrected(estimate[i], replicates[i]) for i, q in enumerate(names)}
+    return ci, corrected
