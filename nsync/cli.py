@@ -1,7 +1,9 @@
 """``nsync <command> [args]``: every stage of the pipeline behind one command.
 
-Each command is the same ``main(argv)`` that ``python -m nsync.<command>`` runs, so both spellings
-take the same arguments (``--config FILE``, ``key=value`` overrides, ``--help``, ``--print_config``).
+``python -m nsync <command>`` is the same (``nsync/__main__.py``); each command is a ``main(argv)``
+that takes ``--config FILE``, ``key=value`` overrides, ``--help`` and ``--print_config``, and the
+packages with a ``__main__`` (``python -m nsync.fit``, ``nsync.cache``, ``nsync.judge``,
+``nsync.analysis``) run the same ``main``.
 The commands are listed in the order of the pipeline.
 """
 
@@ -31,7 +33,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: nsync <command> [--config FILE] [key=value ...] [--help]   |   nsync --version", "", "commands (in pipeline order):"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "`nsync <command> --help` lists a command's options; `python -m nsync.<command>` is the same."]
+    lines += ["", "`nsync <command> --help` lists a command's options; `python -m nsync <command>` is the same."]
     return "\n".join(lines)
 
 

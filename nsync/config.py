@@ -3,7 +3,7 @@
 Configs are dataclasses whose fields carry a one-line ``help`` (so ``--help`` is the
 documentation). On the command line::
 
-    python -m nsync.simulate --config configs/simulate/quickstart.yaml --config more.yaml \\
+    python -m nsync simulate --config configs/simulate/quickstart.yaml --config more.yaml \\
         sampling.temperature=0.9 --out=runs/x
 
 ``--config`` is repeatable (later files win), overrides are ``a.b=v`` or ``--a.b=v``, and

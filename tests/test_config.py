@@ -63,11 +63,3 @@ def test_post_init_validation_reaches_user():
         load_config(SimulateConfig, ["out=x", "prompt_format=nope"], prog="t")
     with pytest.raises(NsyncError, match=r"seeds lists a seed twice \(\[0, 1, 0\]\)"):  # two runs of one run id
         load_config(SimulateConfig, ["out=x", "seeds=[0,1,0]"], prog="t")
-
-
-def test_data_control_is_the_deprecated_name_of_data_pairing():
-    from nsync.data import DataConfig
-
-    with pytest.warns(FutureWarning, match="data.pairing"):
-        cfg = DataConfig(cache="x", control="shuffled_partner")
-    assert cfg.pairing == "shuffled_partner" and cfg.control is None

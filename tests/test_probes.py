@@ -369,27 +369,6 @@ def test_banded_probe_with_one_target_layer_and_standardised_inputs(scale):
         assert scales[0][0, 5].item() == pytest.approx((5 / 3) ** 0.5 / 0.1**0.5)
 
 
-def test_probe_results_read_like_the_old_dict_with_a_deprecation_warning():
-    from nsync.probes import ProbeResults
-
-    results = ProbeResults(test_r2=torch.ones(2))
-    with pytest.warns(DeprecationWarning, match=r"use probe\.results\.test_r2"):
-        assert results["test_r2"] is results.test_r2
-    with pytest.warns(DeprecationWarning), pytest.raises(KeyError):  # not set: as a missing key was
-        results["alpha"]
-    # what plug-ins written against the dict did: set, test membership, get, update; each warns
-    with pytest.warns(DeprecationWarning):
-        results["val_r2"] = torch.zeros(2)
-    with pytest.warns(DeprecationWarning):
-        assert "val_r2" in results and "alpha" not in results
-    with pytest.warns(DeprecationWarning):
-        assert results.get("alpha", "none") == "none"
-    with pytest.warns(DeprecationWarning):
-        results.update({"alpha": torch.ones(1)})
-    assert results.val_r2 is not None and results.alpha is not None
-    with pytest.warns(DeprecationWarning), pytest.raises(KeyError):  # a name that was never a result
-        results["nonsense"] = 1
-
 
 def _solver_data(d: int, seed: int = 7):
     """260 rows (160 to fit, 40 to validate, 60 to test), 2 source layers of ``d`` dimensions (a

@@ -1,4 +1,4 @@
-"""End to end: ``python -m nsync.simulate`` with tiny models, resume after a kill, bad input."""
+"""End to end: ``python -m nsync simulate`` with tiny models, resume after a kill, bad input."""
 
 import os
 import signal
@@ -135,14 +135,14 @@ def test_resuming_a_complete_cache_leaves_its_content_id_and_so_its_fits(tmp_pat
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "nsync.simulate", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "nsync", "simulate", *args], capture_output=True, text=True, **kw)
 
 
 @pytest.mark.slow
 def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "c"
     args = [f"out={out}", *ARGS, "scenarios.limit=12", "episodes_in_flight=2"]
-    proc = subprocess.Popen([sys.executable, "-m", "nsync.simulate", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "nsync", "simulate", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     shards = out / "shards"
     while time.time() < deadline:
@@ -224,7 +224,7 @@ def test_torchrun_two_cpu_ranks_match_a_single_process(tmp_path):
     out = tmp_path / "dist"
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
-         "-m", "nsync.simulate", f"out={out}", *ARGS],
+         "-m", "nsync", "simulate", f"out={out}", *ARGS],
         capture_output=True, text=True, env={**os.environ, "NSYNC_BACKEND": "gloo"}, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""One page for a set of runs: ``python -m nsync.report RUN_DIR... --out report.html``.
+"""One page for a set of runs: ``python -m nsync report RUN_DIR... --out report.html``.
 
 Each folder is recognised by what it holds: a fit run (``results.json``), a controls run
 (``controls.csv``), an analysis (``analysis.json``) or a judge's output (``scores.csv``). HTML
@@ -161,7 +161,7 @@ def write_markdown(parts, path: Path, title: str) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nsync.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m nsync report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="fit, controls, analysis or judge folders")
     parser.add_argument("--out", default="report.html", help="output file: .html (self-contained) or .md (PNGs beside it)")
     parser.add_argument("--title", default="nsync report")

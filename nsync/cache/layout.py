@@ -32,7 +32,7 @@ MERGED_FROM = "merged_from.json"
 #: interactive: the speaker's own prompt; observer: a passive re-reading of it; generated_mean: the
 #: mean over the reply's tokens; listener: the non-speaker reading the same history with its own
 #: prompt (the same-time control); teacher_forced: a re-reading of the transcript by another
-#: model (untrained copy, text embedder) added by ``python -m nsync.reread``.
+#: model (untrained copy, text embedder) added by ``python -m nsync reread``.
 CONDITIONS = ("interactive", "observer", "generated_mean", "listener", "teacher_forced")
 #: Flags a reply may carry (the ``flag`` column, comma-joined): ``empty``; ``early_leave`` (a leave
 #: before ``min_utterances``, ignored); ``echo:<kind>``, a reply that recites what

@@ -154,7 +154,7 @@ class CacheWriter:
 
     @classmethod
     def extend(cls, path: str | Path, models: list[ModelInfo]) -> CacheWriter:
-        """Open a finished cache to add states of new models (``python -m nsync.reread``); their
+        """Open a finished cache to add states of new models (``python -m nsync reread``); their
         shards are committed and merged like the simulation's."""
         manifest_path = Path(path) / MANIFEST
         if not manifest_path.exists():

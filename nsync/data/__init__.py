@@ -7,7 +7,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     # submodules too: nsync.data.<module> works after `import nsync.data`, as it did with eager imports
-    submodules=["bands", "config", "context", "datamodule", "pairs", "splits", "synthetic"],
+    submodules=["bands", "config", "context", "datamodule", "pairs", "splits"],
     submod_attrs={
         "config": ["DataConfig"],
         "datamodule": ["SynchronyDataModule"],

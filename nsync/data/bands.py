@@ -87,7 +87,7 @@ def check_baselines(names: list[str], cache: ActivationCache) -> None:
                 have = sorted(turns.loc[turns["condition"] == "teacher_forced", "model"].unique())
                 raise NsyncError(
                     f"baseline feature '{feature}' is not one of {NAMED_FEATURES} nor a re-read model of the cache "
-                    f"(re-read: {have}); add it with python -m nsync.reread"
+                    f"(re-read: {have}); add it with python -m nsync reread"
                 )
 
 
@@ -174,7 +174,7 @@ class BandReader:
         if (found < 0).any():
             raise NsyncError(
                 f"{int((found < 0).sum())} of {len(found)} source utterances have no '{condition}' state of {model}; "
-                f"{'re-read the whole cache (python -m nsync.reread)' if condition == 'teacher_forced' else 'simulate with capture.observer=true'}"
+                f"{'re-read the whole cache (python -m nsync reread)' if condition == 'teacher_forced' else 'simulate with capture.observer=true'}"
             )
         return rows["row"].to_numpy()[found]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -14,8 +12,6 @@ from nsync.data.pairs import DIRECTIONS, PAIRINGS, check_directions
 from nsync.data.splits import SPLITS
 from nsync.errors import NsyncError
 
-log = logging.getLogger("nsync.data")
-
 
 @dataclass
 class DataConfig:
@@ -25,7 +21,7 @@ class DataConfig:
     [0, 1, 2]
     """
 
-    cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync.simulate or import-reference)"})
+    cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync simulate or import-reference)"})
     source_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the source (default: the cache's only model)"})
     target_model: Optional[str] = field(default=None, metadata={"help": "model whose states are the target (default: the cache's only model)"})
     directions: list[str] = field(
@@ -46,7 +42,6 @@ class DataConfig:
     pairing: str = field(
         default="partner", metadata={"help": f"where targets come from: one of {PAIRINGS.names()} or a registered one (see nsync.data.pairs)"}
     )
-    control: Optional[str] = field(default=None, metadata={"help": "deprecated name of data.pairing (accepted in this release, with a warning)"})
     exclude_flags: list[str] = field(
         default_factory=list,
         metadata={
@@ -81,10 +76,6 @@ class DataConfig:
         for key in ("condition", "target_condition"):
             if getattr(self, key) not in CONDITIONS:
                 raise NsyncError(f"data.{key} must be one of {CONDITIONS}, got '{getattr(self, key)}'")
-        if self.control is not None:
-            warnings.warn("data.control is deprecated and will be removed in the next release: use data.pairing", FutureWarning, stacklevel=2)
-            log.warning("data.control is deprecated: use data.pairing=%s", self.control)
-            self.pairing, self.control = self.control, None
         if self.pairing not in PAIRINGS:
             raise NsyncError(f"data.pairing must be one of {PAIRINGS.names()}, got '{self.pairing}'")
         check_flag_names(list(self.exclude_flags))

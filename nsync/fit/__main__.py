@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from nsync.config import load_config
 from nsync.errors import run_cli
-from nsync.fit.config import FitConfig, resolve_out
+from nsync.fit.config import FitConfig
 
 
 def main(argv: Sequence[str]) -> None:
@@ -20,57 +20,14 @@ def main(argv: Sequence[str]) -> None:
     logging.getLogger("nsync.fit").setLevel(logging.INFO)  # what the fit chose (the solver), once per run
     cfg = load_config(FitConfig, argv, prog="nsync.fit")
     # The fit's modules load after the config is read: --help and a bad key answer at once.
-    import numpy as np
     from lightning.pytorch.utilities import rank_zero_only
 
-    from nsync.cache import describe_reply_flags
     from nsync.fit.loop import run_fit
-    from nsync.fit.results import modal_target
+    from nsync.fit.summary import print_summary
 
     result = run_fit(cfg)
-
-    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # rank: set on the function at runtime
-        return
-    ci = result.sync_r2_ci95
-    # The interval is centred on the bias-corrected value, which is printed with it.
-    ci_text = f" (bias-corrected {result.sync_r2_bias_corrected:.4f}, 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else ""
-    print(
-        f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, pairing {cfg.data.pairing}, "
-        f"{len(cfg.data.split_seeds)} split seeds, target layers chosen on {result.target_choice}, {result.seconds:.1f} s)"
-    )
-    flags = result.reply_flags
-    if flags and flags.get("replies"):
-        excluded = ", ".join(f"{name} {d.n_excluded}" for name, d in result.directions.items())
-        left_out = f"; data.exclude_flags={list(cfg.data.exclude_flags)} left out pairs: {excluded}" if cfg.data.exclude_flags else ""
-        print(f"  replies in the cache: {describe_reply_flags(flags)}{left_out}")
-    for direction, d in result.directions.items():
-        r2 = d.r2_by_source_layer
-        unclipped = "n/a" if d.sync_r2_unclipped is None else f"{d.sync_r2_unclipped:.4f}"
-        best_text = "no source layer has an R²"
-        if np.isfinite(r2).any():
-            best = int(np.nanargmax(r2))
-            target = modal_target(d, best, result.target_layers)
-            best_text = f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} (R² {r2[best]:.4f})"
-        print(
-            f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, "
-            f"n_train {d.n_train[0]}, n_test {d.n_test[0]}"
-        )
-    if result.sync_r2_p_value is not None and result.surrogates is not None:
-        print(f"  permutation p-value of SyncR² ({result.surrogates['n']} {result.surrogates['kind']} surrogates): {result.sync_r2_p_value:.4f}")
-    for name, p in result.partition.items():
-        v, ci = p.values, p.ci95.get("unique")
-        ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
-        p_text = f", p {p.unique_p_value:.4f}" if p.unique_p_value is not None else ""
-        num = {q: "n/a" if x is None else f"{x:.4f}" for q, x in v.items()}
-        print(
-            f"  beyond {name}: unique SyncR² {num['unique']}{ci_text}{p_text}; shared {num['shared']}, "
-            f"baseline alone {num['baseline']}, both {num['joint']}"
-        )
-    matrix = result.agent_matrix()
-    if matrix.notna().sum().sum() >= 2:
-        print("SyncR² by ordered agent pair (rows: source agent, columns: target agent):")
-        print(matrix.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
-    print(f"wrote {resolve_out(cfg)}/results.json, plots and weights")
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # rank: set on the function at runtime
+        print_summary(result, cfg)
 
 
 if __name__ == "__main__":

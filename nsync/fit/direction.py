@@ -184,12 +184,19 @@ def fit_chunk(ctx: DirectionContext, sources: list[int]) -> ChunkFit:
         )
         ctx.on_validation, ctx.perms = False, None  # no surrogates for targets picked on the test side
     val_r2 = val_r2 if ctx.on_validation else None
-    r2 = as_matrix(res.test_r2)
-    assert r2 is not None
+    r2, r2_weighted = res.test_r2.reshape(len(sources), n_tgt).numpy(), res.test_r2_weighted.reshape(len(sources), n_tgt).numpy()
     sums = res.episode_sums
     if ctx.draws is not None and ctx.replicate_r2 is None:  # the target-side sums are the same for every chunk
         ctx.replicate_r2 = ReplicateR2(sums, ctx.draws)
     return ChunkFit(
-        sources, probe, r2, as_matrix(res.test_r2_weighted), val_r2, None if res.alpha is None else res.alpha.numpy(),  # type: ignore[arg-type]
-        choose_targets(r2, val_r2), sums, valid_dims(sums), prefix,
+        sources,
+        probe,
+        r2,
+        r2_weighted,
+        val_r2,
+        None if res.alpha is None else res.alpha.numpy(),
+        choose_targets(r2, val_r2),
+        sums,
+        valid_dims(sums),
+        prefix,
     )

@@ -21,7 +21,6 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -118,12 +117,16 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         bar.total = len(plan(cfg)) * len(dm.source_layers)
         bar.refresh()
     collectors = [kind(ctx) for kind in (analyses or list(ANALYSES.values())) if kind.wanted(ctx)]
-    r2, r2w, alpha, chosen = [], [], [], []
+    r2, r2w, alpha, chosen = [], [], [], []  # per chunk
     for sources in probe_type(cfg.probe).source_chunks(cfg, dm):
         chunk = fit_chunk(ctx, sources)
         for collector in collectors:
             collector.add(chunk)
-        r2.append(chunk.r2), r2w.append(chunk.r2_weighted), alpha.append(chunk.alpha), chosen.append(chunk.chosen)
+        r2.append(chunk.r2)
+        r2w.append(chunk.r2_weighted)
+        chosen.append(chunk.chosen)
+        if chunk.alpha is not None:
+            alpha.append(chunk.alpha)
         if bar is not None:
             bar.update(len(sources))
         # Trainer and probe reference each other: free this chunk's sums and solution now instead of
@@ -143,7 +146,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
     # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
     return DirectionFit(
         seed, direction, layout, dm.n("train"), dm.n("test"), len(dm.test_episodes), dm.split.ids(dm.pairs),
-        np.concatenate(r2), np.concatenate(r2w), None if alpha[0] is None else np.concatenate(alpha), np.concatenate(chosen),
+        np.concatenate(r2), np.concatenate(r2w), np.concatenate(alpha) if alpha else None, np.concatenate(chosen),
         "validation" if ctx.on_validation else "test", dm.n_excluded, {c.name: c.finish() for c in collectors},
     )  # fmt: skip
 

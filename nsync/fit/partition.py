@@ -20,11 +20,11 @@ import torch
 from nsync.cache import ActivationCache
 from nsync.data.bands import INDICATOR_BANDS, BandReader, Baseline, BaselineFeatures, check_baselines
 from nsync.fit.analyses import Analysis, register
-from nsync.fit.run_folder import Artefacts
 from nsync.fit.config import FitConfig
 from nsync.fit.direction import ChunkFit, DirectionContext, chosen_predictions
 from nsync.fit.penalties import baseline_bands, joint_bands
 from nsync.fit.results import DirectionResult, FitResult, PartitionDirection, PartitionSummary, TimeCourseResult, nan_to_none
+from nsync.fit.run_folder import Artefacts
 from nsync.stats import bootstrap as boot
 from nsync.stats.partition import QUANTITIES, baseline_only_cells, choose_unique_targets, joined_shortfall, shares_at
 from nsync.stats.r2 import mean_over_sources
@@ -48,9 +48,10 @@ class Fitted:
     @classmethod
     def of(cls, probe, n_sources: int, n_tgt: int, on_validation: bool) -> Fitted:
         res = probe.results
+        assert res.test_r2 is not None and res.episode_sums is not None  # set by the test stage of every (affine) probe
         as_cells = lambda t, *rest: None if t is None else t.reshape(n_sources, n_tgt, *rest).numpy()  # noqa: E731
         val = as_cells(res.val_r2) if on_validation else None
-        return cls(probe, as_cells(res.test_r2), val, as_cells(res.ratio, -1), res.episode_sums["sse"])
+        return cls(probe, res.test_r2.reshape(n_sources, n_tgt).numpy(), val, as_cells(res.ratio, -1), res.episode_sums["sse"])
 
     def row(self, values: np.ndarray, i: int) -> np.ndarray:
         """Chunk position ``i``'s row (a fit of one row serves every source layer)."""
@@ -222,7 +223,9 @@ class BaselinePartition:
             estimate=mean_over_sources(estimates),
             replicates=None if replicates is None else mean_over_sources(replicates),
             null_unique=None if nulls is None else mean_over_sources(nulls),
-            time_course=None if course is None else course.mean_over_sources([x for p in parts if p.by_time is not None for x in p.by_time], clip=False),
+            time_course=None
+            if course is None
+            else course.mean_over_sources([x for p in parts if p.by_time is not None for x in p.by_time], clip=False),
         )
 
 
@@ -261,13 +264,17 @@ class Partition(Analysis):
         for name in per_fit[0][1]:
             fits = [(seed, o[name]) for seed, o in per_fit]
             estimate = boot.pool([(seed, f.estimate) for seed, f in fits], skip_nan=True)
-            ci, corrected, p, null = {}, {}, None, None
-            if all(f.replicates is not None for _, f in fits):
-                reps = boot.pool([(seed, f.replicates) for seed, f in fits])  # [Q, B]
+            ci: dict[str, tuple[float, float] | None] = {}
+            corrected: dict[str, float | None] = {}
+            p, null = None, None
+            replicates = [(seed, f.replicates) for seed, f in fits if f.replicates is not None]
+            if len(replicates) == len(fits):
+                reps = boot.pool(replicates)  # [Q, B]
                 artefacts.partition_bootstrap.update({f"{name}/{q}": reps[i] for i, q in enumerate(QUANTITIES)})
                 ci, corrected = boot.intervals(QUANTITIES, estimate, reps)
-            if all(f.null_unique is not None for _, f in fits):
-                null = boot.pool([(seed, f.null_unique) for seed, f in fits])
+            nulls = [(seed, f.null_unique) for seed, f in fits if f.null_unique is not None]
+            if len(nulls) == len(fits):
+                null = boot.pool(nulls)
                 p = p_value(estimate[QUANTITIES.index("unique")], null)
             result.partition[name] = PartitionSummary(
                 features=list(Baseline.parse(name).features),
@@ -288,10 +295,12 @@ def summarise_baseline(name: str, seeds: list[PartitionFit], source: np.ndarray,
     by_layer = mean_over_sources(np.stack([s.by_source_layer for s in seeds]))  # [sources, quantities]
     per_seed = np.stack([s.estimate for s in seeds])  # [seeds, quantities]
     estimate = mean_over_sources(per_seed)
-    replicates = [s.replicates for s in seeds]  # one joint draw over split seeds (episode-keyed weights), as the run's pooled interval
-    ci, corrected = ({}, {}) if any(r is None for r in replicates) else boot.intervals(QUANTITIES, estimate, boot.pool([(0, r) for r in replicates]))
-    nulls = [s.null_unique for s in seeds]
-    null = None if nulls[0] is None else np.mean(nulls, 0)
+    replicates = [
+        (0, s.replicates) for s in seeds if s.replicates is not None
+    ]  # one joint draw over split seeds (episode-keyed weights), as the run's pooled interval
+    ci, corrected = boot.intervals(QUANTITIES, estimate, boot.pool(replicates)) if len(replicates) == len(seeds) else ({}, {})
+    nulls = [s.null_unique for s in seeds if s.null_unique is not None]
+    null = np.mean(nulls, 0) if len(nulls) == len(seeds) else None
     courses = [s.time_course for s in seeds]
     return PartitionDirection(
         r2_baseline=nan_to_none(base.tolist()),

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from nsync.data import SynchronyDataModule
 
+
 class ProbeType(Protocol):
     """A kind of synchrony probe, as the fit loop sees it."""
 

@@ -22,11 +22,14 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from nsync.errors import NsyncError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Artefacts:
     bootstrap: np.ndarray | None = None  # [n_boot] the run's SyncR² replicates
     partition_bootstrap: dict[str, np.ndarray] = field(default_factory=dict)  # "<baseline>/<quantity>" -> [n_boot]
     episodes: list[dict] = field(default_factory=list)  # per (split seed, direction, test episode) SyncR²
-    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # "<direction>/source_<s>/target_<t>/weight" (and /bias)
 
 
 class RunFolder:

@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submodules=["affine", "cka", "metrics", "mlp", "ridge"],
     submod_attrs={
         "affine": ["AffineProbe"],
-        "metrics": ["LayerR2", "ProbeResults", "TestR2Mixin", "r2_from_sums"],
+        "metrics": ["LayerR2", "ProbeResults", "TestR2Mixin"],
         "mlp": ["MLP", "MLPProbe"],
         "ridge": ["RidgeSolution", "RidgeStatistics", "choose_alpha", "choose_on_validation", "fit_ridge"],
     },

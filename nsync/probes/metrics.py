@@ -20,6 +20,7 @@ from nsync.stats.r2 import r2_from_sums
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
 
+
 class LayerR2(Metric):
     """Test R² of every target layer (for each source layer), and the per-episode sums behind it.
 

@@ -1,4 +1,4 @@
-"""The config of ``python -m nsync.simulate``; every field's help line is its documentation."""
+"""The config of ``python -m nsync simulate``; every field's help line is its documentation."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ attempt), so a conversation's text does not depend on what else the server is do
 
 vLLM: ``vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --port 8000``; llama.cpp:
 ``python -m llama_cpp.server --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8000``; then
-``python -m nsync.simulate ... generation.backend=openai generation.base_url=http://127.0.0.1:8000/v1``.
+``python -m nsync simulate ... generation.backend=openai generation.base_url=http://127.0.0.1:8000/v1``.
 """
 
 from __future__ import annotations

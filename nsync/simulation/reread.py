@@ -1,6 +1,6 @@
 """Teacher-forced re-reading of a cache's transcripts by another network (no generation).
 
-``python -m nsync.reread`` adds a model's states to an existing cache, one row per utterance
+``python -m nsync reread`` adds a model's states to an existing cache, one row per utterance
 (condition ``teacher_forced``, aligned with the interactive rows), for two controls:
 
 - ``kind=untrained``: the same architecture with random weights reads every speaker's prompt
@@ -35,7 +35,7 @@ KINDS = ("untrained", "trained", "text")
 class RereadConfig:
     """Add teacher-forced states of another network to an activation cache."""
 
-    cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync.simulate)"})
+    cache: str = field(default=MISSING, metadata={"help": "activation cache folder (from nsync simulate)"})
     kind: str = field(default="untrained", metadata={"help": f"one of {KINDS}"})
     model: Optional[str] = field(
         default=None,

@@ -1,4 +1,4 @@
-"""What ``python -m nsync.simulate`` does, callable from Python and tests."""
+"""What ``python -m nsync simulate`` does, callable from Python and tests."""
 
 from __future__ import annotations
 

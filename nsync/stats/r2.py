@@ -168,8 +168,8 @@ def same_layer_r2(r2: np.ndarray, source_layers: list[int], target_layers: list[
 def mean_best(matrices: list[np.ndarray]) -> float:
     """Mean over matrices of the mean over rows of each row's best finite value (NaN if none).
 
-    >>> mean_best([np.array([[0.1, 0.3], [0.2, 0.0]]), np.array([[0.5, 0.1], [0.1, 0.1]])])
-    0.25
+    >>> round(mean_best([np.array([[0.1, 0.3], [0.2, 0.0]]), np.array([[0.5, 0.1], [0.1, 0.1]])]), 6)
+    0.275
     """
     with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN rows and matrices
         return float(np.nanmean([np.nanmean(row_max(m)) for m in matrices]))

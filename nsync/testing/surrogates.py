@@ -76,7 +76,7 @@ def false_positive_rate(
             base_r2 = float(r2_from_rows(yt, torch.from_numpy(base_pred), valid))
             observed = float(r2_from_rows(yt, torch.from_numpy(z[test] @ w + b), valid)) - base_r2
             zt = torch.from_numpy(z)
-            unique = unique_null(
+            repaired = unique_null(
                 zt[:, :hidden],
                 zt[:, hidden:],
                 torch.from_numpy(y[test]),
@@ -89,7 +89,7 @@ def false_positive_rate(
                 strata(pd.DataFrame({"t": t, "run_id": episode}).iloc[np.r_[np.flatnonzero(~test), np.flatnonzero(test)]], kind),
                 base_r2,
             )
-            null = np.full(n, np.nan) if unique is None else unique
+            null = np.full(n, np.nan) if repaired is None else repaired
         else:
             observed = float(r2_from_rows(yt, torch.from_numpy(z[test] @ w + b), valid))
             null = null_r2(yt, torch.from_numpy(z[test] @ w + b), perms, valid)
