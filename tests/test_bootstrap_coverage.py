@@ -15,12 +15,14 @@ def coverage():
     return interval_coverage(n_rep=200, n_boot=300, population=1000)
 
 
+@pytest.mark.slow  # hundreds of planted problems
 def test_basic_interval_covers_the_population_sync_r2_over_split_seeds(coverage):
     assert coverage["basic"]["truth"] >= 0.91
-    assert coverage["basic"]["bias_corrected"] == 1.0  # the interval's own centre, always inside
+    assert 0.02 < coverage["basic"]["width"] < 0.3  # an interval of the data's spread, neither degenerate nor vacuous
     assert coverage["basic"]["estimate"] >= 0.99
 
 
+@pytest.mark.slow
 def test_the_check_can_fail(coverage):
     # The percentile interval of the same replicates misses the population value too often here:
     # the coverage check tells the two apart.
@@ -34,11 +36,13 @@ def many_seeds():
     return interval_coverage(**kw)["basic"], interval_coverage(joint=False, **kw)["basic"]
 
 
+@pytest.mark.slow
 def test_episodes_resampled_jointly_over_split_seeds_cover(many_seeds):
     joint, _ = many_seeds
     assert joint["truth"] >= 0.91
 
 
+@pytest.mark.slow
 def test_independent_draws_per_split_seed_would_under_cover(many_seeds):
     # What the joint draw fixes: averaging seeds' independent replicates treats overlapping test
     # sides as independent samples, and the interval comes out too narrow.
@@ -46,6 +50,7 @@ def test_independent_draws_per_split_seed_would_under_cover(many_seeds):
     assert independent["truth"] < 0.85 and independent["width"] < 0.7 * joint["width"]
 
 
+@pytest.mark.slow
 def test_paired_difference_covers_the_population_difference():
     # 20 test episodes: about 88-93% for a nominal 95% (experiments/benchmarks/bootstrap_coverage.py)
     c = interval_coverage(n_rep=200, n_boot=300, population=1000, seed=1, difference=True, source_noise=(0.5, 1.5),

@@ -68,6 +68,7 @@ EXE = shutil.which("nsync", path=f"{sys.prefix}/bin") or shutil.which("nsync")
 
 
 @pytest.mark.skipif(EXE is None, reason="the nsync console script is not installed (pip install -e . installs it)")
+@pytest.mark.slow  # subprocesses
 def test_console_script_is_installed():
     exe = EXE
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout

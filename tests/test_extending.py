@@ -9,13 +9,14 @@ import pytest
 from nsync.config import load_config
 from nsync.data.pairs import PAIRINGS
 from nsync.testing.synthetic import planted_r2, write_synthetic_cache
-from nsync.fit import FitConfig, run_fit
+from nsync.fit import FitConfig, FitResult, run_fit
+from nsync.fit.analyses import ANALYSES
 from nsync.fit.probe_types import PROBE_TYPES
 from nsync.judge.backends import JUDGE_BACKENDS
 from nsync.models.zoo import MODEL_SOURCES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "extending.md"
-REGISTRIES = (PROBE_TYPES, PAIRINGS, JUDGE_BACKENDS, MODEL_SOURCES)
+REGISTRIES = (PROBE_TYPES, ANALYSES, PAIRINGS, JUDGE_BACKENDS, MODEL_SOURCES)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def examples():
 
 
 def test_the_document_registers_one_of_each_kind(examples):
-    assert "mean_baseline" in PROBE_TYPES and "partner_before" in PAIRINGS
+    assert "mean_baseline" in PROBE_TYPES and "partner_before" in PAIRINGS and "median_sync" in ANALYSES
     assert "length" in JUDGE_BACKENDS and "toy" in MODEL_SOURCES
 
 
@@ -52,6 +53,15 @@ def test_probe_type_example(examples, planted, tmp_path):
     r2 = np.array(result.directions["A->B"].r2, dtype=float)
     assert result.probe == "mean_baseline" and np.nanmax(r2) <= 1e-9 and result.sync_r2 == 0.0
     assert (tmp_path / "f" / "results.json").is_file()
+
+
+def test_analysis_example(examples, planted, tmp_path):
+    result = _fit(planted, tmp_path / "f")  # one split seed, A->B
+    median = result.analyses["median_sync"]
+    assert abs(median - planted_r2(1, 1)) < 0.15  # every layer pair carries the planted relation
+    # the median over source layers of the clipped test R² at each one's chosen target, from the result's own figures
+    assert median == pytest.approx(np.median(np.clip(result.directions["A->B"].r2_by_source_layer, 0, None)), abs=1e-12)
+    assert FitResult.load(tmp_path / "f").analyses == {"median_sync": median}
 
 
 def test_pairing_example(examples, planted, tmp_path):

@@ -15,9 +15,11 @@ from nsync.fit import FitConfig, FitResult, run_fit
 
 
 def _fit(tmp_path, cache, *overrides, name="run"):
+    """A fit without bootstrap, surrogates or time course unless ``overrides`` ask (these tests check neither)."""
     cfg = load_config(
         FitConfig,
-        [f"out={tmp_path / name}", f"data.cache={cache}", "logger.kind=none", "progress=false", *overrides],
+        [f"out={tmp_path / name}", f"data.cache={cache}", "logger.kind=none", "progress=false", "bootstrap=0", "surrogates.n=0",
+         "time_bins=-1", *overrides],
         prog="test",
     )
     return run_fit(cfg)

@@ -27,6 +27,7 @@ def _run(code: str, **env: str) -> str:
     return (done.stdout.strip().splitlines() or [""])[-1]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_nsync_changes_no_warning_filter_environment_logger_or_backend():
     code = """
 import json, logging, os, warnings
@@ -41,6 +42,7 @@ print(json.dumps([before == state(), matplotlib.rcParams._get_backend_or_none()]
     assert json.loads(_run(code)) == [True, None]
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize(("setup", "env", "backend"), [
     ("", {}, "agg"),  # nothing chosen: Agg
     ("", {"MPLBACKEND": "svg"}, "svg"),
@@ -135,7 +137,6 @@ def test_the_fit_config_is_a_leaf_and_statistics_import_no_framework():
             assert all(m.startswith(("nsync.stats", "nsync.errors")) for m in imports), (module, imports)
         if module.startswith(("nsync.stats", "nsync.fit")):
             assert not any(m.startswith("nsync.testing") for m in imports), (module, imports)
-    _run("import nsync.fit.config")
 
 
 def test_an_unknown_probe_type_is_refused_before_any_data_is_read(tmp_path):

@@ -32,6 +32,7 @@ def _heavy(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if m.split(".")[0] in HEAVY)
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_imports_no_heavy_module(command):
     argv = ["--help"] if command is None else [command, "--help"]
@@ -39,11 +40,13 @@ def test_help_imports_no_heavy_module(command):
     assert not _heavy(loaded), f"nsync {' '.join(argv)} imports {_heavy(loaded)[:8]}: move the import into the function that needs it"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_python_m_fit_help_imports_no_heavy_module():
     loaded = _modules_after("import runpy; sys.argv = ['nsync.fit', '--help']; runpy.run_module('nsync.fit', run_name='__main__')")
     assert not _heavy(loaded)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_fit_imports_no_model_or_simulation_code():
     # Lightning itself brings torch, torchmetrics and (through torchmetrics) transformers; nsync's
     # own model zoo, generation and judge code must not come on top.

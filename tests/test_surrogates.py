@@ -12,6 +12,7 @@ from nsync.stats.surrogates import baseline_split, p_value, permutations, unique
 from nsync.testing.surrogates import false_positive_rate
 
 
+@pytest.mark.slow  # hundreds of planted problems
 @pytest.mark.parametrize("unique", [False, True])
 def test_pseudo_dyads_keep_false_positives_near_nominal(unique):
     # 300 planted nulls with a conversation shape (what pseudo-dyads keep): measured 5-7% (SyncR²)
@@ -19,6 +20,7 @@ def test_pseudo_dyads_keep_false_positives_near_nominal(unique):
     assert false_positive_rate(n_rep=300, n=100, unique=unique, seed=11) <= 0.10
 
 
+@pytest.mark.slow
 def test_the_check_can_fail_and_the_test_has_power():
     assert false_positive_rate(n_rep=40, n=50, kind="circular_shift", seed=1) > 0.5  # a shape breaks circular shifts
     assert false_positive_rate(n_rep=40, n=50, effect=0.2, seed=1) > 0.9
@@ -46,6 +48,7 @@ def test_fit_reports_p_values(tmp_path):
     assert res.partition[f"{PLANTED_TEXT}+own_past"].unique_p_value > 0.05  # but nothing beyond it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "width, decay",
     [(50, 0.0), (200, 0.0), (700, 1.0)],  # 480 rows: up to wider than the rows, as the study's joint baselines

@@ -162,7 +162,10 @@ class ActivationCache:
         """Every utterance of agent ``agent`` (its rows of the turns table, in run and utterance
         order); ``row`` indexes :meth:`states` of the row's model and ``condition``.
 
-        >>> cache.utterances(2).shape[0]   # doctest: +SKIP
+        >>> from nsync.testing import example_cache
+        >>> cache = ActivationCache.open(example_cache())     # 40 planted episodes of 6 utterances
+        >>> cache.utterances(0).shape[0]                      # agent 0 speaks at t = 0, 2, 4
+        120
         """
         t = self.turns
         rows = t[(t["agent"] == agent) & (t["condition"] == condition)]
@@ -174,7 +177,10 @@ class ActivationCache:
         """Agent ``agent``'s ``lag``-th utterance after utterance ``t`` of run ``run_id`` (its turns
         row), or None when the run ends before it; the rule of ``data.directions=i->j``.
 
-        >>> cache.next_utterance("ep0001|o0|s0", t=3, agent=0)["utterance"]   # doctest: +SKIP
+        >>> from nsync.testing import example_cache
+        >>> cache = ActivationCache.open(example_cache())
+        >>> int(cache.next_utterance("ep0001|o0|s0", t=3, agent=0)["utterance"])
+        4
         """
         rows = self.turns[(self.turns["condition"] == condition) & (self.turns["run_id"] == run_id)]
         position = next_utterances(rows, [run_id], [t], lag, agent=agent)[0]
@@ -239,8 +245,11 @@ class ActivationCache:
         """How many interactive replies the cache holds and how many carry each flag (the
         fit records this beside its result).
 
-        >>> ActivationCache.open("runs/quickstart/cache").reply_flags()  # doctest: +SKIP
-        {'replies': 200, 'flagged': 9, 'empty': 1, 'echo': 8, 'echo_by_kind': {'goal': 6, 'own_reply': 2}, 'early_leave': 0}
+        >>> from nsync.testing import write_synthetic_cache
+        >>> import tempfile
+        >>> path = write_synthetic_cache(tempfile.mkdtemp() + "/c", n_episodes=10, turns=4, hidden=4, flag_share=0.25)
+        >>> ActivationCache.open(path).reply_flags()["replies"]
+        40
         """
         q = self.quality()
         return {k: q[k] for k in ("replies", "flagged", "empty", "echo", "echo_by_kind", "early_leave")}

@@ -84,9 +84,17 @@ class CacheWriter:
     key left the identity still opens); keys added to the identity later are compared with
     ``identity_defaults``, the value a manifest without them implicitly had.
 
-    >>> w = CacheWriter("/tmp/c", config={}, identity={"x": 1}, models=[info])      # doctest: +SKIP
-    >>> w.write_shard(turns_rows, {("m", "interactive"): states})                  # doctest: +SKIP
-    >>> w.finalize()                                                                # doctest: +SKIP
+    >>> import tempfile, numpy as np
+    >>> from nsync.cache import ActivationCache
+    >>> from nsync.cache.layout import TurnRow
+    >>> row = TurnRow(run_id="e0|o0|s0", episode_id="e0", scenario_id="s", scenario_codename="s", relationship="",
+    ...               character_a="a", character_b="b", agent=0, character_id="a", model="m", partner_model="m",
+    ...               order=0, seed=0, utterance=0, condition="interactive", characters="a|b", n_agents=2).as_dict()
+    >>> w = CacheWriter(tempfile.mkdtemp() + "/c", config={}, identity={"x": 1}, models=[ModelInfo("m", "toy", None, 1, 3)])
+    >>> _ = w.write_shard([row], {("m", "interactive"): np.zeros((1, 2, 3), dtype=np.float32)})   # [rows, layers, hidden]
+    >>> _ = w.finalize()
+    >>> ActivationCache.open(w.root).states("m", 1).shape
+    (1, 3)
     """
 
     def __init__(

@@ -45,9 +45,12 @@ class SynchronyDataModule(L.LightningDataModule):
     hidden_tgt]``; test batches add each row's index in :attr:`test_episodes`. Under DDP every
     rank holds all rows and loads its own share (``rank::world``, no padding, so sums are exact).
 
-    >>> dm = SynchronyDataModule("runs/quickstart/cache", direction="A->B")  # doctest: +SKIP
-    >>> dm.setup()                                                            # doctest: +SKIP
-    >>> x, y = next(iter(dm.for_sources([15]).train_dataloader()))            # doctest: +SKIP
+    >>> from nsync.testing import example_cache
+    >>> dm = SynchronyDataModule(str(example_cache()), direction="A->B")
+    >>> dm.setup()
+    >>> x, y = next(iter(dm.for_sources([2]).train_dataloader()))
+    >>> x.shape[1:], y.shape[1:]          # one source layer; every target layer (embed and 2 blocks) of 4 dims
+    (torch.Size([1, 4]), torch.Size([3, 4]))
     """
 
     def __init__(self, data: DataConfig | str, direction: str = "A->B", split_seed: int = 0, validation: bool = True):
@@ -147,7 +150,11 @@ class SynchronyDataModule(L.LightningDataModule):
     def for_sources(self, positions: list[int]) -> SynchronyDataModule:
         """A module sharing this one's data that serves only these positions of the source axis.
 
-        >>> chunk = dm.for_sources([0, 1, 2])   # doctest: +SKIP
+        >>> from nsync.testing import example_cache
+        >>> dm = SynchronyDataModule(str(example_cache()), direction="A->B")
+        >>> dm.setup()
+        >>> dm.for_sources([1, 2]).sources
+        [1, 2]
         """
         if not self._ready:
             raise RuntimeError("call setup() before for_sources()")

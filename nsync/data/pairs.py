@@ -145,7 +145,11 @@ def build_pairs(
     ``target_row`` indexes ``cache.states(target_model, layer, target_condition)`` (``listener``
     for ``pairing="same_time"``). ``seed`` draws the other episode of ``shuffled_partner``.
 
-    >>> pairs = build_pairs(cache.turns, "smollm2-135m", "smollm2-135m", "A->B", lag=1)  # doctest: +SKIP
+    >>> from nsync.cache import ActivationCache
+    >>> from nsync.testing import example_cache
+    >>> pairs = build_pairs(ActivationCache.open(example_cache()).turns, "synthetic", "synthetic", "A->B", lag=1)
+    >>> len(pairs), pairs.t.unique().tolist()    # 3 pairs in each of 40 episodes, at utterances 0, 2, 4
+    (120, [0, 2, 4])
     """
     d = Direction.parse(direction)
     how = PAIRINGS.get(pairing)()

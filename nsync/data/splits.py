@@ -83,7 +83,11 @@ def _persona_split(pairs: pd.DataFrame, test_size: float, rng: np.random.Generat
 def make_split(pairs: pd.DataFrame, kind: str, test_size: float, seed: int) -> Split:
     """A grouped split of ``pairs``.
 
-    >>> split = make_split(pairs, "persona", test_size=0.2, seed=0)  # doctest: +SKIP
+    >>> import pandas as pd
+    >>> pairs = pd.DataFrame({"episode_id": list("aabbccdd"), "scenario_id": list("xxxxyyyy"), "characters": ["p|q"] * 4 + ["r|s"] * 4})
+    >>> split = make_split(pairs, "scenario", test_size=0.5, seed=0)
+    >>> sorted(set(pairs.scenario_id[split.test])), sorted(set(pairs.scenario_id[split.train]))   # whole scenarios on one side
+    (['x'], ['y'])
     """
     if kind not in SPLITS:
         raise NsyncError(f"split must be one of {SPLITS}, got '{kind}'")

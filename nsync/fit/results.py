@@ -254,6 +254,9 @@ class FitResult(BaseModel):
         None, description="the cache's replies and how many carry each flag (nsync.cache.ActivationCache.reply_flags)"
     )
     splits: dict[str, dict[str, Any]] = Field(description="split seed -> direction -> episodes, scenarios, characters per side")
+    analyses: dict[str, Any] = Field(
+        default_factory=dict, description="results of analyses registered outside nsync (nsync.fit.analyses.ANALYSES), by name"
+    )
     config: dict[str, Any]
     seconds: float
 
@@ -265,7 +268,9 @@ class FitResult(BaseModel):
         """``value`` of every agent-pair direction (``i->j``) as an N x N table: rows are source
         agents, columns target agents; NaN on the diagonal and for pairs not fitted.
 
-        >>> FitResult.load("runs/groups/fit").agent_matrix().round(3)   # doctest: +SKIP
+        >>> from nsync.testing import golden_fit
+        >>> FitResult.load(golden_fit()).agent_matrix().shape   # a dyad's A->B and B->A are no agent pairs
+        (0, 0)
         """
         import pandas as pd
 
@@ -359,7 +364,8 @@ def layer_profile(result: FitResult):
     over split seeds) and relative depth, and that cell's CKA, so models of different depths can
     be compared ("strongest in the middle layers").
 
-    >>> layer_profile(FitResult.load("runs/quickstart/fit")).columns.tolist()[:4]   # doctest: +SKIP
+    >>> from nsync.testing import golden_fit
+    >>> layer_profile(FitResult.load(golden_fit())).columns.tolist()[:4]
     ['direction', 'source_layer', 'source_depth', 'best_target_layer']
     """
     import pandas as pd
