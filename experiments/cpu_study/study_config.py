@@ -70,4 +70,4 @@ def _train_pairs(result) -> float:
 
 def _pair_budget(result) -> int:
     """``data.max_pairs`` that gives an interaction split as many training pairs as ``result`` had."""
-    return int(round(_train_pairs(result) / (1 - result.config["data"]["test_size"])))  # n_train counts validation pairs too
+    return int(round(_train_pairs(result) / (1 - result.fit_config().data.test_size)))  # n_train counts validation pairs too

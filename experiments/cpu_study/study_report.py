@@ -52,9 +52,9 @@ class Report:
         return pd.read_csv(path) if path.is_file() else None
 
     def _result(self, folder: Path):
-        from nsync.fit import FitResult
+        from nsync.fit import FitResult, RunFolder
 
-        return FitResult.load(folder) if (folder / "results.json").is_file() else None
+        return FitResult.load(folder) if RunFolder(folder).is_complete() else None
 
     def pair_section(self, name: str, pair: PairConfig) -> tuple[list[str], dict, dict | None]:
         """The pair's markdown (cache, then one block per view), per view with fits the numbers its
@@ -187,7 +187,7 @@ class Report:
         result = self._result(folder / "partition")
         if result is None or not result.partition:
             return []
-        step = result.config["data"]["source_layer_step"]
+        step = result.fit_config().data.source_layer_step
         layers = "every source layer" if step == 1 else f"every {step}{ {2: 'nd', 3: 'rd'}.get(step, 'th')} source layer from the embeddings"
         lines = ["", f"Variance partition (chosen alpha, {layers}; SyncR² of this fit {_f(result.sync_r2)}, p {_f(result.sync_r2_p_value)}"
                  f"{_per_direction(result)}). "

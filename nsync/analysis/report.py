@@ -20,6 +20,7 @@ import pandas as pd
 
 from nsync.errors import NsyncError
 from nsync.fit.results import FitResult
+from nsync.fit.run_folder import RunFolder
 
 DIMENSIONS = ["believability", "relationship", "knowledge", "secret", "social_rules", "financial_and_material_benefits", "goal", "overall"]
 
@@ -112,7 +113,7 @@ def judge_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
 def sections(runs: Sequence[str]) -> list[tuple[str, pd.DataFrame, list[Path]]]:
     out = []
     for run in map(Path, runs):
-        if (run / "results.json").is_file():
+        if RunFolder(run).is_complete():
             out.append(fit_section(run))
         elif (run / "controls.csv").is_file():
             out.append(controls_section(run))

@@ -133,7 +133,18 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         # whenever the cyclic GC gets to them (big tensors do not count towards its thresholds).
         del chunk
         release_memory()
-    layout = dict(
+    # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
+    return DirectionFit(
+        seed, direction, layout(dm), dm.n("train"), dm.n("test"), len(dm.test_episodes), dm.split.ids(dm.pairs),
+        np.concatenate(r2), np.concatenate(r2w), np.concatenate(alpha) if alpha else None, np.concatenate(chosen),
+        "validation" if ctx.on_validation else "test", dm.n_excluded, {c.name: c.finish() for c in collectors},
+    )  # fmt: skip
+
+
+def layout(dm: SynchronyDataModule) -> dict:
+    """The models, target condition and layers of a fit (the same for every fit of a run), as
+    :class:`~nsync.fit.results.FitResult` names them."""
+    return dict(
         models={"source": dm.source_model, "target": dm.target_model},
         target_condition=dm.target_condition,
         source_layers=dm.source_layers,
@@ -143,12 +154,6 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         source_depth=relative_depth(dm.source_layers, dm.n_source_layers),
         target_depth=relative_depth(dm.target_layers, dm.n_target_layers),
     )
-    # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
-    return DirectionFit(
-        seed, direction, layout, dm.n("train"), dm.n("test"), len(dm.test_episodes), dm.split.ids(dm.pairs),
-        np.concatenate(r2), np.concatenate(r2w), np.concatenate(alpha) if alpha else None, np.concatenate(chosen),
-        "validation" if ctx.on_validation else "test", dm.n_excluded, {c.name: c.finish() for c in collectors},
-    )  # fmt: skip
 
 
 def relative_depth(layers: list[int], n_layers: int) -> list[float]:
