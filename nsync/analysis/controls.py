@@ -24,6 +24,7 @@ from nsync.data.pairs import DIRECTIONS
 from nsync.errors import NsyncError
 from nsync.fit.config import FitConfig
 from nsync.fit.results import FitResult
+from nsync.fit.run_folder import RunFolder
 from nsync.plotting import pyplot
 
 log = logging.getLogger("nsync.controls")
@@ -184,8 +185,7 @@ def main_beside_shuffled(cache: str | Path, out: str | Path, fit_config: str, ov
 def _replicates(name: str, result: FitResult, out: Path) -> np.ndarray | None:
     if result.bootstrap is None:
         return None
-    path = out / name / result.bootstrap.file
-    return np.load(path) if path.exists() else None
+    return RunFolder(out / name).read_bootstrap()
 
 
 def check_paired(main: FitResult, other: FitResult, name: str = "the control") -> None:

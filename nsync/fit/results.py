@@ -202,7 +202,7 @@ class BootstrapInfo(BaseModel):
     seed: int = 0
     method: str = Field("basic", description="interval method (see nsync.stats.bootstrap.interval)")
     test_episodes: Optional[int] = Field(None, description="fewest test episodes of any (split seed, direction)")
-    file: str = "bootstrap.npy"
+    file: str = RunFolder.BOOTSTRAP
 
 
 class FitResult(BaseModel):
