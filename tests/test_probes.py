@@ -403,7 +403,7 @@ def test_dual_solver_gives_the_primal_numbers(banded, d, alphas, monkeypatch):
     and the columns of one alpha's target layers span several blocks."""
     import nsync.probes.ridge as ridge
 
-    monkeypatch.setattr(ridge, "COLUMN_BLOCK", 7)
+    monkeypatch.setattr(ridge.statistics, "COLUMN_BLOCK", 7)  # where TrainingRows reads it
     x, y, (tr, va, te) = _solver_data(d)
     primal_probe = _fit_probe(_solver_probe(x, y, tr, "primal", banded=banded, alphas=alphas), x, y, tr, va, te)
     dual_probe = _fit_probe(_solver_probe(x, y, tr, "dual", banded=banded, alphas=alphas), x, y, tr, va, te)

@@ -10,7 +10,6 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from nsync.probes.metrics import LayerR2, TestR2Mixin
 from nsync.probes.ridge import ALPHA_CHOICES, INVERSE_UP_TO, SOLVERS, RidgeSolution, RidgeStatistics, band_scales, choose_on_validation
-from nsync.probes.ridge import choose_alpha as choose_alpha  # its home until 2026-12: older code imports it from here
 
 
 class AffineProbe(TestR2Mixin, L.LightningModule):
@@ -194,7 +193,7 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
                 self._work_dtype,
                 keep_stats=keep_stats,
                 column_scale=scale,
-                shared_c=None if first is None else first.c,
+                shared_solver=None if first is None else first.solver,  # C or the rows: the same for every combination
                 decomposition=decomposition,
                 alphas=alphas,
             )
@@ -288,15 +287,9 @@ class AffineProbe(TestR2Mixin, L.LightningModule):
 
     def on_test_end(self) -> None:
         # Lightning moves the module back to the CPU after testing, not the solutions: keep them
-        # together, moving what the band ratios' solutions share (C or the rows) once.
-        if self._solutions:
-            first, *rest = self._solutions.values()
-            shared = first.c
-            moved = first.to(self.device).c
-            for solution in rest:
-                if solution.c is shared:
-                    solution.c = moved
-                solution.to(self.device)
+        # together (what the band ratios' solutions share, their solver's C or rows, moves once).
+        for solution in self._solutions.values():
+            solution.to(self.device)
 
     def on_train_end(self) -> None:
         if self._solution is None and len(self.alphas) > 1:
