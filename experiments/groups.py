@@ -43,7 +43,7 @@ def main(argv) -> None:
     parser.add_argument("--docs", default="docs/groups")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync.simulate"))
+    cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync simulate"))
     print(f"cache {cache}: {stats.line()}")
     table = main_beside_shuffled(cache, args.out, args.fit)
     results = {name: FitResult.load(Path(args.out) / name) for name in ("main", "shuffled_partner")}

@@ -50,7 +50,7 @@ def main(argv) -> None:
     parser.add_argument("--docs", default="", help="also write the table and figures for the documentation here (e.g. docs/quickstart)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync.simulate"))
+    cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync simulate"))
     print(f"cache {cache}: {stats.line()}")
     print(f"replies: {describe_reply_flags(ActivationCache.open(cache).reply_flags())}")
     table = main_beside_shuffled(cache, args.out, args.fit, overwrite=True)

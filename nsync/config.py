@@ -78,7 +78,7 @@ def config_keys(schema: type) -> list[tuple[str, str, str]]:
 
 def help_text(schema: type, prog: str) -> str:
     """Every field with its default and help line, nested fields dotted."""
-    lines = [f"usage: python -m {prog} [--config FILE ...] [key=value ...]", "", "config keys:"]
+    lines = [f"usage: {prog} [--config FILE ...] [key=value ...]", "", "config keys:"]
     for key, default, meaning in config_keys(schema):
         lines.append(f"  {key} = {default}")
         if meaning:

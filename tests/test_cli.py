@@ -74,7 +74,7 @@ def test_console_script_is_installed():
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert all(f"  {name}" in out for name in COMMANDS)
     fit_help = subprocess.run([exe, "fit", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "data.exclude_flags" in fit_help and "usage: python -m nsync.fit" in fit_help
+    assert "data.exclude_flags" in fit_help and "usage: nsync fit" in fit_help
 
 
 def test_cache_export_and_import_hf_commands(tmp_path, capsys):

@@ -9,7 +9,7 @@ from nsync.data import SynchronyDataModule
 from nsync.data.bands import Baseline, BandReader
 from nsync.testing.synthetic import PLANTED_TEXT, write_partition_cache, write_synthetic_cache
 from nsync.errors import NsyncError
-from nsync.fit import FitConfig, FitResult, run_fit
+from nsync.fit import FitConfig, FitResult, RunFolder, run_fit
 
 #: A grid wide enough for the joint fit to shrink a band that does not help (see README).
 GRID = ["affine.alphas=[0.1,1,10,100,1000,10000]"]
@@ -55,7 +55,7 @@ def test_a_private_part_is_recovered_as_the_unique_share(tmp_path):
     assert FitResult.load(tmp_path / "fit") == res
     for f in ("partition.png", f"heatmap_unique_{PLANTED_TEXT.replace(':', '-')}_A_to_B.png", "r2_by_layer.png"):
         assert (tmp_path / "fit" / f).is_file(), f
-    reps = np.load(tmp_path / "fit" / "partition_bootstrap.npz")
+    reps = RunFolder(tmp_path / "fit").read_partition_bootstrap()
     assert reps[f"{PLANTED_TEXT}/unique"].shape == (300,)
 
 

@@ -26,7 +26,7 @@ def test_sweep_yaml_expands_to_valid_fit_commands(path, monkeypatch):
     outs = set()
     for argv in commands:
         assert argv[1:3] == ["-m", "nsync.fit"]
-        cfg = load_config(FitConfig, argv[3:], prog="nsync.fit")
+        cfg = load_config(FitConfig, argv[3:], prog="nsync fit")
         for name in raw["parameters"]:
             assert any(a.startswith(f"--{name}=") for a in argv)
         outs.add(resolve_out(cfg))

@@ -67,7 +67,7 @@ class Study:
             print(f"  {self.cfg.sotopia} not found: simulating the built-in episodes instead")
         args = ["--config", self.cfg.simulate_config, f"models=[{','.join(pair.models)}]", f"scenarios.source={source}",
                 f"scenarios.limit={pair.episodes}", f"out={self.out / name / 'cache'}", *pair.simulate]
-        out, stats = simulate(load_config(SimulateConfig, args, prog="nsync.simulate"))
+        out, stats = simulate(load_config(SimulateConfig, args, prog="nsync simulate"))
         print(f"  {stats.line()}")
         quality = ActivationCache.open(out).quality()
         print(f"  pairs at lag 1 per direction: {quality['pairs_lag1']}")
@@ -110,7 +110,7 @@ class Study:
 
             def fit(run: str, overrides: list[str]) -> FitResult:
                 run_dir = folder / run
-                fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}"], prog="nsync.fit")
+                fit_cfg = load_config(FitConfig, [*common, *overrides, f"out={run_dir}", f"data.cache={cache}"], prog="nsync fit")
                 stored = reusable_result(fit_cfg)
                 if stored is not None:
                     print(f"  {source} -> {target}: {run} re-used")

@@ -55,7 +55,7 @@ def main(argv) -> None:
     cfg = load_config(PipelineConfig, argv, prog="experiments/paper/pipeline.py")
     out = Path(cfg.out)
     start = time.perf_counter()
-    judge_cfg0 = load_config(JudgeConfig, (["--config", cfg.judge_config] if cfg.judge_config else []) + ["cache=unused", *cfg.judge], prog="nsync.judge")
+    judge_cfg0 = load_config(JudgeConfig, (["--config", cfg.judge_config] if cfg.judge_config else []) + ["cache=unused", *cfg.judge], prog="nsync judge")
     judge_name = judge_cfg0.name or judge_cfg0.model.replace("/", "__")
     fits, judge_dirs = [], []
     for i, pair in enumerate(cfg.pairs):
@@ -67,18 +67,18 @@ def main(argv) -> None:
         print(f"{step} simulate -> {folder / 'cache'}")
         sim_args = (["--config", cfg.simulate_config] if cfg.simulate_config else []) + [
             f"out={folder / 'cache'}", f"models=[{a},{b}]" if a != b else f"models=[{a}]", f"both_orders={a != b}", *cfg.simulate]
-        cache, stats = simulate(load_config(SimulateConfig, sim_args, prog="nsync.simulate"))
+        cache, stats = simulate(load_config(SimulateConfig, sim_args, prog="nsync simulate"))
         print(f"{step} {stats.line()}")
         print(f"{step} judge ({judge_name})")
         judge_args = (["--config", cfg.judge_config] if cfg.judge_config else []) + [f"cache={cache}", *cfg.judge]
-        judge_dir, _ = judge_cache(load_config(JudgeConfig, judge_args, prog="nsync.judge"))
+        judge_dir, _ = judge_cache(load_config(JudgeConfig, judge_args, prog="nsync judge"))
         judge_dirs.append(str(judge_dir))
         for source, target in ([(a, b), (b, a)] if a != b else [(a, a)]):
             fit_dir = folder / f"fit_{_name(source)}"
             fits.append(str(fit_dir))
             fit_args = (["--config", cfg.fit_config] if cfg.fit_config else []) + [
                 f"out={fit_dir}", f"data.cache={cache}", f"data.source_model={source}", f"data.target_model={target}", *cfg.fit]
-            fit_cfg = load_config(FitConfig, fit_args, prog="nsync.fit")
+            fit_cfg = load_config(FitConfig, fit_args, prog="nsync fit")
             if reusable_result(fit_cfg) is not None:
                 print(f"{step} fit {source} -> {target}: re-using {fit_dir} (same config and cache)")
                 continue
@@ -88,7 +88,7 @@ def main(argv) -> None:
     analysis_args = [f"fits=[{','.join(fits)}]", f"judge={judge_name}", f"out={out / 'analysis'}"]
     if cfg.covariates:
         analysis_args += [f"covariates={cfg.covariates}", f"covariate={cfg.covariate}"]
-    result = analyse(load_config(AnalysisConfig, analysis_args, prog="nsync.analysis"))
+    result = analyse(load_config(AnalysisConfig, analysis_args, prog="nsync analysis"))
     c = result["across_pairs"]
     print("pairs:", ", ".join(f"{p['pair']}: SyncR² {p['sync_r2']:.4f}, social {p['social']:.2f}" for p in result["pairs"]))
     print(f"across pairs: n {c['n']}, Pearson {c.get('pearson')}, Spearman {c.get('spearman')}")

@@ -139,7 +139,7 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     base = (["--config", cfg.fit_config] if cfg.fit_config else []) + list(cfg.fit_overrides)
-    probe_cfg = load_config(FitConfig, [*base, f"out={out / 'main'}", f"data.cache={cfg.cache}"], prog="nsync.fit")
+    probe_cfg = load_config(FitConfig, [*base, f"out={out / 'main'}", f"data.cache={cfg.cache}"], prog="nsync fit")
     cache = ActivationCache.open(cfg.cache)
     model = probe_cfg.data.source_model or cache.simulated_models[0]
     skipped = _prepare_rereads(cfg, model)
@@ -150,7 +150,7 @@ def run_controls(cfg: ControlsConfig) -> pd.DataFrame:
             continue
         run_dir = out / name
         fit_cfg = load_config(
-            FitConfig, [*base, *overrides, f"out={run_dir}", f"data.cache={cfg.cache}", f"overwrite={cfg.overwrite}"], prog="nsync.fit"
+            FitConfig, [*base, *overrides, f"out={run_dir}", f"data.cache={cfg.cache}", f"overwrite={cfg.overwrite}"], prog="nsync fit"
         )
         stored = reusable_result(fit_cfg)
         if stored is not None:
@@ -406,7 +406,7 @@ def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    cfg = load_config(ControlsConfig, argv, prog="nsync.controls")
+    cfg = load_config(ControlsConfig, argv, prog="nsync controls")
     start = time.perf_counter()
     table = run_controls(cfg)
     print(markdown_table(table))

@@ -247,7 +247,7 @@ def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    cfg = load_config(AnalysisConfig, argv, prog="nsync.analysis")
+    cfg = load_config(AnalysisConfig, argv, prog="nsync analysis")
     start = time.perf_counter()
     result = analyse(cfg)
     for p in result["pairs"]:

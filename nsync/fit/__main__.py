@@ -18,7 +18,7 @@ from nsync.fit.config import FitConfig
 def main(argv: Sequence[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("nsync.fit").setLevel(logging.INFO)  # what the fit chose (the solver), once per run
-    cfg = load_config(FitConfig, argv, prog="nsync.fit")
+    cfg = load_config(FitConfig, argv, prog="nsync fit")
     # The fit's modules load after the config is read: --help and a bad key answer at once.
     from lightning.pytorch.utilities import rank_zero_only
 

@@ -19,15 +19,17 @@ Adding an analysis is one class here (or in a module of its own) and its registr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from nsync.fit import partition
 from nsync.fit.config import FitConfig
 from nsync.fit.direction import ChunkFit, DirectionContext
-from nsync.fit.results import BootstrapInfo, DirectionResult, FitResult, TimeCourseResult, log, nan_to_none
+from nsync.fit.results import BootstrapInfo, DirectionResult, FitResult, TimeCourseResult, nan_to_none
 from nsync.fit.run_folder import Artefacts
 from nsync.probes.cka import debiased_cka
 from nsync.registry import Registry
@@ -35,6 +37,8 @@ from nsync.stats import bootstrap as boot
 from nsync.stats.r2 import mean_best, mean_over_sources
 from nsync.stats.surrogates import null_r2, null_summary, p_value
 from nsync.stats.timecourse import pool_seeds
+
+log = logging.getLogger("nsync.fit")
 
 #: Below this many test episodes the episode bootstrap under-covers (see nsync.stats.bootstrap).
 MIN_TEST_EPISODES = 20
@@ -290,3 +294,38 @@ class CKA(Analysis):
     def pool(cls, result: FitResult, per_fit: list[tuple[int, np.ndarray]], artefacts: Artefacts, cfg: FitConfig) -> None:
         ckas = [d.sync_cka for d in result.directions.values() if d.sync_cka is not None]
         result.sync_cka = float(np.mean(ckas)) if ckas and len(ckas) == len(result.directions) else None
+
+
+@register("partition")
+class Partition(Analysis):
+    """The variance partition: every baseline of ``partition.baselines`` beside every chunk
+    (:class:`nsync.fit.partition.BaselinePartition`), its shares pooled per direction and run."""
+
+    def __init__(self, ctx: DirectionContext):
+        super().__init__(ctx)
+        self.baselines = partition.read_baselines(ctx)
+
+    @classmethod
+    def wanted(cls, ctx: DirectionContext) -> bool:
+        return bool(ctx.cfg.partition.baselines)
+
+    def add(self, chunk: ChunkFit) -> None:
+        for baseline in self.baselines.values():  # the same chunk beside each baseline
+            baseline.add(chunk)
+
+    def finish(self) -> dict[str, partition.PartitionFit]:
+        return {name: baseline.finish() for name, baseline in self.baselines.items()}
+
+    @classmethod
+    def summarise(cls, direction: DirectionResult, outputs: list[dict[str, partition.PartitionFit]], result: FitResult, cfg: FitConfig) -> None:
+        source = direction.r2_matrix  # the source alone, mean over split seeds
+        direction.partition = {
+            name: partition.summarise_baseline(name, [o[name] for o in outputs], source, result.target_layers) for name in outputs[0]
+        }
+        partition.warn_edges(direction.partition, cfg.partition.feature_ratios)
+
+    @classmethod
+    def pool(cls, result: FitResult, per_fit: list[tuple[int, dict[str, partition.PartitionFit]]], artefacts: Artefacts, cfg: FitConfig) -> None:
+        for name in per_fit[0][1]:
+            result.partition[name], replicates = partition.pool_baseline(name, [(seed, o[name]) for seed, o in per_fit], cfg.partition.layer)
+            artefacts.partition_bootstrap.update(replicates)

@@ -116,7 +116,6 @@ class DirectionFit:
     layout: dict  # models, target condition, layers and their names (the same for every fit of a run)
     n_train: int
     n_test: int
-    n_test_episodes: int
     split_ids: dict  # train and test episodes, scenarios, characters
     r2: np.ndarray  # [source layers, target layers]
     r2_weighted: np.ndarray
@@ -170,14 +169,13 @@ def context(cfg: FitConfig, seed: int, direction: str, fit_probe: Callable[[Sync
 def fit_chunk(ctx: DirectionContext, sources: list[int]) -> ChunkFit:
     """Fit and test the probe of the source layers ``sources`` against every target layer."""
     dm, n_tgt = ctx.dm, ctx.n_targets
-    several = len(sources) == 1 and len(dm.source_layers) > 1
-    prefix = f"{ctx.key}/seed_{ctx.seed}/" + (f"{dm.source_layer_names[sources[0]]}/" if several else "")
+    one_of_several = len(sources) == 1 and len(dm.source_layers) > 1  # its own W&B curves per source layer
+    prefix = f"{ctx.key}/seed_{ctx.seed}/" + (f"{dm.source_layer_names[sources[0]]}/" if one_of_several else "")
     probe = ctx.fit_probe(dm.for_sources(sources), prefix)
     res = probe.results
     if res.test_r2 is None or res.test_r2_weighted is None or res.episode_sums is None:
         raise NsyncError(f"probe type '{ctx.cfg.probe}' returned a probe without test results: its fit must run trainer.test")
-    as_matrix = lambda t: None if t is None else t.reshape(len(sources), n_tgt).numpy()  # noqa: E731
-    val_r2 = as_matrix(res.val_r2)
+    val_r2 = None if res.val_r2 is None else res.val_r2.reshape(len(sources), n_tgt).numpy()
     if ctx.on_validation and val_r2 is None:  # a probe type without one (docs/how-to/extending.md's baseline)
         log.warning(
             "probe type '%s' reports no validation R² (results.val_r2): target layers are chosen on the test R² (target_choice=test)", ctx.cfg.probe

@@ -31,8 +31,7 @@ from nsync.config import to_yaml
 from nsync.data import SynchronyDataModule
 from nsync.data.pairs import ALL, NoPairsError, resolve_directions
 from nsync.errors import NsyncError, warnings_once_per_run
-from nsync.fit import partition  # noqa: F401  (registers the partition analysis)
-from nsync.fit.analyses import ANALYSES, Analysis
+from nsync.fit.analyses import ANALYSES
 from nsync.fit.config import FitConfig, resolve_out
 from nsync.fit.direction import DirectionFit, context, fit_chunk
 from nsync.fit.fingerprint import fingerprint
@@ -108,25 +107,25 @@ def fit_probe(cfg: FitConfig, logger, dm: SynchronyDataModule, log_prefix: str =
     return probe_type(cfg.probe).fit(cfg, dm, lambda **kwargs: trainer(cfg, logger, **kwargs), log_prefix)
 
 
-def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None, analyses: list[type[Analysis]] | None = None) -> DirectionFit:
-    """Every source layer of one (split seed, direction), chunk by chunk, through the collectors
-    of ``analyses`` (default: every registered one the config asks for); raises NoPairsError."""
+def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None) -> DirectionFit:
+    """Every source layer of one (split seed, direction), chunk by chunk, through the collector of
+    every registered analysis the config asks for; raises NoPairsError."""
     ctx = context(cfg, seed, direction, lambda dm, prefix: fit_probe(cfg, logger, dm, prefix))
     dm = ctx.dm
     if bar is not None and bar.total is None:
         bar.total = len(plan(cfg)) * len(dm.source_layers)
         bar.refresh()
-    collectors = [kind(ctx) for kind in (analyses or list(ANALYSES.values())) if kind.wanted(ctx)]
-    r2, r2w, alpha, chosen = [], [], [], []  # per chunk
+    collectors = [kind(ctx) for kind in ANALYSES.values() if kind.wanted(ctx)]
+    r2, r2w, alpha, chosen, has_alpha = [], [], [], [], False  # per chunk
     for sources in probe_type(cfg.probe).source_chunks(cfg, dm):
         chunk = fit_chunk(ctx, sources)
         for collector in collectors:
             collector.add(chunk)
+        has_alpha |= chunk.alpha is not None  # the probe type chooses a ridge alpha (reported per cell)
         r2.append(chunk.r2)
         r2w.append(chunk.r2_weighted)
         chosen.append(chunk.chosen)
-        if chunk.alpha is not None:
-            alpha.append(chunk.alpha)
+        alpha.append(chunk.alpha if chunk.alpha is not None else np.full_like(chunk.r2, np.nan))
         if bar is not None:
             bar.update(len(sources))
         # Trainer and probe reference each other: free this chunk's sums and solution now instead of
@@ -135,8 +134,8 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         release_memory()
     # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
     return DirectionFit(
-        seed, direction, layout(dm), dm.n("train"), dm.n("test"), len(dm.test_episodes), dm.split.ids(dm.pairs),
-        np.concatenate(r2), np.concatenate(r2w), np.concatenate(alpha) if alpha else None, np.concatenate(chosen),
+        seed, direction, layout(dm), dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs),
+        np.concatenate(r2), np.concatenate(r2w), np.concatenate(alpha) if has_alpha else None, np.concatenate(chosen),
         "validation" if ctx.on_validation else "test", dm.n_excluded, {c.name: c.finish() for c in collectors},
     )  # fmt: skip
 

@@ -19,12 +19,9 @@ import torch
 
 from nsync.cache import ActivationCache
 from nsync.data.bands import INDICATOR_BANDS, BandReader, Baseline, BaselineFeatures, check_baselines
-from nsync.fit.analyses import Analysis, register
-from nsync.fit.config import FitConfig
 from nsync.fit.direction import ChunkFit, DirectionContext, chosen_predictions
 from nsync.fit.penalties import baseline_bands, joint_bands
-from nsync.fit.results import DirectionResult, FitResult, PartitionDirection, PartitionSummary, TimeCourseResult, nan_to_none
-from nsync.fit.run_folder import Artefacts
+from nsync.fit.results import PartitionDirection, PartitionSummary, TimeCourseResult, nan_to_none
 from nsync.stats import bootstrap as boot
 from nsync.stats.partition import QUANTITIES, baseline_only_cells, choose_unique_targets, joined_shortfall, shares_at
 from nsync.stats.r2 import mean_over_sources
@@ -99,26 +96,30 @@ class BaselinePartition:
 
     def __init__(self, ctx: DirectionContext, name: str, features: BaselineFeatures):
         self.ctx, self.name, self.features = ctx, name, features
-        self.fitted_alone: Fitted | None = None  # a baseline-alone fit that serves every source layer, fitted once
+        # The last baseline-alone fit and the band it fitted: a band that does not depend on the source
+        # layer (one tensor for all) is fitted once per direction; one that does, once per chunk.
+        self.fitted_alone: tuple[torch.Tensor, Fitted] | None = None
         self.parts: list[ChunkShares] = []
 
     def shared_band(self, chunk: ChunkFit) -> bool:
+        """Whether every source layer of the chunk has the same baseline band (one fit serves them all)."""
         bands = [self.features.per_source[s] for s in chunk.sources]
         return all(b is bands[0] for b in bands)
 
     def baseline_x(self, chunk: ChunkFit) -> torch.Tensor:
+        """The baseline's rows for the chunk: ``[rows, 1, k]`` where one band serves it, else ``[rows, chunk, k]``."""
         bands = [self.features.per_source[s] for s in chunk.sources]
         return bands[0][:, None] if self.shared_band(chunk) else torch.stack(bands, 1)
 
     def fit_alone(self, chunk: ChunkFit) -> Fitted:
-        if self.shared_band(chunk) and self.fitted_alone is not None:
-            return self.fitted_alone
         ctx, shared = self.ctx, self.shared_band(chunk)
+        band = self.features.per_source[chunk.sources[0]]
+        if shared and self.fitted_alone is not None and self.fitted_alone[0] is band:
+            return self.fitted_alone[1]
         design = baseline_bands(ctx.cfg.partition, self.features.starts, self.features.fixed)
         probe = ctx.fit_probe(ctx.dm.with_source_data(self.baseline_x(chunk), design), f"{chunk.prefix}partition/{self.name}/")
         fitted = Fitted.of(probe, 1 if shared else len(chunk.sources), ctx.n_targets, ctx.on_validation)
-        if shared:
-            self.fitted_alone = fitted
+        self.fitted_alone = (band, fitted) if shared else None
         return fitted
 
     def fit_joint(self, chunk: ChunkFit, base: Fitted) -> tuple[Fitted, torch.Tensor, np.ndarray | None]:
@@ -143,8 +144,8 @@ class BaselinePartition:
         baseline_only = baseline_only_cells(val_b, val_j)
         if baseline_only is None:  # both or neither: the same data module's validation rows
             baseline_only = np.zeros_like(r2_j, dtype=bool)
-        elif val_j is not None and val_b is not None:
-            val_j[baseline_only] = val_b[baseline_only]
+        else:
+            val_j[baseline_only] = val_b[baseline_only]  # type: ignore[index]  # both set where baseline_only is
         r2_j[baseline_only], ratio[baseline_only] = r2_b[baseline_only], 0.0  # every feature's ratio
         chosen = choose_unique_targets(val_b, val_j, r2_j - r2_b)
         estimates, replicates = self.scores(chunk, base, joint, r2_b, r2_j, baseline_only, chosen)
@@ -162,7 +163,8 @@ class BaselinePartition:
             if t < 0:
                 continue
             estimates[i] = shares_at(chunk.r2[i, t], r2_b[i, t], r2_j[i, t])
-            if replicate_r2 is not None and replicates is not None:
+            if replicates is not None:
+                assert replicate_r2 is not None
                 sse = [chunk.sums["sse"][:, i], base.sse_of(i), base.sse_of(i) if baseline_only[i, t] else joint.sse[:, i]]
                 replicates[i] = shares_at(*[replicate_r2(s, [t])[:, 0] for s in sse]).T
         return estimates, replicates
@@ -229,62 +231,38 @@ class BaselinePartition:
         )
 
 
-@register("partition")
-class Partition(Analysis):
-    """Every baseline of ``partition.baselines`` beside every chunk (one :class:`BaselinePartition` each)."""
+def read_baselines(ctx: DirectionContext) -> dict[str, BaselinePartition]:
+    """Every baseline of ``partition.baselines``, its features read for the direction's pairs."""
+    cfg, dm = ctx.cfg, ctx.dm
+    cache = ActivationCache.open(cfg.data.cache)
+    check_baselines(cfg.partition.baselines, cache)
+    layer = cfg.partition.layer if cfg.partition.layer == "same" else int(cfg.partition.layer)
+    reader = BandReader(cache, dm.pairs, dm.source_model, dm.target_model, dm.target_condition, dm.index["fit"], layer)
+    return {name: BaselinePartition(ctx, name, reader.read(Baseline.parse(name), dm.source_layers)) for name in cfg.partition.baselines}
 
-    def __init__(self, ctx: DirectionContext):
-        super().__init__(ctx)
-        cfg, dm = ctx.cfg, ctx.dm
-        cache = ActivationCache.open(cfg.data.cache)
-        check_baselines(cfg.partition.baselines, cache)
-        layer = cfg.partition.layer if cfg.partition.layer == "same" else int(cfg.partition.layer)
-        reader = BandReader(cache, dm.pairs, dm.source_model, dm.target_model, dm.target_condition, dm.index["fit"], layer)
-        self.baselines = {name: BaselinePartition(ctx, name, reader.read(Baseline.parse(name), dm.source_layers)) for name in cfg.partition.baselines}
 
-    @classmethod
-    def wanted(cls, ctx: DirectionContext) -> bool:
-        return bool(ctx.cfg.partition.baselines)
-
-    def add(self, chunk: ChunkFit) -> None:
-        for baseline in self.baselines.values():  # the same chunk beside each baseline
-            baseline.add(chunk)
-
-    def finish(self) -> dict[str, PartitionFit]:
-        return {name: baseline.finish() for name, baseline in self.baselines.items()}
-
-    @classmethod
-    def summarise(cls, direction: DirectionResult, outputs: list[dict[str, PartitionFit]], result: FitResult, cfg: FitConfig) -> None:
-        source = direction.r2_matrix  # the source alone, mean over split seeds
-        direction.partition = {name: summarise_baseline(name, [o[name] for o in outputs], source, result.target_layers) for name in outputs[0]}
-        warn_edges(direction.partition, cfg.partition.feature_ratios)
-
-    @classmethod
-    def pool(cls, result: FitResult, per_fit: list[tuple[int, dict[str, PartitionFit]]], artefacts: Artefacts, cfg: FitConfig) -> None:
-        for name in per_fit[0][1]:
-            fits = [(seed, o[name]) for seed, o in per_fit]
-            estimate = boot.pool([(seed, f.estimate) for seed, f in fits], skip_nan=True)
-            ci: dict[str, tuple[float, float] | None] = {}
-            corrected: dict[str, float | None] = {}
-            p, null = None, None
-            replicates = [(seed, f.replicates) for seed, f in fits if f.replicates is not None]
-            if len(replicates) == len(fits):
-                reps = boot.pool(replicates)  # [Q, B]
-                artefacts.partition_bootstrap.update({f"{name}/{q}": reps[i] for i, q in enumerate(QUANTITIES)})
-                ci, corrected = boot.intervals(QUANTITIES, estimate, reps)
-            nulls = [(seed, f.null_unique) for seed, f in fits if f.null_unique is not None]
-            if len(nulls) == len(fits):
-                null = boot.pool(nulls)
-                p = p_value(estimate[QUANTITIES.index("unique")], null)
-            result.partition[name] = PartitionSummary(
-                features=list(Baseline.parse(name).features),
-                layer=cfg.partition.layer,
-                values={q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)},
-                ci95=ci,
-                bias_corrected=corrected,
-                unique_p_value=p,
-                unique_null=null_summary(null),
-            )
+def pool_baseline(name: str, fits: list[tuple[int, PartitionFit]], layer: str) -> tuple[PartitionSummary, dict[str, np.ndarray]]:
+    """One baseline's partition of the run (mean over directions, then split seeds, as SyncR²) and
+    the replicates behind its intervals, ``"<baseline>/<quantity>"`` -> ``[n_boot]``."""
+    estimate = boot.pool([(seed, f.estimate) for seed, f in fits], skip_nan=True)
+    ci: dict[str, tuple[float, float] | None] = {}
+    corrected: dict[str, float | None] = {}
+    p, null, out = None, None, {}
+    replicates = [(seed, f.replicates) for seed, f in fits if f.replicates is not None]
+    if len(replicates) == len(fits):
+        reps = boot.pool(replicates)  # [Q, B]
+        out = {f"{name}/{q}": reps[i] for i, q in enumerate(QUANTITIES)}
+        ci, corrected = boot.intervals(QUANTITIES, estimate, reps)
+    nulls = [(seed, f.null_unique) for seed, f in fits if f.null_unique is not None]
+    if len(nulls) == len(fits):
+        null = boot.pool(nulls)
+        p = p_value(estimate[QUANTITIES.index("unique")], null)
+    values = {q: nan_to_none(float(v)) for q, v in zip(QUANTITIES, estimate, strict=True)}
+    summary = PartitionSummary(
+        features=list(Baseline.parse(name).features), layer=layer, values=values, ci95=ci, bias_corrected=corrected,
+        unique_p_value=p, unique_null=null_summary(null),
+    )  # fmt: skip
+    return summary, out
 
 
 def summarise_baseline(name: str, seeds: list[PartitionFit], source: np.ndarray, target_layers: list[int]) -> PartitionDirection:

@@ -69,9 +69,9 @@ class DirectionResult(BaseModel):
     cka: Optional[Matrix] = Field(None, description="debiased linear CKA per (source, target layer) on the test side, mean over split seeds")
     sync_cka: Optional[float] = Field(None, description="best target's CKA per source layer, mean over source layers and split seeds")
     target_choice: str = Field("test", description="how each source layer's target layer was chosen: validation or test")
-    chosen_target_layer: Optional[list[list[Optional[int]]]] = Field(None, description="per split seed and source layer: the chosen target layer")
-    chosen_r2_by_source_layer: Optional[list[Optional[float]]] = Field(
-        None, description="per source layer: test R² at the chosen target layer, mean over split seeds"
+    chosen_target_layer: list[list[Optional[int]]] = Field(description="per split seed and source layer: the chosen target layer")
+    chosen_r2_by_source_layer: list[Optional[float]] = Field(
+        description="per source layer: test R² at the chosen target layer, mean over split seeds"
     )
     sync_r2_test_picked: Optional[float] = Field(None, description="SyncR² by the paper's rule (best test R² per source layer), for comparison")
     partition: dict[str, PartitionDirection] = Field(default_factory=dict, description="baseline -> its variance partition (partition.baselines)")
@@ -314,7 +314,10 @@ class FitResult(BaseModel):
         from nsync.config import from_dict
         from nsync.fit.config import FitConfig
 
-        return from_dict(FitConfig, self.config)
+        try:
+            return from_dict(FitConfig, self.config)
+        except NsyncError as err:
+            raise NsyncError(f"{err} (a result fitted by another version of nsync: refit it)") from None
 
     @classmethod
     def from_fits(
@@ -397,5 +400,5 @@ def layer_profile(result: FitResult):
 
 def modal_target(d: DirectionResult, i: int, target_layers: list[int]) -> int:
     """Position of the target layer chosen for source position ``i`` in most split seeds."""
-    picks = [pick for seed in d.chosen_target_layer or [] if (pick := seed[i]) is not None]
+    picks = [pick for seed in d.chosen_target_layer if (pick := seed[i]) is not None]
     return target_layers.index(max(set(picks), key=picks.count)) if picks else 0

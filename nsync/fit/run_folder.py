@@ -9,7 +9,7 @@ the analysis and report stages, the experiments), so a file's name lives in one 
 - ``partition_bootstrap.npz``: the partition's replicates, ``<baseline>/<quantity>`` -> ``[n_boot]``;
 - ``episode_sync.csv``: each test episode's SyncR² per split seed and direction;
 - ``weights.safetensors``: each source layer's map to its chosen target (first split seed);
-- ``config.yaml``: the fit's config; plots (``*.png``) and the W&B run.
+- ``config.yaml``: the fit's config; plots (``*.png``, named by :mod:`nsync.fit.plots`) and the W&B run.
 
 >>> folder = RunFolder("runs/quickstart/controls/main")
 >>> folder.results.name, folder.bootstrap.name
@@ -57,10 +57,6 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
-
-    def __truediv__(self, name: str) -> Path:
-        """A file of the folder by name (plots: ``folder / "r2_by_layer.png"``)."""
-        return self.path / name
 
     @property
     def results(self) -> Path:

@@ -7,6 +7,7 @@ import numpy as np
 
 from nsync.cache import describe_reply_flags
 from nsync.fit.config import FitConfig, resolve_out
+from nsync.fit.loop import with_agent_directions
 from nsync.fit.results import FitResult, modal_target
 
 
@@ -51,4 +52,4 @@ def print_summary(result: FitResult, cfg: FitConfig) -> None:
     if matrix.notna().sum().sum() >= 2:
         print("SyncR² by ordered agent pair (rows: source agent, columns: target agent):")
         print(matrix.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
-    print(f"wrote {resolve_out(cfg)}/results.json, plots and weights")
+    print(f"wrote {resolve_out(with_agent_directions(cfg))}/results.json, plots and weights")

@@ -162,7 +162,7 @@ def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(JudgeConfig, argv, prog="nsync.judge")
+    cfg = load_config(JudgeConfig, argv, prog="nsync judge")
     start = time.perf_counter()
     out, table = judge_cache(cfg)
     ok = table[table["status"] == "ok"]

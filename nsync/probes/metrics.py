@@ -1,10 +1,6 @@
-"""R² from sums: one formula for the test metric, validation, per-episode sums and the bootstrap.
-
-Everything that scores a probe keeps four sums per output dimension: the row count ``n``,
-``Σy``, ``Σy²`` and the squared error ``Σ(y - ŷ)²`` (``y`` shifted by a constant, the training
-mean, which changes no R² and keeps the float64 sums small). They add up over batches, DDP
-ranks and episodes, so R² of any union or re-weighting of episodes follows from them.
-"""
+"""The probes' test metric: per-episode sums of every (source, target layer) pair as a torchmetrics
+``Metric`` (:class:`LayerR2`), R² from them by the one formula of :func:`nsync.stats.r2.r2_from_sums`,
+and what a tested probe reports (:class:`ProbeResults`)."""
 
 from __future__ import annotations
 

@@ -185,7 +185,7 @@ def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(RereadConfig, argv, prog="nsync.reread")
+    cfg = load_config(RereadConfig, argv, prog="nsync reread")
     start = time.perf_counter()
     name, n = reread(cfg)
     print(f"re-read {n} utterances as '{name}' (condition teacher_forced) in {time.perf_counter() - start:.1f} s")

@@ -121,7 +121,7 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
 
 def main(argv: Sequence[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(SimulateConfig, argv, prog="nsync.simulate")
+    cfg = load_config(SimulateConfig, argv, prog="nsync simulate")
     out, stats = simulate(cfg)
     rank, _ = _distributed()
     if rank == 0:

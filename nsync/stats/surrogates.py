@@ -34,9 +34,6 @@ from nsync.stats.r2 import r2_from_rows
 
 log = logging.getLogger("nsync.fit")
 
-#: Surrogate kinds (``surrogates.kind``).
-KINDS = ("pseudo_dyad", "circular_shift")
-
 
 def permutations(test_pairs: pd.DataFrame, n: int, kind: str = "pseudo_dyad", seed: int = 0) -> np.ndarray:
     """``[n, rows]``: for each surrogate, the row whose source each test row is scored against.

@@ -84,8 +84,8 @@ FITS: dict[str, tuple[Callable[[Path], Path], str, list[str]]] = {
 }
 
 
-def run(name: str, workdir: Path) -> Path:
-    """Fit golden ``name`` with caches under ``workdir``; returns its run folder."""
+def run(name: str, workdir: Path, *extra: str) -> Path:
+    """Fit golden ``name`` with caches under ``workdir`` (``extra``: more overrides); returns its run folder."""
     from nsync.config import load_config
     from nsync.fit import FitConfig, run_fit
 
@@ -93,8 +93,8 @@ def run(name: str, workdir: Path) -> Path:
     cache = workdir / "caches" / cache_name
     if not (cache / "manifest.json").exists():
         writer(cache)
-    out = workdir / "runs" / name
-    run_fit(load_config(FitConfig, [f"out={out}", f"data.cache={cache}", *COMMON, *overrides], prog="golden"))
+    out = workdir / "runs" / "-".join([name, *extra]).replace("=", "_")
+    run_fit(load_config(FitConfig, [f"out={out}", f"data.cache={cache}", *COMMON, *overrides, *extra], prog="golden"))
     return out
 
 
