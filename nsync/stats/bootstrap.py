@@ -154,8 +154,8 @@ def interval(replicates: np.ndarray, estimate: float | None, level: float = 0.95
     their quantiles), and it holds the raw estimate whenever the bias is smaller than the spread.
     ``percentile``: ``[q_lo, q_hi]``.
 
-    >>> [round(x, 6) for x in interval(np.array([0.1, 0.2, 0.3]), 0.25, level=0.5)]
-    [0.25, 0.35]
+    >>> tuple(round(x, 6) for x in interval(np.array([0.1, 0.2, 0.3]), 0.25, level=0.5))
+    (0.25, 0.35)
     """
     if method not in INTERVAL_METHODS:
         raise ValueError(f"unknown interval method '{method}'; use one of {INTERVAL_METHODS}")
