@@ -19,8 +19,8 @@ speaker's state; the fit compares the source alone, the baseline alone and both 
   ``nsync.reread`` added for the source utterance (condition ``teacher_forced``).
 
 ``a+b`` joins features into one baseline ("all together"); each feature is a band of its own in
-the ridge fits (its own penalty, chosen on validation: :func:`nsync.fit.partition.baseline_bands`,
-:func:`nsync.fit.partition.joint_bands`),
+the ridge fits (its own penalty, chosen on validation: :func:`nsync.fit.penalties.baseline_bands`,
+:func:`nsync.fit.penalties.joint_bands`),
 so a small-scale feature is not shrunk to nothing beside a large one. Layered features are read at
 the source layer's relative depth (``layer=same``) or at one fixed layer.
 """
