@@ -176,6 +176,14 @@ def test_syncr2_takes_the_target_layer_chosen_on_validation(tmp_path):
     np.testing.assert_allclose(np.array(paper.directions["A->B"].r2, dtype=float), r2, atol=1e-6)  # the same probes (float32 sums)
 
 
+def test_overwrite_leaves_no_artefact_of_the_earlier_run(tmp_path, linear):
+    _fit(tmp_path, linear, "data.split_seeds=[0]", "bootstrap=20", "save_weights=true")
+    assert (tmp_path / "run" / "bootstrap.npy").is_file() and (tmp_path / "run" / "weights.safetensors").is_file()
+    _fit(tmp_path, linear, "data.split_seeds=[0]", "bootstrap=0", "save_weights=false", "overwrite=true")
+    left = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.endswith(".png"))
+    assert left == ["config.yaml", "episode_sync.csv", "results.json"]  # nothing of the first run's bootstrap or weights
+
+
 def test_a_results_file_of_another_schema_version_is_refused(tmp_path, linear):
     _fit(tmp_path, linear, "data.split_seeds=[0]", "data.directions=[A->B]", "bootstrap=0")
     raw = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -192,6 +192,8 @@ def run_fit(cfg: FitConfig) -> FitResult:
     if folder.is_complete() and not cfg.overwrite:
         raise NsyncError(f"{folder.path} already holds {RunFolder.RESULTS}; choose another out folder or set overwrite=true")
     start = time.perf_counter()
+    if cfg.overwrite:
+        folder.clear()
     folder.path.mkdir(parents=True, exist_ok=True)
     logger = make_logger(cfg, folder.path, model_pair(cfg))
     fits, skipped = [], {}

@@ -86,6 +86,12 @@ class RunFolder:
         """Whether a fit finished here (results.json is written last)."""
         return self.results.is_file()
 
+    def clear(self) -> None:
+        """Remove an earlier run's artefacts (``overwrite=true``), results.json first: a new run
+        never mixes with an old one's files, and until it finishes the folder reads as incomplete."""
+        for path in (self.results, self.bootstrap, self.partition_bootstrap, self.episodes, self.weights, self.config, *self.path.glob("*.png")):
+            path.unlink(missing_ok=True)
+
     def read_bootstrap(self) -> np.ndarray | None:
         """The run's SyncR² replicates, None where it ran without a bootstrap."""
         return np.load(self.bootstrap) if self.bootstrap.is_file() else None
