@@ -12,7 +12,7 @@ the time course); ``nsync.testing`` planted data and harnesses.
 The public API (stable within a minor version; changed only after a deprecation warning and a
 line in CHANGELOG.md; the documentation's Python API page renders it):
 
-- cache: ``nsync.cache.ActivationCache``, ``CacheWriter``, ``ModelInfo``
+- cache: ``nsync.cache.ActivationCache``, ``CacheWriter``, ``ModelInfo``, ``nsync.cache.verify.verify_cache``
 - data: ``nsync.data.DataConfig``, ``SynchronyDataModule``, ``make_split``
 - probes: ``nsync.probes.AffineProbe``, ``MLPProbe``, ``ProbeResults``, ``fit_ridge``
 - statistics: ``nsync.stats.r2``, ``nsync.stats.bootstrap``, ``nsync.stats.surrogates``, ``nsync.stats.partition``, ``nsync.stats.timecourse``

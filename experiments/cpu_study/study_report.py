@@ -12,7 +12,7 @@ import pandas as pd
 from study_config import RECORD, PairConfig, StudyConfig, _name, _train_pairs, views
 from study_plots import draw
 
-from nsync.cache.layout import write_json_atomic
+from nsync.storage import write_json_atomic
 
 
 def _f(x, digits: int = 3) -> str:

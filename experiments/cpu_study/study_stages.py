@@ -12,7 +12,7 @@ from pathlib import Path
 from study_config import TIMING_FLUSH_S, PairConfig, StudyConfig, _name, _pair_budget, _train_pairs, views
 from study_report import Report, _ci, _f
 
-from nsync.cache.layout import write_json_atomic
+from nsync.storage import write_json_atomic
 from nsync.config import load_config
 from nsync.errors import NsyncError
 

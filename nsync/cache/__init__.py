@@ -7,7 +7,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     # submodules too: nsync.cache.<module> works after `import nsync.cache`, as it did with eager imports
-    submodules=["hf", "importer", "layout", "reader", "writer"],
+    submodules=["hf", "importer", "layout", "reader", "verify", "writer"],
     submod_attrs={
         "reader": ["ActivationCache", "describe_reply_flags"],
         "writer": ["CacheWriter", "ModelInfo"],

@@ -1,9 +1,10 @@
-"""``python -m nsync.cache info PATH``, ``export PATH OUT --format hf``, ``import-hf SRC OUT`` and
+"""``python -m nsync.cache info PATH``, ``verify PATH``, ``repair PATH``, ``export PATH OUT --format hf``, ``import-hf SRC OUT`` and
 ``import-reference SRC OUT`` (also ``nsync cache ...``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from nsync.errors import run_cli
@@ -14,6 +15,10 @@ def main(argv: Sequence[str]) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print a summary of a cache")
     info.add_argument("path")
+    ver = sub.add_parser("verify", help="check every file against its checksum, shape, rows and values; exit 1 on damage")
+    ver.add_argument("path")
+    rep = sub.add_parser("repair", help="drop rows written twice (keeping each row's first copy) and merge the shards")
+    rep.add_argument("path")
     exp = sub.add_parser("export", help="write a cache as a Hugging Face datasets dataset (load_from_disk, push_to_hub)")
     exp.add_argument("path")
     exp.add_argument("out", help="dataset folder to create")
@@ -32,6 +37,20 @@ def main(argv: Sequence[str]) -> None:
 
     if args.command == "info":
         print(ActivationCache.open(args.path).summary())
+    elif args.command == "verify":
+        from nsync.cache.verify import verify_cache
+
+        result = verify_cache(args.path)
+        print(result.summary())
+        if not result.ok:
+            sys.exit(1)
+    elif args.command == "repair":
+        from nsync.cache.writer import CacheWriter
+
+        dropped = CacheWriter.open_existing(args.path).repair()
+        print("\n".join(f"dropped {line}" for line in dropped) or f"{args.path} holds no row written twice: nothing to repair")
+        if dropped:
+            print(f"wrote {args.path}")
     elif args.command == "export":
         from nsync.cache.hf import export_hf
 

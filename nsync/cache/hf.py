@@ -55,7 +55,7 @@ def export_hf(cache_path: str | Path, out: str | Path) -> Path:
         rows = rows.sort_values("row")
         columns = {c: rows[c].tolist() for c in rows.columns if c != "row"}
         for layer in range(len(cache.layer_names(model))):
-            states = np.asarray(cache.states(model, layer, condition)[rows["row"].to_numpy()])
+            states = cache.read_rows(model, layer, rows["row"].to_numpy(), condition)
             columns[f"layer_{layer}"] = list(states)
         info = DatasetInfo(description=json.dumps(manifest))
         name = split_name(model, condition)
@@ -83,7 +83,6 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
     data = load_from_disk(str(src))
     splits = manifest.pop("hf_splits")
     models = [ModelInfo(**info) for info in manifest["models"].values()]
-    writer = CacheWriter(out, config=manifest.get("config", {}), identity=manifest["identity"], models=models, dtype=manifest["dtype"], resume=False)
     rows, states = [], {}
     for name, (model, condition) in splits.items():
         part = data[name]
@@ -94,6 +93,9 @@ def import_hf(src: str | Path, out: str | Path) -> Path:
         rows += table.to_dict("records")
         part = part.with_format("numpy", columns=layers)
         states[(model, condition)] = np.stack([part[c] for c in layers], axis=1)
-    writer.write_shard(rows, states)
-    writer.finalize()
+    with CacheWriter(
+        out, config=manifest.get("config", {}), identity=manifest["identity"], models=models, dtype=manifest["dtype"], resume=False
+    ) as writer:
+        writer.write_shard(rows, states)
+        writer.finalize()
     return Path(out)

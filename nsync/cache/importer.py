@@ -86,51 +86,51 @@ def import_reference(src: str | Path, out: str | Path, sotopia: str | Path | Non
         first_shapes[model] = shape
         infos.append(ModelInfo(model, f"reference:{src.name}", None, shape[0], shape[2], [f"layer_{i}" for i in range(shape[0])]))
     identity = {"import_reference": str(src.resolve()), "sotopia": str(sotopia) if sotopia else None}
-    writer = CacheWriter(out, config=identity, identity=identity, models=infos, dtype=dtype)
-    done = writer.done_runs()
-    total = sum(len(r) for r in found.values())
-    with tqdm(total=total, desc="runs", unit="run") as bar:
-        for model, runs in found.items():
-            rows, states = [], []
-            for e, temp, seed, run in runs:
-                run_id = f"{model}/episode_{e}/t{temp}_seed{seed}"
-                bar.update(1)
-                if run_id in done:
-                    continue
-                ep = _episode(library, e, run)
-                for k, agent, path in _turns(run):
-                    array = np.load(path)
-                    if array.shape != first_shapes[model]:
-                        raise NsyncError(f"{path}: shape {array.shape}, expected {first_shapes[model]} like the rest of {model}")
-                    states.append(array[:, 0, :])
-                    rows.append(
-                        TurnRow(
-                            run_id=run_id,
-                            episode_id=ep["episode_id"],
-                            scenario_id=ep["scenario_id"],
-                            scenario_codename=ep["scenario_codename"],
-                            relationship=ep["relationship"],
-                            character_a=ep["characters"][0],
-                            character_b=ep["characters"][1],
-                            agent=agent,
-                            character_id=ep["characters"][agent],
-                            model=model,
-                            partner_model=model,
-                            order=0,
-                            seed=seed,
-                            utterance=k,
-                            condition="interactive",
-                            n_prompt_tokens=-1,
-                            n_new_tokens=-1,
-                            extra={"temperature": temp},
-                        ).as_dict()
-                    )
-                if len(rows) >= 4096:
+    with CacheWriter(out, config=identity, identity=identity, models=infos, dtype=dtype) as writer:  # a failure frees the folder at once
+        done = writer.done_runs()
+        total = sum(len(r) for r in found.values())
+        with tqdm(total=total, desc="runs", unit="run") as bar:
+            for model, runs in found.items():
+                rows, states = [], []
+                for e, temp, seed, run in runs:
+                    run_id = f"{model}/episode_{e}/t{temp}_seed{seed}"
+                    bar.update(1)
+                    if run_id in done:
+                        continue
+                    ep = _episode(library, e, run)
+                    for k, agent, path in _turns(run):
+                        array = np.load(path)
+                        if array.shape != first_shapes[model]:
+                            raise NsyncError(f"{path}: shape {array.shape}, expected {first_shapes[model]} like the rest of {model}")
+                        states.append(array[:, 0, :])
+                        rows.append(
+                            TurnRow(
+                                run_id=run_id,
+                                episode_id=ep["episode_id"],
+                                scenario_id=ep["scenario_id"],
+                                scenario_codename=ep["scenario_codename"],
+                                relationship=ep["relationship"],
+                                character_a=ep["characters"][0],
+                                character_b=ep["characters"][1],
+                                agent=agent,
+                                character_id=ep["characters"][agent],
+                                model=model,
+                                partner_model=model,
+                                order=0,
+                                seed=seed,
+                                utterance=k,
+                                condition="interactive",
+                                n_prompt_tokens=-1,
+                                n_new_tokens=-1,
+                                extra={"temperature": temp},
+                            ).as_dict()
+                        )
+                    if len(rows) >= 4096:
+                        writer.write_shard(rows, {(model, "interactive"): np.stack(states)})
+                        rows, states = [], []
+                if rows:
                     writer.write_shard(rows, {(model, "interactive"): np.stack(states)})
-                    rows, states = [], []
-            if rows:
-                writer.write_shard(rows, {(model, "interactive"): np.stack(states)})
-    writer.finalize()
+        writer.finalize()
     return out
 
 

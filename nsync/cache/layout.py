@@ -4,6 +4,7 @@ A cache folder::
 
     manifest.json                    format version, models, row counts, resolved config
     shards/<name>/turns.parquet      one row per cached utterance
+    shards/<name>/checksums.json     each file's content checksum (nsync cache verify)
     shards/<name>/states/<model>/<condition>/layer_<ii>.npy   [rows, hidden], layer-major
 
 A shard appears by an atomic rename, so a crash leaves either a whole shard or none. When a
@@ -14,14 +15,13 @@ single ``.npy`` read with ``np.load(mmap_mode="r")``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xxhash
 
 from nsync.errors import NsyncError
 
@@ -29,6 +29,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 MERGED_FROM = "merged_from.json"
+#: Each shard's record of its files' checksums, written with the shard.
+CHECKSUMS = "checksums.json"
+CHECKSUM_ALGORITHM = "xxh3_128"
 #: interactive: the speaker's own prompt; observer: a passive re-reading of it; generated_mean: the
 #: mean over the reply's tokens; listener: the non-speaker reading the same history with its own
 #: prompt (the same-time control); teacher_forced: a re-reading of the transcript by another
@@ -139,14 +142,83 @@ def layer_file(layer: int) -> str:
     return f"layer_{layer:02d}.npy"
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def checksum(path: Path) -> str:
+    """The content checksum of a file (xxHash3, 128 bits: several GB/s, so sealing a shard costs
+    little beside simulating it)."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the checksum of every file of a shard folder in its :data:`CHECKSUMS` (``nsync cache
+    verify`` recomputes them)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    record = {"algorithm": CHECKSUM_ALGORITHM, "files": {p.relative_to(folder).as_posix(): checksum(p) for p in files}}
+    (folder / CHECKSUMS).write_text(json.dumps(record, indent=1))
+
+
+#: Keys every manifest has, and those of each of its models.
+MANIFEST_KEYS = ("format_version", "identity", "dtype", "models")
+MODEL_KEYS = ("name", "source", "n_layers", "hidden_size", "layer_names")
+
+
+def damaged(path: Path, what: str) -> NsyncError:
+    """The error for a damaged cache file: which file, what is wrong, what to do."""
+    return NsyncError(
+        f"{path} is damaged: {what}; `nsync cache verify {cache_root(path)}` lists every damaged file "
+        "(restore them from a copy, or simulate the episodes again into a new folder)"
+    )
+
+
+def cache_root(path: Path) -> Path:
+    """The cache folder that holds ``path`` (the folder with the manifest)."""
+    for folder in [path, *path.parents]:
+        if (folder / MANIFEST).exists():
+            return folder
+    return path.parent
+
+
+def read_manifest(root: Path) -> dict:
+    """The manifest of the cache in ``root``, with an error naming what is missing or damaged."""
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NsyncError(f"{root} is not an nsync activation cache ({MANIFEST} not found)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise damaged(path, f"it is not valid JSON ({err}); truncated or overwritten") from None
+    if not isinstance(manifest, dict):
+        raise damaged(path, "it holds no JSON object")
+    if missing := [k for k in MANIFEST_KEYS if k not in manifest]:
+        raise damaged(path, f"it lacks the key(s) {missing}")
+    for name, info in manifest["models"].items():
+        if not isinstance(info, dict) or (missing := [k for k in MODEL_KEYS if k not in info]):
+            raise damaged(path, f"model '{name}' lacks the key(s) {missing if isinstance(info, dict) else list(MODEL_KEYS)}")
+    return manifest
+
+
+def read_turns(shard: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A shard's turns table, with an error naming it when it is missing or unreadable."""
+    path = shard / "turns.parquet"
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise damaged(shard, "its turns table turns.parquet is missing") from None
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise damaged(path, f"it cannot be read as a parquet table ({str(err).splitlines()[0]})") from None
+
+
+def load_states(path: Path) -> np.ndarray:
+    """One layer's ``.npy``, memory-mapped, with an error naming it when it is missing or damaged."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise damaged(path.parent, f"its states file {path.name} is missing") from None
+    except (OSError, ValueError) as err:  # truncated ("mmap length is greater than file size"), a garbled header
+        raise damaged(path, f"it cannot be read as a .npy array ({str(err).splitlines()[0]})") from None
 
 
 def live_shards(root: Path) -> list[Path]:
@@ -159,5 +231,8 @@ def live_shards(root: Path) -> list[Path]:
     for shard in shards:
         merged = shard / MERGED_FROM
         if merged.exists():
-            superseded.update(json.loads(merged.read_text()))
+            try:
+                superseded.update(json.loads(merged.read_text()))
+            except ValueError:
+                raise damaged(merged, "it is not valid JSON") from None
     return [s for s in shards if s.name not in superseded]

@@ -15,11 +15,15 @@ from nsync.cache.layout import (
     FORMAT_VERSION,
     MANIFEST,
     REPLY_FLAGS,
+    damaged,
     flagged,
     layer_file,
     live_shards,
+    load_states,
     model_dir,
     participant_ids,
+    read_manifest,
+    read_turns,
     rows_twice,
 )
 from nsync.errors import NsyncError
@@ -97,10 +101,9 @@ class ActivationCache:
     @classmethod
     def open(cls, path: str | Path) -> ActivationCache:
         root = Path(path)
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
-            raise NsyncError(f"{root} is not an nsync activation cache ({MANIFEST} not found)")
-        manifest = json.loads(manifest_path.read_text())
+        if root.exists() and not root.is_dir():
+            raise NsyncError(f"{root} is a file, not an nsync activation cache folder")
+        manifest = read_manifest(root)
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise NsyncError(f"{root}: cache format version {version}, this nsync reads version {FORMAT_VERSION}")
@@ -141,17 +144,41 @@ class ActivationCache:
     @cached_property
     def turns(self) -> pd.DataFrame:
         """One row per cached utterance; ``row`` indexes :meth:`states` for its model and condition."""
-        frames = [pd.read_parquet(s / "turns.parquet") for s in self.shards]
+        frames = [read_turns(s) for s in self.shards]
         if not frames:
             raise NsyncError(f"cache {self.root} holds no utterances yet")
         turns = pd.concat(frames, ignore_index=True)
         if "characters" not in turns:  # caches written before groups: two agents
             turns["characters"] = turns["character_a"] + "|" + turns["character_b"]
             turns["n_agents"] = 2
-        if twice := rows_twice(turns):  # a writer run twice into one folder before CacheWriter refused it
-            raise NsyncError(f"cache {self.root} holds {twice}; write it again into a new folder")
+        if twice := rows_twice(turns):  # two writers at once, before caches were locked
+            raise NsyncError(f"cache {self.root} holds {twice}; `nsync cache repair {self.root}` keeps the first copy of each row")
+        self._check_row_counts(turns)
         turns["row"] = turns.groupby(["model", "condition"]).cumcount()
         return turns
+
+    def _check_row_counts(self, turns: pd.DataFrame) -> None:
+        """The manifest's row counts (written when the cache was finished) against the turns table."""
+        recorded = self.manifest.get("rows") or {}
+        if not self.manifest.get("complete") or not recorded:
+            return
+        counts = turns.groupby(["model", "condition"]).size()
+        for model, by_condition in recorded.items():
+            for condition, n in by_condition.items():
+                found = int(counts.get((model, condition), 0))
+                if found != n:
+                    raise damaged(self.root / MANIFEST, f"it records {n} rows of {model}/{condition}, the turns tables hold {found}")
+
+    def incomplete(self) -> str | None:
+        """Why the cache is not finished (its writer stopped, or is still running), with what it
+        holds so far; None when it is complete."""
+        if self.manifest.get("complete"):
+            return None
+        runs = self.turns["run_id"].nunique() if self.shards else 0
+        return (
+            f"its writer has not finished (or was stopped): {runs} runs in {len(self.shards)} shard(s) so far; "
+            "run the same command again to resume it"
+        )
 
     @property
     def agents(self) -> list[int]:
@@ -193,11 +220,9 @@ class ActivationCache:
         n_layers = len(info["layer_names"])
         if not 0 <= layer < n_layers:
             raise NsyncError(f"layer {layer} out of range for {model}: it has layers 0..{n_layers - 1} (0 = {info['layer_names'][0]})")
-        parts = []
-        for shard in self.shards:
-            f = shard / "states" / model_dir(model) / condition / layer_file(layer)
-            if f.exists():
-                parts.append(np.load(f, mmap_mode="r"))
+        if beyond := [f for f in self._layer_files(model, n_layers, condition) if f.exists()]:
+            raise damaged(self.root / MANIFEST, f"it names {n_layers} layers of {model}, but {beyond[0].parent} holds more ({beyond[0].name})")
+        parts = [load_states(f) for f in self._layer_files(model, layer, condition)]
         expected = int(((self.turns["model"] == model) & (self.turns["condition"] == condition)).sum())
         if not parts:
             if expected:
@@ -205,16 +230,52 @@ class ActivationCache:
             raise NsyncError(f"cache {self.root} has no '{condition}' states for {model}")
         array = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if array.shape != (expected, info["hidden_size"]):
-            raise NsyncError(
-                f"cache {self.root}: {model}/{condition} layer {layer} has shape {array.shape}, expected "
-                f"({expected}, {info['hidden_size']}) from the turns table and manifest; the cache is damaged"
+            files = self._layer_files(model, layer, condition)
+            raise damaged(
+                files[0] if len(files) == 1 else self.root,
+                f"{model}/{condition} layer {layer} has shape {array.shape}, expected ({expected}, {info['hidden_size']}) "
+                "from the turns table and manifest",
             )
         return array
 
+    def _layer_files(self, model: str, layer: int, condition: str) -> list[Path]:
+        """The ``.npy`` files of one layer's states, one per shard that holds some, in shard order."""
+        files = [shard / "states" / model_dir(model) / condition / layer_file(layer) for shard in self.shards]
+        return [f for f in files if f.exists() or f.parent.is_dir()]
+
+    def read_rows(self, model: str, layer: int, rows: np.ndarray, condition: str = "interactive", dtype=None) -> np.ndarray:
+        """``states(model, layer, condition)[rows]`` in memory (as ``dtype``), checked to be finite: a
+        NaN or inf (a damaged file) stops with the file and the rows named, before it reaches a fit.
+
+        >>> from nsync.testing import example_cache
+        >>> ActivationCache.open(example_cache()).read_rows("synthetic", 1, np.array([0, 2])).shape
+        (2, 4)
+        """
+        x = np.asarray(self.states(model, layer, condition)[rows], dtype=dtype)
+        if not np.isfinite(x).all():
+            bad = np.asarray(rows)[~np.isfinite(x.reshape(len(x), -1)).all(1)]
+            raise self._not_finite(model, layer, condition, bad)
+        return x
+
+    def _not_finite(self, model: str, layer: int, condition: str, bad_rows: np.ndarray) -> NsyncError:
+        """The error for NaN/inf at ``bad_rows``: the file (and its rows) that holds the first one."""
+        files = self._layer_files(model, layer, condition)
+        sizes = np.cumsum([0] + [load_states(f).shape[0] for f in files])
+        bad_rows = np.unique(bad_rows)
+        shard = int(np.searchsorted(sizes, bad_rows[0], side="right")) - 1
+        in_file = bad_rows[(bad_rows >= sizes[shard]) & (bad_rows < sizes[shard + 1])] - sizes[shard]
+        shown = ", ".join(map(str, in_file[:5])) + (", ..." if len(in_file) > 5 else "")
+        return damaged(files[shard], f"{len(in_file)} row(s) read hold NaN or inf (rows {shown} of this file; {model}/{condition} layer {layer})")
+
     def summary(self) -> str:
         """A few lines describing what the cache holds."""
+        from nsync.cache.verify import verification_line
+
         t = self.turns
         lines = [f"cache {self.root} ({'complete' if self.manifest.get('complete') else 'in progress'}, {self.manifest.get('dtype')})"]
+        if not self.manifest.get("complete"):
+            lines.append(f"  incomplete: {self.incomplete()}")
+        lines.append(f"  {verification_line(self.root)}")
         lines.append(
             f"  {t['run_id'].nunique()} runs, {t['episode_id'].nunique()} episodes, {t['scenario_id'].nunique()} scenarios, "
             f"{len({c for cs in t['characters'].unique() for c in participant_ids(cs)})} characters, {len(self.agents)} agents per episode at most, "

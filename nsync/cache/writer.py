@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,15 +18,23 @@ from nsync.cache.layout import (
     FORMAT_VERSION,
     MANIFEST,
     MERGED_FROM,
+    ROW_KEY,
     SHARDS,
     TURN_COLUMNS,
+    damaged,
     layer_file,
     live_shards,
+    load_states,
     model_dir,
+    read_manifest,
+    read_turns,
     rows_twice,
-    write_json_atomic,
+    write_checksums,
 )
 from nsync.errors import NsyncError
+from nsync.storage import LOCK_FILE, FolderLock, disk_errors, temp_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -108,6 +116,7 @@ class CacheWriter:
         rank: int = 0,
         create: bool = True,
         identity_defaults: dict | None = None,
+        lock: bool | None = None,
     ):
         if dtype not in DTYPES:
             raise NsyncError(f"cache dtype must be float16 or float32, got '{dtype}'")
@@ -116,9 +125,23 @@ class CacheWriter:
         self.rank = rank
         self.models = {m.name: m for m in models}
         self.identity_hash = config_hash(identity)
+        # One writer per cache (rank 0 holds it for a distributed run, whose other ranks write
+        # their own shards); taken before the manifest is read, so what is read stays true.
+        self._lock = FolderLock(self.root, "the cache") if (rank == 0 if lock is None else lock) else None
+        if self._lock is not None and not (create or (self.root / MANIFEST).exists()):
+            raise NsyncError(f"{self.root} holds no cache ({MANIFEST} missing)")
+        self._hold()
+        try:
+            self._open(config, identity, models, resume, create, identity_defaults)
+        except BaseException:
+            self.close()  # a refused open leaves the folder free
+            raise
+
+    def _open(self, config: dict, identity: dict, models: list[ModelInfo], resume: bool, create: bool, identity_defaults: dict | None) -> None:
+        dtype = self.dtype
         manifest_path = self.root / MANIFEST
         if manifest_path.exists():
-            manifest = json.loads(manifest_path.read_text())
+            manifest = read_manifest(self.root)
             old = _with_defaults(manifest.get("identity", {}), identity_defaults or {})
             if manifest.get("config_hash") != self.identity_hash and not _same_identity(old, identity):
                 diff = sorted(k for k in set(old) | set(identity) if k in identity and old.get(k) != identity.get(k))
@@ -138,7 +161,7 @@ class CacheWriter:
         elif not create:
             raise NsyncError(f"{self.root} holds no cache ({MANIFEST} missing)")
         else:
-            if self.root.exists() and any(self.root.iterdir()):
+            if self.root.exists() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
                 raise NsyncError(f"{self.root} exists and is not an nsync cache; choose an empty or new folder")
             self.root.mkdir(parents=True, exist_ok=True)
             self.manifest = {
@@ -164,16 +187,31 @@ class CacheWriter:
     def extend(cls, path: str | Path, models: list[ModelInfo]) -> CacheWriter:
         """Open a finished cache to add states of new models (``python -m nsync reread``); their
         shards are committed and merged like the simulation's."""
-        manifest_path = Path(path) / MANIFEST
-        if not manifest_path.exists():
+        if not (Path(path) / MANIFEST).exists():
             raise NsyncError(f"{path} holds no cache ({MANIFEST} missing)")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(Path(path))
         infos = [ModelInfo(**m) for name, m in manifest["models"].items() if name not in {m.name for m in models}]
         writer = cls(path, manifest.get("config", {}), manifest["identity"], infos + list(models), manifest["dtype"], create=False)
         for m in models:
             writer.manifest["models"][m.name] = asdict(m)
-        write_json_atomic(manifest_path, writer.manifest)
+        write_json_atomic(writer.root / MANIFEST, writer.manifest)
         return writer
+
+    def _hold(self) -> None:
+        """Take the folder's lock unless this writer holds it (again after :meth:`finalize`)."""
+        if self._lock is not None and not self._lock.held:
+            self._lock.acquire()
+
+    def close(self) -> None:
+        """Release the cache folder for other writers (:meth:`finalize` does it too)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _clean_leftovers(self) -> None:
         """Drop half-written temp folders and shards that a finished merge superseded."""
@@ -186,7 +224,7 @@ class CacheWriter:
     def _committed(self) -> set[tuple[str, str, str]]:
         keys: set[tuple[str, str, str]] = set()
         for shard in live_shards(self.root):
-            turns = pd.read_parquet(shard / "turns.parquet", columns=["run_id", "model", "condition"]).drop_duplicates()
+            turns = read_turns(shard, columns=["run_id", "model", "condition"]).drop_duplicates()
             keys.update(turns.itertuples(index=False, name=None))
         return keys
 
@@ -217,26 +255,43 @@ class CacheWriter:
                 f"{self.root} already holds {len(again)} of these runs' rows (e.g. run {run}, {model}/{condition}); "
                 "a run is written once: skip the runs in done_runs(), or write to a new folder"
             )
-        tmp = Path(tempfile.mkdtemp(dir=self.root / SHARDS, prefix=f".tmp-{self.rank}-"))
+        for (model, condition), array in states.items():
+            self._check(turns, model, condition, array)
+        self._hold()
+        self._mark_in_progress()
+        with disk_errors(self.root / SHARDS):
+            tmp = temp_dir(self.root / SHARDS, f".tmp-{self.rank}-")
         try:
-            for (model, condition), array in states.items():
-                self._check(turns, model, condition, array)
-                out = tmp / "states" / model_dir(model) / condition
-                out.mkdir(parents=True)
-                stored = array.astype(DTYPES[self.dtype])
-                for layer in range(array.shape[1]):
-                    np.save(out / layer_file(layer), np.ascontiguousarray(stored[:, layer]))
-            turns.to_parquet(tmp / "turns.parquet", index=False)
-            _fsync_tree(tmp)
-            name = f"r{self.rank}-{self._seq:05d}"
-            self._seq += 1
-            final = self.root / SHARDS / name
-            os.replace(tmp, final)  # the commit point
+            with disk_errors(tmp):
+                for (model, condition), array in states.items():
+                    out = tmp / "states" / model_dir(model) / condition
+                    out.mkdir(parents=True)
+                    stored = array.astype(DTYPES[self.dtype])
+                    for layer in range(array.shape[1]):
+                        np.save(out / layer_file(layer), np.ascontiguousarray(stored[:, layer]))
+                turns.to_parquet(tmp / "turns.parquet", index=False)
+                _seal(tmp)
+            final = self._commit(tmp, f"r{self.rank}")
             self._written |= keys
             return final
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _mark_in_progress(self) -> None:
+        """A finished cache that grows (a simulation resumed with more episodes) reads as in
+        progress until :meth:`finalize` counts its rows again: never as a cache whose turns tables
+        disagree with its manifest."""
+        if self.manifest.get("complete") and self.rank == 0:
+            self.manifest["complete"] = False
+            write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    def _commit(self, tmp: Path, prefix: str) -> Path:
+        """Rename a sealed temporary shard into place: the commit point."""
+        final = self.root / SHARDS / f"{prefix}-{self._seq:05d}"
+        self._seq += 1
+        os.replace(tmp, final)
+        return final
 
     def _check(self, turns: pd.DataFrame, model: str, condition: str, array: np.ndarray) -> None:
         if model not in self.models:
@@ -267,10 +322,50 @@ class CacheWriter:
 
     def finalize(self, merge: bool = True) -> dict:
         """Merge all shards into one (one array per model, condition and layer) and write the
-        manifest's row counts. Safe to call again after a crash."""
+        manifest's row counts, then release the folder. Safe to call again after a crash."""
+        self._hold()
         shards = live_shards(self.root)
         if merge and len(shards) > 1:
+            log.info("merging %d shards of %s into one", len(shards), self.root)
             self._merge(shards)
+        self._write_row_counts(complete=True)
+        self.close()
+        return self.manifest
+
+    def repair(self) -> list[str]:
+        """Drop rows written twice (a cache two writers wrote at once, before caches were locked),
+        keeping each row's first copy, and merge what is left into one shard. Returns one line per
+        kind of dropped row (``[]``: nothing was wrong).
+
+        >>> import tempfile
+        >>> from nsync.testing.synthetic import write_synthetic_cache
+        >>> path = write_synthetic_cache(tempfile.mkdtemp() + "/c", n_episodes=2, turns=2, hidden=4)
+        >>> CacheWriter.open_existing(path).repair()
+        []
+        """
+        self._hold()
+        shards = live_shards(self.root)
+        turns = _read_turns(shards)
+        twice = turns.duplicated(ROW_KEY)
+        dropped = []
+        if twice.any():
+            counts = turns[twice].groupby(["model", "condition"]).size()
+            dropped = [f"{n} rows of {model}/{condition} written twice (kept the first copy)" for (model, condition), n in counts.items()]
+            self._merge(shards, keep=~twice.to_numpy())
+            self._write_row_counts(complete=bool(self.manifest.get("complete")))  # an unfinished cache stays unfinished
+        self.close()
+        return dropped
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> CacheWriter:
+        """A writer of an existing cache as it is (its own identity, models and dtype)."""
+        if not (Path(path) / MANIFEST).exists():
+            raise NsyncError(f"{path} holds no cache ({MANIFEST} missing)")
+        manifest = read_manifest(Path(path))
+        infos = [ModelInfo(**m) for m in manifest["models"].values()]
+        return cls(path, manifest.get("config", {}), manifest["identity"], infos, manifest["dtype"], create=False)
+
+    def _write_row_counts(self, complete: bool) -> None:
         turns = _read_turns(live_shards(self.root))
         rows: dict[str, dict[str, int]] = {}
         if len(turns):
@@ -280,42 +375,61 @@ class CacheWriter:
             rows=rows,
             n_runs=int(turns["run_id"].nunique()) if len(turns) else 0,
             shards=[p.name for p in live_shards(self.root)],
-            complete=True,
+            complete=complete,
         )
         write_json_atomic(self.root / MANIFEST, self.manifest)
-        return self.manifest
 
-    def _merge(self, shards: list[Path]) -> None:
-        tmp = Path(tempfile.mkdtemp(dir=self.root / SHARDS, prefix=f".tmp-{self.rank}-"))
+    def _merge(self, shards: list[Path], keep: np.ndarray | None = None) -> None:
+        """One shard of ``shards``' rows (those ``keep`` marks, in the order of their turns tables)."""
+        turns = _read_turns(shards)
+        keep = np.ones(len(turns), dtype=bool) if keep is None else keep
+        if twice := rows_twice(turns[keep]):  # two writers' work mixed: never merge it into one cache
+            raise NsyncError(f"{self.root} holds {twice}; run `nsync cache repair {self.root}` to keep the first copy of each row")
+        with disk_errors(self.root / SHARDS):
+            tmp = temp_dir(self.root / SHARDS, f".tmp-{self.rank}-")
         try:
-            turns = _read_turns(shards)
-            for model, info in self.models.items():
-                for condition in CONDITIONS:
-                    parts = [s / "states" / model_dir(model) / condition for s in shards]
-                    parts = [p for p in parts if p.is_dir()]
-                    if not parts:
-                        continue
-                    out = tmp / "states" / model_dir(model) / condition
-                    out.mkdir(parents=True)
-                    for layer in range(len(info.layer_names)):
-                        arrays = [np.load(p / layer_file(layer), mmap_mode="r") for p in parts]
-                        np.save(out / layer_file(layer), np.concatenate(arrays))
-            turns.to_parquet(tmp / "turns.parquet", index=False)
-            (tmp / MERGED_FROM).write_text(json.dumps([s.name for s in shards]))
-            _fsync_tree(tmp)
-            final = self.root / SHARDS / f"m-{self._seq:05d}"
-            self._seq += 1
-            os.replace(tmp, final)
+            with disk_errors(tmp):
+                for model, info in self.models.items():
+                    for condition in CONDITIONS:
+                        self._merge_states(shards, turns, keep, model, condition, len(info.layer_names), tmp)
+                turns[keep].to_parquet(tmp / "turns.parquet", index=False)
+                (tmp / MERGED_FROM).write_text(json.dumps([s.name for s in shards]))
+                _seal(tmp)
+            self._commit(tmp, "m")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         for shard in shards:  # superseded; a crash here is cleaned up on the next open
             shutil.rmtree(shard, ignore_errors=True)
 
+    def _merge_states(self, shards: list[Path], turns: pd.DataFrame, keep: np.ndarray, model: str, condition: str, n_layers: int, tmp: Path) -> None:
+        parts = [s / "states" / model_dir(model) / condition for s in shards]
+        parts = [p for p in parts if p.is_dir()]
+        if not parts:
+            return
+        of_model = ((turns["model"] == model) & (turns["condition"] == condition)).to_numpy()
+        rows = np.flatnonzero(keep[of_model])  # rows of this model and condition, over shards in order
+        out = tmp / "states" / model_dir(model) / condition
+        out.mkdir(parents=True)
+        for layer in range(n_layers):
+            arrays = [load_states(p / layer_file(layer)) for p in parts]
+            merged = np.concatenate(arrays)
+            if len(merged) != len(of_model[of_model]):
+                raise damaged(
+                    self.root, f"{model}/{condition} layer {layer} holds {len(merged)} rows over its shards, the turns tables {int(of_model.sum())}"
+                )
+            np.save(out / layer_file(layer), merged if len(rows) == len(merged) else merged[rows])
+
 
 def _read_turns(shards: list[Path]) -> pd.DataFrame:
-    frames = [pd.read_parquet(s / "turns.parquet") for s in shards]
+    frames = [read_turns(s) for s in shards]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TURN_COLUMNS)
+
+
+def _seal(folder: Path) -> None:
+    """Record the checksums of a shard's files and flush them all to disk, before its commit."""
+    write_checksums(folder)
+    _fsync_tree(folder)
 
 
 def _fsync_tree(path: Path) -> None:

@@ -158,8 +158,7 @@ class BandReader:
         out, read = [], {}
         for layer in self._layers(model, source_layers):
             if layer not in read:
-                states = self.cache.states(model, layer, condition)
-                x = np.asarray(states[np.where(rows >= 0, rows, 0)], dtype=np.float32)
+                x = self.cache.read_rows(model, layer, np.where(rows >= 0, rows, 0), condition, dtype=np.float32)
                 if missing is not None and missing.any():
                     x[missing] = x[self.fit_rows[~missing[self.fit_rows]]].mean(0)
                 read[layer] = torch.from_numpy(x)

@@ -85,3 +85,24 @@ class DataConfig:
             raise NsyncError("data.split_seeds must list at least one seed")
         if self.batch_size < 1:
             raise NsyncError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Ranges of the numeric keys, checked before any data is read."""
+        if self.lag < 1:
+            raise NsyncError(f"data.lag must be at least 1 (1: the partner's next utterance), got {self.lag}")
+        if not 0 < self.test_size < 1:
+            raise NsyncError(
+                f"data.test_size must be a share strictly between 0 and 1 (e.g. 0.2 holds out a fifth of the groups), got {self.test_size}"
+            )
+        if not 0 <= self.val_size < 1:
+            raise NsyncError(
+                f"data.val_size must be a share of the training groups from 0 (no validation part) up to, not including, 1 (e.g. 0.1), got {self.val_size}"
+            )
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise NsyncError(f"data.max_pairs must be a positive number of pairs per direction, or null for no budget, got {self.max_pairs}")
+        for key in ("split_seeds", "source_layers", "target_layers"):
+            negative = [v for v in getattr(self, key) if v < 0]
+            if negative:
+                what = "seeds from 0" if key == "split_seeds" else "layer indices from 0 (0: the embeddings)"
+                raise NsyncError(f"data.{key} must list {what}, got {list(getattr(self, key))}")

@@ -246,7 +246,7 @@ def _read(cache: ActivationCache, model: str, layers: list[int], condition: str,
     first = cache.states(model, layers[0], condition)
     out = torch.empty((len(rows), len(layers), first.shape[1]), dtype=torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype)
     for i, layer in enumerate(layers):
-        out[:, i] = torch.from_numpy(np.asarray(cache.states(model, layer, condition)[rows]))
+        out[:, i] = torch.from_numpy(cache.read_rows(model, layer, rows, condition))
     return out
 
 

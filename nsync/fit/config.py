@@ -101,6 +101,21 @@ class MLPConfig:
     patience: int = field(default=10, metadata={"help": "early stopping patience on val/r2 (epochs)"})
     batch_size: int = field(default=256, metadata={"help": "rows per training batch"})
 
+    def __post_init__(self) -> None:  # checked whatever the probe: a value is wrong or right on its own
+        for key, low, allowed in (("hidden", 1, "at least 1"), ("depth", 0, "at least 0 (0: a linear probe)"), ("batch_size", 1, "at least 1")):
+            if getattr(self, key) < low:
+                raise NsyncError(f"mlp.{key} must be {allowed}, got {getattr(self, key)}")
+        if self.max_epochs < 1 and self.max_epochs != -1:
+            raise NsyncError(f"mlp.max_epochs must be at least 1, or -1 (no limit: until early stopping), got {self.max_epochs}")
+        if self.patience < 0:
+            raise NsyncError(f"mlp.patience must be at least 0 (epochs without improvement before stopping), got {self.patience}")
+        if not 0 <= self.dropout < 1:
+            raise NsyncError(f"mlp.dropout must be a probability from 0 up to, not including, 1, got {self.dropout}")
+        if self.lr <= 0:
+            raise NsyncError(f"mlp.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise NsyncError(f"mlp.weight_decay must be at least 0, got {self.weight_decay}")
+
 
 @dataclass
 class LoggerConfig:
@@ -168,14 +183,37 @@ class FitConfig:
             raise NsyncError("partition.baselines chooses band penalties and target layers on validation episodes; set target_choice=validation")
         if self.target_choice not in TARGET_CHOICES:
             raise NsyncError(f"target_choice must be one of {TARGET_CHOICES}, got '{self.target_choice}'")
+        self._check_validation_share()
         if self.bootstrap < 0:
             raise NsyncError(f"bootstrap must be at least 0 (0: no interval), got {self.bootstrap}")
         if self.time_bins < -1:
             raise NsyncError(f"time_bins must be -1 (no time course), 0 (each utterance index its own bin) or a number of bins, got {self.time_bins}")
         if self.memory_gb <= 0:
             raise NsyncError(f"memory_gb must be positive, got {self.memory_gb}")
-        if self.logger.kind not in ("wandb", "none") or self.logger.mode not in ("auto", "offline", "online"):
-            raise NsyncError("logger.kind must be wandb or none, logger.mode auto, offline or online")
+        if not 0 <= self.seed < 2**32:
+            raise NsyncError(f"seed must be from 0 to 2**32 - 1 (what seed_everything accepts), got {self.seed}")
+        if self.devices < 1:
+            raise NsyncError(f"devices must be at least 1 (more than 1: DDP), got {self.devices}")
+        if self.logger.kind not in ("wandb", "none"):
+            raise NsyncError(f"logger.kind must be wandb or none, got '{self.logger.kind}'")
+        if self.logger.mode not in ("auto", "offline", "online"):
+            raise NsyncError(f"logger.mode must be auto, offline or online, got '{self.logger.mode}'")
+
+    def _check_validation_share(self) -> None:
+        """``data.val_size=0`` holds out no validation episodes: an error where a built-in choice is made on them."""
+        if self.data.val_size > 0:
+            return
+        reasons = [
+            (self.probe == "mlp", "probe=mlp stops early on the validation R²", ""),
+            (self.probe == "affine" and len(self.affine.alphas) > 1, f"affine.alphas={list(self.affine.alphas)} picks its alpha on validation", ""),
+            (bool(self.partition.baselines), "partition.baselines chooses band penalties on validation", ""),
+            (self.target_choice == "validation", "target_choice=validation chooses target layers on validation", ", or set target_choice=test"),
+        ]
+        for applies, why, other_fix in reasons:
+            if applies:
+                raise NsyncError(
+                    f"data.val_size={self.data.val_size} holds out no validation episodes, but {why}; set data.val_size above 0 (e.g. 0.1){other_fix}"
+                )
 
 
 def resolve_out(cfg: FitConfig) -> str:

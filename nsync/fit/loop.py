@@ -38,6 +38,7 @@ from nsync.fit.fingerprint import fingerprint
 from nsync.fit.probe_types import check_probe, probe_type
 from nsync.fit.results import FitResult
 from nsync.fit.run_folder import RunFolder
+from nsync.storage import disk_errors
 
 log = logging.getLogger("nsync.fit")
 #: Lightning warnings that every chunk's Trainer would repeat and that say nothing about the fit.
@@ -110,11 +111,15 @@ def fit_probe(cfg: FitConfig, logger, dm: SynchronyDataModule, log_prefix: str =
 def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=None) -> DirectionFit:
     """Every source layer of one (split seed, direction), chunk by chunk, through the collector of
     every registered analysis the config asks for; raises NoPairsError."""
+    if bar is not None:
+        bar.set_postfix_str(f"reading {direction}'s states (split seed {seed})", refresh=True)
     ctx = context(cfg, seed, direction, lambda dm, prefix: fit_probe(cfg, logger, dm, prefix))
     dm = ctx.dm
-    if bar is not None and bar.total is None:
-        bar.total = len(plan(cfg)) * len(dm.source_layers)
-        bar.refresh()
+    cells = len(dm.target_layers)  # a chunk of source layers is fitted to every target layer
+    if bar is not None:
+        if bar.total is None:
+            bar.total = len(plan(cfg)) * len(dm.source_layers) * cells
+        bar.set_postfix_str(f"{direction}, split seed {seed}", refresh=True)
     collectors = [kind(ctx) for kind in ANALYSES.values() if kind.wanted(ctx)]
     r2, r2w, alpha, chosen, has_alpha = [], [], [], [], False  # per chunk
     for sources in probe_type(cfg.probe).source_chunks(cfg, dm):
@@ -127,7 +132,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         chosen.append(chunk.chosen)
         alpha.append(chunk.alpha if chunk.alpha is not None else np.full_like(chunk.r2, np.nan))
         if bar is not None:
-            bar.update(len(sources))
+            bar.update(len(sources) * cells)
         # Trainer and probe reference each other: free this chunk's sums and solution now instead of
         # whenever the cyclic GC gets to them (big tensors do not count towards its thresholds).
         del chunk
@@ -179,25 +184,45 @@ def model_pair(cfg: FitConfig) -> str:
 
 
 def run_fit(cfg: FitConfig) -> FitResult:
-    """Fit every (split seed, direction, source layer) and write the run folder; return the result."""
+    """Fit every (split seed, direction, source layer) and write the run folder; return the result.
+    The folder is locked while the fit runs, says ``running`` in its status until results.json is
+    written, and ``failed`` when the fit stops on an error."""
+    check_probe(cfg.probe)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg = with_agent_directions(cfg)
+    folder = RunFolder(resolve_out(cfg))
+    cache = ActivationCache.open(cfg.data.cache)
+    if why := cache.incomplete():
+        log.warning("fitting an incomplete cache %s: %s", cache.root, why)
+    if folder.is_complete() and not cfg.overwrite:  # every rank: under DDP all stop, none waits for the others
+        raise NsyncError(f"{folder.path} already holds {RunFolder.RESULTS}; choose another out folder or set overwrite=true")
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # under DDP rank 0 holds the folder and writes it
+        return _fit(cfg, folder)
+    with folder.lock():
+        if folder.is_complete() and not cfg.overwrite:  # again under the lock: a fit may have finished since
+            raise NsyncError(f"{folder.path} already holds {RunFolder.RESULTS}; choose another out folder or set overwrite=true")
+        folder.clear()  # overwrite=true, or the artefacts of a fit that never finished: never mixed with this one's
+        folder.mark_running()
+        try:
+            result = _fit(cfg, folder)
+        except BaseException as err:
+            with contextlib.suppress(Exception):  # the fit's own error is the one to see (a full disk may refuse this too)
+                folder.mark_failed(err)
+            raise
+        folder.mark_complete()
+    return result
+
+
+def _fit(cfg: FitConfig, folder: RunFolder) -> FitResult:
     from tqdm.auto import tqdm
 
     from nsync.fit.plots import plot_results
     from nsync.fit.tracking import log_result, make_logger
 
-    check_probe(cfg.probe)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    cfg = with_agent_directions(cfg)
-    folder = RunFolder(resolve_out(cfg))
-    if folder.is_complete() and not cfg.overwrite:
-        raise NsyncError(f"{folder.path} already holds {RunFolder.RESULTS}; choose another out folder or set overwrite=true")
     start = time.perf_counter()
-    if cfg.overwrite:
-        folder.clear()
-    folder.path.mkdir(parents=True, exist_ok=True)
     logger = make_logger(cfg, folder.path, model_pair(cfg))
     fits, skipped = [], {}
-    bar = tqdm(total=None, desc=f"{cfg.probe} probes", unit="layer", disable=not cfg.progress or rank_zero_only.rank != 0)  # type: ignore[attr-defined]  # rank: set on the function at runtime
+    bar = tqdm(total=None, desc=f"{cfg.probe} probes", unit="cell", disable=not cfg.progress or rank_zero_only.rank != 0)  # type: ignore[attr-defined]  # rank: set on the function at runtime
     # Every chunk, seed and direction meets the same conditions: say each once. Lightning's noise is
     # silenced for the whole run (one catch_warnings: entered per chunk, it would reset Python's
     # show-once memory and repeat every other Lightning warning once per chunk).
@@ -215,9 +240,10 @@ def run_fit(cfg: FitConfig) -> FitResult:
     result.fingerprint = fingerprint(cfg)
     result.reply_flags = ActivationCache.open(cfg.data.cache).reply_flags()
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # under DDP only rank 0 writes; rank: set on the function at runtime
-        folder.write_artefacts(artefacts, to_yaml(cfg))
-        plots = plot_results(result, folder.path)
-        result.save(folder.path)  # last: its presence means the run is complete
+        with disk_errors(folder.path):
+            folder.write_artefacts(artefacts, to_yaml(cfg))
+            plots = plot_results(result, folder.path)
+            result.save(folder.path)  # last: its presence means the run is complete
         if logger is not None:
             log_result(logger, result, plots)
     return result

@@ -9,7 +9,13 @@ the analysis and report stages, the experiments), so a file's name lives in one 
 - ``partition_bootstrap.npz``: the partition's replicates, ``<baseline>/<quantity>`` -> ``[n_boot]``;
 - ``episode_sync.csv``: each test episode's SyncR² per split seed and direction;
 - ``weights.safetensors``: each source layer's map to its chosen target (first split seed);
-- ``config.yaml``: the fit's config; plots (``*.png``, named by :mod:`nsync.fit.plots`) and the W&B run.
+- ``config.yaml``: the fit's config; plots (``*.png``, named by :mod:`nsync.fit.plots`) and the W&B run;
+- ``status.json``: ``running`` (with pid, host and start) from the fit's start, ``failed`` (with the
+  error) when it stops on one; removed once results.json is written. A folder whose fit was
+  killed keeps ``running``, and its readers refuse its half set of artefacts.
+
+One fit at a time writes a run folder (:meth:`RunFolder.lock`); a second one stops with an error
+naming the first.
 
 >>> folder = RunFolder("runs/quickstart/controls/main")
 >>> folder.results.name, folder.bootstrap.name
@@ -18,8 +24,10 @@ the analysis and report stages, the experiments), so a file's name lives in one 
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nsync.errors import NsyncError
+from nsync.storage import FolderLock, disk_errors, make_folder, umask, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +60,7 @@ class RunFolder:
     EPISODES = "episode_sync.csv"
     WEIGHTS = "weights.safetensors"
     CONFIG = "config.yaml"
+    STATUS = "status.json"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -82,6 +92,14 @@ class RunFolder:
     def config(self) -> Path:
         return self.path / self.CONFIG
 
+    @property
+    def status(self) -> Path:
+        return self.path / self.STATUS
+
+    def lock(self) -> FolderLock:
+        """The folder's writer lock (``with folder.lock(): ...``): one fit at a time writes here."""
+        return FolderLock(self.path, "the run folder")
+
     def is_complete(self) -> bool:
         """Whether a fit finished here (results.json is written last)."""
         return self.results.is_file()
@@ -92,11 +110,50 @@ class RunFolder:
         for path in (self.results, self.bootstrap, self.partition_bootstrap, self.episodes, self.weights, self.config, *self.path.glob("*.png")):
             path.unlink(missing_ok=True)
 
+    def mark_running(self) -> None:
+        """Say in the folder that a fit writes it now (a killed fit leaves this behind)."""
+        make_folder(self.path, "the fit's out folder")
+        info = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json_atomic(self.status, info)
+
+    def mark_failed(self, error: BaseException) -> None:
+        """Say in the folder that its fit stopped on ``error`` (its artefacts are no result)."""
+        info = self.read_status() | {"state": "failed", "error": f"{type(error).__name__}: {error}"[:2000]}
+        write_json_atomic(self.status, info)
+
+    def mark_complete(self) -> None:
+        self.status.unlink(missing_ok=True)
+
+    def read_status(self) -> dict:
+        """``status.json`` (``{}`` where the folder has none: a finished fit, or none yet)."""
+        try:
+            return json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def describe_unfinished(self) -> str:
+        """Why the folder holds no result: no fit ran here, one failed, or one was stopped."""
+        status = self.read_status()
+        if status.get("state") == "failed":
+            return f"the fit in {self.path} failed ({status.get('error')}); fix the cause and fit again"
+        if status.get("state") == "running":
+            return (
+                f"the fit in {self.path} (pid {status.get('pid')} on {status.get('host')}, started {status.get('started')}) "
+                "has not finished: it is still running, or was stopped; fit again (overwrite=true) once it is not running"
+            )
+        return f"{self.path} holds no finished fit ({self.RESULTS} missing); run the fit first"
+
+    def _require_complete(self) -> None:
+        if not self.is_complete():
+            raise NsyncError(self.describe_unfinished())
+
     def read_bootstrap(self) -> np.ndarray | None:
         """The run's SyncR² replicates, None where it ran without a bootstrap."""
+        self._require_complete()
         return np.load(self.bootstrap) if self.bootstrap.is_file() else None
 
     def read_partition_bootstrap(self) -> dict[str, np.ndarray]:
+        self._require_complete()
         if not self.partition_bootstrap.is_file():
             return {}
         with np.load(self.partition_bootstrap) as z:
@@ -106,11 +163,13 @@ class RunFolder:
         """``episode_sync.csv`` as a DataFrame (None where the folder has none)."""
         import pandas as pd
 
+        self._require_complete()
         return pd.read_csv(self.episodes) if self.episodes.is_file() else None
 
     def read_weights(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
+        self._require_complete()
         if not self.weights.is_file():
             raise NsyncError(f"{self.path} holds no {self.WEIGHTS}; fit with save_weights=true")
         return load_file(str(self.weights))
@@ -120,35 +179,20 @@ class RunFolder:
         import pandas as pd
         from safetensors.torch import save_file
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        if artefacts.weights:
-            save_file(artefacts.weights, str(self.weights))
-        if artefacts.bootstrap is not None:
-            np.save(self.bootstrap, artefacts.bootstrap)
-        if artefacts.partition_bootstrap:
-            np.savez(self.partition_bootstrap, **artefacts.partition_bootstrap)  # type: ignore[arg-type]  # numpy's stub types **kwds against allow_pickle
-        pd.DataFrame(artefacts.episodes).to_csv(self.episodes, index=False)
-        self.config.write_text(config_yaml)
+        with disk_errors(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            if artefacts.weights:
+                save_file(artefacts.weights, str(self.weights))
+                os.chmod(self.weights, 0o666 & ~umask())  # safetensors writes 0600
+            if artefacts.bootstrap is not None:
+                np.save(self.bootstrap, artefacts.bootstrap)
+            if artefacts.partition_bootstrap:
+                np.savez(self.partition_bootstrap, **artefacts.partition_bootstrap)  # type: ignore[arg-type]  # numpy's stub types **kwds against allow_pickle
+            pd.DataFrame(artefacts.episodes).to_csv(self.episodes, index=False)
+            self.config.write_text(config_yaml)
 
     def write_results(self, text: str) -> Path:
-        """``results.json`` atomically: a unique temporary file in the folder, flushed to disk, then
-        renamed over the old one (a reader never sees half a file, two writers never share a temp)."""
+        """``results.json`` atomically (:func:`nsync.storage.write_text_atomic`): a reader never
+        sees half a file, two writers never share a temporary file."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{self.RESULTS}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, self.results)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return self.results
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        return write_text_atomic(self.results, text)

@@ -23,11 +23,11 @@ from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from nsync.cache import ActivationCache
-from nsync.cache.layout import write_json_atomic
 from nsync.errors import NsyncError
 from nsync.judge.rubric import DIMENSION_NAMES, agent_keys
 from nsync.judge.schema import overall
 from nsync.simulation.prompts import conversations as prompt_conversations
+from nsync.storage import write_json_atomic
 
 if TYPE_CHECKING:  # the backends (torch) load when a judge is built: --help stays quick
     from nsync.judge.backends import Judgement

@@ -16,7 +16,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from nsync.errors import NsyncError
 from nsync.registry import Registry
+from nsync.storage import temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def _convert_gguf(resolved: ResolvedModel) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
+    tmp = temp_dir(out.parent, ".convert-")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -26,14 +26,17 @@ def _read_json(path: Path) -> Any:
         raise NsyncError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
 
 
-def _records(data: Any, path: Path) -> list[tuple[str, dict]]:
-    """SOTOPIA exports are either an object keyed by pk or a list of objects with a pk."""
+def _records(data: Any, path: Path, what: str) -> list[tuple[str, dict]]:
+    """SOTOPIA exports are either an object keyed by pk or a list of objects with a pk; an empty
+    one is an error here (``what``: what a record is), before a simulation creates its cache."""
     if isinstance(data, dict):
         items = list(data.items())
     elif isinstance(data, list):
         items = [(str(r.get("pk", i)) if isinstance(r, dict) else str(i), r) for i, r in enumerate(data)]
     else:
         raise NsyncError(f"{path}: expected a JSON object or list of records, got {type(data).__name__}")
+    if not items:
+        raise NsyncError(f"{path}: holds no {what} records (the file is {json.dumps(data)}); a SOTOPIA export needs at least one")
     for key, rec in items:
         if not isinstance(rec, dict):
             raise NsyncError(f"{path}: record '{key}' is a {type(rec).__name__}, expected an object")
@@ -142,15 +145,15 @@ def load_sotopia(path: str | Path, agents: str | Path | None = None) -> Scenario
     agents_path, envs_path, combos_path = (root / name for name in FILES)
     agents_path = Path(agents) if agents is not None else agents_path
     characters = {}
-    for key, rec in _records(_read_json(agents_path), agents_path):
+    for key, rec in _records(_read_json(agents_path), agents_path, "character"):
         c = _character(agents_path, key, rec)
         characters[c.id] = c
     scenarios = {}
-    for key, rec in _records(_read_json(envs_path), envs_path):
+    for key, rec in _records(_read_json(envs_path), envs_path, "scenario"):
         s = _scenario(envs_path, key, rec)
         scenarios[s.id] = s
     episodes = []
-    for key, rec in _records(_read_json(combos_path), combos_path):
+    for key, rec in _records(_read_json(combos_path), combos_path, "episode"):
         f = _Fields(combos_path, key, rec)
         env_id = f.get("env_id")
         if env_id not in scenarios:

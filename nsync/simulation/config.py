@@ -54,6 +54,10 @@ class ScenarioSelection:
     ids: list[str] = field(default_factory=list, metadata={"help": "episode ids, scenario ids or codenames (empty: all)"})
     limit: Optional[int] = field(default=None, metadata={"help": "keep only the first N selected episodes"})
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise NsyncError(f"scenarios.limit must be a positive number of episodes, or null for all of them, got {self.limit}")
+
 
 @dataclass
 class CaptureConfig:
@@ -190,19 +194,35 @@ class SimulateConfig:
             raise NsyncError(f"prompt_layout must be one of {LAYOUTS}, got '{self.prompt_layout}'")
         if self.max_turns < 1:
             raise NsyncError(f"max_turns must be at least 1, got {self.max_turns}")
-        if self.min_utterances < 0 or self.max_resamples < 0:
-            raise NsyncError("min_utterances and max_resamples must be at least 0")
+        for key in ("min_utterances", "max_resamples"):
+            if getattr(self, key) < 0:
+                raise NsyncError(f"{key} must be at least 0, got {getattr(self, key)}")
         if not self.seeds:
             raise NsyncError("seeds must list at least one sampling seed")
         if len(set(self.seeds)) < len(self.seeds):
             raise NsyncError(f"seeds lists a seed twice ({list(self.seeds)}): each seed names one run per episode and model order")
-        if self.episodes_in_flight < 1 or self.flush_every < 1:
-            raise NsyncError("episodes_in_flight and flush_every must be at least 1")
+        for key in ("episodes_in_flight", "flush_every"):
+            if getattr(self, key) < 1:
+                raise NsyncError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.capture.dtype not in ("float16", "float32"):
             raise NsyncError(f"capture.dtype must be float16 or float32, got '{self.capture.dtype}'")
-        if self.sampling.max_new_tokens < 1 or not 0 < self.sampling.top_p <= 1 or self.sampling.temperature < 0:
-            raise NsyncError("sampling needs max_new_tokens >= 1, 0 < top_p <= 1 and temperature >= 0")
+        if self.capture.max_batch_tokens < 1:
+            raise NsyncError(f"capture.max_batch_tokens must be at least 1, got {self.capture.max_batch_tokens}")
+        self._check_sampling()
         self._check_generation()
+
+    def _check_sampling(self) -> None:
+        sampling = self.sampling
+        if sampling.max_new_tokens < 1:
+            raise NsyncError(f"sampling.max_new_tokens must be at least 1, got {sampling.max_new_tokens}")
+        if not 0 < sampling.top_p <= 1:
+            raise NsyncError(f"sampling.top_p must be above 0 and at most 1 (1.0: off), got {sampling.top_p}")
+        if sampling.temperature < 0:
+            raise NsyncError(f"sampling.temperature must be at least 0 (0: greedy), got {sampling.temperature}")
+        if sampling.no_repeat_ngram < 0:
+            raise NsyncError(f"sampling.no_repeat_ngram must be 0 (off) or a positive number of tokens, got {sampling.no_repeat_ngram}")
+        if sampling.repetition_penalty <= 0:
+            raise NsyncError(f"sampling.repetition_penalty must be positive (1.0: off), got {sampling.repetition_penalty}")
 
     def _check_generation(self) -> None:
         gen, capture = self.generation, self.capture
@@ -234,8 +254,12 @@ class SimulateConfig:
                 raise NsyncError(f"generation.server must be auto, vllm, llama.cpp or other, got '{gen.server}'")
             if gen.prompt_as not in ("tokens", "text"):
                 raise NsyncError(f"generation.prompt_as must be tokens or text, got '{gen.prompt_as}'")
-            if gen.concurrency < 1 or gen.max_retries < 0 or gen.timeout <= 0:
-                raise NsyncError("generation needs concurrency >= 1, max_retries >= 0 and timeout > 0")
+            if gen.concurrency < 1:
+                raise NsyncError(f"generation.concurrency must be at least 1, got {gen.concurrency}")
+            if gen.max_retries < 0:
+                raise NsyncError(f"generation.max_retries must be at least 0, got {gen.max_retries}")
+            if gen.timeout <= 0:
+                raise NsyncError(f"generation.timeout must be a positive number of seconds, got {gen.timeout}")
 
     def identity(self) -> dict:
         """The fields that decide what each conversation in a cache holds. Runtime knobs (batch

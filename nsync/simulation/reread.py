@@ -96,21 +96,21 @@ def reread(cfg: RereadConfig, lm=None, embedder=None) -> tuple[str, int]:
     if todo.empty:
         log.info("%s already holds teacher-forced states of %s", cfg.cache, name)
         return name, 0
-    writer = CacheWriter.extend(cfg.cache, [info])
     runs = list(dict.fromkeys(todo["run_id"]))
     bar = tqdm(total=len(todo), desc=f"re-reading ({cfg.kind})", unit="utt", disable=not cfg.progress)
-    for i in range(0, len(runs), cfg.batch_size):
-        part = todo[todo["run_id"].isin(runs[i : i + cfg.batch_size])]
-        if cfg.kind == "text":
-            states = embedder(_history_texts(part, cache, cfg))[:, None, :]
-            prompt_lengths = np.zeros(len(part), dtype=int)
-        else:
-            states, prompt_lengths = _prompt_states(lm, part, cache, cfg)
-        rows = part.assign(model=name, partner_model=name, condition="teacher_forced", n_prompt_tokens=prompt_lengths, n_new_tokens=0)
-        writer.write_shard(rows.to_dict("records"), {(name, "teacher_forced"): states})
-        bar.update(len(part))
-    bar.close()
-    writer.finalize()
+    with CacheWriter.extend(cfg.cache, [info]) as writer:
+        for i in range(0, len(runs), cfg.batch_size):
+            part = todo[todo["run_id"].isin(runs[i : i + cfg.batch_size])]
+            if cfg.kind == "text":
+                states = embedder(_history_texts(part, cache, cfg))[:, None, :]
+                prompt_lengths = np.zeros(len(part), dtype=int)
+            else:
+                states, prompt_lengths = _prompt_states(lm, part, cache, cfg)
+            rows = part.assign(model=name, partner_model=name, condition="teacher_forced", n_prompt_tokens=prompt_lengths, n_new_tokens=0)
+            writer.write_shard(rows.to_dict("records"), {(name, "teacher_forced"): states})
+            bar.update(len(part))
+        bar.close()
+        writer.finalize()
     return name, len(todo)
 
 

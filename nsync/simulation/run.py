@@ -104,17 +104,18 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
     _barrier(world)
     if writer is None:
         writer = CacheWriter(out, rank=rank, create=False, **{**writer_args, "resume": True})
-    runs = plan_runs(cfg, episodes)
-    done = writer.done_runs()
-    todo = [r for r in runs if r.run_id not in done][rank::world]
-    if done and rank == 0:
-        log.info("resuming: %d of %d episodes already in %s", len(done & {r.run_id for r in runs}), len(runs), out)
-    cfg_rank = cfg if rank == 0 else dataclasses.replace(cfg, progress=False)  # one progress bar
-    stats = Simulator(cfg_rank, models, writer).run(todo)
-    if world > 1:
-        stats = _sum_over_ranks(stats)
-    if rank == 0:
-        writer.finalize()
+    with writer:  # a failure releases the cache folder at once (not when the traceback is collected)
+        runs = plan_runs(cfg, episodes)
+        done = writer.done_runs()
+        todo = [r for r in runs if r.run_id not in done][rank::world]
+        if done and rank == 0:
+            log.info("resuming: %d of %d episodes already in %s", len(done & {r.run_id for r in runs}), len(runs), out)
+        cfg_rank = cfg if rank == 0 else dataclasses.replace(cfg, progress=False)  # one progress bar
+        stats = Simulator(cfg_rank, models, writer).run(todo)
+        if world > 1:
+            stats = _sum_over_ranks(stats)
+        if rank == 0:
+            writer.finalize()
     _barrier(world)
     return out, stats
 
