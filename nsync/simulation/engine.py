@@ -361,7 +361,10 @@ class Simulator:
         active: list[Run] = []
         finished: list[Run] = []
         start = time.perf_counter()
-        bar = tqdm(total=len(runs), desc="episodes", unit="ep", disable=not self.cfg.progress, dynamic_ncols=True)
+        ended_early = 0
+        # The bar counts utterances (each run at most max_turns): it moves with every batch of replies,
+        # where a count of finished episodes sits at 0 until the first batch of runs ends.
+        bar = tqdm(total=len(runs) * self.cfg.max_turns, desc="utterances", unit="utt", disable=not self.cfg.progress, dynamic_ncols=True)
         with bar:
             while pending or active:
                 while pending and len(active) < self.cfg.episodes_in_flight:
@@ -385,12 +388,14 @@ class Simulator:
                             generator.prefixes.drop(lambda key, run_id=run.run_id: key[0] == run_id)
                     finished.append(run)
                     stats.runs += 1
-                    bar.update(1)
+                    ended_early += self.cfg.max_turns - len(run.history)  # a leave: its unspoken utterances count as done
                 if len(finished) >= self.cfg.flush_every or (finished and not pending and not active):
+                    bar.set_postfix_str(f"writing {len(finished)} episodes", refresh=True)
                     self._flush(finished, stats)
                     finished = []
                 elapsed = time.perf_counter() - start
-                bar.set_postfix(tok_s=f"{stats.new_tokens / max(elapsed, 1e-9):.0f}", utt=stats.utterances)
+                bar.update(stats.utterances + ended_early - bar.n)
+                bar.set_postfix_str(f"episodes {stats.runs}/{len(runs)}, {stats.new_tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
         stats.seconds = time.perf_counter() - start
         if self.remote is not None:
             self.remote.close()
