@@ -30,6 +30,32 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
         sys.exit(130)
 
 
+class _ConsoleFormat(logging.Formatter):
+    """Plain messages for progress notes, ``warning: ...`` for warnings and ``error: ...`` for
+    errors, as ``run_cli`` prints a user error: a reader (or a grep) tells them apart."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging(info: str | None = "nsync") -> None:
+    """The console logging of an nsync command: warnings from anywhere, and progress notes (INFO)
+    from the logger ``info`` and below it (None: warnings only); warnings and errors prefixed.
+    Replaces the handler an earlier call added, so calling it twice is harmless."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ConsoleFormat("%(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_nsync_console", False)]:
+        root.removeHandler(old)
+    handler._nsync_console = True  # type: ignore[attr-defined]  # marks the handler this function owns
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    if info is not None:
+        logging.getLogger(info).setLevel(logging.INFO)
+
+
 #: The conditions already warned about in the current run (None outside one: warn every time).
 _WARNED: ContextVar[set[Hashable] | None] = ContextVar("nsync_warned", default=None)
 #: Per condition of :func:`warn_share` in the current run: [logger, hits, total, share, message, fields].

@@ -68,21 +68,73 @@ def expand(sweep: dict) -> list[list[str]]:
     return commands
 
 
+def summarise(sweep: dict, commands: list[list[str]]):
+    """One row per grid point: its parameters, its run folder, and its SyncR² (the headline's
+    figures and the sweep's metric) read from the folder's results.json (NaN where it has none)."""
+    import pandas as pd
+
+    from nsync.config import load_config
+    from nsync.fit import FitConfig, FitResult
+    from nsync.fit.config import resolve_out
+    from nsync.fit.loop import with_agent_directions
+    from nsync.fit.run_folder import RunFolder
+
+    metric = sweep.get("metric", {}).get("name", "sync_r2")
+    rows = []
+    for cmd in commands:
+        argv = cmd[cmd.index(sweep["program"]) + 1 :]
+        folder = RunFolder(resolve_out(with_agent_directions(load_config(FitConfig, argv, prog="nsync.sweep"))))
+        row = {a.split("=", 1)[0].removeprefix("--"): a.split("=", 1)[1] for a in argv if a.startswith("--") and "=" in a}
+        row["run"] = str(folder.path)
+        if folder.is_complete():
+            result = FitResult.load(folder.path)
+            row["SyncR²"] = result.headline()
+            row[metric] = getattr(result, metric)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_summary(table, metric: str, path: Path) -> Path:
+    """A bar per grid point of the sweep's metric (the figure docs/how-to/sweeps.md shows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = [c for c in table.columns if c not in ("run", "SyncR²", metric)]
+    labels = [", ".join(f"{p}={row[p]}" for p in params) for _, row in table.iterrows()]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(table)), 3.2))
+    ax.bar(range(len(table)), table[metric].astype(float))
+    ax.set_xticks(range(len(table)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m nsync.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep")
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    parser.add_argument("--plot", default="", help="also draw the metric of every grid point into this PNG")
     args = parser.parse_args(list(argv))
-    commands = expand(load_sweep(args.sweep))
+    sweep = load_sweep(args.sweep)
+    commands = expand(sweep)
     failed = 0
     for i, cmd in enumerate(commands, 1):
         print(f"[{i}/{len(commands)}] {shlex.join(cmd)}", flush=True)
         if not args.dry_run:
             failed += subprocess.run(cmd).returncode != 0
-    if not args.dry_run:
-        print(f"ran {len(commands)} runs, {failed} failed")
-        if failed:
-            sys.exit(1)
+    if args.dry_run:
+        return
+    table = summarise(sweep, commands)
+    print(table.drop(columns="run").to_markdown(index=False, floatfmt=".4f"))
+    if args.plot:
+        print(f"wrote {plot_summary(table, sweep.get('metric', {}).get('name', 'sync_r2'), Path(args.plot))}")
+    print(f"ran {len(commands)} runs, {failed} failed; run folders: {', '.join(table['run'])}")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -85,7 +86,18 @@ def report_page(tmp_path_factory) -> Path:
     cache = write_synthetic_cache(root / "cache", "linear", n_episodes=30, turns=6, hidden=4, n_layers=2)
     run_fit(load_config(FitConfig, [f"out={root / 'fit'}", f"data.cache={cache}", "logger.kind=none", "progress=false",
                                     "data.split_seeds=[0]", "bootstrap=50"], prog="test"))
-    report_main([str(root / "fit"), "--out", str(root / "report.html")])
+    # a controls table as wide as a real one (every control, long skip reasons), to check it fits the page
+    controls = root / "controls"
+    controls.mkdir()
+    rows = [
+        {"control": name, "sync_r2": 0.1, "sync_r2_std": 0.01, "sync_r2_unclipped": 0.05, "sync_r2_bias_corrected": 0.12, "ci95_low": 0.08,
+         "ci95_high": 0.16, "diff_vs_main": -0.05, "diff_bias_corrected": -0.04, "diff_ci95_low": -0.07, "diff_ci95_high": -0.01,
+         "sync_r2_A->B": 0.11, "sync_r2_B->A": 0.09,
+         "skipped": "" if i % 2 else "no teacher-forced states of smollm2-135m@untrained in the cache: run python -m nsync reread kind=untrained first"}
+        for i, name in enumerate(["main", "shuffled_partner", "observer", "untrained", "text_only", "same_time", "own_past", "lag_2"])
+    ]
+    pd.DataFrame(rows).to_csv(controls / "controls.csv", index=False)
+    report_main([str(root / "fit"), str(controls), "--out", str(root / "report.html")])
     return root / "report.html"
 
 
@@ -105,6 +117,10 @@ def _open(browser, url: str, shot: Path) -> tuple[str, list[str]]:
     page.goto(url, wait_until="load")
     broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
     problems += [f"image did not load: {src}" for src in broken]
+    # nothing may stick out of the page sideways (a wide table scrolls inside its own box)
+    wide = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    if wide > 0:
+        problems.append(f"the page is {wide} px wider than the window (a table or figure overflows)")
     page.screenshot(path=str(shot), full_page=True)
     text = page.inner_text("body")
     page.close()
@@ -122,3 +138,11 @@ def test_report_page_renders(browser, report_page):
     text, problems = _open(browser, report_page.as_uri(), _screenshots() / "report.png")
     assert not problems, problems
     assert "SyncR²" in text
+
+
+def test_the_overflow_check_catches_a_wide_table(browser, tmp_path):
+    """The check above can fail: a table wider than the window, not in a scrolling box, is reported."""
+    page = tmp_path / "wide.html"
+    page.write_text("<html><body><table><tr>" + "<td>0.1234567</td>" * 300 + "</tr></table></body></html>")
+    _, problems = _open(browser, page.as_uri(), tmp_path / "wide.png")
+    assert any("wider than the window" in p for p in problems), problems

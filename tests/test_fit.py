@@ -130,12 +130,12 @@ def test_affine_fit_under_ddp_equals_one_process(tmp_path, solver, hidden):
     assert not list(tmp_path.glob("d2/.*tmp"))
 
 
-def test_alpha_grid_with_a_constant_target_layer(tmp_path):
+def test_alpha_grid_with_a_constant_target_layer(tmp_path, caplog):
     """The embedding at the last prompt token is constant: it has no R², and it must neither pick
     the alpha (a NaN mean made argmax take the first alpha every time) nor change other layers' R²."""
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=80, turns=8, hidden=24, noise=2.5, constant_first_layer=True)
     common = ["data.split_seeds=[0]", "data.directions=[A->B]", "affine.alphas=[0.1,1000]", "data.val_size=0.25", "bootstrap=0"]
-    every = _fit(tmp_path, cache, *common, name="all")
+    every = _fit(tmp_path, cache, *common, "data.target_layers=[0,1,2]", name="all")  # named: the constant one too
     some = _fit(tmp_path, cache, *common, "data.target_layers=[1,2]", name="some")
     r2_all, r2_some = np.array(every.directions["A->B"].r2, dtype=float), np.array(some.directions["A->B"].r2, dtype=float)
     assert np.isnan(r2_all[:, 0]).all()  # constant target: no R²
@@ -144,6 +144,13 @@ def test_alpha_grid_with_a_constant_target_layer(tmp_path):
     # 24 noisy inputs, ~200 rows: shrinkage wins (source layer 0 is constant: every alpha predicts the mean)
     assert np.isnan(alpha[:, 0]).all() and (alpha[1:, 1:] == 1000).all()
     assert r2_all[1:, 1:].min() > 0.02
+    # not named: the constant target layer is left out, with one info line (no warning)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        default = _fit(tmp_path, cache, *common, name="default")
+    assert default.target_layers == [1, 2] and "target layers [0] (embed) hold the same state in every row" in caplog.text
+    np.testing.assert_allclose(np.array(default.directions["A->B"].r2, dtype=float), r2_some, atol=1e-9)
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "no validation R²" in r.getMessage()]
     # one alpha per source layer, from the mean over the target layers that have an R²
     per_source = _fit(tmp_path, cache, *common, "affine.alpha_per=source", name="per_source")
     assert (np.array(per_source.directions["A->B"].alpha[0], dtype=float)[1:] == 1000).all()

@@ -21,7 +21,7 @@ import pandas as pd
 from omegaconf import MISSING
 
 from nsync.data.pairs import DIRECTIONS
-from nsync.errors import NsyncError
+from nsync.errors import NsyncError, configure_logging
 from nsync.fit.config import FitConfig
 from nsync.fit.results import FitResult
 from nsync.fit.run_folder import RunFolder
@@ -405,7 +405,7 @@ def plot_lag_curve(table: pd.DataFrame, lag_runs: dict[int, tuple[str, FitResult
 def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    configure_logging(info=None)
     cfg = load_config(ControlsConfig, argv, prog="nsync controls")
     start = time.perf_counter()
     table = run_controls(cfg)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING
 
-from nsync.errors import NsyncError
+from nsync.errors import NsyncError, configure_logging
 from nsync.fit.results import FitResult
 from nsync.fit.run_folder import RunFolder
 from nsync.plotting import pyplot
@@ -246,7 +246,7 @@ def analyse(cfg: AnalysisConfig) -> dict:
 def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    configure_logging(info=None)
     cfg = load_config(AnalysisConfig, argv, prog="nsync analysis")
     start = time.perf_counter()
     result = analyse(cfg)

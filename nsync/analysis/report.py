@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from nsync.errors import NsyncError
-from nsync.fit.results import FitResult
+from nsync.fit.results import FitResult, format_sync_r2
 from nsync.fit.run_folder import RunFolder
 
 DIMENSIONS = ["believability", "relationship", "knowledge", "secret", "social_rules", "financial_and_material_benefits", "goal", "overall"]
@@ -33,17 +33,16 @@ def _fmt(x) -> str:
 
 def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     r = FitResult.load(run)
-    ci = r.sync_r2_ci95
     rows = [
         ("models", f"{r.models['source']} -> {r.models['target']}"),
         ("probe / split / lag", f"{r.probe} / {r.split} / {r.lag}"),
         ("sources / targets / pairing", f"{r.condition} / {r.target_condition} / {r.pairing}"),
-        ("SyncR² (± std over split seeds)", f"{r.sync_r2:.4f} ± {r.sync_r2_std:.4f}"),
-        ("95% interval over episodes", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""),
-        ("unclipped SyncR²", _fmt(r.sync_r2_unclipped)),
+        ("SyncR²", r.headline()),
+        ("raw SyncR² ± std over split seeds", f"{r.sync_r2:.4f} ± {r.sync_r2_std:.4f}"),
+        ("unclipped SyncR² (raw)", _fmt(r.sync_r2_unclipped)),
     ]
     for direction, d in r.directions.items():
-        rows.append((f"{direction}: SyncR², n_train, n_test", f"{d.sync_r2:.4f}, {d.n_train[0]}, {d.n_test[0]}"))
+        rows.append((f"{direction}", f"{d.headline()}; n_train {d.n_train[0]}, n_test {d.n_test[0]}"))
     table = pd.DataFrame(rows, columns=["", "value"])
     images = [p for p in [run / "r2_by_layer.png", *sorted(run.glob("heatmap_*.png"))] if p.exists()]
     return f"Fit: {run}", table, images
@@ -51,26 +50,29 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
 
 def controls_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     t = pd.read_csv(run / "controls.csv")
-    cols = [
-        c
-        for c in [
-            "control",
-            "sync_r2",
-            "sync_r2_std",
-            "sync_r2_unclipped",
-            "ci95_low",
-            "ci95_high",
-            "diff_vs_main",
-            "diff_ci95_low",
-            "diff_ci95_high",
-            "sync_r2_A->B",
-            "sync_r2_B->A",
-            "skipped",
+    table = pd.DataFrame({"control": t["control"]})
+    table["SyncR² [95% interval] (raw)"] = [_controls_headline(row) for _, row in t.iterrows()]
+    if "diff_ci95_low" in t:
+        table["minus main [95% interval]"] = [
+            f"{_fmt(row.get('diff_bias_corrected', row.get('diff_vs_main')))} [{_fmt(row['diff_ci95_low'])}, {_fmt(row['diff_ci95_high'])}]"
+            if pd.notna(row["diff_ci95_low"])
+            else ""
+            for _, row in t.iterrows()
         ]
-        if c in t
-    ]
+    for c in ("sync_r2_A->B", "sync_r2_B->A", "skipped"):
+        if c in t:
+            table[c.replace("sync_r2_", "raw ")] = t[c]
     images = [p for p in (run / "controls.png", run / "lag_curve.png") if p.exists()]
-    return f"Controls: {run}", t[cols], images
+    return f"Controls: {run}", table, images
+
+
+def _controls_headline(row: pd.Series) -> str:
+    """A controls.csv row's SyncR² as every surface writes it (:func:`nsync.fit.results.format_sync_r2`)."""
+    if pd.isna(row.get("sync_r2")):
+        return ""
+    bias_corrected = row.get("sync_r2_bias_corrected")
+    ci = (row["ci95_low"], row["ci95_high"]) if pd.notna(row.get("ci95_low")) else None
+    return format_sync_r2(float(row["sync_r2"]), None if pd.isna(bias_corrected) else float(bias_corrected), ci).removeprefix("SyncR² ")
 
 
 def analysis_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
@@ -130,7 +132,8 @@ def write_html(parts, path: Path, title: str) -> None:
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>generated {time.strftime('%Y-%m-%d %H:%M')} by nsync.report</p>"]
     for heading, table, images in parts:
         body.append(f"<h2>{html.escape(heading)}</h2>")
-        body.append(table.to_html(index=False, float_format=lambda x: f"{x:.4f}", na_rep="", border=0, classes="t"))
+        # a wide table scrolls inside its box instead of widening the page
+        body.append(f'<div class="scroll">{table.to_html(index=False, float_format=lambda x: f"{x:.4f}", na_rep="", border=0, classes="t")}</div>')
         for img in images:
             data = base64.b64encode(img.read_bytes()).decode()
             body.append(
@@ -138,7 +141,8 @@ def write_html(parts, path: Path, title: str) -> None:
             )
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} table.t{border-collapse:collapse;margin:1em 0}"
-        " table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right} figure{display:inline-block;margin:0.5em}"
+        " table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;overflow-wrap:anywhere;min-width:4em}"
+        " div.scroll{overflow-x:auto;max-width:100%} figure{display:inline-block;margin:0.5em}"
         " img{max-width:520px}"
     )
     path.write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 from nsync.data.context import context_features, design, residualize
 from nsync.data.pairs import PAIRINGS, build_pairs, drop_flagged
 from nsync.data.splits import make_split, validation_part
-from nsync.errors import NsyncError
+from nsync.errors import NsyncError, warn_once
 
+log = logging.getLogger(__name__)
 PARTS = ("fit", "val", "test")
 
 
@@ -122,6 +124,8 @@ class SynchronyDataModule(L.LightningDataModule):
         self.target_layer_names = [tgt_names[layer] for layer in self.target_layers]
         self.x = _read(cache, self.source_model, self.source_layers, cfg.condition, pairs["source_row"].to_numpy())
         self.y = _read(cache, self.target_model, self.target_layers, self.target_condition, pairs["target_row"].to_numpy())
+        if not cfg.target_layers:
+            self._drop_constant_targets(tgt_names)
         if cfg.remove_context:
             self.x, self.y = self.x.float(), self.y.float()  # residualised in place
             fit_rows = self.index["fit"]
@@ -137,6 +141,28 @@ class SynchronyDataModule(L.LightningDataModule):
         self.group[torch.from_numpy(self.index["test"])] = torch.from_numpy(codes.astype(np.int64))
         self.x_mean, self.y_mean = _mean(self.x, self.index["fit"]), _mean(self.y, self.index["fit"])
         self._ready = True
+
+    def _drop_constant_targets(self, names: list[str]) -> None:
+        """Leave out target layers whose state is the same in every row: nothing can predict their
+        variation, since they have none (the embedding at the last prompt token, which is the same
+        token in every prompt). Only when the target layers were not named (data.target_layers)."""
+        y = self.y
+        constant = [i for i in range(y.shape[1]) if bool((y[:, i] == y[:1, i]).all())]
+        if not constant or len(constant) == y.shape[1]:
+            return
+        left_out = [self.target_layers[i] for i in constant]
+        warn_once(
+            log,
+            ("constant_target", tuple(left_out)),
+            "target layers %s (%s) hold the same state in every row (e.g. the embedding at the last prompt token): not fitted as targets",
+            left_out,
+            ", ".join(names[layer] for layer in left_out),
+            level=logging.INFO,
+        )
+        keep = [i for i in range(y.shape[1]) if i not in constant]
+        self.y = y[:, keep].contiguous()
+        self.target_layers = [self.target_layers[i] for i in keep]
+        self.target_layer_names = [names[layer] for layer in self.target_layers]
 
     @cached_property
     def x_std(self) -> torch.Tensor:

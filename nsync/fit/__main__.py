@@ -7,17 +7,15 @@ every config key.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from nsync.config import load_config
-from nsync.errors import run_cli
+from nsync.errors import configure_logging, run_cli
 from nsync.fit.config import FitConfig
 
 
 def main(argv: Sequence[str]) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("nsync.fit").setLevel(logging.INFO)  # what the fit chose (the solver), once per run
+    configure_logging()  # progress notes (what the fit chose, layers left out), once per run
     cfg = load_config(FitConfig, argv, prog="nsync fit")
     # The fit's modules load after the config is read: --help and a bad key answer at once.
     from lightning.pytorch.utilities import rank_zero_only

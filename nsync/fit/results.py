@@ -44,6 +44,24 @@ def nan_to_none(x):
     return None if isinstance(x, float) and not np.isfinite(x) else x
 
 
+def format_sync_r2(raw: float | None, bias_corrected: float | None, ci95: Sequence[float] | None, digits: int = 3) -> str:
+    """SyncR² as every surface shows it (console, report, quickstart, README): the bias-corrected
+    estimate with its 95% interval over test episodes (the interval is centred on it, so it holds
+    it), the raw value beside; without a bootstrap the raw value alone, labelled so.
+
+    >>> format_sync_r2(0.0969, 0.1603, (0.1100, 0.1939))
+    'SyncR² 0.160 [0.110, 0.194] (bias-corrected, 95% interval over test episodes; raw 0.097)'
+    >>> format_sync_r2(0.0969, None, None)
+    'SyncR² 0.097 (raw; no interval: bootstrap=0)'
+    """
+    if raw is None:
+        return "SyncR² n/a"
+    if bias_corrected is None or not ci95:
+        return f"SyncR² {raw:.{digits}f} (raw; no interval: bootstrap=0)"
+    lo, hi = ci95
+    return f"SyncR² {bias_corrected:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (bias-corrected, 95% interval over test episodes; raw {raw:.{digits}f})"
+
+
 class DirectionResult(BaseModel):
     """One direction (``A->B``, ``B->A`` or an agent pair ``i->j``), over split seeds."""
 
@@ -81,6 +99,10 @@ class DirectionResult(BaseModel):
     )
     sync_r2_bias_corrected: Optional[float] = Field(None, description="this direction's SyncR² minus the bias its bootstrap replicates show")
     time_course: Optional[TimeCourseResult] = Field(None, description="SyncR² by source utterance index (time_bins)")
+
+    def headline(self, digits: int = 3) -> str:
+        """This direction's SyncR² as :func:`format_sync_r2` writes it."""
+        return format_sync_r2(self.sync_r2, self.sync_r2_bias_corrected, self.sync_r2_ci95, digits)
 
     @property
     def r2_by_source_layer(self) -> np.ndarray:
@@ -232,8 +254,8 @@ class FitResult(BaseModel):
     target_depth: list[float]
     directions: dict[str, DirectionResult]
     skipped_directions: dict[str, str] = {}
-    sync_r2: float
-    sync_r2_std: float
+    sync_r2: float = Field(description="raw SyncR², mean over split seeds; the headline is sync_r2_bias_corrected with sync_r2_ci95 (format_sync_r2)")
+    sync_r2_std: float = Field(description="std of the raw SyncR² over split seeds")
     sync_r2_unclipped: Optional[float] = None
     sync_r2_ci95: Optional[tuple[float, float]] = Field(None, description="95% basic bootstrap interval over test episodes")
     sync_cka: Optional[float] = Field(
@@ -286,6 +308,15 @@ class FitResult(BaseModel):
         for (i, j), v in cells.items():
             matrix[i, j] = np.nan if v is None else v
         return pd.DataFrame(matrix, index=pd.Index(range(n), name="source agent"), columns=pd.Index(range(n), name="target agent"))
+
+    def headline(self, digits: int = 3) -> str:
+        """The run's SyncR² as :func:`format_sync_r2` writes it.
+
+        >>> from nsync.testing import golden_fit
+        >>> FitResult.load(golden_fit()).headline().split(" (")[1]
+        'bias-corrected, 95% interval over test episodes; raw 0.160)'
+        """
+        return format_sync_r2(self.sync_r2, self.sync_r2_bias_corrected, self.sync_r2_ci95, digits)
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:

@@ -13,12 +13,10 @@ from nsync.fit.results import FitResult, modal_target
 
 def print_summary(result: FitResult, cfg: FitConfig) -> None:
     """The fit's figures on the console, ending with what it wrote where."""
-    ci = result.sync_r2_ci95
-    # The interval is centred on the bias-corrected value, which is printed with it.
-    ci_text = f" (bias-corrected {result.sync_r2_bias_corrected:.4f}, 95% CI over episodes [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else ""
+    print(result.headline())
     print(
-        f"SyncR² {result.sync_r2:.4f} ± {result.sync_r2_std:.4f}{ci_text} ({cfg.probe} probe, {cfg.data.split} split, pairing {cfg.data.pairing}, "
-        f"{len(cfg.data.split_seeds)} split seeds, target layers chosen on {result.target_choice}, {result.seconds:.1f} s)"
+        f"  raw ± std over split seeds {result.sync_r2:.4f} ± {result.sync_r2_std:.4f} ({cfg.probe} probe, {cfg.data.split} split, "
+        f"pairing {cfg.data.pairing}, {len(cfg.data.split_seeds)} split seeds, target layers chosen on {result.target_choice}, {result.seconds:.1f} s)"
     )
     flags = result.reply_flags
     if flags and flags.get("replies"):
@@ -33,9 +31,9 @@ def print_summary(result: FitResult, cfg: FitConfig) -> None:
             best = int(np.nanargmax(r2))
             target = modal_target(d, best, result.target_layers)
             best_text = f"best {result.source_layer_names[best]} -> {result.target_layer_names[target]} (R² {r2[best]:.4f})"
+        print(f"  {direction}: {d.headline()}")
         print(
-            f"  {direction}: SyncR² {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, "
-            f"n_train {d.n_train[0]}, n_test {d.n_test[0]}"
+            f"    raw ± std {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, n_train {d.n_train[0]}, n_test {d.n_test[0]}"
         )
     if result.sync_r2_p_value is not None and result.surrogates is not None:
         print(f"  permutation p-value of SyncR² ({result.surrogates['n']} {result.surrogates['kind']} surrogates): {result.sync_r2_p_value:.4f}")

@@ -74,8 +74,11 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
                 alpha = d.alpha[0][i][j] if d.alpha else None
                 rows.append([direction, sl, sn, tl, tn, d.r2[i][j], d.r2_std[i][j], alpha])
     run.log({"r2_matrix": wandb.Table(columns=columns, data=rows), **{p.stem: wandb.Image(str(p)) for p in plots}})
+    run.summary["sync_r2_headline"] = result.headline()  # as the console, the report and README write it
     run.summary["sync_r2"] = result.sync_r2
     run.summary["sync_r2_std"] = result.sync_r2_std
+    if result.sync_r2_bias_corrected is not None:
+        run.summary["sync_r2_bias_corrected"] = result.sync_r2_bias_corrected
     if result.sync_r2_ci95:
         run.summary["sync_r2_ci95_low"], run.summary["sync_r2_ci95_high"] = result.sync_r2_ci95
     run.summary["model_pair"] = f"{result.models['source']}__{result.models['target']}"

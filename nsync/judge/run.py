@@ -23,7 +23,7 @@ from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from nsync.cache import ActivationCache
-from nsync.errors import NsyncError
+from nsync.errors import NsyncError, configure_logging
 from nsync.judge.rubric import DIMENSION_NAMES, agent_keys
 from nsync.judge.schema import overall
 from nsync.simulation.prompts import conversations as prompt_conversations
@@ -161,7 +161,7 @@ def _rows(run_rows, episode, j: Judgement, judge_name: str, key: str) -> list[di
 def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     cfg = load_config(JudgeConfig, argv, prog="nsync judge")
     start = time.perf_counter()
     out, table = judge_cache(cfg)

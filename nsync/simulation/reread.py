@@ -25,7 +25,7 @@ from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from nsync.cache import ActivationCache, CacheWriter, ModelInfo
-from nsync.errors import NsyncError
+from nsync.errors import NsyncError, configure_logging
 
 log = logging.getLogger("nsync.reread")
 KINDS = ("untrained", "trained", "text")
@@ -184,7 +184,7 @@ def _prompt_states(lm, part: pd.DataFrame, cache: ActivationCache, cfg: RereadCo
 def main(argv: Sequence[str]) -> None:
     from nsync.config import load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     cfg = load_config(RereadConfig, argv, prog="nsync reread")
     start = time.perf_counter()
     name, n = reread(cfg)

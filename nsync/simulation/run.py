@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nsync.config import load_config, to_dict
-from nsync.errors import NsyncError
+from nsync.errors import NsyncError, configure_logging
 from nsync.simulation.config import SimulateConfig
 
 if TYPE_CHECKING:  # the models and the engine load in simulate(): --help imports no torch
@@ -121,7 +121,7 @@ def simulate(cfg: SimulateConfig, models: dict[str, LoadedModel] | None = None) 
 
 
 def main(argv: Sequence[str]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     cfg = load_config(SimulateConfig, argv, prog="nsync simulate")
     out, stats = simulate(cfg)
     rank, _ = _distributed()
