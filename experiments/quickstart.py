@@ -2,8 +2,8 @@
 
     python experiments/quickstart.py
 
-1. simulates ``configs/simulate/quickstart.yaml`` (SmolLM2-135M talking to itself in 20 built-in
-   episodes; resumed if the cache exists),
+1. simulates ``configs/simulate/quickstart.yaml`` (SmolLM2-135M talking to itself in 48 built-in
+   episodes of 6 utterances; resumed if the cache exists),
 2. fits the main condition and the shuffled-partner control (targets from another episode at the
    same utterance index) with ``configs/fit/quickstart.yaml``,
 3. prints a short table: SyncR² with its 95% interval for both, the training pairs, the best
@@ -23,10 +23,16 @@ import numpy as np
 from nsync.analysis.controls import main_beside_shuffled
 from nsync.cache import ActivationCache, describe_reply_flags
 from nsync.config import load_config
-from nsync.errors import run_cli
+from nsync.errors import configure_logging, run_cli
 from nsync.fit import FitResult
 from nsync.simulation.config import SimulateConfig
 from nsync.simulation.run import simulate
+
+
+#: How often the quickstart's 95% interval held the population value on 1,000 planted problems of its
+#: shape (3 split seeds x 21 test episodes of 48, 6 utterances each): `python
+#: experiments/benchmarks/bootstrap_coverage.py --only quickstart --reps 1000` (2026-12-07, 24 s).
+COVERAGE = "94.8% of 1,000 planted problems of this shape (nominal 95%)"
 
 
 def best_pair(result: FitResult) -> str:
@@ -48,10 +54,18 @@ def main(argv) -> None:
     # Maintainers pass --docs docs/quickstart to refresh the documentation's quickstart page; by default a
     # user's run leaves the repository's files alone.
     parser.add_argument("--docs", default="", help="also write the table and figures for the documentation here (e.g. docs/quickstart)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the simulation config (tests: models=[tiny])")
     args = parser.parse_args(argv)
+    configure_logging()
+    run(args)
+
+
+def run(args: argparse.Namespace, models: dict | None = None) -> None:
+    """The quickstart with ``args`` (as parsed by :func:`main`); ``models`` overrides loading by
+    name (a test runs it with a tiny model)."""
     start = time.perf_counter()
-    cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate], prog="nsync simulate"))
-    print(f"cache {cache}: {stats.line()}")
+    cache, stats = simulate(load_config(SimulateConfig, ["--config", args.simulate, *args.overrides], prog="nsync simulate"), models)
+    print(f"cache {cache}: {stats.line()}" if stats.runs else f"cache {cache}: every episode already simulated (delete the folder to simulate again)")
     print(f"replies: {describe_reply_flags(ActivationCache.open(cache).reply_flags())}")
     table = main_beside_shuffled(cache, args.out, args.fit, overwrite=True)
     main_result = FitResult.load(f"{args.out}/main")
@@ -64,7 +78,8 @@ def main(argv) -> None:
     d = table.loc["shuffled_partner"]
     lines += ["", f"control minus main: {d['diff_bias_corrected']:.3f}, 95% interval [{d['diff_ci95_low']:.3f}, {d['diff_ci95_high']:.3f}]; "
               f"the main interval lies {'above' if above else 'NOT above'} the control's",
-              f"training pairs per direction: {n_train}; best layer pair: {best_pair(main_result)}"]
+              f"training pairs per direction: {n_train}; best layer pair: {best_pair(main_result)}",
+              f"the intervals held the population value in {COVERAGE}"]
     print("\n" + "\n".join(lines))
     print(f"plots: {args.out}/main/r2_by_layer.png, layer_profile.png, heatmap_A_to_B.png; {args.out}/controls.png")
     if args.docs:

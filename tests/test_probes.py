@@ -173,9 +173,9 @@ def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog):
             ridge.choose_alpha(rising, grid)
             assert not caplog.records  # said at the run's end, over all its cells
         assert [r.getMessage() for r in caplog.records] == [
-            "the alpha grid's largest value (100) was chosen in 67% of the cells: the best alpha may lie beyond the grid; "
+            "the alpha grid's largest value (100) was chosen in 67% of the cells, with the validation R² still rising there: the best alpha may lie beyond the grid; "
             "extend affine.alphas upward (or set affine.scale=true)",
-            "the alpha grid's smallest value (1) was chosen in 33% of the cells: the best alpha may lie beyond the grid; "
+            "the alpha grid's smallest value (1) was chosen in 33% of the cells, with the validation R² still rising there: the best alpha may lie beyond the grid; "
             "extend affine.alphas downward",
         ]
         caplog.clear()
@@ -193,6 +193,11 @@ def test_an_alpha_chosen_at_the_grid_edge_is_warned_about(caplog):
             ridge.choose_alpha(rising, grid, per="source")  # one choice per source layer
             raise RuntimeError
         assert [r.getMessage().split(" of the")[0] for r in caplog.records] == ["the alpha grid's largest value (100) was chosen in 100%"]
+        caplog.clear()
+        ridge.choose_alpha(rising - 3.0, grid)  # R² rises towards 0 from below (no relation): the largest alpha wins, no warning
+        flat = torch.tensor([0.500, 0.501, 0.502])[:, None, None].expand(3, 2, 4)
+        ridge.choose_alpha(flat, grid)  # the largest wins by a hair (R² flat at the edge): no sign of a short grid
+        assert not caplog.records
 
 
 def test_alpha_and_band_ratio_are_chosen_on_validation_r2_without_a_trainer():

@@ -1,6 +1,6 @@
 """Coverage of SyncR²'s episode-bootstrap interval on planted problems with a known population value.
 
-    python experiments/benchmarks/bootstrap_coverage.py [--reps 400]
+    python experiments/benchmarks/bootstrap_coverage.py [--reps 400] [--only quickstart]
 
 Each problem (:func:`nsync.testing.synthetic.planted_fits`) splits planted episodes as ``nsync.fit``
 does, over several split seeds whose test sides overlap: per seed it chooses each source layer's
@@ -20,6 +20,7 @@ from nsync.testing.coverage import interval_coverage
 
 SETTINGS = {
     "3 split seeds x 20 test episodes, targets chosen on validation": {},
+    "the quickstart's shape: 3 split seeds x 21 of 48 episodes of 6 utterances": dict(n_episodes=48, test_size=0.42, turns=6),
     "3 split seeds x 20, targets picked on the test side (the paper's rule)": dict(target_choice="test"),
     "1 split seed x 20 test episodes": dict(split_seeds=1),
     "8 split seeds x 30 of 60 episodes (test sides overlap)": dict(split_seeds=8, test_size=0.5),
@@ -36,11 +37,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=400, help="problems per setting")
     parser.add_argument("--boot", type=int, default=500, help="bootstrap replicates per problem")
+    parser.add_argument("--only", default="", help="run only the settings whose name contains this text (e.g. quickstart)")
     args = parser.parse_args()
     print("| setting | method | holds population value | holds estimate | holds bias-corrected | mean width |")
     print("|---|---|---|---|---|---|")
     start = time.perf_counter()
     for name, kwargs in SETTINGS.items():
+        if args.only not in name:
+            continue
         for method, c in interval_coverage(n_rep=args.reps, n_boot=args.boot, population=2000, **kwargs).items():
             print(f"| {name} | {method} | {c['truth']:.3f} | {c['estimate']:.3f} | {c['bias_corrected']:.3f} | {c['width']:.3f} |", flush=True)
     print(f"{args.reps} problems per setting, nominal 95%, {time.perf_counter() - start:.0f} s")

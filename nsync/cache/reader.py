@@ -80,6 +80,10 @@ def next_utterances(candidates: pd.DataFrame, run_ids, after, lag: int = 1, agen
     return out
 
 
+#: Fewer pairs than this in a direction: too few for a synchrony estimate at all.
+MIN_PAIRS = 40
+
+
 class ActivationCache:
     """A cache folder opened for reading.
 
@@ -299,7 +303,7 @@ class ActivationCache:
                 lines.append(f"  replies: {describe_reply_flags(q)}; {q['resampled']} re-sampled")
             pairs = ", ".join(f"{d} {n}" for d, n in q["pairs_lag1"].items())
             lines.append(f"  pairs at lag 1 per direction: {pairs}")
-            lines += [f"  warning: {w}" for w in q["warnings"]]
+            lines += [f"  note: {n}" for n in q["notes"]] + [f"  warning: {w}" for w in q["warnings"]]
         return "\n".join(lines)
 
     def reply_flags(self) -> dict:
@@ -320,7 +324,9 @@ class ActivationCache:
         flagged replies, the pairs each direction has at lag 1, and warnings.
 
         ``warnings`` says when more than 20% of episodes end before their fourth utterance, and when
-        a direction has fewer pairs than twice the hidden size (too few for a synchrony estimate).
+        a direction has fewer than :data:`MIN_PAIRS` pairs (too few for a synchrony estimate);
+        ``notes`` when it has fewer than twice the hidden size (enough for ridge with an alpha
+        chosen on validation, not for the paper's near-unregularised probe).
         """
         t = self.turns
         inter = t[t["condition"] == "interactive"]
@@ -340,11 +346,18 @@ class ActivationCache:
         short = float((lengths < 4).mean()) if len(lengths) else 0.0
         if short > 0.2:
             warnings.append(f"{short:.0%} of episodes end before their fourth utterance")
-        few = {d: n for d, n in pairs.items() if n < 2 * hidden}
-        if few:
+        notes = []
+        too_few = {d: n for d, n in pairs.items() if n < MIN_PAIRS}
+        few = {d: n for d, n in pairs.items() if MIN_PAIRS <= n < 2 * hidden}
+        if too_few:
             warnings.append(
-                f"too few pairs for a synchrony estimate ({', '.join(f'{d} {n}' for d, n in few.items())}; "
-                f"fewer than twice the hidden size {hidden}); simulate more episodes"
+                f"too few pairs for a synchrony estimate ({', '.join(f'{d} {n}' for d, n in too_few.items())}; "
+                f"fewer than {MIN_PAIRS}); simulate more episodes"
+            )
+        if few:
+            notes.append(
+                f"fewer pairs than twice the hidden size {hidden} ({', '.join(f'{d} {n}' for d, n in few.items())}): fit with an "
+                "alpha chosen on validation (an affine.alphas grid, as configs/fit/quickstart.yaml does); the paper's single alpha 0.1 overfits them"
             )
         return {
             "runs_by_length": lengths.value_counts().sort_index().to_dict(),
@@ -359,6 +372,7 @@ class ActivationCache:
             "resampled": int((inter["resampled"].fillna(0) > 0).sum()) if "resampled" in inter else 0,
             "pairs_lag1": pairs,
             "warnings": warnings,
+            "notes": notes,
         }
 
 

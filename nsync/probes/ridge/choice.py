@@ -38,7 +38,7 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
                 "(the validation targets do not vary; give more validation data)"
             )
         by_source = a[torch.nan_to_num(mean, nan=-torch.inf).argmax(0)]
-        _warn_at_grid_edge(by_source, alphas)  # one choice per source layer: counted once each
+        _warn_at_grid_edge(by_source, alphas, mean)  # one choice per source layer: counted once each
         return by_source[:, None].expand(n_sources, n_targets).clone()
     chosen = a[torch.nan_to_num(scores, nan=-torch.inf).argmax(0)]
     empty = torch.isnan(scores).all(0)
@@ -52,27 +52,43 @@ def choose_alpha(scores: torch.Tensor, alphas: list[float], per: str = "cell") -
             list(layers),
         )
         chosen[empty] = float("nan")
-    _warn_at_grid_edge(chosen, alphas)
+    _warn_at_grid_edge(chosen, alphas, scores)
     return chosen
 
 
-def _warn_at_grid_edge(chosen: torch.Tensor, alphas: list[float], share: float = 0.25) -> None:
+def _warn_at_grid_edge(
+    chosen: torch.Tensor, alphas: list[float], scores: torch.Tensor | None = None, share: float = 0.25, rise: float = 0.005
+) -> None:
     """Warn when the grid's largest (or smallest) alpha wins in more than ``share`` of the cells
-    (of the whole fit run): the best alpha probably lies beyond the grid (ridge alpha scales with
-    the states' variance)."""
-    finite = chosen[torch.isfinite(chosen)]
+    (of the whole fit run) while the validation R² (``scores`` ``[alphas, ...]``, as ``chosen``)
+    still rises towards that edge by more than ``rise``: the best alpha probably lies beyond the
+    grid (ridge alpha scales with the states' variance). A cell whose R² is flat at the edge (a
+    control without a relation tends to the mean's 0 as alpha grows; a near-exact relation barely
+    gains from a smaller alpha) is no sign of a short grid, and is not counted."""
+    valid = torch.isfinite(chosen)
+    finite = chosen[valid]
     if len(alphas) < 2 or finite.numel() == 0:
         return
-    for edge, value, fix in (("largest", max(alphas), "upward (or set affine.scale=true)"), ("smallest", min(alphas), "downward")):
+    order = sorted(range(len(alphas)), key=lambda i: alphas[i])
+    for edge, at, inner, fix in (
+        ("largest", order[-1], order[-2], "upward (or set affine.scale=true)"),
+        ("smallest", order[0], order[1], "downward"),
+    ):
+        hits = finite == alphas[at]
+        if scores is not None:
+            gain = (scores[at] - scores[inner]).to(chosen.device)
+            hits &= torch.nan_to_num(gain, nan=0.0)[valid] > rise
+            if edge == "largest":  # R² at or below 0: the probe predicts nothing, a larger alpha only nears the mean
+                hits &= torch.nan_to_num(scores[at].to(chosen.device), nan=0.0)[valid] > 0
         warn_share(
             log,
-            ("alpha_edge", edge, value),
-            int((finite == value).sum()),
+            ("alpha_edge", edge, alphas[at]),
+            int(hits.sum()),
             finite.numel(),
             share,
-            "the alpha grid's %(edge)s value (%(value)g) was chosen in %(percent).0f%% of the cells: the best alpha may lie "
-            "beyond the grid; extend affine.alphas %(fix)s",
-            {"edge": edge, "value": value, "fix": fix},
+            "the alpha grid's %(edge)s value (%(value)g) was chosen in %(percent).0f%% of the cells, with the validation R² still "
+            "rising there: the best alpha may lie beyond the grid; extend affine.alphas %(fix)s",
+            {"edge": edge, "value": alphas[at], "fix": fix},
         )
 
 
