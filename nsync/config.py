@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from nsync.errors import NsyncError
@@ -107,10 +107,34 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], list[str], set[str]]:
         elif "=" in arg:
             # OmegaConf.from_dotlist would turn "--a.b=1" into a key named "--a"; strip dashes.
             overrides.append(arg.lstrip("-"))
+        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            overrides.append(f"{arg[2:]}={args[i + 1]}")  # "--bootstrap 10", as argparse users type it
+            i += 1
         else:
             raise NsyncError(f"cannot parse argument '{arg}': expected --config FILE or key=value")
         i += 1
     return files, overrides, flags
+
+
+def _as_list_if_needed(cfg: DictConfig, override: str) -> str:
+    """``key=value`` as ``key=[value]`` where ``key`` is a list and ``value`` one item
+    (``affine.alphas=5`` means the grid of one alpha, as ``affine.alphas=[5]``).
+
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class Cfg:
+    ...     alphas: list = field(default_factory=lambda: [0.1])
+    >>> _as_list_if_needed(OmegaConf.structured(Cfg), "alphas=5"), _as_list_if_needed(OmegaConf.structured(Cfg), "alphas=[5,6]")
+    ('alphas=[5]', 'alphas=[5,6]')
+    """
+    key, value = override.split("=", 1)
+    try:
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return override
+    if isinstance(node, ListConfig) and value.strip() and not value.strip().startswith("["):
+        return f"{key}=[{value}]"
+    return override
 
 
 def _open_mappings(cfg: DictConfig) -> None:
@@ -154,6 +178,7 @@ def load_config(schema: type[T], argv: Sequence[str], prog: str) -> T:
             raise _explain(err, schema, str(path)) from None
         except Exception as err:  # YAML syntax errors
             raise NsyncError(f"cannot read config file {path}: {err}") from None
+    overrides = [_as_list_if_needed(cfg, o) for o in overrides]
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as err:

@@ -63,3 +63,11 @@ def test_post_init_validation_reaches_user():
         load_config(SimulateConfig, ["out=x", "prompt_format=nope"], prog="t")
     with pytest.raises(NsyncError, match=r"seeds lists a seed twice \(\[0, 1, 0\]\)"):  # two runs of one run id
         load_config(SimulateConfig, ["out=x", "seeds=[0,1,0]"], prog="t")
+
+
+def test_a_single_value_for_a_list_and_space_separated_keys():
+    """`affine.alphas=5` is the grid of one alpha; `--bootstrap 10` is `bootstrap=10`."""
+    from nsync.fit import FitConfig
+
+    cfg = load_config(FitConfig, ["data.cache=c", "out=o", "affine.alphas=5", "--bootstrap", "10", "data.split_seeds=0"], prog="t")
+    assert cfg.affine.alphas == [5.0] and cfg.bootstrap == 10 and cfg.data.split_seeds == [0]
