@@ -1,11 +1,15 @@
 """Run a W&B sweep's grid locally, without a W&B server.
 
-    python -m nsync.sweep configs/sweeps/layers.yaml [--dry-run]
+    python -m nsync.sweep configs/sweeps/layers.yaml [key=value ...] [--dry-run] [--plot FILE]
 
 The sweep YAML is the one ``wandb sweep`` takes (``program: nsync.fit``, ``method: grid``,
 ``parameters`` with ``values``, and a ``command`` list with ``${env}``, ``${program}`` and
 ``${args}``). Each grid point becomes the command W&B's agent would run, ``${args}`` expanded
-to ``--key=value`` as the agent does; ``--dry-run`` prints them instead of running them.
+to ``--key=value`` as the agent does; ``key=value`` overrides after the file go into every point
+(``data.cache=runs/my/cache``; the grid's own parameters win); ``--dry-run`` prints the commands
+instead of running them. A finished sweep writes ``sweep_summary.csv``, ``.md`` and ``.png`` (each
+point's SyncR², the sweep's metric and the partition's unique shares, best first) beside its run
+folders; ``nsync report`` on that folder shows them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -45,8 +50,13 @@ def _format(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def expand(sweep: dict) -> list[list[str]]:
-    """Every grid point as the argv the W&B agent would run."""
+#: What a finished sweep writes beside its run folders (``nsync report`` reads the CSV).
+SUMMARY = "sweep_summary"
+
+
+def expand(sweep: dict, overrides: Sequence[str] = ()) -> list[list[str]]:
+    """Every grid point as the argv the W&B agent would run, with ``overrides`` (``key=value``)
+    before the point's own parameters."""
     names = list(sweep["parameters"])
     grids = [sweep["parameters"][n].get("values", [sweep["parameters"][n].get("value")]) for n in names]
     commands = []
@@ -57,6 +67,7 @@ def expand(sweep: dict) -> list[list[str]]:
             if token == "${env}":
                 continue
             if token == "${args}":
+                argv.extend(overrides)
                 argv.extend(args)
             elif token == "${program}":
                 argv.append(sweep["program"])
@@ -90,8 +101,26 @@ def summarise(sweep: dict, commands: list[list[str]]):
             result = FitResult.load(folder.path)
             row["SyncR²"] = result.headline()
             row[metric] = getattr(result, metric)
+            for baseline, part in result.partition.items():
+                row[f"unique beyond {baseline}"] = part.values.get("unique")
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if metric in table:
+        ascending = sweep.get("metric", {}).get("goal", "maximize") == "minimize"
+        table = table.sort_values(metric, ascending=ascending, na_position="last", kind="stable")
+    return table.reset_index(drop=True)
+
+
+def write_summary(table, sweep: dict, folder: Path) -> list[Path]:
+    """``sweep_summary.csv``, ``.md`` and ``.png`` in ``folder`` (where the sweep's run folders are)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metric = sweep.get("metric", {}).get("name", "sync_r2")
+    table.to_csv(folder / f"{SUMMARY}.csv", index=False)
+    (folder / f"{SUMMARY}.md").write_text(table.drop(columns="run").to_markdown(index=False, floatfmt=".4f") + "\n")
+    written = [folder / f"{SUMMARY}.csv", folder / f"{SUMMARY}.md"]
+    if metric in table and table[metric].notna().any():
+        written.append(plot_summary(table, metric, folder / f"{SUMMARY}.png"))
+    return written
 
 
 def plot_summary(table, metric: str, path: Path) -> Path:
@@ -101,7 +130,7 @@ def plot_summary(table, metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    params = [c for c in table.columns if c not in ("run", "SyncR²", metric)]
+    params = [c for c in table.columns if c not in ("run", "SyncR²", metric) and not c.startswith("unique beyond")]
     labels = [", ".join(f"{p}={row[p]}" for p in params) for _, row in table.iterrows()]
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(table)), 3.2))
     ax.bar(range(len(table)), table[metric].astype(float))
@@ -116,11 +145,14 @@ def plot_summary(table, metric: str, path: Path) -> Path:
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m nsync.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep")
+    parser.add_argument("overrides", nargs="*", help="key=value for every grid point (e.g. data.cache=runs/my/cache)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     parser.add_argument("--plot", default="", help="also draw the metric of every grid point into this PNG")
     args = parser.parse_args(list(argv))
+    if bad := [o for o in args.overrides if "=" not in o]:
+        raise NsyncError(f"cannot parse {bad}: overrides are key=value (e.g. data.cache=runs/my/cache)")
     sweep = load_sweep(args.sweep)
-    commands = expand(sweep)
+    commands = expand(sweep, [o.lstrip("-") for o in args.overrides])
     failed = 0
     for i, cmd in enumerate(commands, 1):
         print(f"[{i}/{len(commands)}] {shlex.join(cmd)}", flush=True)
@@ -132,7 +164,9 @@ def main(argv: Sequence[str]) -> None:
     print(table.drop(columns="run").to_markdown(index=False, floatfmt=".4f"))
     if args.plot:
         print(f"wrote {plot_summary(table, sweep.get('metric', {}).get('name', 'sync_r2'), Path(args.plot))}")
-    print(f"ran {len(commands)} runs, {failed} failed; run folders: {', '.join(table['run'])}")
+    folder = Path(os.path.commonpath([str(Path(r).parent) for r in table["run"]]))
+    written = write_summary(table, sweep, folder)
+    print(f"ran {len(commands)} runs, {failed} failed; wrote {', '.join(str(p) for p in written)} (run folders beside them)")
     if failed:
         sys.exit(1)
 

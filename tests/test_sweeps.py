@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -55,14 +56,22 @@ def test_a_local_sweep_ends_with_each_points_syncr2(tmp_path, capsys):
         "method": "grid",
         "metric": {"name": "sync_r2"},
         "parameters": {"data.pairing": {"values": ["shuffled_partner", "partner"]}},
-        "command": ["${env}", "python", "-m", "${program}", f"data.cache={cache}", "bootstrap=0", "surrogates.n=0", "time_bins=-1",
+        "command": ["${env}", "python", "-m", "${program}", "data.cache=not/this/one", "bootstrap=0", "surrogates.n=0", "time_bins=-1",
                     "logger.kind=none", "progress=false", f"out={tmp_path}/runs/{{hash}}", "${args}"],
     }
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    main([str(tmp_path / "sweep.yaml"), "--plot", str(tmp_path / "sweep.png")])
+    main([str(tmp_path / "sweep.yaml"), f"data.cache={cache}", "--plot", str(tmp_path / "sweep.png")])  # aimed at a cache
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| shuffled_partner", "| partner"))]
     assert len(rows) == 2 and "(raw; no interval: bootstrap=0)" in rows[0]
     values = [float(r.strip("|").split("|")[-1]) for r in rows]
-    assert values[1] > values[0] + 0.1  # the planted relation stands out above the shuffled partner
+    assert values[0] > values[1] + 0.1  # the planted relation (partner, listed first: best first) above the shuffled partner
     assert (tmp_path / "sweep.png").stat().st_size > 0 and "ran 2 runs, 0 failed" in out
+    summary = pd.read_csv(tmp_path / "runs" / "sweep_summary.csv")
+    assert summary["data.pairing"].tolist() == ["partner", "shuffled_partner"]  # best first
+    assert (tmp_path / "runs" / "sweep_summary.md").is_file() and (tmp_path / "runs" / "sweep_summary.png").is_file()
+    from nsync.analysis.report import main as report_main
+
+    report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "report.md")])
+    report = (tmp_path / "report.md").read_text()
+    assert "## Sweep: " in report and report.index("| partner") < report.index("| shuffled_partner")

@@ -21,6 +21,7 @@ import pandas as pd
 from nsync.errors import NsyncError
 from nsync.fit.results import FitResult, format_sync_r2
 from nsync.fit.run_folder import RunFolder
+from nsync.sweep import SUMMARY as SWEEP_SUMMARY
 
 DIMENSIONS = ["believability", "relationship", "knowledge", "secret", "social_rules", "financial_and_material_benefits", "goal", "overall"]
 
@@ -46,6 +47,13 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     table = pd.DataFrame(rows, columns=["", "value"])
     images = [p for p in [run / "r2_by_layer.png", *sorted(run.glob("heatmap_*.png"))] if p.exists()]
     return f"Fit: {run}", table, images
+
+
+def sweep_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
+    """A finished sweep's summary (``nsync sweep`` wrote it best point first) and its plot."""
+    table = pd.read_csv(run / f"{SWEEP_SUMMARY}.csv").drop(columns="run", errors="ignore")
+    images = [p for p in (run / f"{SWEEP_SUMMARY}.png",) if p.exists()]
+    return f"Sweep: {run}", table, images
 
 
 def controls_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
@@ -123,8 +131,12 @@ def sections(runs: Sequence[str]) -> list[tuple[str, pd.DataFrame, list[Path]]]:
             out.append(analysis_section(run))
         elif (run / "scores.csv").is_file():
             out.append(judge_section(run))
+        elif (run / f"{SWEEP_SUMMARY}.csv").is_file():
+            out.append(sweep_section(run))
         else:
-            raise NsyncError(f"{run} is not a fit, controls, analysis or judge folder (no results.json, controls.csv, analysis.json or scores.csv)")
+            raise NsyncError(
+                f"{run} is not a fit, controls, analysis, judge or sweep folder (no results.json, controls.csv, analysis.json, scores.csv or {SWEEP_SUMMARY}.csv)"
+            )
     return out
 
 
