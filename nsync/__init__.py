@@ -14,7 +14,7 @@ line in CHANGELOG.md; the documentation's Python API page renders it):
 
 - cache: ``nsync.cache.ActivationCache``, ``CacheWriter``, ``ModelInfo``, ``nsync.cache.verify.verify_cache``
 - data: ``nsync.data.DataConfig``, ``SynchronyDataModule``, ``make_split``
-- probes: ``nsync.probes.AffineProbe``, ``MLPProbe``, ``ProbeResults``, ``fit_ridge``
+- probes: ``nsync.probes.AffineProbe``, ``MLPProbe``, ``ProbeResults``, ``fit_ridge``, ``load_probes``, ``score_cache``, ``SavedProbe``
 - statistics: ``nsync.stats.r2``, ``nsync.stats.bootstrap``, ``nsync.stats.surrogates``, ``nsync.stats.partition``, ``nsync.stats.timecourse``
 - fit: ``nsync.fit.FitConfig``, ``run_fit``, ``FitResult``, ``RunFolder``, ``reusable_result``
 - simulation: ``nsync.simulation.SimulateConfig``, ``nsync.simulation.run.simulate``,

@@ -267,7 +267,10 @@ class Weights(Analysis):
 
     @classmethod
     def pool(cls, result: FitResult, per_fit: list[tuple[int, dict]], artefacts: Artefacts, cfg: FitConfig) -> None:
+        from nsync.probes.saved import weights_metadata
+
         artefacts.weights = {k: v for _, weights in per_fit for k, v in weights.items()}
+        artefacts.weights_metadata = weights_metadata(result, cfg.data.split_seeds[0])
 
 
 @register("cka")

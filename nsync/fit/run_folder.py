@@ -8,7 +8,8 @@ the analysis and report stages, the experiments), so a file's name lives in one 
 - ``bootstrap.npy``: the run's SyncR² bootstrap replicates ``[n_boot]``;
 - ``partition_bootstrap.npz``: the partition's replicates, ``<baseline>/<quantity>`` -> ``[n_boot]``;
 - ``episode_sync.csv``: each test episode's SyncR² per split seed and direction;
-- ``weights.safetensors``: each source layer's map to its chosen target (first split seed);
+- ``weights.safetensors``: each source layer's map to its chosen target (first split seed), with its
+  metadata in the header (``nsync.probes.saved.load_probes`` loads them back as probes);
 - ``config.yaml``: the fit's config; plots (``*.png``, named by :mod:`nsync.fit.plots`) and the W&B run;
 - ``status.json``: ``running`` (with pid, host and start) from the fit's start, ``failed`` (with the
   error) when it stops on one; removed once results.json is written. A folder whose fit was
@@ -49,6 +50,7 @@ class Artefacts:
     partition_bootstrap: dict[str, np.ndarray] = field(default_factory=dict)  # "<baseline>/<quantity>" -> [n_boot]
     episodes: list[dict] = field(default_factory=list)  # per (split seed, direction, test episode) SyncR²
     weights: dict[str, torch.Tensor] = field(default_factory=dict)  # "<direction>/source_<s>/target_<t>/weight" (and /bias)
+    weights_metadata: dict[str, str] = field(default_factory=dict)  # the file's header: nsync.probes.saved.weights_metadata
 
 
 class RunFolder:
@@ -182,7 +184,7 @@ class RunFolder:
         with disk_errors(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             if artefacts.weights:
-                save_file(artefacts.weights, str(self.weights))
+                save_file(artefacts.weights, str(self.weights), metadata=artefacts.weights_metadata or None)
                 os.chmod(self.weights, 0o666 & ~umask())  # safetensors writes 0600
             if artefacts.bootstrap is not None:
                 np.save(self.bootstrap, artefacts.bootstrap)
