@@ -39,11 +39,24 @@ class _ConsoleFormat(logging.Formatter):
         return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (not the one at creation): a
+    command run in-process (a test, a notebook) leaves no handler bound to a stream since closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(info: str | None = "nsync") -> None:
     """The console logging of an nsync command: warnings from anywhere, and progress notes (INFO)
     from the logger ``info`` and below it (None: warnings only); warnings and errors prefixed.
     Replaces the handler an earlier call added, so calling it twice is harmless."""
-    handler = logging.StreamHandler()
+    handler = _ConsoleHandler()
     handler.setFormatter(_ConsoleFormat("%(message)s"))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_nsync_console", False)]:

@@ -107,3 +107,22 @@ def test_citation_file_names_this_version_and_the_paper():
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert cff["version"] == version("nsync") and cff["cff-version"] == "1.2.0"
     assert any("arXiv:2602.17815" in i["value"] for ref in cff["references"] for i in ref["identifiers"])
+
+
+def test_console_logging_follows_the_current_stderr(monkeypatch, capsys):
+    """A command run in-process (a test, a notebook) configures logging; records after it go to the
+    stderr of the moment, never to the one it started with (closed since: 'Logging error')."""
+    import io
+    import logging
+
+    from nsync.errors import configure_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging()
+    logging.getLogger("nsync.test").warning("one")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("nsync.test").warning("two")
+    assert second.getvalue() == "warning: two\n"

@@ -282,7 +282,8 @@ class Simulator:
 
     def _reply(self, run: Run, raw: str, n_new: int) -> Reply:
         """A generated reply (its raw text and token count), cleaned, with what it recites."""
-        names = tuple(c.name for c in run.episode.characters)
+        # full names first, so "Ada Lovelace:" goes whole before "Ada:" is tried
+        names = tuple(c.name for c in run.episode.characters) + tuple(c.first_name for c in run.episode.characters)
         text, left = clean_reply(raw, self.cfg.sampling.first_line_only, self.cfg.sampling.stop_strings, names)
         return Reply(text, left, n_new, echo_of(text, run.episode, run.speaker, run.history))
 

@@ -237,6 +237,8 @@ def clean_reply(text: str, first_line_only: bool, stop_strings: list[str], names
 
     >>> clean_reply("Turn 3: Ana said: Hello! [leave]", True, [], ("Ana",))
     ('Hello!', True)
+    >>> clean_reply("Ada: Fine, thanks.", True, [], ("Ada Lovelace", "Ada"))   # a first name leads too
+    ('Fine, thanks.', False)
     """
     for stop in stop_strings:
         if stop and stop in text:
