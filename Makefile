@@ -20,6 +20,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
+# pip installs into one venv: never two at once (make -j)
+.NOTPARALLEL:
+
 .PHONY: install install-dev serving quickstart controls groups paper-small study lint docs docs-serve test test-fast clean-runs
 
 # The user's install: what the quickstart and every command need, nothing that compiles.
@@ -54,7 +57,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 # build segfaulted at its first completion on a 2-core machine with AVX-512 and AMX
 # (llama-cpp-python 0.3.36, 2026-12-05). No pip cache: a wheel built earlier with other
 # CMAKE_ARGS would be reused as it is. Before the weights packages where it can (CI: make test).
-$(VENV)/.serving: $(VENV)/.venv-ready
+$(VENV)/.serving: pyproject.toml $(VENV)/.venv-ready
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) --no-cache-dir -e ".[llamacpp]" \
 		|| echo "llama-cpp-python not installed: the llama.cpp server tests will skip"
 	touch $@

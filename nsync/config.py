@@ -107,7 +107,7 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], list[str], set[str]]:
         elif "=" in arg:
             # OmegaConf.from_dotlist would turn "--a.b=1" into a key named "--a"; strip dashes.
             overrides.append(arg.lstrip("-"))
-        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--") and "=" not in args[i + 1]:
             overrides.append(f"{arg[2:]}={args[i + 1]}")  # "--bootstrap 10", as argparse users type it
             i += 1
         else:
@@ -132,7 +132,9 @@ def _as_list_if_needed(cfg: DictConfig, override: str) -> str:
         node = OmegaConf.select(cfg, key, throw_on_missing=False)
     except OmegaConfBaseException:
         return override
-    if isinstance(node, ListConfig) and value.strip() and not value.strip().startswith("["):
+    text = value.strip()
+    one_item = text and not text.startswith(("[", "'", '"')) and "${" not in text and text.lower() not in ("null", "~", "none")
+    if isinstance(node, ListConfig) and one_item:
         return f"{key}=[{value}]"
     return override
 

@@ -100,7 +100,7 @@ def summarise(sweep: dict, commands: list[list[str]]):
         if folder.is_complete():
             result = FitResult.load(folder.path)
             row["SyncR²"] = result.headline()
-            row[metric] = getattr(result, metric)
+            row[metric] = getattr(result, metric, None)
             for baseline, part in result.partition.items():
                 row[f"unique beyond {baseline}"] = part.values.get("unique")
         rows.append(row)
@@ -162,8 +162,9 @@ def main(argv: Sequence[str]) -> None:
         return
     table = summarise(sweep, commands)
     print(table.drop(columns="run").to_markdown(index=False, floatfmt=".4f"))
-    if args.plot:
-        print(f"wrote {plot_summary(table, sweep.get('metric', {}).get('name', 'sync_r2'), Path(args.plot))}")
+    metric = sweep.get("metric", {}).get("name", "sync_r2")
+    if args.plot and metric in table and table[metric].notna().any():
+        print(f"wrote {plot_summary(table, metric, Path(args.plot))}")
     folder = Path(os.path.commonpath([str(Path(r).parent) for r in table["run"]]))
     written = write_summary(table, sweep, folder)
     print(f"ran {len(commands)} runs, {failed} failed; wrote {', '.join(str(p) for p in written)} (run folders beside them)")

@@ -20,7 +20,7 @@ def _fit(cache, out, *overrides):
 @pytest.mark.parametrize("alphas", ["affine.alphas=[0.1]", "affine.alphas=[0.1,10,1000]"])
 def test_loaded_probes_reproduce_the_fit_and_score_another_cache(tmp_path, alphas):
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=120, turns=8, hidden=8, massive=300.0)
-    result = _fit(cache, tmp_path / "fit", alphas, "affine.scale=true")
+    result = _fit(cache, tmp_path / "fit", alphas, "affine.scale=true", "data.test_size=0.3")  # not the default: scored as fitted
     probes = load_probes(tmp_path / "fit")
     assert sorted(probes) == [(d, s) for d in ("A->B", "B->A") for s in result.source_layers]
     # the same cache, split and test pairs: each probe's R² is the one results.json reports at its chosen target

@@ -360,6 +360,11 @@ class FitResult(BaseModel):
         from nsync.config import to_dict
 
         lay = fits[-1].layout  # every fit of a run has the same models and layers
+        if other := next((f for f in fits if f.layout != lay), None):
+            raise NsyncError(
+                f"split seed {other.seed}, {other.direction} fitted other layers than the rest of the run ({other.layout['target_layer_names']} "
+                f"against {lay['target_layer_names']}; e.g. a target layer constant in some pairs only): name them with data.target_layers"
+            )
         mine = {d: [f for f in fits if f.direction == d] for d in cfg.data.directions if any(f.direction == d for f in fits)}
         directions = {d: DirectionResult.of_seeds(fs, lay["source_layers"], lay["target_layers"]) for d, fs in mine.items()}
         seeds_sync = np.mean([d.sync_r2_per_seed for d in directions.values()], axis=0)

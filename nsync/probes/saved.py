@@ -37,7 +37,10 @@ from nsync.errors import NsyncError
 #: The header key under which ``weights.safetensors`` keeps nsync's metadata.
 METADATA_KEY = "nsync"
 #: How a saved map is applied (stored in the metadata for readers outside nsync).
-ORIENTATION = "y = x @ weight + bias; x [rows, d_in] raw states as the cache stores them, y [rows, d_out]"
+ORIENTATION = (
+    "y = x @ weight + bias; x [rows, d_in] states as the cache stores them (residualised on context features where the fit's "
+    "data.remove_context was true), y [rows, d_out]"
+)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class SavedProbe:
     bias: torch.Tensor  # [d_out]
     alpha: float | None
     split_seed: int
+    data: dict  # the fit's data config (split, test size, pairing, lag, ...): score_cache pairs and splits as it did
 
     def predict(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The partner's predicted next state ``[rows, d_out]`` from states ``x`` ``[rows, d_in]``."""
@@ -103,10 +107,12 @@ def load_probes(run: str | Path) -> dict[tuple[str, int], SavedProbe]:
     """Every saved map of a finished fit's run folder, by ``(direction, source layer)``."""
     from safetensors import safe_open
 
+    from nsync.fit.results import FitResult
     from nsync.fit.run_folder import RunFolder
 
     folder = RunFolder(run)
     tensors = folder.read_weights()  # refuses an unfinished folder, names a missing file
+    data = dict(FitResult.load(folder.path).config.get("data", {}))
     with safe_open(str(folder.weights), framework="pt") as f:
         header = (f.metadata() or {}).get(METADATA_KEY)
     if header is None:
@@ -120,30 +126,30 @@ def load_probes(run: str | Path) -> dict[tuple[str, int], SavedProbe]:
         s, t = int(source.removeprefix("source_")), int(target.removeprefix("target_"))
         probes[(direction, s)] = SavedProbe(
             direction, s, t, meta["source_layer_names"][str(s)], meta["target_layer_names"][str(t)],
-            tensors[f"{key}/weight"], tensors[f"{key}/bias"], cell["alpha"], int(meta["split_seed"]),
+            tensors[f"{key}/weight"], tensors[f"{key}/bias"], cell["alpha"], int(meta["split_seed"]), data,
         )  # fmt: skip
     return probes
 
 
-def score_cache(probes: dict[tuple[str, int], SavedProbe], cache: str | Path, part: str = "test", split_seed: int = 0, **data) -> pd.DataFrame:
-    """Each probe's R² on the pairs of another (or the same) cache, paired as a fit pairs them
-    (``data``: :class:`~nsync.data.DataConfig` keys such as ``pairing`` or ``source_model``),
-    on its ``part`` (``test``, ``train`` or ``all``) of split seed ``split_seed``. Indexed by
-    ``(direction, source layer)``."""
+def score_cache(
+    probes: dict[tuple[str, int], SavedProbe], cache: str | Path, part: str = "test", split_seed: int | None = None, **data
+) -> pd.DataFrame:
+    """Each probe's R² on the pairs of another (or the same) cache, paired and split as its fit
+    did (its data config: split, test size, pairing, lag, flags left out, context removal), on
+    its ``part`` (``test``, ``train`` or ``all``) of split seed ``split_seed`` (default: the
+    fit's first, the one the maps come from); ``data``: :class:`~nsync.data.DataConfig` keys that
+    differ (e.g. ``source_model`` on a cache of other models). Indexed by ``(direction, source layer)``."""
+    from nsync.config import from_dict
     from nsync.data import DataConfig, SynchronyDataModule
 
     rows = []
     for direction in dict.fromkeys(d for d, _ in probes):
         mine = {s: p for (d, s), p in probes.items() if d == direction}
-        cfg = DataConfig(
-            cache=str(cache),
-            source_layers=sorted(mine),
-            target_layers=sorted({p.target_layer for p in mine.values()}),
-            split_seeds=[split_seed],
-            val_size=0.0,
-            **data,
-        )
-        dm = SynchronyDataModule(cfg, direction, split_seed, validation=False)
+        first = next(iter(mine.values()))
+        seed = first.split_seed if split_seed is None else split_seed
+        layers = {"source_layers": sorted(mine), "target_layers": sorted({p.target_layer for p in mine.values()})}
+        cfg = from_dict(DataConfig, first.data | {"cache": str(cache), "split_seeds": [seed], "directions": [direction]} | layers | data)
+        dm = SynchronyDataModule(cfg, direction, seed, validation=False)
         dm.setup()
         index = np.arange(len(dm.pairs)) if part == "all" else dm.index[part]
         for position, s in enumerate(dm.source_layers):
