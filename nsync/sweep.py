@@ -95,7 +95,7 @@ def summarise(sweep: dict, commands: list[list[str]]):
     for cmd in commands:
         argv = cmd[cmd.index(sweep["program"]) + 1 :]
         folder = RunFolder(resolve_out(with_agent_directions(load_config(FitConfig, argv, prog="nsync.sweep"))))
-        row = {a.split("=", 1)[0].removeprefix("--"): a.split("=", 1)[1] for a in argv if a.startswith("--") and "=" in a}
+        row: dict[str, object] = {a.split("=", 1)[0].removeprefix("--"): a.split("=", 1)[1] for a in argv if a.startswith("--") and "=" in a}
         row["run"] = str(folder.path)
         if folder.is_complete():
             result = FitResult.load(folder.path)
