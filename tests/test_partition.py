@@ -57,6 +57,14 @@ def test_a_private_part_is_recovered_as_the_unique_share(tmp_path):
         assert (tmp_path / "fit" / f).is_file(), f
     reps = RunFolder(tmp_path / "fit").read_partition_bootstrap()
     assert reps[f"{PLANTED_TEXT}/unique"].shape == (300,)
+    # nsync report shows the partition's numbers and figures beside the fit's
+    from nsync.analysis.report import main as report_main
+
+    report_main([str(tmp_path / "fit"), "--out", str(tmp_path / "report.md")])
+    report = (tmp_path / "report.md").read_text()
+    lo, hi = text.ci95["unique"]
+    assert f"unique beyond {PLANTED_TEXT}" in report and f"{text.values['unique']:.4f} [{lo:.4f}, {hi:.4f}]" in report
+    assert "![partition.png]" in report and "![layer_profile.png]" in report
 
 
 def test_a_joined_baseline_gives_each_feature_its_own_penalty(tmp_path):

@@ -44,8 +44,20 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     ]
     for direction, d in r.directions.items():
         rows.append((f"{direction}", f"{d.headline()}; n_train {d.n_train[0]}, n_test {d.n_test[0]}"))
+    for baseline, part in r.partition.items():
+        ci = part.ci95.get("unique")
+        rows.append(
+            (
+                f"unique beyond {baseline}",
+                f"{_fmt(part.values.get('unique'))}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+                + (f", p {part.unique_p_value:.4f}" if part.unique_p_value is not None else "")
+                + f"; shared {_fmt(part.values.get('shared'))}, baseline alone {_fmt(part.values.get('baseline'))}",
+            )
+        )  # fmt: skip
     table = pd.DataFrame(rows, columns=["", "value"])
-    images = [p for p in [run / "r2_by_layer.png", *sorted(run.glob("heatmap_*.png"))] if p.exists()]
+    # every figure the fit drew (nsync.fit.plots): profile, heatmaps, partition, time course, agent pairs
+    named = ["r2_by_layer.png", "layer_profile.png", "partition.png", "time_course.png", "agent_pairs.png"]
+    images = [p for p in [*(run / n for n in named), *sorted(run.glob("heatmap_*.png"))] if p.exists()]
     return f"Fit: {run}", table, images
 
 
