@@ -93,3 +93,23 @@ def test_visibility_by_relationship():
         assert c.personality_and_values in friend and c.mbti in friend
         assert c.secret not in friend
     assert c.secret in own_background(c)
+
+
+def test_the_documented_minimal_folder_loads_and_simulates(tmp_path, tiny_llama):
+    """docs/how-to/models-and-scenarios.md's example folder is a scenario source as it stands."""
+    from pathlib import Path
+
+    from nsync.cache import ActivationCache
+    from nsync.config import load_config
+    from nsync.simulation.config import SimulateConfig
+    from nsync.simulation.run import simulate
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own_scenarios"
+    lib = load_sotopia(folder)
+    assert (len(lib.characters), len(lib.scenarios), len(lib.episodes)) == (2, 1, 2)
+    assert lib.episodes[0].scenario.relationship == RELATIONSHIPS.index("acquaintance")
+    cfg = load_config(SimulateConfig, [f"out={tmp_path / 'c'}", "models=[tiny]", f"scenarios.source={folder}", "max_turns=4",
+                                       "sampling.max_new_tokens=8", "progress=false"], prog="test")  # fmt: skip
+    simulate(cfg, models={"tiny": tiny_llama})
+    turns = ActivationCache.open(tmp_path / "c").turns
+    assert set(turns["episode_id"]) == {"lab-ep-1", "lab-ep-2"} and set(turns["character_id"]) == {"lab-char-ada", "lab-char-ben"}
