@@ -143,9 +143,9 @@ def test_band_reader_aligns_observer_rows_and_the_partners_own_past(tmp_path):
 
 def test_partition_errors_say_what_is_missing(tmp_path):
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=20, turns=4, hidden=4, n_layers=1)
-    with pytest.raises(NsyncError, match="capture.observer=true"):
+    with pytest.raises(NsyncError, match=r"capture.observer=true, e.g. `nsync simulate --config configs/simulate/controls.yaml"):
         _fit(cache, tmp_path / "a", "partition.baselines=[observer]")
-    with pytest.raises(NsyncError, match="nsync.reread"):
+    with pytest.raises(NsyncError, match=f"add it with `nsync reread cache={cache} kind=text model=all-minilm-l6-v2`"):
         _fit(cache, tmp_path / "b", "partition.baselines=[text:all-minilm-l6-v2]")
     with pytest.raises(NsyncError, match="probe=affine"):
         load_config(FitConfig, [f"out={tmp_path}/c", f"data.cache={cache}", "probe=mlp", "partition.baselines=[own_past]"], prog="test")

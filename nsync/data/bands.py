@@ -82,13 +82,32 @@ def check_baselines(names: list[str], cache: ActivationCache) -> None:
     for name in names:
         for feature in Baseline.parse(name).features:
             if feature == "observer" and not (turns["condition"] == "observer").any():
-                raise NsyncError("baseline feature 'observer' needs observer states: simulate with capture.observer=true")
+                raise NsyncError(
+                    f"baseline feature 'observer' needs observer states, which {cache.root} lacks and only a simulation records (a re-read "
+                    "cannot add them): simulate into a new folder with capture.observer=true, e.g. "
+                    "`nsync simulate --config configs/simulate/controls.yaml out=runs/partition/cache`"
+                )
             if feature not in NAMED_FEATURES and not ((turns["model"] == feature) & (turns["condition"] == "teacher_forced")).any():
                 have = sorted(turns.loc[turns["condition"] == "teacher_forced", "model"].unique())
                 raise NsyncError(
                     f"baseline feature '{feature}' is not one of {NAMED_FEATURES} nor a re-read model of the cache "
-                    f"(re-read: {have}); add it with python -m nsync reread"
+                    f"(re-read: {have}); add it with `{reread_command(feature, cache.root)}`"
                 )
+
+
+def reread_command(feature: str, cache: object) -> str:
+    """The command that adds a re-read feature to a cache.
+
+    >>> reread_command("text:all-minilm-l6-v2", "runs/c"), reread_command("smollm2-135m@untrained", "runs/c")
+    ('nsync reread cache=runs/c kind=text model=all-minilm-l6-v2', 'nsync reread cache=runs/c kind=untrained model=smollm2-135m')
+    """
+    if feature.startswith("text:"):
+        return f"nsync reread cache={cache} kind=text model={feature.removeprefix('text:')}"
+    if feature.endswith("@untrained"):
+        return f"nsync reread cache={cache} kind=untrained model={feature.removesuffix('@untrained')}"
+    if feature.endswith("@reread"):
+        return f"nsync reread cache={cache} kind=trained model={feature.removesuffix('@reread')}"
+    return f"nsync reread cache={cache} kind=trained model=MODEL name={feature}"
 
 
 def layer_at_depth(source_layer: int, n_source_layers: int, n_layers: int) -> int:
