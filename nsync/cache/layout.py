@@ -128,6 +128,25 @@ def rows_twice(turns: pd.DataFrame) -> str | None:
     return f"{int(twice.sum())} rows twice (e.g. run {first['run_id']}, utterance {first['utterance']}, {first['model']}/{first['condition']})"
 
 
+def row_count_mismatches(manifest: dict, turns: pd.DataFrame) -> list[str]:
+    """Where a finished cache's manifest row counts disagree with its turns tables (``[]``: none;
+    an unfinished cache has no counts to hold).
+
+    >>> turns = pd.DataFrame({"model": ["m", "m"], "condition": ["interactive"] * 2})
+    >>> row_count_mismatches({"complete": True, "rows": {"m": {"interactive": 3}}}, turns)
+    ['it records 3 rows of m/interactive, the turns tables hold 2']
+    """
+    if not manifest.get("complete"):
+        return []
+    counts = turns.groupby(["model", "condition"]).size()
+    return [
+        f"it records {n} rows of {model}/{condition}, the turns tables hold {found}"
+        for model, by_condition in (manifest.get("rows") or {}).items()
+        for condition, n in by_condition.items()
+        if (found := int(counts.get((model, condition), 0))) != n
+    ]
+
+
 def participant_ids(characters: str) -> list[str]:
     """The character ids of a row's ``characters`` column, in agent order."""
     return characters.split("|")

@@ -24,6 +24,7 @@ from nsync.cache.layout import (
     participant_ids,
     read_manifest,
     read_turns,
+    row_count_mismatches,
     rows_twice,
 )
 from nsync.errors import NsyncError
@@ -157,21 +158,10 @@ class ActivationCache:
             turns["n_agents"] = 2
         if twice := rows_twice(turns):  # two writers at once, before caches were locked
             raise NsyncError(f"cache {self.root} holds {twice}; `nsync cache repair {self.root}` keeps the first copy of each row")
-        self._check_row_counts(turns)
+        if wrong := row_count_mismatches(self.manifest, turns):  # the manifest's counts, written when it was finished
+            raise damaged(self.root / MANIFEST, wrong[0])
         turns["row"] = turns.groupby(["model", "condition"]).cumcount()
         return turns
-
-    def _check_row_counts(self, turns: pd.DataFrame) -> None:
-        """The manifest's row counts (written when the cache was finished) against the turns table."""
-        recorded = self.manifest.get("rows") or {}
-        if not self.manifest.get("complete") or not recorded:
-            return
-        counts = turns.groupby(["model", "condition"]).size()
-        for model, by_condition in recorded.items():
-            for condition, n in by_condition.items():
-                found = int(counts.get((model, condition), 0))
-                if found != n:
-                    raise damaged(self.root / MANIFEST, f"it records {n} rows of {model}/{condition}, the turns tables hold {found}")
 
     def incomplete(self) -> str | None:
         """Why the cache is not finished (its writer stopped, or is still running), with what it

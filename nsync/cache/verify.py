@@ -32,6 +32,7 @@ from nsync.cache.layout import (
     model_dir,
     read_manifest,
     read_turns,
+    row_count_mismatches,
     rows_twice,
 )
 from nsync.errors import NsyncError
@@ -181,13 +182,7 @@ def _check_rows(root: Path, manifest: dict, turns: list[pd.DataFrame], result: V
     table = pd.concat(turns, ignore_index=True)
     if twice := rows_twice(table):
         result.problems.append(f"{root}: holds {twice}; `nsync cache repair {root}` keeps the first copy of each row")
-    if not manifest.get("complete"):
-        return
-    counts = table.groupby(["model", "condition"]).size()
-    for model, by_condition in (manifest.get("rows") or {}).items():
-        for condition, n in by_condition.items():
-            if (found := int(counts.get((model, condition), 0))) != n:
-                result.problems.append(f"{root / MANIFEST}: records {n} rows of {model}/{condition}, the turns tables hold {found}")
+    result.problems += [f"{root / MANIFEST}: {wrong}" for wrong in row_count_mismatches(manifest, table)]
 
 
 def verification_line(root: Path) -> str:
