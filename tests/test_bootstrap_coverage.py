@@ -73,3 +73,26 @@ def test_an_episode_keeps_its_weights_in_every_set_and_seed_of_the_bootstrap():
     np.testing.assert_array_equal(w1[:, 2], w2[:, 0])
     assert abs(w1.mean() - 1) < 0.05 and abs(w1.var() - 1) < 0.1  # Poisson(1)
     assert not np.array_equal(w1[:, 0], boot.EpisodeBootstrap(n_boot=2000, seed=4).weights(["a"])[:, 0])
+
+
+def test_intervals_kept_in_range_hold_the_population_value_exactly_when_unbounded_ones_do():
+    """Moving an interval's ends onto the range never changes whether it holds a value inside the
+    range; values outside it are dropped, and an interval wholly beyond a bound falls back to the
+    percentile one inside the replicates."""
+    from nsync.stats.bootstrap import R2_RANGE, SYNC_R2_RANGE, bias_corrected, interval
+
+    rng = np.random.default_rng(0)
+    escaped = 0
+    for _ in range(2000):
+        estimate = rng.uniform(-0.5, 1.0)
+        replicates = estimate - np.abs(rng.standard_t(2, size=200)) * rng.uniform(0.01, 2.0)  # long lower tails, as few test episodes give
+        free, kept = interval(replicates, estimate), interval(replicates, estimate, bounds=R2_RANGE)
+        assert kept[1] <= 1.0 and bias_corrected(estimate, replicates, bounds=R2_RANGE) <= 1.0
+        escaped += free != kept
+        truth = rng.uniform(-1.0, 1.0)
+        if free[0] <= 1.0:  # not wholly beyond the bound: the same coverage
+            assert (free[0] <= truth <= free[1]) == (kept[0] <= truth <= kept[1])
+        else:
+            assert kept == pytest.approx(tuple(np.clip(np.percentile(replicates, [2.5, 97.5]), -np.inf, 1.0)))
+    assert escaped > 500  # the case arises (the basic upper end mirrors the lower tail above 1)
+    assert interval(np.array([0.0, 0.0, 0.1]), 0.02, level=0.5, bounds=SYNC_R2_RANGE) == (0.0, 0.04)

@@ -253,7 +253,8 @@ def test_run_controls_summary_and_plots(linear, tmp_path):
     cfg = load_config(ControlsConfig, [
         f"cache={linear}", f"out={tmp_path / 'controls'}", "lags=[1,3]",
         "controls=[main,observer,cross_interaction,shuffled_partner,self,same_time,untrained]",
-        "fit_overrides=['data.split_seeds=[0]','data.directions=[A->B]',logger.kind=none,progress=false,bootstrap=200]",
+        # 20 of the 60 episodes tested: enough for the intervals to be shown
+        "fit_overrides=['data.split_seeds=[0]','data.directions=[A->B]','data.test_size=0.34',logger.kind=none,progress=false,bootstrap=200]",
     ], prog="test")
     table = run_controls(cfg).set_index("control")
     out = tmp_path / "controls"

@@ -209,3 +209,29 @@ def test_too_few_training_episodes_for_validation_fall_back_to_the_test_side(tmp
 
     with pytest.raises(NsyncError, match="pairs left to fit after holding out validation"):  # an alpha grid needs them
         _fit(tmp_path, cache, "data.split_seeds=[0]", "data.test_size=0.5", "affine.alphas=[0.1,1]", "overwrite=true")
+
+
+def test_an_undefined_syncr2_is_an_error_that_says_why(tmp_path):
+    """10 episodes of 4 utterances: B->A has one pair per episode, too few to choose a target layer
+    on validation; the fit stops naming the direction, its test side and the way out."""
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=10, turns=4, hidden=8)
+    with pytest.raises(NsyncError, match=r"SyncR² is undefined: in B->A no source layer has one .*fit A->B alone \(data.directions=\[A->B\]\)"):
+        _fit(tmp_path, cache)
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+
+
+def test_too_few_test_episodes_print_raw_values_and_say_why(tmp_path, caplog, capsys):
+    """Below MIN_TEST_EPISODES the intervals and p-values are stored, not printed; the headline says why."""
+    from nsync.fit.summary import print_summary
+    from nsync.stats.sample_size import MIN_TEST_EPISODES
+
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=40, turns=6, hidden=8)  # 8 test episodes
+    result = _fit(tmp_path, cache, "bootstrap=100", "surrogates.n=20")
+    assert result.test_episodes == 8 < MIN_TEST_EPISODES and result.sync_r2_ci95 is not None and result.sync_r2_p_value is not None
+    assert "only 8 test episodes, fewer than the 20" in result.few_test_episodes
+    assert any("only 8 test episodes" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    print_summary(result, load_config(FitConfig, [f"out={tmp_path / 'run'}", f"data.cache={cache}"], prog="test"))
+    out = capsys.readouterr().out
+    assert out.startswith(f"SyncR² {result.sync_r2:.3f} (raw; no interval: only 8 test episodes") and "permutation p-value" not in out
+    enough = _fit(tmp_path, write_synthetic_cache(tmp_path / "d", "linear", n_episodes=100, turns=6, hidden=8), "bootstrap=100", name="enough")
+    assert enough.test_episodes == 20 and enough.few_test_episodes is None and "[" in enough.headline()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_console_and_report_show_the_same_headline(tmp_path, capsys):
-    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=60, turns=6, hidden=8)
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=100, turns=6, hidden=8)  # 20 test episodes: intervals shown
     cfg = load_config(
         FitConfig,
         [f"data.cache={cache}", f"out={tmp_path / 'fit'}", "logger.kind=none", "progress=false", "bootstrap=200", "surrogates.n=0", "time_bins=-1"],

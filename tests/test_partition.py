@@ -63,7 +63,7 @@ def test_a_private_part_is_recovered_as_the_unique_share(tmp_path):
     report_main([str(tmp_path / "fit"), "--out", str(tmp_path / "report.md")])
     report = (tmp_path / "report.md").read_text()
     lo, hi = text.ci95["unique"]
-    assert f"unique beyond {PLANTED_TEXT}" in report and f"{text.values['unique']:.4f} [{lo:.4f}, {hi:.4f}]" in report
+    assert f"beyond {PLANTED_TEXT}" in report and f"{text.values['unique']:.4f} [{lo:.4f}, {hi:.4f}]" in report
     assert "![partition.png]" in report and "![layer_profile.png]" in report
 
 

@@ -42,3 +42,17 @@ def test_loading_needs_saved_weights(tmp_path):
     _fit(cache, tmp_path / "fit", "save_weights=false")
     with pytest.raises(NsyncError, match="holds no weights.safetensors; fit with save_weights=true"):
         load_probes(tmp_path / "fit")
+
+
+def test_mlp_probes_load_back_and_reproduce_the_fit(tmp_path):
+    """An MLP probe's network and standardisation come back as a module that predicts the fit's test R²."""
+    cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=100, turns=8, hidden=6)
+    result = _fit(cache, tmp_path / "fit", "probe=mlp", "mlp.hidden=32", "mlp.max_epochs=60", "mlp.lr=0.01", "data.test_size=0.3")
+    probes = load_probes(tmp_path / "fit")
+    assert sorted(probes) == [(d, s) for d in ("A->B", "B->A") for s in result.source_layers]
+    assert all(p.weight is None and p.module is not None and not p.module.training for p in probes.values())
+    same = score_cache(probes, cache)
+    for direction, d in result.directions.items():
+        for i, s in enumerate(result.source_layers):
+            assert same.loc[(direction, s), "r2"] == pytest.approx(d.chosen_r2_by_source_layer[i], abs=1e-3)
+    assert (same.loc["A->B", "r2"] > 0.3).all()  # the planted relation

@@ -223,7 +223,7 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
     """One row per run: SyncR² (± std over split seeds, 95% CI over episodes), per direction, and
     the difference from the main condition with its 95% bootstrap interval paired by test episode
     (``unpaired`` says why a run has none: see :func:`check_paired`)."""
-    from nsync.stats.bootstrap import bias_corrected, interval
+    from nsync.stats.bootstrap import DIFFERENCE_RANGE, bias_corrected, interval
 
     main = results["main"]
     main_reps = _replicates("main", main, out)
@@ -239,15 +239,18 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
             unpaired = str(err)
         paired = unpaired is None
         diff = reps - main_reps if paired and reps is not None and main_reps is not None else None  # paired: both present
-        diff_ci = interval(diff, r.sync_r2 - main.sync_r2) if diff is not None else None
+        diff_ci = interval(diff, r.sync_r2 - main.sync_r2, bounds=DIFFERENCE_RANGE) if diff is not None else None
         ci = r.sync_r2_ci95 or (None, None)
+        few = r.few_test_episodes or main.few_test_episodes
+        if few:  # intervals that would not hold their 95%: the table says why instead
+            ci, diff_ci = (None, None), None
         row = {
             "control": name,
             "sync_r2": r.sync_r2,
             "sync_r2_std": r.sync_r2_std,
             "sync_r2_unclipped": r.sync_r2_unclipped,
             "sync_r2_bias_corrected": r.sync_r2_bias_corrected,
-            "diff_bias_corrected": bias_corrected(r.sync_r2 - main.sync_r2, diff) if diff is not None else None,
+            "diff_bias_corrected": bias_corrected(r.sync_r2 - main.sync_r2, diff, bounds=DIFFERENCE_RANGE) if diff is not None else None,
             "ci95_low": ci[0],
             "ci95_high": ci[1],
             "diff_vs_main": r.sync_r2 - main.sync_r2,
@@ -258,6 +261,7 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
             "target": f"{r.models['target']}/{r.target_condition}",
             "pairing": r.pairing,
             "unpaired": None if name == "main" else unpaired,
+            "few_test_episodes": few,
         }
         for direction, d in r.directions.items():
             row[f"sync_r2_{direction}"] = d.sync_r2
@@ -320,12 +324,17 @@ def read_controls(table: pd.DataFrame) -> str:
     >>> read_controls(table)
     'The main condition stands above observer (Δ -0.100 [-0.150, -0.050]).'
     """
-    groups: dict[str, list[str]] = {"main_above": [], "same": [], "control_above": [], "unpaired": []}
+    groups: dict[str, list[str]] = {"main_above": [], "same": [], "control_above": [], "unpaired": [], "few": []}
+    few_note = ""
     done = table[table["sync_r2"].notna()] if "sync_r2" in table else table.iloc[0:0]
     for r in done.to_dict("records"):
         if r["control"] == "main":
             continue
         lo, hi = r.get("diff_ci95_low"), r.get("diff_ci95_high")
+        if isinstance(r.get("few_test_episodes"), str):
+            groups["few"].append(r["control"])
+            few_note = r["few_test_episodes"]
+            continue
         if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
             groups["unpaired"].append(r["control"])
             continue
@@ -345,6 +354,8 @@ def read_controls(table: pd.DataFrame) -> str:
             "No paired interval for " + ", ".join(groups["unpaired"]) + " (test episodes or bootstrap replicates not shared "
             "with the main run; the reasons are below the table)."
         )
+    if groups["few"]:
+        parts.append(f"Not read for {', '.join(groups['few'])}: {few_note}.")
     return " ".join(parts)
 
 

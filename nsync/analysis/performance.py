@@ -51,7 +51,7 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
     two-model cache) are averaged into the pair's SyncR², as the paper averages directions and
     orders; their bootstrap replicates are averaged too (one cache: the same replicate weights).
     """
-    from nsync.stats.bootstrap import interval  # here: --help imports no torch
+    from nsync.stats.bootstrap import SYNC_R2_RANGE, interval  # here: --help imports no torch
 
     by_cache: dict[Path, list[tuple[RunFolder, FitResult]]] = {}
     for fit in map(RunFolder, fits):
@@ -71,7 +71,11 @@ def pair_table(fits: list[str], judge: str) -> tuple[pd.DataFrame, pd.DataFrame]
         label = " x ".join(models) if len(models) > 1 else f"{models[0]} x {models[0]}"
         reps = [x for fit, _ in runs if (x := fit.read_bootstrap()) is not None]
         syncs = [r.sync_r2 for _, r in runs]
-        ci = interval(np.mean(reps, axis=0), float(np.mean(syncs))) if len(reps) == len(runs) and len({len(x) for x in reps}) == 1 else None
+        ci = (
+            interval(np.mean(reps, axis=0), float(np.mean(syncs)), bounds=SYNC_R2_RANGE)
+            if len(reps) == len(runs) and len({len(x) for x in reps}) == 1
+            else None
+        )
         pairs.append(
             {
                 "pair": label,
@@ -125,7 +129,7 @@ def correlations(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0
         boots["pearson"].append(np.corrcoef(x[i], y[i])[0, 1])
         boots["spearman"].append(stats.spearmanr(x[i], y[i]).statistic)
     for k, v in boots.items():
-        ci = interval(np.array(v), out[k]) if v else None
+        ci = interval(np.array(v), out[k], bounds=(-1.0, 1.0)) if v else None  # a correlation's range
         if ci is not None:
             out[f"{k}_ci95"] = list(ci)
     return out

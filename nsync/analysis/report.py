@@ -45,18 +45,13 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
     for direction, d in r.directions.items():
         rows.append((f"{direction}", f"{d.headline()}; n_train {d.n_train[0]}, n_test {d.n_test[0]}"))
     for baseline, part in r.partition.items():
-        ci = part.ci95.get("unique")
-        rows.append(
-            (
-                f"unique beyond {baseline}",
-                f"{_fmt(part.values.get('unique'))}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-                + (f", p {part.unique_p_value:.4f}" if part.unique_p_value is not None else "")
-                + f"; shared {_fmt(part.values.get('shared'))}, baseline alone {_fmt(part.values.get('baseline'))}",
-            )
-        )  # fmt: skip
+        rows.append((f"beyond {baseline}", part.line(r.few_test_episodes)))
+    if r.subspace is not None:
+        rows.append(("communication subspace", r.subspace.line(r.few_test_episodes)))
+    rows += [("who leads", a.line(r.few_test_episodes)) for a in r.asymmetry]
     table = pd.DataFrame(rows, columns=["", "value"])
     # every figure the fit drew (nsync.fit.plots): profile, heatmaps, partition, time course, agent pairs
-    named = ["r2_by_layer.png", "layer_profile.png", "partition.png", "time_course.png", "agent_pairs.png"]
+    named = ["r2_by_layer.png", "layer_profile.png", "partition.png", "time_course.png", "subspace.png", "agent_pairs.png"]
     images = [p for p in [*(run / n for n in named), *sorted(run.glob("heatmap_*.png"))] if p.exists()]
     return f"Fit: {run}", table, images
 
@@ -92,7 +87,9 @@ def _controls_headline(row: pd.Series) -> str:
         return ""
     bias_corrected = row.get("sync_r2_bias_corrected")
     ci = (row["ci95_low"], row["ci95_high"]) if pd.notna(row.get("ci95_low")) else None
-    return format_sync_r2(float(row["sync_r2"]), None if pd.isna(bias_corrected) else float(bias_corrected), ci).removeprefix("SyncR² ")
+    few = row.get("few_test_episodes")
+    few = few if isinstance(few, str) else None
+    return format_sync_r2(float(row["sync_r2"]), None if pd.isna(bias_corrected) else float(bias_corrected), ci, few=few).removeprefix("SyncR² ")
 
 
 def analysis_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:

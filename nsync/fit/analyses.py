@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from nsync.fit import partition
+from nsync.fit import partition, subspace
 from nsync.fit.config import FitConfig
 from nsync.fit.direction import ChunkFit, DirectionContext
-from nsync.fit.results import BootstrapInfo, DirectionResult, FitResult, TimeCourseResult, nan_to_none
+from nsync.fit.results import Asymmetry, BootstrapInfo, DirectionResult, FitResult, TimeCourseResult, nan_to_none
 from nsync.fit.run_folder import Artefacts
 from nsync.probes.cka import debiased_cka
 from nsync.registry import Registry
@@ -39,9 +39,6 @@ from nsync.stats.surrogates import null_r2, null_summary, p_value
 from nsync.stats.timecourse import pool_seeds
 
 log = logging.getLogger("nsync.fit")
-
-#: Below this many test episodes the episode bootstrap under-covers (see nsync.stats.bootstrap).
-MIN_TEST_EPISODES = 20
 
 
 class Analysis:
@@ -119,10 +116,11 @@ class Episodes(Analysis):
 
 @dataclass
 class SyncReplicates:
-    """One fit's SyncR² bootstrap replicates ``[n_boot]`` and how many test episodes drew them."""
+    """One fit's SyncR² bootstrap replicates ``[n_boot]``, how many test episodes drew them, and its direction."""
 
     replicates: np.ndarray
     test_episodes: int
+    direction: str = ""
 
 
 @register("bootstrap")
@@ -150,28 +148,68 @@ class Bootstrap(Analysis):
     def finish(self) -> SyncReplicates | None:
         if not self.replicates:
             return None
-        return SyncReplicates(boot.replicate_sync_r2(self.replicates), len(self.ctx.dm.test_episodes))
+        return SyncReplicates(boot.replicate_sync_r2(self.replicates), len(self.ctx.dm.test_episodes), self.ctx.direction)
 
     @classmethod
     def summarise(cls, direction: DirectionResult, outputs: list[SyncReplicates], result: FitResult, cfg: FitConfig) -> None:
         reps = boot.pool([(0, o.replicates) for o in outputs])  # this direction's split seeds, one joint draw as the run's
-        direction.sync_r2_ci95 = boot.interval(reps, direction.sync_r2)
-        direction.sync_r2_bias_corrected = boot.bias_corrected(direction.sync_r2, reps)
+        direction.sync_r2_ci95 = boot.interval(reps, direction.sync_r2, bounds=boot.SYNC_R2_RANGE)
+        direction.sync_r2_bias_corrected = boot.bias_corrected(direction.sync_r2, reps, bounds=boot.SYNC_R2_RANGE)
 
     @classmethod
     def pool(cls, result: FitResult, per_fit: list[tuple[int, SyncReplicates]], artefacts: Artefacts, cfg: FitConfig) -> None:
         artefacts.bootstrap = reps = boot.pool([(seed, o.replicates) for seed, o in per_fit])
-        result.sync_r2_ci95 = boot.interval(reps, result.sync_r2)
-        result.sync_r2_bias_corrected = boot.bias_corrected(result.sync_r2, reps)
+        result.sync_r2_ci95 = boot.interval(reps, result.sync_r2, bounds=boot.SYNC_R2_RANGE)
+        result.sync_r2_bias_corrected = boot.bias_corrected(result.sync_r2, reps, bounds=boot.SYNC_R2_RANGE)
         fewest = min(o.test_episodes for _, o in per_fit)
         result.bootstrap = BootstrapInfo(replicates=len(reps), scheme=boot.SCHEME, test_episodes=fewest)
-        if fewest < MIN_TEST_EPISODES:
-            log.warning(
-                "only %d test episodes: with fewer than %d the episode bootstrap's interval covers less than it says "
-                "(planted problems: 83-90%% for a nominal 95%% at 10); simulate more episodes",
-                fewest,
-                MIN_TEST_EPISODES,
-            )
+        by_direction = {d: boot.pool([(0, o.replicates) for _, o in per_fit if o.direction == d]) for d in result.directions}
+        result.asymmetry = asymmetries(result, by_direction, artefacts.episodes)
+
+
+def asymmetries(result: FitResult, replicates: dict[str, np.ndarray], episodes: list[dict]) -> list[Asymmetry]:
+    """Who leads, per pair of opposite directions (``A->B`` and ``B->A``; ``i->j`` and ``j->i``):
+    their SyncR² difference with the interval of the replicates' difference. The replicates of
+    both directions weight each test episode alike (episode-keyed draws), so the difference is
+    paired by episode; each direction's replicates are already one joint draw over split seeds."""
+    import pandas as pd
+
+    per_episode = pd.DataFrame(episodes)
+    out = []
+    for first, second in opposite_directions(list(result.directions)):
+        d1, d2 = result.directions[first], result.directions[second]
+        estimate = d1.sync_r2 - d2.sync_r2
+        diff = replicates[first] - replicates[second]
+        ci = boot.interval(diff, estimate, bounds=boot.DIFFERENCE_RANGE)
+        leader = None
+        if ci is not None and (ci[0] > 0 or ci[1] < 0):
+            leader = (first if ci[0] > 0 else second).split("->")[0]  # that direction's source agent
+        higher = None
+        if not per_episode.empty:
+            table = per_episode.pivot_table(index="episode_id", columns="direction", values="sync_r2", aggfunc="mean")
+            if {first, second} <= set(table.columns):
+                both = table[[first, second]].dropna()
+                higher = float((both[first] > both[second]).mean()) if len(both) else None
+        out.append(
+            Asymmetry(first=first, second=second, difference=estimate, bias_corrected=boot.bias_corrected(estimate, diff, bounds=boot.DIFFERENCE_RANGE),
+                      ci95=ci, leader=leader, episodes_first_higher=higher)
+        )  # fmt: skip
+    return out
+
+
+def opposite_directions(directions: list[str]) -> list[tuple[str, str]]:
+    """Each pair of directions that are each other's reverse, in the order the first appears.
+
+    >>> opposite_directions(["A->B", "B->A", "0->2", "2->0", "1->2"])
+    [('A->B', 'B->A'), ('0->2', '2->0')]
+    """
+    pairs = []
+    for d in directions:
+        source, target = d.split("->")
+        reverse = f"{target}->{source}"
+        if reverse in directions and (reverse, d) not in pairs:
+            pairs.append((d, reverse))
+    return pairs
 
 
 @register("surrogates")
@@ -236,12 +274,14 @@ class TimeCourseAnalysis(Analysis):
 
     @classmethod
     def summarise(cls, direction: DirectionResult, outputs: list, result: FitResult, cfg: FitConfig) -> None:
-        direction.time_course = TimeCourseResult.of(pool_seeds(outputs))
+        direction.time_course = TimeCourseResult.of(pool_seeds(outputs, bounds=boot.SYNC_R2_RANGE))
 
 
 @register("weights")
 class Weights(Analysis):
-    """Each source layer's map to its chosen target layer, from the first split seed (``weights.safetensors``)."""
+    """Each source layer's map to its chosen target layer, from the first split seed
+    (``weights.safetensors``): an affine probe's weight and bias, an MLP probe's network and
+    standardisation (which maps to every target layer; the chosen one is in the key)."""
 
     def __init__(self, ctx: DirectionContext):
         super().__init__(ctx)
@@ -253,14 +293,18 @@ class Weights(Analysis):
 
     def add(self, chunk: ChunkFit) -> None:
         dm = self.ctx.dm
-        if not hasattr(chunk.probe, "weights") or self.ctx.seed != self.ctx.cfg.data.split_seeds[0]:
+        if self.ctx.seed != self.ctx.cfg.data.split_seeds[0]:
             return
         for i, s in enumerate(chunk.sources):
             t = chunk.target(i)
-            if t is not None:
+            if t is None:
+                continue
+            name = f"{self.ctx.direction}/source_{dm.source_layers[s]}/target_{dm.target_layers[t]}"
+            if hasattr(chunk.probe, "weights"):
                 w, b = chunk.probe.weights(i, t)
-                name = f"{self.ctx.direction}/source_{dm.source_layers[s]}/target_{dm.target_layers[t]}"
                 self.weights[name + "/weight"], self.weights[name + "/bias"] = w.float().contiguous(), b.float().contiguous()
+            elif hasattr(chunk.probe, "saved_tensors"):  # one source layer per chunk
+                self.weights |= {f"{name}/mlp/{k}": v for k, v in chunk.probe.saved_tensors().items()}
 
     def finish(self) -> dict[str, torch.Tensor]:
         return self.weights
@@ -297,6 +341,34 @@ class CKA(Analysis):
     def pool(cls, result: FitResult, per_fit: list[tuple[int, np.ndarray]], artefacts: Artefacts, cfg: FitConfig) -> None:
         ckas = [d.sync_cka for d in result.directions.values() if d.sync_cka is not None]
         result.sync_cka = float(np.mean(ckas)) if ckas and len(ckas) == len(result.directions) else None
+
+
+@register("subspace")
+class Subspace(Analysis):
+    """The communication subspace: each source layer's map at its chosen target reduced to every
+    rank up to ``subspace.max_rank`` (affine probes; :mod:`nsync.fit.subspace`)."""
+
+    def __init__(self, ctx: DirectionContext):
+        super().__init__(ctx)
+        self.collector = subspace.SubspaceCollector(ctx)
+
+    @classmethod
+    def wanted(cls, ctx: DirectionContext) -> bool:
+        return ctx.cfg.subspace.max_rank > 0 and ctx.cfg.probe == "affine"
+
+    def add(self, chunk: ChunkFit) -> None:
+        self.collector.add(chunk)
+
+    def finish(self) -> subspace.SubspaceFit:
+        return self.collector.finish()
+
+    @classmethod
+    def summarise(cls, direction: DirectionResult, outputs: list[subspace.SubspaceFit], result: FitResult, cfg: FitConfig) -> None:
+        direction.subspace = subspace.summarise(outputs, cfg.subspace.share)
+
+    @classmethod
+    def pool(cls, result: FitResult, per_fit: list[tuple[int, subspace.SubspaceFit]], artefacts: Artefacts, cfg: FitConfig) -> None:
+        result.subspace, _ = subspace.pool(per_fit, cfg.subspace.share)
 
 
 @register("partition")

@@ -77,6 +77,25 @@ class SurrogateConfig:
 
 
 @dataclass
+class SubspaceConfig:
+    max_rank: int = field(
+        default=16,
+        metadata={
+            "help": "communication subspace: test R² of the reduced-rank map at every rank up to this one and at full rank (affine probe; 0: none)"
+        },
+    )
+    share: float = field(
+        default=0.9, metadata={"help": "the dimensionality of synchrony: the smallest rank reaching this share of the full rank's R²"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_rank < 0:
+            raise NsyncError(f"subspace.max_rank must be at least 0 (0: no subspace analysis), got {self.max_rank}")
+        if not 0 < self.share <= 1:
+            raise NsyncError(f"subspace.share must be above 0 and at most 1 (e.g. 0.9), got {self.share}")
+
+
+@dataclass
 class AffineConfig:
     alphas: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "ridge alpha (the paper: 0.1); several: chosen on validation data"})
     alpha_per: str = field(default="cell", metadata={"help": "with several alphas: one per (source, target layer) cell, or one per source layer"})
@@ -139,6 +158,7 @@ class FitConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     surrogates: SurrogateConfig = field(default_factory=SurrogateConfig)
+    subspace: SubspaceConfig = field(default_factory=SubspaceConfig)
     seed: int = field(default=0, metadata={"help": "seed for weight init and shuffling (seed_everything)"})
     time_bins: int = field(
         default=0,

@@ -116,6 +116,7 @@ class DirectionFit:
     layout: dict  # models, target condition, layers and their names (the same for every fit of a run)
     n_train: int
     n_test: int
+    test_episodes: int
     split_ids: dict  # train and test episodes, scenarios, characters
     r2: np.ndarray  # [source layers, target layers]
     r2_weighted: np.ndarray

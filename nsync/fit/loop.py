@@ -19,8 +19,6 @@ import gc
 import logging
 import sys
 import time
-import warnings
-from collections.abc import Iterator
 
 import lightning as L
 import numpy as np
@@ -38,33 +36,10 @@ from nsync.fit.fingerprint import fingerprint
 from nsync.fit.probe_types import check_probe, probe_type
 from nsync.fit.results import FitResult
 from nsync.fit.run_folder import RunFolder
+from nsync.probes.quiet import quiet_lightning
 from nsync.storage import disk_errors
 
 log = logging.getLogger("nsync.fit")
-#: Lightning warnings that every chunk's Trainer would repeat and that say nothing about the fit.
-LIGHTNING_NOISE = (
-    ".*configure_optimizers. returned .None.",  # the closed-form probe has no optimiser
-    ".*isinstance\\(treespec, LeafSpec\\).*",
-    ".*does not have many workers.*",
-    ".*Total length of .DataLoader. across ranks is zero.*",  # no validation part
-)
-
-
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Around a fit's Trainers (one per chunk of source layers; entered once per run): Lightning's per-Trainer
-    banners and :data:`LIGHTNING_NOISE` stay out of the output. Scoped, so importing nsync
-    changes no warning filter or logger level of the user's process."""
-    lightning_log = logging.getLogger("lightning.pytorch")
-    level = lightning_log.level
-    lightning_log.setLevel(max(level, logging.WARNING))
-    try:
-        with warnings.catch_warnings():
-            for message in LIGHTNING_NOISE:
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        lightning_log.setLevel(level)
 
 
 def release_memory() -> None:
@@ -139,7 +114,7 @@ def fit_direction(cfg: FitConfig, seed: int, direction: str, logger=None, bar=No
         release_memory()
     # Only figures are kept, not the data module: its rows of every layer would add up over directions and seeds.
     return DirectionFit(
-        seed, direction, layout(dm), dm.n("train"), dm.n("test"), dm.split.ids(dm.pairs),
+        seed, direction, layout(dm), dm.n("train"), dm.n("test"), len(dm.test_episodes), dm.split.ids(dm.pairs),
         np.concatenate(r2), np.concatenate(r2w), np.concatenate(alpha) if has_alpha else None, np.concatenate(chosen),
         "validation" if ctx.on_validation else "test", dm.n_excluded, {c.name: c.finish() for c in collectors},
     )  # fmt: skip
@@ -237,6 +212,10 @@ def _fit(cfg: FitConfig, folder: RunFolder) -> FitResult:
     if not fits:
         raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")
     result, artefacts = FitResult.from_fits(cfg, fits, skipped, time.perf_counter() - start, list(ANALYSES.values()))
+    if not np.isfinite(result.sync_r2):
+        raise NsyncError(why_no_sync_r2(result))
+    if result.few_test_episodes:
+        log.warning("%s: they are stored in results.json but not printed; simulate more episodes or raise data.test_size", result.few_test_episodes)
     result.fingerprint = fingerprint(cfg)
     result.reply_flags = ActivationCache.open(cfg.data.cache).reply_flags()
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # under DDP only rank 0 writes; rank: set on the function at runtime
@@ -247,6 +226,34 @@ def _fit(cfg: FitConfig, folder: RunFolder) -> FitResult:
         if logger is not None:
             log_result(logger, result, plots)
     return result
+
+
+def why_no_sync_r2(result: FitResult) -> str:
+    """Why a fit has no SyncR² (NaN): each direction without one, with its undefined cells and its
+    test side, and the directions that have one.
+
+    >>> from nsync.testing import golden_fit
+    >>> result = FitResult.load(golden_fit())
+    >>> result.directions["B->A"].sync_r2 = float("nan")
+    >>> why_no_sync_r2(result).split(". ")[0]
+    'SyncR² is undefined: in B->A no source layer has one (0 of 9 (source, target layer) cells without a test R²; 16 test pairs in 8 episodes)'
+    """
+    parts, fine = [], []
+    for name, d in result.directions.items():
+        if np.isfinite(d.sync_r2):
+            fine.append(name)
+            continue
+        r2 = d.r2_matrix
+        parts.append(
+            f"in {name} no source layer has one ({int(np.isnan(r2).sum())} of {r2.size} (source, target layer) cells without a test R²; "
+            f"{min(d.n_test)} test pairs in {min(d.test_episodes or [0])} episodes)"
+        )
+    other = f", or fit {', '.join(fine)} alone (data.directions=[{','.join(fine)}])" if fine else ""
+    return (
+        f"SyncR² is undefined: {'; '.join(parts)}. A test R² needs test pairs whose target states vary, and each source layer's "
+        f"target layer is chosen on validation episodes, which need such pairs too; simulate more or longer episodes, or raise "
+        f"data.test_size / data.val_size{other}"
+    )
 
 
 def reusable_result(cfg: FitConfig) -> FitResult | None:

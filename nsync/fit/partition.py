@@ -23,7 +23,7 @@ from nsync.fit.direction import ChunkFit, DirectionContext, chosen_predictions
 from nsync.fit.penalties import baseline_bands, joint_bands
 from nsync.fit.results import PartitionDirection, PartitionSummary, TimeCourseResult, nan_to_none
 from nsync.stats import bootstrap as boot
-from nsync.stats.partition import QUANTITIES, baseline_only_cells, choose_unique_targets, joined_shortfall, shares_at
+from nsync.stats.partition import QUANTITIES, RANGES, baseline_only_cells, choose_unique_targets, joined_shortfall, shares_at
 from nsync.stats.r2 import mean_over_sources
 from nsync.stats.surrogates import null_summary, p_value, strata, unique_null
 from nsync.stats.timecourse import Course, pool_seeds
@@ -252,7 +252,7 @@ def pool_baseline(name: str, fits: list[tuple[int, PartitionFit]], layer: str) -
     if len(replicates) == len(fits):
         reps = boot.pool(replicates)  # [Q, B]
         out = {f"{name}/{q}": reps[i] for i, q in enumerate(QUANTITIES)}
-        ci, corrected = boot.intervals(QUANTITIES, estimate, reps)
+        ci, corrected = boot.intervals(QUANTITIES, estimate, reps, RANGES)
     nulls = [(seed, f.null_unique) for seed, f in fits if f.null_unique is not None]
     if len(nulls) == len(fits):
         null = boot.pool(nulls)
@@ -276,7 +276,7 @@ def summarise_baseline(name: str, seeds: list[PartitionFit], source: np.ndarray,
     replicates = [
         (0, s.replicates) for s in seeds if s.replicates is not None
     ]  # one joint draw over split seeds (episode-keyed weights), as the run's pooled interval
-    ci, corrected = boot.intervals(QUANTITIES, estimate, boot.pool(replicates)) if len(replicates) == len(seeds) else ({}, {})
+    ci, corrected = boot.intervals(QUANTITIES, estimate, boot.pool(replicates), RANGES) if len(replicates) == len(seeds) else ({}, {})
     nulls = [s.null_unique for s in seeds if s.null_unique is not None]
     null = np.mean(nulls, 0) if len(nulls) == len(seeds) else None
     courses = [s.time_course for s in seeds]
@@ -298,7 +298,7 @@ def summarise_baseline(name: str, seeds: list[PartitionFit], source: np.ndarray,
         bias_corrected=corrected,
         unique_p_value=None if null is None else p_value(float(estimate[QUANTITIES.index("unique")]), null),
         unique_null=null_summary(null),
-        time_course=None if courses[0] is None else TimeCourseResult.of(pool_seeds([c for c in courses if c is not None])),
+        time_course=None if courses[0] is None else TimeCourseResult.of(pool_seeds([c for c in courses if c is not None], bounds=boot.R2_RANGE)),
     )
 
 

@@ -68,6 +68,8 @@ def plot_results(result: FitResult, out: Path) -> list[Path]:
         paths.append(plot_partition(result, out / "partition.png"))
     if any(d.time_course is not None for d in result.directions.values()):
         paths.append(plot_time_course(result, out / "time_course.png"))
+    if result.subspace is not None:
+        paths.append(plot_subspace(result, out / "subspace.png"))
     matrix = result.agent_matrix()
     if matrix.notna().sum().sum() >= 2:
         paths.append(plot_agent_matrix(result, out / "agent_pairs.png"))
@@ -224,4 +226,30 @@ def plot_layer_profile(results: dict[str, FitResult | pd.DataFrame], path: Path)
     ax_depth.set_ylabel("best target layer, relative depth")
     ax_r2.legend(fontsize=7)
     fig.suptitle("Layer profile (mean over split seeds)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_subspace(result: FitResult, path: Path) -> Path:
+    """SyncR² of the reduced-rank maps against their rank, per direction and pooled (with its 95%
+    interval where the fit has enough test episodes), the dimensionality marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    curves = {f"{d} (dimensionality {r.subspace.dimensionality})": r.subspace for d, r in result.directions.items() if r.subspace is not None}
+    assert result.subspace is not None
+    curves[f"mean over directions (dimensionality {result.subspace.dimensionality})"] = result.subspace
+    for label, s in curves.items():
+        x = np.arange(len(s.ranks))
+        y = np.array(s.sync_r2_by_rank, dtype=float)
+        ax.plot(x, y, marker="o", ms=3, label=label)
+        bands = [c for c in s.sync_r2_by_rank_ci95 or [] if c is not None]
+        if len(bands) == len(s.ranks) and not result.few_test_episodes:
+            ax.fill_between(x, [c[0] for c in bands], [c[1] for c in bands], alpha=0.2)
+        if s.dimensionality is not None:
+            ax.axvline(s.ranks.index(s.dimensionality), color=ax.lines[-1].get_color(), lw=0.8, ls=":")
+    ranks = result.subspace.ranks
+    ax.set_xticks(np.arange(len(ranks)), [str(r) if r != ranks[-1] or len(ranks) == ranks[-1] else f"full ({r})" for r in ranks], fontsize=7)
+    ax.set_xlabel("rank of the map (reduced-rank regression on the fitted probe)")
+    ax.set_ylabel("SyncR²")
+    ax.set_title(f"communication subspace: dimensionality = smallest rank with {result.subspace.share:.0%} of the full map's SyncR²", fontsize=8)
+    ax.legend(fontsize=7)
     return save_figure(fig, path)

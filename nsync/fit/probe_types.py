@@ -129,8 +129,8 @@ class Affine:
         how = "set" if cfg.affine.solver != "auto" else "chosen by shape"
         warn_once(
             log,
-            ("solver", solver, dm.d_in, rows),
-            "affine solver: %s%s, %s (%d training rows of %d dimensions)",
+            ("solver", solver, form),  # once per solver a run uses, not per design shape (a partition has several)
+            "affine solver: %s%s, %s (first for %d training rows of %d dimensions)",
             solver,
             form,
             how,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nsync.errors import NsyncError
 from nsync.fit.run_folder import Artefacts, RunFolder
+from nsync.stats.sample_size import few_test_episodes
 
 if TYPE_CHECKING:
     from nsync.fit.config import FitConfig
@@ -44,22 +45,107 @@ def nan_to_none(x):
     return None if isinstance(x, float) and not np.isfinite(x) else x
 
 
-def format_sync_r2(raw: float | None, bias_corrected: float | None, ci95: Sequence[float] | None, digits: int = 3) -> str:
+def format_sync_r2(raw: float | None, bias_corrected: float | None, ci95: Sequence[float] | None, digits: int = 3, few: str | None = None) -> str:
     """SyncR² as every surface shows it (console, report, quickstart, README): the bias-corrected
     estimate with its 95% interval over test episodes (the interval is centred on it, so it holds
-    it), the raw value beside; without a bootstrap the raw value alone, labelled so.
+    it), the raw value beside; without a bootstrap the raw value alone, labelled so; with too few
+    test episodes for the interval to hold (``few``, :func:`nsync.stats.sample_size.few_test_episodes`)
+    the raw value and why.
 
     >>> format_sync_r2(0.0969, 0.1603, (0.1100, 0.1939))
     'SyncR² 0.160 [0.110, 0.194] (bias-corrected, 95% interval over test episodes; raw 0.097)'
     >>> format_sync_r2(0.0969, None, None)
     'SyncR² 0.097 (raw; no interval: bootstrap=0)'
+    >>> format_sync_r2(0.0969, 0.1603, (0.1100, 0.1939), few="only 8 test episodes")
+    'SyncR² 0.097 (raw; no interval: only 8 test episodes)'
     """
     if raw is None:
         return "SyncR² n/a"
+    if few:
+        return f"SyncR² {raw:.{digits}f} (raw; no interval: {few})"
     if bias_corrected is None or not ci95:
         return f"SyncR² {raw:.{digits}f} (raw; no interval: bootstrap=0)"
     lo, hi = ci95
     return f"SyncR² {bias_corrected:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (bias-corrected, 95% interval over test episodes; raw {raw:.{digits}f})"
+
+
+class SubspaceResult(BaseModel):
+    """The communication subspace (``subspace.max_rank``; nsync.stats.subspace): the affine maps at
+    the chosen targets reduced to each rank, for a direction or the run (mean over directions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ranks: list[int] = Field(description="the ranks tried: 1 up to subspace.max_rank, then the full rank (the target's width)")
+    share: float = Field(description="the share of the full rank's SyncR² that defines the dimensionality (subspace.share)")
+    sync_r2_by_rank: list[Optional[float]] = Field(description="SyncR² of the rank-r maps (clipped, mean over source layers); at full rank SyncR²")
+    sync_r2_by_rank_ci95: Optional[list[Optional[tuple[float, float]]]] = Field(None, description="95% basic bootstrap interval per rank")
+    dimensionality: Optional[int] = Field(
+        None, description="dimensionality of synchrony: the smallest rank whose SyncR² reaches `share` of the full rank's (null: SyncR² 0)"
+    )
+    dimensionality_ci95: Optional[tuple[int, int]] = Field(
+        None, description="95% percentile interval of the dimensionality over bootstrap replicates"
+    )
+    r2_by_rank: Matrix = Field(description="per source layer the test R² of its map at each rank (mean over split seeds)")
+    dimensionality_by_source_layer: list[Optional[int]] = Field(description="per source layer the smallest rank reaching `share` of its full R²")
+    alignment_by_source_layer: list[Optional[float]] = Field(
+        description="per source layer the share of its predictive subspace (at its dimensionality) inside the source's as many leading "
+        "principal components (unit-variance source space)"
+    )
+    random_alignment_by_source_layer: list[Optional[float]] = Field(description="what a random subspace of that size gets (rank / width)")
+    alignment: Optional[float] = Field(None, description="alignment at the run's dimensionality, mean over source layers")
+    random_alignment: Optional[float] = Field(None, description="a random subspace's alignment at that rank")
+
+    def line(self, few: str | None = None) -> str:
+        """The dimensionality with its interval (left out with ``few``) and the alignment, as the console and the report write it.
+
+        >>> SubspaceResult(ranks=[1, 2, 8], share=0.9, sync_r2_by_rank=[0.1, 0.29, 0.3], dimensionality=2, dimensionality_ci95=(2, 3),
+        ...     r2_by_rank=[[0.1, 0.29, 0.3]], dimensionality_by_source_layer=[2], alignment_by_source_layer=[0.5],
+        ...     random_alignment_by_source_layer=[0.25], alignment=0.5, random_alignment=0.25).line()
+        "dimensionality 2 [2, 3] of 8 (the smallest rank with 90% of the full map's SyncR²); its subspace's share inside the source's top 2 components 0.50 (random 0.25)"
+        """
+        if self.dimensionality is None:
+            return f"no dimensionality: the full map's SyncR² is 0 (ranks 1-{self.ranks[-1]} tried)"
+        ci = f" [{self.dimensionality_ci95[0]}, {self.dimensionality_ci95[1]}]" if self.dimensionality_ci95 and not few else ""
+        aligned = "" if self.alignment is None else (
+            f"; its subspace's share inside the source's top {self.dimensionality} components {self.alignment:.2f} (random {self.random_alignment:.2f})"
+        )  # fmt: skip
+        return f"dimensionality {self.dimensionality}{ci} of {self.ranks[-1]} (the smallest rank with {self.share:.0%} of the full map's SyncR²){aligned}"
+
+
+class Asymmetry(BaseModel):
+    """Who leads: the paired difference of two opposite directions' SyncR² (``first`` minus
+    ``second``) over the same test episodes; positive: the first direction's source predicts its
+    partner better than the partner predicts it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    first: str
+    second: str
+    difference: float = Field(description="raw SyncR² of first minus second, mean over split seeds")
+    bias_corrected: Optional[float] = None
+    ci95: Optional[tuple[float, float]] = Field(None, description="95% basic bootstrap interval from replicates drawn jointly over both directions")
+    leader: Optional[str] = Field(
+        None, description="the agent of the first or second direction's source where the interval excludes 0; null otherwise"
+    )
+    episodes_first_higher: Optional[float] = Field(
+        None, description="share of test episodes whose own SyncR² (episode_sync.csv, mean over split seeds) is higher in first than in second"
+    )
+
+    def line(self, few: str | None = None) -> str:
+        """The difference with its interval and who leads (the interval left out with ``few``).
+
+        >>> Asymmetry(first="A->B", second="B->A", difference=0.05, bias_corrected=0.06, ci95=(0.02, 0.1), leader="A",
+        ...     episodes_first_higher=0.7).line()
+        'A->B minus B->A 0.060 [0.020, 0.100] (bias-corrected; raw 0.050): A leads; A->B higher in 70% of test episodes'
+        """
+        higher = "" if self.episodes_first_higher is None else f"; {self.first} higher in {self.episodes_first_higher:.0%} of test episodes"
+        if few or self.ci95 is None or self.bias_corrected is None:
+            return f"{self.first} minus {self.second} {self.difference:.3f} (raw){higher}"
+        lead = f"{self.leader} leads" if self.leader else "neither leads (the interval holds 0)"
+        return (
+            f"{self.first} minus {self.second} {self.bias_corrected:.3f} [{self.ci95[0]:.3f}, {self.ci95[1]:.3f}] "
+            f"(bias-corrected; raw {self.difference:.3f}): {lead}{higher}"
+        )
 
 
 class DirectionResult(BaseModel):
@@ -83,6 +169,7 @@ class DirectionResult(BaseModel):
     best_r2_by_source_layer: list[Optional[float]]
     n_train: list[int] = Field(description="training pairs per split seed")
     n_test: list[int] = Field(description="test pairs per split seed")
+    test_episodes: list[int] = Field(default_factory=list, description="test episodes per split seed")
     n_excluded: int = Field(0, description="pairs left out because a reply carried a flag of data.exclude_flags (before the split)")
     cka: Optional[Matrix] = Field(None, description="debiased linear CKA per (source, target layer) on the test side, mean over split seeds")
     sync_cka: Optional[float] = Field(None, description="best target's CKA per source layer, mean over source layers and split seeds")
@@ -99,10 +186,16 @@ class DirectionResult(BaseModel):
     )
     sync_r2_bias_corrected: Optional[float] = Field(None, description="this direction's SyncR² minus the bias its bootstrap replicates show")
     time_course: Optional[TimeCourseResult] = Field(None, description="SyncR² by source utterance index (time_bins)")
+    subspace: Optional[SubspaceResult] = Field(None, description="the communication subspace of this direction (subspace.max_rank)")
 
     def headline(self, digits: int = 3) -> str:
         """This direction's SyncR² as :func:`format_sync_r2` writes it."""
-        return format_sync_r2(self.sync_r2, self.sync_r2_bias_corrected, self.sync_r2_ci95, digits)
+        return format_sync_r2(self.sync_r2, self.sync_r2_bias_corrected, self.sync_r2_ci95, digits, self.few_test_episodes)
+
+    @property
+    def few_test_episodes(self) -> str | None:
+        """Why this direction's intervals and p-values are not shown, or None (enough test episodes)."""
+        return few_test_episodes(min(self.test_episodes)) if self.test_episodes else None
 
     @property
     def r2_by_source_layer(self) -> np.ndarray:
@@ -140,6 +233,7 @@ class DirectionResult(BaseModel):
             best_r2_by_source_layer=nan_to_none(row_max(mean).tolist()),
             n_train=[f.n_train for f in fits],
             n_test=[f.n_test for f in fits],
+            test_episodes=[f.test_episodes for f in fits],
             n_excluded=fits[0].n_excluded,
             target_choice=fits[0].target_choice,
             chosen_target_layer=[[target_layers[j] if j >= 0 else None for j in c] for c in chosen],
@@ -216,6 +310,20 @@ class PartitionSummary(BaseModel):
     )
     unique_null: Optional[dict[str, float | int]] = Field(None, description="the unique SyncR²'s surrogate null: median, p95 (95th percentile), n")
 
+    def line(self, few: str | None = None) -> str:
+        """The unique SyncR² with its interval and p-value (left out with ``few``: too few test
+        episodes for them to hold), then the shared share and the baseline alone, as the console
+        and the report write it.
+
+        >>> PartitionSummary(features=["observer"], layer="same", values={"unique": 0.1, "shared": 0.2, "baseline": 0.3, "joint": 0.4},
+        ...     ci95={"unique": (0.05, 0.15)}, unique_p_value=0.01).line()
+        'unique SyncR² 0.1000 [0.0500, 0.1500], p 0.0100; shared 0.2000, baseline alone 0.3000, both 0.4000'
+        """
+        v, ci = {q: "n/a" if x is None else f"{x:.4f}" for q, x in self.values.items()}, self.ci95.get("unique")
+        ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and not few else ""
+        p_text = f", p {self.unique_p_value:.4f}" if self.unique_p_value is not None and not few else ""
+        return f"unique SyncR² {v['unique']}{ci_text}{p_text}; shared {v['shared']}, baseline alone {v['baseline']}, both {v['joint']}"
+
 
 class BootstrapInfo(BaseModel):
     replicates: int
@@ -272,6 +380,14 @@ class FitResult(BaseModel):
     sync_r2_null: Optional[dict[str, float | int]] = Field(None, description="SyncR²'s surrogate null: median, p95 (95th percentile), n")
     surrogates: Optional[dict[str, Any]] = Field(None, description="{'n', 'kind'} of the surrogates behind the p-values")
     bootstrap: Optional[BootstrapInfo] = None
+    subspace: Optional[SubspaceResult] = Field(None, description="the communication subspace, mean over directions (subspace.max_rank)")
+    asymmetry: list[Asymmetry] = Field(default_factory=list, description="who leads: each pair of opposite directions' paired SyncR² difference")
+    test_episodes: Optional[int] = Field(None, description="fewest test episodes of any (split seed, direction)")
+    few_test_episodes: Optional[str] = Field(
+        None,
+        description="why the intervals and p-values are stored but not printed: fewer test episodes than they need to hold their "
+        "nominal rates (nsync.stats.sample_size.MIN_TEST_EPISODES); null when there are enough",
+    )
     reply_flags: Optional[dict[str, Any]] = Field(
         None, description="the cache's replies and how many carry each flag (nsync.cache.ActivationCache.reply_flags)"
     )
@@ -313,10 +429,10 @@ class FitResult(BaseModel):
         """The run's SyncR² as :func:`format_sync_r2` writes it.
 
         >>> from nsync.testing import golden_fit
-        >>> FitResult.load(golden_fit()).headline().split(" (")[1]
-        'bias-corrected, 95% interval over test episodes; raw 0.160)'
+        >>> FitResult.load(golden_fit()).headline()   # a small planted fit: 8 test episodes per split seed
+        'SyncR² 0.160 (raw; no interval: only 8 test episodes, fewer than the 20 its intervals and p-values need (planted problems: experiments/benchmarks/few_test_episodes.py))'
         """
-        return format_sync_r2(self.sync_r2, self.sync_r2_bias_corrected, self.sync_r2_ci95, digits)
+        return format_sync_r2(self.sync_r2, self.sync_r2_bias_corrected, self.sync_r2_ci95, digits, self.few_test_episodes)
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:
@@ -376,6 +492,7 @@ class FitResult(BaseModel):
             sync_r2_test_picked=float(np.mean([d.sync_r2_test_picked for d in directions.values()])),
             sync_r2_unclipped=nan_to_none(float(np.mean(unclipped or [np.nan]))),
             splits={str(s): {f.direction: f.split_ids for f in fits if f.seed == s} for s in dict.fromkeys(f.seed for f in fits)},
+            test_episodes=min(f.test_episodes for f in fits), few_test_episodes=few_test_episodes(min(f.test_episodes for f in fits)),
             config=to_dict(cfg), seconds=seconds,
         )  # fmt: skip
         artefacts = Artefacts()

@@ -35,17 +35,15 @@ def print_summary(result: FitResult, cfg: FitConfig) -> None:
         print(
             f"    raw ± std {d.sync_r2:.4f} ± {d.sync_r2_std:.4f}, unclipped {unclipped}, {best_text}, n_train {d.n_train[0]}, n_test {d.n_test[0]}"
         )
-    if result.sync_r2_p_value is not None and result.surrogates is not None:
+    few = result.few_test_episodes
+    if result.sync_r2_p_value is not None and result.surrogates is not None and not few:
         print(f"  permutation p-value of SyncR² ({result.surrogates['n']} {result.surrogates['kind']} surrogates): {result.sync_r2_p_value:.4f}")
     for name, p in result.partition.items():
-        v, ci = p.values, p.ci95.get("unique")
-        ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
-        p_text = f", p {p.unique_p_value:.4f}" if p.unique_p_value is not None else ""
-        num = {q: "n/a" if x is None else f"{x:.4f}" for q, x in v.items()}
-        print(
-            f"  beyond {name}: unique SyncR² {num['unique']}{ci_text}{p_text}; shared {num['shared']}, "
-            f"baseline alone {num['baseline']}, both {num['joint']}"
-        )
+        print(f"  beyond {name}: {p.line(few)}")
+    if result.subspace is not None:
+        print(f"  communication subspace: {result.subspace.line(few)}")
+    for a in result.asymmetry:
+        print(f"  who leads: {a.line(few)}")
     matrix = result.agent_matrix()
     if matrix.notna().sum().sum() >= 2:
         print("SyncR² by ordered agent pair (rows: source agent, columns: target agent):")

@@ -17,18 +17,42 @@ def make_logger(cfg: FitConfig, out: Path, model_pair: str):
     """A ``WandbLogger`` grouped by model pair, offline unless a key is set; None with ``logger.kind=none``."""
     if cfg.logger.kind == "none":
         return None
-    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    offline = cfg.logger.mode == "offline" or (cfg.logger.mode == "auto" and not os.environ.get("WANDB_API_KEY"))
-    # Quiet by default, through this run's settings (not the process environment); a WANDB_SILENT
-    # the user set is theirs to keep.
-    settings = wandb.Settings() if "WANDB_SILENT" in os.environ else wandb.Settings(silent=True)
+    offline, settings = _wandb_mode(cfg)
     logger = WandbLogger(
         project=cfg.logger.project, group=model_pair, name=out.name, save_dir=str(out), offline=offline, job_type=cfg.probe, settings=settings
     )
     logger.log_hyperparams(to_dict(cfg))
     return logger
+
+
+def _wandb_mode(cfg: FitConfig):
+    """Offline unless asked or a key is set; quiet by default, through this run's settings (not the
+    process environment): a WANDB_SILENT the user set is theirs to keep."""
+    import wandb
+
+    offline = cfg.logger.mode == "offline" or (cfg.logger.mode == "auto" and not os.environ.get("WANDB_API_KEY"))
+    return offline, wandb.Settings() if "WANDB_SILENT" in os.environ else wandb.Settings(silent=True)
+
+
+def log_sweep_summary(cfg: FitConfig, name: str, folder: Path, table, plot: Path | None) -> str | None:
+    """A finished sweep's summary (one row per grid point) as a W&B run of its own in the points'
+    project (job type ``sweep_summary``), with its plot; None with ``logger.kind=none``, else
+    the run's folder."""
+    if cfg.logger.kind == "none":
+        return None
+    import wandb
+
+    offline, settings = _wandb_mode(cfg)
+    run = wandb.init(
+        project=cfg.logger.project, name=name, job_type="sweep_summary", dir=str(folder), mode="offline" if offline else "online", settings=settings
+    )
+    try:
+        run.log({"sweep_summary": wandb.Table(dataframe=table.astype(str))} | ({"sweep_summary_plot": wandb.Image(str(plot))} if plot else {}))
+        return str(run.dir)
+    finally:
+        run.finish()
 
 
 def log_result(logger, result: FitResult, plots: list[Path]) -> None:
@@ -75,6 +99,8 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
                 rows.append([direction, sl, sn, tl, tn, d.r2[i][j], d.r2_std[i][j], alpha])
     run.log({"r2_matrix": wandb.Table(columns=columns, data=rows), **{p.stem: wandb.Image(str(p)) for p in plots}})
     run.summary["sync_r2_headline"] = result.headline()  # as the console, the report and README write it
+    if result.few_test_episodes:  # the intervals and p-values below are logged, but do not hold their nominal rates
+        run.summary["few_test_episodes"] = result.few_test_episodes
     run.summary["sync_r2"] = result.sync_r2
     run.summary["sync_r2_std"] = result.sync_r2_std
     if result.sync_r2_bias_corrected is not None:
@@ -86,7 +112,40 @@ def log_result(logger, result: FitResult, plots: list[Path]) -> None:
         run.summary["sync_r2_p_value"] = result.sync_r2_p_value
     if result.partition:
         log_partition(run, result)
+    log_what_is_synchronised(run, result)
     run.finish()
+
+
+def log_what_is_synchronised(run, result: FitResult) -> None:
+    """The communication subspace (SyncR² by rank as a table, the dimensionality, its interval and
+    the alignment in the summary, per direction too) and who leads (each pair of opposite
+    directions' difference with its interval)."""
+    import wandb
+
+    views = {"": result.subspace} | {f"/{d.replace('->', '_to_')}": r.subspace for d, r in result.directions.items()}
+    for suffix, s in views.items():
+        if s is None:
+            continue
+        run.summary[f"subspace/dimensionality{suffix}"] = s.dimensionality
+        if s.dimensionality_ci95:
+            run.summary[f"subspace/dimensionality_ci95_low{suffix}"], run.summary[f"subspace/dimensionality_ci95_high{suffix}"] = (
+                s.dimensionality_ci95
+            )
+        if s.alignment is not None:
+            run.summary[f"subspace/alignment{suffix}"], run.summary[f"subspace/random_alignment{suffix}"] = s.alignment, s.random_alignment
+        run.log(
+            {
+                f"subspace/sync_r2_by_rank{suffix}": wandb.Table(
+                    columns=["rank", "sync_r2"], data=[list(r) for r in zip(s.ranks, s.sync_r2_by_rank, strict=True)]
+                )
+            }
+        )
+    for a in result.asymmetry:
+        key = f"asymmetry/{a.first.replace('->', '_to_')}_minus_{a.second.replace('->', '_to_')}"
+        run.summary[key] = a.difference
+        if a.ci95:
+            run.summary[f"{key}_ci95_low"], run.summary[f"{key}_ci95_high"] = a.ci95
+        run.summary[f"{key}_leader"] = a.leader or "none"
 
 
 def log_partition(run, result: FitResult) -> None:

@@ -80,6 +80,25 @@ class MLPProbe(TestR2Mixin, L.LightningModule):
         self.register_buffer("val_r2_by_target", torch.full((n_targets,), float("nan")))
         self.make_test_metric(n_targets, d_out)  # and self.results
 
+    #: What a saved probe needs to predict again besides the network: its standardisation.
+    SAVED_BUFFERS = ("x_mean", "x_std", "y_mean", "y_std")
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        """The network's weights (``net.*``) and the standardisation, as ``weights.safetensors`` keeps them."""
+        net = {f"net.{k}": v.detach().float().contiguous() for k, v in self.net.state_dict().items()}
+        return net | {k: getattr(self, k).detach().float().contiguous() for k in self.SAVED_BUFFERS}
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, torch.Tensor], n_targets: int, hidden: int, depth: int) -> MLPProbe:
+        """A probe, in eval mode, from :meth:`saved_tensors` (``n_targets``, ``hidden``, ``depth``: the fit's)."""
+        d_in, k = tensors["x_mean"].numel(), tensors["y_mean"].numel()
+        probe = cls(
+            d_in, k // n_targets, n_targets, hidden=hidden, depth=depth,
+            x_mean=tensors["x_mean"], x_std=tensors["x_std"], y_mean=tensors["y_mean"], y_std=tensors["y_std"],
+        )  # fmt: skip
+        probe.net.load_state_dict({name.removeprefix("net."): v for name, v in tensors.items() if name.startswith("net.")})
+        return probe.eval()
+
     def _z(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised predictions ``[batch, n_targets * d_out]`` (``x``: ``[batch, d_in]`` or ``[batch, 1, d_in]``)."""
         return self.net((x.reshape(x.shape[0], -1).float() - self.x_mean) / self.x_std)

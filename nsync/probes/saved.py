@@ -1,10 +1,11 @@
-"""Fitted affine probes loaded back from a run folder, to apply to new states.
+"""Fitted probes loaded back from a run folder, to apply to new states.
 
 A fit with ``save_weights=true`` writes ``weights.safetensors``: per direction and source layer,
-the map to its chosen target layer from the first split seed, ``y = x @ weight + bias`` on the
-raw states as the cache stores them (``x [rows, d_in]``; feature scaling, centring and the
-intercept are folded in), with the metadata (direction, layers, alpha, split seed, models, nsync
-version) in the file's header.
+the map to its chosen target layer from the first split seed, on the raw states as the cache
+stores them (``x [rows, d_in]``), with the metadata (direction, layers, alpha, split seed, models,
+probe, nsync version) in the file's header. An affine probe's map is ``y = x @ weight + bias``
+(feature scaling, centring and the intercept folded in); an MLP probe's is its network and
+standardisation (keys ``<cell>/mlp/...``), rebuilt as an :class:`~nsync.probes.MLPProbe`.
 
 >>> from nsync.testing import example_cache
 >>> from nsync.config import load_config
@@ -27,12 +28,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from nsync.errors import NsyncError
+
+if TYPE_CHECKING:
+    from nsync.probes.mlp import MLPProbe
 
 #: The header key under which ``weights.safetensors`` keeps nsync's metadata.
 METADATA_KEY = "nsync"
@@ -45,26 +50,42 @@ ORIENTATION = (
 
 @dataclass
 class SavedProbe:
-    """One (direction, source layer) map to its chosen target layer."""
+    """One (direction, source layer) map to its chosen target layer: an affine probe's ``weight``
+    and ``bias``, or an MLP probe's ``module`` (which predicts every target layer; ``target_index``
+    is the chosen one's position)."""
 
     direction: str
     source_layer: int
     target_layer: int
     source_layer_name: str
     target_layer_name: str
-    weight: torch.Tensor  # [d_in, d_out]
-    bias: torch.Tensor  # [d_out]
+    weight: torch.Tensor | None  # [d_in, d_out] (affine)
+    bias: torch.Tensor | None  # [d_out] (affine)
     alpha: float | None
     split_seed: int
     data: dict  # the fit's data config (split, test size, pairing, lag, ...): score_cache pairs and splits as it did
+    module: MLPProbe | None = None  # in eval mode (mlp)
+    target_index: int = 0  # the chosen target layer's position among the module's outputs
+
+    @property
+    def d_in(self) -> int:
+        """The width of the states the probe reads."""
+        if self.weight is not None:
+            return int(self.weight.shape[0])
+        assert self.module is not None
+        return int(self.module.x_mean.numel())
 
     def predict(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The partner's predicted next state ``[rows, d_out]`` from states ``x`` ``[rows, d_in]``."""
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float32)
-        if x.shape[-1] != self.weight.shape[0]:
+        if x.shape[-1] != self.d_in:
             raise NsyncError(
-                f"states of width {x.shape[-1]} for a probe of input width {self.weight.shape[0]} ({self.direction}, source layer {self.source_layer})"
+                f"states of width {x.shape[-1]} for a probe of input width {self.d_in} ({self.direction}, source layer {self.source_layer})"
             )
+        if self.module is not None:
+            with torch.no_grad():
+                return self.module(x)[:, self.target_index]
+        assert self.weight is not None and self.bias is not None
         return x @ self.weight + self.bias
 
     def score(self, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:
@@ -100,6 +121,9 @@ def weights_metadata(result, split_seed: int) -> dict[str, str]:
         "target_layer_names": dict(zip(map(str, result.target_layers), result.target_layer_names, strict=True)),
         "cells": cells,
     }
+    if result.probe == "mlp":  # what rebuilds the network (its width and depth; it predicts every target layer)
+        mlp = result.config.get("mlp", {})
+        meta["mlp"] = {"hidden": mlp.get("hidden"), "depth": mlp.get("depth"), "target_layers": result.target_layers}
     return {METADATA_KEY: json.dumps(meta)}
 
 
@@ -120,14 +144,21 @@ def load_probes(run: str | Path) -> dict[tuple[str, int], SavedProbe]:
     meta = json.loads(header)
     probes = {}
     for key, cell in meta["cells"].items():
-        if f"{key}/weight" not in tensors:
-            continue
         direction, source, target = key.rsplit("/", 2)
         s, t = int(source.removeprefix("source_")), int(target.removeprefix("target_"))
-        probes[(direction, s)] = SavedProbe(
-            direction, s, t, meta["source_layer_names"][str(s)], meta["target_layer_names"][str(t)],
-            tensors[f"{key}/weight"], tensors[f"{key}/bias"], cell["alpha"], int(meta["split_seed"]), data,
-        )  # fmt: skip
+        names = meta["source_layer_names"][str(s)], meta["target_layer_names"][str(t)]
+        if f"{key}/weight" in tensors:
+            probes[(direction, s)] = SavedProbe(
+                direction, s, t, *names, tensors[f"{key}/weight"], tensors[f"{key}/bias"], cell["alpha"], int(meta["split_seed"]), data
+            )
+        elif mlp := {k.removeprefix(f"{key}/mlp/"): v for k, v in tensors.items() if k.startswith(f"{key}/mlp/")}:
+            from nsync.probes.mlp import MLPProbe
+
+            arch = meta["mlp"]
+            module = MLPProbe.from_saved(mlp, len(arch["target_layers"]), arch["hidden"], arch["depth"])
+            probes[(direction, s)] = SavedProbe(
+                direction, s, t, *names, None, None, None, int(meta["split_seed"]), data, module, arch["target_layers"].index(t)
+            )
     return probes
 
 

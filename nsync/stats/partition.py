@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from nsync.stats.bootstrap import R2_RANGE
 from nsync.stats.r2 import choose_targets
 
 #: The shares reported per baseline, in this order.
 QUANTITIES = ("source", "baseline", "joint", "unique", "shared")
+#: Each share's range, which its interval and bias-corrected value are kept inside: test R² of a
+#: fit is at most 1, and so is what the source adds to the baseline or shares with it.
+RANGES = dict.fromkeys(QUANTITIES, R2_RANGE)
 
 
 def shares_at(source, baseline, joint) -> np.ndarray:

@@ -159,16 +159,17 @@ def unique_null(
     fit_rows = torch.cat([train_rows, test_rows])
     split = baseline_split(x[fit_rows], b[fit_rows], row_strata)
     shared = split.shared[len(train_rows) :]  # the test rows' part
-    if split.kept < split.rank:
+    if split.kept < split.rank:  # how the surrogates were built: information, nothing for the user to change
         warn_once(
             log,
-            f"wide_baseline_{b.shape[1]}_{len(fit_rows)}",
+            f"wide_baseline_{b.shape[1]}",  # once per baseline width, not per direction
             "the baseline has %d columns for %d rows: the unique share's surrogates split the source on its %d leading "
             "principal components (at most half the rows, %.1f%% of its variance with every column at unit variance)",
             b.shape[1],
             len(fit_rows),
             split.kept,
             100 * split.variance_kept,
+            level=logging.INFO,
         )
     residual = x[test_rows] - shared
     if not bool((residual.abs() > 1e-9 * x[test_rows].abs().max().clamp(min=1e-300)).any()):

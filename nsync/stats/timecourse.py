@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nsync.stats.bootstrap import interval
+from nsync.stats.bootstrap import ANY, interval
 from nsync.stats.r2 import r2_from_sums
 
 
@@ -110,10 +110,10 @@ class TimeCourse:
         return out
 
 
-def pool_seeds(fits: list[Course]) -> PooledCourse:
+def pool_seeds(fits: list[Course], bounds: tuple[float, float] = ANY) -> PooledCourse:
     """A direction's course from its split seeds' courses: bins matched by their first utterance
     index, estimate and replicates averaged over the seeds that have the bin, a basic bootstrap
-    interval per bin.
+    interval per bin inside ``bounds``.
 
     >>> c = Course([0, 2], [3, 3], np.array([0.1, 0.3]), None)
     >>> pool_seeds([c, Course([0], [2], np.array([0.3]), None)]).value
@@ -129,6 +129,6 @@ def pool_seeds(fits: list[Course]) -> PooledCourse:
             estimate = float(np.nanmean([f.estimate[k] for f, k in present]))
             reps = None if any(f.replicates is None for f, _ in present) else np.nanmean([f.replicates[:, k] for f, k in present], 0)  # type: ignore[index]
         value.append(estimate if np.isfinite(estimate) else None)
-        ci.append(None if reps is None else interval(reps, estimate))
+        ci.append(None if reps is None else interval(reps, estimate, bounds=bounds))
         n_pairs.append(int(present[0][0].n_pairs[present[0][1]]))
     return PooledCourse(labels, n_pairs, value, ci)

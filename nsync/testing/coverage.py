@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nsync.stats.bootstrap import EpisodeBootstrap, bias_corrected, interval, pool, replicate_r2, replicate_sync_r2
+from nsync.stats.bootstrap import DIFFERENCE_RANGE, SYNC_R2_RANGE, EpisodeBootstrap, bias_corrected, interval, pool, replicate_r2, replicate_sync_r2
 from nsync.testing.synthetic import planted_fits
 
 
@@ -23,14 +23,19 @@ def interval_coverage(
     conditions on the same test episodes), the raw estimate and the bias-corrected one, over
     ``n_rep`` :func:`nsync.testing.synthetic.planted_fits` problems, each a mean over split seeds as
     ``nsync.fit`` reports it. ``joint=False`` draws every split seed's weights independently (the
-    scheme this module replaced), to show what that costs. Returns method -> {"truth",
-    "estimate", "bias_corrected", "width"} (shares, and the mean width).
+    scheme this module replaced), to show what that costs. Intervals are kept inside SyncR²'s range
+    (a difference's) as nsync.fit keeps them. Returns method -> {"truth", "estimate",
+    "bias_corrected", "width", "escaped", "escaped_truth"}: how often the interval holds the
+    population value, the raw and the bias-corrected estimate, its mean width, how often the
+    interval before it was kept inside the range left it, and how often it held the population
+    value then (NaN where it never left).
 
     >>> interval_coverage(n_rep=2, n_boot=50, population=200)["basic"]["estimate"]
     1.0
     """
     rng = np.random.default_rng(seed)
     hits = {m: np.zeros(4) for m in methods}
+    escaped = {m: np.zeros(2) for m in methods}
     for r in range(n_rep):
         p = planted_fits(rng, **problem)
 
@@ -49,11 +54,18 @@ def interval_coverage(
             estimate, replicates, truth = e1 - e0, r1 - r0, p["truth_per_source"][1] - p["truth_per_source"][0]
         else:
             (estimate, replicates), truth = sync_and_replicates(list(range(len(p["truth_per_source"])))), p["truth"]
-        centre = bias_corrected(estimate, replicates)
+        bounds = DIFFERENCE_RANGE if difference else SYNC_R2_RANGE
+        centre = bias_corrected(estimate, replicates, bounds=bounds)
         assert centre is not None  # planted problems always have finite replicates
         for m in methods:
-            bounds = interval(replicates, estimate, method=m)
-            assert bounds is not None
-            lo, hi = bounds
+            kept, free = interval(replicates, estimate, method=m, bounds=bounds), interval(replicates, estimate, method=m)
+            assert kept is not None and free is not None
+            (lo, hi), left = kept, free != kept
             hits[m] += [lo <= truth <= hi, lo <= estimate <= hi, lo <= centre <= hi, hi - lo]
-    return {m: dict(zip(("truth", "estimate", "bias_corrected", "width"), (h / n_rep).tolist(), strict=True)) for m, h in hits.items()}
+            escaped[m] += [left, left and lo <= truth <= hi]
+    names = ("truth", "estimate", "bias_corrected", "width")
+    return {
+        m: dict(zip(names, (h / n_rep).tolist(), strict=True))
+        | {"escaped": escaped[m][0] / n_rep, "escaped_truth": escaped[m][1] / escaped[m][0] if escaped[m][0] else float("nan")}
+        for m, h in hits.items()
+    }

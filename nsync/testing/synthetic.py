@@ -88,8 +88,15 @@ def write_synthetic_cache(
     flag_share: float = 0.0,
     dtype: str = "float32",
     shard_rows: int | None = None,
+    coupling_rank: int | None = None,
+    both_directions: bool = False,
 ) -> Path:
     """Write a cache of ``n_episodes x seeds`` runs of ``turns`` utterances; return its path.
+
+    ``coupling_rank``: the ``linear`` relation maps the source through a matrix of this rank (equal
+    singular values, the same total signal as the full-rank map): the communication subspace has
+    that many dimensions. ``both_directions``: each utterance depends on the one before it whoever
+    spoke (two agents; states scaled to unit variance), so A->B and B->A are coupled alike.
 
     ``dtype``: the stored precision (``float16`` as ``nsync.simulate`` stores). ``shard_rows``:
     commit a shard whenever this many state rows have accumulated (at an episode's end), so a
@@ -112,6 +119,11 @@ def write_synthetic_cache(
     perm = rng.permutation(hidden)
     # The conversation's shape: one vector per utterance index (drawn only when asked, so other caches keep their draws).
     profile = shape * rng.normal(size=(turns, hidden)) if shape else np.zeros((turns, hidden))
+    if coupling_rank is not None:  # drawn only when asked, as the profile
+        if not 1 <= coupling_rank <= hidden:
+            raise ValueError(f"coupling_rank must be from 1 to hidden={hidden}, got {coupling_rank}")
+        left, right = (np.linalg.qr(rng.normal(size=(hidden, hidden)))[0][:, :coupling_rank] for _ in range(2))
+        mixing = np.sqrt(hidden / coupling_rank) * left @ right.T
     rows: list[dict] = []
     states: dict[str, list[np.ndarray]] = {"interactive": [], "observer": [], "listener": []}
     info = ModelInfo(model, f"synthetic:{relation}", None, n_layers, hidden)
@@ -134,6 +146,8 @@ def write_synthetic_cache(
         n_agents=n_agents,
         plant=plant,
         **({"flag_share": flag_share} if flag_share else {}),
+        **({"coupling_rank": coupling_rank} if coupling_rank is not None else {}),
+        **({"both_directions": True} if both_directions else {}),
     )
     writer = CacheWriter(path, config=identity, identity=identity, models=[info], dtype=dtype)
 
@@ -164,14 +178,16 @@ def write_synthetic_cache(
             latent: list[np.ndarray] = []
             flags = rng.random(turns) < flag_share if flag_share else np.zeros(turns, dtype=bool)
             for t in range(turns):
-                if plant is None:  # two agents: the utterance `lag` before, when agent 0 spoke it
-                    back = lag if t >= lag and (t - lag) % 2 == 0 else 0
+                if plant is None:  # two agents: the utterance `lag` before, when agent 0 spoke it (or anyone: both_directions)
+                    back = lag if t >= lag and ((t - lag) % 2 == 0 or both_directions) else 0
                 else:
                     back = gap if t % n_agents == target and t >= gap and (t - gap) % n_agents == source else 0
                 if not back or relation == "none" or flags[t] or flags[t - back]:
                     z = rng.normal(size=hidden)
                 elif relation == "linear":
                     z = scale * mixing @ latent[t - back] + noise * rng.normal(size=hidden)
+                    if both_directions:  # a chain over the whole conversation: kept at unit variance
+                        z /= np.sqrt(scale**2 + noise**2)
                 elif relation == "quadratic":
                     z = scale * (latent[t - back][perm] ** 2 - 1) / np.sqrt(2) + noise * rng.normal(size=hidden)
                 else:

@@ -1,0 +1,156 @@
+"""The communication subspace of a fit (``subspace.max_rank``): each source layer's affine map to
+its chosen target layer, reduced to every rank up to a cap, scored on the test episodes with the
+episode bootstrap's replicates (:mod:`nsync.stats.subspace` has the statistics).
+
+Per (split seed, direction) a :class:`SubspaceFit` holds each source layer's test R² by rank, its
+replicates and the alignment of its predictive subspace with the source's dominant dimensions;
+:func:`summarise` gives a direction's :class:`~nsync.fit.results.SubspaceResult` over its split
+seeds, :func:`pool` the run's (mean over directions, then split seeds, as SyncR²).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nsync.fit.direction import ChunkFit, DirectionContext
+from nsync.fit.results import SubspaceResult, nan_to_none
+from nsync.stats import bootstrap as boot
+from nsync.stats.subspace import alignment, dimensionality, dominant_dimensions, predictive_directions, rank_predictions, ranks_to_try
+
+
+@dataclass
+class SubspaceFit:
+    """One (split seed, direction): per source layer (NaN where it has no chosen target)."""
+
+    ranks: list[int]
+    r2: np.ndarray  # [sources, ranks] test R² of the reduced-rank map
+    replicates: np.ndarray | None  # [sources, n_boot, ranks]
+    alignment: np.ndarray  # [sources, ranks] share of the rank-r predictive subspace inside the source's top-r components
+    random: np.ndarray  # [ranks] a random subspace's share (r / the training rows' span)
+
+
+class SubspaceCollector:
+    """Scores each chunk's chosen cells at every rank (affine probes: their maps are linear)."""
+
+    def __init__(self, ctx: DirectionContext):
+        self.ctx = ctx
+        dm = ctx.dm
+        self.ranks = ranks_to_try(ctx.cfg.subspace.max_rank, dm.d_out)
+        self.train = torch.from_numpy(dm.index["train"])  # the rows the map was fitted on (fit and validation)
+        self.test = torch.from_numpy(dm.index["test"])
+        test_pairs = dm.pairs.iloc[dm.index["test"]]
+        self.codes = torch.from_numpy(np.searchsorted(dm.test_episodes, test_pairs["episode_id"].to_numpy()))
+        n_sources, n_ranks = len(dm.source_layers), len(self.ranks)
+        n_boot = ctx.cfg.bootstrap
+        self.r2 = np.full((n_sources, n_ranks), np.nan)
+        self.replicates = np.full((n_sources, n_boot, n_ranks), np.nan) if ctx.draws is not None else None
+        self.alignment = np.full((n_sources, n_ranks), np.nan)
+        self.random = np.full(n_ranks, np.nan)
+
+    def add(self, chunk: ChunkFit) -> None:
+        dm = self.ctx.dm
+        for i, s in enumerate(chunk.sources):
+            t = chunk.target(i)
+            if t is None:
+                continue
+            w, b = (v.double() for v in chunk.probe.weights(i, t))
+            x_train, x_test = dm.x[self.train, s].double(), dm.x[self.test, s].double()
+            y_test = dm.y[self.test, t].double()
+            train_pred = x_train @ w + b
+            directions = predictive_directions(train_pred)
+            preds = list(rank_predictions(x_test @ w + b, train_pred.mean(0), directions, self.ranks))
+            sums = self._episode_sums(y_test, preds)
+            self.r2[s] = boot.replicate_r2(sums, np.ones((1, len(self.ctx.dm.test_episodes))))[0]
+            if self.replicates is not None and self.ctx.draws is not None:
+                self.replicates[s] = boot.replicate_r2(sums, self.ctx.draws)
+            components = dominant_dimensions(x_train, dm.x_std[s])
+            for k, r in enumerate(self.ranks):
+                self.alignment[s, k], self.random[k] = alignment(w, directions, dm.x_std[s], components, r)
+
+    def _episode_sums(self, y: torch.Tensor, preds: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per test episode ``n``, and ``s1``, ``s2``, ``sse`` ``[E, ranks, d]`` (the ranks in the target's place)."""
+        n_ep, d = len(self.ctx.dm.test_episodes), y.shape[1]
+
+        def per_episode(values: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(n_ep, d, dtype=torch.float64).index_add_(0, self.codes, values)
+
+        n = torch.zeros(n_ep, dtype=torch.float64).index_add_(0, self.codes, torch.ones(len(y), dtype=torch.float64))
+        s1, s2 = per_episode(y), per_episode(y * y)
+        sse = torch.stack([per_episode((y - p) ** 2) for p in preds], 1)
+        return {"n": n, "s1": s1[:, None].expand_as(sse), "s2": s2[:, None].expand_as(sse), "sse": sse}
+
+    def finish(self) -> SubspaceFit:
+        return SubspaceFit(self.ranks, self.r2, self.replicates, self.alignment, self.random)
+
+
+def sync_curve(r2: np.ndarray) -> np.ndarray:
+    """SyncR² by rank ``[..., ranks]`` from per-source-layer R² ``[sources, ..., ranks]``: each
+    clipped at 0 and averaged over source layers, as SyncR² is (its full rank is SyncR²)."""
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a source layer without a target
+        return np.nanmean(np.clip(r2, 0, None), axis=0)
+
+
+def dimensionality_interval(curve_replicates: np.ndarray | None, ranks: list[int], share: float) -> tuple[int, int] | None:
+    """The 2.5th and 97.5th percentiles of the replicates' dimensionality (a rank: the percentile
+    interval; replicates where the full map predicts nothing are left out)."""
+    if curve_replicates is None:
+        return None
+    dims = np.asarray(dimensionality(curve_replicates, ranks, share))
+    dims = dims[dims > 0]
+    if not len(dims):
+        return None
+    lo, hi = np.percentile(dims, [2.5, 97.5], method="inverted_cdf")
+    return int(lo), int(hi)
+
+
+def summarise(fits: list[SubspaceFit], share: float) -> SubspaceResult:
+    """A direction's subspace from its split seeds' fits."""
+    ranks = fits[0].ranks
+    r2 = _mean_over_seeds([f.r2 for f in fits])  # [sources, ranks]
+    curve = sync_curve(r2)
+    reps = None
+    if all(f.replicates is not None for f in fits):
+        reps = boot.pool([(0, sync_curve(f.replicates)) for f in fits])  # type: ignore[arg-type]  # one joint draw over split seeds
+    return _result(ranks, r2, curve, reps, _mean_over_seeds([f.alignment for f in fits]), fits[0].random, share)
+
+
+def _mean_over_seeds(values: list[np.ndarray]) -> np.ndarray:
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a source layer without a target in every seed
+        return np.nanmean(np.stack(values), 0)
+
+
+def pool(per_fit: list[tuple[int, SubspaceFit]], share: float) -> tuple[SubspaceResult, np.ndarray | None]:
+    """The run's subspace (mean over directions, then split seeds) and its SyncR²-by-rank replicates."""
+    ranks = per_fit[0][1].ranks
+    curve = boot.pool([(seed, sync_curve(f.r2)) for seed, f in per_fit])
+    reps = None
+    if all(f.replicates is not None for _, f in per_fit):
+        reps = boot.pool([(seed, sync_curve(f.replicates)) for seed, f in per_fit])  # type: ignore[arg-type]
+    r2 = boot.pool([(seed, f.r2) for seed, f in per_fit], skip_nan=True)
+    aligned = boot.pool([(seed, f.alignment) for seed, f in per_fit], skip_nan=True)
+    return _result(ranks, r2, curve, reps, aligned, per_fit[0][1].random, share), reps
+
+
+def _result(ranks, r2, curve, reps, aligned, random, share) -> SubspaceResult:
+    by_layer = [dimensionality(row, ranks, share) for row in r2]
+    at_dim = [None if d is None else float(aligned[s, ranks.index(d)]) for s, d in enumerate(by_layer)]
+    dim = dimensionality(curve, ranks, share)
+    ci = [boot.interval(reps[:, k], float(curve[k]), bounds=boot.SYNC_R2_RANGE) for k in range(len(ranks))] if reps is not None else None
+    return SubspaceResult(
+        ranks=ranks,
+        share=share,
+        sync_r2_by_rank=nan_to_none(curve.tolist()),
+        sync_r2_by_rank_ci95=ci,
+        dimensionality=dim,
+        dimensionality_ci95=dimensionality_interval(reps, ranks, share),
+        r2_by_rank=nan_to_none(r2.tolist()),
+        dimensionality_by_source_layer=by_layer,
+        alignment_by_source_layer=nan_to_none(at_dim),
+        random_alignment_by_source_layer=nan_to_none([None if d is None else float(random[ranks.index(d)]) for d in by_layer]),
+        alignment=None if dim is None else nan_to_none(float(_mean_over_seeds(list(aligned[:, ranks.index(dim)])))),
+        random_alignment=None if dim is None else nan_to_none(float(random[ranks.index(dim)])),
+    )

@@ -1,0 +1,117 @@
+"""The communication subspace: in how many dimensions the speaker's state predicts the partner's.
+
+Reduced-rank regression as Semedo, Zandvakili, Machens, Yu and Kohn (Neuron 2019) use it between
+two brain areas, on the map a fit already has: the fitted probe's predictions of the training
+pairs are decomposed into their principal directions ``V`` (right singular vectors, by falling
+variance), and the rank-``r`` map keeps the first ``r``: ``ŷ_r = ŷ V_r V_rᵀ`` (predictions
+around the training mean). That is reduced-rank ridge regression (the ridge solution projected
+on the top ``r`` directions of its own fitted values): one SVD per cell, no new fit.
+
+- :func:`rank_predictions` gives the test predictions at every rank up to a cap;
+- :func:`dimensionality` is the smallest rank whose test R² reaches a share (90%) of the full
+  map's: the *dimensionality of synchrony*;
+- :func:`alignment` asks whether the predictive dimensions lie along the source's own dominant
+  dimensions: the share of the rank-``r`` predictive subspace (in the source's space) inside the
+  source's top-``r`` principal components, against ``r / k`` for a random subspace of that size in
+  the ``k``-dimensional span of the training rows (where a ridge map lies).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def predictive_directions(train_predictions: torch.Tensor) -> torch.Tensor:
+    """``[d_out, k]`` orthonormal directions of the target space, by the variance of the training
+    predictions along them (``train_predictions`` ``[rows, d_out]``, any centring; ``k`` is
+    ``min(rows, d_out)``: no prediction varies beyond them).
+
+    >>> p = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    >>> predictive_directions(p).abs().tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
+    centred = train_predictions.double() - train_predictions.double().mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    return vh.T
+
+
+def rank_predictions(test_predictions: torch.Tensor, centre: torch.Tensor, directions: torch.Tensor, ranks: list[int]):
+    """Per rank in ``ranks`` the reduced-rank test predictions ``[rows, d_out]``: the full map's
+    predictions ``test_predictions`` around ``centre`` (the training mean of the predictions)
+    projected on the first ``r`` ``directions`` (a rank of at least their number, the full rank,
+    gives the predictions back).
+
+    >>> v = torch.eye(2, dtype=torch.float64)
+    >>> [p.tolist() for p in rank_predictions(torch.tensor([[3.0, 4.0]]), torch.zeros(2), v, [1, 2])]
+    [[[3.0, 0.0]], [[3.0, 4.0]]]
+    """
+    coords = (test_predictions.double() - centre.double()) @ directions  # [rows, k]
+    for r in ranks:
+        yield test_predictions.double() if r >= directions.shape[1] else coords[:, :r] @ directions[:, :r].T + centre.double()
+
+
+def ranks_to_try(max_rank: int, d_out: int) -> list[int]:
+    """Every rank from 1 up to ``max_rank`` (at most ``d_out``), then the full rank.
+
+    >>> ranks_to_try(3, 8), ranks_to_try(16, 4)
+    ([1, 2, 3, 8], [1, 2, 3, 4])
+    """
+    return list(range(1, min(max_rank, d_out) + 1)) + ([d_out] if max_rank < d_out else [])
+
+
+def dimensionality(r2_by_rank: np.ndarray, ranks: list[int], share: float = 0.9) -> int | None:
+    """The smallest rank whose R² reaches ``share`` of the full rank's (the last of ``ranks``);
+    None where the full map predicts nothing (R² <= 0) or no rank is finite. ``r2_by_rank``
+    ``[..., ranks]``: a leading axis (replicates) gives one value per row (-1 for None).
+
+    >>> dimensionality(np.array([0.1, 0.28, 0.3, 0.3]), [1, 2, 3, 8])
+    2
+    >>> dimensionality(np.array([[0.1, 0.3], [0.2, -0.1]]), [1, 2]).tolist()
+    [2, -1]
+    """
+    r2 = np.asarray(r2_by_rank, dtype=float)
+    if r2.ndim > 1:
+        return np.array([(-1 if (d := dimensionality(row, ranks, share)) is None else d) for row in r2.reshape(-1, r2.shape[-1])]).reshape(
+            r2.shape[:-1]
+        )  # type: ignore[return-value]
+    full = r2[-1]
+    if not np.isfinite(full) or full <= 0:
+        return None
+    reached = np.flatnonzero(np.nan_to_num(r2, nan=-np.inf) >= share * full)
+    return int(ranks[reached[0]])
+
+
+def dominant_dimensions(source_rows: torch.Tensor, source_scale: torch.Tensor) -> torch.Tensor:
+    """``[d_in, k]`` the source's principal components (columns, by falling variance; ``k`` is
+    ``min(rows, d_in)``) with every
+    dimension at unit variance (``source_scale``: its std), so a few massive dimensions do not make
+    up its dominant dimensions."""
+    z = source_rows.double() / source_scale.double().clamp(min=1e-12)
+    _, _, vh = torch.linalg.svd(z - z.mean(0), full_matrices=False)
+    return vh.T
+
+
+def alignment(weight: torch.Tensor, directions: torch.Tensor, source_scale: torch.Tensor, components: torch.Tensor, rank: int) -> tuple[float, float]:
+    """The share of the rank-``rank`` predictive subspace inside the source's top-``rank``
+    principal components, and a random subspace's expected share: ``rank / k`` for the ``k``
+    components the training rows have (``min(rows, d_in)``; a ridge map lies in their span).
+
+    ``weight`` ``[d_in, d_out]`` maps source states to predictions (``y = x @ weight + b``);
+    ``directions``: :func:`predictive_directions`; ``components``: :func:`dominant_dimensions` of
+    the same unit-variance source space (``source_scale``). The predictive subspace is the span
+    of the map's rows along the first ``rank`` directions, in that space.
+
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(500, 4) * torch.tensor([3.0, 2.0, 1.0, 0.5])
+    >>> w = torch.zeros(4, 2); w[0, 0] = 1.0                         # predicts from the source's first dimension
+    >>> share, random = alignment(w, torch.eye(2, dtype=torch.float64), torch.ones(4), dominant_dimensions(x, torch.ones(4)), 1)
+    >>> round(share, 2), random
+    (1.0, 0.25)
+    """
+    rank = min(rank, directions.shape[1], components.shape[1])  # no more dimensions than the rows give
+    scale = source_scale.double().clamp(min=1e-12)
+    mapped = (weight.double() * scale[:, None]) @ directions[:, :rank]  # x W = (x / scale) (scale W)
+    q, _ = torch.linalg.qr(mapped)
+    # a ridge map lies in the span of its training rows: a random subspace of that span is the reference
+    return float((components[:, :rank].T @ q).pow(2).sum() / rank), rank / components.shape[1]
