@@ -78,3 +78,15 @@ def test_alignment_tells_a_subspace_along_the_dominant_dimensions_from_one_acros
         shares[name], random = alignment(w, directions, scale, dominant_dimensions(xt, scale), 2)
     assert random == pytest.approx(2 / 12)
     assert shares["dominant"] > 0.8 and shares["weak"] < random < shares["dominant"], shares
+
+
+def test_the_shared_dimensions_follow_the_conversations_shape_where_it_is_planted(tmp_path):
+    """Every state carries a vector per utterance index (the conversation's shape, sd 2): the
+    partner's state in the shared dimensions is mostly that, and the context features explain it;
+    without a shape they explain nothing."""
+    tracks = {}
+    for shape in (0.0, 2.0):
+        cache = write_synthetic_cache(tmp_path / f"c{shape}", "linear", n_episodes=100, turns=8, hidden=8, shape=shape)
+        tracks[shape] = _fit(cache, tmp_path / f"f{shape}", "data.directions=[A->B]", "bootstrap=0").subspace.tracks
+    assert tracks[2.0]["shape"] > 0.5 and tracks[2.0]["all"] > 0.5 and tracks[2.0]["topic"] is None  # no text embedding in the cache
+    assert abs(tracks[0.0]["shape"]) < 0.1 and abs(tracks[0.0]["speaker"]) < 0.1

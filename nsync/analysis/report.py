@@ -48,6 +48,8 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
         rows.append((f"beyond {baseline}", part.line(r.few_test_episodes)))
     if r.subspace is not None:
         rows.append(("communication subspace", r.subspace.line(r.few_test_episodes)))
+        if r.subspace.tracks:
+            rows.append(("what it follows", r.subspace.tracks_line()))
     rows += [("who leads", a.line(r.few_test_episodes)) for a in r.asymmetry]
     table = pd.DataFrame(rows, columns=["", "value"])
     # every figure the fit drew (nsync.fit.plots): profile, heatmaps, partition, time course, agent pairs

@@ -94,6 +94,12 @@ class SubspaceResult(BaseModel):
     random_alignment_by_source_layer: list[Optional[float]] = Field(description="what a random subspace of that size gets (rank / width)")
     alignment: Optional[float] = Field(None, description="alignment at the run's dimensionality, mean over source layers")
     random_alignment: Optional[float] = Field(None, description="a random subspace's alignment at that rank")
+    tracks: dict[str, Optional[float]] = Field(
+        default_factory=dict,
+        description="what the shared dimensions follow: test R² of the partner's next state in each source layer's subspace (at its "
+        "dimensionality) from observable features of the pair, mean over source layers: shape (utterance index, prompt and reply "
+        "lengths), topic (a text embedding of the source's history, where the cache holds one), speaker (the source character), all",
+    )
 
     def line(self, few: str | None = None) -> str:
         """The dimensionality with its interval (left out with ``few``) and the alignment, as the console and the report write it.
@@ -110,6 +116,18 @@ class SubspaceResult(BaseModel):
             f"; its subspace's share inside the source's top {self.dimensionality} components {self.alignment:.2f} (random {self.random_alignment:.2f})"
         )  # fmt: skip
         return f"dimensionality {self.dimensionality}{ci} of {self.ranks[-1]} (the smallest rank with {self.share:.0%} of the full map's SyncR²){aligned}"
+
+    def tracks_line(self) -> str:
+        """What the shared dimensions follow, as the console and the report write it.
+
+        >>> SubspaceResult(ranks=[1, 8], share=0.9, sync_r2_by_rank=[0.3, 0.3], r2_by_rank=[[0.3, 0.3]], dimensionality_by_source_layer=[1],
+        ...     alignment_by_source_layer=[0.5], random_alignment_by_source_layer=[0.1], tracks={"shape": 0.7, "topic": None, "speaker": 0.0, "all": 0.7}).tracks_line()
+        "R² of the partner's state in the shared dimensions from the conversation's shape 0.70, the topic n/a, the speaker 0.00, all three 0.70"
+        """
+        labels = {"shape": "the conversation's shape", "topic": "the topic", "speaker": "the speaker", "all": "all three"}
+        return "R² of the partner's state in the shared dimensions from " + ", ".join(
+            f"{labels.get(k, k)} {'n/a' if v is None else f'{v:.2f}'}" for k, v in self.tracks.items()
+        )
 
 
 class Asymmetry(BaseModel):

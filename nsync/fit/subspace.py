@@ -3,7 +3,8 @@ its chosen target layer, reduced to every rank up to a cap, scored on the test e
 episode bootstrap's replicates (:mod:`nsync.stats.subspace` has the statistics).
 
 Per (split seed, direction) a :class:`SubspaceFit` holds each source layer's test R² by rank, its
-replicates and the alignment of its predictive subspace with the source's dominant dimensions;
+replicates, the alignment of its predictive subspace with the source's dominant dimensions, and
+how much of the partner's state in that subspace observable features explain (:data:`TRACKED`);
 :func:`summarise` gives a direction's :class:`~nsync.fit.results.SubspaceResult` over its split
 seeds, :func:`pool` the run's (mean over directions, then split seeds, as SyncR²).
 """
@@ -16,10 +17,45 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nsync.cache import ActivationCache
+from nsync.data.bands import BandReader, Baseline
 from nsync.fit.direction import ChunkFit, DirectionContext
 from nsync.fit.results import SubspaceResult, nan_to_none
 from nsync.stats import bootstrap as boot
-from nsync.stats.subspace import alignment, dimensionality, dominant_dimensions, predictive_directions, rank_predictions, ranks_to_try
+from nsync.stats.subspace import (
+    alignment,
+    dimensionality,
+    dominant_dimensions,
+    predictive_directions,
+    rank_predictions,
+    ranks_to_try,
+    tracked_share,
+)
+
+#: What the shared dimensions may follow, each a set of observable features of every pair:
+#: ``shape`` the conversation's shape at the target (utterance index, prompt length, the last two
+#: replies' lengths: the ``context`` baseline), ``topic`` a text embedding of the source
+#: utterance's history (where the cache holds one: ``nsync reread kind=text``), ``speaker`` who
+#: speaks (the source character), ``all`` the three together.
+TRACKED = ("shape", "topic", "speaker", "all")
+
+
+def observable_features(ctx: DirectionContext) -> dict[str, torch.Tensor]:
+    """Per :data:`TRACKED` name its ``[pairs, k]`` features (``topic`` missing without a text embedding)."""
+    dm = ctx.dm
+    cache = ActivationCache.open(ctx.cfg.data.cache)
+    reader = BandReader(cache, dm.pairs, dm.source_model, dm.target_model, dm.target_condition, dm.index["fit"])
+    out = {"shape": reader.read(Baseline.parse("context"), dm.source_layers[:1]).per_source[0]}
+    if text := sorted(m for m in cache.manifest["models"] if m.startswith("text:")):
+        out["topic"] = reader.read(Baseline.parse(text[0]), dm.source_layers[:1]).per_source[0]
+    speaker = np.where(dm.pairs["source_agent"].to_numpy() == 0, dm.pairs["character_a"], dm.pairs["character_b"])
+    if "characters" in dm.pairs:  # groups: the source agent's place in the cast
+        cast = dm.pairs["characters"].str.split("|")
+        speaker = np.array([c[a] for c, a in zip(cast, dm.pairs["source_agent"], strict=True)])
+    names = sorted(set(speaker))
+    out["speaker"] = torch.from_numpy((speaker[:, None] == np.array(names)[None, :]).astype(np.float32))
+    out["all"] = torch.cat(list(out.values()), 1)
+    return out
 
 
 @dataclass
@@ -31,6 +67,7 @@ class SubspaceFit:
     replicates: np.ndarray | None  # [sources, n_boot, ranks]
     alignment: np.ndarray  # [sources, ranks] share of the rank-r predictive subspace inside the source's top-r components
     random: np.ndarray  # [ranks] a random subspace's share (r / the training rows' span)
+    tracked: np.ndarray  # [sources, TRACKED] test R² of the partner's state in the subspace from each feature set (NaN: none)
 
 
 class SubspaceCollector:
@@ -50,6 +87,8 @@ class SubspaceCollector:
         self.replicates = np.full((n_sources, n_boot, n_ranks), np.nan) if ctx.draws is not None else None
         self.alignment = np.full((n_sources, n_ranks), np.nan)
         self.random = np.full(n_ranks, np.nan)
+        self.features = observable_features(ctx)
+        self.tracked = np.full((n_sources, len(TRACKED)), np.nan)
 
     def add(self, chunk: ChunkFit) -> None:
         dm = self.ctx.dm
@@ -70,6 +109,21 @@ class SubspaceCollector:
             components = dominant_dimensions(x_train, dm.x_std[s])
             for k, r in enumerate(self.ranks):
                 self.alignment[s, k], self.random[k] = alignment(w, directions, dm.x_std[s], components, r)
+            self._track(s, t, directions, train_pred.mean(0))
+
+    def _track(self, s: int, t: int, directions: torch.Tensor, centre: torch.Tensor) -> None:
+        """The partner's next state in this source layer's subspace (its own dimensionality), and
+        how much of it each feature set explains on the test rows (fitted on the training rows)."""
+        dims = dimensionality(self.r2[s], self.ranks, self.ctx.cfg.subspace.share)
+        if dims is None:
+            return
+        dm = self.ctx.dm
+        rows = torch.cat([self.train, self.test])
+        coords = (dm.y[rows, t].double() - centre) @ directions[:, :dims]
+        train, test = np.arange(len(self.train)), np.arange(len(self.train), len(rows))
+        for k, name in enumerate(TRACKED):
+            if name in self.features:
+                self.tracked[s, k] = tracked_share(self.features[name][rows], coords, train, test)
 
     def _episode_sums(self, y: torch.Tensor, preds: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per test episode ``n``, and ``s1``, ``s2``, ``sse`` ``[E, ranks, d]`` (the ranks in the target's place)."""
@@ -84,7 +138,7 @@ class SubspaceCollector:
         return {"n": n, "s1": s1[:, None].expand_as(sse), "s2": s2[:, None].expand_as(sse), "sse": sse}
 
     def finish(self) -> SubspaceFit:
-        return SubspaceFit(self.ranks, self.r2, self.replicates, self.alignment, self.random)
+        return SubspaceFit(self.ranks, self.r2, self.replicates, self.alignment, self.random, self.tracked)
 
 
 def sync_curve(r2: np.ndarray) -> np.ndarray:
@@ -115,7 +169,8 @@ def summarise(fits: list[SubspaceFit], share: float) -> SubspaceResult:
     reps = None
     if all(f.replicates is not None for f in fits):
         reps = boot.pool([(0, sync_curve(f.replicates)) for f in fits])  # type: ignore[arg-type]  # one joint draw over split seeds
-    return _result(ranks, r2, curve, reps, _mean_over_seeds([f.alignment for f in fits]), fits[0].random, share)
+    tracked = _mean_over_seeds([f.tracked for f in fits])
+    return _result(ranks, r2, curve, reps, _mean_over_seeds([f.alignment for f in fits]), fits[0].random, share, tracked)
 
 
 def _mean_over_seeds(values: list[np.ndarray]) -> np.ndarray:
@@ -132,10 +187,11 @@ def pool(per_fit: list[tuple[int, SubspaceFit]], share: float) -> tuple[Subspace
         reps = boot.pool([(seed, sync_curve(f.replicates)) for seed, f in per_fit])  # type: ignore[arg-type]
     r2 = boot.pool([(seed, f.r2) for seed, f in per_fit], skip_nan=True)
     aligned = boot.pool([(seed, f.alignment) for seed, f in per_fit], skip_nan=True)
-    return _result(ranks, r2, curve, reps, aligned, per_fit[0][1].random, share), reps
+    tracked = boot.pool([(seed, f.tracked) for seed, f in per_fit], skip_nan=True)
+    return _result(ranks, r2, curve, reps, aligned, per_fit[0][1].random, share, tracked), reps
 
 
-def _result(ranks, r2, curve, reps, aligned, random, share) -> SubspaceResult:
+def _result(ranks, r2, curve, reps, aligned, random, share, tracked) -> SubspaceResult:
     by_layer = [dimensionality(row, ranks, share) for row in r2]
     at_dim = [None if d is None else float(aligned[s, ranks.index(d)]) for s, d in enumerate(by_layer)]
     dim = dimensionality(curve, ranks, share)
@@ -153,4 +209,5 @@ def _result(ranks, r2, curve, reps, aligned, random, share) -> SubspaceResult:
         random_alignment_by_source_layer=nan_to_none([None if d is None else float(random[ranks.index(d)]) for d in by_layer]),
         alignment=None if dim is None else nan_to_none(float(_mean_over_seeds(list(aligned[:, ranks.index(dim)])))),
         random_alignment=None if dim is None else nan_to_none(float(random[ranks.index(dim)])),
+        tracks={name: nan_to_none(float(_mean_over_seeds(list(tracked[:, k])))) for k, name in enumerate(TRACKED)},
     )

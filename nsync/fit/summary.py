@@ -42,6 +42,8 @@ def print_summary(result: FitResult, cfg: FitConfig) -> None:
         print(f"  beyond {name}: {p.line(few)}")
     if result.subspace is not None:
         print(f"  communication subspace: {result.subspace.line(few)}")
+        if result.subspace.tracks:
+            print(f"  what it follows: {result.subspace.tracks_line()}")
     for a in result.asymmetry:
         print(f"  who leads: {a.line(few)}")
     matrix = result.agent_matrix()

@@ -133,6 +133,8 @@ def log_what_is_synchronised(run, result: FitResult) -> None:
             )
         if s.alignment is not None:
             run.summary[f"subspace/alignment{suffix}"], run.summary[f"subspace/random_alignment{suffix}"] = s.alignment, s.random_alignment
+        for name, value in s.tracks.items():
+            run.summary[f"subspace/tracks/{name}{suffix}"] = value
         run.log(
             {
                 f"subspace/sync_r2_by_rank{suffix}": wandb.Table(

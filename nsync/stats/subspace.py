@@ -115,3 +115,29 @@ def alignment(weight: torch.Tensor, directions: torch.Tensor, source_scale: torc
     q, _ = torch.linalg.qr(mapped)
     # a ridge map lies in the span of its training rows: a random subspace of that span is the reference
     return float((components[:, :rank].T @ q).pow(2).sum() / rank), rank / components.shape[1]
+
+
+def tracked_share(features: torch.Tensor, coords: torch.Tensor, train: np.ndarray, test: np.ndarray) -> float:
+    """How much of the shared signal ``coords`` ``[rows, r]`` (states in the communication
+    subspace) observable ``features`` ``[rows, k]`` explain: ridge regression (penalty chosen by
+    leave-one-out on the ``train`` rows, features standardised) scored on the ``test`` rows, R²
+    uniform over the subspace's dimensions (NaN where no coordinate varies on the test rows).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> f = torch.randn(400, 3, generator=g); c = f[:, :1] * 2 + 0.1 * torch.randn(400, 1, generator=g)
+    >>> round(tracked_share(f, c, np.arange(300), np.arange(300, 400)), 2)
+    1.0
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = features.double().numpy(), coords.double().numpy()
+    if not len(test) or not (y[test].std(0) > 0).any():
+        return float("nan")
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 7)))
+    model.fit(x[train], y[train])
+    varying = y[test].std(0) > 0
+    predicted = model.predict(x[test]).reshape(len(test), -1)  # one coordinate comes back 1-dimensional
+    return float(r2_score(y[test][:, varying], predicted[:, varying]))
