@@ -215,3 +215,14 @@ def test_each_directions_intervals_are_its_own_fits_intervals(tmp_path):
     other = both.directions["B->A"]
     assert other.sync_r2_ci95 != d.sync_r2_ci95 and other.sync_r2_ci95[0] <= other.sync_r2_bias_corrected <= other.sync_r2_ci95[1]
     assert both.sync_r2_ci95 != d.sync_r2_ci95  # the run's pools both directions
+
+
+def test_a_private_part_in_one_direction_leads_in_the_unique_share(tmp_path):
+    """The private part is planted in A->B only: the paired difference of the unique shares
+    (A->B minus B->A) recovers it, and A leads."""
+    cache, truth = write_partition_cache(tmp_path / "c", private=0.7)
+    res = _fit(cache, tmp_path / "fit", f"partition.baselines=[{PLANTED_TEXT}]", "data.directions=[A->B,B->A]", "surrogates.n=0", "time_bins=-1")
+    (lead,) = res.partition[PLANTED_TEXT].unique_asymmetry
+    assert (lead.first, lead.second, lead.leader) == ("A->B", "B->A", "A")
+    assert lead.ci95[0] <= truth <= lead.ci95[1] and lead.ci95[0] > 0.05, (lead, truth)
+

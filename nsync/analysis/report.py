@@ -46,6 +46,7 @@ def fit_section(run: Path) -> tuple[str, pd.DataFrame, list[Path]]:
         rows.append((f"{direction}", f"{d.headline()}; n_train {d.n_train[0]}, n_test {d.n_test[0]}"))
     for baseline, part in r.partition.items():
         rows.append((f"beyond {baseline}", part.line(r.few_test_episodes)))
+        rows += [(f"who leads beyond {baseline}", a.line(r.few_test_episodes)) for a in part.unique_asymmetry]
     if r.subspace is not None:
         rows.append(("communication subspace", r.subspace.line(r.few_test_episodes)))
         if r.subspace.tracks:

@@ -34,6 +34,7 @@ from nsync.fit.run_folder import Artefacts
 from nsync.probes.cka import debiased_cka
 from nsync.registry import Registry
 from nsync.stats import bootstrap as boot
+from nsync.stats.partition import QUANTITIES
 from nsync.stats.r2 import mean_best, mean_over_sources
 from nsync.stats.surrogates import null_r2, null_summary, p_value
 from nsync.stats.timecourse import pool_seeds
@@ -164,36 +165,41 @@ class Bootstrap(Analysis):
         fewest = min(o.test_episodes for _, o in per_fit)
         result.bootstrap = BootstrapInfo(replicates=len(reps), scheme=boot.SCHEME, test_episodes=fewest)
         by_direction = {d: boot.pool([(0, o.replicates) for _, o in per_fit if o.direction == d]) for d in result.directions}
-        result.asymmetry = asymmetries(result, by_direction, artefacts.episodes)
+        result.asymmetry = asymmetries({d: r.sync_r2 for d, r in result.directions.items()}, by_direction, artefacts.episodes)
 
 
-def asymmetries(result: FitResult, replicates: dict[str, np.ndarray], episodes: list[dict]) -> list[Asymmetry]:
+def asymmetries(estimates: dict[str, float], replicates: dict[str, np.ndarray], episodes: list[dict] | None = None) -> list[Asymmetry]:
     """Who leads, per pair of opposite directions (``A->B`` and ``B->A``; ``i->j`` and ``j->i``):
-    their SyncR² difference with the interval of the replicates' difference. The replicates of
-    both directions weight each test episode alike (episode-keyed draws), so the difference is
-    paired by episode; each direction's replicates are already one joint draw over split seeds."""
+    the difference of their ``estimates`` (SyncR², or a partition share) with the interval of
+    their ``replicates``' difference. Both directions' replicates weight each test episode alike
+    (episode-keyed draws), so the difference is paired by episode; each direction's replicates are
+    already one joint draw over split seeds. ``episodes``: episode_sync.csv's rows, for the share
+    of test episodes higher in the first direction.
+
+    >>> reps = {"A->B": np.array([0.3, 0.32, 0.34]), "B->A": np.array([0.1, 0.1, 0.12])}
+    >>> asymmetries({"A->B": 0.32, "B->A": 0.1}, reps)[0].leader
+    'A'
+    """
     import pandas as pd
 
-    per_episode = pd.DataFrame(episodes)
+    table = pd.DataFrame(episodes or [])
+    if not table.empty:
+        table = table.pivot_table(index="episode_id", columns="direction", values="sync_r2", aggfunc="mean")
     out = []
-    for first, second in opposite_directions(list(result.directions)):
-        d1, d2 = result.directions[first], result.directions[second]
-        estimate = d1.sync_r2 - d2.sync_r2
-        diff = replicates[first] - replicates[second]
-        ci = boot.interval(diff, estimate, bounds=boot.DIFFERENCE_RANGE)
+    for first, second in opposite_directions(list(estimates)):
+        estimate = estimates[first] - estimates[second]
+        diff = replicates[first] - replicates[second] if first in replicates and second in replicates else None
+        ci = None if diff is None else boot.interval(diff, estimate, bounds=boot.DIFFERENCE_RANGE)
         leader = None
         if ci is not None and (ci[0] > 0 or ci[1] < 0):
             leader = (first if ci[0] > 0 else second).split("->")[0]  # that direction's source agent
         higher = None
-        if not per_episode.empty:
-            table = per_episode.pivot_table(index="episode_id", columns="direction", values="sync_r2", aggfunc="mean")
-            if {first, second} <= set(table.columns):
-                both = table[[first, second]].dropna()
-                higher = float((both[first] > both[second]).mean()) if len(both) else None
-        out.append(
-            Asymmetry(first=first, second=second, difference=estimate, bias_corrected=boot.bias_corrected(estimate, diff, bounds=boot.DIFFERENCE_RANGE),
-                      ci95=ci, leader=leader, episodes_first_higher=higher)
-        )  # fmt: skip
+        if not table.empty and {first, second} <= set(table.columns):
+            both = table[[first, second]].dropna()
+            higher = float((both[first] > both[second]).mean()) if len(both) else None
+        corrected = None if diff is None else boot.bias_corrected(estimate, diff, bounds=boot.DIFFERENCE_RANGE)
+        out.append(Asymmetry(first=first, second=second, difference=estimate, bias_corrected=corrected, ci95=ci, leader=leader,
+                             episodes_first_higher=higher))  # fmt: skip
     return out
 
 
@@ -404,3 +410,9 @@ class Partition(Analysis):
         for name in per_fit[0][1]:
             result.partition[name], replicates = partition.pool_baseline(name, [(seed, o[name]) for seed, o in per_fit], cfg.partition.layer)
             artefacts.partition_bootstrap.update(replicates)
+            fits = [o[name] for _, o in per_fit]
+            unique = {d: r.partition[name].values.get("unique") for d, r in result.directions.items() if name in r.partition}
+            by_direction = {}
+            if all(f.replicates is not None for f in fits):  # one joint draw over split seeds per direction, as SyncR²'s
+                by_direction = {d: boot.pool([(0, f.replicates[QUANTITIES.index("unique")]) for f in fits if f.direction == d]) for d in unique}
+            result.partition[name].unique_asymmetry = asymmetries({d: v for d, v in unique.items() if v is not None}, by_direction)

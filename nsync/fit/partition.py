@@ -74,6 +74,7 @@ class PartitionFit:
     replicates: np.ndarray | None
     null_unique: np.ndarray | None
     time_course: Course | None
+    direction: str = ""
 
 
 @dataclass
@@ -228,6 +229,7 @@ class BaselinePartition:
             time_course=None
             if course is None
             else course.mean_over_sources([x for p in parts if p.by_time is not None for x in p.by_time], clip=False),
+            direction=self.ctx.direction,
         )
 
 

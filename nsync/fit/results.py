@@ -327,6 +327,9 @@ class PartitionSummary(BaseModel):
         None, description="permutation p-value of the unique SyncR²: the source's part of the joint prediction re-paired (surrogates)"
     )
     unique_null: Optional[dict[str, float | int]] = Field(None, description="the unique SyncR²'s surrogate null: median, p95 (95th percentile), n")
+    unique_asymmetry: list[Asymmetry] = Field(
+        default_factory=list, description="who leads in the unique share: each pair of opposite directions' paired difference"
+    )
 
     def line(self, few: str | None = None) -> str:
         """The unique SyncR² with its interval and p-value (left out with ``few``: too few test

@@ -40,6 +40,8 @@ def print_summary(result: FitResult, cfg: FitConfig) -> None:
         print(f"  permutation p-value of SyncR² ({result.surrogates['n']} {result.surrogates['kind']} surrogates): {result.sync_r2_p_value:.4f}")
     for name, p in result.partition.items():
         print(f"  beyond {name}: {p.line(few)}")
+        for a in p.unique_asymmetry:
+            print(f"    who leads in it: {a.line(few)}")
     if result.subspace is not None:
         print(f"  communication subspace: {result.subspace.line(few)}")
         if result.subspace.tracks:

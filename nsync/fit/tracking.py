@@ -142,8 +142,10 @@ def log_what_is_synchronised(run, result: FitResult) -> None:
                 )
             }
         )
-    for a in result.asymmetry:
-        key = f"asymmetry/{a.first.replace('->', '_to_')}_minus_{a.second.replace('->', '_to_')}"
+    pairs = [("asymmetry", a) for a in result.asymmetry]
+    pairs += [(f"partition/{name}/unique_asymmetry", a) for name, p in result.partition.items() for a in p.unique_asymmetry]
+    for prefix, a in pairs:
+        key = f"{prefix}/{a.first.replace('->', '_to_')}_minus_{a.second.replace('->', '_to_')}"
         run.summary[key] = a.difference
         if a.ci95:
             run.summary[f"{key}_ci95_low"], run.summary[f"{key}_ci95_high"] = a.ci95
