@@ -78,7 +78,8 @@ def test_an_episode_keeps_its_weights_in_every_set_and_seed_of_the_bootstrap():
 def test_intervals_kept_in_range_hold_the_population_value_exactly_when_unbounded_ones_do():
     """Moving an interval's ends onto the range never changes whether it holds a value inside the
     range; values outside it are dropped, and an interval wholly beyond a bound falls back to the
-    percentile one inside the replicates."""
+    percentile one inside the replicates, widened to the bias-corrected value; every interval holds
+    the bias-corrected value printed beside it."""
     from nsync.stats.bootstrap import R2_RANGE, SYNC_R2_RANGE, bias_corrected, interval
 
     rng = np.random.default_rng(0)
@@ -93,6 +94,12 @@ def test_intervals_kept_in_range_hold_the_population_value_exactly_when_unbounde
         if free[0] <= 1.0:  # not wholly beyond the bound: the same coverage
             assert (free[0] <= truth <= free[1]) == (kept[0] <= truth <= kept[1])
         else:
-            assert kept == pytest.approx(tuple(np.clip(np.percentile(replicates, [2.5, 97.5]), -np.inf, 1.0)))
+            q_lo, q_hi = np.percentile(replicates, [2.5, 97.5])
+            centre = bias_corrected(estimate, replicates, bounds=R2_RANGE)
+            assert kept == pytest.approx((min(q_lo, centre), min(max(q_hi, centre), 1.0)))
+        assert kept[0] <= bias_corrected(estimate, replicates, bounds=R2_RANGE) <= kept[1]  # the interval holds the value beside it
     assert escaped > 500  # the case arises (the basic upper end mirrors the lower tail above 1)
     assert interval(np.array([0.0, 0.0, 0.1]), 0.02, level=0.5, bounds=SYNC_R2_RANGE) == (0.0, 0.04)
+    # the reviewer's case: SyncR² 0.01 with replicates at 0.03-0.10 (2θ - q: wholly below 0)
+    reps = np.linspace(0.03, 0.10, 200)
+    assert interval(reps, 0.01, bounds=SYNC_R2_RANGE) == pytest.approx((0.0, float(np.percentile(reps, 97.5))))

@@ -42,6 +42,8 @@ def test_a_one_way_coupling_names_its_leader_and_a_two_way_one_none(tmp_path):
     assert (asym.first, asym.second, asym.leader) == ("A->B", "B->A", "A")
     assert asym.ci95[0] > 0.2 and asym.episodes_first_higher > 0.7
     assert asym.difference == pytest.approx(one_way.directions["A->B"].sync_r2 - one_way.directions["B->A"].sync_r2)
+    for d in one_way.directions.values():  # over 3 split seeds each direction's full-rank map is its SyncR²
+        assert d.subspace.sync_r2_by_rank[-1] == pytest.approx(d.sync_r2, abs=1e-6)
     both = _fit(write_synthetic_cache(tmp_path / "b", "linear", n_episodes=100, turns=9, hidden=8, both_directions=True), tmp_path / "fb")
     (sym,) = both.asymmetry
     assert sym.ci95[0] <= 0 <= sym.ci95[1] and sym.leader is None
@@ -74,8 +76,8 @@ def test_alignment_tells_a_subspace_along_the_dominant_dimensions_from_one_acros
         xc, yc = x - x.mean(0), y - y.mean(0)
         w = torch.from_numpy(np.linalg.solve(xc.T @ xc + np.eye(d), xc.T @ yc))
         xt, scale = torch.from_numpy(x), torch.ones(d, dtype=torch.float64)  # the source's space as it is (the fit's: unit variance per dimension)
-        directions = predictive_directions(xt @ w)
-        shares[name], random = alignment(w, directions, scale, dominant_dimensions(xt, scale), 2)
+        directions = predictive_directions(xt @ w, 6)
+        shares[name], random = alignment(w, directions, scale, dominant_dimensions(xt, scale, 6), 2)
     assert random == pytest.approx(2 / 12)
     assert shares["dominant"] > 0.8 and shares["weak"] < random < shares["dominant"], shares
 

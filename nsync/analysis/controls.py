@@ -249,8 +249,8 @@ def summarise(results: dict[str, FitResult], out: Path, skipped: dict[str, str] 
             "sync_r2": r.sync_r2,
             "sync_r2_std": r.sync_r2_std,
             "sync_r2_unclipped": r.sync_r2_unclipped,
-            "sync_r2_bias_corrected": r.sync_r2_bias_corrected,
-            "diff_bias_corrected": bias_corrected(r.sync_r2 - main.sync_r2, diff, bounds=DIFFERENCE_RANGE) if diff is not None else None,
+            "sync_r2_bias_corrected": None if few else r.sync_r2_bias_corrected,  # the bootstrap's, as its interval
+            "diff_bias_corrected": bias_corrected(r.sync_r2 - main.sync_r2, diff, bounds=DIFFERENCE_RANGE) if diff is not None and not few else None,
             "ci95_low": ci[0],
             "ci95_high": ci[1],
             "diff_vs_main": r.sync_r2 - main.sync_r2,
@@ -311,6 +311,9 @@ def markdown_table(table: pd.DataFrame) -> str:
     if "skipped" in table:
         for r in table[table["skipped"].notna()].to_dict("records"):
             lines.append(f"\nskipped {r['control']}: {r['skipped']}")
+    if "few_test_episodes" in table:
+        for r in table[table["few_test_episodes"].notna()].to_dict("records"):
+            lines.append(f"\nno interval for {r['control']}: {r['few_test_episodes']}")
     return "\n".join(lines) + "\n"
 
 

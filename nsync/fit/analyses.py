@@ -414,5 +414,8 @@ class Partition(Analysis):
             unique = {d: r.partition[name].values.get("unique") for d, r in result.directions.items() if name in r.partition}
             by_direction = {}
             if all(f.replicates is not None for f in fits):  # one joint draw over split seeds per direction, as SyncR²'s
-                by_direction = {d: boot.pool([(0, f.replicates[QUANTITIES.index("unique")]) for f in fits if f.direction == d]) for d in unique}
+                by_direction = {
+                    d: boot.pool([(0, r[QUANTITIES.index("unique")]) for f in fits if f.direction == d and (r := f.replicates) is not None])
+                    for d in unique
+                }
             result.partition[name].unique_asymmetry = asymmetries({d: v for d, v in unique.items() if v is not None}, by_direction)

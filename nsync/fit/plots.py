@@ -138,7 +138,7 @@ def plot_partition(result: FitResult, path: Path) -> Path:
                     label=f"{direction} {q}",
                 )
         s = result.partition[name]
-        ci = s.ci95.get("unique")
+        ci = None if result.few_test_episodes else s.ci95.get("unique")  # too few test episodes: no interval shown
         ax.axhline(0, color="grey", lw=0.5)
         unique = s.values.get("unique")
         ax.set_title(
@@ -162,7 +162,7 @@ def plot_time_course(result: FitResult, path: Path) -> Path:
         u = np.array(course.utterance)
         y = np.array(course.value, dtype=float)
         line = ax.plot(u, y, ls=style, marker="o", ms=3, label=label)[0]
-        if all(c is not None for c in course.ci95):
+        if all(c is not None for c in course.ci95) and not result.few_test_episodes:
             lo, hi = np.array([c[0] for c in course.ci95]), np.array([c[1] for c in course.ci95])
             ax.fill_between(u, lo, hi, alpha=0.15, color=line.get_color())
 

@@ -91,7 +91,9 @@ class SubspaceResult(BaseModel):
         description="per source layer the share of its predictive subspace (at its dimensionality) inside the source's as many leading "
         "principal components (unit-variance source space)"
     )
-    random_alignment_by_source_layer: list[Optional[float]] = Field(description="what a random subspace of that size gets (rank / width)")
+    random_alignment_by_source_layer: list[Optional[float]] = Field(
+        description="what a random subspace of that size gets: rank / k, k = min(training rows - 1, width), the span a ridge map lies in"
+    )
     alignment: Optional[float] = Field(None, description="alignment at the run's dimensionality, mean over source layers")
     random_alignment: Optional[float] = Field(None, description="a random subspace's alignment at that rank")
     tracks: dict[str, Optional[float]] = Field(

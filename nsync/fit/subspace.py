@@ -11,7 +11,6 @@ seeds, :func:`pool` the run's (mean over directions, then split seeds, as SyncR�
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ from nsync.data.bands import BandReader, Baseline
 from nsync.fit.direction import ChunkFit, DirectionContext
 from nsync.fit.results import SubspaceResult, nan_to_none
 from nsync.stats import bootstrap as boot
+from nsync.stats.r2 import mean_over_sources
 from nsync.stats.subspace import (
     alignment,
     dimensionality,
@@ -79,8 +79,10 @@ class SubspaceCollector:
         self.ranks = ranks_to_try(ctx.cfg.subspace.max_rank, dm.d_out)
         self.train = torch.from_numpy(dm.index["train"])  # the rows the map was fitted on (fit and validation)
         self.test = torch.from_numpy(dm.index["test"])
-        test_pairs = dm.pairs.iloc[dm.index["test"]]
-        self.codes = torch.from_numpy(np.searchsorted(dm.test_episodes, test_pairs["episode_id"].to_numpy()))
+        self.codes = dm.group[self.test]  # each test row's episode, as the probe's per-episode sums have it
+        self.top = min(ctx.cfg.subspace.max_rank, dm.d_out)  # the most directions a reduced map keeps
+        # the space the ridge map was fitted in: the probe's feature scale, or the states as stored
+        self.scale = dm.x_std if ctx.cfg.affine.scale else torch.ones(len(dm.source_layers), dm.d_in, dtype=torch.float64)
         n_sources, n_ranks = len(dm.source_layers), len(self.ranks)
         n_boot = ctx.cfg.bootstrap
         self.r2 = np.full((n_sources, n_ranks), np.nan)
@@ -98,18 +100,18 @@ class SubspaceCollector:
                 continue
             w, b = (v.double() for v in chunk.probe.weights(i, t))
             x_train, x_test = dm.x[self.train, s].double(), dm.x[self.test, s].double()
-            y_test = dm.y[self.test, t].double()
             train_pred = x_train @ w + b
-            directions = predictive_directions(train_pred)
-            preds = list(rank_predictions(x_test @ w + b, train_pred.mean(0), directions, self.ranks))
-            sums = self._episode_sums(y_test, preds)
+            centre = train_pred.mean(0)  # taken off targets and predictions alike (sums of squares in float64 stay exact)
+            directions = predictive_directions(train_pred, self.top)
+            preds = [p - centre for p in rank_predictions(x_test @ w + b, centre, directions, self.ranks, dm.d_out)]
+            sums = self._episode_sums(dm.y[self.test, t].double() - centre, preds)
             self.r2[s] = boot.replicate_r2(sums, np.ones((1, len(self.ctx.dm.test_episodes))))[0]
             if self.replicates is not None and self.ctx.draws is not None:
                 self.replicates[s] = boot.replicate_r2(sums, self.ctx.draws)
-            components = dominant_dimensions(x_train, dm.x_std[s])
+            components = dominant_dimensions(x_train, self.scale[s], self.top)
             for k, r in enumerate(self.ranks):
-                self.alignment[s, k], self.random[k] = alignment(w, directions, dm.x_std[s], components, r)
-            self._track(s, t, directions, train_pred.mean(0))
+                self.alignment[s, k], self.random[k] = alignment(w, directions, self.scale[s], components, r)
+            self._track(s, t, directions, centre)
 
     def _track(self, s: int, t: int, directions: torch.Tensor, centre: torch.Tensor) -> None:
         """The partner's next state in this source layer's subspace (its own dimensionality), and
@@ -142,10 +144,9 @@ class SubspaceCollector:
 
 
 def sync_curve(r2: np.ndarray) -> np.ndarray:
-    """SyncR² by rank ``[..., ranks]`` from per-source-layer R² ``[sources, ..., ranks]``: each
-    clipped at 0 and averaged over source layers, as SyncR² is (its full rank is SyncR²)."""
-    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a source layer without a target
-        return np.nanmean(np.clip(r2, 0, None), axis=0)
+    """SyncR² by rank ``[..., ranks]`` from per-source-layer R² ``[sources, ..., ranks]`` of one
+    fit: each clipped at 0 and averaged over source layers, as SyncR² is (its full rank is SyncR²)."""
+    return mean_over_sources(np.clip(r2, 0, None))
 
 
 def dimensionality_interval(curve_replicates: np.ndarray | None, ranks: list[int], share: float) -> tuple[int, int] | None:
@@ -164,18 +165,13 @@ def dimensionality_interval(curve_replicates: np.ndarray | None, ranks: list[int
 def summarise(fits: list[SubspaceFit], share: float) -> SubspaceResult:
     """A direction's subspace from its split seeds' fits."""
     ranks = fits[0].ranks
-    r2 = _mean_over_seeds([f.r2 for f in fits])  # [sources, ranks]
-    curve = sync_curve(r2)
+    r2 = mean_over_sources(np.stack([f.r2 for f in fits]))  # [sources, ranks], mean over split seeds
+    curve = boot.pool([(0, sync_curve(f.r2)) for f in fits])  # each seed's SyncR² by rank, then their mean: as SyncR²
     reps = None
     if all(f.replicates is not None for f in fits):
         reps = boot.pool([(0, sync_curve(f.replicates)) for f in fits])  # type: ignore[arg-type]  # one joint draw over split seeds
-    tracked = _mean_over_seeds([f.tracked for f in fits])
-    return _result(ranks, r2, curve, reps, _mean_over_seeds([f.alignment for f in fits]), fits[0].random, share, tracked)
-
-
-def _mean_over_seeds(values: list[np.ndarray]) -> np.ndarray:
-    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # a source layer without a target in every seed
-        return np.nanmean(np.stack(values), 0)
+    over_seeds = {name: mean_over_sources(np.stack([getattr(f, name) for f in fits])) for name in ("alignment", "random", "tracked")}
+    return _result(ranks, r2, curve, reps, over_seeds["alignment"], over_seeds["random"], share, over_seeds["tracked"])
 
 
 def pool(per_fit: list[tuple[int, SubspaceFit]], share: float) -> tuple[SubspaceResult, np.ndarray | None]:
@@ -188,7 +184,8 @@ def pool(per_fit: list[tuple[int, SubspaceFit]], share: float) -> tuple[Subspace
     r2 = boot.pool([(seed, f.r2) for seed, f in per_fit], skip_nan=True)
     aligned = boot.pool([(seed, f.alignment) for seed, f in per_fit], skip_nan=True)
     tracked = boot.pool([(seed, f.tracked) for seed, f in per_fit], skip_nan=True)
-    return _result(ranks, r2, curve, reps, aligned, per_fit[0][1].random, share, tracked), reps
+    random = boot.pool([(seed, f.random) for seed, f in per_fit], skip_nan=True)
+    return _result(ranks, r2, curve, reps, aligned, random, share, tracked), reps
 
 
 def _result(ranks, r2, curve, reps, aligned, random, share, tracked) -> SubspaceResult:
@@ -207,7 +204,7 @@ def _result(ranks, r2, curve, reps, aligned, random, share, tracked) -> Subspace
         dimensionality_by_source_layer=by_layer,
         alignment_by_source_layer=nan_to_none(at_dim),
         random_alignment_by_source_layer=nan_to_none([None if d is None else float(random[ranks.index(d)]) for d in by_layer]),
-        alignment=None if dim is None else nan_to_none(float(_mean_over_seeds(list(aligned[:, ranks.index(dim)])))),
+        alignment=None if dim is None else nan_to_none(float(mean_over_sources(aligned[:, ranks.index(dim)]))),
         random_alignment=None if dim is None else nan_to_none(float(random[ranks.index(dim)])),
-        tracks={name: nan_to_none(float(_mean_over_seeds(list(tracked[:, k])))) for k, name in enumerate(TRACKED)},
+        tracks={name: nan_to_none(float(mean_over_sources(tracked[:, k]))) for k, name in enumerate(TRACKED)},
     )

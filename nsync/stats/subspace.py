@@ -22,33 +22,46 @@ import numpy as np
 import torch
 
 
-def predictive_directions(train_predictions: torch.Tensor) -> torch.Tensor:
-    """``[d_out, k]`` orthonormal directions of the target space, by the variance of the training
-    predictions along them (``train_predictions`` ``[rows, d_out]``, any centring; ``k`` is
-    ``min(rows, d_out)``: no prediction varies beyond them).
+def leading_directions(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """``[cols, k']`` the first ``k`` principal directions of ``rows`` ``[n, cols]`` (right singular
+    vectors of the centred rows, by falling variance; ``k'`` is at most ``n - 1`` and ``cols``).
+    An exact SVD where the matrix is small; where it is large (the paper's 7B shape: thousands of
+    rows of 4,096) a randomized one with a fixed seed (the same every run), which costs
+    ``rows x cols x k`` instead of ``rows x cols x min(rows, cols)``.
 
     >>> p = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
-    >>> predictive_directions(p).abs().tolist()
+    >>> leading_directions(p, 2).abs().tolist()
     [[1.0, 0.0], [0.0, 1.0]]
     """
-    centred = train_predictions.double() - train_predictions.double().mean(0)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    return vh.T
+    centred = rows.double() - rows.double().mean(0)
+    n, cols = centred.shape
+    k = max(1, min(k, n - 1, cols))
+    if min(n, cols) <= 4 * k + 64:
+        return torch.linalg.svd(centred, full_matrices=False)[2][:k].T
+    with torch.random.fork_rng(devices=[]):  # its own draws: the fit's random state is left alone
+        torch.manual_seed(0)
+        return torch.svd_lowrank(centred, q=k + 16, niter=6)[2][:, :k]
 
 
-def rank_predictions(test_predictions: torch.Tensor, centre: torch.Tensor, directions: torch.Tensor, ranks: list[int]):
+def predictive_directions(train_predictions: torch.Tensor, k: int) -> torch.Tensor:
+    """``[d_out, k']`` orthonormal directions of the target space, by the variance of the training
+    predictions ``[rows, d_out]`` along them: the first ``k`` (:func:`leading_directions`)."""
+    return leading_directions(train_predictions, k)
+
+
+def rank_predictions(test_predictions: torch.Tensor, centre: torch.Tensor, directions: torch.Tensor, ranks: list[int], full: int):
     """Per rank in ``ranks`` the reduced-rank test predictions ``[rows, d_out]``: the full map's
     predictions ``test_predictions`` around ``centre`` (the training mean of the predictions)
-    projected on the first ``r`` ``directions`` (a rank of at least their number, the full rank,
-    gives the predictions back).
+    projected on the first ``r`` ``directions``; rank ``full`` (the target's width) gives the
+    predictions back.
 
     >>> v = torch.eye(2, dtype=torch.float64)
-    >>> [p.tolist() for p in rank_predictions(torch.tensor([[3.0, 4.0]]), torch.zeros(2), v, [1, 2])]
+    >>> [p.tolist() for p in rank_predictions(torch.tensor([[3.0, 4.0]]), torch.zeros(2), v[:, :1], [1, 2], full=2)]
     [[[3.0, 0.0]], [[3.0, 4.0]]]
     """
     coords = (test_predictions.double() - centre.double()) @ directions  # [rows, k]
     for r in ranks:
-        yield test_predictions.double() if r >= directions.shape[1] else coords[:, :r] @ directions[:, :r].T + centre.double()
+        yield test_predictions.double() if r >= full else coords[:, :r] @ directions[:, :r].T + centre.double()
 
 
 def ranks_to_try(max_rank: int, d_out: int) -> list[int]:
@@ -82,39 +95,40 @@ def dimensionality(r2_by_rank: np.ndarray, ranks: list[int], share: float = 0.9)
     return int(ranks[reached[0]])
 
 
-def dominant_dimensions(source_rows: torch.Tensor, source_scale: torch.Tensor) -> torch.Tensor:
-    """``[d_in, k]`` the source's principal components (columns, by falling variance; ``k`` is
-    ``min(rows, d_in)``) with every
-    dimension at unit variance (``source_scale``: its std), so a few massive dimensions do not make
-    up its dominant dimensions."""
+def dominant_dimensions(source_rows: torch.Tensor, source_scale: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """The source's first ``k`` principal components ``[d_in, k']`` in the space the ridge map was
+    fitted in (every dimension divided by ``source_scale``: the probe's feature scale, ones where
+    it did not scale), and how many components the rows have at all (``min(rows - 1, d_in)``: a
+    ridge map lies in their span)."""
     z = source_rows.double() / source_scale.double().clamp(min=1e-12)
-    _, _, vh = torch.linalg.svd(z - z.mean(0), full_matrices=False)
-    return vh.T
+    return leading_directions(z, k), min(z.shape[0] - 1, z.shape[1])
 
 
-def alignment(weight: torch.Tensor, directions: torch.Tensor, source_scale: torch.Tensor, components: torch.Tensor, rank: int) -> tuple[float, float]:
+def alignment(
+    weight: torch.Tensor, directions: torch.Tensor, source_scale: torch.Tensor, components: tuple[torch.Tensor, int], rank: int
+) -> tuple[float, float]:
     """The share of the rank-``rank`` predictive subspace inside the source's top-``rank``
     principal components, and a random subspace's expected share: ``rank / k`` for the ``k``
-    components the training rows have (``min(rows, d_in)``; a ridge map lies in their span).
+    components the training rows have (``components``: :func:`dominant_dimensions`, in the same
+    scaled space; a ridge map fitted there lies in their span).
 
     ``weight`` ``[d_in, d_out]`` maps source states to predictions (``y = x @ weight + b``);
-    ``directions``: :func:`predictive_directions`; ``components``: :func:`dominant_dimensions` of
-    the same unit-variance source space (``source_scale``). The predictive subspace is the span
-    of the map's rows along the first ``rank`` directions, in that space.
+    ``directions``: :func:`predictive_directions`. The predictive subspace is the span of the
+    map's rows along the first ``rank`` directions, in the scaled source space.
 
     >>> _ = torch.manual_seed(0)
     >>> x = torch.randn(500, 4) * torch.tensor([3.0, 2.0, 1.0, 0.5])
     >>> w = torch.zeros(4, 2); w[0, 0] = 1.0                         # predicts from the source's first dimension
-    >>> share, random = alignment(w, torch.eye(2, dtype=torch.float64), torch.ones(4), dominant_dimensions(x, torch.ones(4)), 1)
+    >>> share, random = alignment(w, torch.eye(2, dtype=torch.float64), torch.ones(4), dominant_dimensions(x, torch.ones(4), 1), 1)
     >>> round(share, 2), random
     (1.0, 0.25)
     """
-    rank = min(rank, directions.shape[1], components.shape[1])  # no more dimensions than the rows give
+    top, k = components
+    rank = min(rank, directions.shape[1], top.shape[1])  # no more dimensions than the rows give
     scale = source_scale.double().clamp(min=1e-12)
     mapped = (weight.double() * scale[:, None]) @ directions[:, :rank]  # x W = (x / scale) (scale W)
     q, _ = torch.linalg.qr(mapped)
-    # a ridge map lies in the span of its training rows: a random subspace of that span is the reference
-    return float((components[:, :rank].T @ q).pow(2).sum() / rank), rank / components.shape[1]
+    return float((top[:, :rank].T @ q).pow(2).sum() / rank), rank / k
 
 
 def tracked_share(features: torch.Tensor, coords: torch.Tensor, train: np.ndarray, test: np.ndarray) -> float:
