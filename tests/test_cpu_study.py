@@ -38,7 +38,10 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     lo, hi = main_fit["sync_r2_ci95"]
     first_view = results.split("**tiny-llama -> tiny-gemma3**", 1)[1].split("**tiny-gemma3 -> tiny-llama**", 1)[0]
     main_row = next(line for line in first_view.splitlines() if line.startswith("| main |"))
-    assert f"{main_fit['sync_r2_bias_corrected']:.3f} [{lo:.3f}, {hi:.3f}] ({main_fit['sync_r2']:.3f})" in main_row, main_row
+    if main_fit["few_test_episodes"]:  # the tiny study's few test episodes: the raw value, no interval shown as if it held
+        assert f"| main |   ({main_fit['sync_r2']:.3f}) |" in main_row and f"{lo:.3f}, {hi:.3f}" not in main_row, main_row
+    else:
+        assert f"{main_fit['sync_r2_bias_corrected']:.3f} [{lo:.3f}, {hi:.3f}] ({main_fit['sync_r2']:.3f})" in main_row, main_row
     for view, direction in (("tiny-llama -> tiny-gemma3", "A->B"), ("tiny-gemma3 -> tiny-llama", "B->A")):
         assert f"**{view}** (training pairs per direction: {direction} " in results, view
     runs = tmp_path / "runs" / "tiny"

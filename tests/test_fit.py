@@ -211,13 +211,18 @@ def test_too_few_training_episodes_for_validation_fall_back_to_the_test_side(tmp
         _fit(tmp_path, cache, "data.split_seeds=[0]", "data.test_size=0.5", "affine.alphas=[0.1,1]", "overwrite=true")
 
 
-def test_an_undefined_syncr2_is_an_error_that_says_why(tmp_path):
+def test_an_undefined_syncr2_is_skipped_or_an_error_that_says_why(tmp_path, caplog):
     """10 episodes of 4 utterances: B->A has one pair per episode, too few to choose a target layer
-    on validation; the fit stops naming the direction, its test side and the way out."""
+    on validation. Beside A->B it is skipped with the reason (as a direction without pairs); alone
+    the fit stops naming it, its test side and the way out."""
     cache = write_synthetic_cache(tmp_path / "c", "linear", n_episodes=10, turns=4, hidden=8)
-    with pytest.raises(NsyncError, match=r"SyncR² is undefined: in B->A no source layer has one .*fit A->B alone \(data.directions=\[A->B\]\)"):
-        _fit(tmp_path, cache)
-    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+    result = _fit(tmp_path, cache)
+    assert list(result.directions) == ["A->B"] and np.isfinite(result.sync_r2)
+    assert "no source layer has a SyncR²" in result.skipped_directions["B->A"]
+    assert any(r.getMessage().startswith("skipping B->A: no source layer has a SyncR²") for r in caplog.records)
+    with pytest.raises(NsyncError, match=r"SyncR² is undefined in every direction: B->A: no source layer .* simulate more or longer episodes"):
+        _fit(tmp_path, cache, "data.directions=[B->A]", name="alone")
+    assert json.loads((tmp_path / "alone" / "status.json").read_text())["state"] == "failed"
 
 
 def test_too_few_test_episodes_print_raw_values_and_say_why(tmp_path, caplog, capsys):

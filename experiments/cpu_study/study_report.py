@@ -113,7 +113,7 @@ class Report:
     def view_section(self, name: str, pair: PairConfig, source: str, target: str) -> tuple[list[str], dict | None]:
         """One view (source -> target): the controls table, splits and probes, the reading, the
         coverage check and the smallest detectable difference."""
-        from nsync.fit.analyses import MIN_TEST_EPISODES
+        from nsync.stats.sample_size import MIN_TEST_EPISODES
         from nsync.fit.results import layer_profile
 
         folder = self.out / name / _name(source)
@@ -158,7 +158,7 @@ class Report:
         lines += ["", self.reading(folder, chosen, paper, main), "", self.coverage_check(checked)]
         if few:
             lines.append(f"\nFewer than {MIN_TEST_EPISODES} test episodes: {', '.join(few)}; there the episode bootstrap's "
-                         "95% interval covers less than it says (83-90% on planted problems with 10 episodes).")
+                         "95% interval covers less than it says (0.75 at 10 test episodes, 0.61 at 8: experiments/benchmarks/few_test_episodes.py).")
         detectable = self.detectable_difference(chosen)
         if detectable is not None:
             view["detectable"] = detectable

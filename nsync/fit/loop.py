@@ -211,9 +211,8 @@ def _fit(cfg: FitConfig, folder: RunFolder) -> FitResult:
     bar.close()
     if not fits:
         raise NsyncError(f"no pairs in any direction: {'; '.join(skipped.values())}")
+    fits = without_undefined(fits, skipped)
     result, artefacts = FitResult.from_fits(cfg, fits, skipped, time.perf_counter() - start, list(ANALYSES.values()))
-    if not np.isfinite(result.sync_r2):
-        raise NsyncError(why_no_sync_r2(result))
     if result.few_test_episodes:
         log.warning("%s: they are stored in results.json but not printed; simulate more episodes or raise data.test_size", result.few_test_episodes)
     result.fingerprint = fingerprint(cfg)
@@ -228,32 +227,36 @@ def _fit(cfg: FitConfig, folder: RunFolder) -> FitResult:
     return result
 
 
-def why_no_sync_r2(result: FitResult) -> str:
-    """Why a fit has no SyncR² (NaN): each direction without one, with its undefined cells and its
-    test side, and the directions that have one.
+def without_undefined(fits: list[DirectionFit], skipped: dict[str, str]) -> list[DirectionFit]:
+    """The fits of the directions that have a SyncR²: a direction where some split seed chose no
+    target layer for any source layer (no test R², or no validation pairs to choose on) is skipped
+    with the reason, as a direction without pairs is; an error that says why where none has one.
 
-    >>> from nsync.testing import golden_fit
-    >>> result = FitResult.load(golden_fit())
-    >>> result.directions["B->A"].sync_r2 = float("nan")
-    >>> why_no_sync_r2(result).split(". ")[0]
-    'SyncR² is undefined: in B->A no source layer has one (0 of 9 (source, target layer) cells without a test R²; 16 test pairs in 8 episodes)'
+    >>> from types import SimpleNamespace as F
+    >>> fits = [F(direction="A->B", seed=0, chosen=np.array([0, 1]), n_test=9, test_episodes=3),
+    ...         F(direction="B->A", seed=0, chosen=np.array([-1, -1]), n_test=2, test_episodes=2)]
+    >>> skipped = {}
+    >>> [f.direction for f in without_undefined(fits, skipped)], list(skipped)
+    (['A->B'], ['B->A'])
     """
-    parts, fine = [], []
-    for name, d in result.directions.items():
-        if np.isfinite(d.sync_r2):
-            fine.append(name)
-            continue
-        r2 = d.r2_matrix
-        parts.append(
-            f"in {name} no source layer has one ({int(np.isnan(r2).sum())} of {r2.size} (source, target layer) cells without a test R²; "
-            f"{min(d.n_test)} test pairs in {min(d.test_episodes or [0])} episodes)"
+    undefined = {}
+    for f in fits:
+        if (f.chosen < 0).all() and f.direction not in undefined:
+            undefined[f.direction] = (
+                f"no source layer has a SyncR² (split seed {f.seed}: no target layer has a test R² and a "
+                f"validation R² to be chosen on; {f.n_test} test pairs in {f.test_episodes} test episodes)"
+            )
+    kept = [f for f in fits if f.direction not in undefined]
+    if not kept:
+        raise NsyncError(
+            f"SyncR² is undefined in every direction: {'; '.join(f'{d}: {why}' for d, why in undefined.items())}. A test R² needs test "
+            "pairs whose target states vary, and each source layer's target layer is chosen on validation episodes, which need such "
+            "pairs too; simulate more or longer episodes, or raise data.test_size / data.val_size"
         )
-    other = f", or fit {', '.join(fine)} alone (data.directions=[{','.join(fine)}])" if fine else ""
-    return (
-        f"SyncR² is undefined: {'; '.join(parts)}. A test R² needs test pairs whose target states vary, and each source layer's "
-        f"target layer is chosen on validation episodes, which need such pairs too; simulate more or longer episodes, or raise "
-        f"data.test_size / data.val_size{other}"
-    )
+    for direction, why in undefined.items():
+        skipped[direction] = why
+        log.warning("skipping %s: %s", direction, why)
+    return kept
 
 
 def reusable_result(cfg: FitConfig) -> FitResult | None:
