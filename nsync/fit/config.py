@@ -87,12 +87,20 @@ class SubspaceConfig:
     share: float = field(
         default=0.9, metadata={"help": "the dimensionality of synchrony: the smallest rank reaching this share of the full rank's R²"}
     )
+    bootstrap: int = field(
+        default=200,
+        metadata={
+            "help": "the first this many of the fit's bootstrap replicates give the subspace's intervals (each costs an R² at every rank; 0: no intervals)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.max_rank < 0:
             raise NsyncError(f"subspace.max_rank must be at least 0 (0: no subspace analysis), got {self.max_rank}")
         if not 0 < self.share <= 1:
             raise NsyncError(f"subspace.share must be above 0 and at most 1 (e.g. 0.9), got {self.share}")
+        if self.bootstrap < 0:
+            raise NsyncError(f"subspace.bootstrap must be at least 0 (0: no intervals), got {self.bootstrap}")
 
 
 @dataclass

@@ -84,9 +84,10 @@ class SubspaceCollector:
         # the space the ridge map was fitted in: the probe's feature scale, or the states as stored
         self.scale = dm.x_std if ctx.cfg.affine.scale else torch.ones(len(dm.source_layers), dm.d_in, dtype=torch.float64)
         n_sources, n_ranks = len(dm.source_layers), len(self.ranks)
-        n_boot = ctx.cfg.bootstrap
+        # the fit's first replicates (episode-keyed, so paired with SyncR²'s); each costs an R² at every rank
+        self.draws = None if ctx.draws is None or not ctx.cfg.subspace.bootstrap else ctx.draws[: ctx.cfg.subspace.bootstrap]
         self.r2 = np.full((n_sources, n_ranks), np.nan)
-        self.replicates = np.full((n_sources, n_boot, n_ranks), np.nan) if ctx.draws is not None else None
+        self.replicates = np.full((n_sources, len(self.draws), n_ranks), np.nan) if self.draws is not None else None
         self.alignment = np.full((n_sources, n_ranks), np.nan)
         self.random = np.full(n_ranks, np.nan)
         self.features = observable_features(ctx)
@@ -106,8 +107,8 @@ class SubspaceCollector:
             preds = [p - centre for p in rank_predictions(x_test @ w + b, centre, directions, self.ranks, dm.d_out)]
             sums = self._episode_sums(dm.y[self.test, t].double() - centre, preds)
             self.r2[s] = boot.replicate_r2(sums, np.ones((1, len(self.ctx.dm.test_episodes))))[0]
-            if self.replicates is not None and self.ctx.draws is not None:
-                self.replicates[s] = boot.replicate_r2(sums, self.ctx.draws)
+            if self.replicates is not None and self.draws is not None:
+                self.replicates[s] = boot.replicate_r2(sums, self.draws)
             components = dominant_dimensions(x_train, self.scale[s], self.top)
             for k, r in enumerate(self.ranks):
                 self.alignment[s, k], self.random[k] = alignment(w, directions, self.scale[s], components, r)
