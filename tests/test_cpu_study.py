@@ -26,8 +26,15 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
             "alpha_grid: [1.0, 100.0, 10000.0], fit: [data.test_size=0.3]}]",
             "split_seeds=[0]", "bootstrap=50", "controls=[main,observer,shuffled_partner,context,self]", "lags=[1]",
             "splits=[persona]", "mlp_source_layer_step=2", "partition=[observer,own_past]"]
+    # what is synchronised alone first: each view's main fit (and the text-only control), no other control
+    study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args, "stages=[main]"])
+    assert "controls not fitted yet (observer, shuffled_partner, context, self)" in (tmp_path / "docs" / "results.md").read_text()
+    record = json.loads((tmp_path / "docs" / "record.json").read_text())
+    assert record["pairs"] == {} and [r["direction"] for r in record["subspace"]["tiny"]["rows"]] == ["A->B", "B->A"]
+    capsys.readouterr()
     study.main(["--config", str(ROOT / "experiments" / "cpu_study" / "study.yaml"), *args])
     first = capsys.readouterr().out
+    assert "] main: re-using" in first  # the answer stage re-uses the main fit of stages=[main]
     results = (tmp_path / "docs" / "results.md").read_text()
     for needle in ("### tiny", "| main |", "| context |", "| shuffled_partner |", "persona", "MLP", "fewer than the 1000 planned",
                    "By depth (mean over directions)", "Variance partition", "| own_past |", "| observer |", "Holding out personas gives", "the MLP probe gives", "its 95% interval", "interaction, persona split's size", "covers less than it says"):
@@ -44,6 +51,18 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
         assert f"{main_fit['sync_r2_bias_corrected']:.3f} [{lo:.3f}, {hi:.3f}] ({main_fit['sync_r2']:.3f})" in main_row, main_row
     for view, direction in (("tiny-llama -> tiny-gemma3", "A->B"), ("tiny-gemma3 -> tiny-llama", "B->A")):
         assert f"**{view}** (training pairs per direction: {direction} " in results, view
+    # what is synchronised: each view's row from its main fit, who leads from the two fits paired by episode
+    from nsync.analysis.leader import leader_between
+    from nsync.fit import FitResult
+
+    views = tmp_path / "runs" / "tiny"
+    for model, view, direction in (("tiny-llama", "tiny-llama -> tiny-gemma3", "A->B"), ("tiny-gemma3", "tiny-gemma3 -> tiny-llama", "B->A")):
+        sub = FitResult.load(views / model / "controls_chosen_alpha" / "main").subspace
+        dims = "none" if sub.dimensionality is None else str(sub.dimensionality)
+        assert f"| tiny | {view}, {direction} | " in results and f"| {dims}" in results.split(f"| tiny | {view}, {direction} | ", 1)[1].split("\n")[0]
+    leader = leader_between(views / "tiny-llama" / "controls_chosen_alpha" / "main", views / "tiny-gemma3" / "controls_chosen_alpha" / "main")
+    few = FitResult.load(views / "tiny-llama" / "controls_chosen_alpha" / "main").few_test_episodes
+    assert "- **tiny** (A tiny-llama, B tiny-gemma3; A speaks first; ranks 1-" in results and leader.line(few) in results
     runs = tmp_path / "runs" / "tiny"
     assert json.loads((runs / "tiny-gemma3" / "controls_chosen_alpha" / "self" / "results.json").read_text())["models"] == \
         {"source": "tiny-gemma3", "target": "tiny-gemma3"}
@@ -63,6 +82,7 @@ def test_study_runs_reports_and_resumes(tmp_path, capsys, caplog):
     done = (tmp_path / "docs" / "results.md").read_text()
     record = json.loads((tmp_path / "docs" / "record.json").read_text())
     assert set(record["pairs"]) == {"tiny"} and set(record["pairs"]["tiny"]["timings"]) == {"tiny/simulate", "tiny/fit"}
+    assert set(record["subspace"]) == {"tiny"}
     drawn = {png: (tmp_path / "docs" / png).read_bytes() for png in ("controls.png", "layer_profile.png", "heatmap.png", "unique_profile.png", "time_course.png")}
     manifest = json.loads((runs / "cache" / "manifest.json").read_text())
     shutil.rmtree(tmp_path / "runs")

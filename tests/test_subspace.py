@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from nsync.analysis.leader import leader_between
 from nsync.config import load_config
+from nsync.errors import NsyncError
 from nsync.fit import FitConfig, run_fit
 from nsync.stats.subspace import alignment, dominant_dimensions, predictive_directions
 from nsync.testing.synthetic import write_synthetic_cache
@@ -44,6 +46,16 @@ def test_a_one_way_coupling_names_its_leader_and_a_two_way_one_none(tmp_path):
     assert asym.difference == pytest.approx(one_way.directions["A->B"].sync_r2 - one_way.directions["B->A"].sync_r2)
     for d in one_way.directions.values():  # over 3 split seeds each direction's full-rank map is its SyncR²
         assert d.subspace.sync_r2_by_rank[-1] == pytest.approx(d.sync_r2, abs=1e-6)
+    # Fitted one direction at a time (as a pair of two models is), the runs pair by episode: the same answer
+    for d in ("A->B", "B->A"):
+        _fit(tmp_path / "a", tmp_path / d.replace("->", "_to_"), f"data.directions=[{d}]")
+    apart = leader_between(tmp_path / "A_to_B", tmp_path / "B_to_A")
+    assert apart.leader == "A" and apart.difference == pytest.approx(asym.difference, abs=1e-6)
+    assert apart.ci95 == pytest.approx(asym.ci95, abs=1e-6) and apart.episodes_first_higher == pytest.approx(asym.episodes_first_higher)
+    with pytest.raises(NsyncError, match="not each other's reverse"):
+        leader_between(tmp_path / "A_to_B", tmp_path / "A_to_B")
+    with pytest.raises(NsyncError, match="leader_between pairs two runs of one direction each"):
+        leader_between(tmp_path / "fa", tmp_path / "B_to_A")
     both = _fit(write_synthetic_cache(tmp_path / "b", "linear", n_episodes=100, turns=9, hidden=8, both_directions=True), tmp_path / "fb")
     (sym,) = both.asymmetry
     assert sym.ci95[0] <= 0 <= sym.ci95[1] and sym.leader is None

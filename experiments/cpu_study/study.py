@@ -3,6 +3,7 @@
     python experiments/cpu_study/study.py                      # everything in study.yaml (make study)
     python experiments/cpu_study/study.py only=[smollm2-135m]  # one pair
     python experiments/cpu_study/study.py report_only=true     # rewrite the report from what is done
+    python experiments/cpu_study/study.py stages=[main]        # what is synchronised only (main condition)
 
 For each model pair of ``study.yaml``:
 

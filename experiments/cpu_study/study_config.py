@@ -10,6 +10,15 @@ import numpy as np
 HERE = Path(__file__).parent
 TIMING_FLUSH_S = 60.0  # how often a running stage writes its time so far
 RECORD = "record.json"  # under docs: each finished pair's report, kept when runs/ is not
+#: The fit stages. ``main`` is the main condition at the chosen alpha with the text-only control where
+#: the study runs it (its re-read gives the communication subspace its topic): what is synchronised,
+#: without the other controls; ``answer`` re-uses both. (After a full run, ``main`` rewrites the
+#: chosen alpha's controls.csv with its two runs: the page shows the pair's record until ``answer`` runs.)
+STAGES = {
+    "answer": "every control at the chosen alpha, the variance partition, the fit without flagged replies",
+    "rest": "the paper's alpha, the held-out splits, affine vs MLP",
+    "main": "the main condition and the text-only control at the chosen alpha (what is synchronised)",
+}
 
 
 @dataclass
@@ -34,6 +43,7 @@ class StudyConfig:
     pairs: list[PairConfig] = field(default_factory=list, metadata={"help": "model pairs: name, models, episodes, min_train_pairs"})
     only: list[str] = field(default_factory=list, metadata={"help": "run only these pairs (empty: all)"})
     report_only: bool = field(default=False, metadata={"help": "write the report from finished stages, run nothing"})
+    stages: list[str] = field(default_factory=lambda: ["answer", "rest"], metadata={"help": f"fit stages to run, in order, from {list(STAGES)}"})
     split_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "split seeds of every fit"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates over test episodes"})
     paper_alpha: float = field(default=0.1, metadata={"help": "the paper's fixed ridge alpha"})

@@ -28,6 +28,19 @@ def _ci(lo, hi) -> str:
     return "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"[{lo:.3f}, {hi:.3f}]"
 
 
+#: Source layers by relative depth (0 the embeddings, 1 the last block), for the subspace's profile.
+BANDS = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.01))
+
+
+def _by_band(depths: list[float], values: list, reduce) -> dict[str, float | None]:
+    """``reduce`` of ``values`` (one per source layer, None left out) within each depth band."""
+    out = {}
+    for band, lo, hi in BANDS:
+        kept = [v for x, v in zip(depths, values) if lo <= x < hi and v is not None]
+        out[band] = float(reduce(kept)) if kept else None
+    return out
+
+
 def _per_direction(result) -> str:
     """``; SyncR² per direction, ...``: each direction's bias-corrected SyncR², interval (from its
     own replicates) and raw value, for a fit of several directions whose file holds them."""
@@ -121,6 +134,9 @@ class Report:
         main = self._result(folder / "controls_chosen_alpha" / "main")
         if chosen is None or main is None:  # main is refitted first: its folder may be gone while a study re-runs it
             return ["", f"{source} -> {target}: fits not run yet.", ""], None
+        planned = [*self.cfg.controls, *(f"lag_{k}" for k in self.cfg.lags if k != 1)]  # the runs of controls.plan
+        if missing := [c for c in planned if c not in set(chosen["control"])]:  # e.g. after stages=[main]
+            return ["", f"{source} -> {target}: controls not fitted yet ({', '.join(missing)}).", ""], None
         # what the plots need, in a form the record can keep (JSON)
         profile = layer_profile(main)
         heatmap = folder / "controls_chosen_alpha" / "main" / "heatmap_A_to_B.png"
@@ -225,6 +241,92 @@ class Report:
                                 "high": ci[1] if ci else None} for u, v, ci in zip(tc.utterance, tc.value, tc.ci95)]
         return {"unique_profile": profile, "time_course": course}
 
+    def subspace_entry(self, name: str, pair: PairConfig) -> dict | None:
+        """What is synchronised in a pair, from each view's main fit at the chosen alpha: per direction
+        the dimensionality of synchrony (overall and by layer band), its alignment with the source's
+        leading components and what the shared dimensions track; and who leads. None unless every
+        view's main fit is done (``stages=[main]`` or the answer stage)."""
+        from nsync.analysis.leader import leader_between
+        from nsync.errors import NsyncError
+
+        rows, mains = [], []
+        for source, target, _ in views(pair.models):
+            folder = self.out / name / _name(source) / "controls_chosen_alpha" / "main"
+            main = self._result(folder)
+            if main is None:
+                return None
+            if main.subspace is None:
+                return {"written": time.strftime("%Y-%m-%d"), "rows": [], "why": f"{source} -> {target}'s main fit has no subspace "
+                        "(subspace.max_rank=0, or an MLP probe)"}  # fmt: skip
+            mains.append((folder, main))
+            few = main.few_test_episodes
+            for direction, d in main.directions.items():
+                sub = d.subspace
+                if sub is None:
+                    continue
+                depth = main.source_depth
+                rows.append({
+                    "view": f"{source} -> {target}", "direction": direction, "sync_r2": d.sync_r2,
+                    "sync_r2_bias_corrected": None if few else d.sync_r2_bias_corrected, "sync_r2_ci95": None if few else d.sync_r2_ci95,
+                    "dimensionality": sub.dimensionality, "dimensionality_ci95": None if few else sub.dimensionality_ci95,
+                    "width": sub.ranks[-1], "alignment": sub.alignment, "random_alignment": sub.random_alignment,
+                    "dimensionality_by_band": _by_band(depth, sub.dimensionality_by_source_layer, np.median),
+                    "alignment_by_band": _by_band(depth, sub.alignment_by_source_layer, np.mean),
+                    "random_alignment_by_band": _by_band(depth, sub.random_alignment_by_source_layer, np.mean),
+                    "tracks": dict(sub.tracks), "test_episodes": main.test_episodes,
+                })  # fmt: skip
+        few = next((m.few_test_episodes for _, m in mains if m.few_test_episodes), None)
+        if len(mains) == 1:  # a self pair's one fit holds both directions and their asymmetry
+            leader = mains[0][1].asymmetry[0] if mains[0][1].asymmetry else None
+            led = leader.line(few) if leader else "no paired difference: the fit has no bootstrap replicates (bootstrap=0)"
+        else:  # a pair of two models: one fit per direction, paired by test episode
+            try:
+                leader = leader_between(mains[0][0], mains[1][0])
+                led = leader.line(few)
+            except NsyncError as err:
+                leader, led = None, f"no paired difference: {err}"
+        agents = (f"A and B both {pair.models[0]}" if len(set(pair.models)) == 1
+                  else f"A {pair.models[0]}, B {pair.models[1]}")  # fmt: skip
+        sub, cfg = mains[0][1].subspace, mains[0][1].fit_config()
+        settings = (f"ranks 1-{sub.ranks[-2]} and full, {sub.share:.0%} of the full map's SyncR², intervals from "
+                    f"{min(cfg.subspace.bootstrap, cfg.bootstrap)} replicates") if len(sub.ranks) > 1 else ""  # fmt: skip
+        return {"written": time.strftime("%Y-%m-%d"), "rows": rows, "agents": f"{agents}; A speaks first", "settings": settings,
+                "leader": None if leader is None else leader.model_dump(), "leader_line": led}
+
+    def subspace_section(self, entries: dict[str, dict]) -> list[str]:
+        """The page's "What is synchronised" tables, from the record's subspace entries."""
+        lines = ["## What is synchronised", "",
+                 "The main condition at the chosen alpha: each source layer's map at its chosen target reduced to rank 1, 2, ... "
+                 "up to `subspace.max_rank` and full rank (nsync.stats.subspace). Dimensionality: the smallest rank reaching "
+                 "`subspace.share` of the full map's SyncR², with a 95% interval over the fit's first `subspace.bootstrap` "
+                 "replicates (each pair's settings below the table); by band, the median over the band's source layers of each "
+                 "layer's own dimensionality (early, middle, late thirds by relative depth). Alignment: the share of the predictive "
+                 "subspace inside as many of the source's leading principal components, beside a random subspace's share. Tracks: "
+                 "test R² of the partner's next state in the shared dimensions from the conversation's shape (utterance index, "
+                 "prompt and reply lengths), the topic (a text embedding of the source's history), the speaker (character), all three.",
+                 "", "| pair | view, direction | SyncR² [95% CI] (raw) | dimensionality [95% CI] of width | dimensionality by band "
+                 "(median): early / middle / late | alignment (random) by band | R² from shape / topic / speaker / all |",
+                 "|---|---|---|---|---|---|---|"]
+        led = []
+        for pair in self.cfg.pairs:
+            entry = entries.get(pair.name)
+            if entry is None or "why" in entry:
+                why = entry["why"] if entry else f"not fitted yet (`stages=[main] only=[{pair.name}]`)"
+                lines.append(f"| {pair.name} | {why} | | | | | |")
+                continue
+            for r in entry["rows"]:
+                dims = r["dimensionality_by_band"]
+                band_dims = " / ".join("n/a" if dims[b] is None else f"{dims[b]:g}" for b, _, _ in BANDS)
+                aligned = " / ".join("n/a" if r["alignment_by_band"][b] is None else
+                                     f"{r['alignment_by_band'][b]:.2f} ({_f(r['random_alignment_by_band'][b], 2)})" for b, _, _ in BANDS)
+                tracks = " / ".join("n/a" if r["tracks"].get(k) is None else f"{r['tracks'][k]:.2f}" for k in ("shape", "topic", "speaker", "all"))
+                ci = r["dimensionality_ci95"]
+                dim = "none" if r["dimensionality"] is None else f"{r['dimensionality']}" + (f" [{ci[0]}, {ci[1]}]" if ci else "")
+                sync = f"{_f(r['sync_r2_bias_corrected'])} {_ci(*(r['sync_r2_ci95'] or (None, None)))} ({_f(r['sync_r2'])})"
+                lines.append(f"| {pair.name} | {r['view']}, {r['direction']} | {sync} | {dim} of {r['width']} | {band_dims} | {aligned} | {tracks} |")
+            led.append(f"- **{pair.name}** ({entry['agents']}; {entry['settings']}; written {entry['written']}): {entry['leader_line']}")
+        return [*lines, "", "Who leads (the paired difference of the two directions' SyncR², the same test episodes in both):", "", *led, ""]
+
     def _other_fits(self, folder: Path) -> list[tuple[str, str, object]]:
         """(run folder, label, result) of the finished fits besides the controls: main, the splits
         with their size-matched interaction fits, and the two probes."""
@@ -314,6 +416,11 @@ class Report:
         self.docs.mkdir(parents=True, exist_ok=True)
         pngs, captions = draw(self.docs, self.record, found)
         self.record["pairs"] = pairs
+        subspace = self.record.setdefault("subspace", {})  # kept per pair, apart from the pair's full record
+        for pair in self.cfg.pairs:
+            if self._simulation_line(pair.name, pair)[2] and (entry := self.subspace_entry(pair.name, pair)):  # a complete cache
+                subspace[pair.name] = entry
+        sections += self.subspace_section(subspace)
         write_json_atomic(self.docs / RECORD, self.record)
 
         def page(links: list[str]) -> str:

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from study_config import TIMING_FLUSH_S, PairConfig, StudyConfig, _name, _pair_budget, _train_pairs, views
+from study_config import STAGES, TIMING_FLUSH_S, PairConfig, StudyConfig, _name, _pair_budget, _train_pairs, views
 from study_report import Report, _ci, _f
 
 from nsync.storage import write_json_atomic
@@ -75,9 +75,7 @@ class Study:
         return out
 
     def fits(self, name: str, pair: PairConfig, cache: Path, stage: str) -> None:
-        """The fits of one pair: ``stage="answer"`` the controls at the chosen alpha, the variance
-        partition and the fit without flagged replies; ``stage="rest"`` the paper's alpha, the
-        held-out splits and the probe comparison."""
+        """The fits of one pair's ``stage`` (:data:`study_config.STAGES`)."""
         from nsync.analysis.controls import ControlsConfig, run_controls
         from nsync.fit import FitConfig, FitResult, reusable_result, run_fit
 
@@ -88,11 +86,11 @@ class Study:
             common = [f"data.source_model={source}", f"data.target_model={target}", f"data.directions=[{','.join(directions)}]",
                       f"data.split_seeds=[{seeds}]",
                       f"bootstrap={self.cfg.bootstrap}", "logger.kind=none", "save_weights=false", *pair.fit]
-            def controls(alpha_name: str, alphas: str) -> None:
+            def controls(alpha_name: str, alphas: str, names: list[str] | None = None, lags: list[int] | None = None) -> None:
                 print(f"  {source} -> {target}: controls, {alpha_name} ({alphas})")
                 cfg = ControlsConfig(cache=str(cache), out=str(folder / f"controls_{alpha_name}"),
                                      fit_overrides=[*common, f"affine.alphas=[{alphas}]"],
-                                     controls=list(self.cfg.controls), lags=list(self.cfg.lags))
+                                     controls=names or list(self.cfg.controls), lags=lags or list(self.cfg.lags))
                 self._timed(f"{name}/fit", run_controls, cfg)
 
             # The study's answer first for every pair (controls, the partition, the fit without flagged
@@ -122,6 +120,9 @@ class Study:
                       f"{_ci(*(result.sync_r2_ci95 or (None, None)))}")
                 return result
 
+            if stage == "main":
+                controls("chosen_alpha", grid, ["main", *(["text_only"] if "text_only" in self.cfg.controls else [])], [1])
+                continue
             if stage == "answer":
                 controls("chosen_alpha", grid)
                 for run, overrides in first.items():
@@ -143,9 +144,11 @@ class Study:
         unknown = [n for n in names if n not in pairs]
         if unknown:
             raise NsyncError(f"only= names pairs {unknown} that study.yaml does not define; choose from {list(pairs)}")
+        if not self.cfg.stages or (bad := [s for s in self.cfg.stages if s not in STAGES]):
+            raise NsyncError(f"stages= names {self.cfg.stages or 'no stage'}; choose from " + "; ".join(f"{k}: {v}" for k, v in STAGES.items()))
         if not self.cfg.report_only:
             caches = {}
-            for stage in ("answer", "rest"):
+            for stage in self.cfg.stages:
                 for i, name in enumerate(names):
                     pair = pairs[name]
                     if name not in caches:

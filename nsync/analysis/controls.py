@@ -188,20 +188,26 @@ def _replicates(name: str, result: FitResult, out: Path) -> np.ndarray | None:
     return RunFolder(out / name).read_bootstrap()
 
 
+def check_same_draws(first: FitResult, second: FitResult, names: tuple[str, str]) -> None:
+    """Raise a clear error unless both runs drew the same episode-keyed replicates (the scheme
+    that pairs by episode, the same count and seed)."""
+    from nsync.stats import bootstrap as boot
+
+    if first.bootstrap is None or second.bootstrap is None:
+        raise NsyncError(f"{names[0] if first.bootstrap is None else names[1]} has no bootstrap replicates (fit with bootstrap > 0)")
+    a, b = first.bootstrap, second.bootstrap
+    if (a.scheme, a.replicates, a.seed) != (b.scheme, b.replicates, b.seed) or a.scheme != boot.SCHEME:
+        raise NsyncError(
+            f"{names[1]}'s replicates ({b.scheme}, {b.replicates}, seed {b.seed}) do not pair with {names[0]}'s ({a.scheme}, "
+            f"{a.replicates}, seed {a.seed}); refit both with this nsync and the same bootstrap setting"
+        )
+
+
 def check_paired(main: FitResult, other: FitResult, name: str = "the control") -> None:
     """Raise a clear error unless ``other``'s bootstrap replicates pair with ``main``'s episode by
     episode: the same replicate scheme, count and seed, and for every (split seed, direction) both
     fitted, the same test episodes (a control that lost episodes, or another split, cannot pair)."""
-    from nsync.stats import bootstrap as boot
-
-    if main.bootstrap is None or other.bootstrap is None:
-        raise NsyncError(f"{name} or main has no bootstrap replicates (fit with bootstrap > 0)")
-    a, b = main.bootstrap, other.bootstrap
-    if (a.scheme, a.replicates, a.seed) != (b.scheme, b.replicates, b.seed) or a.scheme != boot.SCHEME:
-        raise NsyncError(
-            f"{name}'s replicates ({b.scheme}, {b.replicates}, seed {b.seed}) do not pair with main's ({a.scheme}, "
-            f"{a.replicates}, seed {a.seed}); refit both with this nsync and the same bootstrap setting"
-        )
+    check_same_draws(main, other, ("main", name))
     if not any(d in other.splits.get(seed, {}) for seed, directions in main.splits.items() for d in directions):
         raise NsyncError(f"{name} shares no (split seed, direction) with main: nothing to pair")
     for seed, directions in main.splits.items():
