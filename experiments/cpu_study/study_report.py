@@ -325,7 +325,8 @@ class Report:
                 sync = f"{_f(r['sync_r2_bias_corrected'])} {_ci(*(r['sync_r2_ci95'] or (None, None)))} ({_f(r['sync_r2'])})"
                 lines.append(f"| {pair.name} | {r['view']}, {r['direction']} | {sync} | {dim} of {r['width']} | {band_dims} | {aligned} | {tracks} |")
             led.append(f"- **{pair.name}** ({entry['agents']}; {entry['settings']}; written {entry['written']}): {entry['leader_line']}")
-        return [*lines, "", "Who leads (the paired difference of the two directions' SyncR², the same test episodes in both):", "", *led, ""]
+        return [*lines, "", "Who leads (the paired difference of the two directions' SyncR², the same test episodes in both):", "",
+                *(led or ["- no pair fitted yet"]), ""]
 
     def _other_fits(self, folder: Path) -> list[tuple[str, str, object]]:
         """(run folder, label, result) of the finished fits besides the controls: main, the splits
